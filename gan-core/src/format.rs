@@ -1,0 +1,653 @@
+//! The weights file: a small fixed preamble, a postcard header, then the parameter buffer.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic "GANW"
+//! 4       2     format version, u16 LE (currently 1)
+//! 6       2     flags, u16 LE (0; reserved)
+//! 8       4     header length H in bytes, u32 LE
+//! 12      4     CRC-32 (IEEE) of the header bytes, u32 LE
+//! 16      H     header, postcard-encoded `Header`
+//! 16+H    pad   zero bytes up to the next multiple of 16: the data start D
+//! D       L     data: the flat parameter buffer (`Spec::param_len()` f32, little-endian)
+//! ```
+//!
+//! The data section is exactly the parameter layout of [`crate::spec`], in which every tensor
+//! starts on a 16-byte boundary, so a device can use the weights in place from flash: if the file
+//! starts 16-byte aligned, so does every tensor. The header lists each tensor (kind, dtype,
+//! offset, length) so tools can show and check them; [`WeightsFile::parse`] verifies that the list
+//! agrees with the architecture, that every offset is in bounds, and the CRC-32 of the data,
+//! before anything reads a weight.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SpecError;
+use crate::spec::{Layer, Shape, Spec};
+
+/// First four bytes of every weights file.
+pub const MAGIC: [u8; 4] = *b"GANW";
+/// The format version this build reads and writes.
+pub const VERSION: u16 = 1;
+/// Bytes before the header.
+pub const PREAMBLE_LEN: usize = 16;
+/// Most layers a weights file may describe.
+pub const MAX_FILE_LAYERS: usize = 32;
+/// Most tensors a weights file may list.
+pub const MAX_TENSORS: usize = 64;
+/// Largest header accepted (far above what `MAX_FILE_LAYERS` and `MAX_TENSORS` produce).
+pub const MAX_HEADER_LEN: usize = 8192;
+/// Alignment of the data section and of every tensor, in bytes.
+pub const DATA_ALIGN: usize = 16;
+
+/// What the network in the file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ModelKind {
+    /// A generator: input is `latent` noise values followed by a one-hot class of `classes`
+    /// entries (none when unconditional).
+    Generator,
+    /// A discriminator (exported for inspection; the firmware refuses it).
+    Discriminator,
+}
+
+/// The noise distribution the generator was trained with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum NoiseKind {
+    /// Standard normal (Box–Muller), see [`crate::noise::fill_gaussian`].
+    Gaussian,
+    /// Uniform on `[-1, 1)`, see [`crate::noise::fill_uniform`].
+    Uniform,
+}
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum DType {
+    /// IEEE-754 binary32, little-endian.
+    F32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub const fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+        }
+    }
+}
+
+/// Role of a tensor within its layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum TensorKind {
+    /// Weights (layout defined per layer in [`crate::spec`]).
+    Weight,
+    /// Bias.
+    Bias,
+}
+
+/// One tensor in the data section.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TensorEntry {
+    /// Index of the layer that owns it.
+    pub layer: u16,
+    /// Weight or bias.
+    pub kind: TensorKind,
+    /// Element type.
+    pub dtype: DType,
+    /// Byte offset from the start of the data section (a multiple of 16).
+    pub offset: u32,
+    /// Number of elements.
+    pub len: u32,
+}
+
+/// The decoded header.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Header {
+    /// What the network is.
+    pub kind: ModelKind,
+    /// Noise values per sample.
+    pub latent: u32,
+    /// Classes of a conditional model (0 = unconditional).
+    pub classes: u32,
+    /// Noise distribution.
+    pub noise: NoiseKind,
+    /// Input shape (for a generator: `latent + classes` features).
+    pub input: Shape,
+    /// Output shape (e.g. 1×28×28).
+    pub output: Shape,
+    /// The layers.
+    pub layers: heapless::Vec<Layer, MAX_FILE_LAYERS>,
+    /// Every tensor of the data section, in layer order.
+    pub tensors: heapless::Vec<TensorEntry, MAX_TENSORS>,
+    /// Length of the data section in bytes.
+    pub data_len: u32,
+    /// CRC-32 (IEEE) of the data section.
+    pub data_crc: u32,
+}
+
+impl Header {
+    /// The network described by this header.
+    pub fn spec(&self) -> Result<Spec<'_>, SpecError> {
+        Spec::new(self.input, &self.layers)
+    }
+
+    /// Builds a header for a network, listing every tensor at its offset in the parameter
+    /// layout. `data_crc` is filled in by [`write`].
+    pub fn for_spec(
+        kind: ModelKind,
+        spec: &Spec<'_>,
+        latent: u32,
+        classes: u32,
+        noise: NoiseKind,
+    ) -> Result<Self, FormatError> {
+        let mut layers = heapless::Vec::new();
+        for l in spec.layers() {
+            layers.push(*l).map_err(|_| FormatError::TooLarge)?;
+        }
+        let tensors = tensor_table(spec)?;
+        let data_len = spec.param_len() * 4;
+        Ok(Header {
+            kind,
+            latent,
+            classes,
+            noise,
+            input: spec.input(),
+            output: spec.output(),
+            layers,
+            tensors,
+            data_len: u32::try_from(data_len).map_err(|_| FormatError::TooLarge)?,
+            data_crc: 0,
+        })
+    }
+}
+
+/// The tensor list implied by a spec's parameter layout.
+fn tensor_table(spec: &Spec<'_>) -> Result<heapless::Vec<TensorEntry, MAX_TENSORS>, FormatError> {
+    let mut t = heapless::Vec::new();
+    for info in spec.iter() {
+        let layer = u16::try_from(info.index).map_err(|_| FormatError::TooLarge)?;
+        for (kind, off, len) in [
+            (TensorKind::Weight, info.param_offset, info.weight_len),
+            (TensorKind::Bias, info.bias_offset, info.bias_len),
+        ] {
+            if len == 0 {
+                continue;
+            }
+            t.push(TensorEntry {
+                layer,
+                kind,
+                dtype: DType::F32,
+                offset: u32::try_from(off * 4).map_err(|_| FormatError::TooLarge)?,
+                len: u32::try_from(len).map_err(|_| FormatError::TooLarge)?,
+            })
+            .map_err(|_| FormatError::TooLarge)?;
+        }
+    }
+    Ok(t)
+}
+
+/// Why a weights file was rejected. Each variant has a distinct [`FormatError::code`], which
+/// the firmware uses as its exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum FormatError {
+    /// Shorter than its preamble, header or data claim.
+    Truncated,
+    /// Does not start with `GANW`.
+    BadMagic,
+    /// A format version this build does not read.
+    UnsupportedVersion(u16),
+    /// Header CRC mismatch, undecodable header or header too long.
+    CorruptHeader,
+    /// The architecture is not a valid network.
+    BadArchitecture(SpecError),
+    /// The tensor list disagrees with the architecture or points outside the data.
+    BadTensorTable,
+    /// CRC-32 of the data does not match the header.
+    DataChecksum,
+    /// The data section is not 4-byte aligned in memory, so it cannot be used in place.
+    Misaligned,
+    /// The model does not fit the caller's limits or the format's fixed capacities.
+    TooLarge,
+    /// The model is not of the kind the caller needs (e.g. a discriminator given to firmware).
+    WrongKind,
+    /// An output buffer is too small.
+    BufferTooSmall,
+}
+
+impl FormatError {
+    /// A distinct small number per variant (stable; the firmware exits with it).
+    pub const fn code(&self) -> u8 {
+        match self {
+            FormatError::Truncated => 10,
+            FormatError::BadMagic => 11,
+            FormatError::UnsupportedVersion(_) => 12,
+            FormatError::CorruptHeader => 13,
+            FormatError::BadArchitecture(_) => 14,
+            FormatError::BadTensorTable => 15,
+            FormatError::DataChecksum => 16,
+            FormatError::Misaligned => 17,
+            FormatError::TooLarge => 18,
+            FormatError::WrongKind => 19,
+            FormatError::BufferTooSmall => 20,
+        }
+    }
+}
+
+impl core::fmt::Display for FormatError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FormatError::Truncated => write!(f, "weights file is truncated"),
+            FormatError::BadMagic => write!(f, "not a weights file (magic is not GANW)"),
+            FormatError::UnsupportedVersion(v) => {
+                write!(f, "weights format version {v} is not supported (this build reads {VERSION})")
+            }
+            FormatError::CorruptHeader => write!(f, "weights header is corrupt"),
+            FormatError::BadArchitecture(e) => write!(f, "weights architecture is invalid: {e}"),
+            FormatError::BadTensorTable => {
+                write!(f, "weights tensor table disagrees with the architecture")
+            }
+            FormatError::DataChecksum => write!(f, "weights data checksum mismatch"),
+            FormatError::Misaligned => write!(f, "weights data is not 4-byte aligned in memory"),
+            FormatError::TooLarge => write!(f, "model is too large for this target"),
+            FormatError::WrongKind => write!(f, "model is not a generator"),
+            FormatError::BufferTooSmall => write!(f, "output buffer too small"),
+        }
+    }
+}
+
+impl core::error::Error for FormatError {}
+
+/// A parsed and fully validated weights file, borrowing the bytes it came from.
+#[derive(Clone, Debug)]
+pub struct WeightsFile<'a> {
+    /// The decoded header.
+    pub header: Header,
+    /// The parameters, in place.
+    params: &'a [f32],
+    /// Total bytes used by the file (preamble, header, padding, data).
+    pub file_len: usize,
+}
+
+/// Offset of the data section for a header of `header_len` bytes.
+pub const fn data_offset(header_len: usize) -> usize {
+    (PREAMBLE_LEN + header_len).div_ceil(DATA_ALIGN) * DATA_ALIGN
+}
+
+fn read_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn read_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Reads the preamble and header only (no data checks): for tools that want to show a damaged
+/// file's header. Returns the header and the data offset.
+pub fn parse_header(bytes: &[u8]) -> Result<(Header, usize), FormatError> {
+    if bytes.len() < PREAMBLE_LEN {
+        return Err(if bytes.len() >= 4 && bytes[..4] != MAGIC {
+            FormatError::BadMagic
+        } else {
+            FormatError::Truncated
+        });
+    }
+    if bytes[..4] != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    let version = read_u16(bytes, 4);
+    if version != VERSION {
+        return Err(FormatError::UnsupportedVersion(version));
+    }
+    let header_len = read_u32(bytes, 8) as usize;
+    if header_len > MAX_HEADER_LEN {
+        return Err(FormatError::CorruptHeader);
+    }
+    let header_bytes = bytes
+        .get(PREAMBLE_LEN..PREAMBLE_LEN + header_len)
+        .ok_or(FormatError::Truncated)?;
+    if crc32(header_bytes) != read_u32(bytes, 12) {
+        return Err(FormatError::CorruptHeader);
+    }
+    let (header, rest) =
+        postcard::take_from_bytes::<Header>(header_bytes).map_err(|_| FormatError::CorruptHeader)?;
+    if !rest.is_empty() {
+        return Err(FormatError::CorruptHeader);
+    }
+    Ok((header, data_offset(header_len)))
+}
+
+impl<'a> WeightsFile<'a> {
+    /// Parses and validates a weights file: magic, version, header CRC, architecture, tensor
+    /// table (must match the architecture's layout exactly), bounds and data CRC. Only then are
+    /// the weights exposed. Trailing bytes after the data (e.g. erased flash) are ignored.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
+        let (header, data_at) = parse_header(bytes)?;
+        let spec = header.spec().map_err(FormatError::BadArchitecture)?;
+        if header.input != spec.input() || header.output != spec.output() {
+            return Err(FormatError::BadArchitecture(SpecError::ShapeMismatch {
+                layer: header.layers.len(),
+            }));
+        }
+        if header.kind == ModelKind::Generator
+            && (header.latent as usize).checked_add(header.classes as usize) != Some(spec.input().len())
+        {
+            return Err(FormatError::BadArchitecture(SpecError::ShapeMismatch { layer: 0 }));
+        }
+        let expected = tensor_table(&spec)?;
+        if header.tensors != expected {
+            return Err(FormatError::BadTensorTable);
+        }
+        let data_len = header.data_len as usize;
+        if data_len != spec.param_len() * 4 {
+            return Err(FormatError::BadTensorTable);
+        }
+        let end = data_at.checked_add(data_len).ok_or(FormatError::Truncated)?;
+        let data = bytes.get(data_at..end).ok_or(FormatError::Truncated)?;
+        if crc32(data) != header.data_crc {
+            return Err(FormatError::DataChecksum);
+        }
+        let params = bytes_as_f32(data)?;
+        Ok(WeightsFile {
+            header,
+            params,
+            file_len: end,
+        })
+    }
+
+    /// The flat parameter buffer, in place (layout of [`crate::spec`]).
+    pub fn params(&self) -> &'a [f32] {
+        self.params
+    }
+
+    /// The network.
+    pub fn spec(&self) -> Spec<'_> {
+        // Validated in `parse`.
+        Spec::new(self.header.input, &self.header.layers).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Checks that this is a generator whose parameters and widest activation fit the caller's
+    /// fixed buffers.
+    pub fn check_generator_fits(&self, max_params: usize, max_features: usize) -> Result<(), FormatError> {
+        if self.header.kind != ModelKind::Generator {
+            return Err(FormatError::WrongKind);
+        }
+        let spec = self.spec();
+        if spec.param_len() > max_params || spec.max_features() > max_features {
+            return Err(FormatError::TooLarge);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_endian = "little")]
+fn bytes_as_f32(data: &[u8]) -> Result<&[f32], FormatError> {
+    if data.len() % 4 != 0 {
+        return Err(FormatError::BadTensorTable);
+    }
+    // SAFETY: every bit pattern is a valid f32, and `align_to` only puts correctly aligned,
+    // in-bounds elements in the middle slice; we require the prefix and suffix to be empty.
+    let (pre, mid, post) = unsafe { data.align_to::<f32>() };
+    if !pre.is_empty() || !post.is_empty() {
+        return Err(FormatError::Misaligned);
+    }
+    Ok(mid)
+}
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("the weights format is little-endian and is read in place");
+
+/// Bytes needed to write a file with this header (upper bound: the header is at most
+/// `MAX_HEADER_LEN`).
+pub fn max_file_len(param_len: usize) -> usize {
+    data_offset(MAX_HEADER_LEN) + param_len * 4
+}
+
+/// Writes a complete weights file into `out` and returns the number of bytes used.
+///
+/// `header.data_len` and `header.data_crc` are set from `params`, and the tensor list must match
+/// the architecture (as [`Header::for_spec`] builds it).
+pub fn write(out: &mut [u8], header: &Header, params: &[f32]) -> Result<usize, FormatError> {
+    let spec = header.spec().map_err(FormatError::BadArchitecture)?;
+    if params.len() != spec.param_len() {
+        return Err(FormatError::BadTensorTable);
+    }
+    let mut h = header.clone();
+    h.data_len = u32::try_from(params.len() * 4).map_err(|_| FormatError::TooLarge)?;
+    h.data_crc = crc32_f32(params);
+    if out.len() < PREAMBLE_LEN {
+        return Err(FormatError::BufferTooSmall);
+    }
+    let header_len = {
+        let room = (out.len() - PREAMBLE_LEN).min(MAX_HEADER_LEN);
+        let buf = &mut out[PREAMBLE_LEN..PREAMBLE_LEN + room];
+        postcard::to_slice(&h, buf)
+            .map_err(|_| FormatError::BufferTooSmall)?
+            .len()
+    };
+    let data_at = data_offset(header_len);
+    let end = data_at + params.len() * 4;
+    if out.len() < end {
+        return Err(FormatError::BufferTooSmall);
+    }
+    let header_crc = crc32(&out[PREAMBLE_LEN..PREAMBLE_LEN + header_len]);
+    out[..4].copy_from_slice(&MAGIC);
+    out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    out[6..8].copy_from_slice(&0u16.to_le_bytes());
+    out[8..12].copy_from_slice(&(header_len as u32).to_le_bytes());
+    out[12..16].copy_from_slice(&header_crc.to_le_bytes());
+    out[PREAMBLE_LEN + header_len..data_at].fill(0);
+    for (dst, p) in out[data_at..end].chunks_exact_mut(4).zip(params) {
+        dst.copy_from_slice(&p.to_le_bytes());
+    }
+    Ok(end)
+}
+
+const CRC_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+/// Incremental CRC-32 (IEEE 802.3, as in zlib and PNG).
+#[derive(Clone, Copy, Debug)]
+pub struct Crc32(u32);
+
+impl Default for Crc32 {
+    fn default() -> Self {
+        Crc32(0xFFFF_FFFF)
+    }
+}
+
+impl Crc32 {
+    /// Feeds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        let mut c = self.0;
+        for &b in bytes {
+            c = CRC_TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
+        }
+        self.0 = c;
+    }
+    /// The checksum of everything fed so far.
+    pub fn finish(&self) -> u32 {
+        self.0 ^ 0xFFFF_FFFF
+    }
+}
+
+/// CRC-32 (IEEE) of `bytes`.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = Crc32::default();
+    c.update(bytes);
+    c.finish()
+}
+
+/// CRC-32 of the little-endian bytes of `values`.
+pub fn crc32_f32(values: &[f32]) -> u32 {
+    let mut c = Crc32::default();
+    for v in values {
+        c.update(&v.to_le_bytes());
+    }
+    c.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    const LAYERS: [Layer; 4] = [
+        Layer::Dense { out: 5 },
+        Layer::LeakyRelu { alpha: 0.2 },
+        Layer::Dense { out: 6 },
+        Layer::Tanh,
+    ];
+
+    #[repr(C, align(16))]
+    struct Aligned([u8; 4096]);
+
+    fn sample_file() -> (Aligned, usize, Vec<f32>) {
+        let spec = Spec::new(Shape::flat(3), &LAYERS).unwrap();
+        let params: Vec<f32> = (0..spec.param_len()).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let h = Header::for_spec(ModelKind::Generator, &spec, 3, 0, NoiseKind::Gaussian).unwrap();
+        let mut buf = Aligned([0xAA; 4096]);
+        let n = write(&mut buf.0, &h, &params).unwrap();
+        (buf, n, params)
+    }
+
+    #[test]
+    fn crc_known_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn round_trip() {
+        let (buf, n, params) = sample_file();
+        let f = WeightsFile::parse(&buf.0[..n]).unwrap();
+        assert_eq!(f.params(), &params[..]);
+        assert_eq!(f.file_len, n);
+        assert_eq!(f.header.layers.as_slice(), &LAYERS);
+        assert_eq!(f.header.tensors.len(), 4);
+        assert_eq!(f.header.tensors[1].offset % 16, 0);
+        assert_eq!(f.spec().output(), Shape::flat(6));
+        // Trailing bytes (erased flash) are ignored.
+        assert!(WeightsFile::parse(&buf.0).is_ok());
+        assert!(f.check_generator_fits(1000, 6).is_ok());
+        assert_eq!(f.check_generator_fits(10, 6), Err(FormatError::TooLarge));
+        assert_eq!(f.check_generator_fits(1000, 5), Err(FormatError::TooLarge));
+    }
+
+    #[test]
+    fn rejects_damage() {
+        let (buf, n, _) = sample_file();
+        let good = &buf.0[..n];
+        let parse_mod = |f: &dyn Fn(&mut [u8])| {
+            let mut b = Aligned([0; 4096]);
+            b.0[..n].copy_from_slice(good);
+            f(&mut b.0[..n]);
+            WeightsFile::parse(&b.0[..n]).map(|_| ())
+        };
+        for cut in [0, 3, 15, 16, 40, n - 1] {
+            let r = WeightsFile::parse(&good[..cut]).map(|_| ());
+            assert_eq!(r, Err(FormatError::Truncated), "cut at {cut}");
+        }
+        assert_eq!(parse_mod(&|b| b[0] = b'X'), Err(FormatError::BadMagic));
+        assert_eq!(
+            parse_mod(&|b| b[4] = 9),
+            Err(FormatError::UnsupportedVersion(9))
+        );
+        assert_eq!(parse_mod(&|b| b[20] ^= 1), Err(FormatError::CorruptHeader));
+        assert_eq!(parse_mod(&|b| b[n - 3] ^= 0x10), Err(FormatError::DataChecksum));
+        // Misaligned in memory: the same bytes one byte later.
+        let mut b = Aligned([0; 4096]);
+        b.0[1..n + 1].copy_from_slice(good);
+        assert_eq!(
+            WeightsFile::parse(&b.0[1..n + 1]).map(|_| ()),
+            Err(FormatError::Misaligned)
+        );
+        // Every error has its own code.
+        let codes = [
+            FormatError::Truncated,
+            FormatError::BadMagic,
+            FormatError::UnsupportedVersion(0),
+            FormatError::CorruptHeader,
+            FormatError::BadArchitecture(SpecError::Empty),
+            FormatError::BadTensorTable,
+            FormatError::DataChecksum,
+            FormatError::Misaligned,
+            FormatError::TooLarge,
+            FormatError::WrongKind,
+            FormatError::BufferTooSmall,
+        ]
+        .map(|e| e.code());
+        for (i, a) in codes.iter().enumerate() {
+            assert!(codes[i + 1..].iter().all(|b| b != a));
+        }
+    }
+
+    /// A header re-encoded with a consistent CRC but a lying architecture is still rejected.
+    #[test]
+    fn rejects_inconsistent_headers() {
+        let spec = Spec::new(Shape::flat(3), &LAYERS).unwrap();
+        let params = vec![0.5f32; spec.param_len()];
+        let good = Header::for_spec(ModelKind::Generator, &spec, 3, 0, NoiseKind::Gaussian).unwrap();
+        let check = |h: &Header| {
+            let mut buf = Aligned([0; 4096]);
+            // Write a consistent file, then swap in the modified header with a fresh CRC.
+            let mut hb = [0u8; 1024];
+            let mut h = h.clone();
+            h.data_len = (params.len() * 4) as u32;
+            h.data_crc = crc32_f32(&params);
+            let hl = postcard::to_slice(&h, &mut hb).unwrap().len();
+            buf.0[..4].copy_from_slice(&MAGIC);
+            buf.0[4..6].copy_from_slice(&VERSION.to_le_bytes());
+            buf.0[8..12].copy_from_slice(&(hl as u32).to_le_bytes());
+            buf.0[12..16].copy_from_slice(&crc32(&hb[..hl]).to_le_bytes());
+            buf.0[16..16 + hl].copy_from_slice(&hb[..hl]);
+            let d = data_offset(hl);
+            for (i, p) in params.iter().enumerate() {
+                buf.0[d + 4 * i..d + 4 * i + 4].copy_from_slice(&p.to_le_bytes());
+            }
+            WeightsFile::parse(&buf.0[..d + params.len() * 4]).map(|_| ())
+        };
+        assert_eq!(check(&good), Ok(()));
+        let mut h = good.clone();
+        h.tensors[1].offset += 16;
+        assert_eq!(check(&h), Err(FormatError::BadTensorTable));
+        let mut h = good.clone();
+        h.layers[0] = Layer::Dense { out: 7 };
+        assert!(check(&h).is_err());
+        let mut h = good.clone();
+        h.latent = 2;
+        assert!(matches!(check(&h), Err(FormatError::BadArchitecture(_))));
+        let mut h = good.clone();
+        h.layers.clear();
+        assert_eq!(check(&h), Err(FormatError::BadArchitecture(SpecError::Empty)));
+        let mut h = good.clone();
+        h.kind = ModelKind::Discriminator;
+        h.latent = 0;
+        let mut buf = Aligned([0; 4096]);
+        let n = write(&mut buf.0, &h, &params).unwrap();
+        let f = WeightsFile::parse(&buf.0[..n]).unwrap();
+        assert_eq!(f.check_generator_fits(usize::MAX, usize::MAX), Err(FormatError::WrongKind));
+    }
+}

@@ -1,0 +1,52 @@
+//! Test helpers: a tiny deterministic generator and a central finite-difference checker.
+
+/// Linear congruential generator for test data (no dependency on the noise module).
+pub struct Lcg(u64);
+
+impl Lcg {
+    pub fn new(seed: u64) -> Self {
+        Lcg(seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407))
+    }
+    /// Uniform in `[-1, 1)`.
+    pub fn next_f32(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn vec<const N: usize>(&mut self) -> [f32; N] {
+        core::array::from_fn(|_| self.next_f32())
+    }
+    pub fn fill(&mut self, v: &mut [f32]) {
+        for x in v {
+            *x = self.next_f32();
+        }
+    }
+}
+
+/// Checks `analytic` against central differences of `f` around `x`.
+///
+/// Each coordinate is perturbed by `h·max(1, |x_i|)`; the check passes when
+/// `|analytic - numeric| <= atol + rtol·|numeric|` with `rtol = atol·10`. `f` evaluates the loss
+/// in f64 from an f32 forward pass, so `h` around 1e-2 balances truncation and rounding error.
+pub fn grad_check(x: &[f32], analytic: &[f32], mut f: impl FnMut(&[f32]) -> f64, h: f32, atol: f64) {
+    assert_eq!(x.len(), analytic.len());
+    let mut xp = std::vec::Vec::from(x);
+    for i in 0..x.len() {
+        let step = h * x[i].abs().max(1.0);
+        xp[i] = x[i] + step;
+        let up = f(&xp);
+        xp[i] = x[i] - step;
+        let down = f(&xp);
+        xp[i] = x[i];
+        let actual_step = ((x[i] + step) as f64) - ((x[i] - step) as f64);
+        let numeric = (up - down) / actual_step;
+        let a = analytic[i] as f64;
+        let tol = atol + 10.0 * atol * numeric.abs();
+        assert!(
+            (a - numeric).abs() <= tol,
+            "gradient {i}: analytic {a} vs numeric {numeric} (tol {tol})"
+        );
+    }
+}
