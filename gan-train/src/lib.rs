@@ -1,1 +1,7 @@
+//! `gan-train`: the desktop side of the project. Loads MNIST-format data, trains GANs on top of
+//! `gan-core`, writes reports (sample grids, loss plots, GIFs), checkpoints and resumes, and
+//! exports generator weights for the firmware.
 
+pub mod data;
+pub mod download;
+pub mod report;
