@@ -24,6 +24,7 @@ pub mod act;
 pub mod dense;
 pub mod error;
 pub mod format;
+pub mod generate;
 pub mod init;
 pub mod kernels;
 pub mod loss;

@@ -5,3 +5,5 @@
 pub mod data;
 pub mod download;
 pub mod report;
+pub mod sample;
+pub mod uf2;

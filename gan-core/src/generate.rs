@@ -1,0 +1,90 @@
+//! One generated sample from a weights file: noise, class one-hot, exact inference, pixels.
+//!
+//! `gan-train sample` and the firmware both call [`Generator::generate`], so for the same seed
+//! they produce the same bytes.
+
+use crate::error::{CoreError, check_len};
+use crate::format::{FormatError, ModelKind, NoiseKind, WeightsFile};
+use crate::model;
+use crate::noise::{self, NoiseRng};
+use crate::spec::{Layer, Spec};
+
+/// A generator ready to run from borrowed (possibly in-flash) parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct Generator<'a> {
+    spec: Spec<'a>,
+    params: &'a [f32],
+    latent: usize,
+    classes: usize,
+    noise: NoiseKind,
+    sigmoid_out: bool,
+}
+
+impl<'a> Generator<'a> {
+    /// A generator from a validated weights file. Fails with `WrongKind` for a discriminator.
+    pub fn new(w: &'a WeightsFile<'_>) -> Result<Self, FormatError> {
+        let h = &w.header;
+        if h.kind != ModelKind::Generator {
+            return Err(FormatError::WrongKind);
+        }
+        let spec = Spec::new(h.input, &h.layers).map_err(FormatError::BadArchitecture)?;
+        Ok(Generator {
+            spec,
+            params: w.params(),
+            latent: h.latent as usize,
+            classes: h.classes as usize,
+            noise: h.noise,
+            sigmoid_out: matches!(h.layers.last(), Some(Layer::Sigmoid)),
+        })
+    }
+
+    /// The network.
+    pub fn spec(&self) -> &Spec<'a> {
+        &self.spec
+    }
+    /// Classes of a conditional generator (0 when unconditional).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+    /// Elements of the input buffer `generate` needs.
+    pub fn input_len(&self) -> usize {
+        self.spec.input().len()
+    }
+    /// Elements of the output (and pixel) buffer.
+    pub fn output_len(&self) -> usize {
+        self.spec.output().len()
+    }
+    /// Elements of the inference scratch buffer.
+    pub fn scratch_len(&self) -> usize {
+        self.spec.infer_scratch_len(1)
+    }
+
+    /// Draws the next noise vector from `rng`, appends the one-hot `class` (ignored for an
+    /// unconditional model), runs exact inference and converts the output to grey bytes.
+    pub fn generate(
+        &self,
+        rng: &mut NoiseRng,
+        class: usize,
+        input: &mut [f32],
+        output: &mut [f32],
+        scratch: &mut [f32],
+        pixels: &mut [u8],
+    ) -> Result<(), CoreError> {
+        check_len("input", input.len(), self.input_len())?;
+        check_len("pixels", pixels.len(), self.output_len())?;
+        if self.classes > 0 && class >= self.classes {
+            return Err(CoreError::Unsupported { layer: 0 });
+        }
+        noise::generator_input(self.noise, rng, self.latent, class, input);
+        model::infer(&self.spec, self.params, input, output, scratch, 1)?;
+        let map = if self.sigmoid_out {
+            crate::to_pixel_unit
+        } else {
+            crate::to_pixel
+        };
+        for (p, &v) in pixels.iter_mut().zip(output.iter()) {
+            *p = map(v);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! Generating digits from an exported weights file with the exact inference path, the one the
+//! firmware runs. `gan-train sample` and the device produce the same bytes for the same seed.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use gan_core::format::WeightsFile;
+use gan_core::generate::Generator;
+use gan_core::noise;
+
+/// File bytes held in a buffer whose start is 16-byte aligned, so the weights can be used in
+/// place exactly as on the device.
+pub struct AlignedBytes {
+    words: Vec<u128>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// Copies `bytes` into an aligned buffer.
+    pub fn new(bytes: &[u8]) -> Self {
+        let mut words = vec![0u128; bytes.len().div_ceil(16)];
+        // SAFETY: the Vec<u128> owns words.len()*16 initialised bytes; any byte pattern is valid
+        // for u128, and bytes.len() <= words.len()*16.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 16)
+        };
+        dst[..bytes.len()].copy_from_slice(bytes);
+        AlignedBytes {
+            words,
+            len: bytes.len(),
+        }
+    }
+
+    /// Reads a file into an aligned buffer.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Self::new(&bytes))
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: see `new`; `len` never exceeds the owned byte count.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    /// Parses and validates the weights file held in this buffer.
+    pub fn weights(&self) -> Result<WeightsFile<'_>> {
+        WeightsFile::parse(self.bytes()).map_err(|e| anyhow::anyhow!("invalid weights file: {e}"))
+    }
+}
+
+/// Which class each generated sample gets from a conditional generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassChoice {
+    /// Sample `i` gets class `i % classes` (0, 1, 2, … 9, 0, …).
+    Cycle,
+    /// Every sample gets this class.
+    Fixed(u32),
+}
+
+/// Generates `n` samples for `seed`, one at a time (batch 1, like the device), returning
+/// `n × output_len` grey bytes.
+///
+/// The noise for sample `i` is the `i`-th draw of `latent` values from `noise::rng(seed)`; with
+/// a conditional model the class one-hot follows the noise. This is the same routine the
+/// firmware runs ([`Generator::generate`]).
+pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) -> Result<Vec<u8>> {
+    let g = Generator::new(w).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut z = vec![0.0f32; g.input_len()];
+    let mut y = vec![0.0f32; g.output_len()];
+    let mut scratch = vec![0.0f32; g.scratch_len()];
+    let mut out = vec![0u8; n * g.output_len()];
+    let mut rng = noise::rng(seed);
+    for (i, pixels) in out.chunks_exact_mut(g.output_len()).enumerate() {
+        let cls = match class {
+            ClassChoice::Cycle if g.classes() > 0 => i % g.classes(),
+            ClassChoice::Fixed(c) => c as usize,
+            ClassChoice::Cycle => 0,
+        };
+        if g.classes() > 0 && cls >= g.classes() {
+            anyhow::bail!("class {cls} is out of range: the model has {} classes", g.classes());
+        }
+        g.generate(&mut rng, cls, &mut z, &mut y, &mut scratch, pixels)?;
+    }
+    Ok(out)
+}
