@@ -11,6 +11,7 @@
 use crate::act::Activation;
 use crate::dense;
 use crate::error::{CoreError, check_len};
+use crate::kernels;
 use crate::kernels::Exec;
 use crate::spec::{Layer, LayerInfo, MAX_LAYERS, Spec};
 
@@ -80,16 +81,69 @@ pub fn forward(
 /// Backward pass after [`forward`] on the same `acts`.
 ///
 /// `dout` (N × output) is the loss gradient with respect to the network output. Parameter
-/// gradients are added into `grads`. If `dinput` is `Some`, it receives (overwritten) the gradient
-/// with respect to the network input (N × input): the discriminator needs this to train the
-/// generator. `scratch` has [`Spec::backward_scratch_len`]`(n)` elements.
+/// gradients are added into `grads` (pass `None` when only the input gradient is needed, e.g.
+/// back-propagating through the discriminator to train the generator: that skips the weight
+/// gradient products). If `dinput` is `Some`, it receives (overwritten) the gradient with respect
+/// to the network input (N × input). `scratch` has [`Spec::backward_scratch_len`]`(n)` elements.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     spec: &Spec<'_>,
     params: &[f32],
     acts: &[f32],
     dout: &[f32],
-    grads: &mut [f32],
+    grads: Option<&mut [f32]>,
+    dinput: Option<&mut [f32]>,
+    scratch: &mut [f32],
+    n: usize,
+    exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    backward_from(
+        spec,
+        params,
+        acts,
+        spec.layers().len(),
+        dout,
+        grads,
+        dinput,
+        scratch,
+        n,
+        exec,
+    )
+}
+
+/// Like [`backward`], but starts at the output of layer `upto - 1`: `dout` is the gradient with
+/// respect to that layer's output (N × its output size), and only layers `0..upto` are walked.
+/// Used for losses on inner features (feature matching).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_from(
+    spec: &Spec<'_>,
+    params: &[f32],
+    acts: &[f32],
+    upto: usize,
+    dout: &[f32],
+    grads: Option<&mut [f32]>,
+    dinput: Option<&mut [f32]>,
+    scratch: &mut [f32],
+    n: usize,
+    exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    backward_impl(
+        spec, params, acts, None, upto, dout, grads, dinput, scratch, n, exec,
+    )
+}
+
+/// The shared walker. `wgrad_acts`, when given, replaces the layer inputs used for weight
+/// gradients (activation masks still come from `acts`) and bias gradients are skipped: that is
+/// the second pass of the gradient penalty (see [`crate::gp`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_impl(
+    spec: &Spec<'_>,
+    params: &[f32],
+    acts: &[f32],
+    wgrad_acts: Option<&[f32]>,
+    upto: usize,
+    dout: &[f32],
+    mut grads: Option<&mut [f32]>,
     mut dinput: Option<&mut [f32]>,
     scratch: &mut [f32],
     n: usize,
@@ -98,19 +152,28 @@ pub fn backward(
     if n == 0 {
         return Err(CoreError::ZeroSize);
     }
+    if upto == 0 || upto > spec.layers().len() {
+        return Err(CoreError::Unsupported { layer: upto });
+    }
     check_len("params", params.len(), spec.param_len())?;
-    check_len("grads", grads.len(), spec.param_len())?;
+    if let Some(g) = &grads {
+        check_len("grads", g.len(), spec.param_len())?;
+    }
     check_len("acts", acts.len(), spec.act_len(n))?;
-    check_len("dout", dout.len(), n * spec.output().len())?;
+    if let Some(w) = wgrad_acts {
+        check_len("wgrad_acts", w.len(), spec.act_len(n))?;
+    }
     check_len("scratch", scratch.len(), spec.backward_scratch_len(n))?;
     if let Some(d) = &dinput {
         check_len("dinput", d.len(), n * spec.input().len())?;
     }
     let mut infos: heapless::Vec<LayerInfo, MAX_LAYERS> = heapless::Vec::new();
-    for info in spec.iter() {
+    for info in spec.iter().take(upto) {
         // Cannot fail: Spec::new caps the layer count at MAX_LAYERS.
         let _ = infos.push(info);
     }
+    let top = infos[upto - 1];
+    check_len("dout", dout.len(), n * top.out_shape.len())?;
     let half = spec.max_features() * n;
     let (mut cur, mut other) = scratch.split_at_mut(half);
     cur[..dout.len()].copy_from_slice(dout);
@@ -138,21 +201,31 @@ pub fn backward(
         };
         match info.layer {
             Layer::Dense { out: c_out } => {
-                let (gw, gb) = grads[info.param_range()].split_at_mut(info.bias_offset - info.param_offset);
-                let gw = &mut gw[..info.weight_len];
-                let gb = &mut gb[..info.bias_len];
-                dense::dense_backward(
-                    dinp,
-                    gw,
-                    gb,
-                    g_out,
-                    inp,
-                    &params[info.weight_range()],
-                    n,
-                    info.in_shape.len(),
-                    c_out as usize,
-                    exec,
-                )?;
+                let (c_in, c_out) = (info.in_shape.len(), c_out as usize);
+                let w = &params[info.weight_range()];
+                if let Some(grads) = grads.as_deref_mut() {
+                    let (gw, gb) = grads[info.param_range()]
+                        .split_at_mut(info.bias_offset - info.param_offset);
+                    let gw = &mut gw[..info.weight_len];
+                    let wgrad_inp = match wgrad_acts {
+                        Some(t) => &t[info.in_range(n)],
+                        None => inp,
+                    };
+                    // dW (C_in×C_out) += inpᵀ · dout
+                    kernels::matmul_tn(gw, wgrad_inp, g_out, c_in, n, c_out, true, exec);
+                    if wgrad_acts.is_none() {
+                        let gb = &mut gb[..info.bias_len];
+                        for row in g_out.chunks_exact(c_out) {
+                            for (g, &d) in gb.iter_mut().zip(row) {
+                                *g += d;
+                            }
+                        }
+                    }
+                }
+                if let Some(d) = dinp {
+                    // dinp (N×C_in) = dout · Wᵀ
+                    kernels::matmul_nt(d, g_out, w, n, c_out, c_in, false, exec);
+                }
             }
             ref l => match Activation::of(l) {
                 Some(a) => {
@@ -289,14 +362,100 @@ mod tests {
         let mut grads = vec![0.0; spec.param_len()];
         let mut dx = vec![0.0; n * 3];
         let mut scratch = vec![0.0; spec.backward_scratch_len(n)];
-        backward(&spec, &p, &acts, &g, &mut grads, Some(&mut dx), &mut scratch, n, &Serial).unwrap();
+        backward(
+            &spec,
+            &p,
+            &acts,
+            &g,
+            Some(&mut grads),
+            Some(&mut dx),
+            &mut scratch,
+            n,
+            &Serial,
+        )
+        .unwrap();
         grad_check(&p, &grads, |pp| loss(pp, &x), 1e-3, 2e-3);
         grad_check(&x, &dx, |xp| loss(&p, xp), 1e-3, 2e-3);
 
         // Without an input gradient the parameter gradients are the same.
         let mut grads2 = vec![0.0; spec.param_len()];
-        backward(&spec, &p, &acts, &g, &mut grads2, None, &mut scratch, n, &Serial).unwrap();
+        backward(
+            &spec,
+            &p,
+            &acts,
+            &g,
+            Some(&mut grads2),
+            None,
+            &mut scratch,
+            n,
+            &Serial,
+        )
+        .unwrap();
         assert_eq!(grads, grads2);
+        // Without parameter gradients the input gradient is the same.
+        let mut dx2 = vec![0.0; n * 3];
+        backward(
+            &spec,
+            &p,
+            &acts,
+            &g,
+            None,
+            Some(&mut dx2),
+            &mut scratch,
+            n,
+            &Serial,
+        )
+        .unwrap();
+        assert_eq!(dx, dx2);
+    }
+
+    /// Backward from an inner layer equals the full backward of the truncated network.
+    #[test]
+    fn partial_backward_matches_truncated_network() {
+        let n = 2;
+        let (spec, p, x) = setup(n);
+        let upto = 5; // through the ReLU after the second dense layer: output 4 features
+        let mut r = Lcg::new(4);
+        let mut g = vec![0.0; n * 4];
+        r.fill(&mut g);
+        let acts = run_forward(&spec, &p, &x, n);
+        let mut grads = vec![0.0; spec.param_len()];
+        let mut dx = vec![0.0; n * 3];
+        let mut scratch = vec![0.0; spec.backward_scratch_len(n)];
+        backward_from(
+            &spec,
+            &p,
+            &acts,
+            upto,
+            &g,
+            Some(&mut grads),
+            Some(&mut dx),
+            &mut scratch,
+            n,
+            &Serial,
+        )
+        .unwrap();
+        let short = Spec::new(Shape::flat(3), &LAYERS[..upto]).unwrap();
+        let sp = &p[..short.param_len()];
+        let sacts = run_forward(&short, sp, &x, n);
+        let mut sgrads = vec![0.0; short.param_len()];
+        let mut sdx = vec![0.0; n * 3];
+        let mut sscratch = vec![0.0; short.backward_scratch_len(n)];
+        backward(
+            &short,
+            sp,
+            &sacts,
+            &g,
+            Some(&mut sgrads),
+            Some(&mut sdx),
+            &mut sscratch,
+            n,
+            &Serial,
+        )
+        .unwrap();
+        assert_eq!(&grads[..short.param_len()], &sgrads[..]);
+        assert!(grads[short.param_len()..].iter().all(|&v| v == 0.0));
+        assert_eq!(dx, sdx);
     }
 
     #[test]
@@ -306,7 +465,10 @@ mod tests {
         let mut scratch = vec![0.0; spec.infer_scratch_len(2) - 1];
         assert!(matches!(
             infer(&spec, &p, &x, &mut out, &mut scratch, 2),
-            Err(CoreError::BufferLen { what: "scratch", .. })
+            Err(CoreError::BufferLen {
+                what: "scratch",
+                ..
+            })
         ));
         let mut acts = vec![0.0; 3];
         assert!(forward(&spec, &p, &mut acts, 2, &Serial).is_err());
