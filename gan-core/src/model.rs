@@ -13,6 +13,7 @@ use crate::dense;
 use crate::error::{CoreError, check_len};
 use crate::kernels;
 use crate::kernels::Exec;
+use crate::mbd;
 use crate::spec::{Layer, LayerInfo, MAX_LAYERS, Spec};
 
 /// The output segment of `acts` after [`forward`] (N × output).
@@ -55,6 +56,21 @@ pub fn forward(
     check_len("acts", acts.len(), spec.act_len(n))?;
     for info in spec.iter() {
         if info.layer.is_view() {
+            continue;
+        }
+        if let Layer::MinibatchDisc { kernels, dims } = info.layer {
+            let (head, tail) = acts.split_at_mut(info.out_range(n).start);
+            let (out, aux) = tail.split_at_mut(info.aux_range(n).start - info.out_range(n).start);
+            mbd::mbd_forward(
+                &mut out[..n * info.out_shape.len()],
+                &head[info.in_range(n)],
+                &params[info.weight_range()],
+                &mut aux[..n * info.layer.aux_len()],
+                n,
+                info.in_shape.len(),
+                kernels as usize,
+                dims as usize,
+            )?;
             continue;
         }
         let (inp, out) = in_out(acts, &info, n);
@@ -175,7 +191,8 @@ pub(crate) fn backward_impl(
     let top = infos[upto - 1];
     check_len("dout", dout.len(), n * top.out_shape.len())?;
     let half = spec.max_features() * n;
-    let (mut cur, mut other) = scratch.split_at_mut(half);
+    let (ping, aux_scratch) = scratch.split_at_mut(2 * half);
+    let (mut cur, mut other) = ping.split_at_mut(half);
     cur[..dout.len()].copy_from_slice(dout);
 
     // Index of the first layer that does real work: below it only views remain, so its input
@@ -226,6 +243,27 @@ pub(crate) fn backward_impl(
                     // dinp (N×C_in) = dout · Wᵀ
                     kernels::matmul_nt(d, g_out, w, n, c_out, c_in, false, exec);
                 }
+            }
+            Layer::MinibatchDisc { kernels, dims } => {
+                if wgrad_acts.is_some() {
+                    return Err(CoreError::Unsupported { layer: info.index });
+                }
+                let Some(g) = grads.as_deref_mut() else {
+                    // Input gradient without parameter gradients: not wired yet.
+                    return Err(CoreError::Unsupported { layer: info.index });
+                };
+                mbd::mbd_backward(
+                    dinp,
+                    &mut g[info.weight_range()],
+                    g_out,
+                    inp,
+                    &params[info.weight_range()],
+                    &mut aux_scratch[..n * info.layer.aux_len()],
+                    n,
+                    info.in_shape.len(),
+                    kernels as usize,
+                    dims as usize,
+                )?;
             }
             ref l => match Activation::of(l) {
                 Some(a) => {
@@ -456,6 +494,56 @@ mod tests {
         assert_eq!(&grads[..short.param_len()], &sgrads[..]);
         assert!(grads[short.param_len()..].iter().all(|&v| v == 0.0));
         assert_eq!(dx, sdx);
+    }
+
+    /// A discriminator with minibatch discrimination: whole-network finite differences.
+    #[test]
+    fn minibatch_disc_network_gradients() {
+        let layers = [
+            Layer::Dense { out: 4 },
+            Layer::LeakyRelu { alpha: 0.2 },
+            Layer::MinibatchDisc {
+                kernels: 3,
+                dims: 2,
+            },
+            Layer::Dense { out: 1 },
+        ];
+        let n = 4;
+        let spec = Spec::new(Shape::flat(3), &layers).unwrap();
+        assert_eq!(spec.layer(2).unwrap().out_shape, Shape::flat(7));
+        let mut r = Lcg::new(8);
+        let mut p = vec![0.0; spec.param_len()];
+        r.fill(&mut p);
+        let mut x = vec![0.0; n * 3];
+        r.fill(&mut x);
+        let mut g = vec![0.0; n];
+        r.fill(&mut g);
+        let loss = |p: &[f32], x: &[f32]| -> f64 {
+            let acts = run_forward(&spec, p, x, n);
+            output(&spec, &acts, n)
+                .iter()
+                .zip(&g)
+                .map(|(&o, &g)| o as f64 * g as f64)
+                .sum()
+        };
+        let acts = run_forward(&spec, &p, &x, n);
+        let mut grads = vec![0.0; spec.param_len()];
+        let mut dx = vec![0.0; n * 3];
+        let mut scratch = vec![0.0; spec.backward_scratch_len(n)];
+        backward(
+            &spec,
+            &p,
+            &acts,
+            &g,
+            Some(&mut grads),
+            Some(&mut dx),
+            &mut scratch,
+            n,
+            &Serial,
+        )
+        .unwrap();
+        grad_check(&p, &grads, |pp| loss(pp, &x), 1e-3, 3e-3);
+        grad_check(&x, &dx, |xp| loss(&p, xp), 1e-3, 3e-3);
     }
 
     #[test]

@@ -108,6 +108,15 @@ pub enum Layer {
         /// Target shape.
         to: Shape,
     },
+    /// Minibatch discrimination ([`crate::mbd`]): appends `kernels` batch-similarity features
+    /// to the flattened input. Parameters: tensor `T` of `in × kernels × dims`, no bias.
+    /// Couples the samples of a batch, so it belongs in discriminators only.
+    MinibatchDisc {
+        /// Similarity kernels `B` (features added).
+        kernels: u32,
+        /// Dimensions `C` per kernel.
+        dims: u32,
+    },
 }
 
 impl Layer {
@@ -145,13 +154,37 @@ impl Layer {
                 Some(n) if n == in_len => Ok(to),
                 _ => Err(SpecError::ShapeMismatch { layer: index }),
             },
+            Layer::MinibatchDisc { kernels, dims } => {
+                if kernels == 0 || dims == 0 {
+                    return Err(SpecError::BadDimension { layer: index });
+                }
+                match in_len.checked_add(kernels as usize) {
+                    Some(n) if n <= u32::MAX as usize => Ok(Shape::flat(n as u32)),
+                    _ => Err(SpecError::BadDimension { layer: index }),
+                }
+            }
+        }
+    }
+
+    /// Weight elements per input element (the weight tensor is `inp.len() ×` this).
+    const fn weight_factor(&self) -> usize {
+        match *self {
+            Layer::Dense { out } => out as usize,
+            Layer::MinibatchDisc { kernels, dims } => kernels as usize * dims as usize,
+            _ => 0,
         }
     }
 
     /// Number of weight elements (excluding bias) for input shape `inp`.
     pub const fn weight_len(&self, inp: Shape) -> usize {
+        inp.len() * self.weight_factor()
+    }
+
+    /// Extra activation storage per sample that a layer keeps beside its output (the
+    /// similarity tensor of minibatch discrimination and its gradient).
+    pub const fn aux_len(&self) -> usize {
         match *self {
-            Layer::Dense { out } => inp.len() * out as usize,
+            Layer::MinibatchDisc { kernels, dims } => 2 * kernels as usize * dims as usize,
             _ => 0,
         }
     }
@@ -184,6 +217,7 @@ impl Layer {
             Layer::Sigmoid => "sigmoid",
             Layer::Flatten => "flatten",
             Layer::Reshape { .. } => "reshape",
+            Layer::MinibatchDisc { .. } => "minibatch_disc",
         }
     }
 
@@ -218,6 +252,9 @@ pub struct LayerInfo {
     /// Offset of this layer's output in the activation buffer, per sample (see `act_in`).
     /// Equal to `act_in` for view layers.
     pub act_out: usize,
+    /// Offset of this layer's auxiliary storage ([`Layer::aux_len`]), per sample; it follows
+    /// the output.
+    pub act_aux: usize,
 }
 
 impl LayerInfo {
@@ -241,6 +278,10 @@ impl LayerInfo {
     pub const fn out_range(&self, n: usize) -> core::ops::Range<usize> {
         n * self.act_out..n * (self.act_out + self.out_shape.len())
     }
+    /// Auxiliary range in an activation buffer for batch `n` (empty for most layers).
+    pub const fn aux_range(&self, n: usize) -> core::ops::Range<usize> {
+        n * self.act_aux..n * (self.act_aux + self.layer.aux_len())
+    }
 }
 
 /// A validated network: an input shape and a list of layers.
@@ -252,6 +293,7 @@ pub struct Spec<'a> {
     param_len: usize,
     act_per_sample: usize,
     max_features: usize,
+    max_aux: usize,
     output: Shape,
 }
 
@@ -281,6 +323,7 @@ impl<'a> Spec<'a> {
             _ => return Err(SpecError::BadDimension { layer: usize::MAX }),
         };
         let mut act_per_sample = max_features;
+        let mut max_aux = 0;
         let mut param_len: usize = 0;
         let mut i = 0;
         while i < layers.len() {
@@ -293,10 +336,7 @@ impl<'a> Spec<'a> {
                 Some(n) if n > 0 => n,
                 _ => return Err(SpecError::BadDimension { layer: i }),
             };
-            let w = match shape.len().checked_mul(match layer {
-                Layer::Dense { out } => out as usize,
-                _ => 0,
-            }) {
+            let w = match shape.len().checked_mul(layer.weight_factor()) {
                 Some(w) => w,
                 None => return Err(SpecError::BadDimension { layer: i }),
             };
@@ -310,9 +350,15 @@ impl<'a> Spec<'a> {
             };
             if !layer.is_view() {
                 act_per_sample = match act_per_sample.checked_add(out_len) {
-                    Some(a) => a,
+                    Some(a) => match a.checked_add(layer.aux_len()) {
+                        Some(a) => a,
+                        None => return Err(SpecError::BadDimension { layer: i }),
+                    },
                     None => return Err(SpecError::BadDimension { layer: i }),
                 };
+            }
+            if layer.aux_len() > max_aux {
+                max_aux = layer.aux_len();
             }
             if out_len > max_features {
                 max_features = out_len;
@@ -326,6 +372,7 @@ impl<'a> Spec<'a> {
             param_len,
             act_per_sample,
             max_features,
+            max_aux,
             output: shape,
         })
     }
@@ -368,9 +415,10 @@ impl<'a> Spec<'a> {
     pub const fn infer_scratch_len(&self, n: usize) -> usize {
         2 * self.max_features * n
     }
-    /// Scratch length for [`crate::model::backward`] with batch `n`.
+    /// Scratch length for [`crate::model::backward`] with batch `n`: two ping-pong gradient
+    /// buffers plus the largest auxiliary buffer of any layer.
     pub const fn backward_scratch_len(&self, n: usize) -> usize {
-        2 * self.max_features * n
+        (2 * self.max_features + self.max_aux) * n
     }
     /// Multiply-accumulates per sample for one forward pass.
     pub fn macs(&self) -> usize {
@@ -412,11 +460,16 @@ impl Iterator for LayerIter<'_> {
     fn next(&mut self) -> Option<LayerInfo> {
         let layer = *self.layers.get(self.index)?;
         // The spec was validated by `Spec::new`; the fallback is never taken.
-        let out_shape = layer.out_shape(self.shape, self.index).unwrap_or(self.shape);
+        let out_shape = layer
+            .out_shape(self.shape, self.index)
+            .unwrap_or(self.shape);
         let (act_out, next) = if layer.is_view() {
             (self.act_in, self.act_next)
         } else {
-            (self.act_next, self.act_next + out_shape.len())
+            (
+                self.act_next,
+                self.act_next + out_shape.len() + layer.aux_len(),
+            )
         };
         let weight_len = layer.weight_len(self.shape);
         let info = LayerInfo {
@@ -430,6 +483,7 @@ impl Iterator for LayerIter<'_> {
             bias_len: layer.bias_len(),
             act_in: self.act_in,
             act_out,
+            act_aux: act_out + out_shape.len(),
         };
         self.param_offset = info.param_range().end;
         self.act_in = act_out;
@@ -473,7 +527,10 @@ mod tests {
         assert_eq!(l2.param_range(), 48..76);
         let odd = Spec::new(Shape::flat(3), &[Layer::Dense { out: 3 }]).unwrap();
         let l = odd.layer(0).unwrap();
-        assert_eq!((l.weight_range(), l.bias_range(), odd.param_len()), (0..9, 12..15, 16));
+        assert_eq!(
+            (l.weight_range(), l.bias_range(), odd.param_len()),
+            (0..9, 12..15, 16)
+        );
         assert_eq!(l2.act_in, 5 + 8);
         assert_eq!(l2.act_out, 5 + 8 + 8);
         assert_eq!(S.layer(3).unwrap().out_range(2), 2 * 24..2 * 27);
@@ -525,7 +582,10 @@ mod tests {
         assert_eq!(
             Spec::new(
                 Shape::flat(u32::MAX),
-                &[Layer::Dense { out: u32::MAX }, Layer::Dense { out: u32::MAX }]
+                &[
+                    Layer::Dense { out: u32::MAX },
+                    Layer::Dense { out: u32::MAX }
+                ]
             )
             .err()
             .map(|_| ()),
