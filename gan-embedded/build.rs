@@ -1,0 +1,113 @@
+//! Build script: picks the memory map for each binary and target, passes the linker flags, and
+//! copies (after validating it) the weights file that gets linked into the firmware.
+//!
+//! - `GAN_WEIGHTS`: path of the weights file to link (default `../data/weights/default.ganw`;
+//!   a relative path is taken from this package's folder).
+//! - memory maps: `memory/*.x`. The `qemu` binary gets `qemu-m4.x` on thumbv7em and the
+//!   Pico-sized `qemu-m0.x` on thumbv6m; the `pico` binary gets `pico.x`.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let target = env::var("TARGET").expect("TARGET is set by cargo");
+
+    memory_maps(&out, &manifest, &target);
+    linker_flags();
+    linked_weights(&out, &manifest);
+}
+
+/// Writes one `memory.x` per binary into its own folder and points that binary's linker there.
+fn memory_maps(out: &Path, manifest: &Path, target: &str) {
+    println!("cargo:rerun-if-changed=memory");
+    let qemu_map = if target.starts_with("thumbv6m") {
+        "qemu-m0.x"
+    } else {
+        // thumbv7em-none-eabihf and any other ARMv7-M target: the Cortex-M4F board.
+        "qemu-m4.x"
+    };
+    for (bin, map) in [("qemu", qemu_map), ("pico", "pico.x")] {
+        let dir = out.join(bin);
+        fs::create_dir_all(&dir).expect("create memory map folder");
+        fs::copy(manifest.join("memory").join(map), dir.join("memory.x")).expect("copy memory map");
+        // cortex-m-rt's link.x says `INCLUDE memory.x`: the linker finds the one in this folder.
+        println!("cargo:rustc-link-arg-bin={bin}=-L{}", dir.display());
+    }
+    // Sections shared by every map (WEIGHTS symbols, the linked-weights section), included by
+    // each memory.x.
+    fs::copy(
+        manifest.join("memory/gan-sections.x"),
+        out.join("gan-sections.x"),
+    )
+    .expect("copy");
+    println!("cargo:rustc-link-search={}", out.display());
+}
+
+fn linker_flags() {
+    // cortex-m-rt's linker script: vector table, sections, RAM init, stack; includes memory.x.
+    println!("cargo:rustc-link-arg-bins=-Tlink.x");
+    // No page alignment of sections: flash does not start on a page boundary (0x1000_0100 on the
+    // Pico), and page-aligned segments would waste flash or overlap boot2.
+    println!("cargo:rustc-link-arg-bins=--nmagic");
+    // defmt's linker script keeps the interned log strings (an info section, not flashed), only
+    // for binaries that log with defmt.
+    if env::var_os("CARGO_FEATURE_PICO").is_some() {
+        println!("cargo:rustc-link-arg-bin=pico=-Tdefmt.x");
+    }
+    if env::var_os("CARGO_FEATURE_QEMU_DEFMT").is_some() {
+        println!("cargo:rustc-link-arg-bin=qemu=-Tdefmt.x");
+    }
+}
+
+/// Copies the weights file into OUT_DIR as `weights.ganw` (what `src/lib.rs` includes), after
+/// checking that it is a valid generator, so a bad file fails the build instead of the device.
+fn linked_weights(out: &Path, manifest: &Path) {
+    println!("cargo:rerun-if-env-changed=GAN_WEIGHTS");
+    let path = match env::var_os("GAN_WEIGHTS") {
+        Some(p) if !p.is_empty() => manifest.join(PathBuf::from(p)),
+        _ => manifest.join("../data/weights/default.ganw"),
+    };
+    println!("cargo:rerun-if-changed={}", path.display());
+    let bytes = fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the weights file {}: {e} (set GAN_WEIGHTS)",
+            path.display()
+        )
+    });
+    check_weights(&bytes, &path);
+    fs::write(out.join("weights.ganw"), &bytes).expect("write weights into OUT_DIR");
+}
+
+fn check_weights(bytes: &[u8], path: &Path) {
+    // Parse from a 16-byte aligned copy, as the firmware will see it in flash.
+    let mut words = vec![0u128; bytes.len().div_ceil(16)];
+    for (w, chunk) in words.iter_mut().zip(bytes.chunks(16)) {
+        let mut b = [0u8; 16];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *w = u128::from_ne_bytes(b);
+    }
+    // SAFETY: `words` owns `words.len() * 16` initialised bytes and any u8 value is valid.
+    let aligned =
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 16) };
+    let file = gan_core::format::WeightsFile::parse(&aligned[..bytes.len()])
+        .unwrap_or_else(|e| panic!("{} is not a valid weights file: {e}", path.display()));
+    if let Err(e) = file.check_generator_fits(MAX_PARAMS, MAX_FEATURES) {
+        panic!("{} cannot run on this firmware: {e}", path.display());
+    }
+    if file.spec().output().len() > MAX_PIXELS {
+        panic!(
+            "{}: the generator output is larger than {MAX_PIXELS} pixels",
+            path.display()
+        );
+    }
+}
+
+// MAX_FEATURES, MAX_PIXELS, MAX_PARAMS: the same numbers the firmware checks at boot.
+#[allow(dead_code)]
+mod limits {
+    include!("src/limits.rs");
+}
+use limits::{MAX_FEATURES, MAX_PARAMS, MAX_PIXELS};
