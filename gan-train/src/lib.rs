@@ -2,8 +2,14 @@
 //! `gan-core`, writes reports (sample grids, loss plots, GIFs), checkpoints and resumes, and
 //! exports generator weights for the firmware.
 
+pub mod bench;
+pub mod config;
 pub mod data;
 pub mod download;
+pub mod inspect;
 pub mod report;
+pub mod run;
 pub mod sample;
+pub mod toy;
+pub mod trainer;
 pub mod uf2;

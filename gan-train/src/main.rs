@@ -1,1 +1,504 @@
-fn main() {}
+//! `gan-train`: train a GAN on MNIST-format digits, watch it learn, export it for a
+//! microcontroller.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use gan_train::config::{
+    Arch, DataShape, HiddenAct, LossKind, Noise, OptKind, OutAct, TrainConfig,
+};
+use gan_train::inspect;
+use gan_train::run::{self, Outcome, RunDir, RunOptions};
+use gan_train::sample::{self, AlignedBytes, ClassChoice};
+use gan_train::trainer::Pool;
+
+#[derive(Parser)]
+#[command(
+    name = "gan-train",
+    version,
+    about = "Train a GAN on handwritten digits and export it for a microcontroller"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a GAN (default: the microcontroller-sized model on the bundled 10k MNIST digits).
+    Train(TrainArgs),
+    /// Print the generator and discriminator layer tables for a configuration.
+    Summary(ModelArgs),
+    /// Export a run's generator as a weights file for the firmware (and optionally a UF2).
+    Export(ExportArgs),
+    /// Show and validate a weights file.
+    Inspect {
+        /// The weights file.
+        file: PathBuf,
+    },
+    /// Generate digits from a weights file with the exact inference path the firmware uses.
+    Sample(SampleArgs),
+    /// The toy GAN that learns y = x² (2-D points).
+    Toy(gan_train::toy::ToyArgs),
+    /// Measure training and generation throughput.
+    Bench(gan_train::bench::BenchArgs),
+    /// Download MNIST from a mirror (checks SHA-256).
+    Download(DownloadArgs),
+    /// Convert firmware (ELF) or a weights file to UF2 for drag-and-drop flashing of a Pico.
+    Uf2(Uf2Args),
+}
+
+/// Model and training options; every flag overrides the config file (or the defaults).
+#[derive(Args, Clone, Debug, Default)]
+struct ModelArgs {
+    /// TOML config file (see a run's config.toml for every key).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Architecture preset: mcu (fits a Pico), classic (the seed MLP GAN) or custom.
+    #[arg(long, value_enum)]
+    arch: Option<Arch>,
+    /// Noise size (with --arch custom).
+    #[arg(long)]
+    latent: Option<u32>,
+    /// Generator hidden widths, e.g. 256,512,1024 (with --arch custom).
+    #[arg(long, value_delimiter = ',')]
+    g_hidden: Option<Vec<u32>>,
+    /// Discriminator hidden widths, e.g. 512,256 (with --arch custom).
+    #[arg(long, value_delimiter = ',')]
+    d_hidden: Option<Vec<u32>>,
+    /// Generator hidden activation.
+    #[arg(long, value_enum)]
+    g_act: Option<HiddenAct>,
+    /// Generator output activation.
+    #[arg(long, value_enum)]
+    g_out: Option<OutAct>,
+    /// Noise distribution.
+    #[arg(long, value_enum)]
+    noise: Option<Noise>,
+    /// Conditional GAN (class labels into G and D).
+    #[arg(long)]
+    conditional: bool,
+    /// Loss.
+    #[arg(long, value_enum)]
+    loss: Option<LossKind>,
+    /// Gradient penalty weight (wgan-gp).
+    #[arg(long)]
+    gp_lambda: Option<f32>,
+    /// Discriminator steps per generator step.
+    #[arg(long)]
+    n_critic: Option<u32>,
+    /// One-sided label smoothing (real target 1 - s).
+    #[arg(long)]
+    label_smoothing: Option<f32>,
+    /// Feature-matching weight added to the generator loss.
+    #[arg(long)]
+    feature_matching: Option<f32>,
+    /// Minibatch discrimination kernels,dims (e.g. 32,8).
+    #[arg(long, value_delimiter = ',')]
+    minibatch_disc: Option<Vec<u32>>,
+    /// Optimizer for both networks.
+    #[arg(long, value_enum)]
+    optimizer: Option<OptKind>,
+    /// Generator learning rate.
+    #[arg(long)]
+    g_lr: Option<f32>,
+    /// Discriminator learning rate.
+    #[arg(long)]
+    d_lr: Option<f32>,
+    /// Adam β1.
+    #[arg(long)]
+    beta1: Option<f32>,
+    /// SGD momentum.
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// Batch size.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Stop after this many steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Seed (initialisation, shuffling, noise).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl ModelArgs {
+    fn config(&self) -> Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+            }
+            None => TrainConfig::default(),
+        };
+        let custom = self.latent.is_some() || self.g_hidden.is_some() || self.d_hidden.is_some();
+        if custom && self.arch.is_none() {
+            // Widths given without a preset: start from the current preset's widths.
+            c = TrainConfig {
+                arch: Arch::Custom,
+                ..c.resolved()
+            };
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(
+            arch, latent, g_hidden, d_hidden, g_act, g_out, noise, loss, gp_lambda, n_critic
+        );
+        set!(
+            label_smoothing,
+            feature_matching,
+            minibatch_disc,
+            g_lr,
+            d_lr,
+            beta1,
+            momentum
+        );
+        set!(batch, epochs, max_steps, seed);
+        if let Some(o) = self.optimizer {
+            c.g_opt = o;
+            c.d_opt = o;
+        }
+        if self.conditional {
+            c.conditional = true;
+        }
+        if c.loss == LossKind::WganGp && self.n_critic.is_none() && c.n_critic == 1 {
+            c.n_critic = 5;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Run directory (default: runs/run-NNN, the next free number).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Continue the run in this directory from its checkpoint (--epochs may extend it).
+    #[arg(long, conflicts_with = "run")]
+    resume: Option<PathBuf>,
+    /// Data directory with MNIST-format IDX files (default: the bundled 10k digits).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Use only the first N images.
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Run directory to export from (uses its checkpoint).
+    #[arg(long, required_unless_present = "checkpoint")]
+    run: Option<PathBuf>,
+    /// A checkpoint file instead of a run directory.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Output weights file (default: RUN/generator.ganw).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also write a UF2 that flashes just these weights to a Pico's weights region.
+    #[arg(long)]
+    uf2: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Weights file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Number of digits.
+    #[arg(long, default_value_t = 16)]
+    n: usize,
+    /// Noise seed (the firmware with the same seed draws the same digits).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Class for a conditional model (default: cycle 0, 1, 2, ...).
+    #[arg(long)]
+    class: Option<u32>,
+    /// Write a PNG grid.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// Write an IDX (ubyte, N×H×W) file.
+    #[arg(long)]
+    idx: Option<PathBuf>,
+    /// Write raw bytes (N×H×W), the firmware's output format.
+    #[arg(long)]
+    raw: Option<PathBuf>,
+    /// Print the digits as ASCII art.
+    #[arg(long)]
+    ascii: bool,
+}
+
+#[derive(Args)]
+struct DownloadArgs {
+    /// Mirror base URL (files are fetched from BASE/train-images-idx3-ubyte.gz etc.).
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Destination directory.
+    #[arg(long, default_value = "data/mnist")]
+    dest: PathBuf,
+    /// Also fetch the 10k test set files.
+    #[arg(long)]
+    test_set: bool,
+}
+
+#[derive(Args)]
+struct Uf2Args {
+    /// Firmware ELF to convert.
+    #[arg(long, conflicts_with = "weights", required_unless_present = "weights")]
+    elf: Option<PathBuf>,
+    /// Weights file to place at the Pico's weights region.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Flash address for --weights.
+    #[arg(long, default_value = "0x10100000", value_parser = parse_u32)]
+    addr: u32,
+    /// Output UF2.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_u32(s: &str) -> std::result::Result<u32, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+fn next_run_dir() -> PathBuf {
+    (1..)
+        .map(|i| PathBuf::from(format!("runs/run-{i:03}")))
+        .find(|p| !p.exists())
+        .expect("some run number is free")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Summary(m) => {
+            let cfg = m.config()?;
+            let shape = DataShape::MNIST;
+            let g = cfg.generator(shape)?;
+            let d = cfg.discriminator(shape)?;
+            println!("{}", inspect::summary_table("Generator", &g.spec()));
+            println!("{}", inspect::summary_table("Discriminator", &d.spec()));
+            Ok(())
+        }
+        Cmd::Export(a) => cmd_export(a),
+        Cmd::Inspect { file } => {
+            let bytes = AlignedBytes::read(&file)?;
+            let (text, ok) = inspect::describe_weights(bytes.bytes());
+            print!("{text}");
+            if !ok {
+                bail!("{} is not a valid weights file", file.display());
+            }
+            Ok(())
+        }
+        Cmd::Sample(a) => cmd_sample(a),
+        Cmd::Toy(a) => gan_train::toy::run(&a),
+        Cmd::Bench(a) => gan_train::bench::run(&a),
+        Cmd::Download(a) => cmd_download(a),
+        Cmd::Uf2(a) => cmd_uf2(a),
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    if let Some(t) = a.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()?;
+    }
+    let run_dir = a
+        .resume
+        .clone()
+        .or(a.run.clone())
+        .unwrap_or_else(next_run_dir);
+    let mut opts = RunOptions::new(&run_dir);
+    opts.data_dir = a.data.clone();
+    opts.limit = a.limit;
+    opts.progress = !a.quiet && std::io::stderr().is_terminal();
+    let stop = opts.stop.clone();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and writing a checkpoint (Ctrl-C again to quit now)");
+    })?;
+    let outcome = if a.resume.is_some() {
+        eprintln!("resuming {}", run_dir.display());
+        run::resume(&opts, a.model.epochs, &Pool)?
+    } else {
+        let cfg = a.model.config()?;
+        let shape = DataShape::MNIST;
+        eprintln!(
+            "training {:?} GAN ({} generator parameters) in {}",
+            cfg.arch,
+            inspect::group(cfg.generator(shape)?.spec().param_len()),
+            run_dir.display()
+        );
+        run::train(&cfg, &opts, &Pool)?
+    };
+    let r = RunDir::new(&run_dir);
+    match outcome {
+        Outcome::Finished {
+            steps,
+            images_per_sec,
+        } => {
+            eprintln!("done: {steps} steps, {images_per_sec:.0} images/s");
+            eprintln!("  samples:   {}", r.samples().display());
+            eprintln!(
+                "  losses:    {} and {}",
+                r.csv().display(),
+                r.plot().display()
+            );
+            eprintln!("  animation: {}", r.gif().display());
+            eprintln!("  generator: {}", r.generator().display());
+            eprintln!(
+                "next: gan-train sample --model {} --ascii --n 4",
+                r.generator().display()
+            );
+        }
+        Outcome::Interrupted { steps } => {
+            eprintln!("interrupted at step {steps}; checkpoint saved");
+            eprintln!(
+                "continue with: gan-train train --resume {}",
+                run_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    let (ck_path, default_out) = match (&a.checkpoint, &a.run) {
+        (Some(c), _) => (c.clone(), c.with_extension("ganw")),
+        (None, Some(r)) => (RunDir::new(r).checkpoint(), RunDir::new(r).generator()),
+        (None, None) => bail!("give --run or --checkpoint"),
+    };
+    let ck = run::load_checkpoint(&ck_path)?;
+    let bytes = run::export_bytes(&ck)?;
+    let out = a.out.unwrap_or(default_out);
+    run::write_atomic(&out, &bytes)?;
+    eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
+    if let Some(u) = a.uf2 {
+        write_weights_uf2(&bytes, 0x1010_0000, &u)?;
+    }
+    Ok(())
+}
+
+fn write_weights_uf2(bytes: &[u8], addr: u32, out: &Path) -> Result<()> {
+    let uf2 = uf2_shim::bin_to_uf2(bytes, addr)?;
+    run::write_atomic(out, &uf2)?;
+    eprintln!(
+        "wrote {} ({} bytes, flashes to {addr:#010x})",
+        out.display(),
+        uf2.len()
+    );
+    Ok(())
+}
+
+fn cmd_uf2(a: Uf2Args) -> Result<()> {
+    match (a.elf, a.weights) {
+        (Some(elf), None) => {
+            let bytes =
+                std::fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
+            let uf2 = uf2_shim::elf_to_uf2(&bytes)?;
+            run::write_atomic(&a.out, &uf2)?;
+            eprintln!("wrote {} ({} bytes)", a.out.display(), uf2.len());
+            Ok(())
+        }
+        (None, Some(w)) => {
+            let bytes = AlignedBytes::read(&w)?;
+            bytes.weights()?;
+            write_weights_uf2(bytes.bytes(), a.addr, &a.out)
+        }
+        _ => bail!("give exactly one of --elf and --weights"),
+    }
+}
+
+fn cmd_sample(a: SampleArgs) -> Result<()> {
+    let bytes = AlignedBytes::read(&a.model)?;
+    let w = bytes.weights()?;
+    let out = w.header.output;
+    let (h, wd) = (out.h as usize, out.w as usize);
+    let class = match a.class {
+        Some(c) => ClassChoice::Fixed(c),
+        None => ClassChoice::Cycle,
+    };
+    let pixels = sample::generate(&w, a.seed, a.n, class)?;
+    let per = out.len();
+    if let Some(p) = &a.png {
+        let cols = (a.n as f64).sqrt().ceil() as usize;
+        gan_train::report::save_grid_png(p, &pixels, a.n, h, wd, cols.max(1), 4)?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.idx {
+        run::write_atomic(p, &sample::write_idx_images(&pixels, a.n, h, wd))?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.raw {
+        run::write_atomic(p, &pixels)?;
+        eprintln!("wrote {}", p.display());
+    }
+    if a.ascii || (a.png.is_none() && a.idx.is_none() && a.raw.is_none()) {
+        for (i, img) in pixels.chunks_exact(per).enumerate() {
+            println!("digit {i} (seed {})", a.seed);
+            print!("{}", sample::ascii_art(img, wd));
+        }
+    }
+    Ok(())
+}
+
+fn cmd_download(a: DownloadArgs) -> Result<()> {
+    use gan_train::download;
+    let mirror = match a.mirror {
+        Some(url) => download::Mirror::new(url),
+        None => download::Mirror::default(),
+    };
+    let mut files: Vec<&str> = vec!["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"];
+    if a.test_set {
+        files.extend(["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]);
+    }
+    download::download(&mirror, &a.dest, &files, download::known_sha256)?;
+    eprintln!(
+        "MNIST is in {}; train on it with: gan-train train --data {}",
+        a.dest.display(),
+        a.dest.display()
+    );
+    Ok(())
+}
+
+/// Placeholder until the UF2 writer lands in `gan_train::uf2`.
+mod uf2_shim {
+    pub fn bin_to_uf2(_: &[u8], _: u32) -> anyhow::Result<Vec<u8>> {
+        anyhow::bail!("UF2 output is not available in this build")
+    }
+    pub fn elf_to_uf2(_: &[u8]) -> anyhow::Result<Vec<u8>> {
+        anyhow::bail!("UF2 output is not available in this build")
+    }
+}

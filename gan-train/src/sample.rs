@@ -78,9 +78,63 @@ pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) ->
             ClassChoice::Cycle => 0,
         };
         if g.classes() > 0 && cls >= g.classes() {
-            anyhow::bail!("class {cls} is out of range: the model has {} classes", g.classes());
+            anyhow::bail!(
+                "class {cls} is out of range: the model has {} classes",
+                g.classes()
+            );
         }
         g.generate(&mut rng, cls, &mut z, &mut y, &mut scratch, pixels)?;
     }
     Ok(out)
+}
+
+/// An image as ASCII art, one text line per pixel row (dark to bright: " .:-=+*#%@").
+pub fn ascii_art(pixels: &[u8], width: usize) -> String {
+    const RAMP: &[u8] = b" .:-=+*#%@";
+    let mut s = String::with_capacity(pixels.len() + pixels.len() / width.max(1));
+    for row in pixels.chunks(width.max(1)) {
+        for &p in row {
+            s.push(RAMP[p as usize * (RAMP.len() - 1) / 255] as char);
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// An IDX file (magic 2051, unsigned bytes) holding `n` images of `h × w`.
+pub fn write_idx_images(pixels: &[u8], n: usize, h: usize, w: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + pixels.len());
+    out.extend_from_slice(&0x0000_0803u32.to_be_bytes());
+    for d in [n, h, w] {
+        out.extend_from_slice(&(d as u32).to_be_bytes());
+    }
+    out.extend_from_slice(&pixels[..(n * h * w).min(pixels.len())]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_bytes_are_aligned_and_equal() {
+        let data: Vec<u8> = (0..=40).collect();
+        let a = AlignedBytes::new(&data[1..]);
+        assert_eq!(a.bytes(), &data[1..]);
+        assert_eq!(a.bytes().as_ptr() as usize % 16, 0);
+    }
+
+    #[test]
+    fn ascii_ramp_ends() {
+        assert_eq!(ascii_art(&[0, 255, 128, 0], 2), " @\n= \n");
+    }
+
+    #[test]
+    fn idx_round_trips_through_the_reader() {
+        let px: Vec<u8> = (0..2 * 3 * 4).map(|i| i as u8).collect();
+        let bytes = write_idx_images(&px, 2, 3, 4);
+        let idx = crate::data::read_idx_bytes(&bytes).unwrap();
+        let (images, n, h, w) = idx.into_images().unwrap();
+        assert_eq!((images, n, h, w), (px, 2, 3, 4));
+    }
 }

@@ -1,0 +1,364 @@
+//! Training configuration: architecture, loss, optimizers, schedule. Serialised as TOML in the
+//! run directory (`config.toml`) and inside every checkpoint.
+
+use anyhow::{Result, bail};
+use gan_core::format::NoiseKind;
+use gan_core::init::Init;
+use gan_core::optim::{AdamConfig, Optimizer, SgdConfig};
+use gan_core::spec::{Layer, Shape, Spec};
+use serde::{Deserialize, Serialize};
+
+/// Architecture presets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// Microcontroller-sized default: G z64→128→192→784 (~184K parameters, ~738 KB as f32, fits
+    /// a Raspberry Pi Pico's flash), D 784→256→128→1.
+    Mcu,
+    /// The classic MLP GAN: G z100→256→512→1024→784, D 784→512→256→1.
+    Classic,
+    /// Widths from `latent`, `g_hidden` and `d_hidden`.
+    Custom,
+}
+
+/// Hidden activation of the generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum HiddenAct {
+    /// LeakyReLU with slope 0.2.
+    LeakyRelu,
+    /// ReLU.
+    Relu,
+}
+
+/// Output activation of the generator (and how pixels are scaled for training).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutAct {
+    /// Tanh; real pixels scaled to [-1, 1].
+    Tanh,
+    /// Sigmoid; real pixels scaled to [0, 1].
+    Sigmoid,
+}
+
+/// The adversarial objective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossKind {
+    /// Non-saturating GAN with numerically stable BCE on D's logits.
+    Bce,
+    /// The classic form: D ends in a Sigmoid and BCE is taken on probabilities with ε = 1e-8.
+    BceProb,
+    /// Least squares GAN.
+    Lsgan,
+    /// Wasserstein critic with gradient penalty.
+    WganGp,
+    /// Hinge loss.
+    Hinge,
+}
+
+/// Optimizer choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptKind {
+    /// Adam.
+    Adam,
+    /// SGD (with `momentum`).
+    Sgd,
+}
+
+/// Noise distribution (mirrors [`NoiseKind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Noise {
+    /// Standard normal.
+    Gaussian,
+    /// Uniform on [-1, 1).
+    Uniform,
+}
+
+impl From<Noise> for NoiseKind {
+    fn from(n: Noise) -> Self {
+        match n {
+            Noise::Gaussian => NoiseKind::Gaussian,
+            Noise::Uniform => NoiseKind::Uniform,
+        }
+    }
+}
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Architecture preset; `custom` uses the widths below as given.
+    pub arch: Arch,
+    /// Noise values per sample.
+    pub latent: u32,
+    /// Generator hidden widths.
+    pub g_hidden: Vec<u32>,
+    /// Discriminator hidden widths.
+    pub d_hidden: Vec<u32>,
+    /// Generator hidden activation.
+    pub g_act: HiddenAct,
+    /// Generator output activation.
+    pub g_out: OutAct,
+    /// Noise distribution.
+    pub noise: Noise,
+    /// Conditional GAN: one-hot labels appended to G's noise and D's input.
+    pub conditional: bool,
+    /// Objective.
+    pub loss: LossKind,
+    /// Gradient penalty weight for `wgan-gp`.
+    pub gp_lambda: f32,
+    /// Discriminator steps per generator step.
+    pub n_critic: u32,
+    /// One-sided label smoothing: real target is `1 - label_smoothing` (BCE losses).
+    pub label_smoothing: f32,
+    /// Weight of the feature-matching term in the generator loss (0 = off).
+    pub feature_matching: f32,
+    /// Minibatch discrimination in D before its last layer: `[kernels B, dims C]` (empty = off).
+    pub minibatch_disc: Vec<u32>,
+    /// Generator optimizer.
+    pub g_opt: OptKind,
+    /// Discriminator optimizer.
+    pub d_opt: OptKind,
+    /// Generator learning rate.
+    pub g_lr: f32,
+    /// Discriminator learning rate.
+    pub d_lr: f32,
+    /// Adam β1.
+    pub beta1: f32,
+    /// Adam β2.
+    pub beta2: f32,
+    /// SGD momentum.
+    pub momentum: f32,
+    /// Weight initialisation.
+    pub init: Init,
+    /// Batch size.
+    pub batch: usize,
+    /// Epochs.
+    pub epochs: u32,
+    /// Stop after this many discriminator steps (0 = no limit); for quick runs and tests.
+    pub max_steps: u64,
+    /// Seed for initialisation, shuffling and noise.
+    pub seed: u64,
+    /// Log a CSV row every this many steps.
+    pub log_every: u32,
+    /// Samples in the per-epoch grid (fixed noise).
+    pub grid: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            arch: Arch::Mcu,
+            latent: 64,
+            g_hidden: vec![128, 192],
+            d_hidden: vec![256, 128],
+            g_act: HiddenAct::LeakyRelu,
+            g_out: OutAct::Tanh,
+            noise: Noise::Gaussian,
+            conditional: false,
+            loss: LossKind::Bce,
+            gp_lambda: gan_core::gp::DEFAULT_LAMBDA,
+            n_critic: 1,
+            label_smoothing: 0.0,
+            feature_matching: 0.0,
+            minibatch_disc: vec![],
+            g_opt: OptKind::Adam,
+            d_opt: OptKind::Adam,
+            g_lr: 2e-4,
+            d_lr: 2e-4,
+            beta1: 0.5,
+            beta2: 0.999,
+            momentum: 0.0,
+            init: Init::HeNormal,
+            batch: 64,
+            epochs: 30,
+            max_steps: 0,
+            seed: 1,
+            log_every: 20,
+            grid: 64,
+        }
+    }
+}
+
+/// Image geometry and label count of the data the run trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataShape {
+    /// Image height.
+    pub h: u32,
+    /// Image width.
+    pub w: u32,
+    /// Number of classes (used by conditional models).
+    pub classes: u32,
+}
+
+impl DataShape {
+    /// MNIST: 28×28, 10 classes.
+    pub const MNIST: DataShape = DataShape {
+        h: 28,
+        w: 28,
+        classes: 10,
+    };
+    /// Pixels per image.
+    pub fn pixels(&self) -> usize {
+        (self.h * self.w) as usize
+    }
+}
+
+/// A network as owned layers plus its input shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetDef {
+    /// Input shape of one sample.
+    pub input: Shape,
+    /// Layers.
+    pub layers: Vec<Layer>,
+}
+
+impl NetDef {
+    /// The validated spec.
+    pub fn spec(&self) -> Spec<'_> {
+        Spec::new(self.input, &self.layers).expect("NetDef is validated when built")
+    }
+}
+
+impl TrainConfig {
+    /// Applies the preset widths (for `mcu` and `classic`).
+    pub fn resolved(&self) -> TrainConfig {
+        let mut c = self.clone();
+        match self.arch {
+            Arch::Mcu => {
+                c.latent = 64;
+                c.g_hidden = vec![128, 192];
+                c.d_hidden = vec![256, 128];
+            }
+            Arch::Classic => {
+                c.latent = 100;
+                c.g_hidden = vec![256, 512, 1024];
+                c.d_hidden = vec![512, 256];
+            }
+            Arch::Custom => {}
+        }
+        c
+    }
+
+    /// Checks ranges; returns a message a user can act on.
+    pub fn validate(&self) -> Result<()> {
+        let c = self.resolved();
+        if c.latent == 0 {
+            bail!("latent size must be at least 1");
+        }
+        if c.g_hidden.contains(&0) || c.d_hidden.contains(&0) {
+            bail!("hidden widths must be at least 1");
+        }
+        if c.batch < 2 {
+            bail!("batch size must be at least 2");
+        }
+        if !(c.g_lr > 0.0 && c.d_lr > 0.0 && c.g_lr.is_finite() && c.d_lr.is_finite()) {
+            bail!("learning rates must be positive and finite");
+        }
+        if !(0.0..1.0).contains(&c.label_smoothing) {
+            bail!("label smoothing must be in [0, 1)");
+        }
+        if !(c.feature_matching >= 0.0 && c.feature_matching.is_finite()) {
+            bail!("feature-matching weight must be >= 0");
+        }
+        if !(c.minibatch_disc.is_empty()
+            || c.minibatch_disc.len() == 2 && !c.minibatch_disc.contains(&0))
+        {
+            bail!("minibatch discrimination takes two positive numbers: kernels and dims");
+        }
+        if c.n_critic == 0 {
+            bail!("n_critic must be at least 1");
+        }
+        if c.d_hidden.is_empty() && c.feature_matching > 0.0 {
+            bail!("feature matching needs at least one hidden discriminator layer");
+        }
+        if c.loss == LossKind::WganGp && !c.minibatch_disc.is_empty() {
+            bail!("the gradient penalty does not support minibatch discrimination");
+        }
+        Ok(())
+    }
+
+    /// The generator network for this config.
+    pub fn generator(&self, data: DataShape) -> Result<NetDef> {
+        let c = self.resolved();
+        let classes = if c.conditional { data.classes } else { 0 };
+        let mut layers = Vec::new();
+        for &h in &c.g_hidden {
+            layers.push(Layer::Dense { out: h });
+            layers.push(match c.g_act {
+                HiddenAct::LeakyRelu => Layer::LeakyRelu { alpha: 0.2 },
+                HiddenAct::Relu => Layer::Relu,
+            });
+        }
+        layers.push(Layer::Dense {
+            out: data.h * data.w,
+        });
+        layers.push(match c.g_out {
+            OutAct::Tanh => Layer::Tanh,
+            OutAct::Sigmoid => Layer::Sigmoid,
+        });
+        layers.push(Layer::Reshape {
+            to: Shape::image(1, data.h, data.w),
+        });
+        let def = NetDef {
+            input: Shape::flat(c.latent + classes),
+            layers,
+        };
+        Spec::new(def.input, &def.layers).map_err(|e| anyhow::anyhow!("generator: {e}"))?;
+        Ok(def)
+    }
+
+    /// The discriminator network for this config. Its output is one score per sample: a logit
+    /// (BCE, hinge, Wasserstein, least squares) or a probability (`bce-prob`).
+    pub fn discriminator(&self, data: DataShape) -> Result<NetDef> {
+        let c = self.resolved();
+        let classes = if c.conditional { data.classes } else { 0 };
+        let mut layers = Vec::new();
+        for &h in &c.d_hidden {
+            layers.push(Layer::Dense { out: h });
+            layers.push(Layer::LeakyRelu { alpha: 0.2 });
+        }
+        if let [b, cdim] = c.minibatch_disc[..] {
+            layers.push(Layer::MinibatchDisc {
+                kernels: b,
+                dims: cdim,
+            });
+        }
+        layers.push(Layer::Dense { out: 1 });
+        if c.loss == LossKind::BceProb {
+            layers.push(Layer::Sigmoid);
+        }
+        let def = NetDef {
+            input: Shape::flat(data.h * data.w + classes),
+            layers,
+        };
+        Spec::new(def.input, &def.layers).map_err(|e| anyhow::anyhow!("discriminator: {e}"))?;
+        Ok(def)
+    }
+
+    /// Index (exclusive end) of the discriminator layers whose output feature matching compares:
+    /// the last hidden activation.
+    pub fn feature_layer(&self) -> usize {
+        2 * self.resolved().d_hidden.len()
+    }
+
+    /// Optimizer for G or D.
+    pub fn optimizer(&self, kind: OptKind, lr: f32) -> Optimizer {
+        match kind {
+            OptKind::Adam => Optimizer::Adam(AdamConfig {
+                lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                ..AdamConfig::default()
+            }),
+            OptKind::Sgd => Optimizer::Sgd(SgdConfig {
+                lr,
+                momentum: self.momentum,
+                ..SgdConfig::default()
+            }),
+        }
+    }
+}

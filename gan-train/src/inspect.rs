@@ -1,0 +1,185 @@
+//! Human-readable views: the layer table of a network (`summary`) and the contents of a weights
+//! file (`inspect`).
+
+use std::fmt::Write as _;
+
+use gan_core::format::{self, WeightsFile};
+use gan_core::spec::{Layer, Spec};
+
+/// A Keras-style table: layer, output shape, parameters, with totals.
+pub fn summary_table(title: &str, spec: &Spec<'_>) -> String {
+    let mut s = String::new();
+    let rule = "─".repeat(62);
+    let _ = writeln!(s, "{title}");
+    let _ = writeln!(s, "{rule}");
+    let _ = writeln!(
+        s,
+        "{:<4}{:<28}{:<16}{:>14}",
+        "#", "Layer", "Output shape", "Params"
+    );
+    let _ = writeln!(s, "{rule}");
+    let _ = writeln!(
+        s,
+        "{:<4}{:<28}{:<16}{:>14}",
+        "",
+        "input",
+        spec.input().to_string(),
+        ""
+    );
+    let mut total = 0usize;
+    for info in spec.iter() {
+        let params = info.weight_len + info.bias_len;
+        total += params;
+        let name = match info.layer {
+            Layer::Dense { out } => format!("dense {}→{out}", info.in_shape.len()),
+            Layer::LeakyRelu { alpha } => format!("leaky_relu({alpha})"),
+            Layer::MinibatchDisc { kernels, dims } => {
+                format!("minibatch_disc(B={kernels}, C={dims})")
+            }
+            ref l => l.name().to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<4}{:<28}{:<16}{:>14}",
+            info.index,
+            name,
+            info.out_shape.to_string(),
+            group(params)
+        );
+    }
+    let _ = writeln!(s, "{rule}");
+    let bytes = spec.param_len() * 4;
+    let _ = writeln!(
+        s,
+        "Total parameters: {}  ({} as f32 incl. alignment padding)",
+        group(total),
+        human_bytes(bytes)
+    );
+    let _ = writeln!(s, "Multiply-accumulates per sample: {}", group(spec.macs()));
+    s
+}
+
+/// Describes a weights file: preamble, header, every tensor, checksum and validation result.
+/// Returns the text and whether the file is valid.
+pub fn describe_weights(bytes: &[u8]) -> (String, bool) {
+    let mut s = String::new();
+    let _ = writeln!(s, "file size:       {} bytes", bytes.len());
+    let (header, data_at) = match format::parse_header(bytes) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = writeln!(s, "INVALID: {e} (error code {})", e.code());
+            return (s, false);
+        }
+    };
+    let _ = writeln!(s, "magic/version:   GANW v{}", format::VERSION);
+    let _ = writeln!(s, "model kind:      {:?}", header.kind);
+    let _ = writeln!(
+        s,
+        "latent:          {} ({:?} noise)",
+        header.latent, header.noise
+    );
+    let _ = writeln!(s, "classes:         {}", header.classes);
+    let _ = writeln!(s, "input → output:  {} → {}", header.input, header.output);
+    let _ = writeln!(
+        s,
+        "data:            {} bytes at offset {}",
+        header.data_len, data_at
+    );
+    let _ = writeln!(s, "data CRC-32:     {:08x}", header.data_crc);
+    if let Ok(spec) = header.spec() {
+        s.push('\n');
+        s.push_str(&summary_table("architecture", &spec));
+    }
+    s.push('\n');
+    let _ = writeln!(
+        s,
+        "{:<7}{:<8}{:<6}{:>12}{:>12}",
+        "layer", "tensor", "dtype", "offset", "elements"
+    );
+    for t in &header.tensors {
+        let _ = writeln!(
+            s,
+            "{:<7}{:<8}{:<6}{:>12}{:>12}",
+            t.layer,
+            format!("{:?}", t.kind).to_lowercase(),
+            format!("{:?}", t.dtype).to_lowercase(),
+            t.offset,
+            t.len
+        );
+    }
+    s.push('\n');
+    match WeightsFile::parse(bytes) {
+        Ok(_) => {
+            let _ = writeln!(
+                s,
+                "valid: magic, version, header CRC, architecture, tensor table, bounds and data CRC all check out"
+            );
+            (s, true)
+        }
+        Err(e) => {
+            let _ = writeln!(s, "INVALID: {e} (error code {})", e.code());
+            (s, false)
+        }
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn group(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes in KiB/MiB.
+pub fn human_bytes(b: usize) -> String {
+    if b >= 1 << 20 {
+        format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64)
+    } else if b >= 1 << 10 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gan_core::spec::Shape;
+
+    #[test]
+    fn table_lists_layers_and_totals() {
+        let layers = [
+            Layer::Dense { out: 256 },
+            Layer::LeakyRelu { alpha: 0.2 },
+            Layer::Dense { out: 784 },
+            Layer::Tanh,
+        ];
+        let spec = Spec::new(Shape::flat(100), &layers).unwrap();
+        let t = summary_table("G", &spec);
+        assert!(t.contains("dense 100→256"), "{t}");
+        assert!(t.contains("25,856"), "{t}");
+        assert!(t.contains("201,488"), "{t}");
+        assert!(t.contains("Total parameters: 227,344"), "{t}");
+    }
+
+    #[test]
+    fn grouping() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn describes_garbage_as_invalid() {
+        let (text, ok) = describe_weights(b"hello world, not weights");
+        assert!(!ok);
+        assert!(text.contains("INVALID"), "{text}");
+    }
+}

@@ -1,0 +1,551 @@
+//! A training run on disk: the run directory, atomic checkpoints, the epoch loop with its
+//! progress bar and reports, and the generator export.
+//!
+//! ```text
+//! RUN/
+//!   config.toml          the configuration (as resolved)
+//!   checkpoint.bin       latest checkpoint (written atomically: temp file + rename)
+//!   losses.csv           one row every `log_every` steps
+//!   losses.png           loss and D-output curves
+//!   samples/epoch_NNNN.png  the fixed-noise grid after each epoch
+//!   progress.gif         all grids, animated
+//!   generator.ganw       the exported generator (firmware weights format)
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use gan_core::format::{self, Header, ModelKind};
+use gan_core::kernels::Exec;
+use gan_core::noise;
+
+use crate::config::{DataShape, OutAct, TrainConfig};
+use crate::data::{Batcher, Dataset, Scale};
+use crate::report::{self, LossLog, LossRow};
+use crate::trainer::{Checkpoint, Gan, StepStats};
+
+const CHECKPOINT_MAGIC: &[u8; 4] = b"GANC";
+const CHECKPOINT_VERSION: u32 = 1;
+/// Seed offset for the fixed grid noise, so it never coincides with training noise.
+const GRID_SEED_SALT: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Paths inside a run directory.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// A run directory at `root` (not created yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RunDir { root: root.into() }
+    }
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `config.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// `checkpoint.bin`.
+    pub fn checkpoint(&self) -> PathBuf {
+        self.root.join("checkpoint.bin")
+    }
+    /// `losses.csv`.
+    pub fn csv(&self) -> PathBuf {
+        self.root.join("losses.csv")
+    }
+    /// `losses.png`.
+    pub fn plot(&self) -> PathBuf {
+        self.root.join("losses.png")
+    }
+    /// `samples/`.
+    pub fn samples(&self) -> PathBuf {
+        self.root.join("samples")
+    }
+    /// The grid after epoch `e` (1-based).
+    pub fn grid(&self, e: u32) -> PathBuf {
+        self.samples().join(format!("epoch_{e:04}.png"))
+    }
+    /// `progress.gif`.
+    pub fn gif(&self) -> PathBuf {
+        self.root.join("progress.gif")
+    }
+    /// `generator.ganw`.
+    pub fn generator(&self) -> PathBuf {
+        self.root.join("generator.ganw")
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed to disk,
+/// then renamed over the target. A crash leaves either the old or the new file, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .context("path has no file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f =
+            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    // Persist the rename itself (best effort: not every platform can open a directory).
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Serialises a checkpoint: magic, version, CRC-32 and length of the postcard payload.
+pub fn encode_checkpoint(ck: &Checkpoint) -> Result<Vec<u8>> {
+    let payload = postcard::to_stdvec(ck).context("encoding checkpoint")?;
+    let mut out = Vec::with_capacity(payload.len() + 20);
+    out.extend_from_slice(CHECKPOINT_MAGIC);
+    out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+    out.extend_from_slice(&format::crc32(&payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Parses a checkpoint written by [`encode_checkpoint`], with clear errors for damage.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
+    ensure!(
+        bytes.len() >= 20,
+        "checkpoint is truncated ({} bytes)",
+        bytes.len()
+    );
+    ensure!(
+        &bytes[..4] == CHECKPOINT_MAGIC,
+        "not a checkpoint file (bad magic)"
+    );
+    let version = u32::from_le_bytes(bytes[4..8].try_into()?);
+    ensure!(
+        version == CHECKPOINT_VERSION,
+        "checkpoint version {version} is not supported (this build reads {CHECKPOINT_VERSION})"
+    );
+    let crc = u32::from_le_bytes(bytes[8..12].try_into()?);
+    let len = u64::from_le_bytes(bytes[12..20].try_into()?) as usize;
+    let payload = &bytes[20..];
+    ensure!(
+        payload.len() == len,
+        "checkpoint is truncated or has trailing bytes ({} of {len} payload bytes)",
+        payload.len()
+    );
+    ensure!(
+        format::crc32(payload) == crc,
+        "checkpoint is corrupt (CRC mismatch)"
+    );
+    postcard::from_bytes(payload).context("checkpoint payload does not decode")
+}
+
+/// Writes a checkpoint atomically.
+pub fn save_checkpoint(path: &Path, ck: &Checkpoint) -> Result<()> {
+    write_atomic(path, &encode_checkpoint(ck)?)
+}
+
+/// Reads a checkpoint.
+pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    decode_checkpoint(&bytes).with_context(|| format!("loading {}", path.display()))
+}
+
+/// The generator of a checkpoint as a weights file (the firmware format).
+pub fn export_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
+    let cfg = ck.config.resolved();
+    let def = cfg.generator(ck.data)?;
+    let spec = def.spec();
+    ensure!(
+        ck.g_params.len() == spec.param_len(),
+        "checkpoint generator has the wrong size"
+    );
+    let classes = if cfg.conditional { ck.data.classes } else { 0 };
+    let header = Header::for_spec(
+        ModelKind::Generator,
+        &spec,
+        cfg.latent,
+        classes,
+        cfg.noise.into(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut buf = vec![0u8; format::max_file_len(spec.param_len())];
+    let n = format::write(&mut buf, &header, &ck.g_params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Options for [`train`] and [`resume`] that are not part of the model's configuration.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Where the run lives.
+    pub run_dir: PathBuf,
+    /// Data directory (`None`: the bundled digits).
+    pub data_dir: Option<PathBuf>,
+    /// Show a progress bar (off in tests and when not on a terminal).
+    pub progress: bool,
+    /// Set from another thread (Ctrl-C) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+    /// Write grids, plots and the GIF (tests may skip them for speed).
+    pub reports: bool,
+    /// Use at most this many images (0 = all).
+    pub limit: usize,
+}
+
+impl RunOptions {
+    /// Defaults for a run directory.
+    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            run_dir: run_dir.into(),
+            data_dir: None,
+            progress: false,
+            stop: Arc::new(AtomicBool::new(false)),
+            reports: true,
+            limit: 0,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// All epochs (or `max_steps`) done; the generator was exported.
+    Finished {
+        /// Steps done in total.
+        steps: u64,
+        /// Images per second over this invocation.
+        images_per_sec: f64,
+    },
+    /// Stopped by request; the checkpoint holds the position.
+    Interrupted {
+        /// Steps done so far.
+        steps: u64,
+    },
+}
+
+fn load_data(opts: &RunOptions) -> Result<Dataset> {
+    let dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::data::default_data_dir);
+    let mut data =
+        Dataset::load_dir(&dir).with_context(|| format!("loading data from {}", dir.display()))?;
+    if opts.limit > 0 {
+        data.truncate(opts.limit);
+    }
+    Ok(data)
+}
+
+fn data_shape(data: &Dataset) -> Result<DataShape> {
+    Ok(DataShape {
+        h: u32::try_from(data.h)?,
+        w: u32::try_from(data.w)?,
+        classes: data.classes.max(1) as u32,
+    })
+}
+
+/// Starts a new run in `opts.run_dir` (which must not hold a checkpoint already).
+pub fn train(cfg: &TrainConfig, opts: &RunOptions, exec: &dyn Exec) -> Result<Outcome> {
+    let run = RunDir::new(&opts.run_dir);
+    if run.checkpoint().exists() {
+        bail!(
+            "{} already holds a run; resume it with `gan-train train --resume {}` or choose another --run",
+            run.root().display(),
+            run.root().display()
+        );
+    }
+    let data = load_data(opts)?;
+    let shape = data_shape(&data)?;
+    if cfg.conditional && data.labels.is_none() {
+        bail!("a conditional GAN needs labels, and this data set has none");
+    }
+    let gan = Gan::new(cfg, shape)?;
+    fs::create_dir_all(run.root()).with_context(|| format!("creating {}", run.root().display()))?;
+    write_atomic(&run.config(), toml::to_string_pretty(&gan.cfg)?.as_bytes())?;
+    // Start the CSV afresh (a leftover from an aborted run without checkpoint is stale).
+    let _ = fs::remove_file(run.csv());
+    run_loop(gan, data, &run, opts, exec)
+}
+
+/// Continues the run in `opts.run_dir` from its checkpoint; `epochs` may extend it.
+pub fn resume(opts: &RunOptions, epochs: Option<u32>, exec: &dyn Exec) -> Result<Outcome> {
+    let run = RunDir::new(&opts.run_dir);
+    let mut ck = load_checkpoint(&run.checkpoint())?;
+    if let Some(e) = epochs {
+        ck.config.epochs = e;
+    }
+    let data = load_data(opts)?;
+    let shape = data_shape(&data)?;
+    ensure!(
+        shape == ck.data,
+        "the data ({}×{}, {} classes) does not match the run's ({}×{}, {} classes)",
+        shape.h,
+        shape.w,
+        shape.classes,
+        ck.data.h,
+        ck.data.w,
+        ck.data.classes
+    );
+    let gan = Gan::from_checkpoint(ck)?;
+    run_loop(gan, data, &run, opts, exec)
+}
+
+/// The fixed noise batch for grids: `grid` rows of G input, classes cycling 0..classes.
+pub fn fixed_noise(gan: &Gan) -> Vec<f32> {
+    let gin = gan.g.def.input.len();
+    let mut z = vec![0.0; gan.cfg.grid * gin];
+    let mut rng = noise::rng(gan.cfg.seed ^ GRID_SEED_SALT);
+    let classes = gan.classes().max(1);
+    for (i, row) in z.chunks_exact_mut(gin).enumerate() {
+        noise::generator_input(
+            gan.cfg.noise.into(),
+            &mut rng,
+            gan.cfg.latent as usize,
+            i % classes,
+            row,
+        );
+    }
+    z
+}
+
+/// Grey bytes for generator outputs.
+pub fn to_pixels(out: &[f32], act: OutAct) -> Vec<u8> {
+    out.iter()
+        .map(|&v| match act {
+            OutAct::Tanh => gan_core::to_pixel(v),
+            OutAct::Sigmoid => gan_core::to_pixel_unit(v),
+        })
+        .collect()
+}
+
+fn grid_cols(n: usize) -> usize {
+    (n as f64).sqrt().ceil().max(1.0) as usize
+}
+
+fn save_epoch_grid(
+    gan: &mut Gan,
+    run: &RunDir,
+    z: &[f32],
+    epoch: u32,
+    exec: &dyn Exec,
+) -> Result<()> {
+    let n = gan.cfg.grid;
+    let out = gan.generate_batch(z, n, exec)?;
+    let px = to_pixels(&out, gan.cfg.g_out);
+    let (h, w) = (gan.data.h as usize, gan.data.w as usize);
+    fs::create_dir_all(run.samples())?;
+    report::save_grid_png(&run.grid(epoch), &px, n, h, w, grid_cols(n), 2)
+}
+
+/// Reads back every epoch grid and writes the GIF.
+fn save_progress_gif(run: &RunDir, epochs: u32) -> Result<()> {
+    let mut frames = Vec::new();
+    let mut dims = None;
+    for e in 1..=epochs {
+        let path = run.grid(e);
+        if !path.exists() {
+            continue;
+        }
+        let (pixels, w, h) = read_gray_png(&path)?;
+        if dims.is_some_and(|d| d != (w, h)) {
+            continue;
+        }
+        dims = Some((w, h));
+        frames.push(pixels);
+    }
+    match dims {
+        Some((w, h)) => report::save_gif(&run.gif(), &frames, w, h, 25),
+        None => Ok(()),
+    }
+}
+
+/// Decodes an 8-bit grey PNG.
+pub fn read_gray_png(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let mut reader = decoder.read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size().context("PNG too large")?];
+    let info = reader.next_frame(&mut buf)?;
+    ensure!(
+        info.color_type == png::ColorType::Grayscale && info.bit_depth == png::BitDepth::Eight,
+        "{} is not an 8-bit grey PNG",
+        path.display()
+    );
+    buf.truncate(info.buffer_size());
+    Ok((buf, info.width as usize, info.height as usize))
+}
+
+/// Mean of a window of step statistics.
+#[derive(Default)]
+struct Window {
+    sum: [f64; 6],
+    n: u32,
+}
+
+impl Window {
+    fn add(&mut self, s: &StepStats) {
+        for (acc, v) in self.sum.iter_mut().zip([
+            s.d_loss, s.g_loss, s.d_real, s.d_fake, s.acc_real, s.acc_fake,
+        ]) {
+            *acc += v as f64;
+        }
+        self.n += 1;
+    }
+    fn take(&mut self, step: u64, epoch: u32) -> Option<LossRow> {
+        if self.n == 0 {
+            return None;
+        }
+        let m = |i: usize| (self.sum[i] / self.n as f64) as f32;
+        let row = LossRow {
+            step,
+            epoch,
+            d_loss: m(0),
+            g_loss: m(1),
+            d_real: m(2),
+            d_fake: m(3),
+            d_acc_real: m(4),
+            d_acc_fake: m(5),
+        };
+        *self = Window::default();
+        Some(row)
+    }
+}
+
+fn run_loop(
+    mut gan: Gan,
+    data: Dataset,
+    run: &RunDir,
+    opts: &RunOptions,
+    exec: &dyn Exec,
+) -> Result<Outcome> {
+    let scale = match gan.cfg.g_out {
+        OutAct::Tanh => Scale::Tanh,
+        OutAct::Sigmoid => Scale::Sigmoid,
+    };
+    let batch = gan.cfg.batch;
+    let batcher = Batcher::new(data, batch, gan.cfg.seed, scale)?;
+    let per_epoch = batcher.batches_per_epoch();
+    let px = batcher.dataset().pixels_per_image();
+    let mut log = LossLog::resume_csv(&run.csv(), gan.step)?;
+    let z_fixed = fixed_noise(&gan);
+    let mut real = vec![0.0f32; batch * px];
+    let mut labels = vec![0u8; batch];
+    let mut window = Window::default();
+    let started = Instant::now();
+    let start_step = gan.step;
+    let max_steps = gan.cfg.max_steps;
+    let epochs = gan.cfg.epochs;
+    let log_every = gan.cfg.log_every.max(1) as u64;
+
+    'epochs: while gan.epoch < epochs {
+        let perm = batcher.permutation(gan.epoch);
+        let bar = progress_bar(opts.progress, per_epoch as u64, gan.epoch, epochs);
+        bar.set_position(gan.batch_in_epoch as u64);
+        while (gan.batch_in_epoch as usize) < per_epoch {
+            if max_steps > 0 && gan.step >= max_steps {
+                bar.finish_and_clear();
+                break 'epochs;
+            }
+            let b = gan.batch_in_epoch as usize;
+            batcher.fill_batch(&perm, b * batch, &mut real, &mut labels);
+            let stats = gan.train_step(&real, &labels, exec).map_err(|e| {
+                bar.abandon();
+                e.context(format!(
+                    "stopped; the last good checkpoint is kept at {} (try a lower learning rate)",
+                    run.checkpoint().display()
+                ))
+            })?;
+            gan.batch_in_epoch += 1;
+            window.add(&stats);
+            if gan.step % log_every == 0
+                && let Some(row) = window.take(gan.step, gan.epoch)
+            {
+                log.push(row);
+            }
+            bar.inc(1);
+            bar.set_message(format!(
+                "D {:.3}  G {:.3}  D(x) {:.2}  D(G(z)) {:.2}",
+                stats.d_loss, stats.g_loss, stats.d_real, stats.d_fake
+            ));
+            if opts.stop.load(Ordering::Relaxed) {
+                bar.abandon_with_message("interrupted");
+                log.append_csv(&run.csv())?;
+                save_checkpoint(&run.checkpoint(), &gan.checkpoint())?;
+                return Ok(Outcome::Interrupted { steps: gan.step });
+            }
+        }
+        bar.finish_and_clear();
+        gan.epoch += 1;
+        gan.batch_in_epoch = 0;
+        log.append_csv(&run.csv())?;
+        if opts.reports {
+            let e = gan.epoch;
+            save_epoch_grid(&mut gan, run, &z_fixed, e, exec)?;
+            if !log.rows().is_empty() {
+                report::plot_losses(&run.plot(), log.rows(), "GAN training")?;
+            }
+        }
+        save_checkpoint(&run.checkpoint(), &gan.checkpoint())?;
+        if opts.progress {
+            if let Some(r) = log.rows().last() {
+                eprintln!(
+                    "epoch {:>3}/{epochs}  D {:.3}  G {:.3}  D(x) {:.2}  D(G(z)) {:.2}  acc real {:.0}% fake {:.0}%",
+                    gan.epoch,
+                    r.d_loss,
+                    r.g_loss,
+                    r.d_real,
+                    r.d_fake,
+                    100.0 * r.d_acc_real,
+                    100.0 * r.d_acc_fake
+                );
+            }
+        }
+    }
+    if let Some(row) = window.take(gan.step, gan.epoch) {
+        log.push(row);
+    }
+    log.append_csv(&run.csv())?;
+    save_checkpoint(&run.checkpoint(), &gan.checkpoint())?;
+    if opts.reports {
+        if !log.rows().is_empty() {
+            report::plot_losses(&run.plot(), log.rows(), "GAN training")?;
+        }
+        save_progress_gif(run, gan.epoch)?;
+    }
+    write_atomic(&run.generator(), &export_bytes(&gan.checkpoint())?)?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    Ok(Outcome::Finished {
+        steps: gan.step,
+        images_per_sec: (gan.step - start_step) as f64 * batch as f64 / secs,
+    })
+}
+
+fn progress_bar(show: bool, len: u64, epoch: u32, epochs: u32) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {per_sec:>9} {eta:>4} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("epoch {:>3}/{epochs}", epoch + 1));
+    bar
+}

@@ -1,0 +1,667 @@
+//! The GAN: two networks, their optimizers, and one training step.
+//!
+//! A step consumes one batch of real samples:
+//! 1. **D step.** Draw noise, run G, score the real and the fake batch with D, take the loss
+//!    gradients of both, back-propagate through D (plus the gradient penalty for WGAN-GP) and
+//!    update D.
+//! 2. **G step** (every `n_critic` D steps). Draw fresh noise, run G and D, take the generator
+//!    loss, back-propagate through D to its input (no D parameter gradients) and on through G
+//!    (plus feature matching when enabled), and update G.
+//!
+//! All state that influences the future — parameters, optimizer moments and step counts, the
+//! noise generator, the position in the epoch — is in [`Checkpoint`], so a resumed run continues
+//! with exactly the bits an uninterrupted run would have had.
+
+use anyhow::{Result, bail};
+use gan_core::gp;
+use gan_core::kernels::Exec;
+use gan_core::loss;
+use gan_core::model;
+use gan_core::noise::{self, NoiseRng};
+use gan_core::optim::{self, Optimizer};
+use gan_core::spec::Spec;
+use rand_core::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DataShape, LossKind, NetDef, TrainConfig};
+
+/// Runs `gan-core` kernels on rayon's thread pool (work is split by output columns, so results
+/// do not depend on the number of threads).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pool;
+
+impl Exec for Pool {
+    fn threads(&self) -> usize {
+        rayon::current_num_threads()
+    }
+    fn for_each(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        if tasks <= 1 {
+            (0..tasks).for_each(f);
+        } else {
+            use rayon::prelude::*;
+            (0..tasks).into_par_iter().for_each(f);
+        }
+    }
+}
+
+/// One network with its optimizer state.
+#[derive(Clone, Debug)]
+pub struct NetState {
+    /// Architecture.
+    pub def: NetDef,
+    /// Parameters (flat, gan-core layout).
+    pub params: Vec<f32>,
+    /// Optimizer.
+    pub opt: Optimizer,
+    /// Optimizer state (Adam m then v).
+    pub opt_state: Vec<f32>,
+    /// Optimizer steps taken.
+    pub opt_step: u64,
+    grads: Vec<f32>,
+}
+
+impl NetState {
+    fn new(def: NetDef, opt: Optimizer, cfg: &TrainConfig, rng: &mut NoiseRng) -> Result<Self> {
+        let spec = def.spec();
+        let mut params = vec![0.0; spec.param_len()];
+        gan_core::init::init_params(&spec, &mut params, cfg.init, rng)?;
+        let n = params.len();
+        Ok(NetState {
+            opt_state: vec![0.0; opt.state_len(n)],
+            grads: vec![0.0; n],
+            def,
+            params,
+            opt,
+            opt_step: 0,
+        })
+    }
+
+    fn step(&mut self) -> Result<()> {
+        self.opt_step += 1;
+        self.opt.step(
+            &mut self.params,
+            &self.grads,
+            &mut self.opt_state,
+            self.opt_step,
+        )?;
+        Ok(())
+    }
+}
+
+/// Statistics of one step, for logs and the progress bar.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepStats {
+    /// Discriminator loss (including the gradient penalty).
+    pub d_loss: f32,
+    /// Generator loss of the last G step (including feature matching).
+    pub g_loss: f32,
+    /// Mean D score on real samples (a probability for the BCE losses).
+    pub d_real: f32,
+    /// Mean D score on fake samples.
+    pub d_fake: f32,
+    /// Fraction of real samples D calls real.
+    pub acc_real: f32,
+    /// Fraction of fake samples D calls fake.
+    pub acc_fake: f32,
+}
+
+/// Everything needed to continue training exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The run's configuration.
+    pub config: TrainConfig,
+    /// The data geometry.
+    pub data: DataShape,
+    /// Generator parameters.
+    pub g_params: Vec<f32>,
+    /// Generator optimizer state.
+    pub g_opt_state: Vec<f32>,
+    /// Generator optimizer steps.
+    pub g_opt_step: u64,
+    /// Discriminator parameters.
+    pub d_params: Vec<f32>,
+    /// Discriminator optimizer state.
+    pub d_opt_state: Vec<f32>,
+    /// Discriminator optimizer steps.
+    pub d_opt_step: u64,
+    /// Noise generator state.
+    pub rng: [u8; 32],
+    /// Discriminator steps done (batches consumed).
+    pub step: u64,
+    /// Current epoch (0-based).
+    pub epoch: u32,
+    /// Batches of the current epoch already consumed.
+    pub batch_in_epoch: u32,
+    /// Last generator loss (so logs continue smoothly).
+    pub last_g_loss: f32,
+}
+
+/// Work buffers for one batch size.
+#[derive(Debug, Default)]
+struct Work {
+    n: usize,
+    z: Vec<f32>,
+    g_acts: Vec<f32>,
+    g_scratch: Vec<f32>,
+    g_dout: Vec<f32>,
+    d_real: Vec<f32>,
+    d_fake: Vec<f32>,
+    d_scratch: Vec<f32>,
+    d_dx: Vec<f32>,
+    d_dx2: Vec<f32>,
+    grad_real: Vec<f32>,
+    grad_fake: Vec<f32>,
+    feat_grad: Vec<f32>,
+    real_feat: Vec<f32>,
+    gp_scratch: Vec<f32>,
+    x_hat: Vec<f32>,
+    eps: Vec<f32>,
+    labels: Vec<u8>,
+}
+
+/// A GAN being trained.
+#[derive(Debug)]
+pub struct Gan {
+    /// Resolved configuration.
+    pub cfg: TrainConfig,
+    /// Data geometry.
+    pub data: DataShape,
+    /// Generator.
+    pub g: NetState,
+    /// Discriminator.
+    pub d: NetState,
+    /// Noise for z, class labels and interpolation.
+    pub rng: NoiseRng,
+    /// Discriminator steps done.
+    pub step: u64,
+    /// Current epoch (0-based).
+    pub epoch: u32,
+    /// Batches of the current epoch consumed.
+    pub batch_in_epoch: u32,
+    last_g_loss: f32,
+    work: Work,
+}
+
+fn spec_of(def: &NetDef) -> Spec<'_> {
+    def.spec()
+}
+
+impl Gan {
+    /// A fresh GAN with initialised weights.
+    pub fn new(cfg: &TrainConfig, data: DataShape) -> Result<Self> {
+        cfg.validate()?;
+        let cfg = cfg.resolved();
+        let mut rng = noise::rng(cfg.seed);
+        let g = NetState::new(
+            cfg.generator(data)?,
+            cfg.optimizer(cfg.g_opt, cfg.g_lr),
+            &cfg,
+            &mut rng,
+        )?;
+        let d = NetState::new(
+            cfg.discriminator(data)?,
+            cfg.optimizer(cfg.d_opt, cfg.d_lr),
+            &cfg,
+            &mut rng,
+        )?;
+        Ok(Gan {
+            cfg,
+            data,
+            g,
+            d,
+            rng,
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            last_g_loss: 0.0,
+            work: Work::default(),
+        })
+    }
+
+    /// Restores a GAN from a checkpoint, checking every buffer length.
+    pub fn from_checkpoint(ck: Checkpoint) -> Result<Self> {
+        let mut gan = Gan::new(&ck.config, ck.data)?;
+        let check = |what: &str, got: usize, want: usize| -> Result<()> {
+            if got != want {
+                bail!("checkpoint {what} has {got} values, the configuration needs {want}");
+            }
+            Ok(())
+        };
+        check(
+            "generator parameters",
+            ck.g_params.len(),
+            gan.g.params.len(),
+        )?;
+        check(
+            "generator optimizer state",
+            ck.g_opt_state.len(),
+            gan.g.opt_state.len(),
+        )?;
+        check(
+            "discriminator parameters",
+            ck.d_params.len(),
+            gan.d.params.len(),
+        )?;
+        check(
+            "discriminator optimizer state",
+            ck.d_opt_state.len(),
+            gan.d.opt_state.len(),
+        )?;
+        gan.g.params = ck.g_params;
+        gan.g.opt_state = ck.g_opt_state;
+        gan.g.opt_step = ck.g_opt_step;
+        gan.d.params = ck.d_params;
+        gan.d.opt_state = ck.d_opt_state;
+        gan.d.opt_step = ck.d_opt_step;
+        gan.rng = noise::rng_from_state(ck.rng);
+        gan.step = ck.step;
+        gan.epoch = ck.epoch;
+        gan.batch_in_epoch = ck.batch_in_epoch;
+        gan.last_g_loss = ck.last_g_loss;
+        Ok(gan)
+    }
+
+    /// Snapshot of all training state.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            config: self.cfg.clone(),
+            data: self.data,
+            g_params: self.g.params.clone(),
+            g_opt_state: self.g.opt_state.clone(),
+            g_opt_step: self.g.opt_step,
+            d_params: self.d.params.clone(),
+            d_opt_state: self.d.opt_state.clone(),
+            d_opt_step: self.d.opt_step,
+            rng: noise::rng_state(&self.rng),
+            step: self.step,
+            epoch: self.epoch,
+            batch_in_epoch: self.batch_in_epoch,
+            last_g_loss: self.last_g_loss,
+        }
+    }
+
+    /// Classes the networks are conditioned on (0 when unconditional).
+    pub fn classes(&self) -> usize {
+        if self.cfg.conditional {
+            self.data.classes as usize
+        } else {
+            0
+        }
+    }
+
+    fn ensure_work(&mut self, n: usize) {
+        if self.work.n == n {
+            return;
+        }
+        let gs = spec_of(&self.g.def);
+        let ds = spec_of(&self.d.def);
+        let px = self.data.pixels();
+        let feat = if self.cfg.feature_matching > 0.0 {
+            ds.layer(self.cfg.feature_layer() - 1)
+                .map_or(0, |l| l.out_shape.len())
+        } else {
+            0
+        };
+        self.work = Work {
+            n,
+            z: vec![0.0; n * gs.input().len()],
+            g_acts: vec![0.0; gs.act_len(n)],
+            g_scratch: vec![0.0; gs.backward_scratch_len(n)],
+            g_dout: vec![0.0; n * px],
+            d_real: vec![0.0; ds.act_len(n)],
+            d_fake: vec![0.0; ds.act_len(n)],
+            d_scratch: vec![0.0; ds.backward_scratch_len(n)],
+            d_dx: vec![0.0; n * ds.input().len()],
+            d_dx2: vec![0.0; if feat > 0 { n * ds.input().len() } else { 0 }],
+            grad_real: vec![0.0; n],
+            grad_fake: vec![0.0; n],
+            feat_grad: vec![0.0; n * feat],
+            real_feat: vec![0.0; n * feat],
+            gp_scratch: if self.cfg.loss == LossKind::WganGp {
+                vec![0.0; gp::gp_scratch_len(&ds, n)]
+            } else {
+                vec![]
+            },
+            x_hat: vec![
+                0.0;
+                if self.cfg.loss == LossKind::WganGp {
+                    n * ds.input().len()
+                } else {
+                    0
+                }
+            ],
+            eps: vec![0.0; n],
+            labels: vec![0; n],
+        };
+    }
+
+    /// Runs G on `z` (N × G input) with the training kernels; returns N × pixels in `out`.
+    pub fn generate_batch(&mut self, z: &[f32], n: usize, exec: &dyn Exec) -> Result<Vec<f32>> {
+        let gs = spec_of(&self.g.def);
+        let mut acts = vec![0.0; gs.act_len(n)];
+        model::input_mut(&gs, &mut acts, n).copy_from_slice(z);
+        model::forward(&gs, &self.g.params, &mut acts, n, exec)?;
+        Ok(model::output(&gs, &acts, n).to_vec())
+    }
+
+    /// One training step on a real batch (`real`: N × pixels scaled for the output activation;
+    /// `labels`: N class labels, used by conditional models).
+    pub fn train_step(
+        &mut self,
+        real: &[f32],
+        labels: &[u8],
+        exec: &dyn Exec,
+    ) -> Result<StepStats> {
+        let px = self.data.pixels();
+        if real.is_empty() || real.len() % px != 0 {
+            bail!(
+                "real batch has {} values, not a multiple of {px}",
+                real.len()
+            );
+        }
+        let n = real.len() / px;
+        if labels.len() != n {
+            bail!("got {} labels for a batch of {n}", labels.len());
+        }
+        self.ensure_work(n);
+        let mut stats = self.d_step(real, labels, exec)?;
+        self.step += 1;
+        if self.step % self.cfg.n_critic as u64 == 0 {
+            self.last_g_loss = self.g_step(real, labels, exec)?;
+        }
+        stats.g_loss = self.last_g_loss;
+        if !(stats.d_loss.is_finite() && stats.g_loss.is_finite()) {
+            bail!(NonFinite {
+                step: self.step,
+                what: "loss"
+            });
+        }
+        if !optim::all_finite(&self.g.params) || !optim::all_finite(&self.d.params) {
+            bail!(NonFinite {
+                step: self.step,
+                what: "weights"
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Writes D inputs: per row the pixels followed by the class one-hot.
+    fn write_d_input(dst: &mut [f32], pixels: &[f32], labels: &[u8], px: usize, classes: usize) {
+        for ((row, p), &l) in dst
+            .chunks_exact_mut(px + classes)
+            .zip(pixels.chunks_exact(px))
+            .zip(labels)
+        {
+            row[..px].copy_from_slice(p);
+            let onehot = &mut row[px..];
+            onehot.fill(0.0);
+            if let Some(v) = onehot.get_mut(l as usize) {
+                *v = 1.0;
+            }
+        }
+    }
+
+    fn d_step(&mut self, real: &[f32], labels: &[u8], exec: &dyn Exec) -> Result<StepStats> {
+        let n = self.work.n;
+        let px = self.data.pixels();
+        let classes = self.classes();
+        let gs = spec_of(&self.g.def);
+        let ds = spec_of(&self.d.def);
+        let w = &mut self.work;
+        // Fakes are drawn with the real batch's labels, so that conditional D sees matched pairs.
+        w.labels.copy_from_slice(labels);
+        let gin = gs.input().len();
+        let latent = self.cfg.latent as usize;
+        for (row, &l) in w.z.chunks_exact_mut(gin).zip(labels) {
+            noise::generator_input(
+                self.cfg.noise.into(),
+                &mut self.rng,
+                latent,
+                l as usize,
+                row,
+            );
+        }
+        model::input_mut(&gs, &mut w.g_acts, n).copy_from_slice(&w.z);
+        model::forward(&gs, &self.g.params, &mut w.g_acts, n, exec)?;
+        let fake = model::output(&gs, &w.g_acts, n);
+
+        Self::write_d_input(
+            model::input_mut(&ds, &mut w.d_real, n),
+            real,
+            labels,
+            px,
+            classes,
+        );
+        Self::write_d_input(
+            model::input_mut(&ds, &mut w.d_fake, n),
+            fake,
+            labels,
+            px,
+            classes,
+        );
+        model::forward(&ds, &self.d.params, &mut w.d_real, n, exec)?;
+        model::forward(&ds, &self.d.params, &mut w.d_fake, n, exec)?;
+        let sr = model::output(&ds, &w.d_real, n);
+        let sf = model::output(&ds, &w.d_fake, n);
+
+        let real_target = 1.0 - self.cfg.label_smoothing;
+        let (gr, gf) = (&mut w.grad_real[..], &mut w.grad_fake[..]);
+        let mut d_loss = match self.cfg.loss {
+            LossKind::Bce => {
+                loss::bce_logits(gr, sr, real_target)? + loss::bce_logits(gf, sf, 0.0)?
+            }
+            LossKind::BceProb => loss::bce(gr, sr, real_target)? + loss::bce(gf, sf, 0.0)?,
+            LossKind::Lsgan => loss::lsgan(gr, sr, real_target)? + loss::lsgan(gf, sf, 0.0)?,
+            LossKind::WganGp => loss::wasserstein_critic(gr, gf, sr, sf)?,
+            LossKind::Hinge => loss::hinge_critic(gr, gf, sr, sf)?,
+        };
+        let mut stats = score_stats(self.cfg.loss, sr, sf);
+
+        self.d.grads.fill(0.0);
+        model::backward(
+            &ds,
+            &self.d.params,
+            &w.d_real,
+            gr,
+            Some(&mut self.d.grads),
+            None,
+            &mut w.d_scratch,
+            n,
+            exec,
+        )?;
+        model::backward(
+            &ds,
+            &self.d.params,
+            &w.d_fake,
+            gf,
+            Some(&mut self.d.grads),
+            None,
+            &mut w.d_scratch,
+            n,
+            exec,
+        )?;
+        if self.cfg.loss == LossKind::WganGp {
+            for e in w.eps.iter_mut() {
+                *e = noise::unit(&mut self.rng);
+            }
+            let din = ds.input().len();
+            gp::interpolate(
+                &mut w.x_hat,
+                &w.d_real[..n * din],
+                &w.d_fake[..n * din],
+                &w.eps,
+            )?;
+            let (pen, _) = gp::gradient_penalty(
+                &ds,
+                &self.d.params,
+                &mut self.d.grads,
+                &w.x_hat,
+                self.cfg.gp_lambda,
+                &mut w.gp_scratch,
+                n,
+                exec,
+            )?;
+            d_loss += pen;
+        }
+        self.d.step()?;
+        stats.d_loss = d_loss;
+        Ok(stats)
+    }
+
+    fn g_step(&mut self, real: &[f32], real_labels: &[u8], exec: &dyn Exec) -> Result<f32> {
+        let n = self.work.n;
+        let px = self.data.pixels();
+        let classes = self.classes();
+        let gs = spec_of(&self.g.def);
+        let ds = spec_of(&self.d.def);
+        // Fresh noise and, for conditional models, uniformly drawn classes.
+        let mut labels = vec![0u8; n];
+        if classes > 0 {
+            for l in labels.iter_mut() {
+                *l = (self.rng.next_u32() % classes as u32) as u8;
+            }
+        }
+        let w = &mut self.work;
+        let gin = gs.input().len();
+        let latent = self.cfg.latent as usize;
+        for (row, &l) in w.z.chunks_exact_mut(gin).zip(&labels) {
+            noise::generator_input(
+                self.cfg.noise.into(),
+                &mut self.rng,
+                latent,
+                l as usize,
+                row,
+            );
+        }
+        model::input_mut(&gs, &mut w.g_acts, n).copy_from_slice(&w.z);
+        model::forward(&gs, &self.g.params, &mut w.g_acts, n, exec)?;
+        let fake = model::output(&gs, &w.g_acts, n);
+        Self::write_d_input(
+            model::input_mut(&ds, &mut w.d_fake, n),
+            fake,
+            &labels,
+            px,
+            classes,
+        );
+        model::forward(&ds, &self.d.params, &mut w.d_fake, n, exec)?;
+        let sf = model::output(&ds, &w.d_fake, n);
+        let gf = &mut w.grad_fake[..];
+        let mut g_loss = match self.cfg.loss {
+            LossKind::Bce => loss::ns_generator_logits(gf, sf)?,
+            LossKind::BceProb => loss::bce(gf, sf, 1.0)?,
+            LossKind::Lsgan => loss::lsgan(gf, sf, 1.0)?,
+            LossKind::WganGp => loss::wasserstein_generator(gf, sf)?,
+            LossKind::Hinge => loss::hinge_generator(gf, sf)?,
+        };
+        model::backward(
+            &ds,
+            &self.d.params,
+            &w.d_fake,
+            gf,
+            None,
+            Some(&mut w.d_dx),
+            &mut w.d_scratch,
+            n,
+            exec,
+        )?;
+
+        if self.cfg.feature_matching > 0.0 {
+            // Features of the real batch under the updated D, then matched by the fakes'.
+            let upto = self.cfg.feature_layer();
+            Self::write_d_input(
+                model::input_mut(&ds, &mut w.d_real, n),
+                real,
+                real_labels,
+                px,
+                classes,
+            );
+            model::forward(&ds, &self.d.params, &mut w.d_real, n, exec)?;
+            let info = ds.layer(upto - 1).expect("feature layer exists");
+            let f = info.out_shape.len();
+            w.real_feat.copy_from_slice(&w.d_real[info.out_range(n)]);
+            let fm = loss::feature_matching(
+                &mut w.feat_grad,
+                &w.real_feat,
+                &w.d_fake[info.out_range(n)],
+                n,
+                n,
+                f,
+            )?;
+            let k = self.cfg.feature_matching;
+            w.feat_grad.iter_mut().for_each(|g| *g *= k);
+            model::backward_from(
+                &ds,
+                &self.d.params,
+                &w.d_fake,
+                upto,
+                &w.feat_grad,
+                None,
+                Some(&mut w.d_dx2),
+                &mut w.d_scratch,
+                n,
+                exec,
+            )?;
+            w.d_dx.iter_mut().zip(&w.d_dx2).for_each(|(a, b)| *a += b);
+            g_loss += k * fm;
+        }
+
+        // Gradient w.r.t. the generated pixels: drop the one-hot columns.
+        for (dst, src) in w
+            .g_dout
+            .chunks_exact_mut(px)
+            .zip(w.d_dx.chunks_exact(px + classes))
+        {
+            dst.copy_from_slice(&src[..px]);
+        }
+        self.g.grads.fill(0.0);
+        model::backward(
+            &gs,
+            &self.g.params,
+            &w.g_acts,
+            &w.g_dout,
+            Some(&mut self.g.grads),
+            None,
+            &mut w.g_scratch,
+            n,
+            exec,
+        )?;
+        self.g.step()?;
+        Ok(g_loss)
+    }
+}
+
+/// Mean scores and accuracies, on the scale each loss uses.
+fn score_stats(kind: LossKind, sr: &[f32], sf: &[f32]) -> StepStats {
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    let (d_real, d_fake, thr) = match kind {
+        LossKind::Bce => {
+            let p = |v: &[f32]| {
+                v.iter().map(|&x| gan_core::act::sigmoid(x)).sum::<f32>() / v.len() as f32
+            };
+            (p(sr), p(sf), 0.0)
+        }
+        LossKind::BceProb | LossKind::Lsgan => (mean(sr), mean(sf), 0.5),
+        LossKind::Hinge => (mean(sr), mean(sf), 0.0),
+        LossKind::WganGp => {
+            let (r, f) = (mean(sr), mean(sf));
+            (r, f, 0.5 * (r + f))
+        }
+    };
+    StepStats {
+        d_real,
+        d_fake,
+        acc_real: loss::accuracy_above(sr, thr),
+        acc_fake: 1.0 - loss::accuracy_above(sf, thr),
+        ..StepStats::default()
+    }
+}
+
+/// Training produced a NaN or infinity; the run stops and keeps its last good checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("training diverged at step {step}: a {what} value became NaN or infinite")]
+pub struct NonFinite {
+    /// Step at which it happened.
+    pub step: u64,
+    /// "loss" or "weights".
+    pub what: &'static str,
+}
