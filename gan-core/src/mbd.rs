@@ -161,6 +161,9 @@ pub fn mbd_forward(
 /// - `dinp (N×A) = dout[:, ..A] + dM · Tᵀ` (overwritten; the first term is the pass-through of
 ///   the concatenation). Pass `None` to skip it.
 ///
+/// Pass an empty `dt` to skip the weight gradient (back-propagating to the input only, as when
+/// the generator is trained through a frozen discriminator).
+///
 /// Buffers: `dout` N×(A+B), `inp` N×A, `t` A×(B·C), `scratch` ≥ 2·N·B·C. `M` is recomputed
 /// here, so `scratch` need not hold anything from the forward pass.
 #[allow(clippy::too_many_arguments)]
@@ -187,7 +190,9 @@ pub fn mbd_backward(
         b,
         c,
     )?;
-    check_len("dt", dt.len(), t.len())?;
+    if !dt.is_empty() {
+        check_len("dt", dt.len(), t.len())?;
+    }
     if let Some(d) = &dinp {
         check_len("dinp", d.len(), inp.len())?;
     }
@@ -222,7 +227,9 @@ pub fn mbd_backward(
     }
     let dm = &*dm;
 
-    kernels::matmul_tn(dt, inp, dm, a, n, s.bc, true, &Serial);
+    if !dt.is_empty() {
+        kernels::matmul_tn(dt, inp, dm, a, n, s.bc, true, &Serial);
+    }
     if let Some(dinp) = dinp {
         for (d, g) in dinp.chunks_exact_mut(a).zip(dout.chunks_exact(row)) {
             d.copy_from_slice(&g[..a]);

@@ -248,13 +248,14 @@ pub(crate) fn backward_impl(
                 if wgrad_acts.is_some() {
                     return Err(CoreError::Unsupported { layer: info.index });
                 }
-                let Some(g) = grads.as_deref_mut() else {
-                    // Input gradient without parameter gradients: not wired yet.
-                    return Err(CoreError::Unsupported { layer: info.index });
+                // An empty weight-gradient slice asks for the input gradient only.
+                let dt: &mut [f32] = match grads.as_deref_mut() {
+                    Some(g) => &mut g[info.weight_range()],
+                    None => &mut [],
                 };
                 mbd::mbd_backward(
                     dinp,
-                    &mut g[info.weight_range()],
+                    dt,
                     g_out,
                     inp,
                     &params[info.weight_range()],
@@ -544,6 +545,10 @@ mod tests {
         .unwrap();
         grad_check(&p, &grads, |pp| loss(pp, &x), 1e-3, 3e-3);
         grad_check(&x, &dx, |xp| loss(&p, xp), 1e-3, 3e-3);
+        // The input gradient alone (generator step through a frozen D) is the same.
+        let mut dx2 = vec![0.0; n * 3];
+        backward(&spec, &p, &acts, &g, None, Some(&mut dx2), &mut scratch, n, &Serial).unwrap();
+        assert_eq!(dx, dx2);
     }
 
     #[test]
