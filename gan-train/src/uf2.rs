@@ -73,12 +73,16 @@ pub struct Segment {
 const PT_LOAD: u32 = 1;
 
 fn read_u16(b: &[u8], at: usize) -> Result<u16> {
-    let s = b.get(at..at + 2).with_context(|| format!("ELF ends before offset {at}"))?;
+    let s = b
+        .get(at..at + 2)
+        .with_context(|| format!("ELF ends before offset {at}"))?;
     Ok(u16::from_le_bytes([s[0], s[1]]))
 }
 
 fn read_u32(b: &[u8], at: usize) -> Result<u32> {
-    let s = b.get(at..at + 4).with_context(|| format!("ELF ends before offset {at}"))?;
+    let s = b
+        .get(at..at + 4)
+        .with_context(|| format!("ELF ends before offset {at}"))?;
     Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
@@ -86,13 +90,19 @@ fn read_u32(b: &[u8], at: usize) -> Result<u32> {
 /// at their physical addresses: for a firmware, `.data`'s initial values go to flash (its
 /// physical address), not to RAM (its virtual address).
 pub fn load_segments(elf: &[u8]) -> Result<Vec<Segment>> {
-    ensure!(elf.len() >= 52 && elf[..4] == *b"\x7fELF", "not an ELF file");
+    ensure!(
+        elf.len() >= 52 && elf[..4] == *b"\x7fELF",
+        "not an ELF file"
+    );
     ensure!(elf[4] == 1, "not a 32-bit ELF file");
     ensure!(elf[5] == 1, "not a little-endian ELF file");
     let phoff = read_u32(elf, 28)? as usize;
     let phentsize = read_u16(elf, 42)? as usize;
     let phnum = read_u16(elf, 44)? as usize;
-    ensure!(phnum == 0 || phentsize >= 32, "ELF program header entries are too small");
+    ensure!(
+        phnum == 0 || phentsize >= 32,
+        "ELF program header entries are too small"
+    );
     let mut out = Vec::new();
     for i in 0..phnum {
         let ph = phoff
@@ -137,7 +147,9 @@ fn pages_to_uf2(segments: &[Segment], family_id: u32) -> Result<Vec<u8>> {
             let addr = seg.addr + i as u32;
             let page = addr & !(PAYLOAD_LEN as u32 - 1);
             let at = (addr - page) as usize;
-            let (bytes, used) = pages.entry(page).or_insert(([0; PAYLOAD_LEN], [false; PAYLOAD_LEN]));
+            let (bytes, used) = pages
+                .entry(page)
+                .or_insert(([0; PAYLOAD_LEN], [false; PAYLOAD_LEN]));
             if used[at] {
                 bail!("two segments both write address {addr:#010x}");
             }
@@ -148,12 +160,26 @@ fn pages_to_uf2(segments: &[Segment], family_id: u32) -> Result<Vec<u8>> {
     let num_blocks = u32::try_from(pages.len()).context("too many UF2 blocks")?;
     let mut out = Vec::with_capacity(pages.len() * BLOCK_LEN);
     for (block_no, (addr, (bytes, _))) in pages.iter().enumerate() {
-        push_block(&mut out, *addr, block_no as u32, num_blocks, family_id, bytes);
+        push_block(
+            &mut out,
+            *addr,
+            block_no as u32,
+            num_blocks,
+            family_id,
+            bytes,
+        );
     }
     Ok(out)
 }
 
-fn push_block(out: &mut Vec<u8>, addr: u32, block_no: u32, num_blocks: u32, family_id: u32, payload: &[u8]) {
+fn push_block(
+    out: &mut Vec<u8>,
+    addr: u32,
+    block_no: u32,
+    num_blocks: u32,
+    family_id: u32,
+    payload: &[u8],
+) {
     let start = out.len();
     for word in [
         MAGIC_START0,
@@ -196,7 +222,11 @@ pub fn bin_to_uf2(data: &[u8], base_addr: u32, family_id: u32) -> Vec<u8> {
 /// Decodes and checks a UF2 file: every block has the magics, a payload of at most 476 bytes,
 /// consecutive block numbers and the same block count.
 pub fn read_uf2(bytes: &[u8]) -> Result<Vec<Block>> {
-    ensure!(bytes.len() % BLOCK_LEN == 0, "UF2 length {} is not a multiple of 512", bytes.len());
+    ensure!(
+        bytes.len() % BLOCK_LEN == 0,
+        "UF2 length {} is not a multiple of 512",
+        bytes.len()
+    );
     let mut blocks = Vec::with_capacity(bytes.len() / BLOCK_LEN);
     for (i, b) in bytes.chunks_exact(BLOCK_LEN).enumerate() {
         let w = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
@@ -249,7 +279,16 @@ mod tests {
         elf[44..46].copy_from_slice(&(segs.len() as u16).to_le_bytes());
         let mut payload = Vec::new();
         for &(kind, paddr, vaddr, bytes, memsz) in segs {
-            for w in [kind, data_off as u32, vaddr, paddr, bytes.len() as u32, memsz, 4, 4] {
+            for w in [
+                kind,
+                data_off as u32,
+                vaddr,
+                paddr,
+                bytes.len() as u32,
+                memsz,
+                4,
+                4,
+            ] {
                 elf.extend_from_slice(&w.to_le_bytes());
             }
             payload.extend_from_slice(bytes);
@@ -263,7 +302,10 @@ mod tests {
         let mut m = BTreeMap::new();
         for b in blocks {
             for (i, &v) in b.data.iter().enumerate() {
-                assert!(m.insert(b.addr + i as u32, v).is_none(), "address written twice");
+                assert!(
+                    m.insert(b.addr + i as u32, v).is_none(),
+                    "address written twice"
+                );
             }
         }
         m
@@ -282,7 +324,9 @@ mod tests {
             assert_eq!(b.data.len(), PAYLOAD_LEN);
         }
         let m = memory(&blocks);
-        let back: Vec<u8> = (0..data.len() as u32).map(|i| m[&(PICO_WEIGHTS_ADDR + i)]).collect();
+        let back: Vec<u8> = (0..data.len() as u32)
+            .map(|i| m[&(PICO_WEIGHTS_ADDR + i)])
+            .collect();
         assert_eq!(back, data);
         // The tail of the last page is zero padding.
         assert!((1000..1024).all(|i| m[&(PICO_WEIGHTS_ADDR + i)] == 0));
@@ -317,7 +361,11 @@ mod tests {
         assert_eq!(blocks.len(), 2);
         assert_eq!(blocks[0].addr, 0x1000_0100);
         assert_eq!(blocks[1].addr, 0x1000_0200);
-        assert!(blocks.iter().all(|b| b.num_blocks == 2 && b.family_id == RP2040_FAMILY_ID));
+        assert!(
+            blocks
+                .iter()
+                .all(|b| b.num_blocks == 2 && b.family_id == RP2040_FAMILY_ID)
+        );
         let m = memory(&blocks);
         for (i, &b) in text.iter().enumerate() {
             assert_eq!(m[&(0x1000_0100 + i as u32)], b);
@@ -334,12 +382,24 @@ mod tests {
         let blocks = read_uf2(&elf_to_uf2(&elf, 7).unwrap()).unwrap();
         assert_eq!(blocks.len(), 1);
         assert_eq!(blocks[0].addr, 0);
-        assert_eq!(&blocks[0].data[..20], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9]);
+        assert_eq!(
+            &blocks[0].data[..20],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9]
+        );
         assert_eq!(blocks[0].family_id, 7);
 
-        let overlapping = tiny_elf(&[(PT_LOAD, 0x100, 0x100, &[1; 8], 8), (PT_LOAD, 0x104, 0x104, &[2; 8], 8)]);
+        let overlapping = tiny_elf(&[
+            (PT_LOAD, 0x100, 0x100, &[1; 8], 8),
+            (PT_LOAD, 0x104, 0x104, &[2; 8], 8),
+        ]);
         assert!(elf_to_uf2(&overlapping, RP2040_FAMILY_ID).is_err());
-        assert!(elf_to_uf2(b"not an elf at all, but long enough to have a header......", 0).is_err());
+        assert!(
+            elf_to_uf2(
+                b"not an elf at all, but long enough to have a header......",
+                0
+            )
+            .is_err()
+        );
         let mut big_endian = tiny_elf(&[(PT_LOAD, 0, 0, &[1], 1)]);
         big_endian[5] = 2;
         assert!(elf_to_uf2(&big_endian, 0).is_err());
