@@ -21,7 +21,9 @@
 extern crate std;
 
 pub mod act;
+pub mod conv;
 pub mod dense;
+pub mod dropout;
 pub mod error;
 pub mod format;
 pub mod generate;
@@ -32,7 +34,9 @@ pub mod loss;
 pub mod mbd;
 pub mod model;
 pub mod noise;
+pub mod norm;
 pub mod optim;
+pub mod pool;
 pub mod spec;
 
 #[cfg(test)]

@@ -1,0 +1,1061 @@
+//! 2-D convolution and transposed convolution with square kernels, zero padding and a stride.
+//!
+//! Shapes (one sample; a batch is `N` samples one after another, all row-major):
+//! - [`conv2d_forward`]: `inp` C_in×H×W, `w` C_out×C_in×k×k, `b` C_out, `out` C_out×OH×OW with
+//!   `OH = (H + 2·pad − k)/stride + 1` ([`conv_out_len`]; `OW` likewise from `W`).
+//! - [`conv_transpose2d_forward`]: `inp` C_in×H×W, `w` C_in×C_out×k×k, `b` C_out, `out`
+//!   C_out×OH×OW with `OH = (H − 1)·stride − 2·pad + k` ([`conv_transpose_out_len`]).
+//!
+//! # One geometry for both layers
+//! A convolution reads an *image* (`c_img × ih × iw`) and produces a *grid* (`c_grid × gh × gw`)
+//! of kernel positions: grid position `(gy, gx)` sees image pixel `(gy·s − p + ky, gx·s − p + kx)`
+//! through tap `(ky, kx)`, or zero where that falls in the padding. For `Conv2d` the image is the
+//! input and the grid the output. The transposed convolution is the adjoint of that linear map:
+//! its input is the grid and its output the image. In both cases the weights form one
+//! `c_grid × (c_img·k·k)` matrix, which is why the layouts above put the grid's channel first.
+//!
+//! `im2col` writes the *column matrix* of one sample: `(c_img·k·k) × (gh·gw)`, row
+//! `(c·k + ky)·k + kx`, column `gy·gw + gx`, holding the image pixel that tap sees (zero in the
+//! padding). `col2im` is its adjoint: it adds every column entry back onto its pixel.
+//!
+//! # Training kernels (per sample, through [`crate::kernels`])
+//! - conv forward: `col = im2col(x)`, `out = W · col + b` ([`kernels::matmul`]);
+//! - conv backward: `dW += dout · colᵀ` ([`kernels::matmul_nt`]), `db += Σ dout`,
+//!   `dcol = Wᵀ · dout` ([`kernels::matmul_tn`]), `dx = col2im(dcol)`;
+//! - transposed forward: `col = Wᵀ · x` ([`kernels::matmul_tn`]), `out = col2im(col) + b`;
+//! - transposed backward: `dcol = im2col(dout)`, `dx = W · dcol` ([`kernels::matmul`]),
+//!   `dW += x · dcolᵀ` ([`kernels::matmul_nt`]), `db += Σ dout`.
+//!
+//! Column buffers: [`conv2d_forward`] writes the column matrix of every sample into `col`
+//! (`N × col_len`) and [`conv2d_backward`] reads it back for the weight gradient, so im2col runs
+//! once per step; in a network that buffer is the layer's auxiliary activation storage. The
+//! other three passes need one sample's column matrix as `scratch` ([`ConvDims::col_len`] or
+//! [`ConvDims::transpose_col_len`] elements, more is fine).
+//!
+//! # Exact inference kernels
+//! [`conv2d_forward_exact`] and [`conv_transpose2d_forward_exact`] are direct loops with no
+//! scratch. Every output is `((0 + w₀·x₀) + w₁·x₁) + …` over its taps in the order input
+//! channel, `ky`, `kx` (taps that fall in the padding, or between the strided positions of the
+//! transposed convolution, are skipped), each product and sum rounded to f32 with no FMA, and
+//! then the bias is added: the same bits on every target. The loops keep one output row as the
+//! set of accumulators, so the innermost loop runs along a row.
+
+use crate::error::{CoreError, SpecError, check_len, check_min_len};
+use crate::kernels::{self, Exec};
+
+/// Output side of a convolution: `(len + 2·pad − k)/stride + 1`, or `None` if `len`, `k` or
+/// `stride` is zero, `pad >= k`, the kernel does not fit the padded input, or on overflow.
+pub const fn conv_out_len(len: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
+    if len == 0 || k == 0 || stride == 0 || pad >= k {
+        return None;
+    }
+    let padded = match pad.checked_mul(2) {
+        Some(p2) => match len.checked_add(p2) {
+            Some(v) => v,
+            None => return None,
+        },
+        None => return None,
+    };
+    if padded < k {
+        None
+    } else {
+        Some((padded - k) / stride + 1)
+    }
+}
+
+/// Output side of a transposed convolution: `(len − 1)·stride − 2·pad + k`, or `None` if `len`,
+/// `k` or `stride` is zero, `pad >= k`, the result is not positive, or on overflow.
+pub const fn conv_transpose_out_len(
+    len: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Option<usize> {
+    if len == 0 || k == 0 || stride == 0 || pad >= k {
+        return None;
+    }
+    let full = match (len - 1).checked_mul(stride) {
+        Some(v) => match v.checked_add(k) {
+            Some(v) => v,
+            None => return None,
+        },
+        None => return None,
+    };
+    // pad < k, so 2·pad cannot overflow when k fits.
+    let crop = 2 * pad;
+    if full <= crop {
+        None
+    } else {
+        Some(full - crop)
+    }
+}
+
+/// Dimensions of one convolution layer, per sample. The same struct describes a
+/// [`conv2d_forward`] and a [`conv_transpose2d_forward`] with these hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ConvDims {
+    /// Input channels.
+    pub in_c: usize,
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+    /// Output channels.
+    pub out_c: usize,
+    /// Kernel side.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding on every border.
+    pub pad: usize,
+}
+
+impl ConvDims {
+    /// Output `(height, width)` of the convolution, `None` if the geometry is invalid.
+    pub const fn out_hw(&self) -> Option<(usize, usize)> {
+        match (
+            conv_out_len(self.in_h, self.k, self.stride, self.pad),
+            conv_out_len(self.in_w, self.k, self.stride, self.pad),
+        ) {
+            (Some(h), Some(w)) => Some((h, w)),
+            _ => None,
+        }
+    }
+
+    /// Output `(height, width)` of the transposed convolution, `None` if invalid.
+    pub const fn transpose_out_hw(&self) -> Option<(usize, usize)> {
+        match (
+            conv_transpose_out_len(self.in_h, self.k, self.stride, self.pad),
+            conv_transpose_out_len(self.in_w, self.k, self.stride, self.pad),
+        ) {
+            (Some(h), Some(w)) => Some((h, w)),
+            _ => None,
+        }
+    }
+
+    /// Elements of one sample's column matrix for the convolution: `in_c·k·k·OH·OW`.
+    pub fn col_len(&self) -> Result<usize, CoreError> {
+        Ok(Geom::conv(self)?.col)
+    }
+
+    /// Elements of one sample's column matrix for the transposed convolution:
+    /// `out_c·k·k·in_h·in_w`.
+    pub fn transpose_col_len(&self) -> Result<usize, CoreError> {
+        Ok(Geom::transpose(self)?.col)
+    }
+}
+
+/// The error for dimensions that describe no valid convolution (not tied to a spec layer).
+const fn bad_geometry() -> CoreError {
+    CoreError::Spec(SpecError::BadParameter { layer: usize::MAX })
+}
+
+/// The image/grid geometry of the module docs, with every size precomputed and checked.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    /// Image channels, height, width.
+    ci: usize,
+    ih: usize,
+    iw: usize,
+    /// Grid channels, height, width.
+    cg: usize,
+    gh: usize,
+    gw: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    /// Rows of the column matrix: `ci·k·k`.
+    rows: usize,
+    /// Columns of the column matrix: `gh·gw`.
+    cols: usize,
+    /// `rows·cols`.
+    col: usize,
+    /// `ci·ih·iw`.
+    img: usize,
+    /// `cg·gh·gw`.
+    grid: usize,
+    /// `cg·rows`.
+    w: usize,
+}
+
+impl Geom {
+    /// Checks the dimensions and computes every size.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        (ci, ih, iw): (usize, usize, usize),
+        (cg, gh, gw): (usize, usize, usize),
+        k: usize,
+        s: usize,
+        p: usize,
+    ) -> Result<Self, CoreError> {
+        let m = |a: usize, b: usize| a.checked_mul(b).ok_or(bad_geometry());
+        let rows = m(m(ci, k)?, k)?;
+        let cols = m(gh, gw)?;
+        Ok(Geom {
+            ci,
+            ih,
+            iw,
+            cg,
+            gh,
+            gw,
+            k,
+            s,
+            p,
+            rows,
+            cols,
+            col: m(rows, cols)?,
+            img: m(m(ci, ih)?, iw)?,
+            grid: m(cg, cols)?,
+            w: m(cg, rows)?,
+        })
+    }
+
+    fn check_nonzero(d: &ConvDims) -> Result<(), CoreError> {
+        if d.in_c == 0 || d.in_h == 0 || d.in_w == 0 || d.out_c == 0 || d.k == 0 || d.stride == 0 {
+            Err(CoreError::ZeroSize)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `Conv2d`: the image is the input, the grid the output.
+    fn conv(d: &ConvDims) -> Result<Self, CoreError> {
+        Self::check_nonzero(d)?;
+        let (oh, ow) = d.out_hw().ok_or(bad_geometry())?;
+        Self::new(
+            (d.in_c, d.in_h, d.in_w),
+            (d.out_c, oh, ow),
+            d.k,
+            d.stride,
+            d.pad,
+        )
+    }
+
+    /// `ConvTranspose2d`: the grid is the input, the image the output.
+    fn transpose(d: &ConvDims) -> Result<Self, CoreError> {
+        Self::check_nonzero(d)?;
+        let (oh, ow) = d.transpose_out_hw().ok_or(bad_geometry())?;
+        Self::new(
+            (d.out_c, oh, ow),
+            (d.in_c, d.in_h, d.in_w),
+            d.k,
+            d.stride,
+            d.pad,
+        )
+    }
+}
+
+/// `n·per`, `ZeroSize` for `n = 0`, an error on overflow.
+fn batch(n: usize, per: usize) -> Result<usize, CoreError> {
+    if n == 0 {
+        return Err(CoreError::ZeroSize);
+    }
+    n.checked_mul(per).ok_or(bad_geometry())
+}
+
+/// Grid positions `g` in `lo..hi` whose image coordinate `g·s + tap − p` lies in `0..n_img`,
+/// clipped to `0..n_grid`. Returns an empty range (`lo == hi`) when there is none.
+#[inline]
+fn span(n_grid: usize, n_img: usize, s: usize, tap: usize, p: usize) -> (usize, usize) {
+    // g·s + tap − p >= 0  ⇔  g >= ⌈(p − tap)/s⌉
+    let lo = if tap >= p { 0 } else { (p - tap).div_ceil(s) };
+    // g·s + tap − p < n_img  ⇔  g < ⌈(n_img + p − tap)/s⌉
+    let hi = if n_img + p <= tap {
+        0
+    } else {
+        (n_img + p - tap).div_ceil(s).min(n_grid)
+    };
+    (lo.min(hi), hi)
+}
+
+/// Writes the column matrix of one image (see the module docs). `col` has `g.col` elements,
+/// `img` has `g.img`.
+fn im2col(col: &mut [f32], img: &[f32], g: &Geom) {
+    let plane = g.ih * g.iw;
+    for (c, src) in img.chunks_exact(plane).enumerate().take(g.ci) {
+        for ky in 0..g.k {
+            let (ylo, yhi) = span(g.gh, g.ih, g.s, ky, g.p);
+            for kx in 0..g.k {
+                let (xlo, xhi) = span(g.gw, g.iw, g.s, kx, g.p);
+                let r = (c * g.k + ky) * g.k + kx;
+                let row = &mut col[r * g.cols..(r + 1) * g.cols];
+                for (gy, dst) in row.chunks_exact_mut(g.gw).enumerate() {
+                    if gy < ylo || gy >= yhi || xlo == xhi {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let iy = gy * g.s + ky - g.p;
+                    let x0 = xlo * g.s + kx - g.p;
+                    let srow = &src[iy * g.iw + x0..(iy + 1) * g.iw];
+                    dst[..xlo].fill(0.0);
+                    dst[xhi..].fill(0.0);
+                    if g.s == 1 {
+                        dst[xlo..xhi].copy_from_slice(&srow[..xhi - xlo]);
+                    } else {
+                        for (d, &v) in dst[xlo..xhi].iter_mut().zip(srow.iter().step_by(g.s)) {
+                            *d = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds every entry of a column matrix onto its image pixel (the adjoint of [`im2col`]).
+fn col2im_add(img: &mut [f32], col: &[f32], g: &Geom) {
+    let plane = g.ih * g.iw;
+    for (c, dst) in img.chunks_exact_mut(plane).enumerate().take(g.ci) {
+        for ky in 0..g.k {
+            let (ylo, yhi) = span(g.gh, g.ih, g.s, ky, g.p);
+            for kx in 0..g.k {
+                let (xlo, xhi) = span(g.gw, g.iw, g.s, kx, g.p);
+                if xlo == xhi {
+                    continue;
+                }
+                let r = (c * g.k + ky) * g.k + kx;
+                let row = &col[r * g.cols..(r + 1) * g.cols];
+                for gy in ylo..yhi {
+                    let iy = gy * g.s + ky - g.p;
+                    let x0 = xlo * g.s + kx - g.p;
+                    let drow = &mut dst[iy * g.iw + x0..(iy + 1) * g.iw];
+                    let src = &row[gy * g.gw + xlo..gy * g.gw + xhi];
+                    if g.s == 1 {
+                        for (d, &v) in drow.iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (d, &v) in drow.iter_mut().step_by(g.s).zip(src) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fills every channel plane of one sample with its bias.
+fn fill_bias(out: &mut [f32], b: &[f32], plane: usize) {
+    for (o, &v) in out.chunks_exact_mut(plane).zip(b) {
+        o.fill(v);
+    }
+}
+
+/// `db[c] += Σ` over the batch and the plane of channel `c` of `dout` (N × C × plane).
+fn add_bias_grad(db: &mut [f32], dout: &[f32], plane: usize) {
+    for sample in dout.chunks_exact(plane * db.len()) {
+        for (acc, p) in db.iter_mut().zip(sample.chunks_exact(plane)) {
+            *acc += p.iter().sum::<f32>();
+        }
+    }
+}
+
+/// Training forward of a convolution (see the module docs for shapes).
+///
+/// `out` N×C_out×OH×OW; `col` N×[`ConvDims::col_len`] receives every sample's column matrix
+/// (keep it for [`conv2d_backward`]); `inp` N×C_in×H×W; `w` C_out×C_in×k×k; `b` C_out.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward(
+    out: &mut [f32],
+    col: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    d: &ConvDims,
+    exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    let g = Geom::conv(d)?;
+    check_len("out", out.len(), batch(n, g.grid)?)?;
+    check_len("col", col.len(), batch(n, g.col)?)?;
+    check_len("inp", inp.len(), batch(n, g.img)?)?;
+    check_len("w", w.len(), g.w)?;
+    check_len("b", b.len(), g.cg)?;
+    for ((o, c), x) in out
+        .chunks_exact_mut(g.grid)
+        .zip(col.chunks_exact_mut(g.col))
+        .zip(inp.chunks_exact(g.img))
+    {
+        im2col(c, x, &g);
+        fill_bias(o, b, g.cols);
+        // out (C_out × P) += W (C_out × C_in·k·k) · col (C_in·k·k × P)
+        kernels::matmul(o, w, c, g.cg, g.rows, g.cols, true, exec);
+    }
+    Ok(())
+}
+
+/// Backward of [`conv2d_forward`], from `dout` (N×C_out×OH×OW) and the forward's `col`.
+///
+/// - `dw` (C_out×C_in×k×k) `+= Σₙ doutₙ · colₙᵀ`, `db` (C_out) `+= Σ dout`: skipped when `None`;
+/// - `dinp` (N×C_in×H×W) `= col2im(Wᵀ · doutₙ)`, overwritten; skipped when `None`. Needs
+///   `scratch` of at least [`ConvDims::col_len`] elements (ignored otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward(
+    dinp: Option<&mut [f32]>,
+    dw: Option<&mut [f32]>,
+    db: Option<&mut [f32]>,
+    scratch: &mut [f32],
+    dout: &[f32],
+    col: &[f32],
+    w: &[f32],
+    n: usize,
+    d: &ConvDims,
+    exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    let g = Geom::conv(d)?;
+    check_len("dout", dout.len(), batch(n, g.grid)?)?;
+    check_len("col", col.len(), batch(n, g.col)?)?;
+    check_len("w", w.len(), g.w)?;
+    if let Some(dw) = &dw {
+        check_len("dw", dw.len(), g.w)?;
+    }
+    if let Some(db) = &db {
+        check_len("db", db.len(), g.cg)?;
+    }
+    if let Some(dinp) = &dinp {
+        check_len("dinp", dinp.len(), batch(n, g.img)?)?;
+        check_min_len("scratch", scratch.len(), g.col)?;
+    }
+    if let Some(db) = db {
+        add_bias_grad(db, dout, g.cols);
+    }
+    if let Some(dw) = dw {
+        for (o, c) in dout.chunks_exact(g.grid).zip(col.chunks_exact(g.col)) {
+            // dW (C_out × C_in·k·k) += dout (C_out × P) · colᵀ (P × C_in·k·k)
+            kernels::matmul_nt(dw, o, c, g.cg, g.cols, g.rows, true, exec);
+        }
+    }
+    if let Some(dinp) = dinp {
+        let dcol = &mut scratch[..g.col];
+        for (dx, o) in dinp.chunks_exact_mut(g.img).zip(dout.chunks_exact(g.grid)) {
+            // dcol (C_in·k·k × P) = Wᵀ · dout
+            kernels::matmul_tn(dcol, w, o, g.rows, g.cg, g.cols, false, exec);
+            dx.fill(0.0);
+            col2im_add(dx, dcol, &g);
+        }
+    }
+    Ok(())
+}
+
+/// Exact inference forward of a convolution: same shapes as [`conv2d_forward`], no scratch,
+/// fixed summation order (module docs), bit-identical on every target.
+pub fn conv2d_forward_exact(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    d: &ConvDims,
+) -> Result<(), CoreError> {
+    let g = Geom::conv(d)?;
+    check_len("out", out.len(), batch(n, g.grid)?)?;
+    check_len("inp", inp.len(), batch(n, g.img)?)?;
+    check_len("w", w.len(), g.w)?;
+    check_len("b", b.len(), g.cg)?;
+    let plane = g.ih * g.iw;
+    for (o, x) in out.chunks_exact_mut(g.grid).zip(inp.chunks_exact(g.img)) {
+        for ((oplane, wrow), &bias) in o
+            .chunks_exact_mut(g.cols)
+            .zip(w.chunks_exact(g.rows))
+            .zip(b)
+        {
+            for (gy, orow) in oplane.chunks_exact_mut(g.gw).enumerate() {
+                orow.fill(0.0);
+                for (ci, xplane) in x.chunks_exact(plane).enumerate() {
+                    for ky in 0..g.k {
+                        let iy = gy * g.s + ky;
+                        if iy < g.p || iy - g.p >= g.ih {
+                            continue;
+                        }
+                        let xrow = &xplane[(iy - g.p) * g.iw..(iy - g.p + 1) * g.iw];
+                        for kx in 0..g.k {
+                            let (lo, hi) = span(g.gw, g.iw, g.s, kx, g.p);
+                            if lo == hi {
+                                continue;
+                            }
+                            let wv = wrow[(ci * g.k + ky) * g.k + kx];
+                            let xs = xrow[lo * g.s + kx - g.p..].iter().step_by(g.s);
+                            for (acc, &xv) in orow[lo..hi].iter_mut().zip(xs) {
+                                *acc += wv * xv;
+                            }
+                        }
+                    }
+                }
+                for acc in orow.iter_mut() {
+                    *acc += bias;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Training forward of a transposed convolution (see the module docs for shapes).
+///
+/// `out` N×C_out×OH×OW; `inp` N×C_in×H×W; `w` C_in×C_out×k×k; `b` C_out; `scratch` at least
+/// [`ConvDims::transpose_col_len`] elements (one sample's column matrix).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_forward(
+    out: &mut [f32],
+    scratch: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    d: &ConvDims,
+    exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    let g = Geom::transpose(d)?;
+    check_len("out", out.len(), batch(n, g.img)?)?;
+    check_len("inp", inp.len(), batch(n, g.grid)?)?;
+    check_len("w", w.len(), g.w)?;
+    check_len("b", b.len(), g.ci)?;
+    check_min_len("scratch", scratch.len(), g.col)?;
+    let col = &mut scratch[..g.col];
+    for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
+        // col (C_out·k·k × H·W) = Wᵀ · x (C_in × H·W)
+        kernels::matmul_tn(col, w, x, g.rows, g.cg, g.cols, false, exec);
+        fill_bias(o, b, g.ih * g.iw);
+        col2im_add(o, col, &g);
+    }
+    Ok(())
+}
+
+/// Backward of [`conv_transpose2d_forward`], from `dout` (N×C_out×OH×OW) and the forward input.
+///
+/// - `dw` (C_in×C_out×k×k) `+= Σₙ inpₙ · im2col(doutₙ)ᵀ`, `db` (C_out) `+= Σ dout`: skipped when
+///   `None`;
+/// - `dinp` (N×C_in×H×W) `= W · im2col(doutₙ)`, overwritten; skipped when `None`.
+///
+/// `scratch` has at least [`ConvDims::transpose_col_len`] elements when `dinp` or `dw` is given.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_backward(
+    dinp: Option<&mut [f32]>,
+    mut dw: Option<&mut [f32]>,
+    db: Option<&mut [f32]>,
+    scratch: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    n: usize,
+    d: &ConvDims,
+    exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    let g = Geom::transpose(d)?;
+    check_len("dout", dout.len(), batch(n, g.img)?)?;
+    check_len("inp", inp.len(), batch(n, g.grid)?)?;
+    check_len("w", w.len(), g.w)?;
+    if let Some(dw) = &dw {
+        check_len("dw", dw.len(), g.w)?;
+    }
+    if let Some(db) = &db {
+        check_len("db", db.len(), g.ci)?;
+    }
+    if let Some(dinp) = &dinp {
+        check_len("dinp", dinp.len(), batch(n, g.grid)?)?;
+    }
+    if dinp.is_some() || dw.is_some() {
+        check_min_len("scratch", scratch.len(), g.col)?;
+    }
+    if let Some(db) = db {
+        add_bias_grad(db, dout, g.ih * g.iw);
+    }
+    if dinp.is_none() && dw.is_none() {
+        return Ok(());
+    }
+    let dcol = &mut scratch[..g.col];
+    let mut dinp = dinp;
+    for (s, (o, x)) in dout
+        .chunks_exact(g.img)
+        .zip(inp.chunks_exact(g.grid))
+        .enumerate()
+    {
+        im2col(dcol, o, &g);
+        if let Some(dw) = dw.as_deref_mut() {
+            // dW (C_in × C_out·k·k) += x (C_in × H·W) · dcolᵀ (H·W × C_out·k·k)
+            kernels::matmul_nt(dw, x, dcol, g.cg, g.cols, g.rows, true, exec);
+        }
+        if let Some(dinp) = dinp.as_deref_mut() {
+            // dx (C_in × H·W) = W (C_in × C_out·k·k) · dcol
+            let dx = &mut dinp[s * g.grid..(s + 1) * g.grid];
+            kernels::matmul(dx, w, dcol, g.cg, g.rows, g.cols, false, exec);
+        }
+    }
+    Ok(())
+}
+
+/// Exact inference forward of a transposed convolution: same shapes as
+/// [`conv_transpose2d_forward`], no scratch, fixed summation order (module docs).
+pub fn conv_transpose2d_forward_exact(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    d: &ConvDims,
+) -> Result<(), CoreError> {
+    let g = Geom::transpose(d)?;
+    check_len("out", out.len(), batch(n, g.img)?)?;
+    check_len("inp", inp.len(), batch(n, g.grid)?)?;
+    check_len("w", w.len(), g.w)?;
+    check_len("b", b.len(), g.ci)?;
+    let plane = g.ih * g.iw;
+    for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
+        for (co, (oplane, &bias)) in o.chunks_exact_mut(plane).zip(b).enumerate() {
+            for (oy, orow) in oplane.chunks_exact_mut(g.iw).enumerate() {
+                orow.fill(0.0);
+                for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
+                    let wbase = (cin * g.ci + co) * g.k * g.k;
+                    for ky in 0..g.k {
+                        // The input row gy with gy·s + ky − p = oy, if any.
+                        let t = oy + g.p;
+                        if t < ky || (t - ky) % g.s != 0 || (t - ky) / g.s >= g.gh {
+                            continue;
+                        }
+                        let gy = (t - ky) / g.s;
+                        let xrow = &xplane[gy * g.gw..(gy + 1) * g.gw];
+                        for kx in 0..g.k {
+                            let (lo, hi) = span(g.gw, g.iw, g.s, kx, g.p);
+                            if lo == hi {
+                                continue;
+                            }
+                            let wv = w[wbase + ky * g.k + kx];
+                            let accs = orow[lo * g.s + kx - g.p..].iter_mut().step_by(g.s);
+                            for (acc, &xv) in accs.zip(&xrow[lo..hi]) {
+                                *acc += wv * xv;
+                            }
+                        }
+                    }
+                }
+                for acc in orow.iter_mut() {
+                    *acc += bias;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Serial;
+    use crate::testutil::{Lcg, grad_check};
+    use std::vec;
+    use std::vec::Vec;
+
+    fn rand(r: &mut Lcg, len: usize) -> Vec<f32> {
+        let mut v = vec![0.0; len];
+        r.fill(&mut v);
+        v
+    }
+
+    fn dims(
+        in_c: usize,
+        in_h: usize,
+        in_w: usize,
+        out_c: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    ) -> ConvDims {
+        ConvDims {
+            in_c,
+            in_h,
+            in_w,
+            out_c,
+            k,
+            stride: s,
+            pad: p,
+        }
+    }
+
+    /// The definition, in f64: out[o][y][x] = b[o] + Σ w[o][c][ky][kx]·in[c][y·s+ky−p][x·s+kx−p].
+    fn naive_conv(x: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims) -> Vec<f64> {
+        let (oh, ow) = d.out_hw().unwrap();
+        let (k, s, p) = (d.k as isize, d.stride as isize, d.pad as isize);
+        let mut out = vec![0.0f64; n * d.out_c * oh * ow];
+        for i in 0..n {
+            for o in 0..d.out_c {
+                for y in 0..oh {
+                    for xo in 0..ow {
+                        let mut acc = b[o] as f64;
+                        for c in 0..d.in_c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = y as isize * s + ky - p;
+                                    let ix = xo as isize * s + kx - p;
+                                    if iy < 0
+                                        || ix < 0
+                                        || iy >= d.in_h as isize
+                                        || ix >= d.in_w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((i * d.in_c + c) * d.in_h + iy as usize) * d.in_w
+                                        + ix as usize];
+                                    let wv = w[((o * d.in_c + c) * d.k + ky as usize) * d.k
+                                        + kx as usize];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        out[((i * d.out_c + o) * oh + y) * ow + xo] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The definition of the transposed convolution as a scatter, in f64:
+    /// out[o][y·s+ky−p][x·s+kx−p] += in[c][y][x]·w[c][o][ky][kx], plus b[o].
+    fn naive_conv_t(x: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims) -> Vec<f64> {
+        let (oh, ow) = d.transpose_out_hw().unwrap();
+        let (k, s, p) = (d.k as isize, d.stride as isize, d.pad as isize);
+        let mut out = vec![0.0f64; n * d.out_c * oh * ow];
+        for i in 0..n {
+            for o in 0..d.out_c {
+                for v in &mut out[(i * d.out_c + o) * oh * ow..(i * d.out_c + o + 1) * oh * ow] {
+                    *v = b[o] as f64;
+                }
+            }
+            for c in 0..d.in_c {
+                for y in 0..d.in_h {
+                    for xi in 0..d.in_w {
+                        let xv = x[((i * d.in_c + c) * d.in_h + y) * d.in_w + xi] as f64;
+                        for o in 0..d.out_c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let oy = y as isize * s + ky - p;
+                                    let ox = xi as isize * s + kx - p;
+                                    if oy < 0 || ox < 0 || oy >= oh as isize || ox >= ow as isize {
+                                        continue;
+                                    }
+                                    let wv = w[((c * d.out_c + o) * d.k + ky as usize) * d.k
+                                        + kx as usize];
+                                    out[((i * d.out_c + o) * oh + oy as usize) * ow
+                                        + ox as usize] += xv * wv as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn assert_close(got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len());
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
+                "{i}: {g} vs {w}"
+            );
+        }
+    }
+
+    /// Geometries covering stride 1 and 2, no/one/two padding, non-square inputs, k = 1.
+    const CASES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
+        (2, 5, 6, 3, 3, 1, 1),
+        (3, 8, 8, 2, 4, 2, 1),
+        (1, 7, 5, 4, 3, 2, 0),
+        (2, 6, 7, 2, 5, 1, 2),
+        (3, 4, 4, 2, 1, 1, 0),
+        (2, 9, 6, 3, 4, 3, 2),
+    ];
+
+    #[test]
+    fn conv_forward_matches_definition() {
+        let mut r = Lcg::new(21);
+        let n = 2;
+        for &(ci, h, wd, co, k, s, p) in &CASES {
+            let d = dims(ci, h, wd, co, k, s, p);
+            let (oh, ow) = d.out_hw().unwrap();
+            let x = rand(&mut r, n * ci * h * wd);
+            let w = rand(&mut r, co * ci * k * k);
+            let b = rand(&mut r, co);
+            let want = naive_conv(&x, &w, &b, n, &d);
+            let mut out = vec![0.0; n * co * oh * ow];
+            let mut col = vec![0.0; n * d.col_len().unwrap()];
+            conv2d_forward(&mut out, &mut col, &x, &w, &b, n, &d, &Serial).unwrap();
+            assert_close(&out, &want, 1e-5);
+            let mut exact = vec![f32::NAN; out.len()];
+            conv2d_forward_exact(&mut exact, &x, &w, &b, n, &d).unwrap();
+            assert_close(&exact, &want, 1e-5);
+        }
+    }
+
+    #[test]
+    fn conv_transpose_forward_matches_definition() {
+        let mut r = Lcg::new(22);
+        let n = 2;
+        for &(ci, h, wd, co, k, s, p) in &CASES {
+            let d = dims(ci, h, wd, co, k, s, p);
+            let (oh, ow) = d.transpose_out_hw().unwrap();
+            let x = rand(&mut r, n * ci * h * wd);
+            let w = rand(&mut r, ci * co * k * k);
+            let b = rand(&mut r, co);
+            let want = naive_conv_t(&x, &w, &b, n, &d);
+            let mut out = vec![0.0; n * co * oh * ow];
+            let mut scratch = vec![0.0; d.transpose_col_len().unwrap()];
+            conv_transpose2d_forward(&mut out, &mut scratch, &x, &w, &b, n, &d, &Serial).unwrap();
+            assert_close(&out, &want, 1e-5);
+            let mut exact = vec![f32::NAN; out.len()];
+            conv_transpose2d_forward_exact(&mut exact, &x, &w, &b, n, &d).unwrap();
+            assert_close(&exact, &want, 1e-5);
+        }
+    }
+
+    /// ⟨conv(x), y⟩ = ⟨x, convT(y)⟩ with one shared weight buffer and no bias.
+    #[test]
+    fn transpose_is_the_adjoint() {
+        let mut r = Lcg::new(23);
+        let n = 2;
+        // (H + 2p − k) divisible by s, so convT maps the conv output shape back to H × W.
+        for &(ci, h, wd, co, k, s, p) in &[
+            (3, 8, 10, 2, 4, 2, 1),
+            (2, 7, 7, 3, 3, 1, 1),
+            (2, 9, 9, 2, 3, 3, 0),
+        ] {
+            let d = dims(ci, h, wd, co, k, s, p);
+            let (oh, ow) = d.out_hw().unwrap();
+            let dt = dims(co, oh, ow, ci, k, s, p);
+            assert_eq!(dt.transpose_out_hw(), Some((h, wd)));
+            let x = rand(&mut r, n * ci * h * wd);
+            let y = rand(&mut r, n * co * oh * ow);
+            let w = rand(&mut r, co * ci * k * k);
+            let mut cx = vec![0.0; y.len()];
+            let mut col = vec![0.0; n * d.col_len().unwrap()];
+            conv2d_forward(&mut cx, &mut col, &x, &w, &vec![0.0; co], n, &d, &Serial).unwrap();
+            let mut ty = vec![0.0; x.len()];
+            let mut scratch = vec![0.0; dt.transpose_col_len().unwrap()];
+            conv_transpose2d_forward(
+                &mut ty,
+                &mut scratch,
+                &y,
+                &w,
+                &vec![0.0; ci],
+                n,
+                &dt,
+                &Serial,
+            )
+            .unwrap();
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter().zip(b).map(|(&a, &b)| a as f64 * b as f64).sum()
+            };
+            let (lhs, rhs) = (dot(&cx, &y), dot(&x, &ty));
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "{lhs} vs {rhs}"
+            );
+            // And the exact kernels agree with the fast ones on the same data.
+            let mut ex = vec![0.0; ty.len()];
+            conv_transpose2d_forward_exact(&mut ex, &y, &w, &vec![0.0; ci], n, &dt).unwrap();
+            for (a, b) in ex.iter().zip(&ty) {
+                assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()));
+            }
+        }
+    }
+
+    #[test]
+    fn conv_backward_matches_finite_differences() {
+        let mut r = Lcg::new(24);
+        let n = 2;
+        for &(ci, h, wd, co, k, s, p) in &[(2, 6, 5, 3, 4, 2, 1), (2, 5, 5, 2, 3, 1, 1)] {
+            let d = dims(ci, h, wd, co, k, s, p);
+            let (oh, ow) = d.out_hw().unwrap();
+            let x = rand(&mut r, n * ci * h * wd);
+            let w = rand(&mut r, co * ci * k * k);
+            let b = rand(&mut r, co);
+            let g = rand(&mut r, n * co * oh * ow);
+            let cl = d.col_len().unwrap();
+            let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+                let mut out = vec![0.0; g.len()];
+                let mut col = vec![0.0; n * cl];
+                conv2d_forward(&mut out, &mut col, x, w, b, n, &d, &Serial).unwrap();
+                out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
+            };
+            let mut out = vec![0.0; g.len()];
+            let mut col = vec![0.0; n * cl];
+            conv2d_forward(&mut out, &mut col, &x, &w, &b, n, &d, &Serial).unwrap();
+            let mut dx = vec![f32::NAN; x.len()];
+            let mut dw = vec![0.0; w.len()];
+            let mut db = vec![0.0; b.len()];
+            let mut scratch = vec![0.0; cl];
+            conv2d_backward(
+                Some(&mut dx),
+                Some(&mut dw),
+                Some(&mut db),
+                &mut scratch,
+                &g,
+                &col,
+                &w,
+                n,
+                &d,
+                &Serial,
+            )
+            .unwrap();
+            grad_check(&x, &dx, |xp| loss(xp, &w, &b), 1e-2, 1e-3);
+            grad_check(&w, &dw, |wp| loss(&x, wp, &b), 1e-2, 1e-3);
+            grad_check(&b, &db, |bp| loss(&x, &w, bp), 1e-2, 1e-3);
+        }
+    }
+
+    #[test]
+    fn conv_transpose_backward_matches_finite_differences() {
+        let mut r = Lcg::new(25);
+        let n = 2;
+        for &(ci, h, wd, co, k, s, p) in &[(3, 3, 4, 2, 4, 2, 1), (2, 4, 3, 2, 3, 1, 1)] {
+            let d = dims(ci, h, wd, co, k, s, p);
+            let (oh, ow) = d.transpose_out_hw().unwrap();
+            let x = rand(&mut r, n * ci * h * wd);
+            let w = rand(&mut r, ci * co * k * k);
+            let b = rand(&mut r, co);
+            let g = rand(&mut r, n * co * oh * ow);
+            let cl = d.transpose_col_len().unwrap();
+            let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+                let mut out = vec![0.0; g.len()];
+                let mut scratch = vec![0.0; cl];
+                conv_transpose2d_forward(&mut out, &mut scratch, x, w, b, n, &d, &Serial).unwrap();
+                out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
+            };
+            let mut dx = vec![f32::NAN; x.len()];
+            let mut dw = vec![0.0; w.len()];
+            let mut db = vec![0.0; b.len()];
+            let mut scratch = vec![0.0; cl];
+            conv_transpose2d_backward(
+                Some(&mut dx),
+                Some(&mut dw),
+                Some(&mut db),
+                &mut scratch,
+                &g,
+                &x,
+                &w,
+                n,
+                &d,
+                &Serial,
+            )
+            .unwrap();
+            grad_check(&x, &dx, |xp| loss(xp, &w, &b), 1e-2, 1e-3);
+            grad_check(&w, &dw, |wp| loss(&x, wp, &b), 1e-2, 1e-3);
+            grad_check(&b, &db, |bp| loss(&x, &w, bp), 1e-2, 1e-3);
+            // Only the input gradient: same values, parameter buffers untouched.
+            let mut dx2 = vec![0.0; x.len()];
+            conv_transpose2d_backward(
+                Some(&mut dx2),
+                None,
+                None,
+                &mut scratch,
+                &g,
+                &x,
+                &w,
+                n,
+                &d,
+                &Serial,
+            )
+            .unwrap();
+            assert_eq!(dx, dx2);
+        }
+    }
+
+    #[test]
+    fn output_lengths() {
+        // DCGAN shapes.
+        assert_eq!(conv_out_len(28, 4, 2, 1), Some(14));
+        assert_eq!(conv_out_len(14, 4, 2, 1), Some(7));
+        assert_eq!(conv_transpose_out_len(7, 4, 2, 1), Some(14));
+        assert_eq!(conv_transpose_out_len(14, 4, 2, 1), Some(28));
+        assert_eq!(conv_out_len(5, 3, 1, 0), Some(3));
+        assert_eq!(conv_out_len(2, 5, 1, 1), None); // kernel larger than the padded input
+        assert_eq!(conv_out_len(2, 3, 1, 3), None); // pad >= k
+        assert_eq!(conv_out_len(8, 3, 0, 1), None);
+        assert_eq!(conv_out_len(usize::MAX, 3, 1, 2), None);
+        assert_eq!(conv_transpose_out_len(1, 3, 1, 2), None); // 3 − 4 < 1
+        assert_eq!(conv_transpose_out_len(usize::MAX, 4, 2, 1), None);
+        assert_eq!(conv_transpose_out_len(0, 4, 2, 1), None);
+    }
+
+    #[test]
+    fn rejects_bad_buffers_and_geometry() {
+        let d = dims(1, 4, 4, 2, 3, 1, 1);
+        let x = [0.0f32; 16];
+        let w = [0.0f32; 18];
+        let b = [0.0f32; 2];
+        let mut out = [0.0f32; 32];
+        let mut col = [0.0f32; 9 * 16];
+        assert!(conv2d_forward(&mut out, &mut col, &x, &w, &b, 1, &d, &Serial).is_ok());
+        assert!(matches!(
+            conv2d_forward(&mut out[1..], &mut col, &x, &w, &b, 1, &d, &Serial),
+            Err(CoreError::BufferLen { what: "out", .. })
+        ));
+        assert!(matches!(
+            conv2d_forward(&mut out, &mut col[1..], &x, &w, &b, 1, &d, &Serial),
+            Err(CoreError::BufferLen { what: "col", .. })
+        ));
+        assert_eq!(
+            conv2d_forward_exact(&mut out, &x, &w, &b, 0, &d),
+            Err(CoreError::ZeroSize)
+        );
+        let bad = dims(1, 4, 4, 2, 3, 1, 3);
+        assert!(matches!(
+            conv2d_forward_exact(&mut out, &x, &w, &b, 1, &bad),
+            Err(CoreError::Spec(_))
+        ));
+        let mut small = [0.0f32; 10];
+        assert!(matches!(
+            conv2d_backward(
+                Some(&mut [0.0; 16]),
+                None,
+                None,
+                &mut small,
+                &out,
+                &col,
+                &w,
+                1,
+                &d,
+                &Serial
+            ),
+            Err(CoreError::BufferLen {
+                what: "scratch",
+                ..
+            })
+        ));
+        // Without dinp no scratch is needed.
+        assert!(
+            conv2d_backward(
+                None,
+                None,
+                Some(&mut [0.0; 2]),
+                &mut [],
+                &out,
+                &col,
+                &w,
+                1,
+                &d,
+                &Serial
+            )
+            .is_ok()
+        );
+        let dt = dims(2, 4, 4, 1, 3, 1, 1);
+        assert!(matches!(
+            conv_transpose2d_forward(
+                &mut [0.0; 16],
+                &mut small,
+                &out,
+                &w,
+                &[0.0],
+                1,
+                &dt,
+                &Serial
+            ),
+            Err(CoreError::BufferLen {
+                what: "scratch",
+                ..
+            })
+        ));
+    }
+}

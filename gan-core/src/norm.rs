@@ -1,0 +1,428 @@
+//! Batch normalisation over channels.
+//!
+//! Shapes: `x` N×C×S with `S = H·W` (`S = 1` for a flat input of `C` features, so a flat layer
+//! normalises every feature over the batch), `γ` and `β` of length `C`, and two statistics
+//! buffers of `2·C`: the mean of every channel, then its variance.
+//!
+//! Training ([`batchnorm_forward`]) normalises with the batch's own statistics over the
+//! `M = N·S` values of each channel: `μ = Σx/M`, `σ² = Σ(x − μ)²/M` (biased),
+//! `x̂ = (x − μ)/√(σ² + ε)`, `y = γ·x̂ + β`. The sums run in f64 (two passes), so the
+//! statistics are accurate even for large batches; training runs on the host.
+//!
+//! Inference ([`batchnorm_forward_exact`]) uses the running statistics instead:
+//! `y = x·a + b` with `a = γ / √(σ²_run + ε)` and `b = β − μ_run·a`, each step rounded to f32
+//! (square root and division are correctly rounded everywhere), so it is bit-exact across
+//! targets.
+//!
+//! Running statistics ([`update_running`]) follow `run ← (1 − m)·run + m·batch`, with the
+//! variance's batch value made unbiased (`σ²·M/(M − 1)`, for `M > 1`), as PyTorch does.
+//!
+//! # Where things live in a network
+//! - `γ` is the layer's weight tensor, `β` its bias, and the running mean and variance a third
+//!   tensor of the flat parameter buffer ([`crate::spec::LayerInfo::stats_range`]). Keeping
+//!   them there means checkpoints, the weights file and the firmware (which runs in place from
+//!   that buffer) carry them with no extra plumbing. Their gradient is always zero, so the
+//!   optimizers leave them unchanged as long as weight decay is off for them (L2 decay adds
+//!   `λ·p` to every gradient; a trainer using it should skip `stats_range`).
+//!   [`crate::model::update_running_stats`] writes them after a training forward.
+//! - Forward stores the batch mean and variance (`2·C` values) in the layer's auxiliary
+//!   activation storage. That is all backward needs: `x̂` is recomputed from the input (one
+//!   subtraction and one multiplication per element, far cheaper than keeping a second copy
+//!   of the activation), and [`crate::model::update_running_stats`] reads the same values, so
+//!   it needs no second pass over the batch. The auxiliary storage is sized `2·C` per sample;
+//!   only the first `2·C` of the batch's region is used.
+//!
+//! Backward, with `g = ∂L/∂y`: `∂L/∂γ = Σ g·x̂`, `∂L/∂β = Σ g`, and
+//! `∂L/∂x = γ/√(σ² + ε) · (g − Σg/M − x̂·Σ(g·x̂)/M)` (sums over the channel's `M` values).
+
+use crate::error::{CoreError, check_len};
+
+/// Validates `n`, `c`, `s` and returns `(N·C·S, N·S)`.
+fn sizes(n: usize, c: usize, s: usize) -> Result<(usize, usize), CoreError> {
+    if n == 0 || c == 0 || s == 0 {
+        return Err(CoreError::ZeroSize);
+    }
+    let overflow = CoreError::BufferLen {
+        what: "x",
+        expected: usize::MAX,
+        got: 0,
+    };
+    let m = n.checked_mul(s).ok_or(overflow)?;
+    Ok((m.checked_mul(c).ok_or(overflow)?, m))
+}
+
+/// The planes of channel `ch` (each `s` long), sample after sample.
+fn planes(x: &[f32], c: usize, s: usize, ch: usize) -> impl Iterator<Item = &[f32]> {
+    x.chunks_exact(c * s)
+        .map(move |sample| &sample[ch * s..(ch + 1) * s])
+}
+
+/// `1/√(var + eps)`, shared by forward and backward so both see the same bits.
+#[inline]
+fn inv_std(var: f32, eps: f32) -> f32 {
+    1.0 / libm::sqrtf(var + eps)
+}
+
+/// Training forward: normalises `inp` (N×C×S) with its batch statistics, writing `out`
+/// (N×C×S) and `stats` (`2·C`: batch mean, then biased batch variance).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward(
+    out: &mut [f32],
+    stats: &mut [f32],
+    inp: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    n: usize,
+    c: usize,
+    s: usize,
+    eps: f32,
+) -> Result<(), CoreError> {
+    let (len, m) = sizes(n, c, s)?;
+    check_len("out", out.len(), len)?;
+    check_len("inp", inp.len(), len)?;
+    check_len("stats", stats.len(), 2 * c)?;
+    check_len("gamma", gamma.len(), c)?;
+    check_len("beta", beta.len(), c)?;
+    let (mean_out, var_out) = stats.split_at_mut(c);
+    for ch in 0..c {
+        let sum: f64 = planes(inp, c, s, ch)
+            .flat_map(|p| p.iter())
+            .map(|&v| v as f64)
+            .sum();
+        let mean = sum / m as f64;
+        let sq: f64 = planes(inp, c, s, ch)
+            .flat_map(|p| p.iter())
+            .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+            .sum();
+        let (mean, var) = (mean as f32, (sq / m as f64) as f32);
+        mean_out[ch] = mean;
+        var_out[ch] = var;
+        let (scale, shift) = (inv_std(var, eps), beta[ch]);
+        let g = gamma[ch];
+        for (o, x) in out
+            .chunks_exact_mut(c * s)
+            .map(|sample| &mut sample[ch * s..(ch + 1) * s])
+            .zip(planes(inp, c, s, ch))
+        {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = g * ((x - mean) * scale) + shift;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Backward of [`batchnorm_forward`], from `dout` (N×C×S), the forward input and its `stats`.
+///
+/// `dgamma`, `dbeta` (C) are added into and skipped when `None`; `dinp` (N×C×S) is overwritten
+/// and skipped when `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward(
+    mut dinp: Option<&mut [f32]>,
+    mut dgamma: Option<&mut [f32]>,
+    mut dbeta: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    stats: &[f32],
+    gamma: &[f32],
+    n: usize,
+    c: usize,
+    s: usize,
+    eps: f32,
+) -> Result<(), CoreError> {
+    let (len, m) = sizes(n, c, s)?;
+    check_len("dout", dout.len(), len)?;
+    check_len("inp", inp.len(), len)?;
+    check_len("stats", stats.len(), 2 * c)?;
+    check_len("gamma", gamma.len(), c)?;
+    if let Some(d) = &dinp {
+        check_len("dinp", d.len(), len)?;
+    }
+    if let Some(d) = &dgamma {
+        check_len("dgamma", d.len(), c)?;
+    }
+    if let Some(d) = &dbeta {
+        check_len("dbeta", d.len(), c)?;
+    }
+    let (mean, var) = stats.split_at(c);
+    for ch in 0..c {
+        let (mu, is) = (mean[ch], inv_std(var[ch], eps));
+        let mut sum_g = 0.0f64;
+        let mut sum_gx = 0.0f64;
+        for (g, x) in planes(dout, c, s, ch).zip(planes(inp, c, s, ch)) {
+            for (&g, &x) in g.iter().zip(x) {
+                sum_g += g as f64;
+                sum_gx += g as f64 * ((x - mu) * is) as f64;
+            }
+        }
+        if let Some(d) = dgamma.as_deref_mut() {
+            d[ch] += sum_gx as f32;
+        }
+        if let Some(d) = dbeta.as_deref_mut() {
+            d[ch] += sum_g as f32;
+        }
+        if let Some(dinp) = dinp.as_deref_mut() {
+            let mean_g = (sum_g / m as f64) as f32;
+            let mean_gx = (sum_gx / m as f64) as f32;
+            let k = gamma[ch] * is;
+            for ((d, g), x) in dinp
+                .chunks_exact_mut(c * s)
+                .map(|sample| &mut sample[ch * s..(ch + 1) * s])
+                .zip(planes(dout, c, s, ch))
+                .zip(planes(inp, c, s, ch))
+            {
+                for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
+                    let xh = (x - mu) * is;
+                    *d = k * (g - mean_g - xh * mean_gx);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Exact inference, in place: `x` (N×C×S) `← x·a + b` per channel with
+/// `a = γ/√(var_run + ε)`, `b = β − mean_run·a`. `running` is `2·C` (mean, then variance).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_exact(
+    x: &mut [f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running: &[f32],
+    n: usize,
+    c: usize,
+    s: usize,
+    eps: f32,
+) -> Result<(), CoreError> {
+    let (len, _) = sizes(n, c, s)?;
+    check_len("x", x.len(), len)?;
+    check_len("gamma", gamma.len(), c)?;
+    check_len("beta", beta.len(), c)?;
+    check_len("running", running.len(), 2 * c)?;
+    let (mean, var) = running.split_at(c);
+    for sample in x.chunks_exact_mut(c * s) {
+        for (ch, plane) in sample.chunks_exact_mut(s).enumerate() {
+            let a = gamma[ch] / libm::sqrtf(var[ch] + eps);
+            let b = beta[ch] - mean[ch] * a;
+            for v in plane.iter_mut() {
+                *v = *v * a + b;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves the running statistics towards a batch's: `running` (`2·C`: mean, variance)
+/// `← (1 − momentum)·running + momentum·batch`, where `stats` (`2·C`) is what
+/// [`batchnorm_forward`] wrote for a batch of `count = N·S` values per channel; the variance
+/// is made unbiased (`·count/(count − 1)`) when `count > 1`.
+pub fn update_running(
+    running: &mut [f32],
+    stats: &[f32],
+    count: usize,
+    momentum: f32,
+) -> Result<(), CoreError> {
+    if count == 0 {
+        return Err(CoreError::ZeroSize);
+    }
+    check_len("stats", stats.len(), running.len())?;
+    if !running.len().is_multiple_of(2) {
+        return Err(CoreError::BufferLen {
+            what: "running",
+            expected: running.len() + 1,
+            got: running.len(),
+        });
+    }
+    let c = running.len() / 2;
+    let unbias = if count > 1 {
+        count as f32 / (count - 1) as f32
+    } else {
+        1.0
+    };
+    let keep = 1.0 - momentum;
+    for (i, (r, &b)) in running.iter_mut().zip(stats).enumerate() {
+        let b = if i < c { b } else { b * unbias };
+        *r = keep * *r + momentum * b;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{Lcg, grad_check};
+    use std::vec;
+    use std::vec::Vec;
+
+    fn rand(r: &mut Lcg, len: usize) -> Vec<f32> {
+        let mut v = vec![0.0; len];
+        r.fill(&mut v);
+        v
+    }
+
+    #[test]
+    fn forward_normalises_each_channel() {
+        let mut r = Lcg::new(41);
+        let (n, c, s) = (3, 2, 4);
+        let x: Vec<f32> = rand(&mut r, n * c * s)
+            .iter()
+            .map(|v| 3.0 * v + 1.5)
+            .collect();
+        let gamma = [1.0, 1.0];
+        let beta = [0.0, 0.0];
+        let mut out = vec![0.0; x.len()];
+        let mut stats = [0.0; 4];
+        batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5).unwrap();
+        for ch in 0..c {
+            let vals: Vec<f64> = planes(&out, c, s, ch)
+                .flat_map(|p| p.iter().map(|&v| v as f64))
+                .collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+            assert!(mean.abs() < 1e-6, "{mean}");
+            assert!((var - 1.0).abs() < 1e-4, "{var}");
+            // The stored statistics are the input's.
+            let xs: Vec<f64> = planes(&x, c, s, ch)
+                .flat_map(|p| p.iter().map(|&v| v as f64))
+                .collect();
+            let xm = xs.iter().sum::<f64>() / xs.len() as f64;
+            let xv = xs.iter().map(|v| (v - xm).powi(2)).sum::<f64>() / xs.len() as f64;
+            assert!((stats[ch] as f64 - xm).abs() < 1e-6);
+            assert!((stats[c + ch] as f64 - xv).abs() < 1e-5);
+        }
+    }
+
+    fn check_gradients(n: usize, c: usize, s: usize, seed: u64) {
+        let mut r = Lcg::new(seed);
+        let len = n * c * s;
+        let x = rand(&mut r, len);
+        let gamma: Vec<f32> = rand(&mut r, c).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let beta = rand(&mut r, c);
+        let g = rand(&mut r, len);
+        let eps = 1e-3;
+        let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
+            let mut out = vec![0.0; len];
+            let mut stats = vec![0.0; 2 * c];
+            batchnorm_forward(&mut out, &mut stats, x, gamma, beta, n, c, s, eps).unwrap();
+            out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
+        };
+        let mut out = vec![0.0; len];
+        let mut stats = vec![0.0; 2 * c];
+        batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, eps).unwrap();
+        let mut dx = vec![f32::NAN; len];
+        let mut dgamma = vec![0.0; c];
+        let mut dbeta = vec![0.0; c];
+        batchnorm_backward(
+            Some(&mut dx),
+            Some(&mut dgamma),
+            Some(&mut dbeta),
+            &g,
+            &x,
+            &stats,
+            &gamma,
+            n,
+            c,
+            s,
+            eps,
+        )
+        .unwrap();
+        grad_check(&x, &dx, |xp| loss(xp, &gamma, &beta), 1e-3, 2e-3);
+        grad_check(&gamma, &dgamma, |gp| loss(&x, gp, &beta), 1e-3, 2e-3);
+        grad_check(&beta, &dbeta, |bp| loss(&x, &gamma, bp), 1e-3, 2e-3);
+        // The input gradient alone is the same; the parameter buffers are optional.
+        let mut dx2 = vec![0.0; len];
+        batchnorm_backward(
+            Some(&mut dx2),
+            None,
+            None,
+            &g,
+            &x,
+            &stats,
+            &gamma,
+            n,
+            c,
+            s,
+            eps,
+        )
+        .unwrap();
+        assert_eq!(dx, dx2);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_image() {
+        // C × H × W input: statistics per channel over N·H·W.
+        check_gradients(3, 2, 6, 42);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_flat() {
+        // Flat input: statistics per feature over N.
+        check_gradients(5, 4, 1, 43);
+    }
+
+    #[test]
+    fn exact_inference_with_batch_statistics_equals_training_forward() {
+        let mut r = Lcg::new(44);
+        let (n, c, s) = (4, 3, 5);
+        let x = rand(&mut r, n * c * s);
+        let gamma = rand(&mut r, c);
+        let beta = rand(&mut r, c);
+        let mut out = vec![0.0; x.len()];
+        let mut stats = vec![0.0; 2 * c];
+        batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5).unwrap();
+        let mut y = x.clone();
+        batchnorm_forward_exact(&mut y, &gamma, &beta, &stats, n, c, s, 1e-5).unwrap();
+        for (a, b) in y.iter().zip(&out) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn running_statistics_move_by_momentum() {
+        let mut running = [0.0, 2.0, 1.0, 1.0];
+        let stats = [1.0, -2.0, 0.5, 3.0];
+        update_running(&mut running, &stats, 4, 0.25).unwrap();
+        // Means: 0.75·run + 0.25·batch; variances unbiased by 4/3 first.
+        let want = [
+            0.25,
+            1.0,
+            0.75 + 0.25 * 0.5 * 4.0 / 3.0,
+            0.75 + 0.25 * 3.0 * 4.0 / 3.0,
+        ];
+        for (a, b) in running.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        let mut same = running;
+        update_running(&mut same, &stats, 4, 0.0).unwrap();
+        assert_eq!(same, running);
+        assert!(update_running(&mut [0.0; 3], &[0.0; 3], 4, 0.1).is_err());
+        assert_eq!(
+            update_running(&mut [0.0; 2], &[0.0; 2], 0, 0.1),
+            Err(CoreError::ZeroSize)
+        );
+    }
+
+    #[test]
+    fn rejects_wrong_lengths() {
+        let mut out = [0.0; 4];
+        let mut stats = [0.0; 4];
+        assert!(matches!(
+            batchnorm_forward(
+                &mut out,
+                &mut stats[..3],
+                &[0.0; 4],
+                &[1.0; 2],
+                &[0.0; 2],
+                2,
+                2,
+                1,
+                1e-5
+            ),
+            Err(CoreError::BufferLen { what: "stats", .. })
+        ));
+        assert_eq!(
+            batchnorm_forward_exact(&mut out, &[1.0; 2], &[0.0; 2], &stats, 2, 0, 1, 1e-5),
+            Err(CoreError::ZeroSize)
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! Max pooling over square windows, without padding.
+//!
+//! Shapes: `inp` N×C×H×W, `out` N×C×OH×OW with `OH = (H − k)/stride + 1` (`OW` likewise),
+//! `argmax` N×C×OH×OW. Every output is the largest input of its `k × k` window; on ties the
+//! first in row-major window order wins (a NaN in the first position wins over everything,
+//! elsewhere it never does), so the result is exact and the same on every target.
+//!
+//! Backward routes each output gradient to the input that won its window. Forward records the
+//! winner's position inside the window (`ky·k + kx`, stored as f32, exact because `k·k <= 2²⁴`)
+//! in `argmax`; in a network that buffer is the layer's auxiliary activation storage. Storing
+//! it costs one value per output and saves re-scanning every window in backward. Overlapping
+//! windows (`stride < k`) may route several gradients to the same input; they are added.
+
+use crate::error::{CoreError, check_len};
+
+/// Dimensions of one pooling layer, per sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PoolDims {
+    /// Channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Window side.
+    pub k: usize,
+    /// Step between windows.
+    pub stride: usize,
+}
+
+impl PoolDims {
+    /// Output `(height, width)`, `None` if `k` or `stride` is zero, `k` exceeds a side or
+    /// `k·k > 2²⁴`.
+    pub const fn out_hw(&self) -> Option<(usize, usize)> {
+        if self.k == 0 || self.stride == 0 || self.k > self.h || self.k > self.w {
+            return None;
+        }
+        match self.k.checked_mul(self.k) {
+            Some(kk) if kk <= 1 << 24 => {}
+            _ => return None,
+        }
+        Some((
+            (self.h - self.k) / self.stride + 1,
+            (self.w - self.k) / self.stride + 1,
+        ))
+    }
+}
+
+/// `(input, output)` elements per sample, after validating the dimensions and `n`.
+fn sizes(n: usize, d: &PoolDims) -> Result<(usize, usize, usize, usize), CoreError> {
+    if n == 0 || d.c == 0 || d.h == 0 || d.w == 0 {
+        return Err(CoreError::ZeroSize);
+    }
+    let bad = CoreError::Spec(crate::error::SpecError::BadParameter { layer: usize::MAX });
+    let (oh, ow) = d.out_hw().ok_or(bad)?;
+    let per = |a: usize, b: usize| -> Result<usize, CoreError> {
+        d.c.checked_mul(a)
+            .and_then(|v| v.checked_mul(b))
+            .and_then(|v| v.checked_mul(n))
+            .ok_or(bad)
+    };
+    Ok((per(d.h, d.w)?, per(oh, ow)?, oh, ow))
+}
+
+/// Forward: `out` (N×C×OH×OW) = window maxima of `inp` (N×C×H×W). With `argmax` (N×C×OH×OW),
+/// also records each winner's window position for [`maxpool2d_backward`]; inference passes
+/// `None`.
+pub fn maxpool2d_forward(
+    out: &mut [f32],
+    mut argmax: Option<&mut [f32]>,
+    inp: &[f32],
+    n: usize,
+    d: &PoolDims,
+) -> Result<(), CoreError> {
+    let (in_len, out_len, oh, ow) = sizes(n, d)?;
+    check_len("out", out.len(), out_len)?;
+    check_len("inp", inp.len(), in_len)?;
+    if let Some(a) = &argmax {
+        check_len("argmax", a.len(), out_len)?;
+    }
+    let (k, s) = (d.k, d.stride);
+    for (plane_i, (x, o)) in inp
+        .chunks_exact(d.h * d.w)
+        .zip(out.chunks_exact_mut(oh * ow))
+        .enumerate()
+    {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let top = oy * s * d.w + ox * s;
+                let mut best = x[top];
+                let mut at = 0usize;
+                for ky in 0..k {
+                    let row = &x[top + ky * d.w..top + ky * d.w + k];
+                    for (kx, &v) in row.iter().enumerate() {
+                        if v > best {
+                            best = v;
+                            at = ky * k + kx;
+                        }
+                    }
+                }
+                let i = oy * ow + ox;
+                o[i] = best;
+                if let Some(a) = argmax.as_deref_mut() {
+                    a[plane_i * oh * ow + i] = at as f32;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Backward: `dinp` (N×C×H×W) is overwritten with zeros, then every `dout` element is added to
+/// the input position recorded in `argmax` by [`maxpool2d_forward`]. A recorded position
+/// outside the window (a corrupted buffer) is an error, never an out-of-bounds write.
+pub fn maxpool2d_backward(
+    dinp: &mut [f32],
+    dout: &[f32],
+    argmax: &[f32],
+    n: usize,
+    d: &PoolDims,
+) -> Result<(), CoreError> {
+    let (in_len, out_len, oh, ow) = sizes(n, d)?;
+    check_len("dinp", dinp.len(), in_len)?;
+    check_len("dout", dout.len(), out_len)?;
+    check_len("argmax", argmax.len(), out_len)?;
+    dinp.fill(0.0);
+    let (k, s) = (d.k, d.stride);
+    for ((dx, g), a) in dinp
+        .chunks_exact_mut(d.h * d.w)
+        .zip(dout.chunks_exact(oh * ow))
+        .zip(argmax.chunks_exact(oh * ow))
+    {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let i = oy * ow + ox;
+                let at = a[i];
+                // Written so NaN fails too.
+                if !(at >= 0.0 && at < (k * k) as f32) {
+                    return Err(CoreError::BufferLen {
+                        what: "argmax",
+                        expected: out_len,
+                        got: argmax.len(),
+                    });
+                }
+                let at = at as usize;
+                let (ky, kx) = (at / k, at % k);
+                dx[(oy * s + ky) * d.w + ox * s + kx] += g[i];
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{Lcg, grad_check};
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Distinct values (no ties, gaps much larger than the finite-difference step).
+    fn distinct(r: &mut Lcg, len: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..len)
+            .map(|i| i as f32 * 0.1 - len as f32 * 0.05)
+            .collect();
+        // Shuffle with the generator.
+        for i in (1..len).rev() {
+            let j = ((r.next_f32() + 1.0) * 0.5 * (i + 1) as f32) as usize % (i + 1);
+            v.swap(i, j);
+        }
+        v
+    }
+
+    #[test]
+    fn forward_matches_definition_and_records_winners() {
+        let d = PoolDims {
+            c: 1,
+            h: 4,
+            w: 5,
+            k: 2,
+            stride: 2,
+        };
+        #[rustfmt::skip]
+        let x = [
+            1.0, 2.0, 0.0, 9.0, 7.0,
+            3.0, 0.5, 8.0, 1.0, 7.5,
+            -1.0, -2.0, 4.0, 4.0, 0.0,
+            -3.0, -0.5, 4.0, 2.0, 0.0,
+        ];
+        assert_eq!(d.out_hw(), Some((2, 2)));
+        let mut out = [0.0; 4];
+        let mut arg = [0.0; 4];
+        maxpool2d_forward(&mut out, Some(&mut arg), &x, 1, &d).unwrap();
+        assert_eq!(out, [3.0, 9.0, -0.5, 4.0]);
+        // Ties go to the first in window order.
+        assert_eq!(arg, [2.0, 1.0, 3.0, 0.0]);
+        let mut dx = [f32::NAN; 20];
+        maxpool2d_backward(&mut dx, &[1.0, 2.0, 3.0, 4.0], &arg, 1, &d).unwrap();
+        #[rustfmt::skip]
+        let want = [
+            0.0, 0.0, 0.0, 2.0, 0.0,
+            1.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 4.0, 0.0, 0.0,
+            0.0, 3.0, 0.0, 0.0, 0.0,
+        ];
+        assert_eq!(dx, want);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let mut r = Lcg::new(31);
+        // Non-overlapping and overlapping windows.
+        for d in [
+            PoolDims {
+                c: 2,
+                h: 6,
+                w: 4,
+                k: 2,
+                stride: 2,
+            },
+            PoolDims {
+                c: 3,
+                h: 5,
+                w: 5,
+                k: 3,
+                stride: 1,
+            },
+        ] {
+            let n = 2;
+            let (oh, ow) = d.out_hw().unwrap();
+            let x = distinct(&mut r, n * d.c * d.h * d.w);
+            let mut g = vec![0.0; n * d.c * oh * ow];
+            r.fill(&mut g);
+            let loss = |x: &[f32]| -> f64 {
+                let mut out = vec![0.0; g.len()];
+                maxpool2d_forward(&mut out, None, x, n, &d).unwrap();
+                out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
+            };
+            let mut out = vec![0.0; g.len()];
+            let mut arg = vec![0.0; g.len()];
+            maxpool2d_forward(&mut out, Some(&mut arg), &x, n, &d).unwrap();
+            let mut dx = vec![0.0; x.len()];
+            maxpool2d_backward(&mut dx, &g, &arg, n, &d).unwrap();
+            // Step 1e-3 of values spaced 0.1 apart: no window changes its winner.
+            grad_check(&x, &dx, loss, 1e-3, 1e-3);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let d = PoolDims {
+            c: 1,
+            h: 2,
+            w: 2,
+            k: 3,
+            stride: 1,
+        };
+        assert!(maxpool2d_forward(&mut [0.0], None, &[0.0; 4], 1, &d).is_err());
+        let d = PoolDims { k: 2, ..d };
+        assert_eq!(
+            maxpool2d_forward(&mut [0.0], None, &[0.0; 4], 0, &d),
+            Err(CoreError::ZeroSize)
+        );
+        assert!(matches!(
+            maxpool2d_forward(&mut [0.0; 2], None, &[0.0; 4], 1, &d),
+            Err(CoreError::BufferLen { what: "out", .. })
+        ));
+        // A corrupted argmax is rejected, not followed.
+        for bad in [4.0, -1.0, f32::NAN] {
+            assert!(maxpool2d_backward(&mut [0.0; 4], &[1.0], &[bad], 1, &d).is_err());
+        }
+    }
+}
