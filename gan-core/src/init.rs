@@ -93,6 +93,13 @@ impl Init {
 /// - weights of each `Dense` layer: `weight_init.fill(rng, W, fan_in, fan_out)` with
 ///   `fan_in = in_shape.len()` (input features) and `fan_out = out_shape.len()` (output
 ///   features);
+/// - weights of each convolution: `weight_init.fill(rng, W, fan_in, fan_out)` with the fans
+///   counted as the average number of terms summed into one output (`fan_in`) and of outputs
+///   one input feeds (`fan_out`), for `C_in` input and `C_out` output channels, kernel `k` and
+///   stride `s`: `Conv2d` `fan_in = C_in·k²`, `fan_out = max(1, C_out·k²/s²)`;
+///   `ConvTranspose2d` `fan_in = max(1, C_in·k²/s²)`, `fan_out = C_out·k²` (each output of a
+///   stride-`s` transposed convolution sums about `k²/s²` taps per input channel);
+/// - `BatchNorm`: `γ = 1`, `β = 0`, running mean `0`, running variance `1` (no draws);
 /// - biases: `0`;
 /// - the alignment padding between tensors: `0`.
 ///
@@ -122,8 +129,32 @@ pub fn init_params<R: Rng + ?Sized>(
                 })?;
                 weight_init.fill(rng, w, info.in_shape.len(), info.out_shape.len());
             }
+            Layer::Conv2d {
+                out_c, k, stride, ..
+            } => {
+                let (c_in, kk) = (info.in_shape.c as usize, (k as usize).pow(2));
+                let s2 = (stride as usize).pow(2);
+                let fan_in = c_in * kk;
+                let fan_out = (out_c as usize * kk / s2).max(1);
+                weight_init.fill(rng, &mut params[info.weight_range()], fan_in, fan_out);
+            }
+            Layer::ConvTranspose2d {
+                out_c, k, stride, ..
+            } => {
+                let (c_in, kk) = (info.in_shape.c as usize, (k as usize).pow(2));
+                let s2 = (stride as usize).pow(2);
+                let fan_in = (c_in * kk / s2).max(1);
+                let fan_out = out_c as usize * kk;
+                weight_init.fill(rng, &mut params[info.weight_range()], fan_in, fan_out);
+            }
+            Layer::BatchNorm { .. } => {
+                params[info.weight_range()].fill(1.0);
+                let stats = &mut params[info.stats_range()];
+                let c = stats.len() / 2;
+                stats[c..].fill(1.0);
+            }
             _ if info.weight_len == 0 => {}
-            // A future layer with weights (e.g. a convolution) needs its own fans.
+            // A layer with weights but no rule for its fans yet.
             _ => return Err(CoreError::Unsupported { layer: info.index }),
         }
     }
@@ -283,6 +314,52 @@ mod tests {
             })
         );
         assert!(params.iter().all(|&v| v == 7.0));
+    }
+
+    #[test]
+    fn init_params_convolutions_and_batch_norm() {
+        let layers = [
+            Layer::Conv2d {
+                out_c: 8,
+                k: 4,
+                stride: 2,
+                pad: 1,
+            },
+            Layer::BatchNorm {
+                eps: 1e-5,
+                momentum: 0.1,
+            },
+            Layer::ConvTranspose2d {
+                out_c: 3,
+                k: 4,
+                stride: 2,
+                pad: 1,
+            },
+        ];
+        let spec = Spec::new(Shape::image(2, 8, 8), &layers).unwrap();
+        let mut params = vec![7.0f32; spec.param_len()];
+        init_params(&spec, &mut params, Init::HeNormal, &mut noise::rng(3)).unwrap();
+        let conv = spec.layer(0).unwrap();
+        let bn = spec.layer(1).unwrap();
+        let convt = spec.layer(2).unwrap();
+        // Conv: fan_in = 2·16 = 32; transposed: fan_in = 8·16/4 = 32 as well.
+        for info in [conv, convt] {
+            let w = &params[info.weight_range()];
+            let (_, sd, _) = stats(w);
+            let want = (2.0f64 / 32.0).sqrt();
+            assert!((sd / want - 1.0).abs() < 0.2, "{sd} vs {want}");
+            assert!(params[info.bias_range()].iter().all(|&v| v == 0.0));
+        }
+        assert!(params[bn.weight_range()].iter().all(|&v| v == 1.0));
+        assert!(params[bn.bias_range()].iter().all(|&v| v == 0.0));
+        let st = &params[bn.stats_range()];
+        assert_eq!(st.len(), 16);
+        assert!(st[..8].iter().all(|&v| v == 0.0) && st[8..].iter().all(|&v| v == 1.0));
+        // The draws are the conv weights, then the transposed conv weights, in order.
+        let mut rng = noise::rng(3);
+        let mut manual = vec![0.0f32; conv.weight_len];
+        Init::HeNormal.fill(&mut rng, &mut manual, 32, 32);
+        assert_eq!(&params[conv.weight_range()], &manual[..]);
     }
 
     #[test]

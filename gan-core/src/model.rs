@@ -7,14 +7,78 @@
 //!   layer's output. The caller writes the input into the first segment before [`forward`];
 //!   [`output`] returns the last segment.
 //! - `scratch`: [`Spec::backward_scratch_len`]`(n)` or [`Spec::infer_scratch_len`]`(n)`.
+//!
+//! Training and inference differ for two layers:
+//! - `BatchNorm`: [`forward`] normalises with the batch's statistics (and keeps them in the
+//!   layer's auxiliary storage); [`infer`] uses the running statistics stored in `params`.
+//!   Call [`update_running_stats`] after a training forward to move the running statistics
+//!   (the trainer decides which forward passes count, e.g. only real batches).
+//! - `Dropout`: [`forward_with`] draws masks from [`ForwardCtx::seed`] ([`forward`] uses seed 0);
+//!   [`infer`] is the identity.
+//!
+//! Layers that keep something for backward (convolutions, pooling, batch normalisation,
+//! dropout, minibatch discrimination) write it to their auxiliary region of `acts`
+//! ([`crate::spec::LayerInfo::aux_range`]); see [`crate::spec`] for what each one stores.
 
 use crate::act::Activation;
+use crate::conv::{self, ConvDims};
 use crate::dense;
+use crate::dropout;
 use crate::error::{CoreError, check_len};
 use crate::kernels;
 use crate::kernels::Exec;
 use crate::mbd;
+use crate::norm;
+use crate::pool::{self, PoolDims};
 use crate::spec::{Layer, LayerInfo, MAX_LAYERS, Spec};
+
+/// Per-pass settings of a training forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub struct ForwardCtx {
+    /// Seed of every dropout mask of the pass: element `i` of layer `l` is dropped according
+    /// to [`dropout::keep_uniform`]`(seed, l, i)`. Use a new seed per step (e.g. derived from
+    /// the run seed and the step number) so masks differ between steps yet replay exactly.
+    pub seed: u64,
+}
+
+impl ForwardCtx {
+    /// A context with the given dropout seed.
+    pub const fn with_seed(seed: u64) -> Self {
+        ForwardCtx { seed }
+    }
+}
+
+/// Dimensions of a convolution layer of a spec.
+fn conv_dims(info: &LayerInfo, out_c: u32, k: u32, stride: u32, pad: u32) -> ConvDims {
+    ConvDims {
+        in_c: info.in_shape.c as usize,
+        in_h: info.in_shape.h as usize,
+        in_w: info.in_shape.w as usize,
+        out_c: out_c as usize,
+        k: k as usize,
+        stride: stride as usize,
+        pad: pad as usize,
+    }
+}
+
+/// Dimensions of a pooling layer of a spec.
+fn pool_dims(info: &LayerInfo, k: u32, stride: u32) -> PoolDims {
+    PoolDims {
+        c: info.in_shape.c as usize,
+        h: info.in_shape.h as usize,
+        w: info.in_shape.w as usize,
+        k: k as usize,
+        stride: stride as usize,
+    }
+}
+
+/// `(C, H·W)` of a layer's input: batch normalisation's channels and plane size.
+fn channels(info: &LayerInfo) -> (usize, usize) {
+    let s = info.in_shape;
+    (s.c as usize, s.h as usize * s.w as usize)
+}
 
 /// The output segment of `acts` after [`forward`] (N × output).
 pub fn output<'b>(spec: &Spec<'_>, acts: &'b [f32], n: usize) -> &'b [f32] {
@@ -41,13 +105,44 @@ fn in_out<'b>(acts: &'b mut [f32], info: &LayerInfo, n: usize) -> (&'b [f32], &'
     (&head[ir], &mut tail[..or.end - or.start])
 }
 
+/// Like [`in_out`], plus the layer's auxiliary segment (which follows its output).
+fn in_out_aux<'b>(
+    acts: &'b mut [f32],
+    info: &LayerInfo,
+    n: usize,
+) -> (&'b [f32], &'b mut [f32], &'b mut [f32]) {
+    let ir = info.in_range(n);
+    let or = info.out_range(n);
+    let ar = info.aux_range(n);
+    debug_assert!(ir.end <= or.start && or.end == ar.start);
+    let (head, tail) = acts.split_at_mut(or.start);
+    let (out, rest) = tail.split_at_mut(or.end - or.start);
+    (&head[ir], out, &mut rest[..ar.end - ar.start])
+}
+
 /// Training forward pass: fills every activation segment of `acts` from its input segment.
+///
+/// Same as [`forward_with`] with the default [`ForwardCtx`] (dropout seed 0).
 pub fn forward(
     spec: &Spec<'_>,
     params: &[f32],
     acts: &mut [f32],
     n: usize,
     exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    forward_with(spec, params, acts, n, exec, &ForwardCtx::default())
+}
+
+/// Training forward pass with explicit per-pass settings (the dropout seed).
+///
+/// Batch normalisation uses batch statistics; dropout draws its masks from `ctx.seed`.
+pub fn forward_with(
+    spec: &Spec<'_>,
+    params: &[f32],
+    acts: &mut [f32],
+    n: usize,
+    exec: &dyn Exec,
+    ctx: &ForwardCtx,
 ) -> Result<(), CoreError> {
     if n == 0 {
         return Err(CoreError::ZeroSize);
@@ -58,33 +153,68 @@ pub fn forward(
         if info.layer.is_view() {
             continue;
         }
-        if let Layer::MinibatchDisc { kernels, dims } = info.layer {
-            let (head, tail) = acts.split_at_mut(info.out_range(n).start);
-            let (out, aux) = tail.split_at_mut(info.aux_range(n).start - info.out_range(n).start);
-            mbd::mbd_forward(
-                &mut out[..n * info.out_shape.len()],
-                &head[info.in_range(n)],
-                &params[info.weight_range()],
-                &mut aux[..n * info.layer.aux_len()],
-                n,
-                info.in_shape.len(),
-                kernels as usize,
-                dims as usize,
-            )?;
-            continue;
+        let w = &params[info.weight_range()];
+        let b = &params[info.bias_range()];
+        match info.layer {
+            Layer::MinibatchDisc { kernels, dims } => {
+                let (inp, out, aux) = in_out_aux(acts, &info, n);
+                mbd::mbd_forward(
+                    out,
+                    inp,
+                    w,
+                    aux,
+                    n,
+                    info.in_shape.len(),
+                    kernels as usize,
+                    dims as usize,
+                )?;
+                continue;
+            }
+            Layer::Conv2d {
+                out_c,
+                k,
+                stride,
+                pad,
+            } => {
+                let (inp, out, col) = in_out_aux(acts, &info, n);
+                let d = conv_dims(&info, out_c, k, stride, pad);
+                conv::conv2d_forward(out, col, inp, w, b, n, &d, exec)?;
+                continue;
+            }
+            Layer::ConvTranspose2d {
+                out_c,
+                k,
+                stride,
+                pad,
+            } => {
+                let (inp, out, col) = in_out_aux(acts, &info, n);
+                let d = conv_dims(&info, out_c, k, stride, pad);
+                conv::conv_transpose2d_forward(out, col, inp, w, b, n, &d, exec)?;
+                continue;
+            }
+            Layer::MaxPool2d { k, stride } => {
+                let (inp, out, argmax) = in_out_aux(acts, &info, n);
+                pool::maxpool2d_forward(out, Some(argmax), inp, n, &pool_dims(&info, k, stride))?;
+                continue;
+            }
+            Layer::BatchNorm { eps, .. } => {
+                let (inp, out, aux) = in_out_aux(acts, &info, n);
+                let (c, hw) = channels(&info);
+                norm::batchnorm_forward(out, &mut aux[..2 * c], inp, w, b, n, c, hw, eps)?;
+                continue;
+            }
+            Layer::Dropout { p } => {
+                let (inp, out, mask) = in_out_aux(acts, &info, n);
+                dropout::dropout_forward(out, mask, inp, p, ctx.seed, info.index as u64)?;
+                continue;
+            }
+            _ => {}
         }
         let (inp, out) = in_out(acts, &info, n);
         match info.layer {
-            Layer::Dense { out: c_out } => dense::dense_forward(
-                out,
-                inp,
-                &params[info.weight_range()],
-                &params[info.bias_range()],
-                n,
-                info.in_shape.len(),
-                c_out as usize,
-                exec,
-            )?,
+            Layer::Dense { out: c_out } => {
+                dense::dense_forward(out, inp, w, b, n, info.in_shape.len(), c_out as usize, exec)?
+            }
             ref l => match Activation::of(l) {
                 Some(a) => a.forward(out, inp),
                 None => return Err(CoreError::Unsupported { layer: info.index }),
@@ -259,12 +389,90 @@ pub(crate) fn backward_impl(
                     g_out,
                     inp,
                     &params[info.weight_range()],
-                    &mut aux_scratch[..n * info.layer.aux_len()],
+                    &mut aux_scratch[..n * info.layer.aux_len(info.in_shape)],
                     n,
                     info.in_shape.len(),
                     kernels as usize,
                     dims as usize,
                 )?;
+            }
+            Layer::Conv2d {
+                out_c,
+                k,
+                stride,
+                pad,
+            } => {
+                // The stored column matrices belong to `acts`, not to the tangent inputs.
+                if wgrad_acts.is_some() {
+                    return Err(CoreError::Unsupported { layer: info.index });
+                }
+                let (gw, gb) = param_grads(grads.as_deref_mut(), info);
+                conv::conv2d_backward(
+                    dinp,
+                    gw,
+                    gb,
+                    aux_scratch,
+                    g_out,
+                    &acts[info.aux_range(n)],
+                    &params[info.weight_range()],
+                    n,
+                    &conv_dims(info, out_c, k, stride, pad),
+                    exec,
+                )?;
+            }
+            Layer::ConvTranspose2d {
+                out_c,
+                k,
+                stride,
+                pad,
+            } => {
+                if wgrad_acts.is_some() {
+                    return Err(CoreError::Unsupported { layer: info.index });
+                }
+                let (gw, gb) = param_grads(grads.as_deref_mut(), info);
+                conv::conv_transpose2d_backward(
+                    dinp,
+                    gw,
+                    gb,
+                    aux_scratch,
+                    g_out,
+                    inp,
+                    &params[info.weight_range()],
+                    n,
+                    &conv_dims(info, out_c, k, stride, pad),
+                    exec,
+                )?;
+            }
+            Layer::BatchNorm { eps, .. } => {
+                if wgrad_acts.is_some() {
+                    return Err(CoreError::Unsupported { layer: info.index });
+                }
+                let (c, hw) = channels(info);
+                let (gw, gb) = param_grads(grads.as_deref_mut(), info);
+                norm::batchnorm_backward(
+                    dinp,
+                    gw,
+                    gb,
+                    g_out,
+                    inp,
+                    &acts[info.aux_range(n)][..2 * c],
+                    &params[info.weight_range()],
+                    n,
+                    c,
+                    hw,
+                    eps,
+                )?;
+            }
+            Layer::MaxPool2d { k, stride } => {
+                if let Some(d) = dinp {
+                    let argmax = &acts[info.aux_range(n)];
+                    pool::maxpool2d_backward(d, g_out, argmax, n, &pool_dims(info, k, stride))?;
+                }
+            }
+            Layer::Dropout { .. } => {
+                if let Some(d) = dinp {
+                    dropout::dropout_backward(d, g_out, &acts[info.aux_range(n)])?;
+                }
             }
             ref l => match Activation::of(l) {
                 Some(a) => {
@@ -280,9 +488,29 @@ pub(crate) fn backward_impl(
     Ok(())
 }
 
+/// Splits a layer's slice of the gradient buffer into its weight and bias gradients
+/// (`None, None` without a gradient buffer).
+fn param_grads<'g>(
+    grads: Option<&'g mut [f32]>,
+    info: &LayerInfo,
+) -> (Option<&'g mut [f32]>, Option<&'g mut [f32]>) {
+    match grads {
+        Some(g) => {
+            let (gw, gb) = g[info.param_range()].split_at_mut(info.bias_offset - info.param_offset);
+            (
+                Some(&mut gw[..info.weight_len]),
+                Some(&mut gb[..info.bias_len]),
+            )
+        }
+        None => (None, None),
+    }
+}
+
 /// Exact inference: `output (N × out) = net(input (N × in))`, bit-identical on every target.
 ///
-/// Uses the exact dense kernel and in-place activations. `scratch` has
+/// Uses the exact dense and convolution kernels, in-place activations, batch normalisation
+/// with the running statistics from `params`, and skips dropout. Every sample is computed
+/// independently, so a sample's output does not depend on the batch it is in. `scratch` has
 /// [`Spec::infer_scratch_len`]`(n)` elements. This is the path `gan-train sample` and the
 /// firmware share.
 pub fn infer(
@@ -306,14 +534,16 @@ pub fn infer(
     a[..in_len].copy_from_slice(input);
     let mut len = in_len;
     for info in spec.iter() {
+        let out_len = n * info.out_shape.len();
+        let w = &params[info.weight_range()];
+        let bias = &params[info.bias_range()];
         match info.layer {
             Layer::Dense { out: c_out } => {
-                let out_len = n * c_out as usize;
                 dense::dense_forward_exact(
                     &mut b[..out_len],
                     &a[..len],
-                    &params[info.weight_range()],
-                    &params[info.bias_range()],
+                    w,
+                    bias,
                     n,
                     info.in_shape.len(),
                     c_out as usize,
@@ -321,6 +551,40 @@ pub fn infer(
                 core::mem::swap(&mut a, &mut b);
                 len = out_len;
             }
+            Layer::Conv2d {
+                out_c,
+                k,
+                stride,
+                pad,
+            } => {
+                let d = conv_dims(&info, out_c, k, stride, pad);
+                conv::conv2d_forward_exact(&mut b[..out_len], &a[..len], w, bias, n, &d)?;
+                core::mem::swap(&mut a, &mut b);
+                len = out_len;
+            }
+            Layer::ConvTranspose2d {
+                out_c,
+                k,
+                stride,
+                pad,
+            } => {
+                let d = conv_dims(&info, out_c, k, stride, pad);
+                conv::conv_transpose2d_forward_exact(&mut b[..out_len], &a[..len], w, bias, n, &d)?;
+                core::mem::swap(&mut a, &mut b);
+                len = out_len;
+            }
+            Layer::MaxPool2d { k, stride } => {
+                let d = pool_dims(&info, k, stride);
+                pool::maxpool2d_forward(&mut b[..out_len], None, &a[..len], n, &d)?;
+                core::mem::swap(&mut a, &mut b);
+                len = out_len;
+            }
+            Layer::BatchNorm { eps, .. } => {
+                let (c, hw) = channels(&info);
+                let running = &params[info.stats_range()];
+                norm::batchnorm_forward_exact(&mut a[..len], w, bias, running, n, c, hw, eps)?;
+            }
+            Layer::Dropout { .. } => {}
             ref l if l.is_view() => {}
             ref l => match Activation::of(l) {
                 Some(act) => act.forward_inplace(&mut a[..len]),
@@ -329,6 +593,32 @@ pub fn infer(
         }
     }
     output.copy_from_slice(&a[..len]);
+    Ok(())
+}
+
+/// Moves the running statistics of every `BatchNorm` layer towards the batch statistics that
+/// the last [`forward`] / [`forward_with`] on `acts` stored, with each layer's momentum (see
+/// [`norm::update_running`]). `params` is the same buffer the forward pass read; only the
+/// layers' [`LayerInfo::stats_range`] is written. Does nothing for a network without
+/// batch normalisation.
+pub fn update_running_stats(
+    spec: &Spec<'_>,
+    params: &mut [f32],
+    acts: &[f32],
+    n: usize,
+) -> Result<(), CoreError> {
+    if n == 0 {
+        return Err(CoreError::ZeroSize);
+    }
+    check_len("params", params.len(), spec.param_len())?;
+    check_len("acts", acts.len(), spec.act_len(n))?;
+    for info in spec.iter() {
+        if let Layer::BatchNorm { momentum, .. } = info.layer {
+            let (c, hw) = channels(&info);
+            let batch = &acts[info.aux_range(n)][..2 * c];
+            norm::update_running(&mut params[info.stats_range()], batch, n * hw, momentum)?;
+        }
+    }
     Ok(())
 }
 
@@ -547,7 +837,18 @@ mod tests {
         grad_check(&x, &dx, |xp| loss(&p, xp), 1e-3, 3e-3);
         // The input gradient alone (generator step through a frozen D) is the same.
         let mut dx2 = vec![0.0; n * 3];
-        backward(&spec, &p, &acts, &g, None, Some(&mut dx2), &mut scratch, n, &Serial).unwrap();
+        backward(
+            &spec,
+            &p,
+            &acts,
+            &g,
+            None,
+            Some(&mut dx2),
+            &mut scratch,
+            n,
+            &Serial,
+        )
+        .unwrap();
         assert_eq!(dx, dx2);
     }
 
@@ -566,5 +867,496 @@ mod tests {
         let mut acts = vec![0.0; 3];
         assert!(forward(&spec, &p, &mut acts, 2, &Serial).is_err());
         assert!(forward(&spec, &p[1..], &mut acts, 2, &Serial).is_err());
+    }
+
+    /// `Σ output ⊙ g` in f64 after a training forward with dropout seed `seed`.
+    fn weighted_output(spec: &Spec, p: &[f32], x: &[f32], g: &[f32], n: usize, seed: u64) -> f64 {
+        let mut acts = vec![0.0; spec.act_len(n)];
+        input_mut(spec, &mut acts, n).copy_from_slice(x);
+        forward_with(spec, p, &mut acts, n, &Serial, &ForwardCtx::with_seed(seed)).unwrap();
+        output(spec, &acts, n)
+            .iter()
+            .zip(g)
+            .map(|(&o, &g)| o as f64 * g as f64)
+            .sum()
+    }
+
+    /// Whole-network finite differences of every parameter and input gradient, plus the
+    /// optional-buffer variants of backward.
+    fn check_network(layers: &[Layer], input: Shape, n: usize, seed: u64, atol: f64) {
+        let spec = Spec::new(input, layers).unwrap();
+        let mut r = Lcg::new(seed);
+        let mut p = vec![0.0; spec.param_len()];
+        r.fill(&mut p);
+        let mut x = vec![0.0; n * input.len()];
+        r.fill(&mut x);
+        let mut g = vec![0.0; n * spec.output().len()];
+        r.fill(&mut g);
+        let ctx = ForwardCtx::with_seed(seed);
+        let mut acts = vec![0.0; spec.act_len(n)];
+        input_mut(&spec, &mut acts, n).copy_from_slice(&x);
+        forward_with(&spec, &p, &mut acts, n, &Serial, &ctx).unwrap();
+        let mut grads = vec![0.0; spec.param_len()];
+        let mut dx = vec![0.0; x.len()];
+        let mut scratch = vec![0.0; spec.backward_scratch_len(n)];
+        backward(
+            &spec,
+            &p,
+            &acts,
+            &g,
+            Some(&mut grads),
+            Some(&mut dx),
+            &mut scratch,
+            n,
+            &Serial,
+        )
+        .unwrap();
+        grad_check(
+            &p,
+            &grads,
+            |pp| weighted_output(&spec, pp, &x, &g, n, seed),
+            1e-3,
+            atol,
+        );
+        grad_check(
+            &x,
+            &dx,
+            |xp| weighted_output(&spec, &p, xp, &g, n, seed),
+            1e-3,
+            atol,
+        );
+        // Running statistics are never trained.
+        for info in spec.iter() {
+            assert!(grads[info.stats_range()].iter().all(|&v| v == 0.0));
+        }
+        let mut grads2 = vec![0.0; spec.param_len()];
+        backward(
+            &spec,
+            &p,
+            &acts,
+            &g,
+            Some(&mut grads2),
+            None,
+            &mut scratch,
+            n,
+            &Serial,
+        )
+        .unwrap();
+        assert_eq!(grads, grads2);
+        let mut dx2 = vec![0.0; x.len()];
+        backward(
+            &spec,
+            &p,
+            &acts,
+            &g,
+            None,
+            Some(&mut dx2),
+            &mut scratch,
+            n,
+            &Serial,
+        )
+        .unwrap();
+        assert_eq!(dx, dx2);
+    }
+
+    /// A small discriminator: conv, batch norm, LeakyReLU, max pool, dropout, strided conv.
+    const CONV_D: [Layer; 9] = [
+        Layer::Conv2d {
+            out_c: 3,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        },
+        Layer::BatchNorm {
+            eps: 1e-3,
+            momentum: 0.1,
+        },
+        Layer::LeakyRelu { alpha: 0.2 },
+        Layer::MaxPool2d { k: 2, stride: 2 },
+        Layer::Dropout { p: 0.3 },
+        Layer::Conv2d {
+            out_c: 2,
+            k: 3,
+            stride: 2,
+            pad: 1,
+        },
+        Layer::Tanh,
+        Layer::Flatten,
+        Layer::Dense { out: 1 },
+    ];
+
+    /// A small generator: dense, flat batch norm, reshape, batch norm over channels,
+    /// transposed convolutions with stride 2 and padding.
+    const CONV_G: [Layer; 10] = [
+        Layer::Dense { out: 8 },
+        Layer::BatchNorm {
+            eps: 1e-3,
+            momentum: 0.1,
+        },
+        Layer::LeakyRelu { alpha: 0.2 },
+        Layer::Reshape {
+            to: Shape::image(2, 2, 2),
+        },
+        Layer::ConvTranspose2d {
+            out_c: 3,
+            k: 4,
+            stride: 2,
+            pad: 1,
+        },
+        Layer::BatchNorm {
+            eps: 1e-3,
+            momentum: 0.1,
+        },
+        Layer::Tanh,
+        Layer::Dropout { p: 0.25 },
+        Layer::ConvTranspose2d {
+            out_c: 1,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        },
+        Layer::Sigmoid,
+    ];
+
+    /// Smallest gap between the two largest inputs of any max-pool window (k = stride = 2)
+    /// of layer `layer`, for the parameters and input `check_network` draws from `seed`.
+    fn min_pool_gap(spec: &Spec, layer: usize, n: usize, seed: u64) -> f32 {
+        let mut r = Lcg::new(seed);
+        let mut p = vec![0.0; spec.param_len()];
+        r.fill(&mut p);
+        let mut x = vec![0.0; n * spec.input().len()];
+        r.fill(&mut x);
+        let mut acts = vec![0.0; spec.act_len(n)];
+        input_mut(spec, &mut acts, n).copy_from_slice(&x);
+        forward_with(
+            spec,
+            &p,
+            &mut acts,
+            n,
+            &Serial,
+            &ForwardCtx::with_seed(seed),
+        )
+        .unwrap();
+        let info = spec.layer(layer).unwrap();
+        let (h, w) = (info.in_shape.h as usize, info.in_shape.w as usize);
+        let mut gap = f32::INFINITY;
+        for plane in acts[info.in_range(n)].chunks_exact(h * w) {
+            for oy in 0..h / 2 {
+                for ox in 0..w / 2 {
+                    let mut v = [0.0f32; 4];
+                    for (j, v) in v.iter_mut().enumerate() {
+                        *v = plane[(2 * oy + j / 2) * w + 2 * ox + j % 2];
+                    }
+                    v.sort_by(|a, b| b.total_cmp(a));
+                    gap = gap.min(v[0] - v[1]);
+                }
+            }
+        }
+        gap
+    }
+
+    #[test]
+    fn conv_discriminator_gradients() {
+        let spec = Spec::new(Shape::image(2, 6, 6), &CONV_D).unwrap();
+        assert_eq!(spec.layer(5).unwrap().out_shape, Shape::image(2, 2, 2));
+        // Max pooling is not differentiable where a window's two largest inputs tie, and a
+        // finite difference straddling a near-tie measures a blend of both slopes. Pick the
+        // first data seed whose windows all have a clear winner (deterministic).
+        let n = 3;
+        let seed = (61..)
+            .find(|&s| min_pool_gap(&spec, 3, n, s) > 0.02)
+            .unwrap();
+        check_network(&CONV_D, Shape::image(2, 6, 6), n, seed, 3e-3);
+    }
+
+    #[test]
+    fn conv_generator_gradients() {
+        let spec = Spec::new(Shape::flat(3), &CONV_G).unwrap();
+        assert_eq!(spec.output(), Shape::image(1, 4, 4));
+        check_network(&CONV_G, Shape::flat(3), 3, 62, 3e-3);
+    }
+
+    /// Runs a training forward on `x` and returns the activations.
+    fn acts_for(spec: &Spec, p: &[f32], x: &[f32], n: usize) -> vec::Vec<f32> {
+        run_forward(spec, p, x, n)
+    }
+
+    /// Copies every batch-norm layer's batch statistics into its running statistics.
+    fn set_running_to_batch(spec: &Spec, p: &mut [f32], acts: &[f32], n: usize) {
+        for info in spec.iter() {
+            if let Layer::BatchNorm { .. } = info.layer {
+                let c = info.stats_len;
+                let batch = &acts[info.aux_range(n)][..c];
+                p[info.stats_range()].copy_from_slice(batch);
+            }
+        }
+    }
+
+    #[test]
+    fn infer_of_conv_batchnorm_network_matches_forward() {
+        let with_p = |p: f32| -> [Layer; 9] {
+            let mut l = CONV_D;
+            l[4] = Layer::Dropout { p };
+            l
+        };
+        let layers = with_p(0.0);
+        let n = 4;
+        let spec = Spec::new(Shape::image(2, 6, 6), &layers).unwrap();
+        let mut r = Lcg::new(63);
+        let mut p = vec![0.0; spec.param_len()];
+        r.fill(&mut p);
+        let mut x = vec![0.0; n * spec.input().len()];
+        r.fill(&mut x);
+        let acts = acts_for(&spec, &p, &x, n);
+        set_running_to_batch(&spec, &mut p, &acts, n);
+        let mut out = vec![0.0; n];
+        let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
+        infer(&spec, &p, &x, &mut out, &mut scratch, n).unwrap();
+        for (a, b) in output(&spec, &acts, n).iter().zip(&out) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        // Deterministic, and each sample independent of its batch.
+        let mut again = vec![0.0; n];
+        infer(&spec, &p, &x, &mut again, &mut scratch, n).unwrap();
+        assert_eq!(out.map_bits(), again.map_bits());
+        let in_len = spec.input().len();
+        let mut one = [0.0f32; 1];
+        let mut scratch1 = vec![0.0; spec.infer_scratch_len(1)];
+        for i in 0..n {
+            infer(
+                &spec,
+                &p,
+                &x[i * in_len..(i + 1) * in_len],
+                &mut one,
+                &mut scratch1,
+                1,
+            )
+            .unwrap();
+            assert_eq!(one[0].to_bits(), out[i].to_bits());
+        }
+        // Dropout is the identity at inference, whatever p.
+        let dropping = with_p(0.5);
+        let spec_d = Spec::new(Shape::image(2, 6, 6), &dropping).unwrap();
+        let mut out_d = vec![0.0; n];
+        infer(&spec_d, &p, &x, &mut out_d, &mut scratch, n).unwrap();
+        assert_eq!(out.map_bits(), out_d.map_bits());
+        // A training forward with p > 0 does differ.
+        let acts_d = acts_for(&spec_d, &p, &x, n);
+        assert_ne!(output(&spec_d, &acts_d, n), output(&spec, &acts, n));
+    }
+
+    #[test]
+    fn infer_of_generator_matches_forward() {
+        let mut layers = CONV_G;
+        layers[7] = Layer::Dropout { p: 0.0 };
+        let n = 3;
+        let spec = Spec::new(Shape::flat(3), &layers).unwrap();
+        let mut r = Lcg::new(64);
+        let mut p = vec![0.0; spec.param_len()];
+        r.fill(&mut p);
+        let mut x = vec![0.0; n * 3];
+        r.fill(&mut x);
+        let acts = acts_for(&spec, &p, &x, n);
+        set_running_to_batch(&spec, &mut p, &acts, n);
+        let mut out = vec![0.0; n * 16];
+        let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
+        infer(&spec, &p, &x, &mut out, &mut scratch, n).unwrap();
+        for (a, b) in output(&spec, &acts, n).iter().zip(&out) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    /// Pins the inference bits of a conv network, so any change of the fixed summation order
+    /// (which would break host/firmware agreement) is noticed.
+    #[test]
+    fn conv_infer_bits_are_pinned() {
+        let spec = Spec::new(Shape::flat(3), &CONV_G).unwrap();
+        let mut r = Lcg::new(65);
+        let mut p = vec![0.0; spec.param_len()];
+        r.fill(&mut p);
+        for info in spec.iter() {
+            if let Layer::BatchNorm { .. } = info.layer {
+                // Positive running variances.
+                let c = info.stats_len / 2;
+                let st = &mut p[info.stats_range()];
+                for v in &mut st[c..] {
+                    *v = v.abs() + 0.5;
+                }
+            }
+        }
+        let mut x = vec![0.0; 2 * 3];
+        r.fill(&mut x);
+        let mut out = vec![0.0; 2 * 16];
+        let mut scratch = vec![0.0; spec.infer_scratch_len(2)];
+        infer(&spec, &p, &x, &mut out, &mut scratch, 2).unwrap();
+        // FNV-1a over the output bits.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for v in &out {
+            for byte in v.to_bits().to_le_bytes() {
+                h = (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        assert_eq!(h, PINNED_CONV_INFER, "{h:#x}");
+    }
+
+    const PINNED_CONV_INFER: u64 = 0x80ef_e15d_2508_4d9c;
+
+    #[test]
+    fn running_statistics_follow_the_batch() {
+        let n = 4;
+        let spec = Spec::new(Shape::image(2, 6, 6), &CONV_D).unwrap();
+        let mut r = Lcg::new(66);
+        let mut p = vec![0.0; spec.param_len()];
+        crate::init::init_params(
+            &spec,
+            &mut p,
+            crate::init::Init::HeNormal,
+            &mut crate::noise::rng(1),
+        )
+        .unwrap();
+        let mut x = vec![0.0; n * spec.input().len()];
+        r.fill(&mut x);
+        let acts = acts_for(&spec, &p, &x, n);
+        let bn = spec.layer(1).unwrap();
+        let before = p.clone();
+        update_running_stats(&spec, &mut p, &acts, n).unwrap();
+        // Only the statistics moved.
+        for (i, (a, b)) in p.iter().zip(&before).enumerate() {
+            if !bn.stats_range().contains(&i) {
+                assert_eq!(a, b);
+            }
+        }
+        // momentum 0.1 from mean 0 / variance 1: 0.1·batch mean, 0.9 + 0.1·unbiased variance.
+        let batch = &acts[bn.aux_range(n)][..6];
+        let m = (n * 36) as f32;
+        let st = &p[bn.stats_range()];
+        for c in 0..3 {
+            assert!((st[c] - 0.1 * batch[c]).abs() < 1e-6);
+            let want = 0.9 + 0.1 * batch[3 + c] * m / (m - 1.0);
+            assert!((st[3 + c] - want).abs() < 1e-5, "{} vs {want}", st[3 + c]);
+        }
+        // A network without batch norm is left alone.
+        let (plain, pp, _) = setup(2);
+        let mut pp2 = pp.clone();
+        update_running_stats(&plain, &mut pp2, &vec![0.0; plain.act_len(2)], 2).unwrap();
+        assert_eq!(pp, pp2);
+        assert!(update_running_stats(&spec, &mut p, &acts[1..], n).is_err());
+    }
+
+    #[test]
+    fn dropout_masks_follow_the_seed() {
+        let layers = [Layer::Dense { out: 64 }, Layer::Dropout { p: 0.5 }];
+        let spec = Spec::new(Shape::flat(2), &layers).unwrap();
+        let mut r = Lcg::new(67);
+        let mut p = vec![0.0; spec.param_len()];
+        r.fill(&mut p);
+        let x = [0.5f32, -0.25];
+        let run = |seed| {
+            let mut acts = vec![0.0; spec.act_len(1)];
+            acts[..2].copy_from_slice(&x);
+            forward_with(
+                &spec,
+                &p,
+                &mut acts,
+                1,
+                &Serial,
+                &ForwardCtx::with_seed(seed),
+            )
+            .unwrap();
+            output(&spec, &acts, 1).to_vec()
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+        // forward is forward_with seed 0.
+        let mut acts = vec![0.0; spec.act_len(1)];
+        acts[..2].copy_from_slice(&x);
+        forward(&spec, &p, &mut acts, 1, &Serial).unwrap();
+        assert_eq!(output(&spec, &acts, 1), &run(0)[..]);
+    }
+
+    /// The full DCGAN pair at batch 2: initialise, train-forward, backward through D into G's
+    /// output and through G, infer. Checks that every buffer size rule holds at real shapes.
+    #[test]
+    fn dcgan_pair_runs() {
+        use crate::spec::tests::{DCGAN_D, DCGAN_G};
+        let n = 2;
+        let g = Spec::new(Shape::flat(100), &DCGAN_G).unwrap();
+        let d = Spec::new(Shape::image(1, 28, 28), &DCGAN_D).unwrap();
+        let mut pg = vec![0.0; g.param_len()];
+        let mut pd = vec![0.0; d.param_len()];
+        let init = crate::init::Init::HeNormal;
+        crate::init::init_params(&g, &mut pg, init, &mut crate::noise::rng(1)).unwrap();
+        crate::init::init_params(&d, &mut pd, init, &mut crate::noise::rng(2)).unwrap();
+        let mut z = vec![0.0; n * 100];
+        Lcg::new(68).fill(&mut z);
+        let mut ag = vec![0.0; g.act_len(n)];
+        input_mut(&g, &mut ag, n).copy_from_slice(&z);
+        forward(&g, &pg, &mut ag, n, &Serial).unwrap();
+        let fake = output(&g, &ag, n).to_vec();
+        assert!(fake.iter().all(|v| v.abs() <= 1.0));
+        let mut ad = vec![0.0; d.act_len(n)];
+        input_mut(&d, &mut ad, n).copy_from_slice(&fake);
+        forward(&d, &pd, &mut ad, n, &Serial).unwrap();
+        // Generator step: gradient of D's output with respect to the fake images, then G.
+        let mut dfake = vec![0.0; fake.len()];
+        let mut sd = vec![0.0; d.backward_scratch_len(n)];
+        backward(
+            &d,
+            &pd,
+            &ad,
+            &[1.0; 2],
+            None,
+            Some(&mut dfake),
+            &mut sd,
+            n,
+            &Serial,
+        )
+        .unwrap();
+        assert!(dfake.iter().all(|v| v.is_finite()) && dfake.iter().any(|&v| v != 0.0));
+        let mut gg = vec![0.0; g.param_len()];
+        let mut sg = vec![0.0; g.backward_scratch_len(n)];
+        backward(
+            &g,
+            &pg,
+            &ag,
+            &dfake,
+            Some(&mut gg),
+            None,
+            &mut sg,
+            n,
+            &Serial,
+        )
+        .unwrap();
+        assert!(gg.iter().all(|v| v.is_finite()));
+        for info in g.iter() {
+            if info.weight_len > 0 {
+                assert!(
+                    gg[info.weight_range()].iter().any(|&v| v != 0.0),
+                    "{}",
+                    info.index
+                );
+            }
+        }
+        update_running_stats(&g, &mut pg, &ag, n).unwrap();
+        let mut img = vec![0.0; n * 784];
+        let mut scratch = vec![0.0; g.infer_scratch_len(n)];
+        infer(&g, &pg, &z, &mut img, &mut scratch, n).unwrap();
+        assert!(img.iter().all(|v| v.abs() <= 1.0));
+        // gp.rs knows only dense critics: conv layers are reported, not mishandled.
+        let mut gp_scratch = vec![0.0; crate::gp::gp_scratch_len(&d, n)];
+        let mut gd = vec![0.0; d.param_len()];
+        assert!(matches!(
+            crate::gp::gradient_penalty(&d, &pd, &mut gd, &fake, 10.0, &mut gp_scratch, n, &Serial),
+            Err(CoreError::Unsupported { .. })
+        ));
+    }
+
+    trait MapBits {
+        fn map_bits(&self) -> vec::Vec<u32>;
+    }
+    impl MapBits for vec::Vec<f32> {
+        fn map_bits(&self) -> vec::Vec<u32> {
+            self.iter().map(|v| v.to_bits()).collect()
+        }
     }
 }

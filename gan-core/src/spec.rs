@@ -7,16 +7,40 @@
 //! - the activation buffer length for a training batch ([`Spec::act_len`]): the input and every
 //!   layer output, one after another, so backward can read them;
 //! - the scratch length for inference ([`Spec::infer_scratch_len`]): two ping-pong buffers of the
-//!   widest activation.
+//!   widest activation; for backward ([`Spec::backward_scratch_len`]): the same plus the widest
+//!   auxiliary storage.
 //!
-//! Parameter layout per layer (all inside the one flat buffer, weights first, then bias):
+//! Parameter layout per layer (all inside the one flat buffer: weights, then bias, then the
+//! running statistics of batch normalisation), with `C`, `H`, `W` the layer's input shape:
 //! - `Dense { out }` with `in = in_shape.len()`: `W` is `in × out` row-major (row `i` holds the
 //!   weights from input `i` to every output), then `b` of length `out`.
-//! - activation and view layers have no parameters.
+//! - `Conv2d { out_c, k, .. }`: `W` is `out_c × C × k × k` (row `o` of the `out_c × (C·k·k)`
+//!   matrix holds every weight of output channel `o`; inside a row, input channel, then kernel
+//!   row `ky`, then kernel column `kx`), then `b` of length `out_c`. The training kernel is
+//!   `out = W · im2col(x)` per sample, so this is exactly the left operand (see [`crate::conv`]).
+//! - `ConvTranspose2d { out_c, k, .. }`: `W` is `C × out_c × k × k` (input channel first), the
+//!   same buffer a `Conv2d` from `out_c` to `C` channels would use, so the layer is that
+//!   convolution's adjoint; then `b` of length `out_c`.
+//! - `BatchNorm`: weights are `γ` (length `C`), bias is `β` (length `C`), then a statistics
+//!   tensor of `2·C`: running mean (`C`), then running variance (`C`). The statistics are not
+//!   trained: their gradient is always zero and [`crate::model::update_running_stats`] writes
+//!   them (see [`crate::norm`]). [`LayerInfo::stats_range`] locates them.
+//! - activation, pooling, dropout and view layers have no parameters.
 //!
 //! Every tensor starts at a multiple of [`PARAM_ALIGN`] elements (16 bytes); the gaps are zero.
 //! The weights file stores this buffer as is, so firmware can run from it in place, with every
 //! tensor 16-byte aligned in flash.
+//!
+//! Auxiliary activation storage ([`Layer::aux_len`], per sample, right after a layer's output in
+//! the activation buffer; `P = out_h·out_w` of a `Conv2d`, `Q = H·W` of a `ConvTranspose2d`):
+//! - `MinibatchDisc`: `2·B·C` (the similarity tensor `M` and its gradient);
+//! - `Conv2d`: `C·k·k·P`, the sample's im2col matrix, written by forward and read by backward
+//!   for the weight gradient;
+//! - `ConvTranspose2d`: `out_c·k·k·Q`, forward's column buffer (`Wᵀ·x` before col2im);
+//! - `MaxPool2d`: one per output element: the argmax's position inside its window, as f32;
+//! - `BatchNorm`: `2·C`; the first `2·C` of the batch's region hold the batch mean and biased
+//!   variance of every channel (the rest is unused);
+//! - `Dropout`: one per input element: the mask (`0` or `1/(1−p)`).
 
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +141,96 @@ pub enum Layer {
         /// Dimensions `C` per kernel.
         dims: u32,
     },
+    /// 2-D convolution with a square kernel ([`crate::conv`]): `out_c` channels of
+    /// `(H + 2·pad − k) / stride + 1` rows and as many columns (from `W`). Requires
+    /// `stride >= 1`, `pad < k` and `k <= H + 2·pad` (and the same for `W`).
+    Conv2d {
+        /// Output channels.
+        out_c: u32,
+        /// Kernel side.
+        k: u32,
+        /// Step between kernel positions.
+        stride: u32,
+        /// Implicit zero rows/columns on every border.
+        pad: u32,
+    },
+    /// Transposed 2-D convolution ([`crate::conv`]), the adjoint of a [`Layer::Conv2d`] with the
+    /// same `k`, `stride`, `pad`: output side `(H − 1)·stride − 2·pad + k`. Requires
+    /// `stride >= 1`, `pad < k` and a positive output side.
+    ConvTranspose2d {
+        /// Output channels.
+        out_c: u32,
+        /// Kernel side.
+        k: u32,
+        /// Step between the input positions' kernel footprints in the output.
+        stride: u32,
+        /// Rows/columns cropped from every border of the full output.
+        pad: u32,
+    },
+    /// Max pooling over `k × k` windows, no padding ([`crate::pool`]): output side
+    /// `(H − k) / stride + 1`. Requires `1 <= k <= min(H, W)`, `k·k <= 2²⁴`, `stride >= 1`.
+    MaxPool2d {
+        /// Window side.
+        k: u32,
+        /// Step between windows.
+        stride: u32,
+    },
+    /// Batch normalisation ([`crate::norm`]) over channels: for a `C × H × W` input, one mean
+    /// and variance per channel over `N·H·W` values; for a flat input (`F × 1 × 1`), per
+    /// feature over `N`. Parameters `γ`, `β` and the running mean and variance.
+    BatchNorm {
+        /// Added to the variance before the square root; `0 < eps <= 1`.
+        eps: f32,
+        /// Weight of the batch statistics in the running average, in `[0, 1]`:
+        /// `running ← (1 − momentum)·running + momentum·batch`.
+        momentum: f32,
+    },
+    /// Inverted dropout ([`crate::dropout`]): in training each element is zeroed with
+    /// probability `p` and the survivors are scaled by `1/(1−p)`; identity at inference.
+    Dropout {
+        /// Drop probability, in `[0, 1)`.
+        p: f32,
+    },
+}
+
+/// Element counts of one layer's tensors and auxiliary storage, for one input shape.
+#[derive(Clone, Copy)]
+struct Sizes {
+    weight: usize,
+    bias: usize,
+    stats: usize,
+    aux: usize,
+}
+
+/// `a·b`, `None` on overflow (`const` helper).
+const fn mul(a: usize, b: usize) -> Option<usize> {
+    a.checked_mul(b)
+}
+
+/// `a·b·c`, `None` on overflow.
+const fn mul3(a: usize, b: usize, c: usize) -> Option<usize> {
+    match mul(a, b) {
+        Some(ab) => mul(ab, c),
+        None => None,
+    }
+}
+
+/// An image side in `u32`, or `None` if it is zero or does not fit.
+const fn side(x: Option<usize>) -> Option<u32> {
+    match x {
+        Some(v) if v > 0 && v <= u32::MAX as usize => Some(v as u32),
+        _ => None,
+    }
+}
+
+/// Unwraps an `Option` inside a `const fn` (where `?` is not available), returning `None`.
+macro_rules! some {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return None,
+        }
+    };
 }
 
 impl Layer {
@@ -163,43 +277,189 @@ impl Layer {
                     _ => Err(SpecError::BadDimension { layer: index }),
                 }
             }
+            Layer::Conv2d {
+                out_c,
+                k,
+                stride,
+                pad,
+            } => {
+                if out_c == 0 || k == 0 {
+                    return Err(SpecError::BadDimension { layer: index });
+                }
+                if stride == 0 || pad >= k {
+                    return Err(SpecError::BadParameter { layer: index });
+                }
+                let (k, s, p) = (k as usize, stride as usize, pad as usize);
+                let h = side(crate::conv::conv_out_len(inp.h as usize, k, s, p));
+                let w = side(crate::conv::conv_out_len(inp.w as usize, k, s, p));
+                match (h, w) {
+                    (Some(h), Some(w)) => Ok(Shape::image(out_c, h, w)),
+                    _ => Err(SpecError::ShapeMismatch { layer: index }),
+                }
+            }
+            Layer::ConvTranspose2d {
+                out_c,
+                k,
+                stride,
+                pad,
+            } => {
+                if out_c == 0 || k == 0 {
+                    return Err(SpecError::BadDimension { layer: index });
+                }
+                if stride == 0 || pad >= k {
+                    return Err(SpecError::BadParameter { layer: index });
+                }
+                let (k, s, p) = (k as usize, stride as usize, pad as usize);
+                let h = side(crate::conv::conv_transpose_out_len(inp.h as usize, k, s, p));
+                let w = side(crate::conv::conv_transpose_out_len(inp.w as usize, k, s, p));
+                match (h, w) {
+                    (Some(h), Some(w)) => Ok(Shape::image(out_c, h, w)),
+                    _ => Err(SpecError::ShapeMismatch { layer: index }),
+                }
+            }
+            Layer::MaxPool2d { k, stride } => {
+                if k == 0 {
+                    return Err(SpecError::BadDimension { layer: index });
+                }
+                // The argmax is stored as an f32 window position, exact below 2^24.
+                if stride == 0 || k as u64 * k as u64 > 1 << 24 {
+                    return Err(SpecError::BadParameter { layer: index });
+                }
+                if k > inp.h || k > inp.w {
+                    return Err(SpecError::ShapeMismatch { layer: index });
+                }
+                Ok(Shape::image(
+                    inp.c,
+                    (inp.h - k) / stride + 1,
+                    (inp.w - k) / stride + 1,
+                ))
+            }
+            Layer::BatchNorm { eps, momentum } => {
+                // Written so NaN fails too.
+                if eps > 0.0 && eps <= 1.0 && momentum >= 0.0 && momentum <= 1.0 {
+                    Ok(inp)
+                } else {
+                    Err(SpecError::BadParameter { layer: index })
+                }
+            }
+            Layer::Dropout { p } => {
+                if p >= 0.0 && p < 1.0 {
+                    Ok(inp)
+                } else {
+                    Err(SpecError::BadParameter { layer: index })
+                }
+            }
         }
     }
 
-    /// Weight elements per input element (the weight tensor is `inp.len() ×` this).
-    const fn weight_factor(&self) -> usize {
-        match *self {
-            Layer::Dense { out } => out as usize,
-            Layer::MinibatchDisc { kernels, dims } => kernels as usize * dims as usize,
-            _ => 0,
+    /// Every tensor and auxiliary size for input `inp`, or `None` if the layer does not accept
+    /// `inp` or a size overflows `usize`.
+    const fn sizes(&self, inp: Shape) -> Option<Sizes> {
+        let in_len = some!(inp.checked_len());
+        let out = match self.out_shape(inp, 0) {
+            Ok(s) => s,
+            Err(_) => return None,
+        };
+        let c = inp.c as usize;
+        let none = Sizes {
+            weight: 0,
+            bias: 0,
+            stats: 0,
+            aux: 0,
+        };
+        Some(match *self {
+            Layer::Dense { out } => Sizes {
+                weight: some!(mul(in_len, out as usize)),
+                bias: out as usize,
+                ..none
+            },
+            Layer::MinibatchDisc { kernels, dims } => {
+                let bc = some!(mul(kernels as usize, dims as usize));
+                Sizes {
+                    weight: some!(mul(in_len, bc)),
+                    aux: some!(mul(2, bc)),
+                    ..none
+                }
+            }
+            Layer::Conv2d { out_c, k, .. } => {
+                let (o, k) = (out_c as usize, k as usize);
+                let rows = some!(mul3(c, k, k));
+                Sizes {
+                    weight: some!(mul(o, rows)),
+                    bias: o,
+                    aux: some!(mul3(rows, out.h as usize, out.w as usize)),
+                    ..none
+                }
+            }
+            Layer::ConvTranspose2d { out_c, k, .. } => {
+                let (o, k) = (out_c as usize, k as usize);
+                let rows = some!(mul3(o, k, k));
+                Sizes {
+                    weight: some!(mul(c, rows)),
+                    bias: o,
+                    aux: some!(mul3(rows, inp.h as usize, inp.w as usize)),
+                    ..none
+                }
+            }
+            Layer::MaxPool2d { .. } => Sizes {
+                aux: some!(out.checked_len()),
+                ..none
+            },
+            Layer::BatchNorm { .. } => Sizes {
+                weight: c,
+                bias: c,
+                stats: some!(mul(2, c)),
+                aux: some!(mul(2, c)),
+            },
+            Layer::Dropout { .. } => Sizes {
+                aux: in_len,
+                ..none
+            },
+            _ => none,
+        })
+    }
+
+    /// [`Layer::sizes`] with zeros for a shape the layer does not accept (only meaningful for
+    /// shapes inside a validated [`Spec`], where it never fails).
+    const fn sizes_or_zero(&self, inp: Shape) -> Sizes {
+        match self.sizes(inp) {
+            Some(s) => s,
+            None => Sizes {
+                weight: 0,
+                bias: 0,
+                stats: 0,
+                aux: 0,
+            },
         }
     }
 
-    /// Number of weight elements (excluding bias) for input shape `inp`.
+    /// Number of weight elements (excluding bias) for input shape `inp`: `in·out` for `Dense`,
+    /// `out_c·C·k·k` for both convolutions, `C` (`γ`) for `BatchNorm`.
     pub const fn weight_len(&self, inp: Shape) -> usize {
-        inp.len() * self.weight_factor()
+        self.sizes_or_zero(inp).weight
     }
 
-    /// Extra activation storage per sample that a layer keeps beside its output (the
-    /// similarity tensor of minibatch discrimination and its gradient).
-    pub const fn aux_len(&self) -> usize {
-        match *self {
-            Layer::MinibatchDisc { kernels, dims } => 2 * kernels as usize * dims as usize,
-            _ => 0,
-        }
+    /// Extra activation storage per sample that a layer keeps beside its output, for input
+    /// shape `inp` (see the module docs for what each layer keeps there).
+    pub const fn aux_len(&self, inp: Shape) -> usize {
+        self.sizes_or_zero(inp).aux
     }
 
-    /// Number of bias elements.
-    pub const fn bias_len(&self) -> usize {
-        match *self {
-            Layer::Dense { out } => out as usize,
-            _ => 0,
-        }
+    /// Number of bias elements for input shape `inp` (`β` for `BatchNorm`).
+    pub const fn bias_len(&self, inp: Shape) -> usize {
+        self.sizes_or_zero(inp).bias
     }
 
-    /// Weights plus bias.
+    /// Number of non-trained state elements stored after the bias: `2·C` (running mean, running
+    /// variance) for `BatchNorm`, else 0.
+    pub const fn stats_len(&self, inp: Shape) -> usize {
+        self.sizes_or_zero(inp).stats
+    }
+
+    /// Weights plus bias plus running statistics (without alignment padding).
     pub const fn param_len(&self, inp: Shape) -> usize {
-        self.weight_len(inp) + self.bias_len()
+        let s = self.sizes_or_zero(inp);
+        s.weight + s.bias + s.stats
     }
 
     /// True for layers that only reinterpret their input (their output aliases the input).
@@ -218,12 +478,30 @@ impl Layer {
             Layer::Flatten => "flatten",
             Layer::Reshape { .. } => "reshape",
             Layer::MinibatchDisc { .. } => "minibatch_disc",
+            Layer::Conv2d { .. } => "conv2d",
+            Layer::ConvTranspose2d { .. } => "conv_transpose2d",
+            Layer::MaxPool2d { .. } => "max_pool2d",
+            Layer::BatchNorm { .. } => "batch_norm",
+            Layer::Dropout { .. } => "dropout",
         }
     }
 
-    /// Multiply-accumulates per sample in the forward pass.
+    /// Multiply-accumulates per sample in the forward pass (inference form: one per weight use
+    /// for dense and convolution layers, one per element for `BatchNorm`, none for pooling,
+    /// dropout and activations). Saturates instead of overflowing.
     pub const fn macs(&self, inp: Shape) -> usize {
-        self.weight_len(inp)
+        let w = self.weight_len(inp);
+        match *self {
+            Layer::Conv2d { .. } => match self.out_shape(inp, 0) {
+                Ok(out) => w.saturating_mul((out.h as usize).saturating_mul(out.w as usize)),
+                Err(_) => 0,
+            },
+            Layer::ConvTranspose2d { .. } => {
+                w.saturating_mul((inp.h as usize).saturating_mul(inp.w as usize))
+            }
+            Layer::BatchNorm { .. } => inp.len(),
+            _ => w,
+        }
     }
 }
 
@@ -246,6 +524,11 @@ pub struct LayerInfo {
     pub bias_offset: usize,
     /// Bias elements.
     pub bias_len: usize,
+    /// Offset of this layer's running statistics (the bias' end rounded up to
+    /// [`PARAM_ALIGN`]); see [`Layer::stats_len`].
+    pub stats_offset: usize,
+    /// Running-statistics elements (`2·C` for `BatchNorm`, else 0).
+    pub stats_len: usize,
     /// Offset of this layer's input in the activation buffer, in elements **per sample**:
     /// multiply by the batch size `n` to get the element offset.
     pub act_in: usize,
@@ -253,7 +536,7 @@ pub struct LayerInfo {
     /// Equal to `act_in` for view layers.
     pub act_out: usize,
     /// Offset of this layer's auxiliary storage ([`Layer::aux_len`]), per sample; it follows
-    /// the output.
+    /// the output (view layers have none).
     pub act_aux: usize,
 }
 
@@ -266,9 +549,15 @@ impl LayerInfo {
     pub const fn bias_range(&self) -> core::ops::Range<usize> {
         self.bias_offset..self.bias_offset + self.bias_len
     }
-    /// Range of all this layer's parameters (weights, padding, bias, padding).
+    /// Range of the running statistics in the flat parameter buffer (empty for all layers but
+    /// `BatchNorm`, where it holds the running mean, then the running variance).
+    pub const fn stats_range(&self) -> core::ops::Range<usize> {
+        self.stats_offset..self.stats_offset + self.stats_len
+    }
+    /// Range of all this layer's parameters (weights, padding, bias, padding, statistics,
+    /// padding).
     pub const fn param_range(&self) -> core::ops::Range<usize> {
-        self.param_offset..self.bias_offset + align_param(self.bias_len)
+        self.param_offset..self.stats_offset + align_param(self.stats_len)
     }
     /// Input range in an activation buffer for batch `n`.
     pub const fn in_range(&self, n: usize) -> core::ops::Range<usize> {
@@ -280,7 +569,7 @@ impl LayerInfo {
     }
     /// Auxiliary range in an activation buffer for batch `n` (empty for most layers).
     pub const fn aux_range(&self, n: usize) -> core::ops::Range<usize> {
-        n * self.act_aux..n * (self.act_aux + self.layer.aux_len())
+        n * self.act_aux..n * (self.act_aux + self.layer.aux_len(self.in_shape))
     }
 }
 
@@ -336,29 +625,32 @@ impl<'a> Spec<'a> {
                 Some(n) if n > 0 => n,
                 _ => return Err(SpecError::BadDimension { layer: i }),
             };
-            let w = match shape.len().checked_mul(layer.weight_factor()) {
-                Some(w) => w,
+            let sizes = match layer.sizes(shape) {
+                Some(s) => s,
                 None => return Err(SpecError::BadDimension { layer: i }),
             };
-            // Same arithmetic as LayerIter: weights and bias each start aligned.
-            param_len = match param_len.checked_add(align_param(w)) {
-                Some(p) => match p.checked_add(align_param(layer.bias_len())) {
-                    Some(p) if p < usize::MAX / 8 => p,
-                    _ => return Err(SpecError::BadDimension { layer: i }),
-                },
-                None => return Err(SpecError::BadDimension { layer: i }),
+            // Same arithmetic as LayerIter: weights, bias and statistics each start aligned.
+            // Every tensor is far below usize::MAX / 8, so the rounding cannot overflow.
+            let limit = usize::MAX / 8;
+            if sizes.weight >= limit || sizes.bias >= limit || sizes.stats >= limit {
+                return Err(SpecError::BadDimension { layer: i });
+            }
+            let tensors = align_param(sizes.weight) + align_param(sizes.bias);
+            param_len = match param_len.checked_add(tensors + align_param(sizes.stats)) {
+                Some(p) if p < limit => p,
+                _ => return Err(SpecError::BadDimension { layer: i }),
             };
             if !layer.is_view() {
                 act_per_sample = match act_per_sample.checked_add(out_len) {
-                    Some(a) => match a.checked_add(layer.aux_len()) {
+                    Some(a) => match a.checked_add(sizes.aux) {
                         Some(a) => a,
                         None => return Err(SpecError::BadDimension { layer: i }),
                     },
                     None => return Err(SpecError::BadDimension { layer: i }),
                 };
             }
-            if layer.aux_len() > max_aux {
-                max_aux = layer.aux_len();
+            if sizes.aux > max_aux {
+                max_aux = sizes.aux;
             }
             if out_len > max_features {
                 max_features = out_len;
@@ -398,7 +690,7 @@ impl<'a> Spec<'a> {
     pub const fn layers(&self) -> &'a [Layer] {
         self.layers
     }
-    /// Total parameter elements (all weights and biases).
+    /// Total parameter elements (all weights, biases and running statistics, with padding).
     pub const fn param_len(&self) -> usize {
         self.param_len
     }
@@ -407,16 +699,22 @@ impl<'a> Spec<'a> {
         self.max_features
     }
     /// Activation buffer length for a training batch of `n`: the input followed by every
-    /// non-view layer output.
+    /// non-view layer output and its auxiliary storage.
     pub const fn act_len(&self, n: usize) -> usize {
         self.act_per_sample * n
     }
     /// Scratch length for [`crate::model::infer`] with batch `n`: two ping-pong buffers.
+    ///
+    /// Every layer's inference kernel runs from one buffer into the other (or in place), the
+    /// convolutions included: they are direct fixed-order loops that need no column buffer.
     pub const fn infer_scratch_len(&self, n: usize) -> usize {
         2 * self.max_features * n
     }
     /// Scratch length for [`crate::model::backward`] with batch `n`: two ping-pong gradient
-    /// buffers plus the largest auxiliary buffer of any layer.
+    /// buffers plus the largest auxiliary buffer of any layer (`max aux_len · n`).
+    ///
+    /// The auxiliary part is also the column buffer of the convolutions' backward pass: they
+    /// need one sample's column matrix (their `aux_len`), which is at most that.
     pub const fn backward_scratch_len(&self, n: usize) -> usize {
         (2 * self.max_features + self.max_aux) * n
     }
@@ -463,24 +761,24 @@ impl Iterator for LayerIter<'_> {
         let out_shape = layer
             .out_shape(self.shape, self.index)
             .unwrap_or(self.shape);
+        let sizes = layer.sizes_or_zero(self.shape);
         let (act_out, next) = if layer.is_view() {
             (self.act_in, self.act_next)
         } else {
-            (
-                self.act_next,
-                self.act_next + out_shape.len() + layer.aux_len(),
-            )
+            (self.act_next, self.act_next + out_shape.len() + sizes.aux)
         };
-        let weight_len = layer.weight_len(self.shape);
+        let bias_offset = self.param_offset + align_param(sizes.weight);
         let info = LayerInfo {
             index: self.index,
             layer,
             in_shape: self.shape,
             out_shape,
             param_offset: self.param_offset,
-            weight_len,
-            bias_offset: self.param_offset + align_param(weight_len),
-            bias_len: layer.bias_len(),
+            weight_len: sizes.weight,
+            bias_offset,
+            bias_len: sizes.bias,
+            stats_offset: bias_offset + align_param(sizes.bias),
+            stats_len: sizes.stats,
             act_in: self.act_in,
             act_out,
             act_aux: act_out + out_shape.len(),
@@ -502,7 +800,7 @@ impl Iterator for LayerIter<'_> {
 impl ExactSizeIterator for LayerIter<'_> {}
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MLP: [Layer; 4] = [
@@ -591,5 +889,292 @@ mod tests {
             .map(|_| ()),
             Some(())
         );
+    }
+
+    /// The DCGAN generator for 28×28 digits (latent 100).
+    pub(crate) const DCGAN_G: [Layer; 9] = [
+        Layer::Dense { out: 128 * 7 * 7 },
+        Layer::Reshape {
+            to: Shape::image(128, 7, 7),
+        },
+        Layer::BatchNorm {
+            eps: 1e-5,
+            momentum: 0.1,
+        },
+        Layer::Relu,
+        Layer::ConvTranspose2d {
+            out_c: 64,
+            k: 4,
+            stride: 2,
+            pad: 1,
+        },
+        Layer::BatchNorm {
+            eps: 1e-5,
+            momentum: 0.1,
+        },
+        Layer::Relu,
+        Layer::ConvTranspose2d {
+            out_c: 1,
+            k: 4,
+            stride: 2,
+            pad: 1,
+        },
+        Layer::Tanh,
+    ];
+
+    /// The DCGAN discriminator for 28×28 digits.
+    pub(crate) const DCGAN_D: [Layer; 7] = [
+        Layer::Conv2d {
+            out_c: 64,
+            k: 4,
+            stride: 2,
+            pad: 1,
+        },
+        Layer::LeakyRelu { alpha: 0.2 },
+        Layer::Conv2d {
+            out_c: 128,
+            k: 4,
+            stride: 2,
+            pad: 1,
+        },
+        Layer::BatchNorm {
+            eps: 1e-5,
+            momentum: 0.1,
+        },
+        Layer::LeakyRelu { alpha: 0.2 },
+        Layer::Flatten,
+        Layer::Dense { out: 1 },
+    ];
+
+    #[test]
+    fn dcgan_generator_shapes_and_sizes() {
+        // Usable in const context, like the firmware's specs.
+        const G: Spec<'static> = Spec::new_const(Shape::flat(100), &DCGAN_G);
+        let shapes: heapless::Vec<Shape, 16> = G.iter().map(|l| l.out_shape).collect();
+        assert_eq!(
+            &shapes[..],
+            &[
+                Shape::flat(6272),
+                Shape::image(128, 7, 7),
+                Shape::image(128, 7, 7),
+                Shape::image(128, 7, 7),
+                Shape::image(64, 14, 14),
+                Shape::image(64, 14, 14),
+                Shape::image(64, 14, 14),
+                Shape::image(1, 28, 28),
+                Shape::image(1, 28, 28),
+            ]
+        );
+        assert_eq!(G.output(), Shape::image(1, 28, 28));
+        let convt1 = G.layer(4).unwrap();
+        assert_eq!((convt1.weight_len, convt1.bias_len), (128 * 64 * 16, 64));
+        assert_eq!(convt1.layer.aux_len(convt1.in_shape), 64 * 16 * 49);
+        let convt2 = G.layer(7).unwrap();
+        assert_eq!((convt2.weight_len, convt2.bias_len), (64 * 16, 1));
+        assert_eq!(convt2.layer.aux_len(convt2.in_shape), 16 * 196);
+        let bn1 = G.layer(2).unwrap();
+        assert_eq!(
+            (bn1.weight_len, bn1.bias_len, bn1.stats_len),
+            (128, 128, 256)
+        );
+        // Dense 627200 + 6272; BN 128 + 128 + 256; ConvT 131072 + 64; BN 64 + 64 + 128;
+        // ConvT 1024 + 1 (padded to 4).
+        let want = 627_200 + 6272 + 512 + 131_072 + 64 + 256 + 1024 + 4;
+        assert_eq!(G.param_len(), want);
+        assert_eq!(G.iter().last().unwrap().param_range().end, want);
+        let act = 100
+            + 6272
+            + (6272 + 256)
+            + 6272
+            + (12_544 + 50_176)
+            + (12_544 + 128)
+            + 12_544
+            + (784 + 3136)
+            + 784;
+        assert_eq!(G.act_len(1), act);
+        assert_eq!(G.max_features(), 12_544);
+        assert_eq!(G.backward_scratch_len(2), 2 * (2 * 12_544 + 50_176));
+        assert_eq!(
+            G.macs(),
+            627_200 + 6272 + 128 * 64 * 16 * 49 + 12_544 + 64 * 16 * 196
+        );
+    }
+
+    #[test]
+    fn dcgan_discriminator_shapes_and_sizes() {
+        let d = Spec::new(Shape::image(1, 28, 28), &DCGAN_D).unwrap();
+        let shapes: heapless::Vec<Shape, 16> = d.iter().map(|l| l.out_shape).collect();
+        assert_eq!(
+            &shapes[..],
+            &[
+                Shape::image(64, 14, 14),
+                Shape::image(64, 14, 14),
+                Shape::image(128, 7, 7),
+                Shape::image(128, 7, 7),
+                Shape::image(128, 7, 7),
+                Shape::flat(6272),
+                Shape::flat(1),
+            ]
+        );
+        let c1 = d.layer(0).unwrap();
+        assert_eq!((c1.weight_len, c1.bias_len), (64 * 16, 64));
+        assert_eq!(c1.layer.aux_len(c1.in_shape), 16 * 196);
+        let c2 = d.layer(2).unwrap();
+        assert_eq!((c2.weight_len, c2.bias_len), (128 * 64 * 16, 128));
+        assert_eq!(c2.layer.aux_len(c2.in_shape), 64 * 16 * 49);
+        assert_eq!(c2.param_offset, 1024 + 64);
+        assert_eq!(d.macs(), 1024 * 196 + 131_072 * 49 + 6272 + 6272);
+        // The flatten aliases the LeakyReLU's output.
+        assert_eq!(d.layer(5).unwrap().act_out, d.layer(4).unwrap().act_out);
+    }
+
+    #[test]
+    fn batch_norm_layout_and_aux() {
+        let layers = [
+            Layer::Dense { out: 6 },
+            Layer::BatchNorm {
+                eps: 1e-5,
+                momentum: 0.1,
+            },
+            Layer::Dropout { p: 0.5 },
+            Layer::Reshape {
+                to: Shape::image(1, 2, 3),
+            },
+            Layer::MaxPool2d { k: 2, stride: 1 },
+        ];
+        let s = Spec::new(Shape::flat(5), &layers).unwrap();
+        let bn = s.layer(1).unwrap();
+        // Dense: 30 weights (padded to 32) + 6 bias (padded to 8) = 40.
+        assert_eq!(bn.param_offset, 40);
+        assert_eq!(bn.weight_range(), 40..46);
+        assert_eq!(bn.bias_range(), 48..54);
+        assert_eq!(bn.stats_range(), 56..68);
+        assert_eq!(bn.param_range(), 40..68);
+        assert_eq!(s.param_len(), 68);
+        // Layers without statistics keep their old ranges: empty statistics at the bias end.
+        let dense = s.layer(0).unwrap();
+        assert_eq!(dense.stats_range(), 40..40);
+        assert_eq!(dense.param_range(), 0..40);
+        let drop = s.layer(2).unwrap();
+        assert_eq!(drop.param_range(), 68..68);
+        // Aux: BN 2·6, dropout 6 (its mask), max pool one per output (1×1×2).
+        assert_eq!(bn.layer.aux_len(bn.in_shape), 12);
+        assert_eq!(drop.layer.aux_len(drop.in_shape), 6);
+        let pool = s.layer(4).unwrap();
+        assert_eq!(pool.out_shape, Shape::image(1, 1, 2));
+        assert_eq!(pool.layer.aux_len(pool.in_shape), 2);
+        assert_eq!(bn.aux_range(3), 3 * (5 + 6 + 6)..3 * (5 + 6 + 6 + 12));
+        assert_eq!(s.act_len(1), 5 + 6 + (6 + 12) + (6 + 6) + (2 + 2));
+    }
+
+    #[test]
+    fn rejects_bad_new_layers() {
+        let img = Shape::image(2, 5, 5);
+        let one = |l: Layer| Spec::new(img, core::slice::from_ref(&l)).map(|s| s.output());
+        let conv = |out_c, k, stride, pad| Layer::Conv2d {
+            out_c,
+            k,
+            stride,
+            pad,
+        };
+        let convt = |out_c, k, stride, pad| Layer::ConvTranspose2d {
+            out_c,
+            k,
+            stride,
+            pad,
+        };
+        let bad_dim = Err(SpecError::BadDimension { layer: 0 });
+        let bad_par = Err(SpecError::BadParameter { layer: 0 });
+        let mismatch = Err(SpecError::ShapeMismatch { layer: 0 });
+        assert_eq!(one(conv(3, 3, 1, 1)), Ok(Shape::image(3, 5, 5)));
+        assert_eq!(one(conv(3, 3, 2, 0)), Ok(Shape::image(3, 2, 2)));
+        assert_eq!(one(conv(0, 3, 1, 1)), bad_dim);
+        assert_eq!(one(conv(3, 0, 1, 0)), bad_dim);
+        assert_eq!(one(conv(3, 3, 0, 1)), bad_par);
+        assert_eq!(one(conv(3, 3, 1, 3)), bad_par); // pad >= k
+        assert_eq!(one(conv(3, 8, 1, 1)), mismatch); // 8 > 5 + 2
+        assert_eq!(one(conv(3, 7, 1, 1)), Ok(Shape::image(3, 1, 1)));
+        assert_eq!(one(convt(3, 4, 2, 1)), Ok(Shape::image(3, 10, 10)));
+        assert_eq!(one(convt(3, 4, 0, 1)), bad_par);
+        assert_eq!(one(convt(3, 2, 1, 2)), bad_par);
+        assert_eq!(one(convt(0, 2, 1, 0)), bad_dim);
+        assert_eq!(
+            Spec::new(Shape::image(1, 1, 1), &[convt(1, 3, 1, 2)]).map(|s| s.output()),
+            mismatch // (1 − 1)·1 + 3 − 4 < 1
+        );
+        let pool = |k, stride| Layer::MaxPool2d { k, stride };
+        assert_eq!(one(pool(2, 2)), Ok(Shape::image(2, 2, 2)));
+        assert_eq!(one(pool(6, 1)), mismatch);
+        assert_eq!(one(pool(2, 0)), bad_par);
+        assert_eq!(one(pool(0, 1)), bad_dim);
+        let bn = |eps, momentum| Layer::BatchNorm { eps, momentum };
+        assert_eq!(one(bn(1e-5, 0.1)), Ok(img));
+        for (eps, m) in [
+            (0.0, 0.1),
+            (f32::NAN, 0.1),
+            (1e-5, 1.5),
+            (1e-5, f32::NAN),
+            (2.0, 0.1),
+        ] {
+            assert_eq!(one(bn(eps, m)), bad_par, "{eps} {m}");
+        }
+        assert_eq!(one(Layer::Dropout { p: 0.0 }), Ok(img));
+        for p in [1.0, -0.1, f32::NAN] {
+            assert_eq!(one(Layer::Dropout { p }), bad_par, "{p}");
+        }
+        // Weight and column sizes that overflow usize are rejected, not wrapped.
+        assert!(Spec::new(Shape::image(u32::MAX, 2, 2), &[conv(u32::MAX, 2, 1, 0)]).is_err());
+        assert!(Spec::new(Shape::image(u32::MAX, 1, 1), &[convt(u32::MAX, 4, 1, 0)]).is_err());
+        // A transposed convolution whose output side does not fit u32.
+        assert!(Spec::new(Shape::image(1, u32::MAX, 1), &[convt(1, 4, 4, 0)]).is_err());
+    }
+
+    /// New variants are appended: the postcard variant index of the old ones never changes.
+    #[test]
+    fn layer_encoding_is_stable() {
+        let cases = [
+            (Layer::Dense { out: 3 }, 0u8),
+            (Layer::Relu, 1),
+            (Layer::Reshape { to: Shape::flat(1) }, 6),
+            (
+                Layer::MinibatchDisc {
+                    kernels: 1,
+                    dims: 1,
+                },
+                7,
+            ),
+            (
+                Layer::Conv2d {
+                    out_c: 1,
+                    k: 1,
+                    stride: 1,
+                    pad: 0,
+                },
+                8,
+            ),
+            (
+                Layer::ConvTranspose2d {
+                    out_c: 1,
+                    k: 1,
+                    stride: 1,
+                    pad: 0,
+                },
+                9,
+            ),
+            (Layer::MaxPool2d { k: 2, stride: 2 }, 10),
+            (
+                Layer::BatchNorm {
+                    eps: 1e-5,
+                    momentum: 0.1,
+                },
+                11,
+            ),
+            (Layer::Dropout { p: 0.5 }, 12),
+        ];
+        for (layer, index) in cases {
+            let bytes = postcard::to_stdvec(&layer).unwrap();
+            assert_eq!(bytes[0], index, "{layer:?}");
+            assert_eq!(postcard::from_bytes::<Layer>(&bytes).unwrap(), layer);
+        }
     }
 }
