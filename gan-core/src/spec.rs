@@ -41,6 +41,11 @@
 //! - `BatchNorm`: `2·C`; the first `2·C` of the batch's region hold the batch mean and biased
 //!   variance of every channel (the rest is unused);
 //! - `Dropout`: one per input element: the mask (`0` or `1/(1−p)`).
+//!
+//! The convolutions' column buffers dominate: in the 28×28 DCGAN the 64↔128-channel layers
+//! keep 50 176 values per sample, 8× their output. They live here because the training
+//! forward pass takes no scratch buffer; the memory buys im2col + blocked matrix products
+//! (and, for `Conv2d`, a backward pass that does not redo im2col). Inference needs none of it.
 
 use serde::{Deserialize, Serialize};
 
