@@ -50,7 +50,14 @@ pub fn random_params(spec: &Spec<'_>, seed: u64) -> Vec<f32> {
 /// is the spec's input size, with [`random_params`].
 pub fn make_weights(spec: &Spec<'_>, seed: u64) -> Vec<u8> {
     let latent = spec.input().len() as u32;
-    make_weights_with(ModelKind::Generator, spec, latent, 0, NoiseKind::Gaussian, seed)
+    make_weights_with(
+        ModelKind::Generator,
+        spec,
+        latent,
+        0,
+        NoiseKind::Gaussian,
+        seed,
+    )
 }
 
 /// A complete weights file of any kind with [`random_params`].
@@ -86,18 +93,25 @@ pub struct Section {
 }
 
 fn u16_at(b: &[u8], at: usize) -> anyhow::Result<u16> {
-    let s = b.get(at..at + 2).ok_or_else(|| anyhow::anyhow!("ELF too short at {at}"))?;
+    let s = b
+        .get(at..at + 2)
+        .ok_or_else(|| anyhow::anyhow!("ELF too short at {at}"))?;
     Ok(u16::from_le_bytes([s[0], s[1]]))
 }
 
 fn u32_at(b: &[u8], at: usize) -> anyhow::Result<u32> {
-    let s = b.get(at..at + 4).ok_or_else(|| anyhow::anyhow!("ELF too short at {at}"))?;
+    let s = b
+        .get(at..at + 4)
+        .ok_or_else(|| anyhow::anyhow!("ELF too short at {at}"))?;
     Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// The sections of a 32-bit little-endian ELF file.
 pub fn elf_sections(elf: &[u8]) -> anyhow::Result<Vec<Section>> {
-    anyhow::ensure!(elf.starts_with(b"\x7fELF") && elf.get(4) == Some(&1) && elf.get(5) == Some(&1), "not an ELF32 LE file");
+    anyhow::ensure!(
+        elf.starts_with(b"\x7fELF") && elf.get(4) == Some(&1) && elf.get(5) == Some(&1),
+        "not an ELF32 LE file"
+    );
     let shoff = u32_at(elf, 32)? as usize;
     let shentsize = u16_at(elf, 46)? as usize;
     let shnum = u16_at(elf, 48)? as usize;
@@ -107,8 +121,12 @@ pub fn elf_sections(elf: &[u8]) -> anyhow::Result<Vec<Section>> {
     let mut out = Vec::with_capacity(shnum);
     for i in 1..shnum {
         let name_off = strtab + u32_at(elf, sh(i))? as usize;
-        let name_end = elf[name_off..].iter().position(|&b| b == 0).map(|e| name_off + e);
-        let name = String::from_utf8_lossy(&elf[name_off..name_end.unwrap_or(name_off)]).into_owned();
+        let name_end = elf[name_off..]
+            .iter()
+            .position(|&b| b == 0)
+            .map(|e| name_off + e);
+        let name =
+            String::from_utf8_lossy(&elf[name_off..name_end.unwrap_or(name_off)]).into_owned();
         let kind = u32_at(elf, sh(i) + 4)?;
         let flags = u32_at(elf, sh(i) + 8)?;
         out.push(Section {

@@ -1,0 +1,606 @@
+//! The firmware end to end: gan-embedded is built for both Cortex-M targets and run in
+//! `qemu-system-arm`, and its digits must be byte-identical to host generation; bad weights
+//! files must end QEMU with their distinct error codes; the Pico firmware must build and convert
+//! to a UF2 that covers its load segments.
+//!
+//! The firmware builds run `cargo build --release` inside `gan-embedded/` (its own target folder,
+//! so later runs are incremental). QEMU is required: if it is missing these tests fail, they
+//! never skip. Every QEMU run is killed after [`QEMU_TIMEOUT`].
+//!
+//! Measurements (instructions per digit, flash, RAM, peak stack) are printed to stderr; see them
+//! with `cargo test -p gan-tests --test firmware -- --nocapture`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use gan_core::format::{self, ModelKind, NoiseKind};
+use gan_core::spec::{Layer, Shape, Spec};
+use gan_train::sample::{AlignedBytes, ClassChoice};
+use gan_train::uf2;
+
+const QEMU_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One QEMU board and the firmware build for it.
+struct Board {
+    name: &'static str,
+    target: &'static str,
+    machine: &'static str,
+    cpu: &'static str,
+    /// Start and length of the WEIGHTS region in this target's memory map.
+    weights_addr: u32,
+    weights_len: usize,
+}
+
+/// Cortex-M4F board, thumbv7em-none-eabihf build.
+const M4: Board = Board {
+    name: "m4",
+    target: "thumbv7em-none-eabihf",
+    machine: "mps2-an386",
+    cpu: "cortex-m4",
+    weights_addr: 0x0020_0000,
+    weights_len: 2 << 20,
+};
+
+/// ARMv6-M code (the Pico's instruction set) on the Cortex-M3 board, with the Pico's budgets.
+const M0: Board = Board {
+    name: "m0",
+    target: "thumbv6m-none-eabi",
+    machine: "mps2-an385",
+    cpu: "cortex-m3",
+    weights_addr: 0x0010_0000,
+    weights_len: 1 << 20,
+};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn embedded_dir() -> PathBuf {
+    repo_root().join("gan-embedded")
+}
+
+fn elf_path(target: &str, bin: &str) -> PathBuf {
+    embedded_dir()
+        .join("target")
+        .join(target)
+        .join("release")
+        .join(bin)
+}
+
+/// `cargo build --release <args>` inside gan-embedded, with the outer build's settings removed
+/// so the firmware uses its own target folder and flags.
+fn cargo_build(args: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(embedded_dir())
+        .arg("build")
+        .arg("--release")
+        .args(args);
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_MAKEFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_MANIFEST_DIR",
+        "GAN_WEIGHTS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`cargo build --release {}` in gan-embedded failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Builds the QEMU firmware for both targets and the Pico firmware, once per test run.
+fn build_firmware() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = BUILT.get_or_init(|| {
+        cargo_build(&["--target", M4.target, "--bin", "qemu"])?;
+        cargo_build(&["--target", M0.target, "--bin", "qemu"])?;
+        cargo_build(&["--target", M0.target, "--features", "pico", "--bin", "pico"])
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+/// `qemu-system-arm`, found on PATH, or a failed test saying how to get it.
+fn qemu() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("qemu-system-arm"))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "qemu-system-arm is not on PATH: the firmware tests need it \
+             (Debian/Ubuntu: apt-get install qemu-system-arm; tests/run-all installs it)"
+        )
+    })
+}
+
+/// A scratch folder under the system temp dir, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("gan-fw-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What one QEMU run produced.
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+    /// The raw digits file (`out=digits.bin`), if written.
+    digits: Option<Vec<u8>>,
+}
+
+impl Run {
+    /// The number after `key` on the first stdout line that starts with it.
+    fn number(&self, key: &str) -> u64 {
+        let line = self
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no `{key}` line in:\n{}", self.stdout));
+        let digits: String = line
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("bad `{key}` line: {line}"))
+    }
+
+    /// Every number after `key` on stdout, in order.
+    fn numbers(&self, key: &str) -> Vec<u64> {
+        self.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .map(|l| {
+                let d: String = l
+                    .trim_start()
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                d.parse().unwrap()
+            })
+            .collect()
+    }
+}
+
+/// Runs the QEMU firmware for `board` with semihosting arguments `args`, optionally loading
+/// `weights` into the WEIGHTS region. Fails the test on timeout.
+fn run_qemu(board: &Board, weights: Option<&[u8]>, args: &[&str]) -> Run {
+    build_firmware();
+    let qemu = qemu();
+    let dir = Scratch::new(board.name);
+    let mut semihosting = String::from("enable=on,target=native,arg=firmware");
+    for a in args.iter().chain(&["out=digits.bin"]) {
+        assert!(
+            !a.contains([',', ' ']),
+            "argument {a:?} cannot be passed through -semihosting-config"
+        );
+        semihosting.push_str(",arg=");
+        semihosting.push_str(a);
+    }
+    let mut cmd = Command::new(&qemu);
+    cmd.current_dir(&dir.0)
+        .args(["-machine", board.machine, "-cpu", board.cpu, "-nographic"])
+        .args(["-semihosting-config", &semihosting])
+        // One instruction = 1 ns of virtual time: the firmware's SysTick counts instructions.
+        .args(["-icount", "shift=0"])
+        .arg("-kernel")
+        .arg(elf_path(board.target, "qemu"));
+    if let Some(w) = weights {
+        assert!(
+            w.len() <= board.weights_len + (1 << 20),
+            "test weights do not fit the board"
+        );
+        std::fs::write(dir.0.join("weights.ganw"), w).unwrap();
+        cmd.args([
+            "-device",
+            &format!("loader,file=weights.ganw,addr={:#x}", board.weights_addr),
+        ]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", qemu.display()));
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = pipe.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > QEMU_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "QEMU ({}) did not finish within {QEMU_TIMEOUT:?}; output so far:\n{}",
+                board.name,
+                out.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        status: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        digits: std::fs::read(dir.0.join("digits.bin")).ok(),
+    }
+}
+
+/// Host generation with the shared routine (what `gan-train sample` prints).
+fn host_digits(weights: &[u8], seed: u64, n: usize, class: ClassChoice) -> Vec<u8> {
+    let aligned = AlignedBytes::new(weights);
+    let w = aligned.weights().expect("test weights are valid");
+    gan_train::sample::generate(&w, seed, n, class).expect("host generation")
+}
+
+/// A small conditional generator (16 noise values + 10 classes → 48 → 784), uniform noise.
+fn small_conditional() -> Vec<u8> {
+    const LAYERS: [Layer; 4] = [
+        Layer::Dense { out: 48 },
+        Layer::LeakyRelu { alpha: 0.2 },
+        Layer::Dense { out: 784 },
+        Layer::Tanh,
+    ];
+    let spec = Spec::new(Shape::flat(26), &LAYERS).unwrap();
+    gan_tests::make_weights_with(ModelKind::Generator, &spec, 16, 10, NoiseKind::Uniform, 41)
+}
+
+/// A small unconditional generator (24 → 40 → 784 with a Sigmoid output), Gaussian noise.
+fn small_unconditional() -> Vec<u8> {
+    const LAYERS: [Layer; 4] = [
+        Layer::Dense { out: 40 },
+        Layer::Relu,
+        Layer::Dense { out: 784 },
+        Layer::Sigmoid,
+    ];
+    gan_tests::make_weights(&Spec::new(Shape::flat(24), &LAYERS).unwrap(), 42)
+}
+
+fn assert_success(run: &Run, what: &str) {
+    assert_eq!(
+        run.status, 0,
+        "{what}: QEMU exited with {}\nstdout:\n{}\nstderr:\n{}",
+        run.status, run.stdout, run.stderr
+    );
+}
+
+fn check_loaded_weights(board: &Board, weights: &[u8], seed: u64, class: Option<u32>) {
+    let seed_arg = format!("seed={seed}");
+    let class_arg = class.map(|c| format!("class={c}"));
+    let mut args = vec![seed_arg.as_str(), "count=3"];
+    args.extend(class_arg.as_deref());
+    let run = run_qemu(board, Some(weights), &args);
+    assert_success(&run, "loaded weights");
+    assert!(
+        run.stdout.contains("weights: weights region"),
+        "{}",
+        run.stdout
+    );
+    let expected = host_digits(
+        weights,
+        seed,
+        3,
+        class.map_or(ClassChoice::Cycle, ClassChoice::Fixed),
+    );
+    let got = run.digits.expect("the firmware wrote no digits file");
+    assert_eq!(got.len(), 3 * 784);
+    assert!(
+        got == expected,
+        "{}: firmware digits differ from host generation",
+        board.name
+    );
+    // Three pieces of ASCII art, 28 lines each.
+    let art = run
+        .stdout
+        .lines()
+        .filter(|l| l.len() == 28 && l.bytes().all(|b| b" .:-=+*#%@".contains(&b)))
+        .count();
+    assert_eq!(
+        art,
+        3 * 28,
+        "expected three 28-line digits in:\n{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn m4_digits_match_host_with_loaded_weights() {
+    let w = small_conditional();
+    check_loaded_weights(&M4, &w, 0xDEAD_BEEF_0123_4567, None);
+    check_loaded_weights(&M4, &w, 5, Some(7));
+}
+
+#[test]
+fn m0_digits_match_host_with_loaded_weights() {
+    check_loaded_weights(&M0, &small_unconditional(), 987_654_321, None);
+    check_loaded_weights(&M0, &small_conditional(), 3, None);
+}
+
+/// Runs the linked default weights, compares with the host, and prints the measurements.
+fn check_default_weights(board: &Board, region: Option<&[u8]>) {
+    let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
+    let run = run_qemu(board, region, &["seed=2026", "count=3"]);
+    assert_success(&run, "default weights");
+    assert!(
+        run.stdout.contains("weights: linked weights"),
+        "{}",
+        run.stdout
+    );
+    let expected = host_digits(&default, 2026, 3, ClassChoice::Cycle);
+    assert!(
+        run.digits.as_deref() == Some(&expected[..]),
+        "{}: firmware digits from the linked weights differ from host generation",
+        board.name
+    );
+
+    let macs = run.number("MACs:");
+    let instructions = run.numbers("instructions:");
+    assert_eq!(instructions.len(), 3);
+    let peak_stack = run.number("peak stack:");
+    assert!(
+        instructions.iter().all(|&i| i > macs),
+        "{instructions:?} vs {macs} MACs"
+    );
+    let elf = std::fs::read(elf_path(board.target, "qemu")).unwrap();
+    let size = gan_tests::firmware_size(&elf).unwrap();
+    assert_eq!(
+        size.weights_flash as usize,
+        default.len().next_multiple_of(4)
+    );
+    let per_digit = instructions.iter().sum::<u64>() / 3;
+    eprintln!(
+        "firmware {} ({}): code flash {} B, linked weights {} B, static RAM {} B, peak stack {} B, \
+         {} instructions/digit, {} MACs/digit, {:.2} instructions/MAC",
+        board.name,
+        board.target,
+        size.code_flash,
+        size.weights_flash,
+        size.static_ram,
+        peak_stack,
+        per_digit,
+        macs,
+        per_digit as f64 / macs as f64
+    );
+}
+
+#[test]
+fn m4_default_weights_and_measurements() {
+    // A WEIGHTS region without the magic is ignored: the linked file is used.
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 31 + 7) as u8).collect();
+    check_default_weights(&M4, Some(&garbage));
+}
+
+#[test]
+fn m0_default_weights_and_measurements() {
+    check_default_weights(&M0, None);
+}
+
+/// Each kind of bad weights file ends QEMU with its own error code.
+fn check_bad_weights(board: &Board) {
+    let good = small_conditional();
+    let (header, data_at) = format::parse_header(&good).unwrap();
+    let data_len = header.data_len as usize;
+    assert_eq!(good.len(), data_at + data_len);
+
+    let mut corrupt = good.clone();
+    corrupt[data_at + data_len / 2] ^= 0x40;
+    let truncated = good[..data_at + data_len / 2].to_vec();
+    let mut version = good.clone();
+    version[4] = 2;
+    let mut bad_header = good.clone();
+    bad_header[format::PREAMBLE_LEN + 3] ^= 0x01;
+    const WIDE: [Layer; 2] = [Layer::Dense { out: 4 }, Layer::Tanh];
+    let too_wide = gan_tests::make_weights(&Spec::new(Shape::flat(1100), &WIDE).unwrap(), 3);
+    const DISC: [Layer; 4] = [
+        Layer::Dense { out: 16 },
+        Layer::LeakyRelu { alpha: 0.2 },
+        Layer::Dense { out: 1 },
+        Layer::Sigmoid,
+    ];
+    let disc = gan_tests::make_weights_with(
+        ModelKind::Discriminator,
+        &Spec::new(Shape::flat(784), &DISC).unwrap(),
+        0,
+        0,
+        NoiseKind::Gaussian,
+        4,
+    );
+    let mut cases: Vec<(&str, Vec<u8>, u8)> = vec![
+        ("corrupt data", corrupt, 16),
+        ("truncated", truncated, 10),
+        ("unsupported version", version, 12),
+        ("corrupt header", bad_header, 13),
+        ("too wide for the buffers", too_wide, 18),
+        ("a discriminator", disc, 19),
+    ];
+    if board.weights_len <= 1 << 20 {
+        // A generator whose file (~1.09 MB) is larger than the 1 MiB region. (On the M4 board a
+        // file larger than its 2 MiB region would spill into the memory mirror over the code.)
+        const BIG: [Layer; 4] = [
+            Layer::Dense { out: 320 },
+            Layer::LeakyRelu { alpha: 0.2 },
+            Layer::Dense { out: 784 },
+            Layer::Tanh,
+        ];
+        let big = gan_tests::make_weights(&Spec::new(Shape::flat(64), &BIG).unwrap(), 5);
+        assert!(big.len() > board.weights_len);
+        cases.push(("larger than the region", big, 18));
+    }
+    for (what, bytes, code) in cases {
+        let run = run_qemu(board, Some(&bytes), &["count=1"]);
+        assert_eq!(
+            run.status, code as i32,
+            "{} with {what} weights: expected exit code {code}\nstdout:\n{}\nstderr:\n{}",
+            board.name, run.stdout, run.stderr
+        );
+        assert!(
+            run.stdout.contains(&format!("error {code}:")),
+            "{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn m4_bad_weights_exit_with_their_codes() {
+    check_bad_weights(&M4);
+}
+
+#[test]
+fn m0_bad_weights_exit_with_their_codes() {
+    check_bad_weights(&M0);
+}
+
+#[test]
+fn bad_arguments_and_panics_exit_with_failure() {
+    let run = run_qemu(&M4, None, &["colour=blue"]);
+    assert_eq!(run.status, 2, "{}", run.stdout);
+    let run = run_qemu(&M4, None, &["panic=1"]);
+    assert_eq!(run.status, 101, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("panic"), "{}", run.stderr);
+}
+
+#[test]
+fn pico_firmware_builds_and_converts_to_uf2() {
+    build_firmware();
+    let elf = std::fs::read(elf_path(M0.target, "pico")).unwrap();
+    let image = uf2::elf_to_uf2(&elf, uf2::RP2040_FAMILY_ID).unwrap();
+    let blocks = uf2::read_uf2(&image).unwrap();
+    assert!(!blocks.is_empty());
+    for b in &blocks {
+        assert_eq!(b.flags, uf2::FLAG_FAMILY_ID_PRESENT);
+        assert_eq!(b.family_id, uf2::RP2040_FAMILY_ID);
+        assert_eq!(b.addr % 256, 0);
+        assert_eq!(b.data.len(), 256);
+        // Everything goes to the code half of the flash, below the WEIGHTS region.
+        assert!(
+            (0x1000_0000..0x1010_0000).contains(&b.addr),
+            "block at {:#x}",
+            b.addr
+        );
+    }
+    // boot2 comes first, at the start of flash.
+    assert_eq!(blocks[0].addr, 0x1000_0000);
+    let memory: std::collections::HashMap<u32, u8> = blocks
+        .iter()
+        .flat_map(|b| {
+            b.data
+                .iter()
+                .enumerate()
+                .map(move |(i, &v)| (b.addr + i as u32, v))
+        })
+        .collect();
+    let segments = uf2::load_segments(&elf).unwrap();
+    assert!(
+        segments.len() >= 3,
+        "expected boot2, vector table, code and data segments"
+    );
+    for seg in &segments {
+        for (i, &v) in seg.data.iter().enumerate() {
+            let addr = seg.addr + i as u32;
+            assert_eq!(memory.get(&addr), Some(&v), "UF2 byte at {addr:#x}");
+        }
+    }
+    let size = gan_tests::firmware_size(&elf).unwrap();
+    assert!(size.code_flash + size.weights_flash <= 1 << 20);
+    assert!(size.static_ram < 264 * 1024);
+    eprintln!(
+        "firmware pico (thumbv6m-none-eabi): code flash {} B, linked weights {} B, static RAM {} B, UF2 {} blocks",
+        size.code_flash,
+        size.weights_flash,
+        size.static_ram,
+        blocks.len()
+    );
+
+    // A weights-only UF2 for the WEIGHTS region, as users flash to swap models.
+    let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
+    let wblocks = uf2::read_uf2(&uf2::bin_to_uf2(
+        &default,
+        uf2::PICO_WEIGHTS_ADDR,
+        uf2::RP2040_FAMILY_ID,
+    ))
+    .unwrap();
+    assert_eq!(wblocks.len(), default.len().div_ceil(256));
+    assert_eq!(wblocks[0].addr, 0x1010_0000);
+    let back: Vec<u8> = wblocks
+        .iter()
+        .flat_map(|b| b.data.iter().copied())
+        .collect();
+    assert_eq!(&back[..default.len()], &default[..]);
+    assert!(wblocks.last().unwrap().addr + 256 <= 0x1020_0000);
+}
+
+/// The shipped default weights are a generator that fits the firmware (it is linked into every
+/// firmware build).
+#[test]
+fn default_weights_fit_the_firmware() {
+    let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
+    let aligned = AlignedBytes::new(&default);
+    let w = aligned.weights().unwrap();
+    w.check_generator_fits(512 * 1024, 1024).unwrap();
+    assert_eq!(w.spec().output().len(), 784);
+    // Together with ~70 KB of code it must fit the Pico's 1 MiB code region.
+    assert!(
+        default.len() < 900 * 1024,
+        "default weights are {} bytes",
+        default.len()
+    );
+}
+
+/// Rewrites `data/weights/default.ganw` with the random placeholder "mcu" generator (until a
+/// trained model replaces it): `cargo test -p gan-tests --test firmware -- --ignored
+/// write_placeholder_default_weights`.
+#[test]
+#[ignore = "writes data/weights/default.ganw; run by hand"]
+fn write_placeholder_default_weights() {
+    let bytes = gan_tests::make_weights(&gan_tests::mcu_spec(), 2026);
+    std::fs::write(repo_root().join("data/weights/default.ganw"), bytes).unwrap();
+}
