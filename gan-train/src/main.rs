@@ -406,13 +406,13 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     run::write_atomic(&out, &bytes)?;
     eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
     if let Some(u) = a.uf2 {
-        write_weights_uf2(&bytes, 0x1010_0000, &u)?;
+        write_weights_uf2(&bytes, gan_train::uf2::PICO_WEIGHTS_ADDR, &u)?;
     }
     Ok(())
 }
 
 fn write_weights_uf2(bytes: &[u8], addr: u32, out: &Path) -> Result<()> {
-    let uf2 = uf2_shim::bin_to_uf2(bytes, addr)?;
+    let uf2 = gan_train::uf2::bin_to_uf2(bytes, addr, gan_train::uf2::RP2040_FAMILY_ID);
     run::write_atomic(out, &uf2)?;
     eprintln!(
         "wrote {} ({} bytes, flashes to {addr:#010x})",
@@ -427,7 +427,7 @@ fn cmd_uf2(a: Uf2Args) -> Result<()> {
         (Some(elf), None) => {
             let bytes =
                 std::fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
-            let uf2 = uf2_shim::elf_to_uf2(&bytes)?;
+            let uf2 = gan_train::uf2::elf_to_uf2(&bytes, gan_train::uf2::RP2040_FAMILY_ID)?;
             run::write_atomic(&a.out, &uf2)?;
             eprintln!("wrote {} ({} bytes)", a.out.display(), uf2.len());
             Ok(())
@@ -493,12 +493,3 @@ fn cmd_download(a: DownloadArgs) -> Result<()> {
     Ok(())
 }
 
-/// Placeholder until the UF2 writer lands in `gan_train::uf2`.
-mod uf2_shim {
-    pub fn bin_to_uf2(_: &[u8], _: u32) -> anyhow::Result<Vec<u8>> {
-        anyhow::bail!("UF2 output is not available in this build")
-    }
-    pub fn elf_to_uf2(_: &[u8]) -> anyhow::Result<Vec<u8>> {
-        anyhow::bail!("UF2 output is not available in this build")
-    }
-}
