@@ -147,30 +147,36 @@ const ERASED_TAIL: usize = 16;
 /// `0xFF` on real flash), so its data checksum fails; when the end of its data section and the
 /// bytes after it are erased, the error is reported as `Truncated` rather than `DataChecksum`.
 /// A file that claims to be longer than its region is `TooLarge`.
+// Not inlined: the decoded headers and other temporaries of validation then live in this
+// function's frame, which is gone by the time the caller generates, instead of in the caller's
+// frame under every digit.
+#[inline(never)]
 pub fn load(bytes: &'static [u8], source: Source) -> Result<WeightsFile<'static>, FormatError> {
-    let (header, data_at) = format::parse_header(bytes)?;
-    let end = data_at
-        .checked_add(header.data_len as usize)
-        .ok_or(FormatError::TooLarge)?;
-    if end > bytes.len() {
-        return Err(match source {
-            Source::Region => FormatError::TooLarge,
-            Source::Linked => FormatError::Truncated,
-        });
-    }
     let file = match WeightsFile::parse(bytes) {
-        Err(FormatError::DataChecksum)
-            if source == Source::Region && erased_tail(bytes, data_at, end) =>
-        {
-            return Err(FormatError::Truncated);
-        }
-        r => r?,
+        Ok(f) => f,
+        Err(e) if source == Source::Region => return Err(region_error(bytes, e)),
+        Err(e) => return Err(e),
     };
     file.check_generator_fits(MAX_PARAMS, MAX_FEATURES)?;
     if file.spec().output().len() > MAX_PIXELS {
         return Err(FormatError::TooLarge);
     }
     Ok(file)
+}
+
+/// Refines a parse error for a file read from a flash region (see [`load`]).
+fn region_error(region: &[u8], e: FormatError) -> FormatError {
+    let Ok((header, data_at)) = format::parse_header(region) else {
+        return e;
+    };
+    let Some(end) = data_at.checked_add(header.data_len as usize) else {
+        return FormatError::TooLarge;
+    };
+    match e {
+        FormatError::Truncated if end > region.len() => FormatError::TooLarge,
+        FormatError::DataChecksum if erased_tail(region, data_at, end) => FormatError::Truncated,
+        e => e,
+    }
 }
 
 /// True if the last [`ERASED_TAIL`] bytes of the data section `[data_at, end)` and the bytes
@@ -215,8 +221,9 @@ pub struct Buffers {
 
 /// A value that can be borrowed mutably exactly once for the whole program.
 ///
-/// This is `cortex_m::singleton!` without its one drawback here: `singleton!` builds the value
-/// on the stack and moves it into place, a 16 KiB stack spike on a 264 KiB chip. This value is
+/// This is `cortex_m::singleton!` without its one drawback here: `singleton!` evaluates the
+/// initial value at run time as a local and then moves it into its static, a 16 KiB stack
+/// temporary unless the optimiser happens to remove it. This value is
 /// a zero-initialised static (it lives in `.bss`, cleared by the runtime before `main`), and
 /// the flag saying it was handed out is flipped inside a critical section, so the `&'static mut`
 /// is unique. The critical section only covers the flag: generation itself runs with interrupts
@@ -226,16 +233,9 @@ struct Once<T> {
     value: UnsafeCell<T>,
 }
 
-// SAFETY: the value is reachable only through the single `&'static mut` that `take` hands out.
+// SAFETY: the value is reachable only through the single `&'static mut` that
+// `Buffers::take` hands out.
 unsafe impl<T: Send> Sync for Once<T> {}
-
-impl<T> Once<T> {
-    fn take(&'static self) -> Option<&'static mut T> {
-        let first = critical_section::with(|cs| !self.taken.borrow(cs).replace(true));
-        // SAFETY: `first` is true for exactly one caller over the program's life.
-        first.then(|| unsafe { &mut *self.value.get() })
-    }
-}
 
 static BUFFERS: Once<Buffers> = Once {
     taken: Mutex::new(Cell::new(false)),
@@ -250,7 +250,10 @@ static BUFFERS: Once<Buffers> = Once {
 impl Buffers {
     /// The program's buffers; `Some` on the first call only.
     pub fn take() -> Option<&'static mut Buffers> {
-        BUFFERS.take()
+        let first = critical_section::with(|cs| !BUFFERS.taken.borrow(cs).replace(true));
+        // SAFETY: `first` is true for exactly one caller over the program's life, so this is
+        // the only reference to the value ever made.
+        first.then(|| unsafe { &mut *BUFFERS.value.get() })
     }
 }
 

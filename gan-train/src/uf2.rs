@@ -223,7 +223,7 @@ pub fn bin_to_uf2(data: &[u8], base_addr: u32, family_id: u32) -> Vec<u8> {
 /// consecutive block numbers and the same block count.
 pub fn read_uf2(bytes: &[u8]) -> Result<Vec<Block>> {
     ensure!(
-        bytes.len() % BLOCK_LEN == 0,
+        bytes.len().is_multiple_of(BLOCK_LEN),
         "UF2 length {} is not a multiple of 512",
         bytes.len()
     );

@@ -264,13 +264,12 @@ fn main() -> ! {
                     }
                     len = 0;
                 }
-                // Backspace / delete.
-                0x08 | 0x7f => {
-                    if len > 0 {
-                        len -= 1;
-                        usb.send(b"\x08 \x08");
-                    }
+                // Backspace / delete: erase the last character on the terminal too.
+                0x08 | 0x7f if len > 0 => {
+                    len -= 1;
+                    usb.send(b"\x08 \x08");
                 }
+                0x08 | 0x7f => {}
                 _ if len < line.len() => {
                     line[len] = b;
                     len += 1;
