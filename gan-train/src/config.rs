@@ -17,6 +17,10 @@ pub enum Arch {
     Mcu,
     /// The classic MLP GAN: G z100→256→512→1024→784, D 784→512→256→1.
     Classic,
+    /// DCGAN: G z100 → dense 128·7·7 → BN → ReLU → ConvT 64 (4×4, stride 2) → BN → ReLU →
+    /// ConvT 1 (4×4, stride 2) → Tanh; D Conv 64 → LeakyReLU → Conv 128 → BN → LeakyReLU →
+    /// dense 1. Too large for the microcontroller firmware's buffers.
+    Dcgan,
     /// Widths from `latent`, `g_hidden` and `d_hidden`.
     Custom,
 }
@@ -118,6 +122,8 @@ pub struct TrainConfig {
     pub feature_matching: f32,
     /// Minibatch discrimination in D before its last layer: `[kernels B, dims C]` (empty = off).
     pub minibatch_disc: Vec<u32>,
+    /// Dropout probability after each hidden layer of an MLP discriminator (0 = off).
+    pub d_dropout: f32,
     /// Generator optimizer.
     pub g_opt: OptKind,
     /// Discriminator optimizer.
@@ -165,6 +171,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.1,
             feature_matching: 0.0,
             minibatch_disc: vec![],
+            d_dropout: 0.0,
             g_opt: OptKind::Adam,
             d_opt: OptKind::Adam,
             g_lr: 2e-4,
@@ -238,6 +245,11 @@ impl TrainConfig {
                 c.g_hidden = vec![256, 512, 1024];
                 c.d_hidden = vec![512, 256];
             }
+            Arch::Dcgan => {
+                c.latent = 100;
+                c.g_hidden = vec![];
+                c.d_hidden = vec![];
+            }
             Arch::Custom => {}
         }
         c
@@ -278,6 +290,21 @@ impl TrainConfig {
         if c.loss == LossKind::WganGp && !c.minibatch_disc.is_empty() {
             bail!("the gradient penalty does not support minibatch discrimination");
         }
+        if !(0.0..1.0).contains(&c.d_dropout) {
+            bail!("dropout must be in [0, 1)");
+        }
+        if c.loss == LossKind::WganGp && (c.d_dropout > 0.0 || c.arch == Arch::Dcgan) {
+            bail!(
+                "the gradient penalty supports dense/LeakyReLU critics only (no dropout, no DCGAN)"
+            );
+        }
+        if c.arch == Arch::Dcgan
+            && (c.conditional || c.feature_matching > 0.0 || !c.minibatch_disc.is_empty())
+        {
+            bail!(
+                "the DCGAN preset does not combine with --conditional, feature matching or minibatch discrimination"
+            );
+        }
         Ok(())
     }
 
@@ -285,6 +312,9 @@ impl TrainConfig {
     pub fn generator(&self, data: DataShape) -> Result<NetDef> {
         let c = self.resolved();
         let classes = if c.conditional { data.classes } else { 0 };
+        if c.arch == Arch::Dcgan {
+            return dcgan_generator(&c, data);
+        }
         let mut layers = Vec::new();
         for &h in &c.g_hidden {
             layers.push(Layer::Dense { out: h });
@@ -316,10 +346,16 @@ impl TrainConfig {
     pub fn discriminator(&self, data: DataShape) -> Result<NetDef> {
         let c = self.resolved();
         let classes = if c.conditional { data.classes } else { 0 };
+        if c.arch == Arch::Dcgan {
+            return dcgan_discriminator(&c, data);
+        }
         let mut layers = Vec::new();
         for &h in &c.d_hidden {
             layers.push(Layer::Dense { out: h });
             layers.push(Layer::LeakyRelu { alpha: 0.2 });
+            if c.d_dropout > 0.0 {
+                layers.push(Layer::Dropout { p: c.d_dropout });
+            }
         }
         if let [b, cdim] = c.minibatch_disc[..] {
             layers.push(Layer::MinibatchDisc {
@@ -340,9 +376,11 @@ impl TrainConfig {
     }
 
     /// Index (exclusive end) of the discriminator layers whose output feature matching compares:
-    /// the last hidden activation.
+    /// the last hidden activation (after dropout, when enabled).
     pub fn feature_layer(&self) -> usize {
-        2 * self.resolved().d_hidden.len()
+        let c = self.resolved();
+        let per = if c.d_dropout > 0.0 { 3 } else { 2 };
+        per * c.d_hidden.len()
     }
 
     /// Optimizer for G or D.
@@ -361,4 +399,91 @@ impl TrainConfig {
             }),
         }
     }
+}
+
+const BN: Layer = Layer::BatchNorm {
+    eps: 1e-5,
+    momentum: 0.1,
+};
+
+fn checked(def: NetDef, what: &str) -> Result<NetDef> {
+    Spec::new(def.input, &def.layers).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    Ok(def)
+}
+
+/// The DCGAN generator for `h × w` images (both divisible by 4).
+fn dcgan_generator(c: &TrainConfig, data: DataShape) -> Result<NetDef> {
+    if data.h % 4 != 0 || data.w % 4 != 0 {
+        bail!("the DCGAN preset needs image sides divisible by 4");
+    }
+    let (h4, w4) = (data.h / 4, data.w / 4);
+    let layers = vec![
+        Layer::Dense { out: 128 * h4 * w4 },
+        Layer::Reshape {
+            to: Shape::image(128, h4, w4),
+        },
+        BN,
+        Layer::Relu,
+        Layer::ConvTranspose2d {
+            out_c: 64,
+            k: 4,
+            stride: 2,
+            pad: 1,
+        },
+        BN,
+        Layer::Relu,
+        Layer::ConvTranspose2d {
+            out_c: 1,
+            k: 4,
+            stride: 2,
+            pad: 1,
+        },
+        match c.g_out {
+            OutAct::Tanh => Layer::Tanh,
+            OutAct::Sigmoid => Layer::Sigmoid,
+        },
+    ];
+    checked(
+        NetDef {
+            input: Shape::flat(c.latent),
+            layers,
+        },
+        "generator",
+    )
+}
+
+/// The DCGAN discriminator.
+fn dcgan_discriminator(c: &TrainConfig, data: DataShape) -> Result<NetDef> {
+    let mut layers = vec![
+        Layer::Reshape {
+            to: Shape::image(1, data.h, data.w),
+        },
+        Layer::Conv2d {
+            out_c: 64,
+            k: 4,
+            stride: 2,
+            pad: 1,
+        },
+        Layer::LeakyRelu { alpha: 0.2 },
+        Layer::Conv2d {
+            out_c: 128,
+            k: 4,
+            stride: 2,
+            pad: 1,
+        },
+        BN,
+        Layer::LeakyRelu { alpha: 0.2 },
+        Layer::Flatten,
+        Layer::Dense { out: 1 },
+    ];
+    if c.loss == LossKind::BceProb {
+        layers.push(Layer::Sigmoid);
+    }
+    checked(
+        NetDef {
+            input: Shape::flat(data.h * data.w),
+            layers,
+        },
+        "discriminator",
+    )
 }

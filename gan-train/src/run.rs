@@ -336,15 +336,13 @@ fn grid_cols(n: usize) -> usize {
     (n as f64).sqrt().ceil().max(1.0) as usize
 }
 
-fn save_epoch_grid(
-    gan: &mut Gan,
-    run: &RunDir,
-    z: &[f32],
-    epoch: u32,
-    exec: &dyn Exec,
-) -> Result<()> {
+fn save_epoch_grid(gan: &Gan, run: &RunDir, z: &[f32], epoch: u32) -> Result<()> {
+    // Inference mode (running BatchNorm statistics, no dropout): what an export will draw.
     let n = gan.cfg.grid;
-    let out = gan.generate_batch(z, n, exec)?;
+    let spec = gan.g.def.spec();
+    let mut out = vec![0.0; n * spec.output().len()];
+    let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
+    gan_core::model::infer(&spec, &gan.g.params, z, &mut out, &mut scratch, n)?;
     let px = to_pixels(&out, gan.cfg.g_out);
     let (h, w) = (gan.data.h as usize, gan.data.w as usize);
     fs::create_dir_all(run.samples())?;
@@ -493,8 +491,7 @@ fn run_loop(
         gan.batch_in_epoch = 0;
         log.append_csv(&run.csv())?;
         if opts.reports {
-            let e = gan.epoch;
-            save_epoch_grid(&mut gan, run, &z_fixed, e, exec)?;
+            save_epoch_grid(&gan, run, &z_fixed, gan.epoch)?;
             if !log.rows().is_empty() {
                 report::plot_losses(&run.plot(), log.rows(), "GAN training")?;
             }

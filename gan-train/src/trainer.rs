@@ -16,7 +16,7 @@ use anyhow::{Result, bail};
 use gan_core::gp;
 use gan_core::kernels::Exec;
 use gan_core::loss;
-use gan_core::model;
+use gan_core::model::{self, ForwardCtx};
 use gan_core::noise::{self, NoiseRng};
 use gan_core::optim::{self, Optimizer};
 use gan_core::spec::Spec;
@@ -421,8 +421,11 @@ impl Gan {
                 row,
             );
         }
+        let (seed, step) = (self.cfg.seed, self.step);
+        let ctx = |pass: u64| ForwardCtx::with_seed(mix(seed, step, pass));
         model::input_mut(&gs, &mut w.g_acts, n).copy_from_slice(&w.z);
-        model::forward(&gs, &self.g.params, &mut w.g_acts, n, exec)?;
+        model::forward_with(&gs, &self.g.params, &mut w.g_acts, n, exec, &ctx(0))?;
+        model::update_running_stats(&gs, &mut self.g.params, &w.g_acts, n)?;
         let fake = model::output(&gs, &w.g_acts, n);
 
         Self::write_d_input(
@@ -439,8 +442,9 @@ impl Gan {
             px,
             classes,
         );
-        model::forward(&ds, &self.d.params, &mut w.d_real, n, exec)?;
-        model::forward(&ds, &self.d.params, &mut w.d_fake, n, exec)?;
+        model::forward_with(&ds, &self.d.params, &mut w.d_real, n, exec, &ctx(1))?;
+        model::forward_with(&ds, &self.d.params, &mut w.d_fake, n, exec, &ctx(2))?;
+        model::update_running_stats(&ds, &mut self.d.params, &w.d_real, n)?;
         let sr = model::output(&ds, &w.d_real, n);
         let sf = model::output(&ds, &w.d_fake, n);
 
@@ -533,8 +537,11 @@ impl Gan {
                 row,
             );
         }
+        let (seed, step) = (self.cfg.seed, self.step);
+        let ctx = |pass: u64| ForwardCtx::with_seed(mix(seed, step, pass));
         model::input_mut(&gs, &mut w.g_acts, n).copy_from_slice(&w.z);
-        model::forward(&gs, &self.g.params, &mut w.g_acts, n, exec)?;
+        model::forward_with(&gs, &self.g.params, &mut w.g_acts, n, exec, &ctx(3))?;
+        model::update_running_stats(&gs, &mut self.g.params, &w.g_acts, n)?;
         let fake = model::output(&gs, &w.g_acts, n);
         Self::write_d_input(
             model::input_mut(&ds, &mut w.d_fake, n),
@@ -543,7 +550,7 @@ impl Gan {
             px,
             classes,
         );
-        model::forward(&ds, &self.d.params, &mut w.d_fake, n, exec)?;
+        model::forward_with(&ds, &self.d.params, &mut w.d_fake, n, exec, &ctx(4))?;
         let sf = model::output(&ds, &w.d_fake, n);
         let gf = &mut w.grad_fake[..];
         let mut g_loss = match self.cfg.loss {
@@ -575,7 +582,7 @@ impl Gan {
                 px,
                 classes,
             );
-            model::forward(&ds, &self.d.params, &mut w.d_real, n, exec)?;
+            model::forward_with(&ds, &self.d.params, &mut w.d_real, n, exec, &ctx(5))?;
             let info = ds.layer(upto - 1).expect("feature layer exists");
             let f = info.out_shape.len();
             w.real_feat.copy_from_slice(&w.d_real[info.out_range(n)]);
@@ -628,6 +635,15 @@ impl Gan {
         self.g.step()?;
         Ok(g_loss)
     }
+}
+
+/// A per-pass seed for dropout masks: distinct for every run seed, step and pass.
+fn mix(seed: u64, step: u64, pass: u64) -> u64 {
+    let mut x =
+        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pass.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 29)
 }
 
 /// Mean scores and accuracies, on the scale each loss uses.
