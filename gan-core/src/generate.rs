@@ -34,7 +34,12 @@ impl<'a> Generator<'a> {
             latent: h.latent as usize,
             classes: h.classes as usize,
             noise: h.noise,
-            sigmoid_out: matches!(h.layers.last(), Some(Layer::Sigmoid)),
+            // The output activation is the last layer that is not a view (a Reshape usually
+            // follows it).
+            sigmoid_out: matches!(
+                h.layers.iter().rev().find(|l| !l.is_view()),
+                Some(Layer::Sigmoid)
+            ),
         })
     }
 

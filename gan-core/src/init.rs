@@ -153,6 +153,16 @@ pub fn init_params<R: Rng + ?Sized>(
                 let c = stats.len() / 2;
                 stats[c..].fill(1.0);
             }
+            Layer::MinibatchDisc { kernels, dims } => {
+                // T maps A input features to B·C kernel values.
+                let fan_out = kernels as usize * dims as usize;
+                weight_init.fill(
+                    rng,
+                    &mut params[info.weight_range()],
+                    info.in_shape.len(),
+                    fan_out,
+                );
+            }
             _ if info.weight_len == 0 => {}
             // A layer with weights but no rule for its fans yet.
             _ => return Err(CoreError::Unsupported { layer: info.index }),

@@ -281,6 +281,9 @@ impl TrainConfig {
         {
             bail!("minibatch discrimination takes two positive numbers: kernels and dims");
         }
+        if c.grid == 0 {
+            bail!("the sample grid needs at least one image");
+        }
         if c.n_critic == 0 {
             bail!("n_critic must be at least 1");
         }

@@ -52,7 +52,7 @@ enum Cmd {
 }
 
 /// Model and training options; every flag overrides the config file (or the defaults).
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Args, Clone, Debug, Default, PartialEq)]
 struct ModelArgs {
     /// TOML config file (see a run's config.toml for every key).
     #[arg(long)]
@@ -350,8 +350,18 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         eprintln!("\nstopping after this step and writing a checkpoint (Ctrl-C again to quit now)");
     })?;
     let outcome = if a.resume.is_some() {
+        let allowed = ModelArgs {
+            epochs: a.model.epochs,
+            max_steps: a.model.max_steps,
+            ..ModelArgs::default()
+        };
+        if a.model != allowed {
+            bail!(
+                "with --resume only --epochs and --max-steps may change; the rest of the configuration comes from the checkpoint"
+            );
+        }
         eprintln!("resuming {}", run_dir.display());
-        run::resume(&opts, a.model.epochs, &Pool)?
+        run::resume_with(&opts, a.model.epochs, a.model.max_steps, &Pool)?
     } else {
         let cfg = a.model.config()?;
         let shape = DataShape::MNIST;
@@ -450,6 +460,9 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         Some(c) => ClassChoice::Fixed(c),
         None => ClassChoice::Cycle,
     };
+    if a.class.is_some() && w.header.classes == 0 {
+        bail!("--class needs a conditional model; this generator is unconditional");
+    }
     let pixels = sample::generate(&w, a.seed, a.n, class)?;
     let per = out.len();
     if let Some(p) = &a.png {
@@ -492,4 +505,3 @@ fn cmd_download(a: DownloadArgs) -> Result<()> {
     );
     Ok(())
 }
-

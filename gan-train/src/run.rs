@@ -27,7 +27,7 @@ use gan_core::noise;
 use crate::config::{DataShape, OutAct, TrainConfig};
 use crate::data::{Batcher, Dataset, Scale};
 use crate::report::{self, LossLog, LossRow};
-use crate::trainer::{Checkpoint, Gan, StepStats};
+use crate::trainer::{Checkpoint, DataSource, Gan, StepStats};
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"GANC";
 const CHECKPOINT_VERSION: u32 = 1;
@@ -96,14 +96,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .context("path has no file name")?
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp"));
-    {
+    let written = (|| -> Result<()> {
         let mut f =
             fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        // Leave nothing behind; the old file (if any) is untouched.
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    written?;
     // Persist the rename itself (best effort: not every platform can open a directory).
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
@@ -273,7 +279,18 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, exec: &dyn Exec) -> Result<Ou
     if cfg.conditional && data.labels.is_none() {
         bail!("a conditional GAN needs labels, and this data set has none");
     }
-    let gan = Gan::new(cfg, shape)?;
+    let mut gan = Gan::new(cfg, shape)?;
+    gan.source = DataSource {
+        // Absolute, so a resume from another working directory finds the same files.
+        dir: opts.data_dir.as_ref().map(|d| {
+            fs::canonicalize(d)
+                .unwrap_or_else(|_| d.clone())
+                .to_string_lossy()
+                .into_owned()
+        }),
+        limit: opts.limit,
+        images: data.n,
+    };
     fs::create_dir_all(run.root()).with_context(|| format!("creating {}", run.root().display()))?;
     write_atomic(&run.config(), toml::to_string_pretty(&gan.cfg)?.as_bytes())?;
     // Start the CSV afresh (a leftover from an aborted run without checkpoint is stale).
@@ -283,12 +300,37 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, exec: &dyn Exec) -> Result<Ou
 
 /// Continues the run in `opts.run_dir` from its checkpoint; `epochs` may extend it.
 pub fn resume(opts: &RunOptions, epochs: Option<u32>, exec: &dyn Exec) -> Result<Outcome> {
+    resume_with(opts, epochs, None, exec)
+}
+
+/// Like [`resume`]; `max_steps` may also change the step limit (0 = none).
+///
+/// The run continues on the data it started with: the data directory and image limit stored in
+/// the checkpoint are used unless `opts` names them, and a data set of another size is refused.
+pub fn resume_with(
+    opts: &RunOptions,
+    epochs: Option<u32>,
+    max_steps: Option<u64>,
+    exec: &dyn Exec,
+) -> Result<Outcome> {
     let run = RunDir::new(&opts.run_dir);
     let mut ck = load_checkpoint(&run.checkpoint())?;
+    let changed = epochs.is_some_and(|e| e != ck.config.epochs)
+        || max_steps.is_some_and(|m| m != ck.config.max_steps);
     if let Some(e) = epochs {
         ck.config.epochs = e;
     }
-    let data = load_data(opts)?;
+    if let Some(m) = max_steps {
+        ck.config.max_steps = m;
+    }
+    let mut opts = opts.clone();
+    if opts.data_dir.is_none() {
+        opts.data_dir = ck.source.dir.as_ref().map(PathBuf::from);
+    }
+    if opts.limit == 0 {
+        opts.limit = ck.source.limit;
+    }
+    let data = load_data(&opts)?;
     let shape = data_shape(&data)?;
     ensure!(
         shape == ck.data,
@@ -300,8 +342,20 @@ pub fn resume(opts: &RunOptions, epochs: Option<u32>, exec: &dyn Exec) -> Result
         ck.data.w,
         ck.data.classes
     );
+    ensure!(
+        ck.source.images == 0 || data.n == ck.source.images,
+        "the run trained on {} images, this data has {} (check --data and --limit)",
+        ck.source.images,
+        data.n
+    );
+    if changed {
+        write_atomic(
+            &run.config(),
+            toml::to_string_pretty(&ck.config)?.as_bytes(),
+        )?;
+    }
     let gan = Gan::from_checkpoint(ck)?;
-    run_loop(gan, data, &run, opts, exec)
+    run_loop(gan, data, &run, &opts, exec)
 }
 
 /// The fixed noise batch for grids: `grid` rows of G input, classes cycling 0..classes.
@@ -462,10 +516,15 @@ fn run_loop(
             batcher.fill_batch(&perm, b * batch, &mut real, &mut labels);
             let stats = gan.train_step(&real, &labels, exec).map_err(|e| {
                 bar.abandon();
-                e.context(format!(
-                    "stopped; the last good checkpoint is kept at {} (try a lower learning rate)",
-                    run.checkpoint().display()
-                ))
+                let kept = if run.checkpoint().exists() {
+                    format!(
+                        "the last good checkpoint is kept at {}",
+                        run.checkpoint().display()
+                    )
+                } else {
+                    "no checkpoint had been written yet".to_string()
+                };
+                e.context(format!("stopped; {kept} (try a lower learning rate)"))
             })?;
             gan.batch_in_epoch += 1;
             window.add(&stats);

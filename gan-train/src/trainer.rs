@@ -105,6 +105,17 @@ pub struct StepStats {
     pub acc_fake: f32,
 }
 
+/// Where a run's images came from, so a resume trains on the same ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSource {
+    /// Data directory (`None`: the bundled digits).
+    pub dir: Option<String>,
+    /// Image limit (0 = all).
+    pub limit: usize,
+    /// Number of images trained on.
+    pub images: usize,
+}
+
 /// Everything needed to continue training exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -134,6 +145,8 @@ pub struct Checkpoint {
     pub batch_in_epoch: u32,
     /// Last generator loss (so logs continue smoothly).
     pub last_g_loss: f32,
+    /// The training data.
+    pub source: DataSource,
 }
 
 /// Work buffers for one batch size.
@@ -178,6 +191,8 @@ pub struct Gan {
     pub epoch: u32,
     /// Batches of the current epoch consumed.
     pub batch_in_epoch: u32,
+    /// The training data (recorded in checkpoints).
+    pub source: DataSource,
     last_g_loss: f32,
     work: Work,
 }
@@ -213,6 +228,7 @@ impl Gan {
             step: 0,
             epoch: 0,
             batch_in_epoch: 0,
+            source: DataSource::default(),
             last_g_loss: 0.0,
             work: Work::default(),
         })
@@ -258,6 +274,7 @@ impl Gan {
         gan.epoch = ck.epoch;
         gan.batch_in_epoch = ck.batch_in_epoch;
         gan.last_g_loss = ck.last_g_loss;
+        gan.source = ck.source;
         Ok(gan)
     }
 
@@ -277,6 +294,7 @@ impl Gan {
             epoch: self.epoch,
             batch_in_epoch: self.batch_in_epoch,
             last_g_loss: self.last_g_loss,
+            source: self.source.clone(),
         }
     }
 

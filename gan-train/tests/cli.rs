@@ -511,7 +511,6 @@ fn interrupt_writes_a_checkpoint_that_resumes() {
 /// The brief's resume command has no `--limit`: the run should keep training on the data it
 /// started with (128 images, 8 steps an epoch), not switch silently to all 10,000.
 #[test]
-#[ignore = "bug: resume forgets --limit/--data; the run silently continues on another data set"]
 fn resume_keeps_the_data_the_run_started_with() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
