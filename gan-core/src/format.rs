@@ -390,7 +390,7 @@ impl<'a> WeightsFile<'a> {
 
 #[cfg(target_endian = "little")]
 fn bytes_as_f32(data: &[u8]) -> Result<&[f32], FormatError> {
-    if data.len() % 4 != 0 {
+    if !data.len().is_multiple_of(4) {
         return Err(FormatError::BadTensorTable);
     }
     // SAFETY: every bit pattern is a valid f32, and `align_to` only puts correctly aligned,

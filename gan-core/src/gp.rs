@@ -45,7 +45,7 @@ pub fn interpolate(
     eps: &[f32],
 ) -> Result<(), CoreError> {
     let n = eps.len();
-    if n == 0 || out.len() % n != 0 {
+    if n == 0 || !out.len().is_multiple_of(n) {
         return Err(CoreError::ZeroSize);
     }
     check_len("real", real.len(), out.len())?;

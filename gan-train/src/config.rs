@@ -416,7 +416,7 @@ fn checked(def: NetDef, what: &str) -> Result<NetDef> {
 
 /// The DCGAN generator for `h × w` images (both divisible by 4).
 fn dcgan_generator(c: &TrainConfig, data: DataShape) -> Result<NetDef> {
-    if data.h % 4 != 0 || data.w % 4 != 0 {
+    if !data.h.is_multiple_of(4) || !data.w.is_multiple_of(4) {
         bail!("the DCGAN preset needs image sides divisible by 4");
     }
     let (h4, w4) = (data.h / 4, data.w / 4);

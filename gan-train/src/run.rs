@@ -528,7 +528,7 @@ fn run_loop(
             })?;
             gan.batch_in_epoch += 1;
             window.add(&stats);
-            if gan.step % log_every == 0
+            if gan.step.is_multiple_of(log_every)
                 && let Some(row) = window.take(gan.step, gan.epoch)
             {
                 log.push(row);

@@ -371,7 +371,7 @@ impl Gan {
         exec: &dyn Exec,
     ) -> Result<StepStats> {
         let px = self.data.pixels();
-        if real.is_empty() || real.len() % px != 0 {
+        if real.is_empty() || !real.len().is_multiple_of(px) {
             bail!(
                 "real batch has {} values, not a multiple of {px}",
                 real.len()
@@ -384,7 +384,7 @@ impl Gan {
         self.ensure_work(n);
         let mut stats = self.d_step(real, labels, exec)?;
         self.step += 1;
-        if self.step % self.cfg.n_critic as u64 == 0 {
+        if self.step.is_multiple_of(self.cfg.n_critic as u64) {
             self.last_g_loss = self.g_step(real, labels, exec)?;
         }
         stats.g_loss = self.last_g_loss;
