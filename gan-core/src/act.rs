@@ -71,7 +71,9 @@ impl Activation {
     /// `dinp = dout ⊙ f'(·)`, overwriting `dinp`. `inp` and `out` are the forward input and
     /// output (ReLU family uses the input's sign, Tanh and Sigmoid use the output).
     pub fn backward(self, dinp: &mut [f32], dout: &[f32], inp: &[f32], out: &[f32]) {
-        debug_assert!(dinp.len() == dout.len() && dout.len() == inp.len() && inp.len() == out.len());
+        debug_assert!(
+            dinp.len() == dout.len() && dout.len() == inp.len() && inp.len() == out.len()
+        );
         match self {
             Activation::Relu => dinp
                 .iter_mut()

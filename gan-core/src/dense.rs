@@ -154,7 +154,19 @@ mod tests {
         let mut dx = [0.0f32; 12];
         let mut dw = [0.0f32; 20];
         let mut db = [0.0f32; 5];
-        dense_backward(Some(&mut dx), &mut dw, &mut db, &g, &x, &w, n, ci, co, &Serial).unwrap();
+        dense_backward(
+            Some(&mut dx),
+            &mut dw,
+            &mut db,
+            &g,
+            &x,
+            &w,
+            n,
+            ci,
+            co,
+            &Serial,
+        )
+        .unwrap();
         grad_check(&x, &dx, |xp| loss(xp, &w, &b), 1e-2, 1e-3);
         grad_check(&w, &dw, |wp| loss(&x, wp, &b), 1e-2, 1e-3);
         grad_check(&b, &db, |bp| loss(&x, &w, bp), 1e-2, 1e-3);

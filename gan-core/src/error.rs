@@ -40,7 +40,10 @@ impl fmt::Display for SpecError {
                 write!(f, "layer {layer}: zero or overflowing dimension")
             }
             SpecError::ShapeMismatch { layer } => {
-                write!(f, "layer {layer}: input shape does not fit the previous layer's output")
+                write!(
+                    f,
+                    "layer {layer}: input shape does not fit the previous layer's output"
+                )
             }
             SpecError::BadParameter { layer } => write!(f, "layer {layer}: parameter out of range"),
             SpecError::TooManyLayers => write!(f, "too many layers"),

@@ -249,7 +249,10 @@ impl core::fmt::Display for FormatError {
             FormatError::Truncated => write!(f, "weights file is truncated"),
             FormatError::BadMagic => write!(f, "not a weights file (magic is not GANW)"),
             FormatError::UnsupportedVersion(v) => {
-                write!(f, "weights format version {v} is not supported (this build reads {VERSION})")
+                write!(
+                    f,
+                    "weights format version {v} is not supported (this build reads {VERSION})"
+                )
             }
             FormatError::CorruptHeader => write!(f, "weights header is corrupt"),
             FormatError::BadArchitecture(e) => write!(f, "weights architecture is invalid: {e}"),
@@ -317,8 +320,8 @@ pub fn parse_header(bytes: &[u8]) -> Result<(Header, usize), FormatError> {
     if crc32(header_bytes) != read_u32(bytes, 12) {
         return Err(FormatError::CorruptHeader);
     }
-    let (header, rest) =
-        postcard::take_from_bytes::<Header>(header_bytes).map_err(|_| FormatError::CorruptHeader)?;
+    let (header, rest) = postcard::take_from_bytes::<Header>(header_bytes)
+        .map_err(|_| FormatError::CorruptHeader)?;
     if !rest.is_empty() {
         return Err(FormatError::CorruptHeader);
     }
@@ -338,9 +341,12 @@ impl<'a> WeightsFile<'a> {
             }));
         }
         if header.kind == ModelKind::Generator
-            && (header.latent as usize).checked_add(header.classes as usize) != Some(spec.input().len())
+            && (header.latent as usize).checked_add(header.classes as usize)
+                != Some(spec.input().len())
         {
-            return Err(FormatError::BadArchitecture(SpecError::ShapeMismatch { layer: 0 }));
+            return Err(FormatError::BadArchitecture(SpecError::ShapeMismatch {
+                layer: 0,
+            }));
         }
         let expected = tensor_table(&spec)?;
         if header.tensors != expected {
@@ -350,7 +356,9 @@ impl<'a> WeightsFile<'a> {
         if data_len != spec.param_len() * 4 {
             return Err(FormatError::BadTensorTable);
         }
-        let end = data_at.checked_add(data_len).ok_or(FormatError::Truncated)?;
+        let end = data_at
+            .checked_add(data_len)
+            .ok_or(FormatError::Truncated)?;
         let data = bytes.get(data_at..end).ok_or(FormatError::Truncated)?;
         if crc32(data) != header.data_crc {
             return Err(FormatError::DataChecksum);
@@ -376,7 +384,11 @@ impl<'a> WeightsFile<'a> {
 
     /// Checks that this is a generator whose parameters and widest activation fit the caller's
     /// fixed buffers.
-    pub fn check_generator_fits(&self, max_params: usize, max_features: usize) -> Result<(), FormatError> {
+    pub fn check_generator_fits(
+        &self,
+        max_params: usize,
+        max_features: usize,
+    ) -> Result<(), FormatError> {
         if self.header.kind != ModelKind::Generator {
             return Err(FormatError::WrongKind);
         }
@@ -458,7 +470,11 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         t[i] = c;
@@ -526,7 +542,9 @@ mod tests {
 
     fn sample_file() -> (Aligned, usize, Vec<f32>) {
         let spec = Spec::new(Shape::flat(3), &LAYERS).unwrap();
-        let params: Vec<f32> = (0..spec.param_len()).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let params: Vec<f32> = (0..spec.param_len())
+            .map(|i| i as f32 * 0.25 - 3.0)
+            .collect();
         let h = Header::for_spec(ModelKind::Generator, &spec, 3, 0, NoiseKind::Gaussian).unwrap();
         let mut buf = Aligned([0xAA; 4096]);
         let n = write(&mut buf.0, &h, &params).unwrap();
@@ -576,7 +594,10 @@ mod tests {
             Err(FormatError::UnsupportedVersion(9))
         );
         assert_eq!(parse_mod(&|b| b[20] ^= 1), Err(FormatError::CorruptHeader));
-        assert_eq!(parse_mod(&|b| b[n - 3] ^= 0x10), Err(FormatError::DataChecksum));
+        assert_eq!(
+            parse_mod(&|b| b[n - 3] ^= 0x10),
+            Err(FormatError::DataChecksum)
+        );
         // Misaligned in memory: the same bytes one byte later.
         let mut b = Aligned([0; 4096]);
         b.0[1..n + 1].copy_from_slice(good);
@@ -609,7 +630,8 @@ mod tests {
     fn rejects_inconsistent_headers() {
         let spec = Spec::new(Shape::flat(3), &LAYERS).unwrap();
         let params = vec![0.5f32; spec.param_len()];
-        let good = Header::for_spec(ModelKind::Generator, &spec, 3, 0, NoiseKind::Gaussian).unwrap();
+        let good =
+            Header::for_spec(ModelKind::Generator, &spec, 3, 0, NoiseKind::Gaussian).unwrap();
         let check = |h: &Header| {
             let mut buf = Aligned([0; 4096]);
             // Write a consistent file, then swap in the modified header with a fresh CRC.
@@ -641,13 +663,19 @@ mod tests {
         assert!(matches!(check(&h), Err(FormatError::BadArchitecture(_))));
         let mut h = good.clone();
         h.layers.clear();
-        assert_eq!(check(&h), Err(FormatError::BadArchitecture(SpecError::Empty)));
+        assert_eq!(
+            check(&h),
+            Err(FormatError::BadArchitecture(SpecError::Empty))
+        );
         let mut h = good.clone();
         h.kind = ModelKind::Discriminator;
         h.latent = 0;
         let mut buf = Aligned([0; 4096]);
         let n = write(&mut buf.0, &h, &params).unwrap();
         let f = WeightsFile::parse(&buf.0[..n]).unwrap();
-        assert_eq!(f.check_generator_fits(usize::MAX, usize::MAX), Err(FormatError::WrongKind));
+        assert_eq!(
+            f.check_generator_fits(usize::MAX, usize::MAX),
+            Err(FormatError::WrongKind)
+        );
     }
 }

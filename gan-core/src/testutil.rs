@@ -5,7 +5,9 @@ pub struct Lcg(u64);
 
 impl Lcg {
     pub fn new(seed: u64) -> Self {
-        Lcg(seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407))
+        Lcg(seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407))
     }
     /// Uniform in `[-1, 1)`.
     pub fn next_f32(&mut self) -> f32 {
@@ -30,7 +32,13 @@ impl Lcg {
 /// Each coordinate is perturbed by `h·max(1, |x_i|)`; the check passes when
 /// `|analytic - numeric| <= atol + rtol·|numeric|` with `rtol = atol·10`. `f` evaluates the loss
 /// in f64 from an f32 forward pass, so `h` around 1e-2 balances truncation and rounding error.
-pub fn grad_check(x: &[f32], analytic: &[f32], mut f: impl FnMut(&[f32]) -> f64, h: f32, atol: f64) {
+pub fn grad_check(
+    x: &[f32],
+    analytic: &[f32],
+    mut f: impl FnMut(&[f32]) -> f64,
+    h: f32,
+    atol: f64,
+) {
     assert_eq!(x.len(), analytic.len());
     let mut xp = std::vec::Vec::from(x);
     for i in 0..x.len() {

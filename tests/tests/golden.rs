@@ -29,7 +29,9 @@ const MCU: [Layer; 7] = [
 ];
 
 fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(name)
 }
 
 fn check_golden(name: &str, actual: &[u8]) {
@@ -40,7 +42,10 @@ fn check_golden(name: &str, actual: &[u8]) {
         return;
     }
     let expected = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("missing golden file {} ({e}); run with GAN_BLESS=1 once", path.display())
+        panic!(
+            "missing golden file {} ({e}); run with GAN_BLESS=1 once",
+            path.display()
+        )
     });
     assert_eq!(expected.len(), actual.len(), "{name}: length differs");
     if let Some(i) = expected.iter().zip(actual).position(|(a, b)| a != b) {
