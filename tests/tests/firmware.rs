@@ -594,13 +594,3 @@ fn default_weights_fit_the_firmware() {
         default.len()
     );
 }
-
-/// Rewrites `data/weights/default.ganw` with the random placeholder "mcu" generator (until a
-/// trained model replaces it): `cargo test -p gan-tests --test firmware -- --ignored
-/// write_placeholder_default_weights`.
-#[test]
-#[ignore = "writes data/weights/default.ganw; run by hand"]
-fn write_placeholder_default_weights() {
-    let bytes = gan_tests::make_weights(&gan_tests::mcu_spec(), 2026);
-    std::fs::write(repo_root().join("data/weights/default.ganw"), bytes).unwrap();
-}
