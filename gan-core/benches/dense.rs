@@ -1,0 +1,215 @@
+//! Dense-layer kernels at the MNIST GAN generator's shapes, batch 64, single-threaded.
+//!
+//! For every layer `c_in → c_out` this measures the three training products of one step
+//! (forward `matmul`, weight gradient `matmul_tn`, input gradient `matmul_nt`), the same three
+//! products with `matrixmultiply::sgemm` as a yardstick, and the exact inference kernel at batch
+//! 1 and 64. Throughput is reported in elements per second where one element is one flop
+//! (`2·m·n·k` per product), so `Gelem/s` reads as GFLOP/s.
+//!
+//! Run with `cargo bench -p gan-core --bench dense`; pass a filter such as `-- 512x1024` to run
+//! one layer.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gan_core::kernels::{self, Serial};
+
+/// Batch size of the training steps measured here.
+const BATCH: usize = 64;
+
+/// The generator's dense layers (`c_in`, `c_out`).
+const LAYERS: [(usize, usize); 4] = [(100, 256), (256, 512), (512, 1024), (1024, 784)];
+
+/// Deterministic values in `[-1, 1)`.
+fn filled(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// `C (m×n) = beta·C + A·B` with `matrixmultiply`, operands described by (row, column) strides.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    c: &mut [f32],
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    (m, k, n): (usize, usize, usize),
+    beta: f32,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    // SAFETY: the strides describe an m×k and a k×n matrix inside `a` and `b` (asserted
+    // lengths), and `c` is a contiguous m×n row-major matrix that aliases neither.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+fn dense(cr: &mut Criterion) {
+    for (c_in, c_out) in LAYERS {
+        let n = BATCH;
+        let x = filled(n * c_in, 1); // N × C_in
+        let w = filled(c_in * c_out, 2); // C_in × C_out
+        let dout = filled(n * c_out, 3); // N × C_out
+        let bias = filled(c_out, 4); // C_out
+        let mut out = vec![0.0f32; n * c_out]; // N × C_out
+        let mut dw = vec![0.0f32; c_in * c_out]; // C_in × C_out
+        let mut dx = vec![0.0f32; n * c_in]; // N × C_in
+        let flops = (2 * n * c_in * c_out) as u64;
+
+        let mut g = cr.benchmark_group(format!("dense/{c_in}x{c_out}"));
+        g.throughput(Throughput::Elements(flops));
+
+        // (a) forward: out (N×C_out) += x (N×C_in) · w (C_in×C_out), as dense_forward does.
+        g.bench_function("fwd/gan-core", |bn| {
+            bn.iter(|| {
+                kernels::matmul(
+                    &mut out,
+                    black_box(&x),
+                    black_box(&w),
+                    n,
+                    c_in,
+                    c_out,
+                    true,
+                    &Serial,
+                )
+            })
+        });
+        g.bench_function("fwd/matrixmultiply", |bn| {
+            bn.iter(|| {
+                sgemm(
+                    &mut out,
+                    black_box(&x),
+                    (c_in, 1),
+                    black_box(&w),
+                    (c_out, 1),
+                    (n, c_in, c_out),
+                    1.0,
+                )
+            })
+        });
+
+        // (b) weight gradient: dw (C_in×C_out) += xᵀ · dout, x stored N×C_in.
+        g.bench_function("dw/gan-core", |bn| {
+            bn.iter(|| {
+                kernels::matmul_tn(
+                    &mut dw,
+                    black_box(&x),
+                    black_box(&dout),
+                    c_in,
+                    n,
+                    c_out,
+                    true,
+                    &Serial,
+                )
+            })
+        });
+        g.bench_function("dw/matrixmultiply", |bn| {
+            bn.iter(|| {
+                sgemm(
+                    &mut dw,
+                    black_box(&x),
+                    (1, c_in),
+                    black_box(&dout),
+                    (c_out, 1),
+                    (c_in, n, c_out),
+                    1.0,
+                )
+            })
+        });
+
+        // (c) input gradient: dx (N×C_in) = dout · wᵀ, w stored C_in×C_out.
+        g.bench_function("dx/gan-core", |bn| {
+            bn.iter(|| {
+                kernels::matmul_nt(
+                    &mut dx,
+                    black_box(&dout),
+                    black_box(&w),
+                    n,
+                    c_out,
+                    c_in,
+                    false,
+                    &Serial,
+                )
+            })
+        });
+        g.bench_function("dx/matrixmultiply", |bn| {
+            bn.iter(|| {
+                sgemm(
+                    &mut dx,
+                    black_box(&dout),
+                    (c_out, 1),
+                    black_box(&w),
+                    (1, c_out),
+                    (n, c_out, c_in),
+                    0.0,
+                )
+            })
+        });
+
+        // (e) the exact inference kernel at batch 64 and at batch 1.
+        g.bench_function("exact/b64", |bn| {
+            bn.iter(|| {
+                kernels::matmul_exact(
+                    &mut out,
+                    black_box(&x),
+                    black_box(&w),
+                    &bias,
+                    n,
+                    c_in,
+                    c_out,
+                )
+            })
+        });
+        g.throughput(Throughput::Elements(flops / BATCH as u64));
+        g.bench_function("exact/b1", |bn| {
+            bn.iter(|| {
+                kernels::matmul_exact(
+                    &mut out[..c_out],
+                    black_box(&x[..c_in]),
+                    black_box(&w),
+                    &bias,
+                    1,
+                    c_in,
+                    c_out,
+                )
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    // Short runs: the numbers are medians over repeated invocations of the whole bench anyway,
+    // and the machine this was tuned on is a small shared VM.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(30);
+    targets = dense
+}
+criterion_main!(benches);
