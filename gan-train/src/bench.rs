@@ -32,7 +32,7 @@ use crate::trainer::{Gan, Pool};
 /// `gan-train bench` options.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Architectures to measure (comma-separated): classic (the seed MLP GAN), mcu.
+    /// Architectures to measure (comma-separated): classic (the seed MLP GAN), mcu, dcgan.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Arch::Classic, Arch::Mcu])]
     pub arch: Vec<Arch>,
     /// Training batch size (also the batch of the batched generator measurement).
@@ -153,7 +153,7 @@ fn arch_name(a: Arch) -> Result<&'static str> {
         Arch::Classic => "classic",
         Arch::Mcu => "mcu",
         Arch::Dcgan => "dcgan",
-        Arch::Custom => bail!("bench measures the presets only: use --arch classic or mcu"),
+        Arch::Custom => bail!("bench measures the presets only: use --arch classic, mcu or dcgan"),
     })
 }
 
