@@ -36,6 +36,7 @@ pub mod model;
 pub mod noise;
 pub mod norm;
 pub mod optim;
+pub mod par;
 pub mod pool;
 pub mod spec;
 

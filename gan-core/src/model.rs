@@ -216,7 +216,10 @@ pub fn forward_with(
                 dense::dense_forward(out, inp, w, b, n, info.in_shape.len(), c_out as usize, exec)?
             }
             ref l => match Activation::of(l) {
-                Some(a) => a.forward(out, inp),
+                // Element-wise, so splitting it over threads cannot change any bit.
+                Some(a) => crate::par::for_each_chunk(exec, out, &|off, o| {
+                    a.forward(o, &inp[off..off + o.len()])
+                }),
                 None => return Err(CoreError::Unsupported { layer: info.index }),
             },
         }
@@ -477,7 +480,11 @@ pub(crate) fn backward_impl(
             ref l => match Activation::of(l) {
                 Some(a) => {
                     if let Some(d) = dinp {
-                        a.backward(d, g_out, inp, &acts[info.out_range(n)]);
+                        let y = &acts[info.out_range(n)];
+                        crate::par::for_each_chunk(exec, d, &|off, dc| {
+                            let r = off..off + dc.len();
+                            a.backward(dc, &g_out[r.clone()], &inp[r.clone()], &y[r]);
+                        });
                     }
                 }
                 None => return Err(CoreError::Unsupported { layer: info.index }),

@@ -76,14 +76,32 @@ impl NetState {
         })
     }
 
+    /// One optimizer step, spread over the thread pool in chunks (the update is element-wise,
+    /// so the bits do not depend on the split).
     fn step(&mut self) -> Result<()> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 15;
         self.opt_step += 1;
-        self.opt.step(
-            &mut self.params,
-            &self.grads,
-            &mut self.opt_state,
-            self.opt_step,
-        )?;
+        let (step, n) = (self.opt_step, self.params.len());
+        match self.opt {
+            Optimizer::Adam(cfg) => {
+                let (m, v) = self.opt_state.split_at_mut(n);
+                self.params
+                    .par_chunks_mut(CHUNK)
+                    .zip(self.grads.par_chunks(CHUNK))
+                    .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                    .try_for_each(|((p, g), (m, v))| optim::adam_step(p, g, m, v, step, &cfg))?;
+            }
+            Optimizer::Sgd(cfg) if self.opt_state.len() == n => self
+                .params
+                .par_chunks_mut(CHUNK)
+                .zip(self.grads.par_chunks(CHUNK))
+                .zip(self.opt_state.par_chunks_mut(CHUNK))
+                .try_for_each(|((p, g), b)| optim::sgd_step(p, g, b, &cfg))?,
+            _ => self
+                .opt
+                .step(&mut self.params, &self.grads, &mut self.opt_state, step)?,
+        }
         Ok(())
     }
 }
