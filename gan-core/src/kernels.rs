@@ -26,8 +26,10 @@
 //! - each output's sum is `acc = 0; acc += A(i,p)·B(p,j)` over one `KC` block, added into `C`
 //!   block after block. That order depends only on `k` and the micro-kernel in use, never on the
 //!   tile an output falls into or on the thread that computes it;
-//! - on x86-64 a 6×16 AVX2+FMA micro-kernel (12 accumulators in `ymm` registers) is chosen at
-//!   run time (CPUID and XGETBV, no `std`); its stack buffers take 112 KiB. Elsewhere a 4×8
+//! - on x86-64 the micro-kernel is chosen at run time (CPUID and XGETBV, no `std`): with
+//!   AVX-512F (and the OS saving `zmm` and mask registers) an 8×32 FMA kernel (16 accumulators in
+//!   `zmm` registers, masked stores at the right edge; 96 KiB of stack buffers), otherwise with
+//!   AVX2+FMA a 6×16 kernel (12 accumulators in `ymm` registers; 112 KiB). Elsewhere a 4×8
 //!   micro-kernel written with fixed-size arrays that LLVM vectorises; its buffers take 20 KiB
 //!   on 64-bit targets and 2 KiB on 32-bit ones (microcontroller stacks are small).
 //!
@@ -42,7 +44,8 @@
 //! - x86-64 with AVX: 8-wide vectors with separate multiply and add instructions (bit-identical
 //!   to the scalar operations): 4×16 tiles over packed blocks of `B` (16 KiB on the stack),
 //!   or, below 4 rows (batch-1 inference), one row at a time with the output row as the
-//!   accumulators while `B` streams past;
+//!   accumulators while `B` streams past. With AVX-512F the same two schemes run on 16-wide
+//!   vectors (8×32 tiles), masked loads and stores covering the columns at the right edge;
 //! - ARM with a hardware FPU (Cortex-M4F and up): 8 columns of one row at a time, the inner loop
 //!   in a few lines of assembly so that rows of `B` load with `VLDM` and accumulate with the
 //!   unfused `VMLA.F32`: 47 instructions per 32 multiply-accumulates;
@@ -247,6 +250,9 @@ enum Isa {
     /// [`x86::Avx2Kernel`]: AVX2 + FMA intrinsics.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    /// [`x86::Avx512Kernel`]: AVX-512F intrinsics (FMA on `zmm` registers).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 /// Which exact kernel runs. Every variant produces the same bits.
@@ -257,9 +263,16 @@ enum ExactIsa {
     /// [`x86::exact_avx`]: 8-wide AVX multiply then add (no FMA).
     #[cfg(target_arch = "x86_64")]
     Avx,
+    /// [`x86::exact_avx512`]: 16-wide AVX-512F multiply then add (no FMA).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 fn train_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx512() {
+        return Isa::Avx512;
+    }
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2_fma() {
         return Isa::Avx2Fma;
@@ -268,6 +281,10 @@ fn train_isa() -> Isa {
 }
 
 fn exact_isa() -> ExactIsa {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx512() {
+        return ExactIsa::Avx512;
+    }
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx() {
         return ExactIsa::Avx;
@@ -444,6 +461,8 @@ fn panel_width(isa: Isa) -> usize {
         Isa::Portable => PortableKernel::NR,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => x86::Avx2Kernel::NR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::Avx512Kernel::NR,
     }
 }
 
@@ -535,6 +554,9 @@ unsafe fn run_cols(isa: Isa, g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
         // SAFETY: forwarded from the caller; `Avx2Fma` is only chosen after `has_avx2_fma`.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => unsafe { drive::<x86::Avx2Kernel>(g, out, j0, j1) },
+        // SAFETY: forwarded from the caller; `Avx512` is only chosen after `has_avx512`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { drive::<x86::Avx512Kernel>(g, out, j0, j1) },
     }
 }
 
@@ -820,6 +842,9 @@ fn exact(
         // SAFETY: lengths checked above; `Avx` is only chosen after `has_avx`.
         #[cfg(target_arch = "x86_64")]
         ExactIsa::Avx => unsafe { x86::exact_avx(cp, ap, bp, biasp, m, k, n) },
+        // SAFETY: lengths checked above; `Avx512` is only chosen after `has_avx512`.
+        #[cfg(target_arch = "x86_64")]
+        ExactIsa::Avx512 => unsafe { x86::exact_avx512(cp, ap, bp, biasp, m, k, n) },
     }
 }
 
@@ -1014,7 +1039,8 @@ mod arm {
 }
 
 // ---------------------------------------------------------------------------------------------
-// x86-64: run-time feature detection without std, AVX2+FMA training tile, AVX exact kernel
+// x86-64: run-time feature detection without std, AVX2+FMA and AVX-512F training tiles, AVX
+// and AVX-512F exact kernels
 // ---------------------------------------------------------------------------------------------
 
 #[cfg(target_arch = "x86_64")]
@@ -1027,6 +1053,7 @@ mod x86 {
     const DETECTED: u8 = 1;
     const AVX: u8 = 2;
     const AVX2_FMA: u8 = 4;
+    const AVX512: u8 = 8;
 
     /// 0 until the first query, then `DETECTED` plus the feature bits.
     static FEATURES: AtomicU8 = AtomicU8::new(0);
@@ -1048,6 +1075,12 @@ mod x86 {
 
     pub(super) fn has_avx2_fma() -> bool {
         cfg!(all(target_feature = "avx2", target_feature = "fma")) || features() & AVX2_FMA != 0
+    }
+
+    /// AVX-512F with the OS saving opmask and `zmm` state (reported only together with
+    /// AVX2+FMA).
+    pub(super) fn has_avx512() -> bool {
+        cfg!(target_feature = "avx512f") || features() & AVX512 != 0
     }
 
     fn detect() -> u8 {
@@ -1074,8 +1107,14 @@ mod x86 {
             #[allow(unused_unsafe)]
             let leaf7 = unsafe { __cpuid_count(7, 0) };
             let avx2 = leaf7.ebx & (1 << 5) != 0;
+            let avx512f = leaf7.ebx & (1 << 16) != 0;
             if avx2 && fma {
                 f |= AVX2_FMA;
+                // ZMM state needs opmask (bit 5), the upper halves of zmm0–15 (bit 6) and
+                // zmm16–31 (bit 7) saved by the OS too.
+                if avx512f && xcr0 & 0b1110_0000 == 0b1110_0000 {
+                    f |= AVX512;
+                }
             }
         }
         f
@@ -1150,7 +1189,7 @@ mod x86 {
                 super::pack_b::<16>(panel, g, pc, kc, jc, cols);
             } else {
                 // SAFETY: forwarded (the caller checked AVX2, which includes AVX).
-                unsafe { pack_b_transposed(panel, g, pc, kc, jc, cols) };
+                unsafe { pack_b_transposed::<16>(panel, g, pc, kc, jc, cols) };
             }
         }
     }
@@ -1210,13 +1249,138 @@ mod x86 {
         }
     }
 
-    /// [`super::pack_b`] for column-major `B` (`B(p, j) = b[j·bcs + p]`), transposing 8×8
-    /// blocks in registers; edges fall back to the scalar loops.
+    /// 8×32 AVX-512F micro-kernel: 16 zmm accumulators, two panel loads and eight broadcasts
+    /// per step of `p`.
+    pub(super) struct Avx512Kernel;
+
+    /// Summation block of the AVX-512 kernel: a 256×32 panel of `B` (32 KiB) stays in L1.
+    const KC512: usize = 256;
+    /// `A` buffer of the AVX-512 kernel: 64 rows at `KC512` (64 KiB on the stack), more rows
+    /// for shorter blocks.
+    const A512_LEN: usize = 64 * KC512;
+
+    impl Micro for Avx512Kernel {
+        const MR: usize = 8;
+        const NR: usize = 32;
+        const KC: usize = KC512;
+        type PanelA = Aligned<A512_LEN>;
+        type PanelB = Aligned<{ KC512 * 32 }>;
+        fn panels() -> (Self::PanelA, Self::PanelB) {
+            (Aligned::uninit(), Aligned::uninit())
+        }
+        fn pack_a(
+            panel: &mut [MaybeUninit<f32>],
+            g: &Gemm<'_>,
+            ic: usize,
+            mc: usize,
+            pc: usize,
+            kc: usize,
+        ) {
+            super::pack_a::<8>(panel, g, ic, mc, pc, kc);
+        }
+        unsafe fn tile(t: &Tile) {
+            // SAFETY: forwarded (the caller checked AVX-512F); each instantiation handles
+            // exactly `rows` rows, and the one-vector variants `cols ≤ 16` columns.
+            unsafe {
+                match (t.rows, t.cols > 16) {
+                    (1, true) => tile_avx512::<1, 2>(t),
+                    (2, true) => tile_avx512::<2, 2>(t),
+                    (3, true) => tile_avx512::<3, 2>(t),
+                    (4, true) => tile_avx512::<4, 2>(t),
+                    (5, true) => tile_avx512::<5, 2>(t),
+                    (6, true) => tile_avx512::<6, 2>(t),
+                    (7, true) => tile_avx512::<7, 2>(t),
+                    (_, true) => tile_avx512::<8, 2>(t),
+                    (1, false) => tile_avx512::<1, 1>(t),
+                    (2, false) => tile_avx512::<2, 1>(t),
+                    (3, false) => tile_avx512::<3, 1>(t),
+                    (4, false) => tile_avx512::<4, 1>(t),
+                    (5, false) => tile_avx512::<5, 1>(t),
+                    (6, false) => tile_avx512::<6, 1>(t),
+                    (7, false) => tile_avx512::<7, 1>(t),
+                    (_, false) => tile_avx512::<8, 1>(t),
+                }
+            }
+        }
+        unsafe fn pack_b(
+            panel: &mut [MaybeUninit<f32>],
+            g: &Gemm<'_>,
+            pc: usize,
+            kc: usize,
+            jc: usize,
+            cols: usize,
+        ) {
+            if g.bcs == 1 {
+                super::pack_b::<32>(panel, g, pc, kc, jc, cols);
+            } else {
+                // SAFETY: forwarded (AVX-512 is only reported together with AVX2, which
+                // includes AVX).
+                unsafe { pack_b_transposed::<32>(panel, g, pc, kc, jc, cols) };
+            }
+        }
+    }
+
+    /// Mask of the first `w` of 16 lanes (all lanes when `w ≥ 16`).
+    #[inline(always)]
+    fn lanes(w: usize) -> __mmask16 {
+        if w >= 16 { 0xFFFF } else { (1u16 << w) - 1 }
+    }
+
+    /// `R × 16V` tile (`V` = 1 or 2 vectors per row). The arithmetic per output is the same for
+    /// every `R` and `V`: `acc = 0`, then one FMA per `p` in order. Columns past `cols` are
+    /// masked off when storing.
+    ///
+    /// # Safety
+    /// See [`Micro::tile`]; `t.rows == R`; `16(V - 1) < t.cols ≤ 16V`; the CPU supports
+    /// AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_avx512<const R: usize, const V: usize>(t: &Tile) {
+        const MR: usize = 8;
+        const NR: usize = 32;
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let mut a = t.a;
+        let mut b = t.b;
+        for _ in 0..t.kc {
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                // SAFETY: `b` walks the 64-byte-aligned packed panel, NR floats per step.
+                *x = unsafe { _mm512_load_ps(b.add(16 * v)) };
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                // SAFETY: `a` walks the packed micro-panel, MR floats per step (r < R ≤ MR).
+                let av = unsafe { _mm512_set1_ps(*a.add(r)) };
+                for (s, &y) in acc_r.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(av, y, *s);
+                }
+            }
+            a = a.wrapping_add(MR);
+            b = b.wrapping_add(NR);
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (v, &s) in acc_r.iter().enumerate() {
+                let mask = lanes(t.cols.saturating_sub(16 * v));
+                // SAFETY: row r < rows; the mask keeps columns < cols of this tile's C (masked
+                // lanes are neither read nor written).
+                unsafe {
+                    let cp = t.c.add(r * t.ldc + 16 * v);
+                    let x = if t.add {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cp), s)
+                    } else {
+                        s
+                    };
+                    _mm512_mask_storeu_ps(cp, mask, x);
+                }
+            }
+        }
+    }
+
+    /// [`super::pack_b`] for column-major `B` (`B(p, j) = b[j·bcs + p]`) into `NR`-wide panel
+    /// rows, transposing 8×8 blocks in registers; edges fall back to the scalar loops.
     ///
     /// # Safety
     /// The CPU supports AVX.
     #[target_feature(enable = "avx")]
-    unsafe fn pack_b_transposed(
+    unsafe fn pack_b_transposed<const NR: usize>(
         panel: &mut [MaybeUninit<f32>],
         g: &Gemm<'_>,
         pc: usize,
@@ -1224,7 +1388,7 @@ mod x86 {
         jc: usize,
         cols: usize,
     ) {
-        const NR: usize = 16;
+        const { assert!(NR.is_multiple_of(8)) };
         assert!(g.brs == 1 && panel.len() >= kc * NR && (1..=NR).contains(&cols) && kc >= 1);
         assert!(pc + kc <= g.k && jc + cols <= g.n);
         let dst = panel.as_mut_ptr().cast::<f32>();
@@ -1536,6 +1700,226 @@ mod x86 {
             }
         }
     }
+
+    /// Exact kernel with AVX-512F: the scheme of [`exact_avx`] on 16-wide vectors
+    /// (`_mm512_mul_ps` then `_mm512_add_ps`, each lane one output, no FMA). Strips are 32
+    /// columns wide (tiles of up to 8 rows) and the last strip of a row is narrowed with masks,
+    /// so no column falls back to scalar code.
+    ///
+    /// # Safety
+    /// As [`super::exact_portable`]; the CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exact_avx512(
+        c: *mut f32,
+        a: *const f32,
+        b: *const f32,
+        bias: *const f32,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
+        let e = Exact {
+            c,
+            a,
+            b,
+            bias,
+            m,
+            k,
+            n,
+        };
+        // SAFETY (whole body): strips cover columns j..j+w ≤ n; `row_stream512` stays inside
+        // the matrices by its contract.
+        unsafe {
+            if m < 4 {
+                for i in 0..m {
+                    e.row_stream512(i);
+                }
+                return;
+            }
+            let mut j = 0;
+            while j < n {
+                let w = (n - j).min(32);
+                if w > 16 {
+                    e.strip512::<2>(j, w);
+                } else {
+                    e.strip512::<1>(j, w);
+                }
+                j += w;
+            }
+        }
+    }
+
+    /// Rows of `B` per packed block in [`Exact::strip512`] (a 16 KiB buffer).
+    const EXACT512_KB: usize = 128;
+
+    impl Exact {
+        /// All rows, columns `j..j+w` with `16(V - 1) < w ≤ 16V` (`V` ≤ 2), `B` packed in
+        /// blocks of [`EXACT512_KB`] rows of `16V` floats (zero past `w`).
+        ///
+        /// # Safety
+        /// `j + w ≤ n`; the CPU supports AVX-512F.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn strip512<const V: usize>(&self, j: usize, w: usize) {
+            const { assert!(V == 1 || V == 2) };
+            let mut panel = Aligned::<{ EXACT512_KB * 32 }>::uninit();
+            let dst = panel.as_mut().as_mut_ptr().cast::<f32>();
+            let masks: [__mmask16; V] = core::array::from_fn(|v| lanes(w.saturating_sub(16 * v)));
+            let mut p0 = 0;
+            loop {
+                let p1 = (p0 + EXACT512_KB).min(self.k);
+                // SAFETY: B(p, j..j+w) for p < p1 ≤ k is in `b` (masked lanes are not read);
+                // the packed rows (p - p0)·16V.. fit the buffer because p1 - p0 ≤ EXACT512_KB
+                // and 16V ≤ 32. The tiles read only these rows; rows i..i+R ≤ m, columns
+                // j..j+w ≤ n.
+                unsafe {
+                    for p in p0..p1 {
+                        let src = self.b.add(p * self.n + j);
+                        let row = dst.add((p - p0) * 16 * V);
+                        for (v, &mask) in masks.iter().enumerate() {
+                            let x = _mm512_maskz_loadu_ps(mask, src.add(16 * v));
+                            _mm512_store_ps(row.add(16 * v), x);
+                        }
+                    }
+                    let mut i = 0;
+                    while i + 8 <= self.m {
+                        self.tile512::<8, V>(dst, i, j, &masks, p0, p1);
+                        i += 8;
+                    }
+                    while i + 4 <= self.m {
+                        self.tile512::<4, V>(dst, i, j, &masks, p0, p1);
+                        i += 4;
+                    }
+                    while i < self.m {
+                        self.tile512::<1, V>(dst, i, j, &masks, p0, p1);
+                        i += 1;
+                    }
+                }
+                if p1 == self.k {
+                    break;
+                }
+                p0 = p1;
+            }
+        }
+
+        /// Outputs `C(i..i+R, j..)` of the lanes in `masks` over `p` in `p0..p1`, reading
+        /// `B(p, j + l)` from `panel[(p - p0)·16V + l]`: starts from 0 when `p0 == 0`, otherwise
+        /// from the running sums parked in `C`; adds the bias when `p1 == k`.
+        ///
+        /// # Safety
+        /// `i + R ≤ m`, the masked columns of `C` and `bias` from `j` are inside `n`,
+        /// `p0 ≤ p1 ≤ k`, `panel` holds the packed rows; the CPU supports AVX-512F.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn tile512<const R: usize, const V: usize>(
+            &self,
+            panel: *const f32,
+            i: usize,
+            j: usize,
+            masks: &[__mmask16; V],
+            p0: usize,
+            p1: usize,
+        ) {
+            let (k, n) = (self.k, self.n);
+            // SAFETY (whole body): A(i+r, p), the packed rows and the masked lanes of
+            // C(i+r, j..) and bias[j..] are in bounds for r < R, p0 ≤ p < p1 ≤ k (contract).
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); V]; R];
+                if p0 > 0 {
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        for (v, s) in acc_r.iter_mut().enumerate() {
+                            let cp = self.c.add((i + r) * n + j + 16 * v);
+                            *s = _mm512_maskz_loadu_ps(masks[v], cp);
+                        }
+                    }
+                }
+                let arow = self.a.add(i * k);
+                let mut bp = panel;
+                for p in p0..p1 {
+                    let mut bv = [_mm512_setzero_ps(); V];
+                    for (v, x) in bv.iter_mut().enumerate() {
+                        *x = _mm512_load_ps(bp.add(16 * v));
+                    }
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let av = _mm512_set1_ps(*arow.add(r * k + p));
+                        for (s, &y) in acc_r.iter_mut().zip(&bv) {
+                            *s = _mm512_add_ps(*s, _mm512_mul_ps(av, y));
+                        }
+                    }
+                    bp = bp.wrapping_add(16 * V);
+                }
+                let last = p1 == k;
+                for (r, acc_r) in acc.iter().enumerate() {
+                    for (v, &s) in acc_r.iter().enumerate() {
+                        let out = if last {
+                            _mm512_add_ps(
+                                s,
+                                _mm512_maskz_loadu_ps(masks[v], self.bias.add(j + 16 * v)),
+                            )
+                        } else {
+                            s
+                        };
+                        _mm512_mask_storeu_ps(self.c.add((i + r) * n + j + 16 * v), masks[v], out);
+                    }
+                }
+            }
+        }
+
+        /// [`Exact::row_stream`] on 16-wide vectors, the last vector of the row masked.
+        ///
+        /// # Safety
+        /// `i < m`; the CPU supports AVX-512F.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn row_stream512(&self, i: usize) {
+            let (k, n) = (self.k, self.n);
+            // SAFETY (whole body): A(i, p) for p < k, and the masked lanes of B(p, j..),
+            // C(i, j..) and bias[j..] for p < k and j < n are in bounds.
+            unsafe {
+                let arow = self.a.add(i * k);
+                let crow = self.c.add(i * n);
+                let zero = _mm512_setzero_ps();
+                for j in (0..n).step_by(16) {
+                    _mm512_mask_storeu_ps(crow.add(j), lanes(n - j), zero);
+                }
+                let mut p = 0;
+                while p + 4 <= k {
+                    let av: [__m512; 4] =
+                        core::array::from_fn(|q| _mm512_set1_ps(*arow.add(p + q)));
+                    let rows: [*const f32; 4] = core::array::from_fn(|q| self.b.add((p + q) * n));
+                    for j in (0..n).step_by(16) {
+                        let mask = lanes(n - j);
+                        let mut s = _mm512_maskz_loadu_ps(mask, crow.add(j));
+                        for q in 0..4 {
+                            let y = _mm512_maskz_loadu_ps(mask, rows[q].add(j));
+                            s = _mm512_add_ps(s, _mm512_mul_ps(av[q], y));
+                        }
+                        _mm512_mask_storeu_ps(crow.add(j), mask, s);
+                    }
+                    p += 4;
+                }
+                while p < k {
+                    let av = _mm512_set1_ps(*arow.add(p));
+                    let row = self.b.add(p * n);
+                    for j in (0..n).step_by(16) {
+                        let mask = lanes(n - j);
+                        let y = _mm512_maskz_loadu_ps(mask, row.add(j));
+                        let s = _mm512_add_ps(
+                            _mm512_maskz_loadu_ps(mask, crow.add(j)),
+                            _mm512_mul_ps(av, y),
+                        );
+                        _mm512_mask_storeu_ps(crow.add(j), mask, s);
+                    }
+                    p += 1;
+                }
+                for j in (0..n).step_by(16) {
+                    let mask = lanes(n - j);
+                    let s = _mm512_add_ps(
+                        _mm512_maskz_loadu_ps(mask, crow.add(j)),
+                        _mm512_maskz_loadu_ps(mask, self.bias.add(j)),
+                    );
+                    _mm512_mask_storeu_ps(crow.add(j), mask, s);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1578,6 +1962,10 @@ mod tests {
         if x86::has_avx2_fma() {
             v.push(Isa::Avx2Fma);
         }
+        #[cfg(target_arch = "x86_64")]
+        if x86::has_avx512() {
+            v.push(Isa::Avx512);
+        }
         v
     }
 
@@ -1586,6 +1974,10 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if x86::has_avx() {
             v.push(ExactIsa::Avx);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if x86::has_avx512() {
+            v.push(ExactIsa::Avx512);
         }
         v
     }
@@ -1898,7 +2290,9 @@ mod tests {
     fn detection_is_cached_and_consistent() {
         let first = x86::has_avx2_fma();
         assert_eq!(first, x86::has_avx2_fma());
-        // AVX2+FMA implies AVX.
+        // AVX2+FMA implies AVX, and AVX-512 is only reported with AVX2+FMA.
         assert!(!first || x86::has_avx());
+        assert!(!x86::has_avx512() || first);
+        assert_eq!(x86::has_avx512(), x86::has_avx512());
     }
 }
