@@ -556,19 +556,19 @@ fn run_loop(
             }
         }
         save_checkpoint(&run.checkpoint(), &gan.checkpoint())?;
-        if opts.progress {
-            if let Some(r) = log.rows().last() {
-                eprintln!(
-                    "epoch {:>3}/{epochs}  D {:.3}  G {:.3}  D(x) {:.2}  D(G(z)) {:.2}  acc real {:.0}% fake {:.0}%",
-                    gan.epoch,
-                    r.d_loss,
-                    r.g_loss,
-                    r.d_real,
-                    r.d_fake,
-                    100.0 * r.d_acc_real,
-                    100.0 * r.d_acc_fake
-                );
-            }
+        if opts.progress
+            && let Some(r) = log.rows().last()
+        {
+            eprintln!(
+                "epoch {:>3}/{epochs}  D {:.3}  G {:.3}  D(x) {:.2}  D(G(z)) {:.2}  acc real {:.0}% fake {:.0}%",
+                gan.epoch,
+                r.d_loss,
+                r.g_loss,
+                r.d_real,
+                r.d_fake,
+                100.0 * r.d_acc_real,
+                100.0 * r.d_acc_fake
+            );
         }
     }
     if let Some(row) = window.take(gan.step, gan.epoch) {

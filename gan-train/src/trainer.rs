@@ -187,7 +187,6 @@ struct Work {
     gp_scratch: Vec<f32>,
     x_hat: Vec<f32>,
     eps: Vec<f32>,
-    labels: Vec<u8>,
 }
 
 /// A GAN being trained.
@@ -367,7 +366,6 @@ impl Gan {
                 }
             ],
             eps: vec![0.0; n],
-            labels: vec![0; n],
         };
     }
 
@@ -437,31 +435,42 @@ impl Gan {
         }
     }
 
+    /// Draws noise for `labels` (one-hot appended for conditional models) and runs G's training
+    /// forward into `work.g_acts`, updating BatchNorm running statistics. `pass` keeps dropout
+    /// masks distinct between the passes of one step.
+    fn run_generator(&mut self, labels: &[u8], pass: u64, exec: &dyn Exec) -> Result<()> {
+        let gs = spec_of(&self.g.def);
+        let n = self.work.n;
+        let gin = gs.input().len();
+        let latent = self.cfg.latent as usize;
+        let noise_kind = self.cfg.noise.into();
+        let ctx = self.pass_ctx();
+        let w = &mut self.work;
+        for (row, &l) in w.z.chunks_exact_mut(gin).zip(labels) {
+            noise::generator_input(noise_kind, &mut self.rng, latent, l as usize, row);
+        }
+        model::input_mut(&gs, &mut w.g_acts, n).copy_from_slice(&w.z);
+        model::forward_with(&gs, &self.g.params, &mut w.g_acts, n, exec, &ctx(pass))?;
+        model::update_running_stats(&gs, &mut self.g.params, &w.g_acts, n)?;
+        Ok(())
+    }
+
+    /// The dropout context of pass `pass` of the current step.
+    fn pass_ctx(&self) -> impl Fn(u64) -> ForwardCtx + use<> {
+        let (seed, step) = (self.cfg.seed, self.step);
+        move |pass| ForwardCtx::with_seed(mix(seed, step, pass))
+    }
+
     fn d_step(&mut self, real: &[f32], labels: &[u8], exec: &dyn Exec) -> Result<StepStats> {
         let n = self.work.n;
         let px = self.data.pixels();
         let classes = self.classes();
+        // Fakes are drawn with the real batch's labels, so that conditional D sees matched pairs.
+        self.run_generator(labels, 0, exec)?;
         let gs = spec_of(&self.g.def);
         let ds = spec_of(&self.d.def);
+        let ctx = self.pass_ctx();
         let w = &mut self.work;
-        // Fakes are drawn with the real batch's labels, so that conditional D sees matched pairs.
-        w.labels.copy_from_slice(labels);
-        let gin = gs.input().len();
-        let latent = self.cfg.latent as usize;
-        for (row, &l) in w.z.chunks_exact_mut(gin).zip(labels) {
-            noise::generator_input(
-                self.cfg.noise.into(),
-                &mut self.rng,
-                latent,
-                l as usize,
-                row,
-            );
-        }
-        let (seed, step) = (self.cfg.seed, self.step);
-        let ctx = |pass: u64| ForwardCtx::with_seed(mix(seed, step, pass));
-        model::input_mut(&gs, &mut w.g_acts, n).copy_from_slice(&w.z);
-        model::forward_with(&gs, &self.g.params, &mut w.g_acts, n, exec, &ctx(0))?;
-        model::update_running_stats(&gs, &mut self.g.params, &w.g_acts, n)?;
         let fake = model::output(&gs, &w.g_acts, n);
 
         Self::write_d_input(
@@ -552,8 +561,6 @@ impl Gan {
         let n = self.work.n;
         let px = self.data.pixels();
         let classes = self.classes();
-        let gs = spec_of(&self.g.def);
-        let ds = spec_of(&self.d.def);
         // Fresh noise and, for conditional models, uniformly drawn classes.
         let mut labels = vec![0u8; n];
         if classes > 0 {
@@ -561,23 +568,11 @@ impl Gan {
                 *l = (self.rng.next_u32() % classes as u32) as u8;
             }
         }
+        self.run_generator(&labels, 3, exec)?;
+        let gs = spec_of(&self.g.def);
+        let ds = spec_of(&self.d.def);
+        let ctx = self.pass_ctx();
         let w = &mut self.work;
-        let gin = gs.input().len();
-        let latent = self.cfg.latent as usize;
-        for (row, &l) in w.z.chunks_exact_mut(gin).zip(&labels) {
-            noise::generator_input(
-                self.cfg.noise.into(),
-                &mut self.rng,
-                latent,
-                l as usize,
-                row,
-            );
-        }
-        let (seed, step) = (self.cfg.seed, self.step);
-        let ctx = |pass: u64| ForwardCtx::with_seed(mix(seed, step, pass));
-        model::input_mut(&gs, &mut w.g_acts, n).copy_from_slice(&w.z);
-        model::forward_with(&gs, &self.g.params, &mut w.g_acts, n, exec, &ctx(3))?;
-        model::update_running_stats(&gs, &mut self.g.params, &w.g_acts, n)?;
         let fake = model::output(&gs, &w.g_acts, n);
         Self::write_d_input(
             model::input_mut(&ds, &mut w.d_fake, n),
