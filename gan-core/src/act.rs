@@ -1,6 +1,7 @@
 //! Element-wise activations: forward, in-place forward (inference) and backward.
 //!
-//! Every function works on slices of equal length (any shape). Transcendentals via `libm`.
+//! Every function works on slices of equal length (any shape). Transcendentals via `libm`; Tanh
+//! through [`crate::vtanh`], which gives `libm::tanhf`'s bits but vectorises.
 
 /// An element-wise activation.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -10,7 +11,7 @@ pub enum Activation {
     Relu,
     /// `x` for `x > 0`, else `alpha·x`.
     LeakyRelu(f32),
-    /// `tanh(x)`.
+    /// `tanh(x)` (bit-identical to `libm::tanhf`).
     Tanh,
     /// `1 / (1 + e^-x)`.
     Sigmoid,
@@ -26,6 +27,17 @@ impl Activation {
             Layer::Tanh => Some(Activation::Tanh),
             Layer::Sigmoid => Some(Activation::Sigmoid),
             _ => None,
+        }
+    }
+
+    /// Smallest slice worth splitting over threads: Sigmoid (scalar `libm::expf`) costs tens of
+    /// nanoseconds per element, so one 28×28 image is worth splitting; vectorised Tanh and the
+    /// ReLU family cost a few instructions per element.
+    pub fn par_min_elems(self) -> usize {
+        match self {
+            Activation::Relu | Activation::LeakyRelu(_) => crate::par::PAR_MIN_ELEMS,
+            Activation::Tanh => 4096,
+            Activation::Sigmoid => 256,
         }
     }
 
@@ -50,10 +62,7 @@ impl Activation {
                 .iter_mut()
                 .zip(inp)
                 .for_each(|(o, &x)| *o = leaky_relu(x, a)),
-            Activation::Tanh => out
-                .iter_mut()
-                .zip(inp)
-                .for_each(|(o, &x)| *o = libm::tanhf(x)),
+            Activation::Tanh => crate::vtanh::tanh_map(out, inp),
             Activation::Sigmoid => out.iter_mut().zip(inp).for_each(|(o, &x)| *o = sigmoid(x)),
         }
     }
@@ -63,7 +72,7 @@ impl Activation {
         match self {
             Activation::Relu => x.iter_mut().for_each(|v| *v = relu(*v)),
             Activation::LeakyRelu(a) => x.iter_mut().for_each(|v| *v = leaky_relu(*v, a)),
-            Activation::Tanh => x.iter_mut().for_each(|v| *v = libm::tanhf(*v)),
+            Activation::Tanh => crate::vtanh::tanh_inplace(x),
             Activation::Sigmoid => x.iter_mut().for_each(|v| *v = sigmoid(*v)),
         }
     }

@@ -46,7 +46,8 @@ pub fn dense_forward(
     Ok(())
 }
 
-/// Inference forward with the exact kernel: bit-identical on every target.
+/// Inference forward with the exact kernel: bit-identical on every target, for any `exec`
+/// (threads split the output columns, never a sum).
 #[allow(clippy::too_many_arguments)]
 pub fn dense_forward_exact(
     out: &mut [f32],
@@ -56,9 +57,10 @@ pub fn dense_forward_exact(
     n: usize,
     c_in: usize,
     c_out: usize,
+    exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     check_shapes(out.len(), inp.len(), w.len(), b.len(), n, c_in, c_out)?;
-    kernels::matmul_exact(out, inp, w, b, n, c_in, c_out);
+    kernels::matmul_exact_with(out, inp, w, b, n, c_in, c_out, exec);
     Ok(())
 }
 
@@ -114,7 +116,7 @@ mod tests {
         let mut out = [0.0f32; 12];
         let mut out_exact = [0.0f32; 12];
         dense_forward(&mut out, &x, &w, &b, n, ci, co, &Serial).unwrap();
-        dense_forward_exact(&mut out_exact, &x, &w, &b, n, ci, co).unwrap();
+        dense_forward_exact(&mut out_exact, &x, &w, &b, n, ci, co, &Serial).unwrap();
         for s in 0..n {
             for j in 0..co {
                 let mut e = 0.0f64;
@@ -133,7 +135,7 @@ mod tests {
         let mut out = [0.0f32; 4];
         let r = dense_forward(&mut out, &[0.0; 3], &[0.0; 8], &[0.0; 2], 2, 2, 2, &Serial);
         assert!(matches!(r, Err(CoreError::BufferLen { what: "inp", .. })));
-        let r = dense_forward_exact(&mut out, &[0.0; 4], &[0.0; 4], &[0.0; 2], 0, 2, 2);
+        let r = dense_forward_exact(&mut out, &[0.0; 4], &[0.0; 4], &[0.0; 2], 0, 2, 2, &Serial);
         assert_eq!(r, Err(CoreError::ZeroSize));
     }
 

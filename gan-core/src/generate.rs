@@ -5,6 +5,7 @@
 
 use crate::error::{CoreError, check_len};
 use crate::format::{FormatError, ModelKind, NoiseKind, WeightsFile};
+use crate::kernels::{Exec, Serial};
 use crate::model;
 use crate::noise::{self, NoiseRng};
 use crate::spec::{Layer, Spec};
@@ -75,13 +76,29 @@ impl<'a> Generator<'a> {
         scratch: &mut [f32],
         pixels: &mut [u8],
     ) -> Result<(), CoreError> {
+        self.generate_with(rng, class, input, output, scratch, pixels, &Serial)
+    }
+
+    /// [`Generator::generate`] with inference spread over the tasks of `exec`; the bytes are
+    /// the same for every `exec` (see [`model::infer_with`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_with(
+        &self,
+        rng: &mut NoiseRng,
+        class: usize,
+        input: &mut [f32],
+        output: &mut [f32],
+        scratch: &mut [f32],
+        pixels: &mut [u8],
+        exec: &dyn Exec,
+    ) -> Result<(), CoreError> {
         check_len("input", input.len(), self.input_len())?;
         check_len("pixels", pixels.len(), self.output_len())?;
         if self.classes > 0 && class >= self.classes {
             return Err(CoreError::Unsupported { layer: 0 });
         }
         noise::generator_input(self.noise, rng, self.latent, class, input);
-        model::infer(&self.spec, self.params, input, output, scratch, 1)?;
+        model::infer_with(&self.spec, self.params, input, output, scratch, 1, exec)?;
         let map = if self.sigmoid_out {
             crate::to_pixel_unit
         } else {

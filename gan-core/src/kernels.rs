@@ -45,11 +45,19 @@
 //!   to the scalar operations): 4×16 tiles over packed blocks of `B` (16 KiB on the stack),
 //!   or, below 4 rows (batch-1 inference), one row at a time with the output row as the
 //!   accumulators while `B` streams past. With AVX-512F the same two schemes run on 16-wide
-//!   vectors (8×32 tiles), masked loads and stores covering the columns at the right edge;
+//!   vectors (8×32 tiles; eight rows of `B` per pass when streaming), masked loads and stores
+//!   covering the columns at the right edge;
 //! - ARM with a hardware FPU (Cortex-M4F and up): 8 columns of one row at a time, the inner loop
 //!   in a few lines of assembly so that rows of `B` load with `VLDM` and accumulate with the
 //!   unfused `VMLA.F32`: 47 instructions per 32 multiply-accumulates;
 //! - elsewhere (Cortex-M0+, which has no FPU, and other targets): the same tiling in plain Rust.
+//!
+//! Threads ([`matmul_exact_with`]): a product of at least 65,536 multiply-adds is cut into blocks
+//! of 32 output columns, four tasks per thread. A column block only changes which thread
+//! computes an output, never the order of its sum, so the result is bit-identical to the
+//! one-thread kernel. At batch 1 every weight is read once per sample and the kernel is bound by
+//! how fast the caches deliver `B`; two cores each streaming half of `B` get close to twice
+//! the bandwidth of one.
 
 use core::mem::MaybeUninit;
 #[cfg(target_has_atomic = "8")]
@@ -145,7 +153,24 @@ pub fn matmul_exact(
     k: usize,
     n: usize,
 ) {
-    exact(exact_isa(), c, a, b, bias, m, k, n);
+    exact(exact_isa(), c, a, b, bias, m, k, n, &Serial);
+}
+
+/// [`matmul_exact`] with the output columns spread over the tasks of `exec` (for products of
+/// at least 65,536 multiply-adds). Each output is still summed by one task in index order, so
+/// the bits are those of [`matmul_exact`] whatever `exec` is.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_exact_with(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    bias: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    exec: &dyn Exec,
+) {
+    exact(exact_isa(), c, a, b, bias, m, k, n, exec);
 }
 
 /// Plain loops that define each kernel. Slow; used by tests and as the semantic reference.
@@ -266,6 +291,18 @@ enum ExactIsa {
     /// [`x86::exact_avx512`]: 16-wide AVX-512F multiply then add (no FMA).
     #[cfg(target_arch = "x86_64")]
     Avx512,
+}
+
+/// Whether this x86-64 CPU (and OS) supports AVX-512F (cached CPUID check).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn cpu_has_avx512() -> bool {
+    x86::has_avx512()
+}
+
+/// Whether this x86-64 CPU supports AVX2 and FMA (cached CPUID check).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn cpu_has_avx2_fma() -> bool {
+    x86::has_avx2_fma()
 }
 
 fn train_isa() -> Isa {
@@ -520,7 +557,18 @@ fn gemm_tasks(isa: Isa, g: &Gemm<'_>, c: &mut [f32], exec: &dyn Exec, tasks: usi
 /// width, so only the last panel of the matrix can be narrow).
 #[cfg(target_has_atomic = "8")]
 fn run_tasks(isa: Isa, g: &Gemm<'_>, out: &OutPtr, exec: &dyn Exec, chunk: usize) {
-    let n = g.n;
+    // SAFETY: `split_columns` hands each column range to one call only, see `OutPtr`; the
+    // caller keeps `C` mutably borrowed until it has returned.
+    split_columns(exec, g.n, chunk, &|j0, j1| unsafe {
+        run_cols(isa, g, out, j0, j1)
+    });
+}
+
+/// Calls `f(j0, j1)` for the consecutive column blocks `[t·chunk, min((t+1)·chunk, n))` as
+/// tasks of `exec`. Each block is claimed with an atomic flag first, so `f` sees every block
+/// at most once even if the executor runs a task twice; a skipped task panics.
+#[cfg(target_has_atomic = "8")]
+fn split_columns(exec: &dyn Exec, n: usize, chunk: usize, f: &(dyn Fn(usize, usize) + Sync)) {
     let tasks = n.div_ceil(chunk);
     assert!(tasks <= MAX_TASKS);
     let claimed: [AtomicBool; MAX_TASKS] = [const { AtomicBool::new(false) }; MAX_TASKS];
@@ -529,11 +577,7 @@ fn run_tasks(isa: Isa, g: &Gemm<'_>, out: &OutPtr, exec: &dyn Exec, chunk: usize
             return;
         }
         let j0 = t * chunk;
-        let j1 = (j0 + chunk).min(n);
-        // SAFETY: columns [j0, j1) belong to task `t` alone (the claim flag above makes this
-        // call their only user), see `OutPtr`; the caller keeps `C` mutably borrowed until
-        // `for_each` has returned.
-        unsafe { run_cols(isa, g, out, j0, j1) };
+        f(j0, (j0 + chunk).min(n));
     };
     exec.for_each(tasks, &task);
     assert!(
@@ -820,6 +864,8 @@ unsafe fn portable_tile<const R: usize>(t: &Tile) {
 // Exact kernel
 // ---------------------------------------------------------------------------------------------
 
+/// Bounds checks, then the product as one task, or split by output columns over `exec` when it
+/// is large enough (see [`matmul_exact_with`]).
 #[allow(clippy::too_many_arguments)]
 fn exact(
     isa: ExactIsa,
@@ -830,28 +876,95 @@ fn exact(
     m: usize,
     k: usize,
     n: usize,
+    exec: &dyn Exec,
 ) {
     assert!(c.len() >= len_of(m, n), "C is shorter than m×n");
     assert!(a.len() >= len_of(m, k), "A is shorter than m×k");
     assert!(b.len() >= len_of(k, n), "B is shorter than k×n");
     assert!(bias.len() >= n, "bias is shorter than n");
-    let (cp, ap, bp, biasp) = (c.as_mut_ptr(), a.as_ptr(), b.as_ptr(), bias.as_ptr());
+    if m == 0 || n == 0 {
+        return;
+    }
+    let out = OutPtr {
+        ptr: c.as_mut_ptr(),
+    };
+    let threads = exec.threads().clamp(1, MAX_TASKS);
+    let macs = m.saturating_mul(k).saturating_mul(n);
+    let tasks = if threads == 1 || macs < PAR_MIN_EXACT_MACS {
+        1
+    } else {
+        (threads * EXACT_TASKS_PER_THREAD).min(n.div_ceil(EXACT_CHUNK))
+    };
+    // Claiming tasks needs atomic read-modify-write; targets without it (ARMv6-M) have no
+    // threads to spread the work over anyway.
+    #[cfg(target_has_atomic = "8")]
+    if tasks > 1 {
+        let chunk = n.div_ceil(EXACT_CHUNK).div_ceil(tasks) * EXACT_CHUNK;
+        // SAFETY: lengths checked above; each call gets a disjoint column range of `C` (see
+        // `split_columns`), which stays mutably borrowed until it returns.
+        split_columns(exec, n, chunk, &|j0, j1| unsafe {
+            exact_part(isa, &out, a, b, bias, m, k, n, j0, j1)
+        });
+        return;
+    }
+    let _ = tasks;
+    // SAFETY: lengths checked above; this call is the only user of `C`.
+    unsafe { exact_part(isa, &out, a, b, bias, m, k, n, 0, n) };
+}
+
+/// Products with fewer multiply-adds than this run the exact kernel as one task.
+const PAR_MIN_EXACT_MACS: usize = 1 << 16;
+
+/// Tasks per thread for a split exact product: more, smaller blocks than threads, so that a
+/// thread that starts late (descheduled, or still waking up) holds up little of the product; the
+/// others claim the blocks it has not reached.
+const EXACT_TASKS_PER_THREAD: usize = 4;
+
+/// Columns per task block of the exact kernel (a multiple of every exact kernel's strip width).
+const EXACT_CHUNK: usize = 32;
+
+/// Output columns `[j0, j1)` of the exact product `C (m×n) = A (m×k) · B (k×n) + bias`.
+///
+/// # Safety
+/// `out` points to `m·n` floats whose columns `[j0, j1)` nobody else accesses during the call;
+/// `a` holds `m·k`, `b` `k·n` and `bias` `n` floats; `j0 < j1 ≤ n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn exact_part(
+    isa: ExactIsa,
+    out: &OutPtr,
+    a: &[f32],
+    b: &[f32],
+    bias: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    j0: usize,
+    j1: usize,
+) {
+    let w = j1 - j0;
+    // SAFETY: column j0 of row 0 of C and B and bias[j0] are in bounds (j0 < n).
+    let (cp, bp, biasp) = unsafe { (out.ptr.add(j0), b.as_ptr().add(j0), bias.as_ptr().add(j0)) };
+    let a = a.as_ptr();
     match isa {
-        // SAFETY: lengths checked above.
-        ExactIsa::Portable => unsafe { exact_portable(cp, ap, bp, biasp, m, k, n) },
-        // SAFETY: lengths checked above; `Avx` is only chosen after `has_avx`.
+        // SAFETY: the `w` columns from `cp`/`bp` with row stride `n` stay inside C and B.
+        ExactIsa::Portable => unsafe { exact_portable(cp, a, bp, biasp, m, k, w, n) },
+        // SAFETY: as above; `Avx` is only chosen after `has_avx`.
         #[cfg(target_arch = "x86_64")]
-        ExactIsa::Avx => unsafe { x86::exact_avx(cp, ap, bp, biasp, m, k, n) },
-        // SAFETY: lengths checked above; `Avx512` is only chosen after `has_avx512`.
+        ExactIsa::Avx => unsafe { x86::exact_avx(cp, a, bp, biasp, m, k, w, n) },
+        // SAFETY: as above; `Avx512` is only chosen after `has_avx512`.
         #[cfg(target_arch = "x86_64")]
-        ExactIsa::Avx512 => unsafe { x86::exact_avx512(cp, ap, bp, biasp, m, k, n) },
+        ExactIsa::Avx512 => unsafe { x86::exact_avx512(cp, a, bp, biasp, m, k, w, n) },
     }
 }
 
 /// Portable exact kernel: one row at a time, 8 (then 4, then 1) columns per tile.
 ///
+/// Computes `n` columns of `C` whose rows (like those of `B`) are `ld ≥ n` floats apart.
+///
 /// # Safety
-/// `c` holds `m·n`, `a` `m·k`, `b` `k·n` and `bias` `n` floats; `c` aliases none of the others.
+/// `c` reaches `C(i, j)` at `i·ld + j` and `b` reaches `B(p, j)` at `p·ld + j` for `i < m`,
+/// `p < k`, `j < n`; `a` holds `m·k` and `bias` `n` floats; `c` aliases none of the others.
+#[allow(clippy::too_many_arguments)]
 unsafe fn exact_portable(
     c: *mut f32,
     a: *const f32,
@@ -860,24 +973,25 @@ unsafe fn exact_portable(
     m: usize,
     k: usize,
     n: usize,
+    ld: usize,
 ) {
     for i in 0..m {
         // SAFETY (offsets): row i of A and of C.
-        let (arow, crow) = unsafe { (a.add(i * k), c.add(i * n)) };
+        let (arow, crow) = unsafe { (a.add(i * k), c.add(i * ld)) };
         let mut j = 0;
         while j + 8 <= n {
             // SAFETY: columns j..j+8 < n of row i; B columns j..j+8 exist in every row.
-            unsafe { exact_cols::<8>(crow.add(j), arow, b.add(j), bias.add(j), k, n) };
+            unsafe { exact_cols::<8>(crow.add(j), arow, b.add(j), bias.add(j), k, ld) };
             j += 8;
         }
         while j + 4 <= n {
             // SAFETY: as above with 4 columns.
-            unsafe { exact_cols::<4>(crow.add(j), arow, b.add(j), bias.add(j), k, n) };
+            unsafe { exact_cols::<4>(crow.add(j), arow, b.add(j), bias.add(j), k, ld) };
             j += 4;
         }
         while j < n {
             // SAFETY: as above with 1 column.
-            unsafe { exact_cols::<1>(crow.add(j), arow, b.add(j), bias.add(j), k, n) };
+            unsafe { exact_cols::<1>(crow.add(j), arow, b.add(j), bias.add(j), k, ld) };
             j += 1;
         }
     }
@@ -890,7 +1004,7 @@ unsafe fn exact_portable(
 /// independent and `p` runs strictly in order.
 ///
 /// # Safety
-/// `arow[..k]`, `bias[..W]`, `c[..W]` and `b[p·n .. p·n + W]` for `p < k` are valid.
+/// `arow[..k]`, `bias[..W]`, `c[..W]` and `b[p·ld .. p·ld + W]` for `p < k` are valid.
 #[inline(always)]
 unsafe fn exact_cols<const W: usize>(
     c: *mut f32,
@@ -898,22 +1012,22 @@ unsafe fn exact_cols<const W: usize>(
     b: *const f32,
     bias: *const f32,
     k: usize,
-    n: usize,
+    ld: usize,
 ) {
     let mut acc = [0.0f32; W];
     let mut bp = b;
     let mut p = 0;
     #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
-    if W == 8 && k >= 4 && n >= 4 {
+    if W == 8 && k >= 4 && ld >= 4 {
         let quads = k / 4;
         // SAFETY: W == 8, so `acc` is a `[f32; 8]`; rows p < 4·quads ≤ k of B and A are
-        // readable (contract); n ≥ 4 makes the stride at least 16 bytes.
+        // readable (contract); ld ≥ 4 makes the stride at least 16 bytes.
         unsafe {
             let acc8 = &mut *(acc.as_mut_ptr() as *mut [f32; 8]);
-            arm::mac8(acc8, arow, bp, n * 4, quads);
+            arm::mac8(acc8, arow, bp, ld * 4, quads);
         }
         p = 4 * quads;
-        bp = bp.wrapping_add(p * n);
+        bp = bp.wrapping_add(p * ld);
     }
     while p + 4 <= k {
         // SAFETY: p + 4 ≤ k.
@@ -924,7 +1038,7 @@ unsafe fn exact_cols<const W: usize>(
             for (s, &y) in acc.iter_mut().zip(&bv) {
                 *s += av * y;
             }
-            bp = bp.wrapping_add(n);
+            bp = bp.wrapping_add(ld);
         }
         p += 4;
     }
@@ -936,7 +1050,7 @@ unsafe fn exact_cols<const W: usize>(
         for (s, &y) in acc.iter_mut().zip(&bv) {
             *s += av * y;
         }
-        bp = bp.wrapping_add(n);
+        bp = bp.wrapping_add(ld);
         p += 1;
     }
     for (l, s) in acc.iter().enumerate() {
@@ -1469,6 +1583,7 @@ mod x86 {
     ///
     /// # Safety
     /// As [`super::exact_portable`]; the CPU supports AVX.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx")]
     pub(super) unsafe fn exact_avx(
         c: *mut f32,
@@ -1478,6 +1593,7 @@ mod x86 {
         m: usize,
         k: usize,
         n: usize,
+        ld: usize,
     ) {
         let e = Exact {
             c,
@@ -1487,6 +1603,7 @@ mod x86 {
             m,
             k,
             n,
+            ld,
         };
         // SAFETY (whole body): strips cover columns j..j+8V ≤ n, rows i < m; `column` and
         // `row_stream` stay inside the matrices by their contracts.
@@ -1518,8 +1635,10 @@ mod x86 {
     /// Rows of `B` per packed block in [`Exact::strip`].
     const EXACT_KB: usize = 256;
 
-    /// Operands of one exact product. `c` holds `m·n`, `a` `m·k`, `b` `k·n` and `bias` `n`
-    /// floats; `c` aliases none of the others.
+    /// Operands of one exact product over `n` columns of `C` and `B` whose rows are `ld ≥ n`
+    /// floats apart: `c` reaches `C(i, j)` at `i·ld + j` for `i < m`, `j < n`, `b` reaches
+    /// `B(p, j)` at `p·ld + j` for `p < k`, `a` holds `m·k` and `bias` `n` floats; `c` aliases
+    /// none of the others.
     struct Exact {
         c: *mut f32,
         a: *const f32,
@@ -1528,6 +1647,7 @@ mod x86 {
         m: usize,
         k: usize,
         n: usize,
+        ld: usize,
     }
 
     impl Exact {
@@ -1536,15 +1656,15 @@ mod x86 {
         /// # Safety
         /// `i < m`, `j < n`.
         unsafe fn column(&self, i: usize, j: usize) {
-            let (k, n) = (self.k, self.n);
+            let (k, ld) = (self.k, self.ld);
             // SAFETY: A(i, p), B(p, j) for p < k, C(i, j) and bias[j] are in bounds.
             unsafe {
                 let arow = self.a.add(i * k);
                 let mut s = 0.0f32;
                 for p in 0..k {
-                    s += *arow.add(p) * *self.b.add(p * n + j);
+                    s += *arow.add(p) * *self.b.add(p * ld + j);
                 }
-                *self.c.add(i * n + j) = s + *self.bias.add(j);
+                *self.c.add(i * ld + j) = s + *self.bias.add(j);
             }
         }
 
@@ -1565,7 +1685,7 @@ mod x86 {
                 // tiles read only these rows; rows i..i+R ≤ m, columns j..j+8V ≤ n.
                 unsafe {
                     for p in p0..p1 {
-                        let src = self.b.add(p * self.n + j) as *const [f32; 8];
+                        let src = self.b.add(p * self.ld + j) as *const [f32; 8];
                         let row = dst.add((p - p0) * 8 * V) as *mut [f32; 8];
                         for v in 0..V {
                             *row.add(v) = *src.add(v);
@@ -1604,7 +1724,7 @@ mod x86 {
             p0: usize,
             p1: usize,
         ) {
-            let (k, n) = (self.k, self.n);
+            let (k, ld) = (self.k, self.ld);
             // SAFETY (whole body): A(i+r, p), the packed rows, C(i+r, j..j+8V) and
             // bias[j..j+8V] are in bounds for r < R, p0 ≤ p < p1 ≤ k (contract).
             unsafe {
@@ -1612,7 +1732,7 @@ mod x86 {
                 if p0 > 0 {
                     for (r, acc_r) in acc.iter_mut().enumerate() {
                         for (v, s) in acc_r.iter_mut().enumerate() {
-                            *s = _mm256_loadu_ps(self.c.add((i + r) * n + j + 8 * v));
+                            *s = _mm256_loadu_ps(self.c.add((i + r) * ld + j + 8 * v));
                         }
                     }
                 }
@@ -1639,7 +1759,7 @@ mod x86 {
                         } else {
                             s
                         };
-                        _mm256_storeu_ps(self.c.add((i + r) * n + j + 8 * v), out);
+                        _mm256_storeu_ps(self.c.add((i + r) * ld + j + 8 * v), out);
                     }
                 }
             }
@@ -1652,13 +1772,13 @@ mod x86 {
         /// `i < m`; the CPU supports AVX.
         #[target_feature(enable = "avx")]
         unsafe fn row_stream(&self, i: usize) {
-            let (k, n) = (self.k, self.n);
+            let (k, n, ld) = (self.k, self.n, self.ld);
             let n8 = n / 8 * 8;
             // SAFETY (whole body): A(i, p) for p < k, B(p, j) for p < k and j < n8 + 8 ≤ n
             // (vector columns) or j < n (scalar columns), C(i, ·) and bias[..n] are in bounds.
             unsafe {
                 let arow = self.a.add(i * k);
-                let crow = self.c.add(i * n);
+                let crow = self.c.add(i * ld);
                 for j in (0..n8).step_by(8) {
                     _mm256_storeu_ps(crow.add(j), _mm256_setzero_ps());
                 }
@@ -1666,7 +1786,7 @@ mod x86 {
                 while p + 4 <= k {
                     let av: [__m256; 4] =
                         core::array::from_fn(|q| _mm256_broadcast_ss(&*arow.add(p + q)));
-                    let rows: [*const f32; 4] = core::array::from_fn(|q| self.b.add((p + q) * n));
+                    let rows: [*const f32; 4] = core::array::from_fn(|q| self.b.add((p + q) * ld));
                     for j in (0..n8).step_by(8) {
                         let mut s = _mm256_loadu_ps(crow.add(j));
                         for q in 0..4 {
@@ -1679,7 +1799,7 @@ mod x86 {
                 }
                 while p < k {
                     let av = _mm256_broadcast_ss(&*arow.add(p));
-                    let row = self.b.add(p * n);
+                    let row = self.b.add(p * ld);
                     for j in (0..n8).step_by(8) {
                         let y = _mm256_loadu_ps(row.add(j));
                         let s = _mm256_add_ps(_mm256_loadu_ps(crow.add(j)), _mm256_mul_ps(av, y));
@@ -1708,6 +1828,7 @@ mod x86 {
     ///
     /// # Safety
     /// As [`super::exact_portable`]; the CPU supports AVX-512F.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn exact_avx512(
         c: *mut f32,
@@ -1717,6 +1838,7 @@ mod x86 {
         m: usize,
         k: usize,
         n: usize,
+        ld: usize,
     ) {
         let e = Exact {
             c,
@@ -1726,6 +1848,7 @@ mod x86 {
             m,
             k,
             n,
+            ld,
         };
         // SAFETY (whole body): strips cover columns j..j+w ≤ n; `row_stream512` stays inside
         // the matrices by its contract.
@@ -1773,7 +1896,7 @@ mod x86 {
                 // j..j+w ≤ n.
                 unsafe {
                     for p in p0..p1 {
-                        let src = self.b.add(p * self.n + j);
+                        let src = self.b.add(p * self.ld + j);
                         let row = dst.add((p - p0) * 16 * V);
                         for (v, &mask) in masks.iter().enumerate() {
                             let x = _mm512_maskz_loadu_ps(mask, src.add(16 * v));
@@ -1818,7 +1941,7 @@ mod x86 {
             p0: usize,
             p1: usize,
         ) {
-            let (k, n) = (self.k, self.n);
+            let (k, ld) = (self.k, self.ld);
             // SAFETY (whole body): A(i+r, p), the packed rows and the masked lanes of
             // C(i+r, j..) and bias[j..] are in bounds for r < R, p0 ≤ p < p1 ≤ k (contract).
             unsafe {
@@ -1826,7 +1949,7 @@ mod x86 {
                 if p0 > 0 {
                     for (r, acc_r) in acc.iter_mut().enumerate() {
                         for (v, s) in acc_r.iter_mut().enumerate() {
-                            let cp = self.c.add((i + r) * n + j + 16 * v);
+                            let cp = self.c.add((i + r) * ld + j + 16 * v);
                             *s = _mm512_maskz_loadu_ps(masks[v], cp);
                         }
                     }
@@ -1857,7 +1980,7 @@ mod x86 {
                         } else {
                             s
                         };
-                        _mm512_mask_storeu_ps(self.c.add((i + r) * n + j + 16 * v), masks[v], out);
+                        _mm512_mask_storeu_ps(self.c.add((i + r) * ld + j + 16 * v), masks[v], out);
                     }
                 }
             }
@@ -1869,21 +1992,38 @@ mod x86 {
         /// `i < m`; the CPU supports AVX-512F.
         #[target_feature(enable = "avx512f")]
         unsafe fn row_stream512(&self, i: usize) {
-            let (k, n) = (self.k, self.n);
+            const ROWS: usize = 8;
+            let (k, n, ld) = (self.k, self.n, self.ld);
             // SAFETY (whole body): A(i, p) for p < k, and the masked lanes of B(p, j..),
             // C(i, j..) and bias[j..] for p < k and j < n are in bounds.
             unsafe {
                 let arow = self.a.add(i * k);
-                let crow = self.c.add(i * n);
+                let crow = self.c.add(i * ld);
                 let zero = _mm512_setzero_ps();
                 for j in (0..n).step_by(16) {
                     _mm512_mask_storeu_ps(crow.add(j), lanes(n - j), zero);
                 }
                 let mut p = 0;
+                while p + ROWS <= k {
+                    let av: [__m512; ROWS] =
+                        core::array::from_fn(|q| _mm512_set1_ps(*arow.add(p + q)));
+                    let rows: [*const f32; ROWS] =
+                        core::array::from_fn(|q| self.b.add((p + q) * ld));
+                    for j in (0..n).step_by(16) {
+                        let mask = lanes(n - j);
+                        let mut s = _mm512_maskz_loadu_ps(mask, crow.add(j));
+                        for q in 0..ROWS {
+                            let y = _mm512_maskz_loadu_ps(mask, rows[q].add(j));
+                            s = _mm512_add_ps(s, _mm512_mul_ps(av[q], y));
+                        }
+                        _mm512_mask_storeu_ps(crow.add(j), mask, s);
+                    }
+                    p += ROWS;
+                }
                 while p + 4 <= k {
                     let av: [__m512; 4] =
                         core::array::from_fn(|q| _mm512_set1_ps(*arow.add(p + q)));
-                    let rows: [*const f32; 4] = core::array::from_fn(|q| self.b.add((p + q) * n));
+                    let rows: [*const f32; 4] = core::array::from_fn(|q| self.b.add((p + q) * ld));
                     for j in (0..n).step_by(16) {
                         let mask = lanes(n - j);
                         let mut s = _mm512_maskz_loadu_ps(mask, crow.add(j));
@@ -1897,7 +2037,7 @@ mod x86 {
                 }
                 while p < k {
                     let av = _mm512_set1_ps(*arow.add(p));
-                    let row = self.b.add(p * n);
+                    let row = self.b.add(p * ld);
                     for j in (0..n).step_by(16) {
                         let mask = lanes(n - j);
                         let y = _mm512_maskz_loadu_ps(mask, row.add(j));
@@ -2236,13 +2376,48 @@ mod tests {
                 let mut want = vec![0.0; m * n];
                 reference::matmul_exact(&mut want, &a, &b, &bias, m, k, n);
                 let mut got = vec![f32::NAN; m * n];
-                exact(isa, &mut got, &a, &b, &bias, m, k, n);
+                exact(isa, &mut got, &a, &b, &bias, m, k, n, &Serial);
                 for (idx, (x, y)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(
                         x.to_bits(),
                         y.to_bits(),
                         "{isa:?} ({m}, {k}, {n}) at {idx}: {x} vs {y}"
                     );
+                }
+            }
+        }
+    }
+
+    /// Split over threads, the exact kernel still gives the reference's bits: every ISA, one to
+    /// five threads, an executor that repeats tasks, batch 1 and batches that take the tile path,
+    /// column counts that leave a narrow last block.
+    #[test]
+    fn threaded_exact_kernel_is_bit_identical() {
+        struct Twice;
+        impl Exec for Twice {
+            fn threads(&self) -> usize {
+                3
+            }
+            fn for_each(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+                for t in (0..tasks).rev().chain(0..tasks) {
+                    f(t);
+                }
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let execs: [&dyn Exec; 5] = [&Threads(1), &Threads(2), &Threads(3), &Threads(5), &Twice];
+        for &(m, k, n) in &[(1, 1024, 784), (1, 512, 130), (3, 300, 97), (9, 100, 200)] {
+            assert!(m * k * n >= PAR_MIN_EXACT_MACS);
+            let a = random(m * k, 80 + k as u64);
+            let b = random(k * n, 81 + n as u64);
+            let bias = random(n, 82);
+            let mut want = vec![0.0; m * n];
+            reference::matmul_exact(&mut want, &a, &b, &bias, m, k, n);
+            for isa in exact_isas() {
+                for exec in execs {
+                    let mut got = vec![f32::NAN; m * n];
+                    exact(isa, &mut got, &a, &b, &bias, m, k, n, exec);
+                    assert_eq!(bits(&got), bits(&want), "{isa:?} ({m}, {k}, {n})");
                 }
             }
         }
@@ -2269,7 +2444,7 @@ mod tests {
         reference::matmul_exact(&mut want, &a, &b, &bias, m, k, n);
         for isa in exact_isas() {
             let mut got = vec![0.0; m * n];
-            exact(isa, &mut got, &a, &b, &bias, m, k, n);
+            exact(isa, &mut got, &a, &b, &bias, m, k, n, &Serial);
             let same = got
                 .iter()
                 .zip(&want)

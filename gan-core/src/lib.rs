@@ -39,6 +39,7 @@ pub mod optim;
 pub mod par;
 pub mod pool;
 pub mod spec;
+pub mod vtanh;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -26,7 +26,7 @@ use crate::dense;
 use crate::dropout;
 use crate::error::{CoreError, check_len};
 use crate::kernels;
-use crate::kernels::Exec;
+use crate::kernels::{Exec, Serial};
 use crate::mbd;
 use crate::norm;
 use crate::pool::{self, PoolDims};
@@ -217,9 +217,11 @@ pub fn forward_with(
             }
             ref l => match Activation::of(l) {
                 // Element-wise, so splitting it over threads cannot change any bit.
-                Some(a) => crate::par::for_each_chunk(exec, out, &|off, o| {
-                    a.forward(o, &inp[off..off + o.len()])
-                }),
+                Some(a) => {
+                    crate::par::for_each_chunk_min(exec, out, a.par_min_elems(), &|off, o| {
+                        a.forward(o, &inp[off..off + o.len()])
+                    })
+                }
                 None => return Err(CoreError::Unsupported { layer: info.index }),
             },
         }
@@ -519,7 +521,7 @@ fn param_grads<'g>(
 /// with the running statistics from `params`, and skips dropout. Every sample is computed
 /// independently, so a sample's output does not depend on the batch it is in. `scratch` has
 /// [`Spec::infer_scratch_len`]`(n)` elements. This is the path `gan-train sample` and the
-/// firmware share.
+/// firmware share. [`infer_with`] runs the same computation on several threads.
 pub fn infer(
     spec: &Spec<'_>,
     params: &[f32],
@@ -527,6 +529,22 @@ pub fn infer(
     output: &mut [f32],
     scratch: &mut [f32],
     n: usize,
+) -> Result<(), CoreError> {
+    infer_with(spec, params, input, output, scratch, n, &Serial)
+}
+
+/// [`infer`] with the large dense products and activations split over the tasks of `exec`.
+///
+/// Threads only ever divide outputs between them (columns of a product, ranges of an
+/// activation), never a sum, so the result is bit-identical to [`infer`] for every `exec`.
+pub fn infer_with(
+    spec: &Spec<'_>,
+    params: &[f32],
+    input: &[f32],
+    output: &mut [f32],
+    scratch: &mut [f32],
+    n: usize,
+    exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     if n == 0 {
         return Err(CoreError::ZeroSize);
@@ -554,6 +572,7 @@ pub fn infer(
                     n,
                     info.in_shape.len(),
                     c_out as usize,
+                    exec,
                 )?;
                 core::mem::swap(&mut a, &mut b);
                 len = out_len;
@@ -594,7 +613,13 @@ pub fn infer(
             Layer::Dropout { .. } => {}
             ref l if l.is_view() => {}
             ref l => match Activation::of(l) {
-                Some(act) => act.forward_inplace(&mut a[..len]),
+                // Element-wise: splitting it over threads cannot change any bit.
+                Some(act) => crate::par::for_each_chunk_min(
+                    exec,
+                    &mut a[..len],
+                    act.par_min_elems(),
+                    &|_, x| act.forward_inplace(x),
+                ),
                 None => return Err(CoreError::Unsupported { layer: info.index }),
             },
         }

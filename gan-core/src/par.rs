@@ -9,12 +9,23 @@ use crate::kernels::Exec;
 pub const PAR_MIN_ELEMS: usize = 32 * 1024;
 const MAX_TASKS: usize = 64;
 
-/// Calls `f(offset, chunk)` for consecutive, disjoint chunks covering `out`, as tasks of `exec`.
+/// Calls `f(offset, chunk)` for consecutive, disjoint chunks covering `out`, as tasks of `exec`
+/// (one task for slices shorter than [`PAR_MIN_ELEMS`]).
 pub fn for_each_chunk(exec: &dyn Exec, out: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    for_each_chunk_min(exec, out, PAR_MIN_ELEMS, f);
+}
+
+/// [`for_each_chunk`] with chunks of at least `min_elems` elements (at least one task).
+pub fn for_each_chunk_min(
+    exec: &dyn Exec,
+    out: &mut [f32],
+    min_elems: usize,
+    f: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
     let tasks = exec
         .threads()
         .clamp(1, MAX_TASKS)
-        .min(out.len() / PAR_MIN_ELEMS)
+        .min(out.len() / min_elems.max(1))
         .max(1);
     #[cfg(target_has_atomic = "8")]
     if tasks > 1 {
