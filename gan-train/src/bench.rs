@@ -6,8 +6,10 @@
 //!   through D to G and Adam) on a fixed batch of synthetic "real" images (uniform pixels in
 //!   `[-1, 1]`), so no dataset is needed; the kernels run on the rayon pool.
 //! - **generator samples/s at batch 1** with the exact inference path,
-//!   [`Generator::generate`] on an exported weights file: noise, exact dense kernel, pixel
-//!   conversion. This is what `gan-train sample` and the firmware run, one sample at a time.
+//!   [`Generator::generate_with`] on an exported weights file: noise, exact dense kernel, pixel
+//!   conversion. This is what `gan-train sample` and the firmware run, one sample at a time;
+//!   here the products' output columns are split over a [`Team`] of spinning threads (the
+//!   bits are those of the one-thread firmware path).
 //! - **generator samples/s at batch N** with the training forward ([`model::forward`] on the
 //!   rayon pool), noise included.
 //!
@@ -27,6 +29,7 @@ use gan_core::noise;
 
 use crate::config::{Arch, DataShape, TrainConfig};
 use crate::sample::AlignedBytes;
+use crate::team::Team;
 use crate::trainer::{Gan, Pool};
 
 /// `gan-train bench` options.
@@ -196,10 +199,22 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
     let mut scratch = vec![0.0f32; g.scratch_len()];
     let mut pixels = vec![0u8; g.output_len()];
     let mut grng = noise::rng(seed);
+    // On a team of spinning threads: each product is only tens of microseconds, too short to
+    // wait for a sleeping pool worker to wake up (see `team`).
+    let team = Team::with_rayon_threads().context("starting the inference threads")?;
     let gen_b1 = measure(policy, 1.0, || {
-        g.generate(&mut grng, 0, &mut z, &mut y, &mut scratch, &mut pixels)
-            .map_err(anyhow::Error::from)
+        g.generate_with(
+            &mut grng,
+            0,
+            &mut z,
+            &mut y,
+            &mut scratch,
+            &mut pixels,
+            &team,
+        )
+        .map_err(anyhow::Error::from)
     })?;
+    drop(team);
 
     // Batch N with the training forward on the pool.
     eprintln!("{name}: generator, batch {batch}, training forward");

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod report;
 pub mod run;
 pub mod sample;
+pub mod team;
 pub mod toy;
 pub mod trainer;
 pub mod uf2;

@@ -8,6 +8,8 @@ use gan_core::format::WeightsFile;
 use gan_core::generate::Generator;
 use gan_core::noise;
 
+use crate::team::Team;
+
 /// File bytes held in a buffer whose start is 16-byte aligned, so the weights can be used in
 /// place exactly as on the device.
 pub struct AlignedBytes {
@@ -63,7 +65,8 @@ pub enum ClassChoice {
 ///
 /// The noise for sample `i` is the `i`-th draw of `latent` values from `noise::rng(seed)`; with
 /// a conditional model the class one-hot follows the noise. This is the same routine the
-/// firmware runs ([`Generator::generate`]).
+/// firmware runs ([`Generator::generate`]), with each sample's products spread over a
+/// [`Team`] of threads (which never changes a bit).
 pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) -> Result<Vec<u8>> {
     let g = Generator::new(w).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut z = vec![0.0f32; g.input_len()];
@@ -71,6 +74,7 @@ pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) ->
     let mut scratch = vec![0.0f32; g.scratch_len()];
     let mut out = vec![0u8; n * g.output_len()];
     let mut rng = noise::rng(seed);
+    let team = Team::with_rayon_threads().context("starting the inference threads")?;
     for (i, pixels) in out.chunks_exact_mut(g.output_len()).enumerate() {
         let cls = match class {
             ClassChoice::Cycle if g.classes() > 0 => i % g.classes(),
@@ -83,7 +87,7 @@ pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) ->
                 g.classes()
             );
         }
-        g.generate(&mut rng, cls, &mut z, &mut y, &mut scratch, pixels)?;
+        g.generate_with(&mut rng, cls, &mut z, &mut y, &mut scratch, pixels, &team)?;
     }
     Ok(out)
 }
