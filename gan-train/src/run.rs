@@ -27,10 +27,10 @@ use gan_core::noise;
 use crate::config::{DataShape, OutAct, TrainConfig};
 use crate::data::{Batcher, Dataset, Scale};
 use crate::report::{self, LossLog, LossRow};
-use crate::trainer::{Checkpoint, DataSource, Gan, StepStats};
+use crate::trainer::{Checkpoint, DataSource, Gan};
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"GANC";
-const CHECKPOINT_VERSION: u32 = 1;
+const CHECKPOINT_VERSION: u32 = 2;
 /// Seed offset for the fixed grid noise, so it never coincides with training noise.
 const GRID_SEED_SALT: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -441,40 +441,19 @@ pub fn read_gray_png(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
     Ok((buf, info.width as usize, info.height as usize))
 }
 
-/// Mean of a window of step statistics.
-#[derive(Default)]
-struct Window {
-    sum: [f64; 6],
-    n: u32,
-}
-
-impl Window {
-    fn add(&mut self, s: &StepStats) {
-        for (acc, v) in self.sum.iter_mut().zip([
-            s.d_loss, s.g_loss, s.d_real, s.d_fake, s.acc_real, s.acc_fake,
-        ]) {
-            *acc += v as f64;
-        }
-        self.n += 1;
-    }
-    fn take(&mut self, step: u64, epoch: u32) -> Option<LossRow> {
-        if self.n == 0 {
-            return None;
-        }
-        let m = |i: usize| (self.sum[i] / self.n as f64) as f32;
-        let row = LossRow {
-            step,
-            epoch,
-            d_loss: m(0),
-            g_loss: m(1),
-            d_real: m(2),
-            d_fake: m(3),
-            d_acc_real: m(4),
-            d_acc_fake: m(5),
-        };
-        *self = Window::default();
-        Some(row)
-    }
+/// The loss-log row for the steps collected in `gan.log_window`, which starts over.
+fn take_row(gan: &mut Gan) -> Option<LossRow> {
+    let [d_loss, g_loss, d_real, d_fake, d_acc_real, d_acc_fake] = gan.log_window.take()?;
+    Some(LossRow {
+        step: gan.step,
+        epoch: gan.epoch,
+        d_loss,
+        g_loss,
+        d_real,
+        d_fake,
+        d_acc_real,
+        d_acc_fake,
+    })
 }
 
 fn run_loop(
@@ -496,7 +475,6 @@ fn run_loop(
     let z_fixed = fixed_noise(&gan);
     let mut real = vec![0.0f32; batch * px];
     let mut labels = vec![0u8; batch];
-    let mut window = Window::default();
     let started = Instant::now();
     let start_step = gan.step;
     let max_steps = gan.cfg.max_steps;
@@ -527,9 +505,9 @@ fn run_loop(
                 e.context(format!("stopped; {kept} (try a lower learning rate)"))
             })?;
             gan.batch_in_epoch += 1;
-            window.add(&stats);
+            gan.log_window.add(&stats);
             if gan.step.is_multiple_of(log_every)
-                && let Some(row) = window.take(gan.step, gan.epoch)
+                && let Some(row) = take_row(&mut gan)
             {
                 log.push(row);
             }
@@ -571,7 +549,7 @@ fn run_loop(
             );
         }
     }
-    if let Some(row) = window.take(gan.step, gan.epoch) {
+    if let Some(row) = take_row(&mut gan) {
         log.push(row);
     }
     log.append_csv(&run.csv())?;

@@ -123,6 +123,41 @@ pub struct StepStats {
     pub acc_fake: f32,
 }
 
+/// Running sums of the step statistics since the last loss-log row. Part of the checkpoint, so
+/// a run resumed in the middle of a logging window writes the same rows as one that was never
+/// stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogWindow {
+    /// Sums of d_loss, g_loss, d_real, d_fake, acc_real, acc_fake.
+    pub sum: [f64; 6],
+    /// Steps summed.
+    pub n: u32,
+}
+
+impl LogWindow {
+    /// Adds one step.
+    pub fn add(&mut self, s: &StepStats) {
+        for (acc, v) in self.sum.iter_mut().zip([
+            s.d_loss, s.g_loss, s.d_real, s.d_fake, s.acc_real, s.acc_fake,
+        ]) {
+            *acc += v as f64;
+        }
+        self.n += 1;
+    }
+
+    /// The means (in [`LogWindow::sum`]'s order) of the steps added since the last call, and a
+    /// fresh window; `None` if no step was added.
+    pub fn take(&mut self) -> Option<[f32; 6]> {
+        if self.n == 0 {
+            return None;
+        }
+        let n = self.n as f64;
+        let means = self.sum.map(|v| (v / n) as f32);
+        *self = LogWindow::default();
+        Some(means)
+    }
+}
+
 /// Where a run's images came from, so a resume trains on the same ones.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataSource {
@@ -165,6 +200,8 @@ pub struct Checkpoint {
     pub last_g_loss: f32,
     /// The training data.
     pub source: DataSource,
+    /// Statistics of the steps not yet written to the loss log.
+    pub log_window: LogWindow,
 }
 
 /// Work buffers for one batch size.
@@ -210,6 +247,8 @@ pub struct Gan {
     pub batch_in_epoch: u32,
     /// The training data (recorded in checkpoints).
     pub source: DataSource,
+    /// Statistics of the steps not yet written to the loss log (recorded in checkpoints).
+    pub log_window: LogWindow,
     last_g_loss: f32,
     work: Work,
 }
@@ -246,6 +285,7 @@ impl Gan {
             epoch: 0,
             batch_in_epoch: 0,
             source: DataSource::default(),
+            log_window: LogWindow::default(),
             last_g_loss: 0.0,
             work: Work::default(),
         })
@@ -292,6 +332,7 @@ impl Gan {
         gan.batch_in_epoch = ck.batch_in_epoch;
         gan.last_g_loss = ck.last_g_loss;
         gan.source = ck.source;
+        gan.log_window = ck.log_window;
         Ok(gan)
     }
 
@@ -312,6 +353,7 @@ impl Gan {
             batch_in_epoch: self.batch_in_epoch,
             last_g_loss: self.last_g_loss,
             source: self.source.clone(),
+            log_window: self.log_window,
         }
     }
 
