@@ -171,7 +171,7 @@ fn checkpoint_round_trips_in_memory_and_on_disk() {
 
     let bytes = run::encode_checkpoint(&ck).unwrap();
     assert_eq!(&bytes[..4], b"GANC");
-    assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 1);
+    assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 2);
     let payload_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
     assert_eq!(payload_len as usize, bytes.len() - 20);
     let back = run::decode_checkpoint(&bytes).unwrap();
@@ -225,10 +225,10 @@ fn damaged_checkpoints_are_rejected_with_clear_errors() {
     assert!(decode(&magic).contains("bad magic"));
 
     let mut version = good.clone();
-    version[4..8].copy_from_slice(&2u32.to_le_bytes());
+    version[4..8].copy_from_slice(&1u32.to_le_bytes());
     let msg = decode(&version);
     assert!(
-        msg.contains("version 2 is not supported") && msg.contains("reads 1"),
+        msg.contains("version 1 is not supported") && msg.contains("reads 2"),
         "{msg}"
     );
 
@@ -241,7 +241,7 @@ fn damaged_checkpoints_are_rejected_with_clear_errors() {
     let payload = [0xffu8; 40];
     let mut container = Vec::new();
     container.extend_from_slice(b"GANC");
-    container.extend_from_slice(&1u32.to_le_bytes());
+    container.extend_from_slice(&2u32.to_le_bytes());
     container.extend_from_slice(&gan_core::format::crc32(&payload).to_le_bytes());
     container.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     container.extend_from_slice(&payload);
