@@ -47,6 +47,15 @@ pub(crate) mod testutil;
 pub use error::{CoreError, SpecError};
 pub use spec::{Layer, Shape, Spec};
 
+/// Characters for grey levels in ASCII art, darkest first.
+pub const ASCII_RAMP: &[u8; 10] = b" .:-=+*#%@";
+
+/// The [`ASCII_RAMP`] character for grey level `p`: ten equal bins of 25.6 levels. Shared by
+/// `gan-train sample --ascii` and the firmware, so both draw the same picture.
+pub fn ascii_shade(p: u8) -> u8 {
+    ASCII_RAMP[p as usize * ASCII_RAMP.len() / 256]
+}
+
 /// Converts one generator output in `[-1, 1]` (Tanh) to a grey level `0..=255`.
 ///
 /// Host `sample` and the firmware both call this, so their bytes match exactly.

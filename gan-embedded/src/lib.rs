@@ -329,9 +329,6 @@ impl<'a> Digits<'a> {
     }
 }
 
-/// Grey ramp for ASCII art, darkest first.
-const RAMP: &[u8; 10] = b" .:-=+*#%@";
-
 /// Width of the text rendering of an output `shape`: the image width, 28 for a flat 784-value
 /// output, else everything on one line.
 pub fn art_width(shape: Shape) -> usize {
@@ -353,7 +350,7 @@ pub fn ascii_art(pixels: &[u8], width: usize, mut line: impl FnMut(&[u8])) {
     let mut buf = [0u8; MAX_LINE + 1];
     for row in pixels.chunks(width) {
         for (dst, &p) in buf.iter_mut().zip(row) {
-            *dst = RAMP[p as usize * RAMP.len() / 256];
+            *dst = gan_core::ascii_shade(p);
         }
         buf[row.len()] = b'\n';
         line(&buf[..=row.len()]);

@@ -92,13 +92,13 @@ pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) ->
     Ok(out)
 }
 
-/// An image as ASCII art, one text line per pixel row (dark to bright: " .:-=+*#%@").
+/// An image as ASCII art, one text line per pixel row (dark to bright: " .:-=+*#%@", the
+/// firmware's characters: [`gan_core::ascii_shade`]).
 pub fn ascii_art(pixels: &[u8], width: usize) -> String {
-    const RAMP: &[u8] = b" .:-=+*#%@";
     let mut s = String::with_capacity(pixels.len() + pixels.len() / width.max(1));
     for row in pixels.chunks(width.max(1)) {
         for &p in row {
-            s.push(RAMP[p as usize * (RAMP.len() - 1) / 255] as char);
+            s.push(gan_core::ascii_shade(p) as char);
         }
         s.push('\n');
     }
@@ -130,7 +130,9 @@ mod tests {
 
     #[test]
     fn ascii_ramp_ends() {
-        assert_eq!(ascii_art(&[0, 255, 128, 0], 2), " @\n= \n");
+        assert_eq!(ascii_art(&[0, 255, 128, 0], 2), " @\n+ \n");
+        // Ten bins of 25.6 grey levels: edges between 25|26, 51|52, …, 230|231.
+        assert_eq!(ascii_art(&[25, 26, 51, 52, 230, 231], 6), " ..:%@\n");
     }
 
     #[test]
