@@ -89,6 +89,20 @@ pub enum TensorKind {
     Weight,
     /// Bias.
     Bias,
+    /// Running statistics of a batch-normalisation layer: per-channel means, then variances
+    /// (used by inference instead of batch statistics).
+    RunningStats,
+}
+
+impl TensorKind {
+    /// Short lower-case name for tables: `weight`, `bias`, `stats`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TensorKind::Weight => "weight",
+            TensorKind::Bias => "bias",
+            TensorKind::RunningStats => "stats",
+        }
+    }
 }
 
 /// One tensor in the data section.
@@ -177,6 +191,7 @@ fn tensor_table(spec: &Spec<'_>) -> Result<heapless::Vec<TensorEntry, MAX_TENSOR
         for (kind, off, len) in [
             (TensorKind::Weight, info.param_offset, info.weight_len),
             (TensorKind::Bias, info.bias_offset, info.bias_len),
+            (TensorKind::RunningStats, info.stats_offset, info.stats_len),
         ] {
             if len == 0 {
                 continue;
@@ -429,7 +444,7 @@ pub fn max_file_len(param_len: usize) -> usize {
 /// the architecture (as [`Header::for_spec`] builds it).
 pub fn write(out: &mut [u8], header: &Header, params: &[f32]) -> Result<usize, FormatError> {
     let spec = header.spec().map_err(FormatError::BadArchitecture)?;
-    if params.len() != spec.param_len() {
+    if params.len() != spec.param_len() || header.tensors != tensor_table(&spec)? {
         return Err(FormatError::BadTensorTable);
     }
     let mut h = header.clone();
@@ -623,6 +638,53 @@ mod tests {
         for (i, a) in codes.iter().enumerate() {
             assert!(codes[i + 1..].iter().all(|b| b != a));
         }
+    }
+
+    /// Batch normalisation's running statistics are listed as their own tensor, after the
+    /// layer's scale and shift, and a table without them is refused.
+    #[test]
+    fn batchnorm_running_stats_are_in_the_tensor_table() {
+        let layers = [
+            Layer::Dense { out: 12 },
+            Layer::BatchNorm {
+                eps: 1e-5,
+                momentum: 0.1,
+            },
+            Layer::Relu,
+            Layer::Dense { out: 4 },
+        ];
+        let spec = Spec::new(Shape::flat(3), &layers).unwrap();
+        let h = Header::for_spec(ModelKind::Generator, &spec, 3, 0, NoiseKind::Gaussian).unwrap();
+        let bn = spec.iter().nth(1).unwrap();
+        let kinds: Vec<(u16, TensorKind, u32, u32)> = h
+            .tensors
+            .iter()
+            .map(|t| (t.layer, t.kind, t.offset, t.len))
+            .collect();
+        assert_eq!(kinds.len(), 7);
+        assert_eq!(
+            kinds[4],
+            (
+                1,
+                TensorKind::RunningStats,
+                (bn.stats_offset * 4) as u32,
+                24
+            )
+        );
+        assert_eq!(TensorKind::RunningStats.name(), "stats");
+        let params: Vec<f32> = (0..spec.param_len()).map(|i| i as f32).collect();
+        let mut buf = Aligned([0; 4096]);
+        let n = write(&mut buf.0, &h, &params).unwrap();
+        let f = WeightsFile::parse(&buf.0[..n]).unwrap();
+        assert_eq!(&f.params()[bn.stats_range()], &params[bn.stats_range()]);
+        // The same file with the stats entry dropped from its table.
+        let mut h2 = h.clone();
+        h2.tensors.remove(4);
+        let mut buf2 = Aligned([0; 4096]);
+        assert_eq!(
+            write(&mut buf2.0, &h2, &params),
+            Err(FormatError::BadTensorTable)
+        );
     }
 
     /// A header re-encoded with a consistent CRC but a lying architecture is still rejected.

@@ -101,7 +101,7 @@ pub fn describe_weights(bytes: &[u8]) -> (String, bool) {
             s,
             "{:<7}{:<8}{:<6}{:>12}{:>12}",
             t.layer,
-            format!("{:?}", t.kind).to_lowercase(),
+            t.kind.name(),
             format!("{:?}", t.dtype).to_lowercase(),
             t.offset,
             t.len
