@@ -9,8 +9,16 @@
 //! 12      4     CRC-32 (IEEE) of the header bytes, u32 LE
 //! 16      H     header, postcard-encoded `Header`
 //! 16+H    pad   zero bytes up to the next multiple of 16: the data start D
-//! D       L     data: the flat parameter buffer (`Spec::param_len()` f32, little-endian)
+//! D       L     data: the tensors listed in the header
 //! ```
+//!
+//! Two data layouts exist:
+//! - **f32** (format version 1): the flat parameter buffer (`Spec::param_len()` f32,
+//!   little-endian), exactly the layout of [`crate::spec`];
+//! - **int8** (format version 2, written by [`write_data`] with [`Header::for_spec_i8`]): for
+//!   every dense layer its weights as i8 (`C_in × C_out`, one byte each), one f32 scale per
+//!   output column, then the f32 bias; each tensor starts on a 16-byte boundary. Only networks
+//!   whose parameters are all in dense layers can be stored this way (see [`crate::quant`]).
 //!
 //! The data section is exactly the parameter layout of [`crate::spec`], in which every tensor
 //! starts on a 16-byte boundary, so a device can use the weights in place from flash: if the file
@@ -26,8 +34,11 @@ use crate::spec::{Layer, Shape, Spec};
 
 /// First four bytes of every weights file.
 pub const MAGIC: [u8; 4] = *b"GANW";
-/// The format version this build reads and writes.
-pub const VERSION: u16 = 1;
+/// The newest format version this build reads and writes: 2 adds int8 tensors. Files with only
+/// f32 tensors are still written as version 1, so older readers keep accepting them.
+pub const VERSION: u16 = 2;
+/// The oldest format version this build reads.
+pub const MIN_VERSION: u16 = 1;
 /// Bytes before the header.
 pub const PREAMBLE_LEN: usize = 16;
 /// Most layers a weights file may describe.
@@ -69,6 +80,8 @@ pub enum NoiseKind {
 pub enum DType {
     /// IEEE-754 binary32, little-endian.
     F32,
+    /// Signed 8-bit integer with a per-output-column f32 scale (a [`TensorKind::Scale`] tensor).
+    I8,
 }
 
 impl DType {
@@ -76,6 +89,7 @@ impl DType {
     pub const fn size(self) -> usize {
         match self {
             DType::F32 => 4,
+            DType::I8 => 1,
         }
     }
 }
@@ -92,6 +106,8 @@ pub enum TensorKind {
     /// Running statistics of a batch-normalisation layer: per-channel means, then variances
     /// (used by inference instead of batch statistics).
     RunningStats,
+    /// Per-output-column scales of an int8 weight tensor: weight = i8 value × scale.
+    Scale,
 }
 
 impl TensorKind {
@@ -101,6 +117,7 @@ impl TensorKind {
             TensorKind::Weight => "weight",
             TensorKind::Bias => "bias",
             TensorKind::RunningStats => "stats",
+            TensorKind::Scale => "scale",
         }
     }
 }
@@ -183,6 +200,74 @@ impl Header {
     }
 }
 
+impl Header {
+    /// Like [`Header::for_spec`], for the int8 layout ([`quant_table`]); fails with
+    /// [`FormatError::Unsupported`] if a layer other than a dense one has parameters.
+    pub fn for_spec_i8(
+        kind: ModelKind,
+        spec: &Spec<'_>,
+        latent: u32,
+        classes: u32,
+        noise: NoiseKind,
+    ) -> Result<Self, FormatError> {
+        let mut h = Header::for_spec(kind, spec, latent, classes, noise)?;
+        let (tensors, len) = quant_table(spec)?;
+        h.tensors = tensors;
+        h.data_len = u32::try_from(len).map_err(|_| FormatError::TooLarge)?;
+        Ok(h)
+    }
+
+    /// Whether the data section uses the int8 layout.
+    pub fn is_i8(&self) -> bool {
+        self.tensors.iter().any(|t| t.dtype == DType::I8)
+    }
+}
+
+/// `x` rounded up to a multiple of [`DATA_ALIGN`].
+const fn align_data(x: usize) -> usize {
+    x.div_ceil(DATA_ALIGN) * DATA_ALIGN
+}
+
+/// The int8 layout of a network and its data length in bytes: per dense layer an i8 weight
+/// tensor, an f32 [`TensorKind::Scale`] tensor and an f32 bias, each 16-byte aligned. A network
+/// with parameters outside dense layers is [`FormatError::Unsupported`].
+pub fn quant_table(
+    spec: &Spec<'_>,
+) -> Result<(heapless::Vec<TensorEntry, MAX_TENSORS>, usize), FormatError> {
+    let mut t = heapless::Vec::new();
+    let mut off = 0usize;
+    for info in spec.iter() {
+        if info.weight_len + info.bias_len + info.stats_len == 0 {
+            continue;
+        }
+        let Layer::Dense { out } = info.layer else {
+            return Err(FormatError::Unsupported);
+        };
+        let layer = u16::try_from(info.index).map_err(|_| FormatError::TooLarge)?;
+        let n = out as usize;
+        for (kind, dtype, len) in [
+            (TensorKind::Weight, DType::I8, info.weight_len),
+            (TensorKind::Scale, DType::F32, n),
+            (TensorKind::Bias, DType::F32, n),
+        ] {
+            t.push(TensorEntry {
+                layer,
+                kind,
+                dtype,
+                offset: u32::try_from(off).map_err(|_| FormatError::TooLarge)?,
+                len: u32::try_from(len).map_err(|_| FormatError::TooLarge)?,
+            })
+            .map_err(|_| FormatError::TooLarge)?;
+            off = len
+                .checked_mul(dtype.size())
+                .and_then(|b| off.checked_add(b))
+                .map(align_data)
+                .ok_or(FormatError::TooLarge)?;
+        }
+    }
+    Ok((t, off))
+}
+
 /// The tensor list implied by a spec's parameter layout.
 fn tensor_table(spec: &Spec<'_>) -> Result<heapless::Vec<TensorEntry, MAX_TENSORS>, FormatError> {
     let mut t = heapless::Vec::new();
@@ -237,6 +322,9 @@ pub enum FormatError {
     WrongKind,
     /// An output buffer is too small.
     BufferTooSmall,
+    /// The file uses a feature this build does not support for this network (int8 weights
+    /// outside dense layers).
+    Unsupported,
 }
 
 impl FormatError {
@@ -254,6 +342,7 @@ impl FormatError {
             FormatError::TooLarge => 18,
             FormatError::WrongKind => 19,
             FormatError::BufferTooSmall => 20,
+            FormatError::Unsupported => 21,
         }
     }
 }
@@ -266,7 +355,7 @@ impl core::fmt::Display for FormatError {
             FormatError::UnsupportedVersion(v) => {
                 write!(
                     f,
-                    "weights format version {v} is not supported (this build reads {VERSION})"
+                    "weights format version {v} is not supported (this build reads {MIN_VERSION} to {VERSION})"
                 )
             }
             FormatError::CorruptHeader => write!(f, "weights header is corrupt"),
@@ -279,6 +368,9 @@ impl core::fmt::Display for FormatError {
             FormatError::TooLarge => write!(f, "model is too large for this target"),
             FormatError::WrongKind => write!(f, "model is not a generator"),
             FormatError::BufferTooSmall => write!(f, "output buffer too small"),
+            FormatError::Unsupported => {
+                write!(f, "int8 weights are only supported in dense layers")
+            }
         }
     }
 }
@@ -290,10 +382,19 @@ impl core::error::Error for FormatError {}
 pub struct WeightsFile<'a> {
     /// The decoded header.
     pub header: Header,
-    /// The parameters, in place.
-    params: &'a [f32],
+    /// The data section, in place.
+    data: Data<'a>,
     /// Total bytes used by the file (preamble, header, padding, data).
     pub file_len: usize,
+}
+
+/// A validated data section.
+#[derive(Clone, Copy, Debug)]
+enum Data<'a> {
+    /// The flat f32 parameter buffer.
+    F32(&'a [f32]),
+    /// The int8 layout of [`quant_table`] (4-byte aligned).
+    I8(&'a [u8]),
 }
 
 /// Offset of the data section for a header of `header_len` bytes.
@@ -322,7 +423,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<(Header, usize), FormatError> {
         return Err(FormatError::BadMagic);
     }
     let version = read_u16(bytes, 4);
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion(version));
     }
     let header_len = read_u32(bytes, 8) as usize;
@@ -363,12 +464,28 @@ impl<'a> WeightsFile<'a> {
                 layer: 0,
             }));
         }
-        let expected = tensor_table(&spec)?;
-        if header.tensors != expected {
-            return Err(FormatError::BadTensorTable);
-        }
+        let i8_layout = header.is_i8();
+        let expected_len = if i8_layout {
+            // int8 tensors exist from format version 2 on.
+            if read_u16(bytes, 4) < 2 {
+                return Err(FormatError::BadTensorTable);
+            }
+            let (table, len) = match quant_table(&spec) {
+                Err(FormatError::Unsupported) => return Err(FormatError::Unsupported),
+                r => r?,
+            };
+            if header.tensors != table {
+                return Err(FormatError::BadTensorTable);
+            }
+            len
+        } else {
+            if header.tensors != tensor_table(&spec)? {
+                return Err(FormatError::BadTensorTable);
+            }
+            spec.param_len() * 4
+        };
         let data_len = header.data_len as usize;
-        if data_len != spec.param_len() * 4 {
+        if data_len != expected_len {
             return Err(FormatError::BadTensorTable);
         }
         let end = data_at
@@ -378,17 +495,37 @@ impl<'a> WeightsFile<'a> {
         if crc32(data) != header.data_crc {
             return Err(FormatError::DataChecksum);
         }
-        let params = bytes_as_f32(data)?;
+        let data = if i8_layout {
+            if !(data.as_ptr() as usize).is_multiple_of(4) {
+                return Err(FormatError::Misaligned);
+            }
+            Data::I8(data)
+        } else {
+            Data::F32(bytes_as_f32(data)?)
+        };
         Ok(WeightsFile {
             header,
-            params,
+            data,
             file_len: end,
         })
     }
 
-    /// The flat parameter buffer, in place (layout of [`crate::spec`]).
-    pub fn params(&self) -> &'a [f32] {
-        self.params
+    /// The flat parameter buffer, in place (layout of [`crate::spec`]); `None` for an int8 file
+    /// (see [`WeightsFile::i8_data`]).
+    pub fn params(&self) -> Option<&'a [f32]> {
+        match self.data {
+            Data::F32(p) => Some(p),
+            Data::I8(_) => None,
+        }
+    }
+
+    /// The data section of an int8 file ([`quant_table`] layout, 4-byte aligned), in place;
+    /// `None` for an f32 file.
+    pub fn i8_data(&self) -> Option<&'a [u8]> {
+        match self.data {
+            Data::F32(_) => None,
+            Data::I8(d) => Some(d),
+        }
     }
 
     /// The network.
@@ -467,7 +604,7 @@ pub fn write(out: &mut [u8], header: &Header, params: &[f32]) -> Result<usize, F
     }
     let header_crc = crc32(&out[PREAMBLE_LEN..PREAMBLE_LEN + header_len]);
     out[..4].copy_from_slice(&MAGIC);
-    out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    out[4..6].copy_from_slice(&MIN_VERSION.to_le_bytes());
     out[6..8].copy_from_slice(&0u16.to_le_bytes());
     out[8..12].copy_from_slice(&(header_len as u32).to_le_bytes());
     out[12..16].copy_from_slice(&header_crc.to_le_bytes());
@@ -475,6 +612,45 @@ pub fn write(out: &mut [u8], header: &Header, params: &[f32]) -> Result<usize, F
     for (dst, p) in out[data_at..end].chunks_exact_mut(4).zip(params) {
         dst.copy_from_slice(&p.to_le_bytes());
     }
+    Ok(end)
+}
+
+/// Writes a complete int8 weights file (format version 2) into `out` from its data section
+/// (built by [`crate::quant::encode`]) and returns the number of bytes used.
+///
+/// `header.data_crc` is set from `data`; the header must come from [`Header::for_spec_i8`] for
+/// the same network, and `data` must have its length.
+pub fn write_data(out: &mut [u8], header: &Header, data: &[u8]) -> Result<usize, FormatError> {
+    let spec = header.spec().map_err(FormatError::BadArchitecture)?;
+    let (table, len) = quant_table(&spec)?;
+    if header.tensors != table || header.data_len as usize != len || data.len() != len {
+        return Err(FormatError::BadTensorTable);
+    }
+    let mut h = header.clone();
+    h.data_crc = crc32(data);
+    if out.len() < PREAMBLE_LEN {
+        return Err(FormatError::BufferTooSmall);
+    }
+    let header_len = {
+        let room = (out.len() - PREAMBLE_LEN).min(MAX_HEADER_LEN);
+        let buf = &mut out[PREAMBLE_LEN..PREAMBLE_LEN + room];
+        postcard::to_slice(&h, buf)
+            .map_err(|_| FormatError::BufferTooSmall)?
+            .len()
+    };
+    let data_at = data_offset(header_len);
+    let end = data_at + data.len();
+    if out.len() < end {
+        return Err(FormatError::BufferTooSmall);
+    }
+    let header_crc = crc32(&out[PREAMBLE_LEN..PREAMBLE_LEN + header_len]);
+    out[..4].copy_from_slice(&MAGIC);
+    out[4..6].copy_from_slice(&2u16.to_le_bytes());
+    out[6..8].copy_from_slice(&0u16.to_le_bytes());
+    out[8..12].copy_from_slice(&(header_len as u32).to_le_bytes());
+    out[12..16].copy_from_slice(&header_crc.to_le_bytes());
+    out[PREAMBLE_LEN + header_len..data_at].fill(0);
+    out[data_at..end].copy_from_slice(data);
     Ok(end)
 }
 
@@ -576,7 +752,7 @@ mod tests {
     fn round_trip() {
         let (buf, n, params) = sample_file();
         let f = WeightsFile::parse(&buf.0[..n]).unwrap();
-        assert_eq!(f.params(), &params[..]);
+        assert_eq!(f.params(), Some(&params[..]));
         assert_eq!(f.file_len, n);
         assert_eq!(f.header.layers.as_slice(), &LAYERS);
         assert_eq!(f.header.tensors.len(), 4);
@@ -633,6 +809,7 @@ mod tests {
             FormatError::TooLarge,
             FormatError::WrongKind,
             FormatError::BufferTooSmall,
+            FormatError::Unsupported,
         ]
         .map(|e| e.code());
         for (i, a) in codes.iter().enumerate() {
@@ -676,7 +853,10 @@ mod tests {
         let mut buf = Aligned([0; 4096]);
         let n = write(&mut buf.0, &h, &params).unwrap();
         let f = WeightsFile::parse(&buf.0[..n]).unwrap();
-        assert_eq!(&f.params()[bn.stats_range()], &params[bn.stats_range()]);
+        assert_eq!(
+            &f.params().unwrap()[bn.stats_range()],
+            &params[bn.stats_range()]
+        );
         // The same file with the stats entry dropped from its table.
         let mut h2 = h.clone();
         h2.tensors.remove(4);
@@ -703,7 +883,7 @@ mod tests {
             h.data_crc = crc32_f32(&params);
             let hl = postcard::to_slice(&h, &mut hb).unwrap().len();
             buf.0[..4].copy_from_slice(&MAGIC);
-            buf.0[4..6].copy_from_slice(&VERSION.to_le_bytes());
+            buf.0[4..6].copy_from_slice(&MIN_VERSION.to_le_bytes());
             buf.0[8..12].copy_from_slice(&(hl as u32).to_le_bytes());
             buf.0[12..16].copy_from_slice(&crc32(&hb[..hl]).to_le_bytes());
             buf.0[16..16 + hl].copy_from_slice(&hb[..hl]);

@@ -4,17 +4,29 @@
 //! they produce the same bytes.
 
 use crate::error::{CoreError, check_len};
-use crate::format::{FormatError, ModelKind, NoiseKind, WeightsFile};
+use crate::format::{FormatError, ModelKind, NoiseKind, TensorEntry, WeightsFile};
 use crate::kernels::{Exec, Serial};
 use crate::model;
 use crate::noise::{self, NoiseRng};
 use crate::spec::{Layer, Spec};
 
-/// A generator ready to run from borrowed (possibly in-flash) parameters.
+/// Where a generator's parameters are.
+#[derive(Clone, Copy, Debug)]
+enum Weights<'a> {
+    /// The flat f32 parameter buffer.
+    F32(&'a [f32]),
+    /// An int8 data section and its tensor table (see [`crate::quant`]).
+    I8 {
+        data: &'a [u8],
+        tensors: &'a [TensorEntry],
+    },
+}
+
+/// A generator ready to run from borrowed (possibly in-flash) parameters, f32 or int8.
 #[derive(Clone, Copy, Debug)]
 pub struct Generator<'a> {
     spec: Spec<'a>,
-    params: &'a [f32],
+    weights: Weights<'a>,
     latent: usize,
     classes: usize,
     noise: NoiseKind,
@@ -23,7 +35,7 @@ pub struct Generator<'a> {
 
 impl<'a> Generator<'a> {
     /// A generator from a validated weights file. Fails with `WrongKind` for a discriminator.
-    pub fn new(w: &'a WeightsFile<'_>) -> Result<Self, FormatError> {
+    pub fn new(w: &'a WeightsFile<'a>) -> Result<Self, FormatError> {
         let h = &w.header;
         if h.kind != ModelKind::Generator {
             return Err(FormatError::WrongKind);
@@ -31,7 +43,14 @@ impl<'a> Generator<'a> {
         let spec = Spec::new(h.input, &h.layers).map_err(FormatError::BadArchitecture)?;
         Ok(Generator {
             spec,
-            params: w.params(),
+            weights: match (w.params(), w.i8_data()) {
+                (Some(p), _) => Weights::F32(p),
+                (None, Some(data)) => Weights::I8 {
+                    data,
+                    tensors: &h.tensors,
+                },
+                (None, None) => return Err(FormatError::BadTensorTable),
+            },
             latent: h.latent as usize,
             classes: h.classes as usize,
             noise: h.noise,
@@ -62,7 +81,17 @@ impl<'a> Generator<'a> {
     }
     /// Elements of the inference scratch buffer.
     pub fn scratch_len(&self) -> usize {
-        self.spec.infer_scratch_len(1)
+        match self.weights {
+            Weights::F32(_) => self.spec.infer_scratch_len(1),
+            Weights::I8 { .. } => {
+                self.spec.infer_scratch_len(1) + crate::quant::extra_scratch_len(&self.spec)
+            }
+        }
+    }
+
+    /// Whether the weights are int8.
+    pub fn is_i8(&self) -> bool {
+        matches!(self.weights, Weights::I8 { .. })
     }
 
     /// Draws the next noise vector from `rng`, appends the one-hot `class` (ignored for an
@@ -98,7 +127,15 @@ impl<'a> Generator<'a> {
             return Err(CoreError::Unsupported { layer: 0 });
         }
         noise::generator_input(self.noise, rng, self.latent, class, input);
-        model::infer_with(&self.spec, self.params, input, output, scratch, 1, exec)?;
+        match self.weights {
+            Weights::F32(params) => {
+                model::infer_with(&self.spec, params, input, output, scratch, 1, exec)?
+            }
+            // Integer sums are cheap and short; the int8 path runs on the calling thread.
+            Weights::I8 { data, tensors } => {
+                crate::quant::infer_i8(&self.spec, data, tensors, input, output, scratch, 1)?
+            }
+        }
         let map = if self.sigmoid_out {
             crate::to_pixel_unit
         } else {

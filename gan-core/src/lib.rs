@@ -38,6 +38,7 @@ pub mod norm;
 pub mod optim;
 pub mod par;
 pub mod pool;
+pub mod quant;
 pub mod spec;
 pub mod vtanh;
 

@@ -1419,12 +1419,12 @@ mod tests {
         let bytes = &mut raw[start..];
         let len = format::write(bytes, &header, &p).unwrap();
         let file = WeightsFile::parse(&bytes[..len]).unwrap();
-        assert_eq!(file.params(), &p[..]);
+        assert_eq!(file.params(), Some(&p[..]));
         let spec = file.spec();
         let mut a = vec![0.0; n * 784];
         let mut b = vec![0.0; n * 784];
         let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
-        infer(&spec, file.params(), &z, &mut a, &mut scratch, n).unwrap();
+        infer(&spec, file.params().unwrap(), &z, &mut a, &mut scratch, n).unwrap();
         infer(&g, &p, &z, &mut b, &mut scratch, n).unwrap();
         assert_eq!(a.map_bits(), b.map_bits());
     }
