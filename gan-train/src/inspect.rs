@@ -71,7 +71,14 @@ pub fn describe_weights(bytes: &[u8]) -> (String, bool) {
             return (s, false);
         }
     };
-    let _ = writeln!(s, "magic/version:   GANW v{}", format::VERSION);
+    // parse_header succeeded, so the preamble (and its version field) is there.
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    let weights = if header.is_i8() {
+        "int8 weights, f32 scales and biases"
+    } else {
+        "f32"
+    };
+    let _ = writeln!(s, "magic/version:   GANW v{version} ({weights})");
     let _ = writeln!(s, "model kind:      {:?}", header.kind);
     let _ = writeln!(
         s,

@@ -204,8 +204,12 @@ struct TrainArgs {
 #[derive(Args)]
 struct ExportArgs {
     /// Run directory to export from (uses its checkpoint).
-    #[arg(long, required_unless_present = "checkpoint")]
+    #[arg(long, required_unless_present_any = ["checkpoint", "weights"])]
     run: Option<PathBuf>,
+    /// An f32 weights file to re-encode instead (with `--dtype i8`), e.g.
+    /// data/weights/default.ganw.
+    #[arg(long, conflicts_with_all = ["run", "checkpoint"], requires = "out")]
+    weights: Option<PathBuf>,
     /// A checkpoint file instead of a run directory.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
@@ -215,6 +219,9 @@ struct ExportArgs {
     /// Also write a UF2 that flashes just these weights to a Pico's weights region.
     #[arg(long)]
     uf2: Option<PathBuf>,
+    /// Weight type: f32 (exact) or i8 (a quarter of the size, integer math on the device).
+    #[arg(long, value_enum, default_value_t = run::WeightsDType::F32)]
+    dtype: run::WeightsDType,
 }
 
 #[derive(Args)]
@@ -405,13 +412,27 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 }
 
 fn cmd_export(a: ExportArgs) -> Result<()> {
+    if let Some(w) = &a.weights {
+        let bytes = std::fs::read(w).with_context(|| format!("reading {}", w.display()))?;
+        let bytes = match a.dtype {
+            run::WeightsDType::I8 => run::quantize_weights(&bytes)?,
+            run::WeightsDType::F32 => bail!("--weights re-encodes a file: give --dtype i8"),
+        };
+        let out = a.out.context("--weights needs --out")?;
+        run::write_atomic(&out, &bytes)?;
+        eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
+        if let Some(u) = a.uf2 {
+            write_weights_uf2(&bytes, gan_train::uf2::PICO_WEIGHTS_ADDR, &u)?;
+        }
+        return Ok(());
+    }
     let (ck_path, default_out) = match (&a.checkpoint, &a.run) {
         (Some(c), _) => (c.clone(), c.with_extension("ganw")),
         (None, Some(r)) => (RunDir::new(r).checkpoint(), RunDir::new(r).generator()),
         (None, None) => bail!("give --run or --checkpoint"),
     };
     let ck = run::load_checkpoint(&ck_path)?;
-    let bytes = run::export_bytes(&ck)?;
+    let bytes = run::export_bytes_as(&ck, a.dtype)?;
     let out = a.out.unwrap_or(default_out);
     run::write_atomic(&out, &bytes)?;
     eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());

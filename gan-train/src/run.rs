@@ -142,8 +142,8 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
     );
     let version = u32::from_le_bytes(bytes[4..8].try_into()?);
     ensure!(
-        version == CHECKPOINT_VERSION,
-        "checkpoint version {version} is not supported (this build reads {CHECKPOINT_VERSION})"
+        version == 1 || version == CHECKPOINT_VERSION,
+        "checkpoint version {version} is not supported (this build reads 1 to {CHECKPOINT_VERSION})"
     );
     let crc = u32::from_le_bytes(bytes[8..12].try_into()?);
     let len = u64::from_le_bytes(bytes[12..20].try_into()?) as usize;
@@ -157,7 +157,55 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
         format::crc32(payload) == crc,
         "checkpoint is corrupt (CRC mismatch)"
     );
+    if version == 1 {
+        let v1: CheckpointV1 =
+            postcard::from_bytes(payload).context("checkpoint payload does not decode")?;
+        return Ok(v1.into());
+    }
     postcard::from_bytes(payload).context("checkpoint payload does not decode")
+}
+
+/// Checkpoint format version 1: [`Checkpoint`] before it carried the partial loss-log window.
+/// Still read, so runs started by earlier builds can be resumed and exported.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[doc(hidden)]
+pub struct CheckpointV1 {
+    pub config: crate::config::TrainConfig,
+    pub data: crate::config::DataShape,
+    pub g_params: Vec<f32>,
+    pub g_opt_state: Vec<f32>,
+    pub g_opt_step: u64,
+    pub d_params: Vec<f32>,
+    pub d_opt_state: Vec<f32>,
+    pub d_opt_step: u64,
+    pub rng: [u8; 32],
+    pub step: u64,
+    pub epoch: u32,
+    pub batch_in_epoch: u32,
+    pub last_g_loss: f32,
+    pub source: DataSource,
+}
+
+impl From<CheckpointV1> for Checkpoint {
+    fn from(c: CheckpointV1) -> Self {
+        Checkpoint {
+            config: c.config,
+            data: c.data,
+            g_params: c.g_params,
+            g_opt_state: c.g_opt_state,
+            g_opt_step: c.g_opt_step,
+            d_params: c.d_params,
+            d_opt_state: c.d_opt_state,
+            d_opt_step: c.d_opt_step,
+            rng: c.rng,
+            step: c.step,
+            epoch: c.epoch,
+            batch_in_epoch: c.batch_in_epoch,
+            last_g_loss: c.last_g_loss,
+            source: c.source,
+            log_window: Default::default(),
+        }
+    }
 }
 
 /// Writes a checkpoint atomically.
@@ -173,6 +221,22 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
 
 /// The generator of a checkpoint as a weights file (the firmware format).
 pub fn export_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
+    export_bytes_as(ck, WeightsDType::F32)
+}
+
+/// Element type of exported weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsDType {
+    /// 32-bit floats: exactly the trained weights (format version 1).
+    #[default]
+    F32,
+    /// 8-bit integers with a scale per output column (format version 2): a quarter of the
+    /// size, and integer arithmetic on microcontrollers without an FPU. Dense-only generators.
+    I8,
+}
+
+/// [`export_bytes`] with a choice of weight type.
+pub fn export_bytes_as(ck: &Checkpoint, dtype: WeightsDType) -> Result<Vec<u8>> {
     let cfg = ck.config.resolved();
     let def = cfg.generator(ck.data)?;
     let spec = def.spec();
@@ -181,16 +245,56 @@ pub fn export_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
         "checkpoint generator has the wrong size"
     );
     let classes = if cfg.conditional { ck.data.classes } else { 0 };
-    let header = Header::for_spec(
-        ModelKind::Generator,
-        &spec,
-        cfg.latent,
-        classes,
-        cfg.noise.into(),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut buf = vec![0u8; format::max_file_len(spec.param_len())];
-    let n = format::write(&mut buf, &header, &ck.g_params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let err = |e: format::FormatError| anyhow::anyhow!("{e}");
+    match dtype {
+        WeightsDType::F32 => {
+            let header = Header::for_spec(
+                ModelKind::Generator,
+                &spec,
+                cfg.latent,
+                classes,
+                cfg.noise.into(),
+            )
+            .map_err(err)?;
+            let mut buf = vec![0u8; format::max_file_len(spec.param_len())];
+            let n = format::write(&mut buf, &header, &ck.g_params).map_err(err)?;
+            buf.truncate(n);
+            Ok(buf)
+        }
+        WeightsDType::I8 => {
+            let header = Header::for_spec_i8(
+                ModelKind::Generator,
+                &spec,
+                cfg.latent,
+                classes,
+                cfg.noise.into(),
+            )
+            .map_err(|e| {
+                anyhow::anyhow!("{e}: this generator cannot be exported as int8, use f32")
+            })?;
+            let mut data = vec![0u8; header.data_len as usize];
+            gan_core::quant::encode(&spec, &ck.g_params, &mut data).map_err(err)?;
+            let mut buf = vec![0u8; format::data_offset(format::MAX_HEADER_LEN) + data.len()];
+            let n = format::write_data(&mut buf, &header, &data).map_err(err)?;
+            buf.truncate(n);
+            Ok(buf)
+        }
+    }
+}
+
+/// Re-encodes an f32 generator weights file with int8 weights (see [`WeightsDType::I8`]).
+pub fn quantize_weights(bytes: &[u8]) -> Result<Vec<u8>> {
+    let file = crate::sample::AlignedBytes::new(bytes);
+    let w = file.weights()?;
+    let params = w.params().context("the weights file is already int8")?;
+    let h = &w.header;
+    let spec = h.spec().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let err = |e: format::FormatError| anyhow::anyhow!("{e}");
+    let header = Header::for_spec_i8(h.kind, &spec, h.latent, h.classes, h.noise).map_err(err)?;
+    let mut data = vec![0u8; header.data_len as usize];
+    gan_core::quant::encode(&spec, params, &mut data).map_err(err)?;
+    let mut buf = vec![0u8; format::data_offset(format::MAX_HEADER_LEN) + data.len()];
+    let n = format::write_data(&mut buf, &header, &data).map_err(err)?;
     buf.truncate(n);
     Ok(buf)
 }

@@ -184,6 +184,38 @@ fn checkpoint_round_trips_in_memory_and_on_disk() {
     assert_same_state(&ck, &run::load_checkpoint(&path).unwrap());
 }
 
+/// Checkpoints written before the loss-log window was saved (version 1) still load.
+#[test]
+fn version_1_checkpoints_still_load() {
+    let ck = trained_checkpoint(&tiny(), 2);
+    let v1 = run::CheckpointV1 {
+        config: ck.config.clone(),
+        data: ck.data,
+        g_params: ck.g_params.clone(),
+        g_opt_state: ck.g_opt_state.clone(),
+        g_opt_step: ck.g_opt_step,
+        d_params: ck.d_params.clone(),
+        d_opt_state: ck.d_opt_state.clone(),
+        d_opt_step: ck.d_opt_step,
+        rng: ck.rng,
+        step: ck.step,
+        epoch: ck.epoch,
+        batch_in_epoch: ck.batch_in_epoch,
+        last_g_loss: ck.last_g_loss,
+        source: ck.source.clone(),
+    };
+    let payload = postcard::to_stdvec(&v1).unwrap();
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"GANC");
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    bytes.extend_from_slice(&gan_core::format::crc32(&payload).to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    let back = run::decode_checkpoint(&bytes).unwrap();
+    assert_same_state(&ck, &back);
+    assert_eq!(back.log_window, Default::default());
+}
+
 #[test]
 fn damaged_checkpoints_are_rejected_with_clear_errors() {
     let ck = trained_checkpoint(&tiny(), 1);
@@ -225,10 +257,10 @@ fn damaged_checkpoints_are_rejected_with_clear_errors() {
     assert!(decode(&magic).contains("bad magic"));
 
     let mut version = good.clone();
-    version[4..8].copy_from_slice(&1u32.to_le_bytes());
+    version[4..8].copy_from_slice(&3u32.to_le_bytes());
     let msg = decode(&version);
     assert!(
-        msg.contains("version 1 is not supported") && msg.contains("reads 2"),
+        msg.contains("version 3 is not supported") && msg.contains("reads 1 to 2"),
         "{msg}"
     );
 
@@ -798,7 +830,7 @@ fn infer_by_hand(
         );
         let mut y = vec![0.0f32; spec.output().len()];
         let mut scratch = vec![0.0f32; spec.infer_scratch_len(1)];
-        model::infer(&spec, w.params(), &z, &mut y, &mut scratch, 1).unwrap();
+        model::infer(&spec, w.params().unwrap(), &z, &mut y, &mut scratch, 1).unwrap();
         out.extend(y.iter().map(|&v| gan_core::to_pixel(v)));
     }
     out
@@ -834,7 +866,7 @@ fn export_parses_and_matches_the_checkpoint() {
         4 * ck.g_params.len(),
         "data is the flat buffer"
     );
-    assert_bits_eq("exported params", w.params(), &ck.g_params);
+    assert_bits_eq("exported params", w.params().unwrap(), &ck.g_params);
 
     let (text, ok) = inspect::describe_weights(aligned.bytes());
     assert!(ok, "{text}");
@@ -869,7 +901,7 @@ fn export_of_a_conditional_uniform_model_describes_it() {
     assert_eq!((w.header.latent, w.header.classes), (8, 10));
     assert_eq!(w.header.noise, NoiseKind::Uniform);
     assert_eq!(w.header.input.len(), 18);
-    assert_bits_eq("exported params", w.params(), &ck.g_params);
+    assert_bits_eq("exported params", w.params().unwrap(), &ck.g_params);
     let (text, ok) = inspect::describe_weights(aligned.bytes());
     assert!(ok, "{text}");
     assert!(text.contains("classes:         10"), "{text}");
@@ -945,7 +977,7 @@ fn infer_by_hand_unit(w: &WeightsFile<'_>, seed: u64, n: usize, class: usize) ->
         );
         let mut y = vec![0.0f32; spec.output().len()];
         let mut scratch = vec![0.0f32; spec.infer_scratch_len(1)];
-        model::infer(&spec, w.params(), &z, &mut y, &mut scratch, 1).unwrap();
+        model::infer(&spec, w.params().unwrap(), &z, &mut y, &mut scratch, 1).unwrap();
         out.extend(y.iter().map(|&v| gan_core::to_pixel_unit(v)));
     }
     out
