@@ -207,14 +207,18 @@ pub enum ClassChoice {
     Fixed(u32),
 }
 
+/// Scratch elements: what [`Generator::scratch_len`] asks for the largest supported model.
+const SCRATCH_LEN: usize = 2 * MAX_FEATURES + MAX_FEATURES.div_ceil(4);
+
 /// The working memory of one generation, sized for the largest supported model.
 pub struct Buffers {
     /// Generator input: noise, then the class one-hot.
     input: [f32; MAX_FEATURES],
     /// Network output before conversion to pixels.
     output: [f32; MAX_PIXELS],
-    /// Two ping-pong activation buffers for inference.
-    scratch: [f32; 2 * MAX_FEATURES],
+    /// Two ping-pong activation buffers for inference, then room for one int8-quantised row
+    /// (int8 weights).
+    scratch: [f32; SCRATCH_LEN],
     /// The generated sample as grey bytes.
     pixels: [u8; MAX_PIXELS],
 }
@@ -242,7 +246,7 @@ static BUFFERS: Once<Buffers> = Once {
     value: UnsafeCell::new(Buffers {
         input: [0.0; MAX_FEATURES],
         output: [0.0; MAX_PIXELS],
-        scratch: [0.0; 2 * MAX_FEATURES],
+        scratch: [0.0; SCRATCH_LEN],
         pixels: [0; MAX_PIXELS],
     }),
 };
@@ -267,10 +271,10 @@ pub struct Digits<'a> {
 
 impl<'a> Digits<'a> {
     /// A generator for `file` (from [`load`]) whose noise stream starts from `seed`.
-    pub fn new(file: &'a WeightsFile<'_>, seed: u64, bufs: &'a mut Buffers) -> Result<Self, Error> {
+    pub fn new(file: &'a WeightsFile<'a>, seed: u64, bufs: &'a mut Buffers) -> Result<Self, Error> {
         let generator = Generator::new(file)?;
         if generator.input_len() > MAX_FEATURES
-            || generator.scratch_len() > 2 * MAX_FEATURES
+            || generator.scratch_len() > SCRATCH_LEN
             || generator.output_len() > MAX_PIXELS
         {
             return Err(Error::Format(FormatError::TooLarge));

@@ -426,6 +426,57 @@ fn m0_default_weights_and_measurements() {
     check_default_weights(&M0, None);
 }
 
+/// The default generator re-encoded with int8 weights, loaded into the WEIGHTS region: the
+/// device's bytes equal the host's, and the instruction counts are printed. An int8 table in a
+/// version-1 file is refused with the tensor-table code.
+fn check_int8_default(board: &Board) {
+    let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
+    let q = gan_train::run::quantize_weights(&default).unwrap();
+    assert!(q.len() * 3 < default.len(), "int8 file is not smaller");
+    let run = run_qemu(board, Some(&q), &["seed=2026", "count=3"]);
+    assert_success(&run, "int8 weights");
+    assert!(
+        run.stdout.contains("weights: weights region"),
+        "{}",
+        run.stdout
+    );
+    let expected = host_digits(&q, 2026, 3, ClassChoice::Cycle);
+    assert!(
+        run.digits.as_deref() == Some(&expected[..]),
+        "{}: firmware digits from int8 weights differ from host generation",
+        board.name
+    );
+    let macs = run.number("MACs:");
+    let instructions = run.numbers("instructions:");
+    assert_eq!(instructions.len(), 3);
+    let per_digit = instructions.iter().sum::<u64>() / 3;
+    eprintln!(
+        "firmware {} ({}) with int8 weights: {} B weights file, peak stack {} B, \
+         {} instructions/digit, {:.2} instructions/MAC",
+        board.name,
+        board.target,
+        q.len(),
+        run.number("peak stack:"),
+        per_digit,
+        per_digit as f64 / macs as f64
+    );
+
+    let mut v1 = q.clone();
+    v1[4] = 1;
+    let run = run_qemu(board, Some(&v1), &["seed=1", "count=1"]);
+    assert_eq!(run.status, 15, "int8 table in a v1 file\n{}", run.stdout);
+}
+
+#[test]
+fn m4_int8_weights_match_host() {
+    check_int8_default(&M4);
+}
+
+#[test]
+fn m0_int8_weights_match_host() {
+    check_int8_default(&M0);
+}
+
 /// Each kind of bad weights file ends QEMU with its own error code.
 fn check_bad_weights(board: &Board) {
     let good = small_conditional();
@@ -437,7 +488,7 @@ fn check_bad_weights(board: &Board) {
     corrupt[data_at + data_len / 2] ^= 0x40;
     let truncated = good[..data_at + data_len / 2].to_vec();
     let mut version = good.clone();
-    version[4] = 2;
+    version[4] = 3;
     let mut bad_header = good.clone();
     bad_header[format::PREAMBLE_LEN + 3] ^= 0x01;
     const WIDE: [Layer; 2] = [Layer::Dense { out: 4 }, Layer::Tanh];
