@@ -130,20 +130,15 @@ pub fn dense_forward_i8(
         let sx = quantize_row(xq, irow);
         let mut j = 0;
         while j + TILE <= c_out {
-            columns::<TILE>(
-                &mut orow[j..j + TILE],
-                xq,
-                &q[j..],
-                scales,
-                bias,
-                j,
-                sx,
-                c_out,
-            );
+            // SAFETY: columns j..j+TILE ≤ c_out of every row p < c_in of `q` (length checked).
+            let acc = unsafe { column_sums::<TILE>(xq, q.as_ptr().add(j), c_out) };
+            finish(&mut orow[j..j + TILE], &acc, &scales[j..], &bias[j..], sx);
             j += TILE;
         }
         while j < c_out {
-            columns::<1>(&mut orow[j..j + 1], xq, &q[j..], scales, bias, j, sx, c_out);
+            // SAFETY: as above with one column.
+            let acc = unsafe { column_sums::<1>(xq, q.as_ptr().add(j), c_out) };
+            finish(&mut orow[j..j + 1], &acc, &scales[j..], &bias[j..], sx);
             j += 1;
         }
     }
@@ -157,29 +152,30 @@ const TILE: usize = 4;
 #[cfg(not(target_arch = "arm"))]
 const TILE: usize = 16;
 
-/// `W` outputs starting at column `j`; `q` starts at column `j` of row 0, rows `ld` apart.
+/// `Σ_p xq[p]·q[p·ld + l]` for `l < W`, in i32.
+///
+/// # Safety
+/// `q[p·ld .. p·ld + W]` is readable for every `p < xq.len()`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn columns<const W: usize>(
-    out: &mut [f32],
-    xq: &[i8],
-    q: &[i8],
-    scales: &[f32],
-    bias: &[f32],
-    j: usize,
-    sx: f32,
-    ld: usize,
-) {
+unsafe fn column_sums<const W: usize>(xq: &[i8], q: *const i8, ld: usize) -> [i32; W] {
     let mut acc = [0i32; W];
-    for (p, &x) in xq.iter().enumerate() {
-        let row = &q[p * ld..p * ld + W];
+    let mut row = q;
+    for &x in xq {
         let x = x as i32;
-        for (a, &w) in acc.iter_mut().zip(row) {
-            *a += x * w as i32;
+        for (l, a) in acc.iter_mut().enumerate() {
+            // SAFETY: row p, column l < W (contract).
+            *a += x * unsafe { *row.add(l) } as i32;
         }
+        row = row.wrapping_add(ld);
     }
-    for (l, (o, &a)) in out.iter_mut().zip(&acc).enumerate() {
-        *o = a as f32 * (sx * scales[j + l]) + bias[j + l];
+    acc
+}
+
+/// `out[l] = acc[l] as f32 · (sx · scales[l]) + bias[l]`.
+#[inline(always)]
+fn finish(out: &mut [f32], acc: &[i32], scales: &[f32], bias: &[f32], sx: f32) {
+    for (((o, &a), &s), &b) in out.iter_mut().zip(acc).zip(scales).zip(bias) {
+        *o = a as f32 * (sx * s) + b;
     }
 }
 
