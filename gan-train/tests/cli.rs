@@ -320,6 +320,66 @@ fn train_resume_export_inspect_and_sample() {
         stderr(&o)
     );
     assert!(!cwd.join("U.bin").exists());
+
+    // Int8: from the run and by re-encoding the f32 file give the same bytes; inspect and
+    // sample read it; the digits stay close to the f32 ones.
+    ok(
+        cwd,
+        &[
+            "export", "--run", "R", "--dtype", "i8", "--out", "Q.ganw", "--uf2", "Q.uf2",
+        ],
+    );
+    ok(
+        cwd,
+        &[
+            "export",
+            "--weights",
+            "X.ganw",
+            "--dtype",
+            "i8",
+            "--out",
+            "Q2.ganw",
+        ],
+    );
+    let q = read(cwd.join("Q.ganw"));
+    assert!(q == read(cwd.join("Q2.ganw")), "int8 exports differ");
+    assert!(q.len() < x.len() / 2, "{} vs {}", q.len(), x.len());
+    assert_eq!(&read(cwd.join("Q.uf2"))[..4], b"UF2\n");
+    let text = stdout(&ok(cwd, &["inspect", "Q.ganw"]));
+    assert!(text.contains("GANW v2 (int8 weights"), "{text}");
+    assert!(text.contains(" i8 "), "{text}");
+    assert!(!text.contains("INVALID"), "{text}");
+    ok(
+        cwd,
+        &[
+            "sample", "--model", "Q.ganw", "--n", "4", "--seed", "3", "--raw", "Q.bin",
+        ],
+    );
+    let qraw = read(cwd.join("Q.bin"));
+    let mean_diff = qraw
+        .iter()
+        .zip(&raw)
+        .map(|(&a, &b)| (a as f64 - b as f64).abs())
+        .sum::<f64>()
+        / raw.len() as f64;
+    assert!(
+        mean_diff < 4.0,
+        "int8 digits are {mean_diff} grey levels off"
+    );
+    let (code, err) = fails(
+        cwd,
+        &[
+            "export",
+            "--weights",
+            "Q.ganw",
+            "--dtype",
+            "i8",
+            "--out",
+            "Q3.ganw",
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already int8"), "{err}");
 }
 
 #[test]
