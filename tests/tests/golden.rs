@@ -94,3 +94,43 @@ fn mcu_generator_inference_is_bit_exact() {
     model::infer(&spec, &params, &z, &mut out3, &mut scratch3, 3).unwrap();
     assert_eq!(f32_bytes(&out1), f32_bytes(&out3));
 }
+
+/// The same network and noise through the int8 path: the encoded data section (quantised
+/// weights, scales, biases; by length and CRC) and the outputs are pinned.
+#[test]
+fn mcu_generator_int8_inference_is_bit_exact() {
+    use gan_core::format::{Header, ModelKind};
+    use gan_core::quant;
+    let spec = Spec::new(Shape::flat(64), &MCU).unwrap();
+    let mut params = vec![0.0f32; spec.param_len()];
+    init_params(&spec, &mut params, Init::HeNormal, &mut noise::rng(1234)).unwrap();
+    let h = Header::for_spec_i8(ModelKind::Generator, &spec, 64, 0, NoiseKind::Gaussian).unwrap();
+    let mut data = vec![0u8; h.data_len as usize];
+    quant::encode(&spec, &params, &mut data).unwrap();
+    // Length and CRC-32 of the 192 KB data section (the section itself is not stored).
+    let mut summary = (data.len() as u32).to_le_bytes().to_vec();
+    summary.extend_from_slice(&gan_core::format::crc32(&data).to_le_bytes());
+    check_golden("mcu_int8_data_len_crc.bin", &summary);
+
+    // Aligned copy of the data section, as the firmware reads it in place.
+    let mut words = vec![0u32; data.len().div_ceil(4)];
+    let aligned: &mut [u8] = bytemuck_bytes(&mut words);
+    aligned[..data.len()].copy_from_slice(&data);
+    let data = &aligned[..data.len()];
+
+    let mut rng = noise::rng(99);
+    let mut z = vec![0.0f32; 3 * 64];
+    for row in z.chunks_exact_mut(64) {
+        noise::generator_input(NoiseKind::Gaussian, &mut rng, 64, 0, row);
+    }
+    let mut out = vec![0.0f32; 3 * 784];
+    let mut scratch = vec![0.0f32; spec.infer_scratch_len(3) + quant::extra_scratch_len(&spec)];
+    quant::infer_i8(&spec, data, &h.tensors, &z, &mut out, &mut scratch, 3).unwrap();
+    check_golden("mcu_int8_infer_seed99.bin", &f32_bytes(&out));
+}
+
+/// The bytes of a `u32` buffer (4-byte aligned).
+fn bytemuck_bytes(words: &mut [u32]) -> &mut [u8] {
+    // SAFETY: u8 has no alignment or validity requirements; the length covers the same memory.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 4) }
+}
