@@ -171,7 +171,7 @@ impl Header {
     }
 
     /// Builds a header for a network, listing every tensor at its offset in the parameter
-    /// layout. `data_crc` is filled in by [`write`].
+    /// layout. `data_crc` is filled in by [`write()`].
     pub fn for_spec(
         kind: ModelKind,
         spec: &Spec<'_>,

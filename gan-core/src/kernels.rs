@@ -11,7 +11,7 @@
 //!   firmware, so both produce the same bits. Blocking over outputs is allowed (it does not change
 //!   any single output's order); splitting the summation is not.
 //!
-//! [`reference`] holds plain triple loops that define what each kernel computes; tests compare
+//! [`mod@reference`] holds plain triple loops that define what each kernel computes; tests compare
 //! the fast kernels against them.
 //!
 //! All matrices are row-major and contiguous. Shapes are given as `m × k` times `k × n`.
