@@ -145,12 +145,17 @@ pub fn dense_forward_i8(
     Ok(())
 }
 
-/// Columns summed together: accumulators stay in registers (fewer on the Cortex-M0+, which
-/// has eight low registers).
-#[cfg(target_arch = "arm")]
-const TILE: usize = 4;
+/// Columns summed together, so the accumulators stay in registers: few on ARMv6-M (eight low
+/// registers; no compare-and-swap atomics is how its targets are told apart), more on
+/// ARMv7E-M, a vector's worth elsewhere.
+#[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
+const TILE: usize = M0_TILE;
+#[cfg(all(target_arch = "arm", target_has_atomic = "32"))]
+const TILE: usize = M4_TILE;
 #[cfg(not(target_arch = "arm"))]
 const TILE: usize = 16;
+const M0_TILE: usize = 4;
+const M4_TILE: usize = 8;
 
 /// `Σ_p xq[p]·q[p·ld + l]` for `l < W`, in i32.
 ///
