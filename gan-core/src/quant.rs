@@ -148,14 +148,15 @@ pub fn dense_forward_i8(
 /// Columns summed together, so the accumulators stay in registers: few on ARMv6-M (eight low
 /// registers; no compare-and-swap atomics is how its targets are told apart), more on
 /// ARMv7E-M, a vector's worth elsewhere.
+/// (Measured on the default generator in QEMU: 2, 3 and 4 columns give 6.26 M, 5.97 M and
+/// 5.93 M instructions per digit on ARMv6-M; 4, 8 and 12 give 0.83 M, 0.75 M and 0.74 M on the
+/// Cortex-M4F.)
 #[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
-const TILE: usize = M0_TILE;
+const TILE: usize = 4;
 #[cfg(all(target_arch = "arm", target_has_atomic = "32"))]
-const TILE: usize = M4_TILE;
+const TILE: usize = 8;
 #[cfg(not(target_arch = "arm"))]
 const TILE: usize = 16;
-const M0_TILE: usize = 4;
-const M4_TILE: usize = 8;
 
 /// `Σ_p xq[p]·q[p·ld + l]` for `l < W`, in i32.
 ///
