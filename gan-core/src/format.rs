@@ -587,32 +587,11 @@ pub fn write(out: &mut [u8], header: &Header, params: &[f32]) -> Result<usize, F
     let mut h = header.clone();
     h.data_len = u32::try_from(params.len() * 4).map_err(|_| FormatError::TooLarge)?;
     h.data_crc = crc32_f32(params);
-    if out.len() < PREAMBLE_LEN {
-        return Err(FormatError::BufferTooSmall);
-    }
-    let header_len = {
-        let room = (out.len() - PREAMBLE_LEN).min(MAX_HEADER_LEN);
-        let buf = &mut out[PREAMBLE_LEN..PREAMBLE_LEN + room];
-        postcard::to_slice(&h, buf)
-            .map_err(|_| FormatError::BufferTooSmall)?
-            .len()
-    };
-    let data_at = data_offset(header_len);
-    let end = data_at + params.len() * 4;
-    if out.len() < end {
-        return Err(FormatError::BufferTooSmall);
-    }
-    let header_crc = crc32(&out[PREAMBLE_LEN..PREAMBLE_LEN + header_len]);
-    out[..4].copy_from_slice(&MAGIC);
-    out[4..6].copy_from_slice(&MIN_VERSION.to_le_bytes());
-    out[6..8].copy_from_slice(&0u16.to_le_bytes());
-    out[8..12].copy_from_slice(&(header_len as u32).to_le_bytes());
-    out[12..16].copy_from_slice(&header_crc.to_le_bytes());
-    out[PREAMBLE_LEN + header_len..data_at].fill(0);
-    for (dst, p) in out[data_at..end].chunks_exact_mut(4).zip(params) {
+    let data = write_head(out, &h, MIN_VERSION)?;
+    for (dst, p) in out[data.clone()].chunks_exact_mut(4).zip(params) {
         dst.copy_from_slice(&p.to_le_bytes());
     }
-    Ok(end)
+    Ok(data.end)
 }
 
 /// Writes a complete int8 weights file (format version 2) into `out` from its data section
@@ -628,30 +607,41 @@ pub fn write_data(out: &mut [u8], header: &Header, data: &[u8]) -> Result<usize,
     }
     let mut h = header.clone();
     h.data_crc = crc32(data);
+    let range = write_head(out, &h, 2)?;
+    out[range.clone()].copy_from_slice(data);
+    Ok(range.end)
+}
+
+/// Writes the preamble (with `version`), the header and the padding after it, and returns
+/// where the `h.data_len` bytes of data go.
+fn write_head(
+    out: &mut [u8],
+    h: &Header,
+    version: u16,
+) -> Result<core::ops::Range<usize>, FormatError> {
     if out.len() < PREAMBLE_LEN {
         return Err(FormatError::BufferTooSmall);
     }
     let header_len = {
         let room = (out.len() - PREAMBLE_LEN).min(MAX_HEADER_LEN);
         let buf = &mut out[PREAMBLE_LEN..PREAMBLE_LEN + room];
-        postcard::to_slice(&h, buf)
+        postcard::to_slice(h, buf)
             .map_err(|_| FormatError::BufferTooSmall)?
             .len()
     };
     let data_at = data_offset(header_len);
-    let end = data_at + data.len();
+    let end = data_at + h.data_len as usize;
     if out.len() < end {
         return Err(FormatError::BufferTooSmall);
     }
     let header_crc = crc32(&out[PREAMBLE_LEN..PREAMBLE_LEN + header_len]);
     out[..4].copy_from_slice(&MAGIC);
-    out[4..6].copy_from_slice(&2u16.to_le_bytes());
+    out[4..6].copy_from_slice(&version.to_le_bytes());
     out[6..8].copy_from_slice(&0u16.to_le_bytes());
     out[8..12].copy_from_slice(&(header_len as u32).to_le_bytes());
     out[12..16].copy_from_slice(&header_crc.to_le_bytes());
     out[PREAMBLE_LEN + header_len..data_at].fill(0);
-    out[data_at..end].copy_from_slice(data);
-    Ok(end)
+    Ok(data_at..end)
 }
 
 const CRC_TABLE: [u32; 256] = {
