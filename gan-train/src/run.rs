@@ -261,24 +261,8 @@ pub fn export_bytes_as(ck: &Checkpoint, dtype: WeightsDType) -> Result<Vec<u8>> 
             buf.truncate(n);
             Ok(buf)
         }
-        WeightsDType::I8 => {
-            let header = Header::for_spec_i8(
-                ModelKind::Generator,
-                &spec,
-                cfg.latent,
-                classes,
-                cfg.noise.into(),
-            )
-            .map_err(|e| {
-                anyhow::anyhow!("{e}: this generator cannot be exported as int8, use f32")
-            })?;
-            let mut data = vec![0u8; header.data_len as usize];
-            gan_core::quant::encode(&spec, &ck.g_params, &mut data).map_err(err)?;
-            let mut buf = vec![0u8; format::data_offset(format::MAX_HEADER_LEN) + data.len()];
-            let n = format::write_data(&mut buf, &header, &data).map_err(err)?;
-            buf.truncate(n);
-            Ok(buf)
-        }
+        // The f32 file, re-encoded: one code path for both ways into int8.
+        WeightsDType::I8 => quantize_weights(&export_bytes_as(ck, WeightsDType::F32)?),
     }
 }
 
@@ -290,7 +274,8 @@ pub fn quantize_weights(bytes: &[u8]) -> Result<Vec<u8>> {
     let h = &w.header;
     let spec = h.spec().map_err(|e| anyhow::anyhow!("{e}"))?;
     let err = |e: format::FormatError| anyhow::anyhow!("{e}");
-    let header = Header::for_spec_i8(h.kind, &spec, h.latent, h.classes, h.noise).map_err(err)?;
+    let header = Header::for_spec_i8(h.kind, &spec, h.latent, h.classes, h.noise)
+        .map_err(|e| anyhow::anyhow!("{e}: this generator cannot be stored as int8, use f32"))?;
     let mut data = vec![0u8; header.data_len as usize];
     gan_core::quant::encode(&spec, params, &mut data).map_err(err)?;
     let mut buf = vec![0u8; format::data_offset(format::MAX_HEADER_LEN) + data.len()];
