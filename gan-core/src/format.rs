@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "GANW"
-//! 4       2     format version, u16 LE (currently 1)
+//! 4       2     format version, u16 LE (1 or 2, see below)
 //! 6       2     flags, u16 LE (0; reserved)
 //! 8       4     header length H in bytes, u32 LE
 //! 12      4     CRC-32 (IEEE) of the header bytes, u32 LE
@@ -12,30 +12,28 @@
 //! D       L     data: the tensors listed in the header
 //! ```
 //!
-//! Two data layouts exist:
-//! - **f32** (format version 1): the flat parameter buffer (`Spec::param_len()` f32,
-//!   little-endian), exactly the layout of [`crate::spec`];
-//! - **int8** (format version 2, written by [`write_data`] with [`Header::for_spec_i8`]): for
-//!   every dense layer its weights as i8 (`C_in × C_out`, one byte each), one f32 scale per
-//!   output column, then the f32 bias; each tensor starts on a 16-byte boundary. Only networks
-//!   whose parameters are all in dense layers can be stored this way (see [`crate::quant`]).
-//!
-//! The data section is exactly the parameter layout of [`crate::spec`], in which every tensor
-//! starts on a 16-byte boundary, so a device can use the weights in place from flash: if the file
-//! starts 16-byte aligned, so does every tensor. The header lists each tensor (kind, dtype,
-//! offset, length) so tools can show and check them; [`WeightsFile::parse`] verifies that the list
-//! agrees with the architecture, that every offset is in bounds, and the CRC-32 of the data,
-//! before anything reads a weight.
+//! The data section holds the parameters in one of the encodings of [`crate::encoding`]
+//! (f32: the flat parameter buffer of [`crate::spec`] as it is; int8: i8 weights with f32
+//! scales), and the file's version is the one that introduced its encoding
+//! ([`Encoding::format_version`]: 1 for f32, 2 for int8), so older readers keep accepting the
+//! files they can read. Every tensor starts on a 16-byte boundary, so a device can use the
+//! weights in place from flash: if the file starts 16-byte aligned, so does every tensor. The
+//! header lists each tensor (kind, dtype, offset, length) so tools can show and check them;
+//! [`WeightsFile::parse`] verifies that the list is exactly the encoding's table for the
+//! architecture, that every offset is in bounds, and the CRC-32 of the data, before anything
+//! reads a weight.
 
 use serde::{Deserialize, Serialize};
 
+use crate::encoding::{Encoded, Encoding};
 use crate::error::SpecError;
 use crate::spec::{Layer, Shape, Spec};
 
 /// First four bytes of every weights file.
 pub const MAGIC: [u8; 4] = *b"GANW";
-/// The newest format version this build reads and writes: 2 adds int8 tensors. Files with only
-/// f32 tensors are still written as version 1, so older readers keep accepting them.
+/// The newest format version this build reads and writes: 2 adds int8 tensors. Each file is
+/// written with the version of its encoding ([`Encoding::format_version`]), so f32 files are
+/// still version 1 and older readers keep accepting them.
 pub const VERSION: u16 = 2;
 /// The oldest format version this build reads.
 pub const MIN_VERSION: u16 = 1;
@@ -170,8 +168,8 @@ impl Header {
         Spec::new(self.input, &self.layers)
     }
 
-    /// Builds a header for a network, listing every tensor at its offset in the parameter
-    /// layout. `data_crc` is filled in by [`write()`].
+    /// Builds a header for a network whose parameters are stored as f32, listing every tensor
+    /// at its offset in the parameter layout. `data_crc` is filled in by [`write()`].
     pub fn for_spec(
         kind: ModelKind,
         spec: &Spec<'_>,
@@ -179,12 +177,25 @@ impl Header {
         classes: u32,
         noise: NoiseKind,
     ) -> Result<Self, FormatError> {
+        Header::for_spec_as(kind, spec, latent, classes, noise, Encoding::F32)
+    }
+
+    /// Builds a header for a network whose parameters are stored in `encoding`, with that
+    /// encoding's tensor table. Fails with [`FormatError::Unsupported`] if the encoding cannot
+    /// hold one of the layers.
+    pub fn for_spec_as(
+        kind: ModelKind,
+        spec: &Spec<'_>,
+        latent: u32,
+        classes: u32,
+        noise: NoiseKind,
+        encoding: Encoding,
+    ) -> Result<Self, FormatError> {
         let mut layers = heapless::Vec::new();
         for l in spec.layers() {
             layers.push(*l).map_err(|_| FormatError::TooLarge)?;
         }
-        let tensors = tensor_table(spec)?;
-        let data_len = spec.param_len() * 4;
+        let (tensors, data_len) = encoding.tensor_table(spec)?;
         Ok(Header {
             kind,
             latent,
@@ -198,100 +209,17 @@ impl Header {
             data_crc: 0,
         })
     }
-}
 
-impl Header {
-    /// Like [`Header::for_spec`], for the int8 layout ([`quant_table`]); fails with
-    /// [`FormatError::Unsupported`] if a layer other than a dense one has parameters.
-    pub fn for_spec_i8(
-        kind: ModelKind,
-        spec: &Spec<'_>,
-        latent: u32,
-        classes: u32,
-        noise: NoiseKind,
-    ) -> Result<Self, FormatError> {
-        let mut h = Header::for_spec(kind, spec, latent, classes, noise)?;
-        let (tensors, len) = quant_table(spec)?;
-        h.tensors = tensors;
-        h.data_len = u32::try_from(len).map_err(|_| FormatError::TooLarge)?;
-        Ok(h)
+    /// The encoding the tensor table describes.
+    pub fn encoding(&self) -> Encoding {
+        Encoding::of_table(&self.tensors)
     }
 
-    /// Whether the data section uses the int8 layout.
-    pub fn is_i8(&self) -> bool {
-        self.tensors.iter().any(|t| t.dtype == DType::I8)
+    /// Bytes a buffer needs to hold the file written from this header (an upper bound: the
+    /// header is at most [`MAX_HEADER_LEN`]).
+    pub fn file_len_bound(&self) -> usize {
+        data_offset(MAX_HEADER_LEN) + self.data_len as usize
     }
-}
-
-/// `x` rounded up to a multiple of [`DATA_ALIGN`].
-const fn align_data(x: usize) -> usize {
-    x.div_ceil(DATA_ALIGN) * DATA_ALIGN
-}
-
-/// The int8 layout of a network and its data length in bytes: per dense layer an i8 weight
-/// tensor, an f32 [`TensorKind::Scale`] tensor and an f32 bias, each 16-byte aligned. A network
-/// with parameters outside dense layers is [`FormatError::Unsupported`].
-pub fn quant_table(
-    spec: &Spec<'_>,
-) -> Result<(heapless::Vec<TensorEntry, MAX_TENSORS>, usize), FormatError> {
-    let mut t = heapless::Vec::new();
-    let mut off = 0usize;
-    for info in spec.iter() {
-        if info.weight_len + info.bias_len + info.stats_len == 0 {
-            continue;
-        }
-        let Layer::Dense { out } = info.layer else {
-            return Err(FormatError::Unsupported);
-        };
-        let layer = u16::try_from(info.index).map_err(|_| FormatError::TooLarge)?;
-        let n = out as usize;
-        for (kind, dtype, len) in [
-            (TensorKind::Weight, DType::I8, info.weight_len),
-            (TensorKind::Scale, DType::F32, n),
-            (TensorKind::Bias, DType::F32, n),
-        ] {
-            t.push(TensorEntry {
-                layer,
-                kind,
-                dtype,
-                offset: u32::try_from(off).map_err(|_| FormatError::TooLarge)?,
-                len: u32::try_from(len).map_err(|_| FormatError::TooLarge)?,
-            })
-            .map_err(|_| FormatError::TooLarge)?;
-            off = len
-                .checked_mul(dtype.size())
-                .and_then(|b| off.checked_add(b))
-                .map(align_data)
-                .ok_or(FormatError::TooLarge)?;
-        }
-    }
-    Ok((t, off))
-}
-
-/// The tensor list implied by a spec's parameter layout.
-fn tensor_table(spec: &Spec<'_>) -> Result<heapless::Vec<TensorEntry, MAX_TENSORS>, FormatError> {
-    let mut t = heapless::Vec::new();
-    for info in spec.iter() {
-        let layer = u16::try_from(info.index).map_err(|_| FormatError::TooLarge)?;
-        for (kind, off, len) in [
-            (TensorKind::Weight, info.param_offset, info.weight_len),
-            (TensorKind::Bias, info.bias_offset, info.bias_len),
-            (TensorKind::RunningStats, info.stats_offset, info.stats_len),
-        ] {
-            if len == 0 {
-                continue;
-            }
-            t.push(TensorEntry {
-                layer,
-                kind,
-                dtype: DType::F32,
-                offset: u32::try_from(off * 4).map_err(|_| FormatError::TooLarge)?,
-                len: u32::try_from(len).map_err(|_| FormatError::TooLarge)?,
-            })
-            .map_err(|_| FormatError::TooLarge)?;
-        }
-    }
-    Ok(t)
 }
 
 /// Why a weights file was rejected. Each variant has a distinct [`FormatError::code`], which
@@ -382,19 +310,10 @@ impl core::error::Error for FormatError {}
 pub struct WeightsFile<'a> {
     /// The decoded header.
     pub header: Header,
-    /// The data section, in place.
-    data: Data<'a>,
+    /// The data section, in place (validated against the header).
+    data: &'a [u8],
     /// Total bytes used by the file (preamble, header, padding, data).
     pub file_len: usize,
-}
-
-/// A validated data section.
-#[derive(Clone, Copy, Debug)]
-enum Data<'a> {
-    /// The flat f32 parameter buffer.
-    F32(&'a [f32]),
-    /// The int8 layout of [`quant_table`] (4-byte aligned).
-    I8(&'a [u8]),
 }
 
 /// Offset of the data section for a header of `header_len` bytes.
@@ -464,45 +383,24 @@ impl<'a> WeightsFile<'a> {
                 layer: 0,
             }));
         }
-        let i8_layout = header.is_i8();
-        let expected_len = if i8_layout {
-            // int8 tensors exist from format version 2 on.
-            if read_u16(bytes, 4) < 2 {
-                return Err(FormatError::BadTensorTable);
-            }
-            let (table, len) = match quant_table(&spec) {
-                Err(FormatError::Unsupported) => return Err(FormatError::Unsupported),
-                r => r?,
-            };
-            if header.tensors != table {
-                return Err(FormatError::BadTensorTable);
-            }
-            len
-        } else {
-            if header.tensors != tensor_table(&spec)? {
-                return Err(FormatError::BadTensorTable);
-            }
-            spec.param_len() * 4
-        };
-        let data_len = header.data_len as usize;
-        if data_len != expected_len {
+        let encoding = header.encoding();
+        // A file cannot hold an encoding newer than its version.
+        if read_u16(bytes, 4) < encoding.format_version() {
+            return Err(FormatError::BadTensorTable);
+        }
+        let (table, expected_len) = encoding.tensor_table(&spec)?;
+        if header.tensors != table || header.data_len as usize != expected_len {
             return Err(FormatError::BadTensorTable);
         }
         let end = data_at
-            .checked_add(data_len)
+            .checked_add(expected_len)
             .ok_or(FormatError::Truncated)?;
         let data = bytes.get(data_at..end).ok_or(FormatError::Truncated)?;
         if crc32(data) != header.data_crc {
             return Err(FormatError::DataChecksum);
         }
-        let data = if i8_layout {
-            if !(data.as_ptr() as usize).is_multiple_of(4) {
-                return Err(FormatError::Misaligned);
-            }
-            Data::I8(data)
-        } else {
-            Data::F32(bytes_as_f32(data)?)
-        };
+        // Alignment and element type: the same view `weights` hands out later.
+        encoding.view(data, &table)?;
         Ok(WeightsFile {
             header,
             data,
@@ -510,22 +408,28 @@ impl<'a> WeightsFile<'a> {
         })
     }
 
-    /// The flat parameter buffer, in place (layout of [`crate::spec`]); `None` for an int8 file
-    /// (see [`WeightsFile::i8_data`]).
+    /// The flat f32 parameter buffer, in place (layout of [`crate::spec`]); `None` for a file
+    /// in another encoding (see [`WeightsFile::weights`]).
     pub fn params(&self) -> Option<&'a [f32]> {
-        match self.data {
-            Data::F32(p) => Some(p),
-            Data::I8(_) => None,
+        match self.header.encoding() {
+            Encoding::F32 => crate::encoding::f32::view(self.data).ok(),
+            Encoding::I8 => None,
         }
     }
 
-    /// The data section of an int8 file ([`quant_table`] layout, 4-byte aligned), in place;
-    /// `None` for an f32 file.
-    pub fn i8_data(&self) -> Option<&'a [u8]> {
-        match self.data {
-            Data::F32(_) => None,
-            Data::I8(d) => Some(d),
-        }
+    /// The parameters in the file's encoding, in place.
+    pub fn weights(&self) -> Encoded<'_> {
+        // `parse` checked this exact view; the empty fallback is never taken (and would fail
+        // every length check rather than read anything).
+        self.header
+            .encoding()
+            .view(self.data, &self.header.tensors)
+            .unwrap_or(Encoded::F32(&[]))
+    }
+
+    /// The data section's bytes, in place.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
     }
 
     /// The network.
@@ -552,64 +456,52 @@ impl<'a> WeightsFile<'a> {
     }
 }
 
-#[cfg(target_endian = "little")]
-fn bytes_as_f32(data: &[u8]) -> Result<&[f32], FormatError> {
-    if !data.len().is_multiple_of(4) {
-        return Err(FormatError::BadTensorTable);
-    }
-    // SAFETY: every bit pattern is a valid f32, and `align_to` only puts correctly aligned,
-    // in-bounds elements in the middle slice; we require the prefix and suffix to be empty.
-    let (pre, mid, post) = unsafe { data.align_to::<f32>() };
-    if !pre.is_empty() || !post.is_empty() {
-        return Err(FormatError::Misaligned);
-    }
-    Ok(mid)
-}
-
-#[cfg(not(target_endian = "little"))]
-compile_error!("the weights format is little-endian and is read in place");
-
-/// Bytes needed to write a file with this header (upper bound: the header is at most
-/// `MAX_HEADER_LEN`).
+/// Bytes needed to write an f32 file of `param_len` parameters (upper bound: the header is at
+/// most `MAX_HEADER_LEN`); see [`Header::file_len_bound`] for any encoding.
 pub fn max_file_len(param_len: usize) -> usize {
     data_offset(MAX_HEADER_LEN) + param_len * 4
 }
 
-/// Writes a complete weights file into `out` and returns the number of bytes used.
+/// Writes a complete weights file into `out` and returns the number of bytes used: the
+/// parameters `params` (the f32 buffer of the network, layout of [`crate::spec`]) stored in
+/// the header's encoding, with the format version of that encoding.
 ///
-/// `header.data_len` and `header.data_crc` are set from `params`, and the tensor list must match
-/// the architecture (as [`Header::for_spec`] builds it).
+/// `header.data_crc` is computed here; the tensor table must be the encoding's table for the
+/// architecture (as [`Header::for_spec_as`] builds it). Bytes of `out` after the file are
+/// scratch: they may be left changed.
 pub fn write(out: &mut [u8], header: &Header, params: &[f32]) -> Result<usize, FormatError> {
     let spec = header.spec().map_err(FormatError::BadArchitecture)?;
-    if params.len() != spec.param_len() || header.tensors != tensor_table(&spec)? {
+    let encoding = header.encoding();
+    let (table, len) = encoding.tensor_table(&spec)?;
+    if params.len() != spec.param_len() || header.tensors != table {
         return Err(FormatError::BadTensorTable);
     }
     let mut h = header.clone();
-    h.data_len = u32::try_from(params.len() * 4).map_err(|_| FormatError::TooLarge)?;
-    h.data_crc = crc32_f32(params);
-    let data = write_head(out, &h, MIN_VERSION)?;
-    for (dst, p) in out[data.clone()].chunks_exact_mut(4).zip(params) {
-        dst.copy_from_slice(&p.to_le_bytes());
+    h.data_len = u32::try_from(len).map_err(|_| FormatError::TooLarge)?;
+    // The data goes after the header, whose length depends on the data's CRC. Encode it after
+    // the longest header this one can become (its CRC field at its widest), then move it down.
+    h.data_crc = u32::MAX;
+    let widest = data_offset(header_len(out, &h)?);
+    let end = widest.checked_add(len).ok_or(FormatError::TooLarge)?;
+    if out.len() < end {
+        return Err(FormatError::BufferTooSmall);
     }
+    encoding.encode(&spec, params, &mut out[widest..end])?;
+    h.data_crc = crc32(&out[widest..end]);
+    let data = write_head(out, &h, encoding.format_version())?;
+    out.copy_within(widest..end, data.start);
     Ok(data.end)
 }
 
-/// Writes a complete int8 weights file (format version 2) into `out` from its data section
-/// (built by [`crate::quant::encode`]) and returns the number of bytes used.
-///
-/// `header.data_crc` is set from `data`; the header must come from [`Header::for_spec_i8`] for
-/// the same network, and `data` must have its length.
-pub fn write_data(out: &mut [u8], header: &Header, data: &[u8]) -> Result<usize, FormatError> {
-    let spec = header.spec().map_err(FormatError::BadArchitecture)?;
-    let (table, len) = quant_table(&spec)?;
-    if header.tensors != table || header.data_len as usize != len || data.len() != len {
-        return Err(FormatError::BadTensorTable);
+/// The encoded length of header `h` (serialised into `out` as scratch).
+fn header_len(out: &mut [u8], h: &Header) -> Result<usize, FormatError> {
+    if out.len() < PREAMBLE_LEN {
+        return Err(FormatError::BufferTooSmall);
     }
-    let mut h = header.clone();
-    h.data_crc = crc32(data);
-    let range = write_head(out, &h, 2)?;
-    out[range.clone()].copy_from_slice(data);
-    Ok(range.end)
+    let room = (out.len() - PREAMBLE_LEN).min(MAX_HEADER_LEN);
+    postcard::to_slice(h, &mut out[PREAMBLE_LEN..PREAMBLE_LEN + room])
+        .map(|b| b.len())
+        .map_err(|_| FormatError::BufferTooSmall)
 }
 
 /// Writes the preamble (with `version`), the header and the padding after it, and returns
@@ -619,16 +511,7 @@ fn write_head(
     h: &Header,
     version: u16,
 ) -> Result<core::ops::Range<usize>, FormatError> {
-    if out.len() < PREAMBLE_LEN {
-        return Err(FormatError::BufferTooSmall);
-    }
-    let header_len = {
-        let room = (out.len() - PREAMBLE_LEN).min(MAX_HEADER_LEN);
-        let buf = &mut out[PREAMBLE_LEN..PREAMBLE_LEN + room];
-        postcard::to_slice(h, buf)
-            .map_err(|_| FormatError::BufferTooSmall)?
-            .len()
-    };
+    let header_len = header_len(out, h)?;
     let data_at = data_offset(header_len);
     let end = data_at + h.data_len as usize;
     if out.len() < end {

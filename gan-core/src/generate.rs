@@ -3,30 +3,43 @@
 //! `gan-train sample` and the firmware both call [`Generator::generate`], so for the same seed
 //! they produce the same bytes.
 
+use crate::encoding::{Encoded, Encoding};
 use crate::error::{CoreError, check_len};
-use crate::format::{FormatError, ModelKind, NoiseKind, TensorEntry, WeightsFile};
+use crate::format::{FormatError, ModelKind, NoiseKind, WeightsFile};
 use crate::kernels::{Exec, Serial};
 use crate::model;
 use crate::noise::{self, NoiseRng};
 use crate::spec::{Layer, Spec};
 
-/// Where a generator's parameters are.
-#[derive(Clone, Copy, Debug)]
-enum Weights<'a> {
-    /// The flat f32 parameter buffer.
-    F32(&'a [f32]),
-    /// An int8 data section and its tensor table (see [`crate::quant`]).
-    I8 {
-        data: &'a [u8],
-        tensors: &'a [TensorEntry],
-    },
+/// How a conditional generator's class is chosen for each sample of a run (ignored when the
+/// model is unconditional). The host's `sample` command and the firmware both use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ClassChoice {
+    /// Sample `i` gets class `i % classes` (0, 1, 2, … 9, 0, …).
+    Cycle,
+    /// Every sample gets this class.
+    Fixed(u32),
+}
+
+impl ClassChoice {
+    /// The class of sample `index` for a model with `classes` classes (0 for an unconditional
+    /// model in [`ClassChoice::Cycle`]). A fixed class is returned as is, in range or not:
+    /// [`Generator::generate`] refuses one that is out of range.
+    pub fn class_of(self, index: usize, classes: usize) -> usize {
+        match self {
+            ClassChoice::Cycle if classes > 0 => index % classes,
+            ClassChoice::Cycle => 0,
+            ClassChoice::Fixed(c) => c as usize,
+        }
+    }
 }
 
 /// A generator ready to run from borrowed (possibly in-flash) parameters, f32 or int8.
 #[derive(Clone, Copy, Debug)]
 pub struct Generator<'a> {
     spec: Spec<'a>,
-    weights: Weights<'a>,
+    weights: Encoded<'a>,
     latent: usize,
     classes: usize,
     noise: NoiseKind,
@@ -43,23 +56,14 @@ impl<'a> Generator<'a> {
         let spec = Spec::new(h.input, &h.layers).map_err(FormatError::BadArchitecture)?;
         Ok(Generator {
             spec,
-            weights: match (w.params(), w.i8_data()) {
-                (Some(p), _) => Weights::F32(p),
-                (None, Some(data)) => Weights::I8 {
-                    data,
-                    tensors: &h.tensors,
-                },
-                (None, None) => return Err(FormatError::BadTensorTable),
-            },
+            weights: w.weights(),
             latent: h.latent as usize,
             classes: h.classes as usize,
             noise: h.noise,
             // The output activation is the last layer that is not a view (a Reshape usually
             // follows it).
-            sigmoid_out: matches!(
-                h.layers.iter().rev().find(|l| !l.is_view()),
-                Some(Layer::Sigmoid)
-            ),
+            sigmoid_out: spec.iter().filter(|l| !l.view).last().map(|l| l.layer)
+                == Some(Layer::Sigmoid),
         })
     }
 
@@ -81,17 +85,12 @@ impl<'a> Generator<'a> {
     }
     /// Elements of the inference scratch buffer.
     pub fn scratch_len(&self) -> usize {
-        match self.weights {
-            Weights::F32(_) => self.spec.infer_scratch_len(1),
-            Weights::I8 { .. } => {
-                self.spec.infer_scratch_len(1) + crate::quant::extra_scratch_len(&self.spec)
-            }
-        }
+        self.encoding().infer_scratch_len(&self.spec, 1)
     }
 
-    /// Whether the weights are int8.
-    pub fn is_i8(&self) -> bool {
-        matches!(self.weights, Weights::I8 { .. })
+    /// How the weights are stored.
+    pub fn encoding(&self) -> Encoding {
+        self.weights.encoding()
     }
 
     /// Draws the next noise vector from `rng`, appends the one-hot `class` (ignored for an
@@ -127,15 +126,7 @@ impl<'a> Generator<'a> {
             return Err(CoreError::Unsupported { layer: 0 });
         }
         noise::generator_input(self.noise, rng, self.latent, class, input);
-        match self.weights {
-            Weights::F32(params) => {
-                model::infer_with(&self.spec, params, input, output, scratch, 1, exec)?
-            }
-            // Integer sums are cheap and short; the int8 path runs on the calling thread.
-            Weights::I8 { data, tensors } => {
-                crate::quant::infer_i8(&self.spec, data, tensors, input, output, scratch, 1)?
-            }
-        }
+        model::infer_encoded(&self.spec, &self.weights, input, output, scratch, 1, exec)?;
         let map = if self.sigmoid_out {
             crate::to_pixel_unit
         } else {

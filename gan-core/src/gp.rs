@@ -23,8 +23,9 @@
 
 use crate::error::{CoreError, check_len};
 use crate::kernels::{self, Exec};
+use crate::layers::{Backward, Kind, Tangent, with_kind};
 use crate::model;
-use crate::spec::{Layer, Spec};
+use crate::spec::{LayerInfo, Spec};
 
 /// Default penalty weight λ.
 pub const DEFAULT_LAMBDA: f32 = 10.0;
@@ -91,16 +92,7 @@ pub fn gradient_penalty(
     check_len("grads", grads.len(), spec.param_len())?;
     check_len("scratch", scratch.len(), gp_scratch_len(spec, n))?;
     for info in spec.iter() {
-        if !matches!(
-            info.layer,
-            Layer::Dense { .. }
-                | Layer::Relu
-                | Layer::LeakyRelu { .. }
-                | Layer::Flatten
-                | Layer::Reshape { .. }
-        ) {
-            return Err(CoreError::Unsupported { layer: info.index });
-        }
+        tangent_of(&info)?;
     }
     let (acts, rest) = scratch.split_at_mut(spec.act_len(n));
     let (tangent, rest) = rest.split_at_mut(spec.act_len(n));
@@ -132,59 +124,120 @@ pub fn gradient_penalty(
     // 2. Tangent forward along v.
     tangent[..n * in_len].copy_from_slice(g);
     for info in spec.iter() {
-        if info.layer.is_view() {
-            continue;
-        }
         let ir = info.in_range(n);
         let or = info.out_range(n);
+        let slope = match tangent_of(&info)? {
+            Tangent::View => continue,
+            Tangent::Dense => None,
+            Tangent::Slope(s) => Some(s),
+        };
         let (head, tail) = tangent.split_at_mut(or.start);
         let t_in = &head[ir.clone()];
         let t_out = &mut tail[..or.end - or.start];
-        match info.layer {
-            Layer::Dense { out } => kernels::matmul(
+        match slope {
+            None => kernels::matmul(
                 t_out,
                 t_in,
                 &params[info.weight_range()],
                 n,
                 info.in_shape.len(),
-                out as usize,
+                info.out_shape.len(),
                 false,
                 exec,
             ),
-            Layer::Relu | Layer::LeakyRelu { .. } => {
-                let slope = match info.layer {
-                    Layer::LeakyRelu { alpha } => alpha,
-                    _ => 0.0,
-                };
+            Some(slope) => {
                 for ((t, &ti), &a) in t_out.iter_mut().zip(t_in).zip(&acts[ir]) {
                     *t = if a > 0.0 { ti } else { slope * ti };
                 }
             }
-            _ => return Err(CoreError::Unsupported { layer: info.index }),
         }
     }
 
     // 3. Weight gradients of Σ gᵢ·vᵢ.
-    model::backward_impl(
-        spec,
-        params,
-        acts,
-        Some(tangent),
-        spec.layers().len(),
-        ones,
-        Some(grads),
-        None,
-        bscratch,
-        n,
-        exec,
-    )?;
+    tangent_backward(spec, params, acts, tangent, ones, grads, bscratch, n, exec)?;
     Ok((penalty, norm_sum / n as f32))
+}
+
+/// How the tangent passes through a layer, or `Unsupported` for a layer the exact penalty
+/// gradient does not cover.
+fn tangent_of(info: &LayerInfo) -> Result<Tangent, CoreError> {
+    with_kind!(info.layer, |k| k.tangent()).ok_or(CoreError::Unsupported { layer: info.index })
+}
+
+/// A backward pass of the critic with `dout = 1` in which each dense layer takes its weight
+/// gradient from the tangent input `ṫ_in` instead of its forward input (and biases get none);
+/// the slope layers back-propagate as in [`model::backward`], with the masks of `acts`.
+#[allow(clippy::too_many_arguments)]
+fn tangent_backward(
+    spec: &Spec<'_>,
+    params: &[f32],
+    acts: &[f32],
+    tangent: &[f32],
+    dout: &[f32],
+    grads: &mut [f32],
+    scratch: &mut [f32],
+    n: usize,
+    exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    let infos = model::backward_layers(spec, spec.layers().len(), n)?;
+    let half = spec.max_features() * n;
+    let (ping, aux_scratch) = scratch.split_at_mut(2 * half);
+    let (mut cur, mut other) = ping.split_at_mut(half);
+    cur[..dout.len()].copy_from_slice(dout);
+    let first_real = infos.iter().position(|i| !i.view);
+    for info in infos.iter().rev() {
+        if info.view {
+            continue;
+        }
+        let g_out = &cur[..n * info.out_shape.len()];
+        let dinp = (Some(info.index) != first_real).then(|| &mut other[..n * info.in_shape.len()]);
+        match tangent_of(info)? {
+            Tangent::View => {}
+            Tangent::Dense => {
+                let (c_in, c_out) = (info.in_shape.len(), info.out_shape.len());
+                let gw = &mut grads[info.weight_range()];
+                // dW (C_in×C_out) += ṫ_inᵀ · dout
+                kernels::matmul_tn(
+                    gw,
+                    &tangent[info.in_range(n)],
+                    g_out,
+                    c_in,
+                    n,
+                    c_out,
+                    true,
+                    exec,
+                );
+                if let Some(d) = dinp {
+                    // dinp (N×C_in) = dout · Wᵀ
+                    let w = &params[info.weight_range()];
+                    kernels::matmul_nt(d, g_out, w, n, c_out, c_in, false, exec);
+                }
+            }
+            Tangent::Slope(_) => {
+                let a = Backward {
+                    l: info,
+                    params,
+                    acts,
+                    dout: g_out,
+                    dinp,
+                    grads: None,
+                    scratch: &mut *aux_scratch,
+                    n,
+                    exec,
+                };
+                with_kind!(info.layer, |k| Kind::backward(&k, a))?;
+            }
+        }
+        core::mem::swap(&mut cur, &mut other);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::Serial;
+    use crate::spec::Layer;
     use crate::spec::Shape;
     use crate::testutil::{Lcg, grad_check};
     use std::vec;

@@ -10,8 +10,9 @@ use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, check_len};
+use crate::layers::with_kind;
 use crate::noise;
-use crate::spec::{Layer, Spec};
+use crate::spec::Spec;
 
 /// A weight initialisation scheme for a `fan_in × fan_out` weight matrix.
 ///
@@ -106,8 +107,9 @@ impl Init {
 /// Layers are visited in order, so the result depends only on the spec, the scheme and the
 /// generator's state.
 ///
-/// Errors: [`CoreError::BufferLen`] if `params.len() != spec.param_len()` (nothing written);
-/// [`CoreError::Unsupported`] for a layer that has weights but no rule here for its fans.
+/// Each layer kind draws its own weights (see [`crate::layers`]); the rules above are theirs.
+///
+/// Errors: [`CoreError::BufferLen`] if `params.len() != spec.param_len()` (nothing written).
 pub fn init_params<R: Rng + ?Sized>(
     spec: &Spec<'_>,
     params: &mut [f32],
@@ -118,55 +120,7 @@ pub fn init_params<R: Rng + ?Sized>(
     // Biases and padding are zero; weights are overwritten below.
     params.fill(0.0);
     for info in spec.iter() {
-        match info.layer {
-            Layer::Dense { .. } => {
-                let range = info.weight_range();
-                let len = range.end;
-                let w = params.get_mut(range).ok_or(CoreError::BufferLen {
-                    what: "params",
-                    expected: len,
-                    got: spec.param_len(),
-                })?;
-                weight_init.fill(rng, w, info.in_shape.len(), info.out_shape.len());
-            }
-            Layer::Conv2d {
-                out_c, k, stride, ..
-            } => {
-                let (c_in, kk) = (info.in_shape.c as usize, (k as usize).pow(2));
-                let s2 = (stride as usize).pow(2);
-                let fan_in = c_in * kk;
-                let fan_out = (out_c as usize * kk / s2).max(1);
-                weight_init.fill(rng, &mut params[info.weight_range()], fan_in, fan_out);
-            }
-            Layer::ConvTranspose2d {
-                out_c, k, stride, ..
-            } => {
-                let (c_in, kk) = (info.in_shape.c as usize, (k as usize).pow(2));
-                let s2 = (stride as usize).pow(2);
-                let fan_in = (c_in * kk / s2).max(1);
-                let fan_out = out_c as usize * kk;
-                weight_init.fill(rng, &mut params[info.weight_range()], fan_in, fan_out);
-            }
-            Layer::BatchNorm { .. } => {
-                params[info.weight_range()].fill(1.0);
-                let stats = &mut params[info.stats_range()];
-                let c = stats.len() / 2;
-                stats[c..].fill(1.0);
-            }
-            Layer::MinibatchDisc { kernels, dims } => {
-                // T maps A input features to B·C kernel values.
-                let fan_out = kernels as usize * dims as usize;
-                weight_init.fill(
-                    rng,
-                    &mut params[info.weight_range()],
-                    info.in_shape.len(),
-                    fan_out,
-                );
-            }
-            _ if info.weight_len == 0 => {}
-            // A layer with weights but no rule for its fans yet.
-            _ => return Err(CoreError::Unsupported { layer: info.index }),
-        }
+        with_kind!(info.layer, |k| k.init(&info, params, weight_init, rng))?;
     }
     Ok(())
 }
@@ -174,6 +128,7 @@ pub fn init_params<R: Rng + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Layer;
     use crate::spec::Shape;
     use std::vec;
 

@@ -5,7 +5,7 @@
 //!
 //! Conventions (shared by every module):
 //! - Forward/backward come in pairs of free functions: outputs first, then inputs, then
-//!   dimensions, e.g. [`dense::dense_forward`] / [`dense::dense_backward`].
+//!   dimensions, e.g. [`layers::dense::dense_forward`] / [`layers::dense::dense_backward`].
 //! - Backward functions *add* into gradient buffers; the caller zeroes them.
 //! - Shapes: `N` batch, `C` channels, `H`, `W`; activations are stored sample-major
 //!   (`N × C × H × W`, row-major). Every buffer states its shape in a comment.
@@ -20,27 +20,19 @@
 #[cfg(test)]
 extern crate std;
 
-pub mod act;
-pub mod conv;
-pub mod dense;
-pub mod dropout;
+pub mod encoding;
 pub mod error;
 pub mod format;
 pub mod generate;
 pub mod gp;
 pub mod init;
 pub mod kernels;
+pub mod layers;
 pub mod loss;
-pub mod mbd;
 pub mod model;
 pub mod noise;
-pub mod norm;
 pub mod optim;
-pub mod par;
-pub mod pool;
-pub mod quant;
 pub mod spec;
-pub mod vtanh;
 
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -55,6 +47,37 @@ pub const ASCII_RAMP: &[u8; 10] = b" .:-=+*#%@";
 /// `gan-train sample --ascii` and the firmware, so both draw the same picture.
 pub fn ascii_shade(p: u8) -> u8 {
     ASCII_RAMP[p as usize * ASCII_RAMP.len() / 256]
+}
+
+/// Longest line [`ascii_art`] writes, without its newline; wider images wrap.
+pub const ASCII_MAX_LINE: usize = 64;
+
+/// Renders grey bytes as ASCII art ([`ascii_shade`]), `width` characters per line, calling
+/// `line` once per line (each ends with `\n`). Lines wider than [`ASCII_MAX_LINE`] wrap. The
+/// host's `sample --ascii` and the firmware both draw through this.
+pub fn ascii_art(pixels: &[u8], width: usize, mut line: impl FnMut(&[u8])) {
+    let width = width.clamp(1, ASCII_MAX_LINE);
+    let mut buf = [0u8; ASCII_MAX_LINE + 1];
+    for row in pixels.chunks(width) {
+        for (dst, &p) in buf.iter_mut().zip(row) {
+            *dst = ascii_shade(p);
+        }
+        buf[row.len()] = b'\n';
+        line(&buf[..=row.len()]);
+    }
+}
+
+/// Width of the text rendering of an output `shape`: the image width, 28 for a flat 784-value
+/// output, else everything on one line.
+pub fn art_width(shape: Shape) -> usize {
+    let len = shape.len();
+    if shape.h > 1 || shape.w > 1 {
+        shape.w as usize
+    } else if len == 28 * 28 {
+        28
+    } else {
+        len.max(1)
+    }
 }
 
 /// Converts one generator output in `[-1, 1]` (Tanh) to a grey level `0..=255`.

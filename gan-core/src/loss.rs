@@ -13,8 +13,8 @@
 //!
 //! Sums are accumulated in `f32`, element by element in index order, so results are reproducible.
 
-use crate::act::{relu, sigmoid};
 use crate::error::{CoreError, check_len};
+use crate::layers::activation::{relu, sigmoid};
 
 /// Epsilon inside the logarithms of [`bce`] and [`bce_targets`]: `ln(p + BCE_EPS)` stays finite
 /// at `p = 0` (at most `-ln(1e-8) ≈ 18.42` per sample).

@@ -19,18 +19,15 @@
 //! Layers that keep something for backward (convolutions, pooling, batch normalisation,
 //! dropout, minibatch discrimination) write it to their auxiliary region of `acts`
 //! ([`crate::spec::LayerInfo::aux_range`]); see [`crate::spec`] for what each one stores.
+//!
+//! Every walker here is a loop over the layers that hands each one to its kind
+//! ([`crate::layers`]); what a layer does lives in its own module.
 
-use crate::act::Activation;
-use crate::conv::{self, ConvDims};
-use crate::dense;
-use crate::dropout;
+use crate::encoding::Encoded;
 use crate::error::{CoreError, check_len};
-use crate::kernels;
 use crate::kernels::{Exec, Serial};
-use crate::mbd;
-use crate::norm;
-use crate::pool::{self, PoolDims};
-use crate::spec::{Layer, LayerInfo, MAX_LAYERS, Spec};
+use crate::layers::{Backward, Forward, Infer, Kind, PingPong, with_kind};
+use crate::spec::{LayerInfo, MAX_LAYERS, Spec};
 
 /// Per-pass settings of a training forward pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,8 +35,9 @@ use crate::spec::{Layer, LayerInfo, MAX_LAYERS, Spec};
 #[non_exhaustive]
 pub struct ForwardCtx {
     /// Seed of every dropout mask of the pass: element `i` of layer `l` is dropped according
-    /// to [`dropout::keep_uniform`]`(seed, l, i)`. Use a new seed per step (e.g. derived from
-    /// the run seed and the step number) so masks differ between steps yet replay exactly.
+    /// to [`crate::layers::dropout::keep_uniform`]`(seed, l, i)`. Use a new seed per step (e.g.
+    /// derived from the run seed and the step number) so masks differ between steps yet replay
+    /// exactly.
     pub seed: u64,
 }
 
@@ -48,36 +46,6 @@ impl ForwardCtx {
     pub const fn with_seed(seed: u64) -> Self {
         ForwardCtx { seed }
     }
-}
-
-/// Dimensions of a convolution layer of a spec.
-fn conv_dims(info: &LayerInfo, out_c: u32, k: u32, stride: u32, pad: u32) -> ConvDims {
-    ConvDims {
-        in_c: info.in_shape.c as usize,
-        in_h: info.in_shape.h as usize,
-        in_w: info.in_shape.w as usize,
-        out_c: out_c as usize,
-        k: k as usize,
-        stride: stride as usize,
-        pad: pad as usize,
-    }
-}
-
-/// Dimensions of a pooling layer of a spec.
-fn pool_dims(info: &LayerInfo, k: u32, stride: u32) -> PoolDims {
-    PoolDims {
-        c: info.in_shape.c as usize,
-        h: info.in_shape.h as usize,
-        w: info.in_shape.w as usize,
-        k: k as usize,
-        stride: stride as usize,
-    }
-}
-
-/// `(C, H·W)` of a layer's input: batch normalisation's channels and plane size.
-fn channels(info: &LayerInfo) -> (usize, usize) {
-    let s = info.in_shape;
-    (s.c as usize, s.h as usize * s.w as usize)
 }
 
 /// The output segment of `acts` after [`forward`] (N × output).
@@ -95,18 +63,10 @@ pub fn input_mut<'b>(spec: &Spec<'_>, acts: &'b mut [f32], n: usize) -> &'b mut 
     &mut acts[..len]
 }
 
-/// Splits `acts` so that `inp` is the layer's input segment and `out` its output segment.
-/// Non-view layers always write after their input, so the two never overlap.
-fn in_out<'b>(acts: &'b mut [f32], info: &LayerInfo, n: usize) -> (&'b [f32], &'b mut [f32]) {
-    let ir = info.in_range(n);
-    let or = info.out_range(n);
-    debug_assert!(ir.end <= or.start);
-    let (head, tail) = acts.split_at_mut(or.start);
-    (&head[ir], &mut tail[..or.end - or.start])
-}
-
-/// Like [`in_out`], plus the layer's auxiliary segment (which follows its output).
-fn in_out_aux<'b>(
+/// Splits `acts` into the layer's input, output and auxiliary segments (the auxiliary one
+/// follows the output and is empty for most layers). Non-view layers always write after their
+/// input, so the three never overlap.
+pub(crate) fn in_out_aux<'b>(
     acts: &'b mut [f32],
     info: &LayerInfo,
     n: usize,
@@ -150,81 +110,21 @@ pub fn forward_with(
     check_len("params", params.len(), spec.param_len())?;
     check_len("acts", acts.len(), spec.act_len(n))?;
     for info in spec.iter() {
-        if info.layer.is_view() {
+        if info.view {
             continue;
         }
-        let w = &params[info.weight_range()];
-        let b = &params[info.bias_range()];
-        match info.layer {
-            Layer::MinibatchDisc { kernels, dims } => {
-                let (inp, out, aux) = in_out_aux(acts, &info, n);
-                mbd::mbd_forward(
-                    out,
-                    inp,
-                    w,
-                    aux,
-                    n,
-                    info.in_shape.len(),
-                    kernels as usize,
-                    dims as usize,
-                )?;
-                continue;
-            }
-            Layer::Conv2d {
-                out_c,
-                k,
-                stride,
-                pad,
-            } => {
-                let (inp, out, col) = in_out_aux(acts, &info, n);
-                let d = conv_dims(&info, out_c, k, stride, pad);
-                conv::conv2d_forward(out, col, inp, w, b, n, &d, exec)?;
-                continue;
-            }
-            Layer::ConvTranspose2d {
-                out_c,
-                k,
-                stride,
-                pad,
-            } => {
-                let (inp, out, col) = in_out_aux(acts, &info, n);
-                let d = conv_dims(&info, out_c, k, stride, pad);
-                conv::conv_transpose2d_forward(out, col, inp, w, b, n, &d, exec)?;
-                continue;
-            }
-            Layer::MaxPool2d { k, stride } => {
-                let (inp, out, argmax) = in_out_aux(acts, &info, n);
-                pool::maxpool2d_forward(out, Some(argmax), inp, n, &pool_dims(&info, k, stride))?;
-                continue;
-            }
-            Layer::BatchNorm { eps, .. } => {
-                let (inp, out, aux) = in_out_aux(acts, &info, n);
-                let (c, hw) = channels(&info);
-                norm::batchnorm_forward(out, &mut aux[..2 * c], inp, w, b, n, c, hw, eps)?;
-                continue;
-            }
-            Layer::Dropout { p } => {
-                let (inp, out, mask) = in_out_aux(acts, &info, n);
-                dropout::dropout_forward(out, mask, inp, p, ctx.seed, info.index as u64)?;
-                continue;
-            }
-            _ => {}
-        }
-        let (inp, out) = in_out(acts, &info, n);
-        match info.layer {
-            Layer::Dense { out: c_out } => {
-                dense::dense_forward(out, inp, w, b, n, info.in_shape.len(), c_out as usize, exec)?
-            }
-            ref l => match Activation::of(l) {
-                // Element-wise, so splitting it over threads cannot change any bit.
-                Some(a) => {
-                    crate::par::for_each_chunk_min(exec, out, a.par_min_elems(), &|off, o| {
-                        a.forward(o, &inp[off..off + o.len()])
-                    })
-                }
-                None => return Err(CoreError::Unsupported { layer: info.index }),
-            },
-        }
+        let (inp, out, aux) = in_out_aux(acts, &info, n);
+        let a = Forward {
+            l: &info,
+            params,
+            inp,
+            out,
+            aux,
+            n,
+            exec,
+            seed: ctx.seed,
+        };
+        with_kind!(info.layer, |k| Kind::forward(&k, a))?;
     }
     Ok(())
 }
@@ -262,6 +162,27 @@ pub fn backward(
     )
 }
 
+/// The layers `0..upto` of `spec` with their offsets, checked against the buffers every
+/// backward walker shares.
+pub(crate) fn backward_layers(
+    spec: &Spec<'_>,
+    upto: usize,
+    n: usize,
+) -> Result<heapless::Vec<LayerInfo, MAX_LAYERS>, CoreError> {
+    if n == 0 {
+        return Err(CoreError::ZeroSize);
+    }
+    if upto == 0 || upto > spec.layers().len() {
+        return Err(CoreError::Unsupported { layer: upto });
+    }
+    let mut infos: heapless::Vec<LayerInfo, MAX_LAYERS> = heapless::Vec::new();
+    for info in spec.iter().take(upto) {
+        // Cannot fail: Spec::new caps the layer count at MAX_LAYERS.
+        let _ = infos.push(info);
+    }
+    Ok(infos)
+}
+
 /// Like [`backward`], but starts at the output of layer `upto - 1`: `dout` is the gradient with
 /// respect to that layer's output (N × its output size), and only layers `0..upto` are walked.
 /// Used for losses on inner features (feature matching).
@@ -272,56 +193,21 @@ pub fn backward_from(
     acts: &[f32],
     upto: usize,
     dout: &[f32],
-    grads: Option<&mut [f32]>,
-    dinput: Option<&mut [f32]>,
-    scratch: &mut [f32],
-    n: usize,
-    exec: &dyn Exec,
-) -> Result<(), CoreError> {
-    backward_impl(
-        spec, params, acts, None, upto, dout, grads, dinput, scratch, n, exec,
-    )
-}
-
-/// The shared walker. `wgrad_acts`, when given, replaces the layer inputs used for weight
-/// gradients (activation masks still come from `acts`) and bias gradients are skipped: that is
-/// the second pass of the gradient penalty (see [`crate::gp`]).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_impl(
-    spec: &Spec<'_>,
-    params: &[f32],
-    acts: &[f32],
-    wgrad_acts: Option<&[f32]>,
-    upto: usize,
-    dout: &[f32],
     mut grads: Option<&mut [f32]>,
     mut dinput: Option<&mut [f32]>,
     scratch: &mut [f32],
     n: usize,
     exec: &dyn Exec,
 ) -> Result<(), CoreError> {
-    if n == 0 {
-        return Err(CoreError::ZeroSize);
-    }
-    if upto == 0 || upto > spec.layers().len() {
-        return Err(CoreError::Unsupported { layer: upto });
-    }
+    let infos = backward_layers(spec, upto, n)?;
     check_len("params", params.len(), spec.param_len())?;
     if let Some(g) = &grads {
         check_len("grads", g.len(), spec.param_len())?;
     }
     check_len("acts", acts.len(), spec.act_len(n))?;
-    if let Some(w) = wgrad_acts {
-        check_len("wgrad_acts", w.len(), spec.act_len(n))?;
-    }
     check_len("scratch", scratch.len(), spec.backward_scratch_len(n))?;
     if let Some(d) = &dinput {
         check_len("dinput", d.len(), n * spec.input().len())?;
-    }
-    let mut infos: heapless::Vec<LayerInfo, MAX_LAYERS> = heapless::Vec::new();
-    for info in spec.iter().take(upto) {
-        // Cannot fail: Spec::new caps the layer count at MAX_LAYERS.
-        let _ = infos.push(info);
     }
     let top = infos[upto - 1];
     check_len("dout", dout.len(), n * top.out_shape.len())?;
@@ -332,187 +218,35 @@ pub(crate) fn backward_impl(
 
     // Index of the first layer that does real work: below it only views remain, so its input
     // gradient is the network's input gradient.
-    let first_real = infos.iter().position(|i| !i.layer.is_view());
+    let first_real = infos.iter().position(|i| !i.view);
 
     for info in infos.iter().rev() {
-        if info.layer.is_view() {
+        if info.view {
             continue;
         }
         let out_len = n * info.out_shape.len();
         let in_len = n * info.in_shape.len();
         let is_first = Some(info.index) == first_real;
-        let want_dinp = !is_first || dinput.is_some();
-        let g_out = &cur[..out_len];
-        let inp = &acts[info.in_range(n)];
-        let dinp: Option<&mut [f32]> = if !want_dinp {
-            None
-        } else if is_first {
-            dinput.as_deref_mut()
-        } else {
+        let dinp: Option<&mut [f32]> = if !is_first {
             Some(&mut other[..in_len])
+        } else {
+            dinput.as_deref_mut()
         };
-        match info.layer {
-            Layer::Dense { out: c_out } => {
-                let (c_in, c_out) = (info.in_shape.len(), c_out as usize);
-                let w = &params[info.weight_range()];
-                if let Some(grads) = grads.as_deref_mut() {
-                    let (gw, gb) = grads[info.param_range()]
-                        .split_at_mut(info.bias_offset - info.param_offset);
-                    let gw = &mut gw[..info.weight_len];
-                    let wgrad_inp = match wgrad_acts {
-                        Some(t) => &t[info.in_range(n)],
-                        None => inp,
-                    };
-                    // dW (C_in×C_out) += inpᵀ · dout
-                    kernels::matmul_tn(gw, wgrad_inp, g_out, c_in, n, c_out, true, exec);
-                    if wgrad_acts.is_none() {
-                        let gb = &mut gb[..info.bias_len];
-                        for row in g_out.chunks_exact(c_out) {
-                            for (g, &d) in gb.iter_mut().zip(row) {
-                                *g += d;
-                            }
-                        }
-                    }
-                }
-                if let Some(d) = dinp {
-                    // dinp (N×C_in) = dout · Wᵀ
-                    kernels::matmul_nt(d, g_out, w, n, c_out, c_in, false, exec);
-                }
-            }
-            Layer::MinibatchDisc { kernels, dims } => {
-                if wgrad_acts.is_some() {
-                    return Err(CoreError::Unsupported { layer: info.index });
-                }
-                // An empty weight-gradient slice asks for the input gradient only.
-                let dt: &mut [f32] = match grads.as_deref_mut() {
-                    Some(g) => &mut g[info.weight_range()],
-                    None => &mut [],
-                };
-                mbd::mbd_backward(
-                    dinp,
-                    dt,
-                    g_out,
-                    inp,
-                    &params[info.weight_range()],
-                    &mut aux_scratch[..n * info.layer.aux_len(info.in_shape)],
-                    n,
-                    info.in_shape.len(),
-                    kernels as usize,
-                    dims as usize,
-                )?;
-            }
-            Layer::Conv2d {
-                out_c,
-                k,
-                stride,
-                pad,
-            } => {
-                // The stored column matrices belong to `acts`, not to the tangent inputs.
-                if wgrad_acts.is_some() {
-                    return Err(CoreError::Unsupported { layer: info.index });
-                }
-                let (gw, gb) = param_grads(grads.as_deref_mut(), info);
-                conv::conv2d_backward(
-                    dinp,
-                    gw,
-                    gb,
-                    aux_scratch,
-                    g_out,
-                    &acts[info.aux_range(n)],
-                    &params[info.weight_range()],
-                    n,
-                    &conv_dims(info, out_c, k, stride, pad),
-                    exec,
-                )?;
-            }
-            Layer::ConvTranspose2d {
-                out_c,
-                k,
-                stride,
-                pad,
-            } => {
-                if wgrad_acts.is_some() {
-                    return Err(CoreError::Unsupported { layer: info.index });
-                }
-                let (gw, gb) = param_grads(grads.as_deref_mut(), info);
-                conv::conv_transpose2d_backward(
-                    dinp,
-                    gw,
-                    gb,
-                    aux_scratch,
-                    g_out,
-                    inp,
-                    &params[info.weight_range()],
-                    n,
-                    &conv_dims(info, out_c, k, stride, pad),
-                    exec,
-                )?;
-            }
-            Layer::BatchNorm { eps, .. } => {
-                if wgrad_acts.is_some() {
-                    return Err(CoreError::Unsupported { layer: info.index });
-                }
-                let (c, hw) = channels(info);
-                let (gw, gb) = param_grads(grads.as_deref_mut(), info);
-                norm::batchnorm_backward(
-                    dinp,
-                    gw,
-                    gb,
-                    g_out,
-                    inp,
-                    &acts[info.aux_range(n)][..2 * c],
-                    &params[info.weight_range()],
-                    n,
-                    c,
-                    hw,
-                    eps,
-                )?;
-            }
-            Layer::MaxPool2d { k, stride } => {
-                if let Some(d) = dinp {
-                    let argmax = &acts[info.aux_range(n)];
-                    pool::maxpool2d_backward(d, g_out, argmax, n, &pool_dims(info, k, stride))?;
-                }
-            }
-            Layer::Dropout { .. } => {
-                if let Some(d) = dinp {
-                    dropout::dropout_backward(d, g_out, &acts[info.aux_range(n)])?;
-                }
-            }
-            ref l => match Activation::of(l) {
-                Some(a) => {
-                    if let Some(d) = dinp {
-                        let y = &acts[info.out_range(n)];
-                        crate::par::for_each_chunk(exec, d, &|off, dc| {
-                            let r = off..off + dc.len();
-                            a.backward(dc, &g_out[r.clone()], &inp[r.clone()], &y[r]);
-                        });
-                    }
-                }
-                None => return Err(CoreError::Unsupported { layer: info.index }),
-            },
-        }
+        let a = Backward {
+            l: info,
+            params,
+            acts,
+            dout: &cur[..out_len],
+            dinp,
+            grads: grads.as_deref_mut(),
+            scratch: &mut *aux_scratch,
+            n,
+            exec,
+        };
+        with_kind!(info.layer, |k| Kind::backward(&k, a))?;
         core::mem::swap(&mut cur, &mut other);
     }
     Ok(())
-}
-
-/// Splits a layer's slice of the gradient buffer into its weight and bias gradients
-/// (`None, None` without a gradient buffer).
-fn param_grads<'g>(
-    grads: Option<&'g mut [f32]>,
-    info: &LayerInfo,
-) -> (Option<&'g mut [f32]>, Option<&'g mut [f32]>) {
-    match grads {
-        Some(g) => {
-            let (gw, gb) = g[info.param_range()].split_at_mut(info.bias_offset - info.param_offset);
-            (
-                Some(&mut gw[..info.weight_len]),
-                Some(&mut gb[..info.bias_len]),
-            )
-        }
-        None => (None, None),
-    }
 }
 
 /// Exact inference: `output (N × out) = net(input (N × in))`, bit-identical on every target.
@@ -550,89 +284,57 @@ pub fn infer_with(
         return Err(CoreError::ZeroSize);
     }
     check_len("params", params.len(), spec.param_len())?;
+    infer_encoded(spec, &Encoded::F32(params), input, output, scratch, n, exec)
+}
+
+/// Exact inference of a network whose parameters are stored in any encoding
+/// ([`crate::encoding`]): [`infer_with`] for f32 parameters, the int8 kernels for int8 ones.
+/// `scratch` has [`crate::encoding::Encoding::infer_scratch_len`] elements for the encoding.
+pub fn infer_encoded(
+    spec: &Spec<'_>,
+    weights: &Encoded<'_>,
+    input: &[f32],
+    output: &mut [f32],
+    scratch: &mut [f32],
+    n: usize,
+    exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    if n == 0 {
+        return Err(CoreError::ZeroSize);
+    }
     check_len("input", input.len(), n * spec.input().len())?;
     check_len("output", output.len(), n * spec.output().len())?;
-    check_len("scratch", scratch.len(), spec.infer_scratch_len(n))?;
-    let half = spec.max_features() * n;
-    let (mut a, mut b) = scratch.split_at_mut(half);
-    let in_len = input.len();
-    a[..in_len].copy_from_slice(input);
-    let mut len = in_len;
+    check_len(
+        "scratch",
+        scratch.len(),
+        weights.encoding().infer_scratch_len(spec, n),
+    )?;
+    let (ping_pong, extra) = scratch.split_at_mut(spec.infer_scratch_len(n));
+    let xq = crate::encoding::int8::row_buffer(extra);
+    let mut pp = PingPong::new(ping_pong, spec.max_features() * n, input);
     for info in spec.iter() {
-        let out_len = n * info.out_shape.len();
-        let w = &params[info.weight_range()];
-        let bias = &params[info.bias_range()];
-        match info.layer {
-            Layer::Dense { out: c_out } => {
-                dense::dense_forward_exact(
-                    &mut b[..out_len],
-                    &a[..len],
-                    w,
-                    bias,
-                    n,
-                    info.in_shape.len(),
-                    c_out as usize,
-                    exec,
-                )?;
-                core::mem::swap(&mut a, &mut b);
-                len = out_len;
-            }
-            Layer::Conv2d {
-                out_c,
-                k,
-                stride,
-                pad,
-            } => {
-                let d = conv_dims(&info, out_c, k, stride, pad);
-                conv::conv2d_forward_exact(&mut b[..out_len], &a[..len], w, bias, n, &d)?;
-                core::mem::swap(&mut a, &mut b);
-                len = out_len;
-            }
-            Layer::ConvTranspose2d {
-                out_c,
-                k,
-                stride,
-                pad,
-            } => {
-                let d = conv_dims(&info, out_c, k, stride, pad);
-                conv::conv_transpose2d_forward_exact(&mut b[..out_len], &a[..len], w, bias, n, &d)?;
-                core::mem::swap(&mut a, &mut b);
-                len = out_len;
-            }
-            Layer::MaxPool2d { k, stride } => {
-                let d = pool_dims(&info, k, stride);
-                pool::maxpool2d_forward(&mut b[..out_len], None, &a[..len], n, &d)?;
-                core::mem::swap(&mut a, &mut b);
-                len = out_len;
-            }
-            Layer::BatchNorm { eps, .. } => {
-                let (c, hw) = channels(&info);
-                let running = &params[info.stats_range()];
-                norm::batchnorm_forward_exact(&mut a[..len], w, bias, running, n, c, hw, eps)?;
-            }
-            Layer::Dropout { .. } => {}
-            ref l if l.is_view() => {}
-            ref l => match Activation::of(l) {
-                // Element-wise: splitting it over threads cannot change any bit.
-                Some(act) => crate::par::for_each_chunk_min(
-                    exec,
-                    &mut a[..len],
-                    act.par_min_elems(),
-                    &|_, x| act.forward_inplace(x),
-                ),
-                None => return Err(CoreError::Unsupported { layer: info.index }),
-            },
+        if info.view {
+            continue;
         }
+        let a = Infer {
+            l: &info,
+            w: weights.layer(&info)?,
+            pp: &mut pp,
+            xq: &mut *xq,
+            n,
+            exec,
+        };
+        with_kind!(info.layer, |k| Kind::infer(&k, a))?;
     }
-    output.copy_from_slice(&a[..len]);
+    output.copy_from_slice(pp.current());
     Ok(())
 }
 
 /// Moves the running statistics of every `BatchNorm` layer towards the batch statistics that
 /// the last [`forward`] / [`forward_with`] on `acts` stored, with each layer's momentum (see
-/// [`norm::update_running`]). `params` is the same buffer the forward pass read; only the
-/// layers' [`LayerInfo::stats_range`] is written. Does nothing for a network without
-/// batch normalisation.
+/// [`crate::layers::batch_norm::update_running`]). `params` is the same buffer the forward pass
+/// read; only the layers' [`LayerInfo::stats_range`] is written. Does nothing for a network
+/// without batch normalisation.
 pub fn update_running_stats(
     spec: &Spec<'_>,
     params: &mut [f32],
@@ -645,11 +347,7 @@ pub fn update_running_stats(
     check_len("params", params.len(), spec.param_len())?;
     check_len("acts", acts.len(), spec.act_len(n))?;
     for info in spec.iter() {
-        if let Layer::BatchNorm { momentum, .. } = info.layer {
-            let (c, hw) = channels(&info);
-            let batch = &acts[info.aux_range(n)][..2 * c];
-            norm::update_running(&mut params[info.stats_range()], batch, n * hw, momentum)?;
-        }
+        with_kind!(info.layer, |k| k.update_stats(&info, params, acts, n))?;
     }
     Ok(())
 }
@@ -658,7 +356,7 @@ pub fn update_running_stats(
 mod tests {
     use super::*;
     use crate::kernels::Serial;
-    use crate::spec::Shape;
+    use crate::spec::{Layer, Shape};
     use crate::testutil::{Lcg, grad_check};
     use std::vec;
 

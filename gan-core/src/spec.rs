@@ -17,14 +17,14 @@
 //! - `Conv2d { out_c, k, .. }`: `W` is `out_c × C × k × k` (row `o` of the `out_c × (C·k·k)`
 //!   matrix holds every weight of output channel `o`; inside a row, input channel, then kernel
 //!   row `ky`, then kernel column `kx`), then `b` of length `out_c`. The training kernel is
-//!   `out = W · im2col(x)` per sample, so this is exactly the left operand (see [`crate::conv`]).
+//!   `out = W · im2col(x)` per sample, so this is exactly the left operand (see [`crate::layers::conv2d`]).
 //! - `ConvTranspose2d { out_c, k, .. }`: `W` is `C × out_c × k × k` (input channel first), the
 //!   same buffer a `Conv2d` from `out_c` to `C` channels would use, so the layer is that
 //!   convolution's adjoint; then `b` of length `out_c`.
 //! - `BatchNorm`: weights are `γ` (length `C`), bias is `β` (length `C`), then a statistics
 //!   tensor of `2·C`: running mean (`C`), then running variance (`C`). The statistics are not
 //!   trained: their gradient is always zero and [`crate::model::update_running_stats`] writes
-//!   them (see [`crate::norm`]). [`LayerInfo::stats_range`] locates them.
+//!   them (see [`crate::layers::batch_norm`]). [`LayerInfo::stats_range`] locates them.
 //! - activation, pooling, dropout and view layers have no parameters.
 //!
 //! Every tensor starts at a multiple of [`PARAM_ALIGN`] elements (16 bytes); the gaps are zero.
@@ -50,6 +50,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
+use crate::layers::{self, Sizes};
 
 /// Shape of one sample, channels first: `C × H × W`. A flat vector of `F` features is `(F, 1, 1)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,13 +107,15 @@ impl core::fmt::Display for Shape {
     }
 }
 
-/// One layer of a network.
+/// One layer of a network: the serialised tag of a layer kind (see [`crate::layers`], where
+/// each kind has its module and this enum is mapped to them).
 ///
 /// New layer kinds are appended at the end so the postcard encoding of existing variants (the
-/// variant index) never changes and old weight files stay readable.
+/// variant index) never changes and old weight files stay readable. The enum is deliberately
+/// exhaustive: code that matches on it, in any crate, stops compiling until it handles a new
+/// kind.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
 pub enum Layer {
     /// Fully connected: `y = x·W + b` over the flattened input.
     Dense {
@@ -137,7 +140,7 @@ pub enum Layer {
         /// Target shape.
         to: Shape,
     },
-    /// Minibatch discrimination ([`crate::mbd`]): appends `kernels` batch-similarity features
+    /// Minibatch discrimination ([`crate::layers::mbd`]): appends `kernels` batch-similarity features
     /// to the flattened input. Parameters: tensor `T` of `in × kernels × dims`, no bias.
     /// Couples the samples of a batch, so it belongs in discriminators only.
     MinibatchDisc {
@@ -146,7 +149,7 @@ pub enum Layer {
         /// Dimensions `C` per kernel.
         dims: u32,
     },
-    /// 2-D convolution with a square kernel ([`crate::conv`]): `out_c` channels of
+    /// 2-D convolution with a square kernel ([`crate::layers::conv2d`]): `out_c` channels of
     /// `(H + 2·pad − k) / stride + 1` rows and as many columns (from `W`). Requires
     /// `stride >= 1`, `pad < k` and `k <= H + 2·pad` (and the same for `W`).
     Conv2d {
@@ -159,8 +162,8 @@ pub enum Layer {
         /// Implicit zero rows/columns on every border.
         pad: u32,
     },
-    /// Transposed 2-D convolution ([`crate::conv`]), the adjoint of a [`Layer::Conv2d`] with the
-    /// same `k`, `stride`, `pad`: output side `(H − 1)·stride − 2·pad + k`. Requires
+    /// Transposed 2-D convolution ([`crate::layers::conv_transpose2d`]), the adjoint of a
+    /// [`Layer::Conv2d`] with the same `k`, `stride`, `pad`: output side `(H − 1)·stride − 2·pad + k`. Requires
     /// `stride >= 1`, `pad < k` and a positive output side.
     ConvTranspose2d {
         /// Output channels.
@@ -172,7 +175,7 @@ pub enum Layer {
         /// Rows/columns cropped from every border of the full output.
         pad: u32,
     },
-    /// Max pooling over `k × k` windows, no padding ([`crate::pool`]): output side
+    /// Max pooling over `k × k` windows, no padding ([`crate::layers::pool`]): output side
     /// `(H − k) / stride + 1`. Requires `1 <= k <= min(H, W)`, `k·k <= 2²⁴`, `stride >= 1`.
     MaxPool2d {
         /// Window side.
@@ -180,7 +183,7 @@ pub enum Layer {
         /// Step between windows.
         stride: u32,
     },
-    /// Batch normalisation ([`crate::norm`]) over channels: for a `C × H × W` input, one mean
+    /// Batch normalisation ([`crate::layers::batch_norm`]) over channels: for a `C × H × W` input, one mean
     /// and variance per channel over `N·H·W` values; for a flat input (`F × 1 × 1`), per
     /// feature over `N`. Parameters `γ`, `β` and the running mean and variance.
     BatchNorm {
@@ -190,7 +193,7 @@ pub enum Layer {
         /// `running ← (1 − momentum)·running + momentum·batch`.
         momentum: f32,
     },
-    /// Inverted dropout ([`crate::dropout`]): in training each element is zeroed with
+    /// Inverted dropout ([`crate::layers::dropout`]): in training each element is zeroed with
     /// probability `p` and the survivors are scaled by `1/(1−p)`; identity at inference.
     Dropout {
         /// Drop probability, in `[0, 1)`.
@@ -198,243 +201,21 @@ pub enum Layer {
     },
 }
 
-/// Element counts of one layer's tensors and auxiliary storage, for one input shape.
-#[derive(Clone, Copy)]
-struct Sizes {
-    weight: usize,
-    bias: usize,
-    stats: usize,
-    aux: usize,
-}
-
-/// `a·b`, `None` on overflow (`const` helper).
-const fn mul(a: usize, b: usize) -> Option<usize> {
-    a.checked_mul(b)
-}
-
-/// `a·b·c`, `None` on overflow.
-const fn mul3(a: usize, b: usize, c: usize) -> Option<usize> {
-    match mul(a, b) {
-        Some(ab) => mul(ab, c),
-        None => None,
-    }
-}
-
-/// An image side in `u32`, or `None` if it is zero or does not fit.
-const fn side(x: Option<usize>) -> Option<u32> {
-    match x {
-        Some(v) if v > 0 && v <= u32::MAX as usize => Some(v as u32),
-        _ => None,
-    }
-}
-
-/// Unwraps an `Option` inside a `const fn` (where `?` is not available), returning `None`.
-macro_rules! some {
-    ($e:expr) => {
-        match $e {
-            Some(v) => v,
-            None => return None,
-        }
-    };
-}
-
 impl Layer {
     /// Output shape for input shape `inp`. `index` is only used for error reports.
     pub const fn out_shape(&self, inp: Shape, index: usize) -> Result<Shape, SpecError> {
-        let in_len = match inp.checked_len() {
-            Some(n) if n > 0 => n,
-            _ => return Err(SpecError::BadDimension { layer: index }),
-        };
-        match *self {
-            Layer::Dense { out } => {
-                if out == 0 {
-                    Err(SpecError::BadDimension { layer: index })
-                } else {
-                    Ok(Shape::flat(out))
-                }
-            }
-            Layer::LeakyRelu { alpha } => {
-                // Written so NaN fails too.
-                if alpha >= 0.0 && alpha <= 1.0e6 {
-                    Ok(inp)
-                } else {
-                    Err(SpecError::BadParameter { layer: index })
-                }
-            }
-            Layer::Relu | Layer::Tanh | Layer::Sigmoid => Ok(inp),
-            Layer::Flatten => {
-                if in_len > u32::MAX as usize {
-                    Err(SpecError::BadDimension { layer: index })
-                } else {
-                    Ok(Shape::flat(in_len as u32))
-                }
-            }
-            Layer::Reshape { to } => match to.checked_len() {
-                Some(n) if n == in_len => Ok(to),
-                _ => Err(SpecError::ShapeMismatch { layer: index }),
-            },
-            Layer::MinibatchDisc { kernels, dims } => {
-                if kernels == 0 || dims == 0 {
-                    return Err(SpecError::BadDimension { layer: index });
-                }
-                match in_len.checked_add(kernels as usize) {
-                    Some(n) if n <= u32::MAX as usize => Ok(Shape::flat(n as u32)),
-                    _ => Err(SpecError::BadDimension { layer: index }),
-                }
-            }
-            Layer::Conv2d {
-                out_c,
-                k,
-                stride,
-                pad,
-            } => {
-                if out_c == 0 || k == 0 {
-                    return Err(SpecError::BadDimension { layer: index });
-                }
-                if stride == 0 || pad >= k {
-                    return Err(SpecError::BadParameter { layer: index });
-                }
-                let (k, s, p) = (k as usize, stride as usize, pad as usize);
-                let h = side(crate::conv::conv_out_len(inp.h as usize, k, s, p));
-                let w = side(crate::conv::conv_out_len(inp.w as usize, k, s, p));
-                match (h, w) {
-                    (Some(h), Some(w)) => Ok(Shape::image(out_c, h, w)),
-                    _ => Err(SpecError::ShapeMismatch { layer: index }),
-                }
-            }
-            Layer::ConvTranspose2d {
-                out_c,
-                k,
-                stride,
-                pad,
-            } => {
-                if out_c == 0 || k == 0 {
-                    return Err(SpecError::BadDimension { layer: index });
-                }
-                if stride == 0 || pad >= k {
-                    return Err(SpecError::BadParameter { layer: index });
-                }
-                let (k, s, p) = (k as usize, stride as usize, pad as usize);
-                let h = side(crate::conv::conv_transpose_out_len(inp.h as usize, k, s, p));
-                let w = side(crate::conv::conv_transpose_out_len(inp.w as usize, k, s, p));
-                match (h, w) {
-                    (Some(h), Some(w)) => Ok(Shape::image(out_c, h, w)),
-                    _ => Err(SpecError::ShapeMismatch { layer: index }),
-                }
-            }
-            Layer::MaxPool2d { k, stride } => {
-                if k == 0 {
-                    return Err(SpecError::BadDimension { layer: index });
-                }
-                // The argmax is stored as an f32 window position, exact below 2^24.
-                if stride == 0 || k as u64 * k as u64 > 1 << 24 {
-                    return Err(SpecError::BadParameter { layer: index });
-                }
-                if k > inp.h || k > inp.w {
-                    return Err(SpecError::ShapeMismatch { layer: index });
-                }
-                Ok(Shape::image(
-                    inp.c,
-                    (inp.h - k) / stride + 1,
-                    (inp.w - k) / stride + 1,
-                ))
-            }
-            Layer::BatchNorm { eps, momentum } => {
-                // Written so NaN fails too.
-                if eps > 0.0 && eps <= 1.0 && momentum >= 0.0 && momentum <= 1.0 {
-                    Ok(inp)
-                } else {
-                    Err(SpecError::BadParameter { layer: index })
-                }
-            }
-            Layer::Dropout { p } => {
-                if p >= 0.0 && p < 1.0 {
-                    Ok(inp)
-                } else {
-                    Err(SpecError::BadParameter { layer: index })
-                }
-            }
+        match layers::rules(self, inp, index) {
+            Ok(r) => Ok(r.out),
+            Err(e) => Err(e),
         }
     }
 
-    /// Every tensor and auxiliary size for input `inp`, or `None` if the layer does not accept
-    /// `inp` or a size overflows `usize`.
-    const fn sizes(&self, inp: Shape) -> Option<Sizes> {
-        let in_len = some!(inp.checked_len());
-        let out = match self.out_shape(inp, 0) {
-            Ok(s) => s,
-            Err(_) => return None,
-        };
-        let c = inp.c as usize;
-        let none = Sizes {
-            weight: 0,
-            bias: 0,
-            stats: 0,
-            aux: 0,
-        };
-        Some(match *self {
-            Layer::Dense { out } => Sizes {
-                weight: some!(mul(in_len, out as usize)),
-                bias: out as usize,
-                ..none
-            },
-            Layer::MinibatchDisc { kernels, dims } => {
-                let bc = some!(mul(kernels as usize, dims as usize));
-                Sizes {
-                    weight: some!(mul(in_len, bc)),
-                    aux: some!(mul(2, bc)),
-                    ..none
-                }
-            }
-            Layer::Conv2d { out_c, k, .. } => {
-                let (o, k) = (out_c as usize, k as usize);
-                let rows = some!(mul3(c, k, k));
-                Sizes {
-                    weight: some!(mul(o, rows)),
-                    bias: o,
-                    aux: some!(mul3(rows, out.h as usize, out.w as usize)),
-                    ..none
-                }
-            }
-            Layer::ConvTranspose2d { out_c, k, .. } => {
-                let (o, k) = (out_c as usize, k as usize);
-                let rows = some!(mul3(o, k, k));
-                Sizes {
-                    weight: some!(mul(c, rows)),
-                    bias: o,
-                    aux: some!(mul3(rows, inp.h as usize, inp.w as usize)),
-                    ..none
-                }
-            }
-            Layer::MaxPool2d { .. } => Sizes {
-                aux: some!(out.checked_len()),
-                ..none
-            },
-            Layer::BatchNorm { .. } => Sizes {
-                weight: c,
-                bias: c,
-                stats: some!(mul(2, c)),
-                aux: some!(mul(2, c)),
-            },
-            Layer::Dropout { .. } => Sizes {
-                aux: in_len,
-                ..none
-            },
-            _ => none,
-        })
-    }
-
-    /// [`Layer::sizes`] with zeros for a shape the layer does not accept (only meaningful for
-    /// shapes inside a validated [`Spec`], where it never fails).
+    /// Every tensor and auxiliary size for input `inp` (zeros if the layer does not accept
+    /// `inp`; only meaningful for shapes inside a validated [`Spec`], where it never fails).
     const fn sizes_or_zero(&self, inp: Shape) -> Sizes {
-        match self.sizes(inp) {
-            Some(s) => s,
-            None => Sizes {
-                weight: 0,
-                bias: 0,
-                stats: 0,
-                aux: 0,
-            },
+        match layers::rules(self, inp, 0) {
+            Ok(r) => r.sizes,
+            Err(_) => Sizes::NONE,
         }
     }
 
@@ -465,48 +246,6 @@ impl Layer {
     pub const fn param_len(&self, inp: Shape) -> usize {
         let s = self.sizes_or_zero(inp);
         s.weight + s.bias + s.stats
-    }
-
-    /// True for layers that only reinterpret their input (their output aliases the input).
-    pub const fn is_view(&self) -> bool {
-        matches!(self, Layer::Flatten | Layer::Reshape { .. })
-    }
-
-    /// Short lowercase name, for summaries.
-    pub const fn name(&self) -> &'static str {
-        match self {
-            Layer::Dense { .. } => "dense",
-            Layer::Relu => "relu",
-            Layer::LeakyRelu { .. } => "leaky_relu",
-            Layer::Tanh => "tanh",
-            Layer::Sigmoid => "sigmoid",
-            Layer::Flatten => "flatten",
-            Layer::Reshape { .. } => "reshape",
-            Layer::MinibatchDisc { .. } => "minibatch_disc",
-            Layer::Conv2d { .. } => "conv2d",
-            Layer::ConvTranspose2d { .. } => "conv_transpose2d",
-            Layer::MaxPool2d { .. } => "max_pool2d",
-            Layer::BatchNorm { .. } => "batch_norm",
-            Layer::Dropout { .. } => "dropout",
-        }
-    }
-
-    /// Multiply-accumulates per sample in the forward pass (inference form: one per weight use
-    /// for dense and convolution layers, one per element for `BatchNorm`, none for pooling,
-    /// dropout and activations). Saturates instead of overflowing.
-    pub const fn macs(&self, inp: Shape) -> usize {
-        let w = self.weight_len(inp);
-        match *self {
-            Layer::Conv2d { .. } => match self.out_shape(inp, 0) {
-                Ok(out) => w.saturating_mul((out.h as usize).saturating_mul(out.w as usize)),
-                Err(_) => 0,
-            },
-            Layer::ConvTranspose2d { .. } => {
-                w.saturating_mul((inp.h as usize).saturating_mul(inp.w as usize))
-            }
-            Layer::BatchNorm { .. } => inp.len(),
-            _ => w,
-        }
     }
 }
 
@@ -543,6 +282,9 @@ pub struct LayerInfo {
     /// Offset of this layer's auxiliary storage ([`Layer::aux_len`]), per sample; it follows
     /// the output (view layers have none).
     pub act_aux: usize,
+    /// A view layer (`Flatten`, `Reshape`): its output aliases its input and no pass does any
+    /// work for it.
+    pub view: bool,
 }
 
 impl LayerInfo {
@@ -622,17 +364,14 @@ impl<'a> Spec<'a> {
         let mut i = 0;
         while i < layers.len() {
             let layer = layers[i];
-            let out = match layer.out_shape(shape, i) {
-                Ok(s) => s,
+            let rules = match layers::rules(&layer, shape, i) {
+                Ok(r) => r,
                 Err(e) => return Err(e),
             };
+            let (out, sizes) = (rules.out, rules.sizes);
             let out_len = match out.checked_len() {
                 Some(n) if n > 0 => n,
                 _ => return Err(SpecError::BadDimension { layer: i }),
-            };
-            let sizes = match layer.sizes(shape) {
-                Some(s) => s,
-                None => return Err(SpecError::BadDimension { layer: i }),
             };
             // Same arithmetic as LayerIter: weights, bias and statistics each start aligned.
             // Every tensor is far below usize::MAX / 8, so the rounding cannot overflow.
@@ -645,7 +384,7 @@ impl<'a> Spec<'a> {
                 Some(p) if p < limit => p,
                 _ => return Err(SpecError::BadDimension { layer: i }),
             };
-            if !layer.is_view() {
+            if !rules.view {
                 act_per_sample = match act_per_sample.checked_add(out_len) {
                     Some(a) => match a.checked_add(sizes.aux) {
                         Some(a) => a,
@@ -725,7 +464,7 @@ impl<'a> Spec<'a> {
     }
     /// Multiply-accumulates per sample for one forward pass.
     pub fn macs(&self) -> usize {
-        self.iter().map(|l| l.layer.macs(l.in_shape)).sum()
+        self.iter().map(|l| layers::layer_macs(&l)).sum()
     }
 
     /// Walks the layers with shapes and offsets. Allocation-free.
@@ -763,11 +502,13 @@ impl Iterator for LayerIter<'_> {
     fn next(&mut self) -> Option<LayerInfo> {
         let layer = *self.layers.get(self.index)?;
         // The spec was validated by `Spec::new`; the fallback is never taken.
-        let out_shape = layer
-            .out_shape(self.shape, self.index)
-            .unwrap_or(self.shape);
-        let sizes = layer.sizes_or_zero(self.shape);
-        let (act_out, next) = if layer.is_view() {
+        let rules = layers::rules(&layer, self.shape, self.index).unwrap_or(layers::Rules {
+            out: self.shape,
+            sizes: Sizes::NONE,
+            view: true,
+        });
+        let (out_shape, sizes, view) = (rules.out, rules.sizes, rules.view);
+        let (act_out, next) = if view {
             (self.act_in, self.act_next)
         } else {
             (self.act_next, self.act_next + out_shape.len() + sizes.aux)
@@ -787,6 +528,7 @@ impl Iterator for LayerIter<'_> {
             act_in: self.act_in,
             act_out,
             act_aux: act_out + out_shape.len(),
+            view,
         };
         self.param_offset = info.param_range().end;
         self.act_in = act_out;

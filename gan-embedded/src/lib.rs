@@ -17,6 +17,7 @@
 use core::cell::{Cell, UnsafeCell};
 
 use critical_section::Mutex;
+use gan_core::encoding::Encoding;
 use gan_core::error::CoreError;
 use gan_core::format::{self, FormatError, WeightsFile};
 use gan_core::generate::Generator;
@@ -196,19 +197,12 @@ fn erased_tail(bytes: &[u8], data_at: usize, end: usize) -> bool {
         .all(|&b| b == erased)
 }
 
-/// How a conditional generator's class is chosen for each sample (ignored when the model is
-/// unconditional). Mirrors `gan_train::sample::ClassChoice`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum ClassChoice {
-    /// Sample `i` gets class `i % classes`.
-    Cycle,
-    /// Every sample gets this class.
-    Fixed(u32),
-}
+pub use gan_core::generate::ClassChoice;
+pub use gan_core::{art_width, ascii_art};
 
-/// Scratch elements: what [`Generator::scratch_len`] asks for the largest supported model.
-const SCRATCH_LEN: usize = 2 * MAX_FEATURES + MAX_FEATURES.div_ceil(4);
+/// Scratch elements: what [`Generator::scratch_len`] asks for the largest supported model in
+/// any encoding.
+const SCRATCH_LEN: usize = Encoding::max_scratch_bound(MAX_FEATURES);
 
 /// The working memory of one generation, sized for the largest supported model.
 pub struct Buffers {
@@ -313,11 +307,7 @@ impl<'a> Digits<'a> {
     pub fn next(&mut self, class: ClassChoice) -> Result<&[u8], Error> {
         let g = &self.generator;
         let classes = g.classes();
-        let cls = match class {
-            ClassChoice::Cycle if classes > 0 => self.index % classes,
-            ClassChoice::Fixed(c) => c as usize,
-            ClassChoice::Cycle => 0,
-        };
+        let cls = class.class_of(self.index, classes);
         let b = &mut *self.bufs;
         let n_out = g.output_len();
         g.generate(
@@ -330,33 +320,5 @@ impl<'a> Digits<'a> {
         )?;
         self.index += 1;
         Ok(&self.bufs.pixels[..n_out])
-    }
-}
-
-/// Width of the text rendering of an output `shape`: the image width, 28 for a flat 784-value
-/// output, else everything on one line.
-pub fn art_width(shape: Shape) -> usize {
-    let len = shape.len();
-    if shape.h > 1 || shape.w > 1 {
-        shape.w as usize
-    } else if len == 28 * 28 {
-        28
-    } else {
-        len.max(1)
-    }
-}
-
-/// Renders grey bytes as ASCII art, `width` characters per line, calling `line` once per line
-/// (each ends with `\n`). Lines longer than 64 characters are wrapped.
-pub fn ascii_art(pixels: &[u8], width: usize, mut line: impl FnMut(&[u8])) {
-    const MAX_LINE: usize = 64;
-    let width = width.clamp(1, MAX_LINE);
-    let mut buf = [0u8; MAX_LINE + 1];
-    for row in pixels.chunks(width) {
-        for (dst, &p) in buf.iter_mut().zip(row) {
-            *dst = gan_core::ascii_shade(p);
-        }
-        buf[row.len()] = b'\n';
-        line(&buf[..=row.len()]);
     }
 }

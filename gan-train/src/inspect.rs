@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use gan_core::format::{self, WeightsFile};
-use gan_core::spec::{Layer, Spec};
+use gan_core::spec::Spec;
 
 /// A Keras-style table: layer, output shape, parameters, with totals.
 pub fn summary_table(title: &str, spec: &Spec<'_>) -> String {
@@ -30,14 +30,7 @@ pub fn summary_table(title: &str, spec: &Spec<'_>) -> String {
     for info in spec.iter() {
         let params = info.weight_len + info.bias_len;
         total += params;
-        let name = match info.layer {
-            Layer::Dense { out } => format!("dense {}→{out}", info.in_shape.len()),
-            Layer::LeakyRelu { alpha } => format!("leaky_relu({alpha})"),
-            Layer::MinibatchDisc { kernels, dims } => {
-                format!("minibatch_disc(B={kernels}, C={dims})")
-            }
-            ref l => l.name().to_string(),
-        };
+        let name = info.to_string();
         let _ = writeln!(
             s,
             "{:<4}{:<28}{:<16}{:>14}",
@@ -73,11 +66,7 @@ pub fn describe_weights(bytes: &[u8]) -> (String, bool) {
     };
     // parse_header succeeded, so the preamble (and its version field) is there.
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    let weights = if header.is_i8() {
-        "int8 weights, f32 scales and biases"
-    } else {
-        "f32"
-    };
+    let weights = header.encoding().description();
     let _ = writeln!(s, "magic/version:   GANW v{version} ({weights})");
     let _ = writeln!(s, "model kind:      {:?}", header.kind);
     let _ = writeln!(
@@ -157,7 +146,7 @@ pub fn human_bytes(b: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gan_core::spec::Shape;
+    use gan_core::spec::{Layer, Shape};
 
     #[test]
     fn table_lists_layers_and_totals() {

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use gan_core::encoding::Encoding;
 use gan_train::config::{
     Arch, DataShape, HiddenAct, LossKind, Noise, OptKind, OutAct, TrainConfig,
 };
@@ -220,8 +221,8 @@ struct ExportArgs {
     #[arg(long)]
     uf2: Option<PathBuf>,
     /// Weight type: f32 (exact) or i8 (a quarter of the size, integer math on the device).
-    #[arg(long, value_enum, default_value_t = run::WeightsDType::F32)]
-    dtype: run::WeightsDType,
+    #[arg(long, value_parser = run::parse_encoding, default_value = "f32")]
+    dtype: Encoding,
 }
 
 #[derive(Args)]
@@ -414,10 +415,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 fn cmd_export(a: ExportArgs) -> Result<()> {
     if let Some(w) = &a.weights {
         let bytes = std::fs::read(w).with_context(|| format!("reading {}", w.display()))?;
-        let bytes = match a.dtype {
-            run::WeightsDType::I8 => run::quantize_weights(&bytes)?,
-            run::WeightsDType::F32 => bail!("--weights re-encodes a file: give --dtype i8"),
-        };
+        let bytes = run::reencode_weights(&bytes, a.dtype)?;
         let out = a.out.context("--weights needs --out")?;
         run::write_atomic(&out, &bytes)?;
         eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
@@ -502,7 +500,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     if a.ascii || (a.png.is_none() && a.idx.is_none() && a.raw.is_none()) {
         for (i, img) in pixels.chunks_exact(per).enumerate() {
             println!("digit {i} (seed {})", a.seed);
-            print!("{}", sample::ascii_art(img, wd));
+            print!("{}", sample::ascii_art(img, gan_core::art_width(out)));
         }
     }
     Ok(())

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
+use gan_core::encoding::Encoding;
 use gan_core::format::{self, Header, ModelKind};
 use gan_core::kernels::Exec;
 use gan_core::noise;
@@ -219,24 +220,13 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     decode_checkpoint(&bytes).with_context(|| format!("loading {}", path.display()))
 }
 
-/// The generator of a checkpoint as a weights file (the firmware format).
+/// The generator of a checkpoint as an f32 weights file (the firmware format).
 pub fn export_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
-    export_bytes_as(ck, WeightsDType::F32)
+    export_bytes_as(ck, Encoding::F32)
 }
 
-/// Element type of exported weights.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum WeightsDType {
-    /// 32-bit floats: exactly the trained weights (format version 1).
-    #[default]
-    F32,
-    /// 8-bit integers with a scale per output column (format version 2): a quarter of the
-    /// size, and integer arithmetic on microcontrollers without an FPU. Dense-only generators.
-    I8,
-}
-
-/// [`export_bytes`] with a choice of weight type.
-pub fn export_bytes_as(ck: &Checkpoint, dtype: WeightsDType) -> Result<Vec<u8>> {
+/// The generator of a checkpoint as a weights file in `encoding`.
+pub fn export_bytes_as(ck: &Checkpoint, encoding: Encoding) -> Result<Vec<u8>> {
     let cfg = ck.config.resolved();
     let def = cfg.generator(ck.data)?;
     let spec = def.spec();
@@ -245,43 +235,88 @@ pub fn export_bytes_as(ck: &Checkpoint, dtype: WeightsDType) -> Result<Vec<u8>> 
         "checkpoint generator has the wrong size"
     );
     let classes = if cfg.conditional { ck.data.classes } else { 0 };
-    let err = |e: format::FormatError| anyhow::anyhow!("{e}");
-    match dtype {
-        WeightsDType::F32 => {
-            let header = Header::for_spec(
-                ModelKind::Generator,
-                &spec,
-                cfg.latent,
-                classes,
-                cfg.noise.into(),
-            )
-            .map_err(err)?;
-            let mut buf = vec![0u8; format::max_file_len(spec.param_len())];
-            let n = format::write(&mut buf, &header, &ck.g_params).map_err(err)?;
-            buf.truncate(n);
-            Ok(buf)
-        }
-        // The f32 file, re-encoded: one code path for both ways into int8.
-        WeightsDType::I8 => quantize_weights(&export_bytes_as(ck, WeightsDType::F32)?),
-    }
+    let meta = WeightsMeta {
+        kind: ModelKind::Generator,
+        latent: cfg.latent,
+        classes,
+        noise: cfg.noise.into(),
+    };
+    encode_weights(&spec, &meta, &ck.g_params, encoding)
 }
 
-/// Re-encodes an f32 generator weights file with int8 weights (see [`WeightsDType::I8`]).
-pub fn quantize_weights(bytes: &[u8]) -> Result<Vec<u8>> {
-    let file = crate::sample::AlignedBytes::new(bytes);
-    let w = file.weights()?;
-    let params = w.params().context("the weights file is already int8")?;
-    let h = &w.header;
-    let spec = h.spec().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let err = |e: format::FormatError| anyhow::anyhow!("{e}");
-    let header = Header::for_spec_i8(h.kind, &spec, h.latent, h.classes, h.noise)
-        .map_err(|e| anyhow::anyhow!("{e}: this generator cannot be stored as int8, use f32"))?;
-    let mut data = vec![0u8; header.data_len as usize];
-    gan_core::quant::encode(&spec, params, &mut data).map_err(err)?;
-    let mut buf = vec![0u8; format::data_offset(format::MAX_HEADER_LEN) + data.len()];
-    let n = format::write_data(&mut buf, &header, &data).map_err(err)?;
+/// What a weights file says about its network besides the layers.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightsMeta {
+    /// Generator or discriminator.
+    pub kind: ModelKind,
+    /// Noise values per sample.
+    pub latent: u32,
+    /// Classes of a conditional model (0 = unconditional).
+    pub classes: u32,
+    /// Noise distribution.
+    pub noise: gan_core::format::NoiseKind,
+}
+
+/// A weights file for the network `spec` with f32 parameters `params`, stored in `encoding`:
+/// the one way from parameters to a file, for checkpoints and weights files alike.
+pub fn encode_weights(
+    spec: &gan_core::spec::Spec<'_>,
+    meta: &WeightsMeta,
+    params: &[f32],
+    encoding: Encoding,
+) -> Result<Vec<u8>> {
+    let header = Header::for_spec_as(
+        meta.kind,
+        spec,
+        meta.latent,
+        meta.classes,
+        meta.noise,
+        encoding,
+    )
+    .map_err(|e| match e {
+        format::FormatError::Unsupported => anyhow::anyhow!(
+            "{e}: this generator cannot be stored as {}, use f32",
+            encoding.name()
+        ),
+        e => anyhow::anyhow!("{e}"),
+    })?;
+    let mut buf = vec![0u8; header.file_len_bound()];
+    let n = format::write(&mut buf, &header, params).map_err(|e| anyhow::anyhow!("{e}"))?;
     buf.truncate(n);
     Ok(buf)
+}
+
+/// Re-encodes an f32 weights file in `encoding` (its parameters, read back exactly, go through
+/// [`encode_weights`]).
+pub fn reencode_weights(bytes: &[u8], encoding: Encoding) -> Result<Vec<u8>> {
+    let file = crate::sample::AlignedBytes::new(bytes);
+    let w = file.weights()?;
+    let h = &w.header;
+    let params = w.params().with_context(|| {
+        format!(
+            "the weights file is already {}; re-encode from its f32 original or its run",
+            h.encoding().description()
+        )
+    })?;
+    let spec = h.spec().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let meta = WeightsMeta {
+        kind: h.kind,
+        latent: h.latent,
+        classes: h.classes,
+        noise: h.noise,
+    };
+    encode_weights(&spec, &meta, params, encoding)
+}
+
+/// Parses an encoding name as the command line spells it ([`Encoding::name`]).
+pub fn parse_encoding(s: &str) -> std::result::Result<Encoding, String> {
+    Encoding::ALL
+        .into_iter()
+        .find(|e| e.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Encoding::ALL.iter().map(|e| e.name()).collect();
+            format!("unknown weight type `{s}` (one of: {})", names.join(", "))
+        })
 }
 
 /// Options for [`train`] and [`resume`] that are not part of the model's configuration.

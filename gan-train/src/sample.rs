@@ -51,14 +51,7 @@ impl AlignedBytes {
     }
 }
 
-/// Which class each generated sample gets from a conditional generator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClassChoice {
-    /// Sample `i` gets class `i % classes` (0, 1, 2, … 9, 0, …).
-    Cycle,
-    /// Every sample gets this class.
-    Fixed(u32),
-}
+pub use gan_core::generate::ClassChoice;
 
 /// Generates `n` samples for `seed`, one at a time (batch 1, like the device), returning
 /// `n × output_len` grey bytes.
@@ -76,11 +69,7 @@ pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) ->
     let mut rng = noise::rng(seed);
     let team = Team::with_rayon_threads().context("starting the inference threads")?;
     for (i, pixels) in out.chunks_exact_mut(g.output_len()).enumerate() {
-        let cls = match class {
-            ClassChoice::Cycle if g.classes() > 0 => i % g.classes(),
-            ClassChoice::Fixed(c) => c as usize,
-            ClassChoice::Cycle => 0,
-        };
+        let cls = class.class_of(i, g.classes());
         if g.classes() > 0 && cls >= g.classes() {
             anyhow::bail!(
                 "class {cls} is out of range: the model has {} classes",
@@ -92,16 +81,14 @@ pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) ->
     Ok(out)
 }
 
-/// An image as ASCII art, one text line per pixel row (dark to bright: " .:-=+*#%@", the
-/// firmware's characters: [`gan_core::ascii_shade`]).
+/// An image as ASCII art, one text line per pixel row (dark to bright: " .:-=+*#%@"), drawn by
+/// [`gan_core::ascii_art`] like the firmware's (lines wrap after
+/// [`gan_core::ASCII_MAX_LINE`] characters).
 pub fn ascii_art(pixels: &[u8], width: usize) -> String {
     let mut s = String::with_capacity(pixels.len() + pixels.len() / width.max(1));
-    for row in pixels.chunks(width.max(1)) {
-        for &p in row {
-            s.push(gan_core::ascii_shade(p) as char);
-        }
-        s.push('\n');
-    }
+    gan_core::ascii_art(pixels, width, |line| {
+        s.extend(line.iter().map(|&b| b as char));
+    });
     s
 }
 

@@ -725,7 +725,10 @@ fn score_stats(kind: LossKind, sr: &[f32], sf: &[f32]) -> StepStats {
     let (d_real, d_fake, thr) = match kind {
         LossKind::Bce => {
             let p = |v: &[f32]| {
-                v.iter().map(|&x| gan_core::act::sigmoid(x)).sum::<f32>() / v.len() as f32
+                v.iter()
+                    .map(|&x| gan_core::layers::activation::sigmoid(x))
+                    .sum::<f32>()
+                    / v.len() as f32
             };
             (p(sr), p(sf), 0.0)
         }

@@ -431,7 +431,7 @@ fn m0_default_weights_and_measurements() {
 /// version-1 file is refused with the tensor-table code.
 fn check_int8_default(board: &Board) {
     let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
-    let q = gan_train::run::quantize_weights(&default).unwrap();
+    let q = gan_train::run::reencode_weights(&default, gan_core::encoding::Encoding::I8).unwrap();
     assert!(q.len() * 3 < default.len(), "int8 file is not smaller");
     let run = run_qemu(board, Some(&q), &["seed=2026", "count=3"]);
     assert_success(&run, "int8 weights");

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use gan_core::format::NoiseKind;
 use gan_core::init::{Init, init_params};
+use gan_core::kernels::Serial;
 use gan_core::model;
 use gan_core::noise;
 use gan_core::spec::{Layer, Shape, Spec};
@@ -99,14 +100,22 @@ fn mcu_generator_inference_is_bit_exact() {
 /// weights, scales, biases; by length and CRC) and the outputs are pinned.
 #[test]
 fn mcu_generator_int8_inference_is_bit_exact() {
+    use gan_core::encoding::{Encoded, Encoding};
     use gan_core::format::{Header, ModelKind};
-    use gan_core::quant;
     let spec = Spec::new(Shape::flat(64), &MCU).unwrap();
     let mut params = vec![0.0f32; spec.param_len()];
     init_params(&spec, &mut params, Init::HeNormal, &mut noise::rng(1234)).unwrap();
-    let h = Header::for_spec_i8(ModelKind::Generator, &spec, 64, 0, NoiseKind::Gaussian).unwrap();
+    let h = Header::for_spec_as(
+        ModelKind::Generator,
+        &spec,
+        64,
+        0,
+        NoiseKind::Gaussian,
+        Encoding::I8,
+    )
+    .unwrap();
     let mut data = vec![0u8; h.data_len as usize];
-    quant::encode(&spec, &params, &mut data).unwrap();
+    Encoding::I8.encode(&spec, &params, &mut data).unwrap();
     // Length and CRC-32 of the 192 KB data section (the section itself is not stored).
     let mut summary = (data.len() as u32).to_le_bytes().to_vec();
     summary.extend_from_slice(&gan_core::format::crc32(&data).to_le_bytes());
@@ -124,8 +133,12 @@ fn mcu_generator_int8_inference_is_bit_exact() {
         noise::generator_input(NoiseKind::Gaussian, &mut rng, 64, 0, row);
     }
     let mut out = vec![0.0f32; 3 * 784];
-    let mut scratch = vec![0.0f32; spec.infer_scratch_len(3) + quant::extra_scratch_len(&spec)];
-    quant::infer_i8(&spec, data, &h.tensors, &z, &mut out, &mut scratch, 3).unwrap();
+    let mut scratch = vec![0.0f32; Encoding::I8.infer_scratch_len(&spec, 3)];
+    let weights = Encoded::I8 {
+        data,
+        tensors: &h.tensors,
+    };
+    model::infer_encoded(&spec, &weights, &z, &mut out, &mut scratch, 3, &Serial).unwrap();
     check_golden("mcu_int8_infer_seed99.bin", &f32_bytes(&out));
 }
 

@@ -16,7 +16,74 @@
 //! Forward writes the mask values (`0` or `1/(1 − p)`) to `mask`, which backward multiplies
 //! into the gradient; in a network that buffer is the layer's auxiliary activation storage.
 
-use crate::error::{CoreError, check_len};
+use core::fmt;
+
+use rand_core::Rng;
+
+use crate::error::{CoreError, SpecError, check_len};
+use crate::init::Init;
+use crate::layers::{Backward, Forward, Infer, Kind, Rules, Sizes};
+use crate::spec::{LayerInfo, Shape};
+
+/// A dropout layer with drop probability `p`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    /// Drop probability, in `[0, 1)`.
+    pub p: f32,
+}
+
+/// Shape rule: the input shape; auxiliary storage for the mask (one value per element).
+pub(crate) const fn rules(p: f32, inp: Shape, index: usize) -> Result<Rules, SpecError> {
+    if p >= 0.0 && p < 1.0 {
+        Ok(Rules::new(
+            inp,
+            Sizes {
+                aux: inp.len(),
+                ..Sizes::NONE
+            },
+        ))
+    } else {
+        Err(SpecError::BadParameter { layer: index })
+    }
+}
+
+impl Kind for Dropout {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+    fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dropout({})", self.p)
+    }
+    fn macs(&self, _: &LayerInfo) -> usize {
+        0
+    }
+    fn init<R: Rng + ?Sized>(
+        &self,
+        _: &LayerInfo,
+        _: &mut [f32],
+        _: Init,
+        _: &mut R,
+    ) -> Result<(), CoreError> {
+        Ok(())
+    }
+    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
+        None
+    }
+    fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
+        dropout_forward(a.out, a.aux, a.inp, self.p, a.seed, a.l.index as u64)
+    }
+    fn backward(&self, a: Backward<'_>) -> Result<(), CoreError> {
+        let mask = a.aux();
+        match a.dinp {
+            Some(d) => dropout_backward(d, a.dout, mask),
+            None => Ok(()),
+        }
+    }
+    /// The identity at inference.
+    fn infer(&self, _: Infer<'_, '_, '_>) -> Result<(), CoreError> {
+        Ok(())
+    }
+}
 
 /// The splitmix64 finaliser: a bijective 64-bit mix with good avalanche.
 #[inline]
@@ -53,7 +120,7 @@ pub fn dropout_forward(
 ) -> Result<(), CoreError> {
     // NaN is not contained either.
     if !(0.0..1.0).contains(&p) {
-        return Err(CoreError::Spec(crate::error::SpecError::BadParameter {
+        return Err(CoreError::Spec(SpecError::BadParameter {
             layer: usize::MAX,
         }));
     }

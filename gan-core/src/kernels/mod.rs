@@ -59,6 +59,10 @@
 //! how fast the caches deliver `B`; two cores each streaming half of `B` get close to twice
 //! the bandwidth of one.
 
+pub mod int8;
+pub mod par;
+pub mod vtanh;
+
 use core::mem::MaybeUninit;
 #[cfg(target_has_atomic = "8")]
 use core::sync::atomic::{AtomicBool, Ordering};

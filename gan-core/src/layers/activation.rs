@@ -1,7 +1,29 @@
-//! Element-wise activations: forward, in-place forward (inference) and backward.
+//! Element-wise activations (`Relu`, `LeakyRelu`, `Tanh`, `Sigmoid` layers): forward, in-place
+//! forward (inference) and backward.
 //!
 //! Every function works on slices of equal length (any shape). Transcendentals via `libm`; Tanh
-//! through [`crate::vtanh`], which gives `libm::tanhf`'s bits but vectorises.
+//! through [`crate::kernels::vtanh`], which gives `libm::tanhf`'s bits but vectorises. The
+//! network passes split the slices over threads, which cannot change a bit.
+
+use core::fmt;
+
+use rand_core::Rng;
+
+use crate::error::{CoreError, SpecError};
+use crate::init::Init;
+use crate::kernels::par;
+use crate::layers::{Backward, Forward, Infer, Kind, Rules, Tangent};
+use crate::spec::{LayerInfo, Shape};
+
+/// Shape rule of `LeakyRelu`: the input shape; `alpha` finite, in `[0, 10⁶]`.
+pub(crate) const fn leaky_rules(alpha: f32, inp: Shape, index: usize) -> Result<Rules, SpecError> {
+    // Written so NaN fails too.
+    if alpha >= 0.0 && alpha <= 1.0e6 {
+        Ok(Rules::same(inp))
+    } else {
+        Err(SpecError::BadParameter { layer: index })
+    }
+}
 
 /// An element-wise activation.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,24 +40,12 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// The activation of a layer, or `None` if the layer is not element-wise.
-    pub fn of(layer: &crate::spec::Layer) -> Option<Self> {
-        use crate::spec::Layer;
-        match *layer {
-            Layer::Relu => Some(Activation::Relu),
-            Layer::LeakyRelu { alpha } => Some(Activation::LeakyRelu(alpha)),
-            Layer::Tanh => Some(Activation::Tanh),
-            Layer::Sigmoid => Some(Activation::Sigmoid),
-            _ => None,
-        }
-    }
-
     /// Smallest slice worth splitting over threads: Sigmoid (scalar `libm::expf`) costs tens of
     /// nanoseconds per element, so one 28×28 image is worth splitting; vectorised Tanh and the
     /// ReLU family cost a few instructions per element.
     pub fn par_min_elems(self) -> usize {
         match self {
-            Activation::Relu | Activation::LeakyRelu(_) => crate::par::PAR_MIN_ELEMS,
+            Activation::Relu | Activation::LeakyRelu(_) => par::PAR_MIN_ELEMS,
             Activation::Tanh => 4096,
             Activation::Sigmoid => 256,
         }
@@ -62,7 +72,7 @@ impl Activation {
                 .iter_mut()
                 .zip(inp)
                 .for_each(|(o, &x)| *o = leaky_relu(x, a)),
-            Activation::Tanh => crate::vtanh::tanh_map(out, inp),
+            Activation::Tanh => crate::kernels::vtanh::tanh_map(out, inp),
             Activation::Sigmoid => out.iter_mut().zip(inp).for_each(|(o, &x)| *o = sigmoid(x)),
         }
     }
@@ -72,7 +82,7 @@ impl Activation {
         match self {
             Activation::Relu => x.iter_mut().for_each(|v| *v = relu(*v)),
             Activation::LeakyRelu(a) => x.iter_mut().for_each(|v| *v = leaky_relu(*v, a)),
-            Activation::Tanh => crate::vtanh::tanh_inplace(x),
+            Activation::Tanh => crate::kernels::vtanh::tanh_inplace(x),
             Activation::Sigmoid => x.iter_mut().for_each(|v| *v = sigmoid(*v)),
         }
     }
@@ -100,6 +110,69 @@ impl Activation {
                 .iter_mut()
                 .zip(dout.iter().zip(out))
                 .for_each(|(d, (&g, &y))| *d = g * y * (1.0 - y)),
+        }
+    }
+}
+
+impl Kind for Activation {
+    fn name(&self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::LeakyRelu(_) => "leaky_relu",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+        }
+    }
+    fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Activation::LeakyRelu(alpha) => write!(f, "leaky_relu({alpha})"),
+            Activation::Relu | Activation::Tanh | Activation::Sigmoid => f.write_str(self.name()),
+        }
+    }
+    fn macs(&self, _: &LayerInfo) -> usize {
+        0
+    }
+    fn init<R: Rng + ?Sized>(
+        &self,
+        _: &LayerInfo,
+        _: &mut [f32],
+        _: Init,
+        _: &mut R,
+    ) -> Result<(), CoreError> {
+        Ok(())
+    }
+    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
+        None
+    }
+    fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
+        let inp = a.inp;
+        par::for_each_chunk_min(a.exec, a.out, self.par_min_elems(), &|off, o| {
+            Activation::forward(*self, o, &inp[off..off + o.len()])
+        });
+        Ok(())
+    }
+    fn backward(&self, a: Backward<'_>) -> Result<(), CoreError> {
+        let (dout, inp, y) = (a.dout, a.inp(), a.out());
+        if let Some(d) = a.dinp {
+            par::for_each_chunk(a.exec, d, &|off, dc| {
+                let r = off..off + dc.len();
+                Activation::backward(*self, dc, &dout[r.clone()], &inp[r.clone()], &y[r]);
+            });
+        }
+        Ok(())
+    }
+    fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
+        par::for_each_chunk_min(a.exec, a.pp.in_place(), self.par_min_elems(), &|_, x| {
+            self.forward_inplace(x)
+        });
+        Ok(())
+    }
+    fn tangent(&self) -> Option<Tangent> {
+        match self {
+            Activation::Relu => Some(Tangent::Slope(0.0)),
+            Activation::LeakyRelu(alpha) => Some(Tangent::Slope(*alpha)),
+            // Smooth: the penalty's gradient would need second derivatives.
+            Activation::Tanh | Activation::Sigmoid => None,
         }
     }
 }

@@ -17,8 +17,113 @@
 //! Each unordered pair is evaluated once and added to both samples; every `o_{i,b}` still
 //! receives its terms in increasing `j`, so the result does not depend on that shortcut.
 
-use crate::error::{CoreError, check_len, check_min_len};
+use core::fmt;
+
+use rand_core::Rng;
+
+use crate::error::{CoreError, SpecError, check_len, check_min_len};
+use crate::init::Init;
 use crate::kernels::{self, Serial};
+use crate::layers::{self as layers, Backward, Forward, Infer, Kind, Rules, size};
+use crate::spec::{LayerInfo, Shape};
+
+/// A minibatch-discrimination layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MinibatchDisc {
+    /// Similarity kernels `B` (features added).
+    pub kernels: u32,
+    /// Dimensions `C` per kernel.
+    pub dims: u32,
+}
+
+/// Shape rule: `A + B` flat features; `T` of `A × B·C`, no bias; `2·B·C` of auxiliary storage
+/// per sample (`M` and its gradient).
+pub(crate) const fn rules(
+    kernels: u32,
+    dims: u32,
+    in_len: usize,
+    index: usize,
+) -> Result<Rules, SpecError> {
+    if kernels == 0 || dims == 0 {
+        return Err(SpecError::BadDimension { layer: index });
+    }
+    let out = match in_len.checked_add(kernels as usize) {
+        Some(n) if n <= u32::MAX as usize => Shape::flat(n as u32),
+        _ => return Err(SpecError::BadDimension { layer: index }),
+    };
+    let bc = size!(layers::mul(kernels as usize, dims as usize), index);
+    Ok(Rules::new(
+        out,
+        layers::Sizes {
+            weight: size!(layers::mul(in_len, bc), index),
+            aux: size!(layers::mul(2, bc), index),
+            ..layers::Sizes::NONE
+        },
+    ))
+}
+
+impl Kind for MinibatchDisc {
+    fn name(&self) -> &'static str {
+        "minibatch_disc"
+    }
+    fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "minibatch_disc(B={}, C={})", self.kernels, self.dims)
+    }
+    fn macs(&self, l: &LayerInfo) -> usize {
+        l.weight_len
+    }
+    /// `T` maps the `A` input features to `B·C` kernel values.
+    fn init<R: Rng + ?Sized>(
+        &self,
+        l: &LayerInfo,
+        params: &mut [f32],
+        init: Init,
+        rng: &mut R,
+    ) -> Result<(), CoreError> {
+        let fan_out = self.kernels as usize * self.dims as usize;
+        init.fill(
+            rng,
+            &mut params[l.weight_range()],
+            l.in_shape.len(),
+            fan_out,
+        );
+        Ok(())
+    }
+    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
+        None
+    }
+    fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
+        let (b, c) = (self.kernels as usize, self.dims as usize);
+        mbd_forward(a.out, a.inp, a.w(), a.aux, a.n, a.l.in_shape.len(), b, c)
+    }
+    fn backward(&self, a: Backward<'_>) -> Result<(), CoreError> {
+        let (b, c) = (self.kernels as usize, self.dims as usize);
+        let (inp, t, l, n) = (a.inp(), a.w(), a.l, a.n);
+        // An empty weight-gradient slice asks for the input gradient only.
+        let dt: &mut [f32] = match a.grads {
+            Some(g) => &mut g[l.weight_range()],
+            None => &mut [],
+        };
+        let scratch = &mut a.scratch[..n * l.layer.aux_len(l.in_shape)];
+        mbd_backward(
+            a.dinp,
+            dt,
+            a.dout,
+            inp,
+            t,
+            scratch,
+            n,
+            l.in_shape.len(),
+            b,
+            c,
+        )
+    }
+    /// Couples the samples of a batch, so it has no per-sample inference: it belongs in
+    /// discriminators, which are never exported for generation.
+    fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
+        Err(CoreError::Unsupported { layer: a.l.index })
+    }
+}
 
 /// Scratch elements needed by [`mbd_forward`] and [`mbd_backward`]: `2·N·B·C` (`M` and `dM`).
 ///

@@ -11,7 +11,104 @@
 //! it costs one value per output and saves re-scanning every window in backward. Overlapping
 //! windows (`stride < k`) may route several gradients to the same input; they are added.
 
-use crate::error::{CoreError, check_len};
+use core::fmt;
+
+use rand_core::Rng;
+
+use crate::error::{CoreError, SpecError, check_len};
+use crate::init::Init;
+use crate::layers::{Backward, Forward, Infer, Kind, Rules, Sizes};
+use crate::spec::{LayerInfo, Shape};
+
+/// A max-pooling layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool2d {
+    /// Window side.
+    pub k: u32,
+    /// Step between windows.
+    pub stride: u32,
+}
+
+/// Shape rule: `C × ((H − k)/stride + 1) × ((W − k)/stride + 1)`; auxiliary storage for the
+/// winners' positions (one per output).
+pub(crate) const fn rules(
+    k: u32,
+    stride: u32,
+    inp: Shape,
+    index: usize,
+) -> Result<Rules, SpecError> {
+    if k == 0 {
+        return Err(SpecError::BadDimension { layer: index });
+    }
+    // The argmax is stored as an f32 window position, exact below 2^24.
+    if stride == 0 || k as u64 * k as u64 > 1 << 24 {
+        return Err(SpecError::BadParameter { layer: index });
+    }
+    if k > inp.h || k > inp.w {
+        return Err(SpecError::ShapeMismatch { layer: index });
+    }
+    let out = Shape::image(inp.c, (inp.h - k) / stride + 1, (inp.w - k) / stride + 1);
+    Ok(Rules::new(
+        out,
+        Sizes {
+            aux: out.len(),
+            ..Sizes::NONE
+        },
+    ))
+}
+
+impl MaxPool2d {
+    /// The kernel dimensions of this layer in a spec.
+    fn dims(&self, l: &LayerInfo) -> PoolDims {
+        PoolDims {
+            c: l.in_shape.c as usize,
+            h: l.in_shape.h as usize,
+            w: l.in_shape.w as usize,
+            k: self.k as usize,
+            stride: self.stride as usize,
+        }
+    }
+}
+
+impl Kind for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "max_pool2d"
+    }
+    fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "max_pool2d({}, stride {})", self.k, self.stride)
+    }
+    fn macs(&self, _: &LayerInfo) -> usize {
+        0
+    }
+    fn init<R: Rng + ?Sized>(
+        &self,
+        _: &LayerInfo,
+        _: &mut [f32],
+        _: Init,
+        _: &mut R,
+    ) -> Result<(), CoreError> {
+        Ok(())
+    }
+    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
+        None
+    }
+    fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
+        maxpool2d_forward(a.out, Some(a.aux), a.inp, a.n, &self.dims(a.l))
+    }
+    fn backward(&self, a: Backward<'_>) -> Result<(), CoreError> {
+        let (argmax, d) = (a.aux(), self.dims(a.l));
+        match a.dinp {
+            Some(dinp) => maxpool2d_backward(dinp, a.dout, argmax, a.n, &d),
+            None => Ok(()),
+        }
+    }
+    fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
+        let (n, d) = (a.n, self.dims(a.l));
+        a.pp.map(n * a.l.out_shape.len(), |out, inp| {
+            maxpool2d_forward(out, None, inp, n, &d)
+        })
+    }
+}
 
 /// Dimensions of one pooling layer, per sample.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +149,7 @@ fn sizes(n: usize, d: &PoolDims) -> Result<(usize, usize, usize, usize), CoreErr
     if n == 0 || d.c == 0 || d.h == 0 || d.w == 0 {
         return Err(CoreError::ZeroSize);
     }
-    let bad = CoreError::Spec(crate::error::SpecError::BadParameter { layer: usize::MAX });
+    let bad = CoreError::Spec(SpecError::BadParameter { layer: usize::MAX });
     let (oh, ow) = d.out_hw().ok_or(bad)?;
     let per = |a: usize, b: usize| -> Result<usize, CoreError> {
         d.c.checked_mul(a)

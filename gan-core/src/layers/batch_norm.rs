@@ -35,7 +35,124 @@
 //! Backward, with `g = ∂L/∂y`: `∂L/∂γ = Σ g·x̂`, `∂L/∂β = Σ g`, and
 //! `∂L/∂x = γ/√(σ² + ε) · (g − Σg/M − x̂·Σ(g·x̂)/M)` (sums over the channel's `M` values).
 
-use crate::error::{CoreError, check_len};
+use core::fmt;
+
+use rand_core::Rng;
+
+use crate::error::{CoreError, SpecError, check_len};
+use crate::init::Init;
+use crate::layers::{Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, size};
+use crate::spec::{LayerInfo, Shape};
+
+/// A batch-normalisation layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNorm {
+    /// Added to the variance before the square root.
+    pub eps: f32,
+    /// Weight of the batch statistics in the running average.
+    pub momentum: f32,
+}
+
+/// Shape rule: the input shape; `γ` and `β` of `C`, running statistics of `2·C`, and `2·C` of
+/// auxiliary storage for the batch statistics.
+pub(crate) const fn rules(
+    eps: f32,
+    momentum: f32,
+    inp: Shape,
+    index: usize,
+) -> Result<Rules, SpecError> {
+    // Written so NaN fails too.
+    if !(eps > 0.0 && eps <= 1.0 && momentum >= 0.0 && momentum <= 1.0) {
+        return Err(SpecError::BadParameter { layer: index });
+    }
+    let c = inp.c as usize;
+    Ok(Rules::new(
+        inp,
+        Sizes {
+            weight: c,
+            bias: c,
+            stats: size!(mul(2, c), index),
+            aux: size!(mul(2, c), index),
+        },
+    ))
+}
+
+/// `(C, H·W)` of a layer's input: the channels and plane size.
+fn channels(l: &LayerInfo) -> (usize, usize) {
+    let s = l.in_shape;
+    (s.c as usize, s.h as usize * s.w as usize)
+}
+
+impl Kind for BatchNorm {
+    fn name(&self) -> &'static str {
+        "batch_norm"
+    }
+    fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("batch_norm")
+    }
+    fn macs(&self, l: &LayerInfo) -> usize {
+        l.in_shape.len()
+    }
+    /// `γ = 1`, `β = 0`, running mean `0`, running variance `1` (no draws).
+    fn init<R: Rng + ?Sized>(
+        &self,
+        l: &LayerInfo,
+        params: &mut [f32],
+        _: Init,
+        _: &mut R,
+    ) -> Result<(), CoreError> {
+        params[l.weight_range()].fill(1.0);
+        let stats = &mut params[l.stats_range()];
+        let c = stats.len() / 2;
+        stats[c..].fill(1.0);
+        Ok(())
+    }
+    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
+        None
+    }
+    fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
+        let (c, hw) = channels(a.l);
+        let (w, b) = (a.w(), a.b());
+        batchnorm_forward(
+            a.out,
+            &mut a.aux[..2 * c],
+            a.inp,
+            w,
+            b,
+            a.n,
+            c,
+            hw,
+            self.eps,
+        )
+    }
+    fn backward(&self, mut a: Backward<'_>) -> Result<(), CoreError> {
+        let (c, hw) = channels(a.l);
+        let (inp, stats, w, dout) = (a.inp(), &a.aux()[..2 * c], a.w(), a.dout);
+        let (gw, gb) = a.param_grads();
+        batchnorm_backward(a.dinp, gw, gb, dout, inp, stats, w, a.n, c, hw, self.eps)
+    }
+    fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
+        let (c, hw) = channels(a.l);
+        match a.w {
+            LayerWeights::F32 { w, b, stats } => {
+                batchnorm_forward_exact(a.pp.in_place(), w, b, stats, a.n, c, hw, self.eps)
+            }
+            // Int8 files keep no batch normalisation (it is refused when encoding).
+            LayerWeights::I8 { .. } => Err(CoreError::Unsupported { layer: a.l.index }),
+        }
+    }
+    fn update_stats(
+        &self,
+        l: &LayerInfo,
+        params: &mut [f32],
+        acts: &[f32],
+        n: usize,
+    ) -> Result<(), CoreError> {
+        let (c, hw) = channels(l);
+        let batch = &acts[l.aux_range(n)][..2 * c];
+        update_running(&mut params[l.stats_range()], batch, n * hw, self.momentum)
+    }
+}
 
 /// Validates `n`, `c`, `s` and returns `(N·C·S, N·S)`.
 fn sizes(n: usize, c: usize, s: usize) -> Result<(usize, usize), CoreError> {

@@ -3,7 +3,7 @@
 //! Shapes (one sample; a batch is `N` samples one after another, all row-major):
 //! - [`conv2d_forward`]: `inp` C_in×H×W, `w` C_out×C_in×k×k, `b` C_out, `out` C_out×OH×OW with
 //!   `OH = (H + 2·pad − k)/stride + 1` ([`conv_out_len`]; `OW` likewise from `W`).
-//! - [`conv_transpose2d_forward`]: `inp` C_in×H×W, `w` C_in×C_out×k×k, `b` C_out, `out`
+//! - [`conv_transpose2d_forward`](crate::layers::conv_transpose2d::conv_transpose2d_forward): `inp` C_in×H×W, `w` C_in×C_out×k×k, `b` C_out, `out`
 //!   C_out×OH×OW with `OH = (H − 1)·stride − 2·pad + k` ([`conv_transpose_out_len`]).
 //!
 //! # One geometry for both layers
@@ -33,15 +33,166 @@
 //! [`ConvDims::transpose_col_len`] elements, more is fine).
 //!
 //! # Exact inference kernels
-//! [`conv2d_forward_exact`] and [`conv_transpose2d_forward_exact`] are direct loops with no
+//! [`conv2d_forward_exact`] and [`conv_transpose2d_forward_exact`](crate::layers::conv_transpose2d::conv_transpose2d_forward_exact) are direct loops with no
 //! scratch. Every output is `((0 + w₀·x₀) + w₁·x₁) + …` over its taps in the order input
 //! channel, `ky`, `kx` (taps that fall in the padding, or between the strided positions of the
 //! transposed convolution, are skipped), each product and sum rounded to f32 with no FMA, and
 //! then the bias is added: the same bits on every target. The loops keep one output row as the
 //! set of accumulators, so the innermost loop runs along a row.
 
+use core::fmt;
+
+use rand_core::Rng;
+
 use crate::error::{CoreError, SpecError, check_len, check_min_len};
+use crate::init::Init;
 use crate::kernels::{self, Exec};
+use crate::layers::{Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, mul3, size};
+use crate::spec::{LayerInfo, Shape};
+
+/// A convolution layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    /// Output channels.
+    pub out_c: u32,
+    /// Kernel side.
+    pub k: u32,
+    /// Step between kernel positions.
+    pub stride: u32,
+    /// Implicit zero rows/columns on every border.
+    pub pad: u32,
+}
+
+/// An image side in `u32`, or `None` if it is zero or does not fit.
+pub(crate) const fn side(x: Option<usize>) -> Option<u32> {
+    match x {
+        Some(v) if v > 0 && v <= u32::MAX as usize => Some(v as u32),
+        Some(_) | None => None,
+    }
+}
+
+/// The hyper-parameter checks shared by both convolutions.
+pub(crate) const fn check_params(
+    out_c: u32,
+    k: u32,
+    stride: u32,
+    pad: u32,
+    index: usize,
+) -> Result<(), SpecError> {
+    if out_c == 0 || k == 0 {
+        return Err(SpecError::BadDimension { layer: index });
+    }
+    if stride == 0 || pad >= k {
+        return Err(SpecError::BadParameter { layer: index });
+    }
+    Ok(())
+}
+
+/// Shape rule: `out_c × OH × OW` ([`conv_out_len`]); `W` of `out_c × C·k·k`, `b` of `out_c`,
+/// and the sample's column matrix (`C·k·k × OH·OW`) as auxiliary storage.
+pub(crate) const fn rules(
+    out_c: u32,
+    k: u32,
+    stride: u32,
+    pad: u32,
+    inp: Shape,
+    index: usize,
+) -> Result<Rules, SpecError> {
+    if let Err(e) = check_params(out_c, k, stride, pad, index) {
+        return Err(e);
+    }
+    let (kk, s, p) = (k as usize, stride as usize, pad as usize);
+    let (h, w) = match (
+        side(conv_out_len(inp.h as usize, kk, s, p)),
+        side(conv_out_len(inp.w as usize, kk, s, p)),
+    ) {
+        (Some(h), Some(w)) => (h, w),
+        _ => return Err(SpecError::ShapeMismatch { layer: index }),
+    };
+    let rows = size!(mul3(inp.c as usize, kk, kk), index);
+    Ok(Rules::new(
+        Shape::image(out_c, h, w),
+        Sizes {
+            weight: size!(mul(out_c as usize, rows), index),
+            bias: out_c as usize,
+            aux: size!(mul3(rows, h as usize, w as usize), index),
+            stats: 0,
+        },
+    ))
+}
+
+/// The kernel dimensions of a convolution layer of a spec (either kind).
+pub(crate) fn dims_of(l: &LayerInfo, out_c: u32, k: u32, stride: u32, pad: u32) -> ConvDims {
+    ConvDims {
+        in_c: l.in_shape.c as usize,
+        in_h: l.in_shape.h as usize,
+        in_w: l.in_shape.w as usize,
+        out_c: out_c as usize,
+        k: k as usize,
+        stride: stride as usize,
+        pad: pad as usize,
+    }
+}
+
+impl Conv2d {
+    fn dims(&self, l: &LayerInfo) -> ConvDims {
+        dims_of(l, self.out_c, self.k, self.stride, self.pad)
+    }
+}
+
+impl Kind for Conv2d {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+    fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "conv2d {}×{} s{} p{}",
+            self.k, self.k, self.stride, self.pad
+        )
+    }
+    fn macs(&self, l: &LayerInfo) -> usize {
+        let plane = (l.out_shape.h as usize).saturating_mul(l.out_shape.w as usize);
+        l.weight_len.saturating_mul(plane)
+    }
+    /// `fan_in = C_in·k²`, `fan_out = max(1, C_out·k²/s²)` (each input pixel feeds about
+    /// `k²/s²` positions per output channel).
+    fn init<R: Rng + ?Sized>(
+        &self,
+        l: &LayerInfo,
+        params: &mut [f32],
+        init: Init,
+        rng: &mut R,
+    ) -> Result<(), CoreError> {
+        let (c_in, kk) = (l.in_shape.c as usize, (self.k as usize).pow(2));
+        let s2 = (self.stride as usize).pow(2);
+        let fan_in = c_in * kk;
+        let fan_out = (self.out_c as usize * kk / s2).max(1);
+        init.fill(rng, &mut params[l.weight_range()], fan_in, fan_out);
+        Ok(())
+    }
+    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
+        None
+    }
+    fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
+        let (w, b) = (a.w(), a.b());
+        conv2d_forward(a.out, a.aux, a.inp, w, b, a.n, &self.dims(a.l), a.exec)
+    }
+    fn backward(&self, mut a: Backward<'_>) -> Result<(), CoreError> {
+        let (col, w, dout, d) = (a.aux(), a.w(), a.dout, self.dims(a.l));
+        let (gw, gb) = a.param_grads();
+        conv2d_backward(a.dinp, gw, gb, a.scratch, dout, col, w, a.n, &d, a.exec)
+    }
+    fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
+        let (n, d) = (a.n, self.dims(a.l));
+        match a.w {
+            LayerWeights::F32 { w, b, .. } => a.pp.map(n * a.l.out_shape.len(), |out, inp| {
+                conv2d_forward_exact(out, inp, w, b, n, &d)
+            }),
+            LayerWeights::I8 { .. } => Err(CoreError::Unsupported { layer: a.l.index }),
+        }
+    }
+}
 
 /// Output side of a convolution: `(len + 2·pad − k)/stride + 1`, or `None` if `len`, `k` or
 /// `stride` is zero, `pad >= k`, the kernel does not fit the padded input, or on overflow.
@@ -91,7 +242,7 @@ pub const fn conv_transpose_out_len(
 }
 
 /// Dimensions of one convolution layer, per sample. The same struct describes a
-/// [`conv2d_forward`] and a [`conv_transpose2d_forward`] with these hyper-parameters.
+/// [`conv2d_forward`] and a [`conv_transpose2d_forward`](crate::layers::conv_transpose2d::conv_transpose2d_forward) with these hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ConvDims {
@@ -153,30 +304,30 @@ const fn bad_geometry() -> CoreError {
 
 /// The image/grid geometry of the module docs, with every size precomputed and checked.
 #[derive(Clone, Copy, Debug)]
-struct Geom {
+pub(crate) struct Geom {
     /// Image channels, height, width.
-    ci: usize,
-    ih: usize,
-    iw: usize,
+    pub(crate) ci: usize,
+    pub(crate) ih: usize,
+    pub(crate) iw: usize,
     /// Grid channels, height, width.
-    cg: usize,
-    gh: usize,
-    gw: usize,
-    k: usize,
-    s: usize,
-    p: usize,
+    pub(crate) cg: usize,
+    pub(crate) gh: usize,
+    pub(crate) gw: usize,
+    pub(crate) k: usize,
+    pub(crate) s: usize,
+    pub(crate) p: usize,
     /// Rows of the column matrix: `ci·k·k`.
-    rows: usize,
+    pub(crate) rows: usize,
     /// Columns of the column matrix: `gh·gw`.
-    cols: usize,
+    pub(crate) cols: usize,
     /// `rows·cols`.
-    col: usize,
+    pub(crate) col: usize,
     /// `ci·ih·iw`.
-    img: usize,
+    pub(crate) img: usize,
     /// `cg·gh·gw`.
-    grid: usize,
+    pub(crate) grid: usize,
     /// `cg·rows`.
-    w: usize,
+    pub(crate) w: usize,
 }
 
 impl Geom {
@@ -220,7 +371,7 @@ impl Geom {
     }
 
     /// `Conv2d`: the image is the input, the grid the output.
-    fn conv(d: &ConvDims) -> Result<Self, CoreError> {
+    pub(crate) fn conv(d: &ConvDims) -> Result<Self, CoreError> {
         Self::check_nonzero(d)?;
         let (oh, ow) = d.out_hw().ok_or(bad_geometry())?;
         Self::new(
@@ -233,7 +384,7 @@ impl Geom {
     }
 
     /// `ConvTranspose2d`: the grid is the input, the image the output.
-    fn transpose(d: &ConvDims) -> Result<Self, CoreError> {
+    pub(crate) fn transpose(d: &ConvDims) -> Result<Self, CoreError> {
         Self::check_nonzero(d)?;
         let (oh, ow) = d.transpose_out_hw().ok_or(bad_geometry())?;
         Self::new(
@@ -247,7 +398,7 @@ impl Geom {
 }
 
 /// `n·per`, `ZeroSize` for `n = 0`, an error on overflow.
-fn batch(n: usize, per: usize) -> Result<usize, CoreError> {
+pub(crate) fn batch(n: usize, per: usize) -> Result<usize, CoreError> {
     if n == 0 {
         return Err(CoreError::ZeroSize);
     }
@@ -257,7 +408,7 @@ fn batch(n: usize, per: usize) -> Result<usize, CoreError> {
 /// Grid positions `g` in `lo..hi` whose image coordinate `g·s + tap − p` lies in `0..n_img`,
 /// clipped to `0..n_grid`. Returns an empty range (`lo == hi`) when there is none.
 #[inline]
-fn span(n_grid: usize, n_img: usize, s: usize, tap: usize, p: usize) -> (usize, usize) {
+pub(crate) fn span(n_grid: usize, n_img: usize, s: usize, tap: usize, p: usize) -> (usize, usize) {
     // g·s + tap − p >= 0  ⇔  g >= ⌈(p − tap)/s⌉
     let lo = if tap >= p { 0 } else { (p - tap).div_ceil(s) };
     // g·s + tap − p < n_img  ⇔  g < ⌈(n_img + p − tap)/s⌉
@@ -271,7 +422,7 @@ fn span(n_grid: usize, n_img: usize, s: usize, tap: usize, p: usize) -> (usize, 
 
 /// Writes the column matrix of one image (see the module docs). `col` has `g.col` elements,
 /// `img` has `g.img`.
-fn im2col(col: &mut [f32], img: &[f32], g: &Geom) {
+pub(crate) fn im2col(col: &mut [f32], img: &[f32], g: &Geom) {
     let plane = g.ih * g.iw;
     for (c, src) in img.chunks_exact(plane).enumerate().take(g.ci) {
         for ky in 0..g.k {
@@ -304,7 +455,7 @@ fn im2col(col: &mut [f32], img: &[f32], g: &Geom) {
 }
 
 /// Adds every entry of a column matrix onto its image pixel (the adjoint of [`im2col`]).
-fn col2im_add(img: &mut [f32], col: &[f32], g: &Geom) {
+pub(crate) fn col2im_add(img: &mut [f32], col: &[f32], g: &Geom) {
     let plane = g.ih * g.iw;
     for (c, dst) in img.chunks_exact_mut(plane).enumerate().take(g.ci) {
         for ky in 0..g.k {
@@ -337,14 +488,14 @@ fn col2im_add(img: &mut [f32], col: &[f32], g: &Geom) {
 }
 
 /// Fills every channel plane of one sample with its bias.
-fn fill_bias(out: &mut [f32], b: &[f32], plane: usize) {
+pub(crate) fn fill_bias(out: &mut [f32], b: &[f32], plane: usize) {
     for (o, &v) in out.chunks_exact_mut(plane).zip(b) {
         o.fill(v);
     }
 }
 
 /// `db[c] += Σ` over the batch and the plane of channel `c` of `dout` (N × C × plane).
-fn add_bias_grad(db: &mut [f32], dout: &[f32], plane: usize) {
+pub(crate) fn add_bias_grad(db: &mut [f32], dout: &[f32], plane: usize) {
     for sample in dout.chunks_exact(plane * db.len()) {
         for (acc, p) in db.iter_mut().zip(sample.chunks_exact(plane)) {
             *acc += p.iter().sum::<f32>();
@@ -492,167 +643,22 @@ pub fn conv2d_forward_exact(
     Ok(())
 }
 
-/// Training forward of a transposed convolution (see the module docs for shapes).
-///
-/// `out` N×C_out×OH×OW; `inp` N×C_in×H×W; `w` C_in×C_out×k×k; `b` C_out; `scratch` at least
-/// [`ConvDims::transpose_col_len`] elements (one sample's column matrix).
-#[allow(clippy::too_many_arguments)]
-pub fn conv_transpose2d_forward(
-    out: &mut [f32],
-    scratch: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    b: &[f32],
-    n: usize,
-    d: &ConvDims,
-    exec: &dyn Exec,
-) -> Result<(), CoreError> {
-    let g = Geom::transpose(d)?;
-    check_len("out", out.len(), batch(n, g.img)?)?;
-    check_len("inp", inp.len(), batch(n, g.grid)?)?;
-    check_len("w", w.len(), g.w)?;
-    check_len("b", b.len(), g.ci)?;
-    check_min_len("scratch", scratch.len(), g.col)?;
-    let col = &mut scratch[..g.col];
-    for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
-        // col (C_out·k·k × H·W) = Wᵀ · x (C_in × H·W)
-        kernels::matmul_tn(col, w, x, g.rows, g.cg, g.cols, false, exec);
-        fill_bias(o, b, g.ih * g.iw);
-        col2im_add(o, col, &g);
-    }
-    Ok(())
-}
-
-/// Backward of [`conv_transpose2d_forward`], from `dout` (N×C_out×OH×OW) and the forward input.
-///
-/// - `dw` (C_in×C_out×k×k) `+= Σₙ inpₙ · im2col(doutₙ)ᵀ`, `db` (C_out) `+= Σ dout`: skipped when
-///   `None`;
-/// - `dinp` (N×C_in×H×W) `= W · im2col(doutₙ)`, overwritten; skipped when `None`.
-///
-/// `scratch` has at least [`ConvDims::transpose_col_len`] elements when `dinp` or `dw` is given.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_transpose2d_backward(
-    dinp: Option<&mut [f32]>,
-    mut dw: Option<&mut [f32]>,
-    db: Option<&mut [f32]>,
-    scratch: &mut [f32],
-    dout: &[f32],
-    inp: &[f32],
-    w: &[f32],
-    n: usize,
-    d: &ConvDims,
-    exec: &dyn Exec,
-) -> Result<(), CoreError> {
-    let g = Geom::transpose(d)?;
-    check_len("dout", dout.len(), batch(n, g.img)?)?;
-    check_len("inp", inp.len(), batch(n, g.grid)?)?;
-    check_len("w", w.len(), g.w)?;
-    if let Some(dw) = &dw {
-        check_len("dw", dw.len(), g.w)?;
-    }
-    if let Some(db) = &db {
-        check_len("db", db.len(), g.ci)?;
-    }
-    if let Some(dinp) = &dinp {
-        check_len("dinp", dinp.len(), batch(n, g.grid)?)?;
-    }
-    if dinp.is_some() || dw.is_some() {
-        check_min_len("scratch", scratch.len(), g.col)?;
-    }
-    if let Some(db) = db {
-        add_bias_grad(db, dout, g.ih * g.iw);
-    }
-    if dinp.is_none() && dw.is_none() {
-        return Ok(());
-    }
-    let dcol = &mut scratch[..g.col];
-    let mut dinp = dinp;
-    for (s, (o, x)) in dout
-        .chunks_exact(g.img)
-        .zip(inp.chunks_exact(g.grid))
-        .enumerate()
-    {
-        im2col(dcol, o, &g);
-        if let Some(dw) = dw.as_deref_mut() {
-            // dW (C_in × C_out·k·k) += x (C_in × H·W) · dcolᵀ (H·W × C_out·k·k)
-            kernels::matmul_nt(dw, x, dcol, g.cg, g.cols, g.rows, true, exec);
-        }
-        if let Some(dinp) = dinp.as_deref_mut() {
-            // dx (C_in × H·W) = W (C_in × C_out·k·k) · dcol
-            let dx = &mut dinp[s * g.grid..(s + 1) * g.grid];
-            kernels::matmul(dx, w, dcol, g.cg, g.rows, g.cols, false, exec);
-        }
-    }
-    Ok(())
-}
-
-/// Exact inference forward of a transposed convolution: same shapes as
-/// [`conv_transpose2d_forward`], no scratch, fixed summation order (module docs).
-pub fn conv_transpose2d_forward_exact(
-    out: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    b: &[f32],
-    n: usize,
-    d: &ConvDims,
-) -> Result<(), CoreError> {
-    let g = Geom::transpose(d)?;
-    check_len("out", out.len(), batch(n, g.img)?)?;
-    check_len("inp", inp.len(), batch(n, g.grid)?)?;
-    check_len("w", w.len(), g.w)?;
-    check_len("b", b.len(), g.ci)?;
-    let plane = g.ih * g.iw;
-    for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
-        for (co, (oplane, &bias)) in o.chunks_exact_mut(plane).zip(b).enumerate() {
-            for (oy, orow) in oplane.chunks_exact_mut(g.iw).enumerate() {
-                orow.fill(0.0);
-                for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
-                    let wbase = (cin * g.ci + co) * g.k * g.k;
-                    for ky in 0..g.k {
-                        // The input row gy with gy·s + ky − p = oy, if any.
-                        let t = oy + g.p;
-                        if t < ky || (t - ky) % g.s != 0 || (t - ky) / g.s >= g.gh {
-                            continue;
-                        }
-                        let gy = (t - ky) / g.s;
-                        let xrow = &xplane[gy * g.gw..(gy + 1) * g.gw];
-                        for kx in 0..g.k {
-                            let (lo, hi) = span(g.gw, g.iw, g.s, kx, g.p);
-                            if lo == hi {
-                                continue;
-                            }
-                            let wv = w[wbase + ky * g.k + kx];
-                            let accs = orow[lo * g.s + kx - g.p..].iter_mut().step_by(g.s);
-                            for (acc, &xv) in accs.zip(&xrow[lo..hi]) {
-                                *acc += wv * xv;
-                            }
-                        }
-                    }
-                }
-                for acc in orow.iter_mut() {
-                    *acc += bias;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::Serial;
+    use crate::layers::conv_transpose2d::conv_transpose2d_forward;
     use crate::testutil::{Lcg, grad_check};
     use std::vec;
     use std::vec::Vec;
 
-    fn rand(r: &mut Lcg, len: usize) -> Vec<f32> {
+    pub(crate) fn rand(r: &mut Lcg, len: usize) -> Vec<f32> {
         let mut v = vec![0.0; len];
         r.fill(&mut v);
         v
     }
 
-    fn dims(
+    pub(crate) fn dims(
         in_c: usize,
         in_h: usize,
         in_w: usize,
@@ -673,7 +679,7 @@ mod tests {
     }
 
     /// The definition, in f64: out[o][y][x] = b[o] + Σ w[o][c][ky][kx]·in[c][y·s+ky−p][x·s+kx−p].
-    fn naive_conv(x: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims) -> Vec<f64> {
+    pub(crate) fn naive_conv(x: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims) -> Vec<f64> {
         let (oh, ow) = d.out_hw().unwrap();
         let (k, s, p) = (d.k as isize, d.stride as isize, d.pad as isize);
         let mut out = vec![0.0f64; n * d.out_c * oh * ow];
@@ -710,45 +716,7 @@ mod tests {
         out
     }
 
-    /// The definition of the transposed convolution as a scatter, in f64:
-    /// out[o][y·s+ky−p][x·s+kx−p] += in[c][y][x]·w[c][o][ky][kx], plus b[o].
-    fn naive_conv_t(x: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims) -> Vec<f64> {
-        let (oh, ow) = d.transpose_out_hw().unwrap();
-        let (k, s, p) = (d.k as isize, d.stride as isize, d.pad as isize);
-        let mut out = vec![0.0f64; n * d.out_c * oh * ow];
-        for i in 0..n {
-            for o in 0..d.out_c {
-                for v in &mut out[(i * d.out_c + o) * oh * ow..(i * d.out_c + o + 1) * oh * ow] {
-                    *v = b[o] as f64;
-                }
-            }
-            for c in 0..d.in_c {
-                for y in 0..d.in_h {
-                    for xi in 0..d.in_w {
-                        let xv = x[((i * d.in_c + c) * d.in_h + y) * d.in_w + xi] as f64;
-                        for o in 0..d.out_c {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let oy = y as isize * s + ky - p;
-                                    let ox = xi as isize * s + kx - p;
-                                    if oy < 0 || ox < 0 || oy >= oh as isize || ox >= ow as isize {
-                                        continue;
-                                    }
-                                    let wv = w[((c * d.out_c + o) * d.k + ky as usize) * d.k
-                                        + kx as usize];
-                                    out[((i * d.out_c + o) * oh + oy as usize) * ow
-                                        + ox as usize] += xv * wv as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn assert_close(got: &[f32], want: &[f64], tol: f64) {
+    pub(crate) fn assert_close(got: &[f32], want: &[f64], tol: f64) {
         assert_eq!(got.len(), want.len());
         for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
             assert!(
@@ -759,7 +727,7 @@ mod tests {
     }
 
     /// Geometries covering stride 1 and 2, no/one/two padding, non-square inputs, k = 1.
-    const CASES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
+    pub(crate) const CASES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
         (2, 5, 6, 3, 3, 1, 1),
         (3, 8, 8, 2, 4, 2, 1),
         (1, 7, 5, 4, 3, 2, 0),
@@ -786,78 +754,6 @@ mod tests {
             let mut exact = vec![f32::NAN; out.len()];
             conv2d_forward_exact(&mut exact, &x, &w, &b, n, &d).unwrap();
             assert_close(&exact, &want, 1e-5);
-        }
-    }
-
-    #[test]
-    fn conv_transpose_forward_matches_definition() {
-        let mut r = Lcg::new(22);
-        let n = 2;
-        for &(ci, h, wd, co, k, s, p) in &CASES {
-            let d = dims(ci, h, wd, co, k, s, p);
-            let (oh, ow) = d.transpose_out_hw().unwrap();
-            let x = rand(&mut r, n * ci * h * wd);
-            let w = rand(&mut r, ci * co * k * k);
-            let b = rand(&mut r, co);
-            let want = naive_conv_t(&x, &w, &b, n, &d);
-            let mut out = vec![0.0; n * co * oh * ow];
-            let mut scratch = vec![0.0; d.transpose_col_len().unwrap()];
-            conv_transpose2d_forward(&mut out, &mut scratch, &x, &w, &b, n, &d, &Serial).unwrap();
-            assert_close(&out, &want, 1e-5);
-            let mut exact = vec![f32::NAN; out.len()];
-            conv_transpose2d_forward_exact(&mut exact, &x, &w, &b, n, &d).unwrap();
-            assert_close(&exact, &want, 1e-5);
-        }
-    }
-
-    /// ⟨conv(x), y⟩ = ⟨x, convT(y)⟩ with one shared weight buffer and no bias.
-    #[test]
-    fn transpose_is_the_adjoint() {
-        let mut r = Lcg::new(23);
-        let n = 2;
-        // (H + 2p − k) divisible by s, so convT maps the conv output shape back to H × W.
-        for &(ci, h, wd, co, k, s, p) in &[
-            (3, 8, 10, 2, 4, 2, 1),
-            (2, 7, 7, 3, 3, 1, 1),
-            (2, 9, 9, 2, 3, 3, 0),
-        ] {
-            let d = dims(ci, h, wd, co, k, s, p);
-            let (oh, ow) = d.out_hw().unwrap();
-            let dt = dims(co, oh, ow, ci, k, s, p);
-            assert_eq!(dt.transpose_out_hw(), Some((h, wd)));
-            let x = rand(&mut r, n * ci * h * wd);
-            let y = rand(&mut r, n * co * oh * ow);
-            let w = rand(&mut r, co * ci * k * k);
-            let mut cx = vec![0.0; y.len()];
-            let mut col = vec![0.0; n * d.col_len().unwrap()];
-            conv2d_forward(&mut cx, &mut col, &x, &w, &vec![0.0; co], n, &d, &Serial).unwrap();
-            let mut ty = vec![0.0; x.len()];
-            let mut scratch = vec![0.0; dt.transpose_col_len().unwrap()];
-            conv_transpose2d_forward(
-                &mut ty,
-                &mut scratch,
-                &y,
-                &w,
-                &vec![0.0; ci],
-                n,
-                &dt,
-                &Serial,
-            )
-            .unwrap();
-            let dot = |a: &[f32], b: &[f32]| -> f64 {
-                a.iter().zip(b).map(|(&a, &b)| a as f64 * b as f64).sum()
-            };
-            let (lhs, rhs) = (dot(&cx, &y), dot(&x, &ty));
-            assert!(
-                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
-                "{lhs} vs {rhs}"
-            );
-            // And the exact kernels agree with the fast ones on the same data.
-            let mut ex = vec![0.0; ty.len()];
-            conv_transpose2d_forward_exact(&mut ex, &y, &w, &vec![0.0; ci], n, &dt).unwrap();
-            for (a, b) in ex.iter().zip(&ty) {
-                assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()));
-            }
         }
     }
 
@@ -902,63 +798,6 @@ mod tests {
             grad_check(&x, &dx, |xp| loss(xp, &w, &b), 1e-2, 1e-3);
             grad_check(&w, &dw, |wp| loss(&x, wp, &b), 1e-2, 1e-3);
             grad_check(&b, &db, |bp| loss(&x, &w, bp), 1e-2, 1e-3);
-        }
-    }
-
-    #[test]
-    fn conv_transpose_backward_matches_finite_differences() {
-        let mut r = Lcg::new(25);
-        let n = 2;
-        for &(ci, h, wd, co, k, s, p) in &[(3, 3, 4, 2, 4, 2, 1), (2, 4, 3, 2, 3, 1, 1)] {
-            let d = dims(ci, h, wd, co, k, s, p);
-            let (oh, ow) = d.transpose_out_hw().unwrap();
-            let x = rand(&mut r, n * ci * h * wd);
-            let w = rand(&mut r, ci * co * k * k);
-            let b = rand(&mut r, co);
-            let g = rand(&mut r, n * co * oh * ow);
-            let cl = d.transpose_col_len().unwrap();
-            let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
-                let mut out = vec![0.0; g.len()];
-                let mut scratch = vec![0.0; cl];
-                conv_transpose2d_forward(&mut out, &mut scratch, x, w, b, n, &d, &Serial).unwrap();
-                out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
-            };
-            let mut dx = vec![f32::NAN; x.len()];
-            let mut dw = vec![0.0; w.len()];
-            let mut db = vec![0.0; b.len()];
-            let mut scratch = vec![0.0; cl];
-            conv_transpose2d_backward(
-                Some(&mut dx),
-                Some(&mut dw),
-                Some(&mut db),
-                &mut scratch,
-                &g,
-                &x,
-                &w,
-                n,
-                &d,
-                &Serial,
-            )
-            .unwrap();
-            grad_check(&x, &dx, |xp| loss(xp, &w, &b), 1e-2, 1e-3);
-            grad_check(&w, &dw, |wp| loss(&x, wp, &b), 1e-2, 1e-3);
-            grad_check(&b, &db, |bp| loss(&x, &w, bp), 1e-2, 1e-3);
-            // Only the input gradient: same values, parameter buffers untouched.
-            let mut dx2 = vec![0.0; x.len()];
-            conv_transpose2d_backward(
-                Some(&mut dx2),
-                None,
-                None,
-                &mut scratch,
-                &g,
-                &x,
-                &w,
-                n,
-                &d,
-                &Serial,
-            )
-            .unwrap();
-            assert_eq!(dx, dx2);
         }
     }
 

@@ -1,0 +1,450 @@
+//! Transposed 2-D convolution, the adjoint of [`crate::layers::conv2d`]'s convolution with the
+//! same kernel, stride and padding (see that module for the shared geometry, the shapes and the
+//! summation order of the exact kernel).
+//!
+//! Shapes (one sample): `inp` C_in×H×W, `w` C_in×C_out×k×k, `b` C_out, `out` C_out×OH×OW with
+//! `OH = (H − 1)·stride − 2·pad + k` ([`conv_transpose_out_len`]).
+
+use core::fmt;
+
+use rand_core::Rng;
+
+use crate::error::{CoreError, SpecError, check_len, check_min_len};
+use crate::init::Init;
+use crate::kernels::{self, Exec};
+use crate::layers::conv2d::{
+    ConvDims, Geom, add_bias_grad, batch, check_params, col2im_add, conv_transpose_out_len,
+    dims_of, fill_bias, im2col, side, span,
+};
+use crate::layers::{Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, mul3, size};
+use crate::spec::{LayerInfo, Shape};
+
+/// A transposed-convolution layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTranspose2d {
+    /// Output channels.
+    pub out_c: u32,
+    /// Kernel side.
+    pub k: u32,
+    /// Step between the input positions' kernel footprints in the output.
+    pub stride: u32,
+    /// Rows/columns cropped from every border of the full output.
+    pub pad: u32,
+}
+
+/// Shape rule: `out_c × OH × OW` ([`conv_transpose_out_len`]); `W` of `C × out_c·k·k`, `b` of
+/// `out_c`, and forward's column buffer (`out_c·k·k × H·W`) as auxiliary storage.
+pub(crate) const fn rules(
+    out_c: u32,
+    k: u32,
+    stride: u32,
+    pad: u32,
+    inp: Shape,
+    index: usize,
+) -> Result<Rules, SpecError> {
+    if let Err(e) = check_params(out_c, k, stride, pad, index) {
+        return Err(e);
+    }
+    let (kk, s, p) = (k as usize, stride as usize, pad as usize);
+    let (h, w) = match (
+        side(conv_transpose_out_len(inp.h as usize, kk, s, p)),
+        side(conv_transpose_out_len(inp.w as usize, kk, s, p)),
+    ) {
+        (Some(h), Some(w)) => (h, w),
+        _ => return Err(SpecError::ShapeMismatch { layer: index }),
+    };
+    let rows = size!(mul3(out_c as usize, kk, kk), index);
+    Ok(Rules::new(
+        Shape::image(out_c, h, w),
+        Sizes {
+            weight: size!(mul(inp.c as usize, rows), index),
+            bias: out_c as usize,
+            aux: size!(mul3(rows, inp.h as usize, inp.w as usize), index),
+            stats: 0,
+        },
+    ))
+}
+
+impl ConvTranspose2d {
+    fn dims(&self, l: &LayerInfo) -> ConvDims {
+        dims_of(l, self.out_c, self.k, self.stride, self.pad)
+    }
+}
+
+impl Kind for ConvTranspose2d {
+    fn name(&self) -> &'static str {
+        "conv_transpose2d"
+    }
+    fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "conv_transpose2d {}×{} s{} p{}",
+            self.k, self.k, self.stride, self.pad
+        )
+    }
+    fn macs(&self, l: &LayerInfo) -> usize {
+        let plane = (l.in_shape.h as usize).saturating_mul(l.in_shape.w as usize);
+        l.weight_len.saturating_mul(plane)
+    }
+    /// `fan_in = max(1, C_in·k²/s²)`, `fan_out = C_out·k²` (each output of a stride-`s`
+    /// transposed convolution sums about `k²/s²` taps per input channel).
+    fn init<R: Rng + ?Sized>(
+        &self,
+        l: &LayerInfo,
+        params: &mut [f32],
+        init: Init,
+        rng: &mut R,
+    ) -> Result<(), CoreError> {
+        let (c_in, kk) = (l.in_shape.c as usize, (self.k as usize).pow(2));
+        let s2 = (self.stride as usize).pow(2);
+        let fan_in = (c_in * kk / s2).max(1);
+        let fan_out = self.out_c as usize * kk;
+        init.fill(rng, &mut params[l.weight_range()], fan_in, fan_out);
+        Ok(())
+    }
+    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
+        None
+    }
+    fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
+        let (w, b) = (a.w(), a.b());
+        conv_transpose2d_forward(a.out, a.aux, a.inp, w, b, a.n, &self.dims(a.l), a.exec)
+    }
+    fn backward(&self, mut a: Backward<'_>) -> Result<(), CoreError> {
+        let (inp, w, dout, d) = (a.inp(), a.w(), a.dout, self.dims(a.l));
+        let (gw, gb) = a.param_grads();
+        conv_transpose2d_backward(a.dinp, gw, gb, a.scratch, dout, inp, w, a.n, &d, a.exec)
+    }
+    fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
+        let (n, d) = (a.n, self.dims(a.l));
+        match a.w {
+            LayerWeights::F32 { w, b, .. } => a.pp.map(n * a.l.out_shape.len(), |out, inp| {
+                conv_transpose2d_forward_exact(out, inp, w, b, n, &d)
+            }),
+            LayerWeights::I8 { .. } => Err(CoreError::Unsupported { layer: a.l.index }),
+        }
+    }
+}
+
+/// Training forward of a transposed convolution (see the module docs for shapes).
+///
+/// `out` N×C_out×OH×OW; `inp` N×C_in×H×W; `w` C_in×C_out×k×k; `b` C_out; `scratch` at least
+/// [`ConvDims::transpose_col_len`] elements (one sample's column matrix).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_forward(
+    out: &mut [f32],
+    scratch: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    d: &ConvDims,
+    exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    let g = Geom::transpose(d)?;
+    check_len("out", out.len(), batch(n, g.img)?)?;
+    check_len("inp", inp.len(), batch(n, g.grid)?)?;
+    check_len("w", w.len(), g.w)?;
+    check_len("b", b.len(), g.ci)?;
+    check_min_len("scratch", scratch.len(), g.col)?;
+    let col = &mut scratch[..g.col];
+    for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
+        // col (C_out·k·k × H·W) = Wᵀ · x (C_in × H·W)
+        kernels::matmul_tn(col, w, x, g.rows, g.cg, g.cols, false, exec);
+        fill_bias(o, b, g.ih * g.iw);
+        col2im_add(o, col, &g);
+    }
+    Ok(())
+}
+
+/// Backward of [`conv_transpose2d_forward`], from `dout` (N×C_out×OH×OW) and the forward input.
+///
+/// - `dw` (C_in×C_out×k×k) `+= Σₙ inpₙ · im2col(doutₙ)ᵀ`, `db` (C_out) `+= Σ dout`: skipped when
+///   `None`;
+/// - `dinp` (N×C_in×H×W) `= W · im2col(doutₙ)`, overwritten; skipped when `None`.
+///
+/// `scratch` has at least [`ConvDims::transpose_col_len`] elements when `dinp` or `dw` is given.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_backward(
+    dinp: Option<&mut [f32]>,
+    mut dw: Option<&mut [f32]>,
+    db: Option<&mut [f32]>,
+    scratch: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    n: usize,
+    d: &ConvDims,
+    exec: &dyn Exec,
+) -> Result<(), CoreError> {
+    let g = Geom::transpose(d)?;
+    check_len("dout", dout.len(), batch(n, g.img)?)?;
+    check_len("inp", inp.len(), batch(n, g.grid)?)?;
+    check_len("w", w.len(), g.w)?;
+    if let Some(dw) = &dw {
+        check_len("dw", dw.len(), g.w)?;
+    }
+    if let Some(db) = &db {
+        check_len("db", db.len(), g.ci)?;
+    }
+    if let Some(dinp) = &dinp {
+        check_len("dinp", dinp.len(), batch(n, g.grid)?)?;
+    }
+    if dinp.is_some() || dw.is_some() {
+        check_min_len("scratch", scratch.len(), g.col)?;
+    }
+    if let Some(db) = db {
+        add_bias_grad(db, dout, g.ih * g.iw);
+    }
+    if dinp.is_none() && dw.is_none() {
+        return Ok(());
+    }
+    let dcol = &mut scratch[..g.col];
+    let mut dinp = dinp;
+    for (s, (o, x)) in dout
+        .chunks_exact(g.img)
+        .zip(inp.chunks_exact(g.grid))
+        .enumerate()
+    {
+        im2col(dcol, o, &g);
+        if let Some(dw) = dw.as_deref_mut() {
+            // dW (C_in × C_out·k·k) += x (C_in × H·W) · dcolᵀ (H·W × C_out·k·k)
+            kernels::matmul_nt(dw, x, dcol, g.cg, g.cols, g.rows, true, exec);
+        }
+        if let Some(dinp) = dinp.as_deref_mut() {
+            // dx (C_in × H·W) = W (C_in × C_out·k·k) · dcol
+            let dx = &mut dinp[s * g.grid..(s + 1) * g.grid];
+            kernels::matmul(dx, w, dcol, g.cg, g.rows, g.cols, false, exec);
+        }
+    }
+    Ok(())
+}
+
+/// Exact inference forward of a transposed convolution: same shapes as
+/// [`conv_transpose2d_forward`], no scratch, fixed summation order (module docs).
+pub fn conv_transpose2d_forward_exact(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    d: &ConvDims,
+) -> Result<(), CoreError> {
+    let g = Geom::transpose(d)?;
+    check_len("out", out.len(), batch(n, g.img)?)?;
+    check_len("inp", inp.len(), batch(n, g.grid)?)?;
+    check_len("w", w.len(), g.w)?;
+    check_len("b", b.len(), g.ci)?;
+    let plane = g.ih * g.iw;
+    for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
+        for (co, (oplane, &bias)) in o.chunks_exact_mut(plane).zip(b).enumerate() {
+            for (oy, orow) in oplane.chunks_exact_mut(g.iw).enumerate() {
+                orow.fill(0.0);
+                for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
+                    let wbase = (cin * g.ci + co) * g.k * g.k;
+                    for ky in 0..g.k {
+                        // The input row gy with gy·s + ky − p = oy, if any.
+                        let t = oy + g.p;
+                        if t < ky || (t - ky) % g.s != 0 || (t - ky) / g.s >= g.gh {
+                            continue;
+                        }
+                        let gy = (t - ky) / g.s;
+                        let xrow = &xplane[gy * g.gw..(gy + 1) * g.gw];
+                        for kx in 0..g.k {
+                            let (lo, hi) = span(g.gw, g.iw, g.s, kx, g.p);
+                            if lo == hi {
+                                continue;
+                            }
+                            let wv = w[wbase + ky * g.k + kx];
+                            let accs = orow[lo * g.s + kx - g.p..].iter_mut().step_by(g.s);
+                            for (acc, &xv) in accs.zip(&xrow[lo..hi]) {
+                                *acc += wv * xv;
+                            }
+                        }
+                    }
+                }
+                for acc in orow.iter_mut() {
+                    *acc += bias;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Serial;
+    use crate::layers::conv2d::conv2d_forward;
+    use crate::layers::conv2d::tests::{CASES, assert_close, dims, rand};
+    use crate::testutil::{Lcg, grad_check};
+    use std::vec;
+    use std::vec::Vec;
+
+    /// The definition of the transposed convolution as a scatter, in f64:
+    /// out[o][y·s+ky−p][x·s+kx−p] += in[c][y][x]·w[c][o][ky][kx], plus b[o].
+    fn naive_conv_t(x: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims) -> Vec<f64> {
+        let (oh, ow) = d.transpose_out_hw().unwrap();
+        let (k, s, p) = (d.k as isize, d.stride as isize, d.pad as isize);
+        let mut out = vec![0.0f64; n * d.out_c * oh * ow];
+        for i in 0..n {
+            for o in 0..d.out_c {
+                for v in &mut out[(i * d.out_c + o) * oh * ow..(i * d.out_c + o + 1) * oh * ow] {
+                    *v = b[o] as f64;
+                }
+            }
+            for c in 0..d.in_c {
+                for y in 0..d.in_h {
+                    for xi in 0..d.in_w {
+                        let xv = x[((i * d.in_c + c) * d.in_h + y) * d.in_w + xi] as f64;
+                        for o in 0..d.out_c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let oy = y as isize * s + ky - p;
+                                    let ox = xi as isize * s + kx - p;
+                                    if oy < 0 || ox < 0 || oy >= oh as isize || ox >= ow as isize {
+                                        continue;
+                                    }
+                                    let wv = w[((c * d.out_c + o) * d.k + ky as usize) * d.k
+                                        + kx as usize];
+                                    out[((i * d.out_c + o) * oh + oy as usize) * ow
+                                        + ox as usize] += xv * wv as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn conv_transpose_forward_matches_definition() {
+        let mut r = Lcg::new(22);
+        let n = 2;
+        for &(ci, h, wd, co, k, s, p) in &CASES {
+            let d = dims(ci, h, wd, co, k, s, p);
+            let (oh, ow) = d.transpose_out_hw().unwrap();
+            let x = rand(&mut r, n * ci * h * wd);
+            let w = rand(&mut r, ci * co * k * k);
+            let b = rand(&mut r, co);
+            let want = naive_conv_t(&x, &w, &b, n, &d);
+            let mut out = vec![0.0; n * co * oh * ow];
+            let mut scratch = vec![0.0; d.transpose_col_len().unwrap()];
+            conv_transpose2d_forward(&mut out, &mut scratch, &x, &w, &b, n, &d, &Serial).unwrap();
+            assert_close(&out, &want, 1e-5);
+            let mut exact = vec![f32::NAN; out.len()];
+            conv_transpose2d_forward_exact(&mut exact, &x, &w, &b, n, &d).unwrap();
+            assert_close(&exact, &want, 1e-5);
+        }
+    }
+
+    /// ⟨conv(x), y⟩ = ⟨x, convT(y)⟩ with one shared weight buffer and no bias.
+    #[test]
+    fn transpose_is_the_adjoint() {
+        let mut r = Lcg::new(23);
+        let n = 2;
+        // (H + 2p − k) divisible by s, so convT maps the conv output shape back to H × W.
+        for &(ci, h, wd, co, k, s, p) in &[
+            (3, 8, 10, 2, 4, 2, 1),
+            (2, 7, 7, 3, 3, 1, 1),
+            (2, 9, 9, 2, 3, 3, 0),
+        ] {
+            let d = dims(ci, h, wd, co, k, s, p);
+            let (oh, ow) = d.out_hw().unwrap();
+            let dt = dims(co, oh, ow, ci, k, s, p);
+            assert_eq!(dt.transpose_out_hw(), Some((h, wd)));
+            let x = rand(&mut r, n * ci * h * wd);
+            let y = rand(&mut r, n * co * oh * ow);
+            let w = rand(&mut r, co * ci * k * k);
+            let mut cx = vec![0.0; y.len()];
+            let mut col = vec![0.0; n * d.col_len().unwrap()];
+            conv2d_forward(&mut cx, &mut col, &x, &w, &vec![0.0; co], n, &d, &Serial).unwrap();
+            let mut ty = vec![0.0; x.len()];
+            let mut scratch = vec![0.0; dt.transpose_col_len().unwrap()];
+            conv_transpose2d_forward(
+                &mut ty,
+                &mut scratch,
+                &y,
+                &w,
+                &vec![0.0; ci],
+                n,
+                &dt,
+                &Serial,
+            )
+            .unwrap();
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter().zip(b).map(|(&a, &b)| a as f64 * b as f64).sum()
+            };
+            let (lhs, rhs) = (dot(&cx, &y), dot(&x, &ty));
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "{lhs} vs {rhs}"
+            );
+            // And the exact kernels agree with the fast ones on the same data.
+            let mut ex = vec![0.0; ty.len()];
+            conv_transpose2d_forward_exact(&mut ex, &y, &w, &vec![0.0; ci], n, &dt).unwrap();
+            for (a, b) in ex.iter().zip(&ty) {
+                assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()));
+            }
+        }
+    }
+
+    #[test]
+    fn conv_transpose_backward_matches_finite_differences() {
+        let mut r = Lcg::new(25);
+        let n = 2;
+        for &(ci, h, wd, co, k, s, p) in &[(3, 3, 4, 2, 4, 2, 1), (2, 4, 3, 2, 3, 1, 1)] {
+            let d = dims(ci, h, wd, co, k, s, p);
+            let (oh, ow) = d.transpose_out_hw().unwrap();
+            let x = rand(&mut r, n * ci * h * wd);
+            let w = rand(&mut r, ci * co * k * k);
+            let b = rand(&mut r, co);
+            let g = rand(&mut r, n * co * oh * ow);
+            let cl = d.transpose_col_len().unwrap();
+            let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+                let mut out = vec![0.0; g.len()];
+                let mut scratch = vec![0.0; cl];
+                conv_transpose2d_forward(&mut out, &mut scratch, x, w, b, n, &d, &Serial).unwrap();
+                out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
+            };
+            let mut dx = vec![f32::NAN; x.len()];
+            let mut dw = vec![0.0; w.len()];
+            let mut db = vec![0.0; b.len()];
+            let mut scratch = vec![0.0; cl];
+            conv_transpose2d_backward(
+                Some(&mut dx),
+                Some(&mut dw),
+                Some(&mut db),
+                &mut scratch,
+                &g,
+                &x,
+                &w,
+                n,
+                &d,
+                &Serial,
+            )
+            .unwrap();
+            grad_check(&x, &dx, |xp| loss(xp, &w, &b), 1e-2, 1e-3);
+            grad_check(&w, &dw, |wp| loss(&x, wp, &b), 1e-2, 1e-3);
+            grad_check(&b, &db, |bp| loss(&x, &w, bp), 1e-2, 1e-3);
+            // Only the input gradient: same values, parameter buffers untouched.
+            let mut dx2 = vec![0.0; x.len()];
+            conv_transpose2d_backward(
+                Some(&mut dx2),
+                None,
+                None,
+                &mut scratch,
+                &g,
+                &x,
+                &w,
+                n,
+                &d,
+                &Serial,
+            )
+            .unwrap();
+            assert_eq!(dx, dx2);
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! View layers (`Flatten`, `Reshape`): the same values seen with another shape. Their output
+//! aliases their input in the activation buffer, so no pass does any work for them.
+
+use core::fmt;
+
+use rand_core::Rng;
+
+use crate::error::{CoreError, SpecError};
+use crate::init::Init;
+use crate::layers::{Backward, Forward, Infer, Kind, Rules, Sizes, Tangent};
+use crate::spec::{LayerInfo, Shape};
+
+/// A view layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// As a flat vector.
+    Flatten,
+    /// As the given shape (same element count).
+    Reshape(Shape),
+}
+
+/// Shape rule of `Flatten`: `C·H·W` features.
+pub(crate) const fn flatten_rules(in_len: usize, index: usize) -> Result<Rules, SpecError> {
+    if in_len > u32::MAX as usize {
+        return Err(SpecError::BadDimension { layer: index });
+    }
+    Ok(Rules {
+        out: Shape::flat(in_len as u32),
+        sizes: Sizes::NONE,
+        view: true,
+    })
+}
+
+/// Shape rule of `Reshape`: `to`, which must hold as many elements as the input.
+pub(crate) const fn reshape_rules(
+    to: Shape,
+    in_len: usize,
+    index: usize,
+) -> Result<Rules, SpecError> {
+    match to.checked_len() {
+        Some(n) if n == in_len => Ok(Rules {
+            out: to,
+            sizes: Sizes::NONE,
+            view: true,
+        }),
+        _ => Err(SpecError::ShapeMismatch { layer: index }),
+    }
+}
+
+impl Kind for View {
+    fn name(&self) -> &'static str {
+        match self {
+            View::Flatten => "flatten",
+            View::Reshape(_) => "reshape",
+        }
+    }
+    fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+    fn macs(&self, _: &LayerInfo) -> usize {
+        0
+    }
+    fn init<R: Rng + ?Sized>(
+        &self,
+        _: &LayerInfo,
+        _: &mut [f32],
+        _: Init,
+        _: &mut R,
+    ) -> Result<(), CoreError> {
+        Ok(())
+    }
+    // The walkers skip views (their output is their input), so these are never reached with
+    // work to do.
+    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
+        None
+    }
+    fn forward(&self, _: Forward<'_>) -> Result<(), CoreError> {
+        Ok(())
+    }
+    fn backward(&self, _: Backward<'_>) -> Result<(), CoreError> {
+        Ok(())
+    }
+    fn infer(&self, _: Infer<'_, '_, '_>) -> Result<(), CoreError> {
+        Ok(())
+    }
+    fn tangent(&self) -> Option<Tangent> {
+        Some(Tangent::View)
+    }
+}
