@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use gan_core::generate::Generator;
+use gan_core::kernels::{self, VectorIsa};
 use gan_core::model;
 use gan_core::noise;
 
@@ -59,6 +60,31 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Widest vector instruction set the kernels may use (default: all the CPU has), e.g.
+    /// `avx2` to measure the AVX2 kernels on an AVX-512 machine.
+    #[arg(long, value_enum)]
+    pub isa: Option<IsaArg>,
+}
+
+/// A kernel instruction-set level for `--isa`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsaArg {
+    /// Plain Rust.
+    Portable,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512F.
+    Avx512,
+}
+
+impl From<IsaArg> for VectorIsa {
+    fn from(a: IsaArg) -> Self {
+        match a {
+            IsaArg::Portable => VectorIsa::Portable,
+            IsaArg::Avx2 => VectorIsa::Avx2,
+            IsaArg::Avx512 => VectorIsa::Avx512,
+        }
+    }
 }
 
 /// Rates of the timed repetitions of one measurement.
@@ -294,6 +320,7 @@ pub fn to_json(results: &[ArchResult], batch: usize, threads: usize, policy: Pol
     let _ = writeln!(s, "  \"tool\": \"gan-train bench\",");
     let _ = writeln!(s, "  \"batch\": {batch},");
     let _ = writeln!(s, "  \"threads\": {threads},");
+    let _ = writeln!(s, "  \"kernels\": \"{:?}\",", kernels::vector_isa());
     let _ = writeln!(s, "  \"warmup_secs\": {},", policy.warmup.as_secs_f64());
     let _ = writeln!(s, "  \"rep_secs\": {},", policy.rep.as_secs_f64());
     let _ = writeln!(s, "  \"reps\": {},", policy.reps);
@@ -341,6 +368,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .build_global()
             .context("setting up the thread pool")?;
     }
+    if let Some(isa) = args.isa {
+        kernels::limit_vector_isa(isa.into());
+    }
     let threads = rayon::current_num_threads();
     let policy = Policy {
         warmup: Duration::from_secs_f64(args.warmup_secs),
@@ -352,8 +382,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         results.push(bench_arch(arch, args.batch, args.seed, policy)?);
     }
     println!(
-        "gan-train bench: batch {}, {threads} threads, {} reps of ~{} s after {} s warm-up",
-        args.batch, args.reps, args.rep_secs, args.warmup_secs
+        "gan-train bench: batch {}, {threads} threads, {:?} kernels, {} reps of ~{} s after {} s warm-up",
+        args.batch,
+        kernels::vector_isa(),
+        args.reps,
+        args.rep_secs,
+        args.warmup_secs
     );
     for r in &results {
         println!(

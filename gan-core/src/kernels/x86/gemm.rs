@@ -1,0 +1,227 @@
+//! The training micro-kernels for AVX2+FMA (6×16 tiles, 12 `ymm` accumulators) and AVX-512F
+//! (8×32 tiles, 16 `zmm` accumulators), both the one tile below over the vector width.
+//!
+//! Every output of a tile is `acc = 0`, then one fused multiply-add per `p` in order over the
+//! summation block, whatever the tile's shape or the instruction set, so the AVX2 and AVX-512
+//! kernels give the same bits (the blocking, [`super::super::gemm`]'s `KC`, is the same too).
+
+use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
+
+use super::simd::{Avx, Avx512, Simd};
+use crate::kernels::gemm::{Aligned, Gemm, Micro, Tile, pack_a, pack_b};
+
+/// Summation block: a 256-row panel of `B` (16 KiB for AVX2, 32 KiB for AVX-512) stays in L1
+/// while the tiles stream the packed rows of `A` from L2.
+const KC: usize = 256;
+
+/// `R × V·LANES` tile over panels of `MR` rows of `A` and `2·LANES` columns of `B`.
+///
+/// # Safety
+/// See [`Micro::tile`]; `t.rows == R`; `LANES·(V − 1) < t.cols ≤ LANES·V`; the caller runs
+/// with `S`'s instruction set (and FMA).
+#[inline(always)]
+unsafe fn tile<S: Simd, const R: usize, const V: usize, const MR: usize>(t: &Tile) {
+    let l = S::LANES;
+    // SAFETY (whole body): `a` walks the packed micro-panel (MR floats per step, r < R ≤ MR),
+    // `b` the 64-byte-aligned packed panel (2·LANES floats per step); row r < rows and the
+    // `cols − LANES·v ≥ 1` columns of vector v are inside this tile's C (contract).
+    unsafe {
+        let mut acc = [[S::zero(); V]; R];
+        let mut a = t.a;
+        let mut b = t.b;
+        for _ in 0..t.kc {
+            let mut bv = [S::zero(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = S::load(b.add(l * v));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = S::splat(a.add(r));
+                for (s, &y) in acc_r.iter_mut().zip(&bv) {
+                    *s = S::fmadd(av, y, *s);
+                }
+            }
+            a = a.wrapping_add(MR);
+            b = b.wrapping_add(2 * l);
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (v, &s) in acc_r.iter().enumerate() {
+                let w = t.cols - l * v;
+                let cp = t.c.add(r * t.ldc + l * v);
+                let x = if t.add {
+                    S::add(S::load_n(cp, w), s)
+                } else {
+                    s
+                };
+                S::store_n(cp, x, w);
+            }
+        }
+    }
+}
+
+/// # Safety
+/// As [`tile`]; the CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const R: usize, const V: usize>(t: &Tile) {
+    // SAFETY: forwarded; the features are enabled here.
+    unsafe { tile::<Avx, R, V, 6>(t) }
+}
+
+/// # Safety
+/// As [`tile`]; the CPU supports AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const R: usize, const V: usize>(t: &Tile) {
+    // SAFETY: forwarded; the feature is enabled here.
+    unsafe { tile::<Avx512, R, V, 8>(t) }
+}
+
+/// One [`Micro`] kernel over `$tile`: `MR × NR` tiles, a `$rows_a`-row buffer of `A` at
+/// [`KC`], and the tile instantiation for every row count and one or two vectors per row.
+macro_rules! micro_kernel {
+    ($name:ident, mr: $mr:literal, nr: $nr:literal, rows_a: $rows_a:literal,
+     tile: $tile:ident, rows: [$($r:literal),*]) => {
+        impl Micro for $name {
+            const MR: usize = $mr;
+            const NR: usize = $nr;
+            const KC: usize = KC;
+            type PanelA = Aligned<{ $rows_a * KC }>;
+            type PanelB = Aligned<{ KC * $nr }>;
+            fn panels() -> (Self::PanelA, Self::PanelB) {
+                (Aligned::uninit(), Aligned::uninit())
+            }
+            fn pack_a(
+                panel: &mut [MaybeUninit<f32>],
+                g: &Gemm<'_>,
+                ic: usize,
+                mc: usize,
+                pc: usize,
+                kc: usize,
+            ) {
+                pack_a::<$mr>(panel, g, ic, mc, pc, kc);
+            }
+            unsafe fn tile(t: &Tile) {
+                // SAFETY: forwarded (the caller checked the instruction set); each
+                // instantiation handles exactly `rows` rows, and the one-vector variants at
+                // most NR / 2 columns.
+                unsafe {
+                    if t.cols > $nr / 2 {
+                        match t.rows {
+                            $($r => $tile::<$r, 2>(t),)*
+                            _ => $tile::<$mr, 2>(t),
+                        }
+                    } else {
+                        match t.rows {
+                            $($r => $tile::<$r, 1>(t),)*
+                            _ => $tile::<$mr, 1>(t),
+                        }
+                    }
+                }
+            }
+            unsafe fn pack_b(
+                panel: &mut [MaybeUninit<f32>],
+                g: &Gemm<'_>,
+                pc: usize,
+                kc: usize,
+                jc: usize,
+                cols: usize,
+            ) {
+                if g.bcs == 1 {
+                    pack_b::<$nr>(panel, g, pc, kc, jc, cols);
+                } else {
+                    // SAFETY: forwarded (both instruction sets include AVX).
+                    unsafe { pack_b_transposed::<$nr>(panel, g, pc, kc, jc, cols) };
+                }
+            }
+        }
+    };
+}
+
+/// 6×16 AVX2+FMA micro-kernel: 12 `ymm` accumulators, two panel loads and six broadcasts per
+/// step of `p`; 96 rows of `A` at `KC` (96 KiB on the stack).
+pub(crate) struct Avx2Kernel;
+micro_kernel!(Avx2Kernel, mr: 6, nr: 16, rows_a: 96, tile: tile_avx2, rows: [1, 2, 3, 4, 5]);
+
+/// 8×32 AVX-512F micro-kernel: 16 `zmm` accumulators, two panel loads and eight broadcasts
+/// per step of `p`; 64 rows of `A` at `KC` (64 KiB on the stack).
+pub(crate) struct Avx512Kernel;
+micro_kernel!(Avx512Kernel, mr: 8, nr: 32, rows_a: 64, tile: tile_avx512, rows: [1, 2, 3, 4, 5, 6, 7]);
+
+/// [`pack_b`] for column-major `B` (`B(p, j) = b[j·bcs + p]`) into `NR`-wide panel
+/// rows, transposing 8×8 blocks in registers; edges fall back to the scalar loops.
+///
+/// # Safety
+/// The CPU supports AVX.
+#[target_feature(enable = "avx")]
+unsafe fn pack_b_transposed<const NR: usize>(
+    panel: &mut [MaybeUninit<f32>],
+    g: &Gemm<'_>,
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    cols: usize,
+) {
+    const { assert!(NR.is_multiple_of(8)) };
+    assert!(g.brs == 1 && panel.len() >= kc * NR && (1..=NR).contains(&cols) && kc >= 1);
+    assert!(pc + kc <= g.k && jc + cols <= g.n);
+    let dst = panel.as_mut_ptr().cast::<f32>();
+    let src = g.b.as_ptr();
+    let full = cols / 8 * 8;
+    let kc8 = kc / 8 * 8;
+    for jj in (0..full).step_by(8) {
+        // SAFETY (whole loop): columns jc+jj..jc+jj+8 ≤ n and rows pc..pc+kc ≤ k of B are
+        // in `b` (Gemm invariant, asserted ranges); panel rows < kc hold NR floats.
+        unsafe {
+            let col = |q: usize| src.add((jc + jj + q) * g.bcs + pc);
+            for pp in (0..kc8).step_by(8) {
+                let r: [__m256; 8] = core::array::from_fn(|q| _mm256_loadu_ps(col(q).add(pp)));
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                // u[x]: element x (low lane) and x + 4 (high lane) of columns 0–3 / 4–7.
+                let lo = [
+                    _mm256_shuffle_ps::<0x44>(t0, t2),
+                    _mm256_shuffle_ps::<0xEE>(t0, t2),
+                    _mm256_shuffle_ps::<0x44>(t1, t3),
+                    _mm256_shuffle_ps::<0xEE>(t1, t3),
+                ];
+                let hi = [
+                    _mm256_shuffle_ps::<0x44>(t4, t6),
+                    _mm256_shuffle_ps::<0xEE>(t4, t6),
+                    _mm256_shuffle_ps::<0x44>(t5, t7),
+                    _mm256_shuffle_ps::<0xEE>(t5, t7),
+                ];
+                for x in 0..4 {
+                    let row_x = _mm256_permute2f128_ps::<0x20>(lo[x], hi[x]);
+                    let row_x4 = _mm256_permute2f128_ps::<0x31>(lo[x], hi[x]);
+                    _mm256_store_ps(dst.add((pp + x) * NR + jj), row_x);
+                    _mm256_store_ps(dst.add((pp + x + 4) * NR + jj), row_x4);
+                }
+            }
+            for pp in kc8..kc {
+                for q in 0..8 {
+                    *dst.add(pp * NR + jj + q) = *col(q).add(pp);
+                }
+            }
+        }
+    }
+    for jj in full..cols {
+        // SAFETY: as above for one column.
+        unsafe {
+            let s = src.add((jc + jj) * g.bcs + pc);
+            for pp in 0..kc {
+                *dst.add(pp * NR + jj) = *s.add(pp);
+            }
+        }
+    }
+    if cols < NR {
+        for pp in 0..kc {
+            // SAFETY: row pp of the panel is in bounds.
+            unsafe { core::ptr::write_bytes(dst.add(pp * NR + cols), 0, NR - cols) };
+        }
+    }
+}
