@@ -17,6 +17,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, check_len};
+use crate::kernels::Exec;
+#[cfg(target_has_atomic = "8")]
+use crate::kernels::split::{MAX_TASKS, OutPtr, split_ranges};
 
 /// Adam hyper-parameters.
 ///
@@ -368,6 +371,56 @@ impl Optimizer {
         }
     }
 
+    /// [`Optimizer::step`] split over the tasks of `exec` in ranges of at least
+    /// [`STEP_CHUNK`] parameters. The update is element-wise, so the result is bit-identical to
+    /// [`Optimizer::step`] for every `exec`. Nothing is written on error.
+    pub fn step_with(
+        &self,
+        params: &mut [f32],
+        grads: &[f32],
+        state: &mut [f32],
+        step: u64,
+        exec: &dyn Exec,
+    ) -> Result<(), CoreError> {
+        let n = params.len();
+        #[cfg(target_has_atomic = "8")]
+        if exec.threads() > 1 && n > STEP_CHUNK {
+            check_len("grads", grads.len(), n)?;
+            check_len("optimizer_state", state.len(), self.state_len(n))?;
+            if matches!(self, Optimizer::Adam(_)) && step == 0 {
+                return Err(CoreError::ZeroSize);
+            }
+            let chunk = STEP_CHUNK.max(n.div_ceil(MAX_TASKS)).next_multiple_of(4);
+            let with_state = !state.is_empty();
+            let (p, st) = (OutPtr::new(params), OutPtr::new(state));
+            split_ranges(exec, n, chunk, &|a, b| {
+                // SAFETY: `split_ranges` hands out disjoint ranges `a..b` of `0..n`, each once;
+                // `params` (n) and `state` (0, n or 2n: the buffers at offsets 0 and n) are
+                // borrowed mutably until it returns, so each task owns its ranges of them.
+                let p = unsafe { p.range(a, b) };
+                let m: &mut [f32] = if with_state {
+                    // SAFETY: as above (the first state buffer's range of this task).
+                    unsafe { st.range(a, b) }
+                } else {
+                    &mut []
+                };
+                let g = &grads[a..b];
+                // The lengths were checked above and `step` is valid: these cannot fail.
+                let _ = match self {
+                    Optimizer::Adam(cfg) => {
+                        // SAFETY: as above, the second moment's range of the same task.
+                        let v = unsafe { st.range(n + a, n + b) };
+                        adam_step(p, g, m, v, step, cfg)
+                    }
+                    Optimizer::Sgd(cfg) => sgd_step(p, g, m, cfg),
+                };
+            });
+            return Ok(());
+        }
+        let _ = exec;
+        self.step(params, grads, state, step)
+    }
+
     /// The learning rate `lr` of the chosen optimizer.
     pub fn lr(&self) -> f32 {
         match self {
@@ -385,6 +438,9 @@ impl Optimizer {
         }
     }
 }
+
+/// Smallest range of parameters one task of [`Optimizer::step_with`] updates.
+pub const STEP_CHUNK: usize = 1 << 15;
 
 /// Elements summed per block by [`sum_squares`].
 const SUM_BLOCK: usize = 1024;
@@ -806,6 +862,54 @@ mod tests {
             assert_eq!(p1, p2);
             assert_eq!(state, buf);
             assert_eq!(opt.lr(), 0.05);
+        }
+    }
+
+    /// Split over tasks (here by an executor that runs every task twice, in reverse), a step
+    /// gives the bits of the one-task step, for every optimizer.
+    #[test]
+    fn split_steps_are_bit_identical() {
+        struct Twice;
+        impl Exec for Twice {
+            fn threads(&self) -> usize {
+                3
+            }
+            fn for_each(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+                for t in (0..tasks).rev().chain(0..tasks) {
+                    f(t);
+                }
+            }
+        }
+        let n = 3 * STEP_CHUNK + 7;
+        let mut r = Lcg::new(17);
+        let params: Vec<f32> = (0..n).map(|_| r.next_f32()).collect();
+        let grads: Vec<f32> = (0..n).map(|_| r.next_f32()).collect();
+        let sgd = |momentum| {
+            Optimizer::Sgd(SgdConfig {
+                lr: 0.01,
+                momentum,
+                weight_decay: 1e-4,
+            })
+        };
+        for opt in [Optimizer::default(), sgd(0.9), sgd(0.0)] {
+            let (mut p1, mut p2) = (params.clone(), params.clone());
+            let mut s1 = vec![0.0; opt.state_len(n)];
+            let mut s2 = s1.clone();
+            for step in 1..=3 {
+                opt.step(&mut p1, &grads, &mut s1, step).unwrap();
+                opt.step_with(&mut p2, &grads, &mut s2, step, &Twice)
+                    .unwrap();
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&p1), bits(&p2), "{opt:?}");
+            assert_eq!(bits(&s1), bits(&s2), "{opt:?}");
+            // Errors leave everything untouched, as in one task.
+            let before = p2.clone();
+            assert!(
+                opt.step_with(&mut p2, &grads[1..], &mut s2, 4, &Twice)
+                    .is_err()
+            );
+            assert_eq!(bits(&p2), bits(&before));
         }
     }
 

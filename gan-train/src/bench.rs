@@ -245,7 +245,7 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
     // Batch N with the training forward on the pool.
     eprintln!("{name}: generator, batch {batch}, training forward");
     let mut acts = vec![0.0f32; gs.act_len(batch)];
-    let params = gan.g.params.clone();
+    let params = gan.state.g.params.clone();
     let kind = cfg.noise.into();
     let gen_bn = measure(policy, batch as f64, || {
         noise::fill(kind, &mut grng, model::input_mut(&gs, &mut acts, batch));

@@ -3,6 +3,7 @@
 //! exports generator weights for the firmware.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod download;

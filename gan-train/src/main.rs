@@ -429,7 +429,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         (None, Some(r)) => (RunDir::new(r).checkpoint(), RunDir::new(r).generator()),
         (None, None) => bail!("give --run or --checkpoint"),
     };
-    let ck = run::load_checkpoint(&ck_path)?;
+    let ck = gan_train::checkpoint::load(&ck_path)?;
     let bytes = run::export_bytes_as(&ck, a.dtype)?;
     let out = a.out.unwrap_or(default_out);
     run::write_atomic(&out, &bytes)?;

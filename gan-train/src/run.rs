@@ -25,13 +25,12 @@ use gan_core::format::{self, Header, ModelKind};
 use gan_core::kernels::Exec;
 use gan_core::noise;
 
+use crate::checkpoint;
 use crate::config::{DataShape, OutAct, TrainConfig};
 use crate::data::{Batcher, Dataset, Scale};
 use crate::report::{self, LossLog, LossRow};
 use crate::trainer::{Checkpoint, DataSource, Gan};
 
-const CHECKPOINT_MAGIC: &[u8; 4] = b"GANC";
-const CHECKPOINT_VERSION: u32 = 2;
 /// Seed offset for the fixed grid noise, so it never coincides with training noise.
 const GRID_SEED_SALT: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -118,108 +117,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Serialises a checkpoint: magic, version, CRC-32 and length of the postcard payload.
-pub fn encode_checkpoint(ck: &Checkpoint) -> Result<Vec<u8>> {
-    let payload = postcard::to_stdvec(ck).context("encoding checkpoint")?;
-    let mut out = Vec::with_capacity(payload.len() + 20);
-    out.extend_from_slice(CHECKPOINT_MAGIC);
-    out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-    out.extend_from_slice(&format::crc32(&payload).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
-}
-
-/// Parses a checkpoint written by [`encode_checkpoint`], with clear errors for damage.
-pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
-    ensure!(
-        bytes.len() >= 20,
-        "checkpoint is truncated ({} bytes)",
-        bytes.len()
-    );
-    ensure!(
-        &bytes[..4] == CHECKPOINT_MAGIC,
-        "not a checkpoint file (bad magic)"
-    );
-    let version = u32::from_le_bytes(bytes[4..8].try_into()?);
-    ensure!(
-        version == 1 || version == CHECKPOINT_VERSION,
-        "checkpoint version {version} is not supported (this build reads 1 to {CHECKPOINT_VERSION})"
-    );
-    let crc = u32::from_le_bytes(bytes[8..12].try_into()?);
-    let len = u64::from_le_bytes(bytes[12..20].try_into()?) as usize;
-    let payload = &bytes[20..];
-    ensure!(
-        payload.len() == len,
-        "checkpoint is truncated or has trailing bytes ({} of {len} payload bytes)",
-        payload.len()
-    );
-    ensure!(
-        format::crc32(payload) == crc,
-        "checkpoint is corrupt (CRC mismatch)"
-    );
-    if version == 1 {
-        let v1: CheckpointV1 =
-            postcard::from_bytes(payload).context("checkpoint payload does not decode")?;
-        return Ok(v1.into());
-    }
-    postcard::from_bytes(payload).context("checkpoint payload does not decode")
-}
-
-/// Checkpoint format version 1: [`Checkpoint`] before it carried the partial loss-log window.
-/// Still read, so runs started by earlier builds can be resumed and exported.
-#[derive(serde::Serialize, serde::Deserialize)]
-#[doc(hidden)]
-pub struct CheckpointV1 {
-    pub config: crate::config::TrainConfig,
-    pub data: crate::config::DataShape,
-    pub g_params: Vec<f32>,
-    pub g_opt_state: Vec<f32>,
-    pub g_opt_step: u64,
-    pub d_params: Vec<f32>,
-    pub d_opt_state: Vec<f32>,
-    pub d_opt_step: u64,
-    pub rng: [u8; 32],
-    pub step: u64,
-    pub epoch: u32,
-    pub batch_in_epoch: u32,
-    pub last_g_loss: f32,
-    pub source: DataSource,
-}
-
-impl From<CheckpointV1> for Checkpoint {
-    fn from(c: CheckpointV1) -> Self {
-        Checkpoint {
-            config: c.config,
-            data: c.data,
-            g_params: c.g_params,
-            g_opt_state: c.g_opt_state,
-            g_opt_step: c.g_opt_step,
-            d_params: c.d_params,
-            d_opt_state: c.d_opt_state,
-            d_opt_step: c.d_opt_step,
-            rng: c.rng,
-            step: c.step,
-            epoch: c.epoch,
-            batch_in_epoch: c.batch_in_epoch,
-            last_g_loss: c.last_g_loss,
-            source: c.source,
-            log_window: Default::default(),
-        }
-    }
-}
-
-/// Writes a checkpoint atomically.
-pub fn save_checkpoint(path: &Path, ck: &Checkpoint) -> Result<()> {
-    write_atomic(path, &encode_checkpoint(ck)?)
-}
-
-/// Reads a checkpoint.
-pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    decode_checkpoint(&bytes).with_context(|| format!("loading {}", path.display()))
-}
-
 /// The generator of a checkpoint as an f32 weights file (the firmware format).
 pub fn export_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
     export_bytes_as(ck, Encoding::F32)
@@ -231,7 +128,7 @@ pub fn export_bytes_as(ck: &Checkpoint, encoding: Encoding) -> Result<Vec<u8>> {
     let def = cfg.generator(ck.data)?;
     let spec = def.spec();
     ensure!(
-        ck.g_params.len() == spec.param_len(),
+        ck.g.params.len() == spec.param_len(),
         "checkpoint generator has the wrong size"
     );
     let classes = if cfg.conditional { ck.data.classes } else { 0 };
@@ -241,7 +138,7 @@ pub fn export_bytes_as(ck: &Checkpoint, encoding: Encoding) -> Result<Vec<u8>> {
         classes,
         noise: cfg.noise.into(),
     };
-    encode_weights(&spec, &meta, &ck.g_params, encoding)
+    encode_weights(&spec, &meta, &ck.g.params, encoding)
 }
 
 /// What a weights file says about its network besides the layers.
@@ -404,7 +301,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, exec: &dyn Exec) -> Result<Ou
         bail!("a conditional GAN needs labels, and this data set has none");
     }
     let mut gan = Gan::new(cfg, shape)?;
-    gan.source = DataSource {
+    gan.state.source = DataSource {
         // Absolute, so a resume from another working directory finds the same files.
         dir: opts.data_dir.as_ref().map(|d| {
             fs::canonicalize(d)
@@ -416,7 +313,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, exec: &dyn Exec) -> Result<Ou
         images: data.n,
     };
     fs::create_dir_all(run.root()).with_context(|| format!("creating {}", run.root().display()))?;
-    write_atomic(&run.config(), toml::to_string_pretty(&gan.cfg)?.as_bytes())?;
+    write_atomic(&run.config(), toml::to_string_pretty(gan.cfg())?.as_bytes())?;
     // Start the CSV afresh (a leftover from an aborted run without checkpoint is stale).
     let _ = fs::remove_file(run.csv());
     run_loop(gan, data, &run, opts, exec)
@@ -438,7 +335,7 @@ pub fn resume_with(
     exec: &dyn Exec,
 ) -> Result<Outcome> {
     let run = RunDir::new(&opts.run_dir);
-    let mut ck = load_checkpoint(&run.checkpoint())?;
+    let mut ck = checkpoint::load(&run.checkpoint())?;
     let changed = epochs.is_some_and(|e| e != ck.config.epochs)
         || max_steps.is_some_and(|m| m != ck.config.max_steps);
     if let Some(e) = epochs {
@@ -484,15 +381,16 @@ pub fn resume_with(
 
 /// The fixed noise batch for grids: `grid` rows of G input, classes cycling 0..classes.
 pub fn fixed_noise(gan: &Gan) -> Vec<f32> {
+    let cfg = gan.cfg();
     let gin = gan.g.def.input.len();
-    let mut z = vec![0.0; gan.cfg.grid * gin];
-    let mut rng = noise::rng(gan.cfg.seed ^ GRID_SEED_SALT);
+    let mut z = vec![0.0; cfg.grid * gin];
+    let mut rng = noise::rng(cfg.seed ^ GRID_SEED_SALT);
     let classes = gan.classes().max(1);
     for (i, row) in z.chunks_exact_mut(gin).enumerate() {
         noise::generator_input(
-            gan.cfg.noise.into(),
+            cfg.noise.into(),
             &mut rng,
-            gan.cfg.latent as usize,
+            cfg.latent as usize,
             i % classes,
             row,
         );
@@ -516,13 +414,13 @@ fn grid_cols(n: usize) -> usize {
 
 fn save_epoch_grid(gan: &Gan, run: &RunDir, z: &[f32], epoch: u32) -> Result<()> {
     // Inference mode (running BatchNorm statistics, no dropout): what an export will draw.
-    let n = gan.cfg.grid;
+    let n = gan.cfg().grid;
     let spec = gan.g.def.spec();
     let mut out = vec![0.0; n * spec.output().len()];
     let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
-    gan_core::model::infer(&spec, &gan.g.params, z, &mut out, &mut scratch, n)?;
-    let px = to_pixels(&out, gan.cfg.g_out);
-    let (h, w) = (gan.data.h as usize, gan.data.w as usize);
+    gan_core::model::infer(&spec, &gan.state.g.params, z, &mut out, &mut scratch, n)?;
+    let px = to_pixels(&out, gan.cfg().g_out);
+    let (h, w) = (gan.state.data.h as usize, gan.state.data.w as usize);
     fs::create_dir_all(run.samples())?;
     report::save_grid_png(&run.grid(epoch), &px, n, h, w, grid_cols(n), 2)
 }
@@ -565,12 +463,13 @@ pub fn read_gray_png(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
     Ok((buf, info.width as usize, info.height as usize))
 }
 
-/// The loss-log row for the steps collected in `gan.log_window`, which starts over.
+/// The loss-log row for the steps collected in the log window, which starts over.
 fn take_row(gan: &mut Gan) -> Option<LossRow> {
-    let [d_loss, g_loss, d_real, d_fake, d_acc_real, d_acc_fake] = gan.log_window.take()?;
+    let st = &mut gan.state;
+    let [d_loss, g_loss, d_real, d_fake, d_acc_real, d_acc_fake] = st.log_window.take()?;
     Some(LossRow {
-        step: gan.step,
-        epoch: gan.epoch,
+        step: st.pos.step,
+        epoch: st.pos.epoch,
         d_loss,
         g_loss,
         d_real,
@@ -587,34 +486,34 @@ fn run_loop(
     opts: &RunOptions,
     exec: &dyn Exec,
 ) -> Result<Outcome> {
-    let scale = match gan.cfg.g_out {
+    let scale = match gan.cfg().g_out {
         OutAct::Tanh => Scale::Tanh,
         OutAct::Sigmoid => Scale::Sigmoid,
     };
-    let batch = gan.cfg.batch;
-    let batcher = Batcher::new(data, batch, gan.cfg.seed, scale)?;
+    let batch = gan.cfg().batch;
+    let batcher = Batcher::new(data, batch, gan.cfg().seed, scale)?;
     let per_epoch = batcher.batches_per_epoch();
     let px = batcher.dataset().pixels_per_image();
-    let mut log = LossLog::resume_csv(&run.csv(), gan.step)?;
+    let mut log = LossLog::resume_csv(&run.csv(), gan.state.pos.step)?;
     let z_fixed = fixed_noise(&gan);
     let mut real = vec![0.0f32; batch * px];
     let mut labels = vec![0u8; batch];
     let started = Instant::now();
-    let start_step = gan.step;
-    let max_steps = gan.cfg.max_steps;
-    let epochs = gan.cfg.epochs;
-    let log_every = gan.cfg.log_every.max(1) as u64;
+    let start_step = gan.state.pos.step;
+    let max_steps = gan.cfg().max_steps;
+    let epochs = gan.cfg().epochs;
+    let log_every = gan.cfg().log_every.max(1) as u64;
 
-    'epochs: while gan.epoch < epochs {
-        let perm = batcher.permutation(gan.epoch);
-        let bar = progress_bar(opts.progress, per_epoch as u64, gan.epoch, epochs);
-        bar.set_position(gan.batch_in_epoch as u64);
-        while (gan.batch_in_epoch as usize) < per_epoch {
-            if max_steps > 0 && gan.step >= max_steps {
+    'epochs: while gan.state.pos.epoch < epochs {
+        let perm = batcher.permutation(gan.state.pos.epoch);
+        let bar = progress_bar(opts.progress, per_epoch as u64, gan.state.pos.epoch, epochs);
+        bar.set_position(gan.state.pos.batch_in_epoch as u64);
+        while (gan.state.pos.batch_in_epoch as usize) < per_epoch {
+            if max_steps > 0 && gan.state.pos.step >= max_steps {
                 bar.finish_and_clear();
                 break 'epochs;
             }
-            let b = gan.batch_in_epoch as usize;
+            let b = gan.state.pos.batch_in_epoch as usize;
             batcher.fill_batch(&perm, b * batch, &mut real, &mut labels);
             let stats = gan.train_step(&real, &labels, exec).map_err(|e| {
                 bar.abandon();
@@ -628,9 +527,7 @@ fn run_loop(
                 };
                 e.context(format!("stopped; {kept} (try a lower learning rate)"))
             })?;
-            gan.batch_in_epoch += 1;
-            gan.log_window.add(&stats);
-            if gan.step.is_multiple_of(log_every)
+            if gan.state.pos.step.is_multiple_of(log_every)
                 && let Some(row) = take_row(&mut gan)
             {
                 log.push(row);
@@ -643,27 +540,28 @@ fn run_loop(
             if opts.stop.load(Ordering::Relaxed) {
                 bar.abandon_with_message("interrupted");
                 log.append_csv(&run.csv())?;
-                save_checkpoint(&run.checkpoint(), &gan.checkpoint())?;
-                return Ok(Outcome::Interrupted { steps: gan.step });
+                checkpoint::save(&run.checkpoint(), &gan.state)?;
+                return Ok(Outcome::Interrupted {
+                    steps: gan.state.pos.step,
+                });
             }
         }
         bar.finish_and_clear();
-        gan.epoch += 1;
-        gan.batch_in_epoch = 0;
+        gan.end_epoch();
         log.append_csv(&run.csv())?;
         if opts.reports {
-            save_epoch_grid(&gan, run, &z_fixed, gan.epoch)?;
+            save_epoch_grid(&gan, run, &z_fixed, gan.state.pos.epoch)?;
             if !log.rows().is_empty() {
                 report::plot_losses(&run.plot(), log.rows(), "GAN training")?;
             }
         }
-        save_checkpoint(&run.checkpoint(), &gan.checkpoint())?;
+        checkpoint::save(&run.checkpoint(), &gan.state)?;
         if opts.progress
             && let Some(r) = log.rows().last()
         {
             eprintln!(
                 "epoch {:>3}/{epochs}  D {:.3}  G {:.3}  D(x) {:.2}  D(G(z)) {:.2}  acc real {:.0}% fake {:.0}%",
-                gan.epoch,
+                gan.state.pos.epoch,
                 r.d_loss,
                 r.g_loss,
                 r.d_real,
@@ -677,18 +575,18 @@ fn run_loop(
         log.push(row);
     }
     log.append_csv(&run.csv())?;
-    save_checkpoint(&run.checkpoint(), &gan.checkpoint())?;
+    checkpoint::save(&run.checkpoint(), &gan.state)?;
     if opts.reports {
         if !log.rows().is_empty() {
             report::plot_losses(&run.plot(), log.rows(), "GAN training")?;
         }
-        save_progress_gif(run, gan.epoch)?;
+        save_progress_gif(run, gan.state.pos.epoch)?;
     }
-    write_atomic(&run.generator(), &export_bytes(&gan.checkpoint())?)?;
+    write_atomic(&run.generator(), &export_bytes(&gan.state)?)?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     Ok(Outcome::Finished {
-        steps: gan.step,
-        images_per_sec: (gan.step - start_step) as f64 * batch as f64 / secs,
+        steps: gan.state.pos.step,
+        images_per_sec: (gan.state.pos.step - start_step) as f64 * batch as f64 / secs,
     })
 }
 

@@ -10,8 +10,10 @@
 //! - Loss: numerically stable BCE on D's logits ([`loss::bce_logits`]), non-saturating for G.
 //! - Optimizer: Adam for both networks.
 //!
-//! Everything runs on [`Serial`] (the networks are far too small for threads to pay off), so a
-//! seed fixes every bit of a run.
+//! The steps are the image trainer's ([`Gan::train_step`], with these two networks and a
+//! "data set" of points drawn fresh for every batch); only the data and the evaluation are the
+//! toy's own. Everything runs on [`Serial`] (the networks are far too small for threads to pay
+//! off), so a seed fixes every bit of a run.
 //!
 //! Progress is measured on a fixed evaluation set (real points and noise vectors drawn once from
 //! the seed): the losses and D's accuracies on it, and the quality number
@@ -23,16 +25,16 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use gan_core::init::{self, Init};
+use gan_core::init::Init;
 use gan_core::kernels::Serial;
 use gan_core::loss;
 use gan_core::model;
 use gan_core::noise::{self, NoiseRng};
-use gan_core::optim::{AdamConfig, Optimizer};
 use gan_core::spec::{Layer, Shape, Spec};
 
-use crate::config::{NetDef, Noise};
+use crate::config::{Arch, DataShape, LossKind, NetDef, Noise, OptKind, TrainConfig};
 use crate::report;
+use crate::trainer::Gan;
 
 /// Half-width of the real `x` range: `x ∈ [-X_RANGE, X_RANGE)`.
 pub const X_RANGE: f32 = 0.5;
@@ -141,15 +143,6 @@ impl ToyConfig {
             ],
         )
     }
-
-    fn adam(&self, lr: f32) -> Optimizer {
-        Optimizer::Adam(AdamConfig {
-            lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            ..AdamConfig::default()
-        })
-    }
 }
 
 fn net(inputs: u32, layers: Vec<Layer>) -> Result<NetDef> {
@@ -229,43 +222,7 @@ fn quality(points: &[f32]) -> (f32, f32) {
     )
 }
 
-/// Parameters, optimizer state and gradients of one network.
-struct Net {
-    params: Vec<f32>,
-    grads: Vec<f32>,
-    opt: Optimizer,
-    opt_state: Vec<f32>,
-    opt_step: u64,
-}
-
-impl Net {
-    fn new(def: &NetDef, opt: Optimizer, rng: &mut NoiseRng) -> Result<Net> {
-        let spec = def.spec();
-        let mut params = vec![0.0; spec.param_len()];
-        init::init_params(&spec, &mut params, Init::HeNormal, rng)?;
-        let n = params.len();
-        Ok(Net {
-            grads: vec![0.0; n],
-            opt_state: vec![0.0; opt.state_len(n)],
-            params,
-            opt,
-            opt_step: 0,
-        })
-    }
-
-    fn step(&mut self) -> Result<()> {
-        self.opt_step += 1;
-        self.opt.step(
-            &mut self.params,
-            &self.grads,
-            &mut self.opt_state,
-            self.opt_step,
-        )?;
-        Ok(())
-    }
-}
-
-/// Activation buffers for one batch size.
+/// Activation buffers for the evaluation set.
 struct Bufs {
     n: usize,
     /// Generator activations (input: N × latent).
@@ -274,13 +231,9 @@ struct Bufs {
     d_real: Vec<f32>,
     /// Discriminator activations on generated points.
     d_fake: Vec<f32>,
-    /// Loss gradients (N).
+    /// Loss gradients (N; the losses are computed, their gradients unused).
     grad_real: Vec<f32>,
     grad_fake: Vec<f32>,
-    /// Gradient w.r.t. D's input, i.e. the generated points (N × 2).
-    d_dx: Vec<f32>,
-    g_scratch: Vec<f32>,
-    d_scratch: Vec<f32>,
 }
 
 impl Bufs {
@@ -292,22 +245,17 @@ impl Bufs {
             d_fake: vec![0.0; d.act_len(n)],
             grad_real: vec![0.0; n],
             grad_fake: vec![0.0; n],
-            d_dx: vec![0.0; n * 2],
-            g_scratch: vec![0.0; g.backward_scratch_len(n)],
-            d_scratch: vec![0.0; d.backward_scratch_len(n)],
         }
     }
 }
 
 /// The toy GAN's state during training.
 struct Toy {
-    cfg: ToyConfig,
-    g_def: NetDef,
-    d_def: NetDef,
-    g: Net,
-    d: Net,
-    rng: NoiseRng,
-    train: Bufs,
+    /// The trainer, with the toy's networks.
+    gan: Gan,
+    /// Real points of one batch (N × 2) and their (unused) labels.
+    real: Vec<f32>,
+    labels: Vec<u8>,
     eval: Bufs,
     /// Fixed evaluation real points (N_eval × 2) and noise (N_eval × latent).
     eval_real: Vec<f32>,
@@ -317,113 +265,71 @@ struct Toy {
 impl Toy {
     fn new(cfg: &ToyConfig) -> Result<Toy> {
         cfg.validate()?;
-        let mut rng = noise::rng(cfg.seed);
-        let g_def = cfg.generator()?;
-        let d_def = cfg.discriminator()?;
-        let g = Net::new(&g_def, cfg.adam(cfg.g_lr), &mut rng)?;
-        let d = Net::new(&d_def, cfg.adam(cfg.d_lr), &mut rng)?;
+        let train = TrainConfig {
+            arch: Arch::Custom,
+            latent: cfg.latent,
+            g_hidden: vec![cfg.g_hidden],
+            d_hidden: vec![cfg.d_hidden],
+            noise: cfg.noise,
+            loss: LossKind::Bce,
+            label_smoothing: 0.0,
+            n_critic: 1,
+            g_opt: OptKind::Adam,
+            d_opt: OptKind::Adam,
+            g_lr: cfg.g_lr,
+            d_lr: cfg.d_lr,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            init: Init::HeNormal,
+            batch: cfg.batch,
+            seed: cfg.seed,
+            ..TrainConfig::default()
+        };
+        // A "picture" of one row of two values, no classes.
+        let data = DataShape {
+            h: 1,
+            w: 2,
+            classes: 1,
+        };
+        let gan = Gan::with_nets(train, data, cfg.generator()?, cfg.discriminator()?)?;
         // The evaluation set has its own stream, so changing it never changes training.
         let mut eval_rng = noise::rng(cfg.seed ^ 0x9E37_79B9_7F4A_7C15);
         let mut eval_real = vec![0.0; cfg.eval_points * 2];
         real_points(&mut eval_rng, &mut eval_real);
         let mut eval_z = vec![0.0; cfg.eval_points * cfg.latent as usize];
         noise::fill(cfg.noise.into(), &mut eval_rng, &mut eval_z);
-        let (gs, ds) = (g_def.spec(), d_def.spec());
-        let train = Bufs::new(&gs, &ds, cfg.batch);
-        let eval = Bufs::new(&gs, &ds, cfg.eval_points);
+        let eval = Bufs::new(&gan.g.def.spec(), &gan.d.def.spec(), cfg.eval_points);
         Ok(Toy {
-            cfg: cfg.clone(),
-            g_def,
-            d_def,
-            g,
-            d,
-            rng,
-            train,
+            gan,
+            real: vec![0.0; cfg.batch * 2],
+            labels: vec![0; cfg.batch],
             eval,
             eval_real,
             eval_z,
         })
     }
 
-    /// One D update on a fresh real batch and fresh noise, then one G update on fresh noise.
+    /// One trainer step (a D update, then a G update) on a fresh batch of real points, drawn
+    /// from the run's noise generator ahead of the step's own noise.
     fn step(&mut self) -> Result<()> {
-        let gs = self.g_def.spec();
-        let ds = self.d_def.spec();
-        let b = &mut self.train;
-        let n = b.n;
-        let kind = self.cfg.noise.into();
-
-        // D step.
-        real_points(&mut self.rng, model::input_mut(&ds, &mut b.d_real, n));
-        noise::fill(kind, &mut self.rng, model::input_mut(&gs, &mut b.g_acts, n));
-        model::forward(&gs, &self.g.params, &mut b.g_acts, n, &Serial)?;
-        model::input_mut(&ds, &mut b.d_fake, n).copy_from_slice(model::output(&gs, &b.g_acts, n));
-        model::forward(&ds, &self.d.params, &mut b.d_real, n, &Serial)?;
-        model::forward(&ds, &self.d.params, &mut b.d_fake, n, &Serial)?;
-        loss::bce_logits(&mut b.grad_real, model::output(&ds, &b.d_real, n), 1.0)?;
-        loss::bce_logits(&mut b.grad_fake, model::output(&ds, &b.d_fake, n), 0.0)?;
-        self.d.grads.fill(0.0);
-        for (acts, grad) in [(&b.d_real, &b.grad_real), (&b.d_fake, &b.grad_fake)] {
-            model::backward(
-                &ds,
-                &self.d.params,
-                acts,
-                grad,
-                Some(&mut self.d.grads),
-                None,
-                &mut b.d_scratch,
-                n,
-                &Serial,
-            )?;
-        }
-        self.d.step()?;
-
-        // G step: fresh noise, scored by the updated D.
-        noise::fill(kind, &mut self.rng, model::input_mut(&gs, &mut b.g_acts, n));
-        model::forward(&gs, &self.g.params, &mut b.g_acts, n, &Serial)?;
-        model::input_mut(&ds, &mut b.d_fake, n).copy_from_slice(model::output(&gs, &b.g_acts, n));
-        model::forward(&ds, &self.d.params, &mut b.d_fake, n, &Serial)?;
-        loss::ns_generator_logits(&mut b.grad_fake, model::output(&ds, &b.d_fake, n))?;
-        model::backward(
-            &ds,
-            &self.d.params,
-            &b.d_fake,
-            &b.grad_fake,
-            None,
-            Some(&mut b.d_dx),
-            &mut b.d_scratch,
-            n,
-            &Serial,
-        )?;
-        self.g.grads.fill(0.0);
-        model::backward(
-            &gs,
-            &self.g.params,
-            &b.g_acts,
-            &b.d_dx,
-            Some(&mut self.g.grads),
-            None,
-            &mut b.g_scratch,
-            n,
-            &Serial,
-        )?;
-        self.g.step()?;
+        real_points(&mut self.gan.state.rng, &mut self.real);
+        self.gan.train_step(&self.real, &self.labels, &Serial)?;
         Ok(())
     }
 
     /// Losses, accuracies and quality on the fixed evaluation set; changes no parameters.
     fn evaluate(&mut self, step: u64) -> Result<ToyReport> {
-        let gs = self.g_def.spec();
-        let ds = self.d_def.spec();
+        let (gs, ds) = (self.gan.g.def.spec(), self.gan.d.def.spec());
+        let (gp, dp) = (&self.gan.state.g.params, &self.gan.state.d.params);
         let b = &mut self.eval;
         let n = b.n;
         model::input_mut(&gs, &mut b.g_acts, n).copy_from_slice(&self.eval_z);
-        model::forward(&gs, &self.g.params, &mut b.g_acts, n, &Serial)?;
+        model::forward(&gs, gp, &mut b.g_acts, n, &Serial)?;
         let fake = model::output(&gs, &b.g_acts, n);
         model::input_mut(&ds, &mut b.d_fake, n).copy_from_slice(fake);
         model::input_mut(&ds, &mut b.d_real, n).copy_from_slice(&self.eval_real);
-        model::forward(&ds, &self.d.params, &mut b.d_real, n, &Serial)?;
-        model::forward(&ds, &self.d.params, &mut b.d_fake, n, &Serial)?;
+        model::forward(&ds, dp, &mut b.d_real, n, &Serial)?;
+        model::forward(&ds, dp, &mut b.d_fake, n, &Serial)?;
         let sr = model::output(&ds, &b.d_real, n);
         let sf = model::output(&ds, &b.d_fake, n);
         let d_loss = loss::bce_logits(&mut b.grad_real, sr, 1.0)?
@@ -464,8 +370,8 @@ pub fn train_toy(cfg: &ToyConfig, mut on_report: impl FnMut(&ToyReport)) -> Resu
         initial,
         last,
         real: pairs(&toy.eval_real),
-        g_params: toy.g.params,
-        d_params: toy.d.params,
+        g_params: toy.gan.state.g.params,
+        d_params: toy.gan.state.d.params,
     })
 }
 

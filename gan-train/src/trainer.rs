@@ -9,17 +9,19 @@
 //!    (plus feature matching when enabled), and update G.
 //!
 //! All state that influences the future — parameters, optimizer moments and step counts, the
-//! noise generator, the position in the epoch — is in [`Checkpoint`], so a resumed run continues
-//! with exactly the bits an uninterrupted run would have had.
+//! noise generator, the position in the epoch, the partial log window — is in one
+//! [`TrainState`] that the trainer owns and [`crate::checkpoint`] encodes, so a resumed run
+//! continues with exactly the bits an uninterrupted run would have had. The toy GAN
+//! ([`crate::toy`]) trains with the same [`Gan`], on its own two small networks.
 
 use anyhow::{Result, bail};
 use gan_core::gp;
+use gan_core::init::Init;
 use gan_core::kernels::Exec;
 use gan_core::loss;
 use gan_core::model::{self, ForwardCtx};
 use gan_core::noise::{self, NoiseRng};
 use gan_core::optim::{self, Optimizer};
-use gan_core::spec::Spec;
 use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -44,64 +46,83 @@ impl Exec for Pool {
     }
 }
 
-/// One network with its optimizer state.
-#[derive(Clone, Debug)]
-pub struct NetState {
-    /// Architecture.
-    pub def: NetDef,
+/// One network's trained state: its parameters and its optimizer's state. Part of
+/// [`TrainState`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetParams {
     /// Parameters (flat, gan-core layout).
     pub params: Vec<f32>,
-    /// Optimizer.
-    pub opt: Optimizer,
-    /// Optimizer state (Adam m then v).
+    /// Optimizer state (Adam: m then v).
     pub opt_state: Vec<f32>,
     /// Optimizer steps taken.
     pub opt_step: u64,
+}
+
+/// A network being trained: its architecture, its optimizer and its gradient buffer. The
+/// values it trains are a [`NetParams`] in the [`TrainState`].
+#[derive(Clone, Debug)]
+pub struct Net {
+    /// Architecture.
+    pub def: NetDef,
+    /// Optimizer.
+    pub opt: Optimizer,
     grads: Vec<f32>,
 }
 
-impl NetState {
-    fn new(def: NetDef, opt: Optimizer, cfg: &TrainConfig, rng: &mut NoiseRng) -> Result<Self> {
+impl Net {
+    /// The network `def` trained with `opt`, and its freshly initialised parameters (drawn
+    /// from `rng` with `init`).
+    pub fn new(
+        def: NetDef,
+        opt: Optimizer,
+        init: Init,
+        rng: &mut NoiseRng,
+    ) -> Result<(Net, NetParams)> {
         let spec = def.spec();
         let mut params = vec![0.0; spec.param_len()];
-        gan_core::init::init_params(&spec, &mut params, cfg.init, rng)?;
+        gan_core::init::init_params(&spec, &mut params, init, rng)?;
         let n = params.len();
-        Ok(NetState {
+        let state = NetParams {
             opt_state: vec![0.0; opt.state_len(n)],
-            grads: vec![0.0; n],
-            def,
             params,
-            opt,
             opt_step: 0,
-        })
+        };
+        Ok((
+            Net {
+                grads: vec![0.0; n],
+                def,
+                opt,
+            },
+            state,
+        ))
     }
 
-    /// One optimizer step, spread over the thread pool in chunks (the update is element-wise,
-    /// so the bits do not depend on the split).
-    fn step(&mut self) -> Result<()> {
-        use rayon::prelude::*;
-        const CHUNK: usize = 1 << 15;
-        self.opt_step += 1;
-        let (step, n) = (self.opt_step, self.params.len());
-        match self.opt {
-            Optimizer::Adam(cfg) => {
-                let (m, v) = self.opt_state.split_at_mut(n);
-                self.params
-                    .par_chunks_mut(CHUNK)
-                    .zip(self.grads.par_chunks(CHUNK))
-                    .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-                    .try_for_each(|((p, g), (m, v))| optim::adam_step(p, g, m, v, step, &cfg))?;
+    /// Checks that `p` has the sizes this network and optimizer need (`what` names it in the
+    /// error).
+    pub fn check(&self, p: &NetParams, what: &str) -> Result<()> {
+        let n = self.grads.len();
+        for (part, got, want) in [
+            ("parameters", p.params.len(), n),
+            ("optimizer state", p.opt_state.len(), self.opt.state_len(n)),
+        ] {
+            if got != want {
+                bail!("checkpoint {what} {part} has {got} values, the configuration needs {want}");
             }
-            Optimizer::Sgd(cfg) if self.opt_state.len() == n => self
-                .params
-                .par_chunks_mut(CHUNK)
-                .zip(self.grads.par_chunks(CHUNK))
-                .zip(self.opt_state.par_chunks_mut(CHUNK))
-                .try_for_each(|((p, g), b)| optim::sgd_step(p, g, b, &cfg))?,
-            _ => self
-                .opt
-                .step(&mut self.params, &self.grads, &mut self.opt_state, step)?,
         }
+        Ok(())
+    }
+
+    /// One optimizer step on `p` with the gradients in the buffer, split over `exec` (the
+    /// update is element-wise, so the bits do not depend on the split).
+    fn step(&self, p: &mut NetParams, exec: &dyn Exec) -> Result<()> {
+        p.opt_step += 1;
+        self.opt.step_with(
+            &mut p.params,
+            &self.grads,
+            &mut p.opt_state,
+            p.opt_step,
+            exec,
+        )?;
         Ok(())
     }
 }
@@ -169,39 +190,57 @@ pub struct DataSource {
     pub images: usize,
 }
 
-/// Everything needed to continue training exactly.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// The run's configuration.
-    pub config: TrainConfig,
-    /// The data geometry.
-    pub data: DataShape,
-    /// Generator parameters.
-    pub g_params: Vec<f32>,
-    /// Generator optimizer state.
-    pub g_opt_state: Vec<f32>,
-    /// Generator optimizer steps.
-    pub g_opt_step: u64,
-    /// Discriminator parameters.
-    pub d_params: Vec<f32>,
-    /// Discriminator optimizer state.
-    pub d_opt_state: Vec<f32>,
-    /// Discriminator optimizer steps.
-    pub d_opt_step: u64,
-    /// Noise generator state.
-    pub rng: [u8; 32],
+/// Where a run is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
     /// Discriminator steps done (batches consumed).
     pub step: u64,
     /// Current epoch (0-based).
     pub epoch: u32,
     /// Batches of the current epoch already consumed.
     pub batch_in_epoch: u32,
+}
+
+/// Everything needed to continue training exactly: the trainer owns it, and a checkpoint is
+/// this value encoded ([`crate::checkpoint`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The run's configuration (resolved).
+    pub config: TrainConfig,
+    /// The data geometry.
+    pub data: DataShape,
+    /// The generator's parameters and optimizer state.
+    pub g: NetParams,
+    /// The discriminator's.
+    pub d: NetParams,
+    /// Noise for z, class labels and interpolation.
+    #[serde(with = "rng_bytes")]
+    pub rng: NoiseRng,
+    /// Position in the run.
+    pub pos: Position,
     /// Last generator loss (so logs continue smoothly).
     pub last_g_loss: f32,
     /// The training data.
     pub source: DataSource,
     /// Statistics of the steps not yet written to the loss log.
     pub log_window: LogWindow,
+}
+
+/// What a checkpoint holds.
+pub type Checkpoint = TrainState;
+
+/// The noise generator serialised as its 32 state bytes.
+mod rng_bytes {
+    use gan_core::noise::{self, NoiseRng};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &NoiseRng, s: S) -> Result<S::Ok, S::Error> {
+        noise::rng_state(r).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NoiseRng, D::Error> {
+        <[u8; 32]>::deserialize(d).map(noise::rng_from_state)
+    }
 }
 
 /// Work buffers for one batch size.
@@ -226,35 +265,17 @@ struct Work {
     eps: Vec<f32>,
 }
 
-/// A GAN being trained.
+/// A GAN being trained: its [`TrainState`], the two networks' architectures and optimizers,
+/// and the work buffers of a step.
 #[derive(Debug)]
 pub struct Gan {
-    /// Resolved configuration.
-    pub cfg: TrainConfig,
-    /// Data geometry.
-    pub data: DataShape,
+    /// Everything that a checkpoint keeps.
+    pub state: TrainState,
     /// Generator.
-    pub g: NetState,
+    pub g: Net,
     /// Discriminator.
-    pub d: NetState,
-    /// Noise for z, class labels and interpolation.
-    pub rng: NoiseRng,
-    /// Discriminator steps done.
-    pub step: u64,
-    /// Current epoch (0-based).
-    pub epoch: u32,
-    /// Batches of the current epoch consumed.
-    pub batch_in_epoch: u32,
-    /// The training data (recorded in checkpoints).
-    pub source: DataSource,
-    /// Statistics of the steps not yet written to the loss log (recorded in checkpoints).
-    pub log_window: LogWindow,
-    last_g_loss: f32,
+    pub d: Net,
     work: Work,
-}
-
-fn spec_of(def: &NetDef) -> Spec<'_> {
-    def.spec()
 }
 
 impl Gan {
@@ -262,31 +283,31 @@ impl Gan {
     pub fn new(cfg: &TrainConfig, data: DataShape) -> Result<Self> {
         cfg.validate()?;
         let cfg = cfg.resolved();
+        let (g, d) = (cfg.generator(data)?, cfg.discriminator(data)?);
+        Gan::with_nets(cfg, data, g, d)
+    }
+
+    /// A fresh GAN with the given networks (the configuration supplies the objective, the
+    /// optimizers and the seed): the generator maps `latent + classes` inputs to the data's
+    /// pixels, the discriminator pixels (plus the class one-hot) to one score.
+    pub fn with_nets(cfg: TrainConfig, data: DataShape, g: NetDef, d: NetDef) -> Result<Self> {
         let mut rng = noise::rng(cfg.seed);
-        let g = NetState::new(
-            cfg.generator(data)?,
-            cfg.optimizer(cfg.g_opt, cfg.g_lr),
-            &cfg,
-            &mut rng,
-        )?;
-        let d = NetState::new(
-            cfg.discriminator(data)?,
-            cfg.optimizer(cfg.d_opt, cfg.d_lr),
-            &cfg,
-            &mut rng,
-        )?;
+        let (g, gp) = Net::new(g, cfg.optimizer(cfg.g_opt, cfg.g_lr), cfg.init, &mut rng)?;
+        let (d, dp) = Net::new(d, cfg.optimizer(cfg.d_opt, cfg.d_lr), cfg.init, &mut rng)?;
         Ok(Gan {
-            cfg,
-            data,
+            state: TrainState {
+                config: cfg,
+                data,
+                g: gp,
+                d: dp,
+                rng,
+                pos: Position::default(),
+                last_g_loss: 0.0,
+                source: DataSource::default(),
+                log_window: LogWindow::default(),
+            },
             g,
             d,
-            rng,
-            step: 0,
-            epoch: 0,
-            batch_in_epoch: 0,
-            source: DataSource::default(),
-            log_window: LogWindow::default(),
-            last_g_loss: 0.0,
             work: Work::default(),
         })
     }
@@ -294,73 +315,32 @@ impl Gan {
     /// Restores a GAN from a checkpoint, checking every buffer length.
     pub fn from_checkpoint(ck: Checkpoint) -> Result<Self> {
         let mut gan = Gan::new(&ck.config, ck.data)?;
-        let check = |what: &str, got: usize, want: usize| -> Result<()> {
-            if got != want {
-                bail!("checkpoint {what} has {got} values, the configuration needs {want}");
-            }
-            Ok(())
-        };
-        check(
-            "generator parameters",
-            ck.g_params.len(),
-            gan.g.params.len(),
-        )?;
-        check(
-            "generator optimizer state",
-            ck.g_opt_state.len(),
-            gan.g.opt_state.len(),
-        )?;
-        check(
-            "discriminator parameters",
-            ck.d_params.len(),
-            gan.d.params.len(),
-        )?;
-        check(
-            "discriminator optimizer state",
-            ck.d_opt_state.len(),
-            gan.d.opt_state.len(),
-        )?;
-        gan.g.params = ck.g_params;
-        gan.g.opt_state = ck.g_opt_state;
-        gan.g.opt_step = ck.g_opt_step;
-        gan.d.params = ck.d_params;
-        gan.d.opt_state = ck.d_opt_state;
-        gan.d.opt_step = ck.d_opt_step;
-        gan.rng = noise::rng_from_state(ck.rng);
-        gan.step = ck.step;
-        gan.epoch = ck.epoch;
-        gan.batch_in_epoch = ck.batch_in_epoch;
-        gan.last_g_loss = ck.last_g_loss;
-        gan.source = ck.source;
-        gan.log_window = ck.log_window;
+        gan.g.check(&ck.g, "generator")?;
+        gan.d.check(&ck.d, "discriminator")?;
+        gan.state = ck;
         Ok(gan)
     }
 
     /// Snapshot of all training state.
     pub fn checkpoint(&self) -> Checkpoint {
-        Checkpoint {
-            config: self.cfg.clone(),
-            data: self.data,
-            g_params: self.g.params.clone(),
-            g_opt_state: self.g.opt_state.clone(),
-            g_opt_step: self.g.opt_step,
-            d_params: self.d.params.clone(),
-            d_opt_state: self.d.opt_state.clone(),
-            d_opt_step: self.d.opt_step,
-            rng: noise::rng_state(&self.rng),
-            step: self.step,
-            epoch: self.epoch,
-            batch_in_epoch: self.batch_in_epoch,
-            last_g_loss: self.last_g_loss,
-            source: self.source.clone(),
-            log_window: self.log_window,
-        }
+        self.state.clone()
+    }
+
+    /// The resolved configuration.
+    pub fn cfg(&self) -> &TrainConfig {
+        &self.state.config
+    }
+
+    /// Marks the current epoch done: the next step starts the next one.
+    pub fn end_epoch(&mut self) {
+        self.state.pos.epoch += 1;
+        self.state.pos.batch_in_epoch = 0;
     }
 
     /// Classes the networks are conditioned on (0 when unconditional).
     pub fn classes(&self) -> usize {
-        if self.cfg.conditional {
-            self.data.classes as usize
+        if self.state.config.conditional {
+            self.state.data.classes as usize
         } else {
             0
         }
@@ -370,11 +350,12 @@ impl Gan {
         if self.work.n == n {
             return;
         }
-        let gs = spec_of(&self.g.def);
-        let ds = spec_of(&self.d.def);
-        let px = self.data.pixels();
-        let feat = if self.cfg.feature_matching > 0.0 {
-            ds.layer(self.cfg.feature_layer() - 1)
+        let gs = self.g.def.spec();
+        let ds = self.d.def.spec();
+        let cfg = &self.state.config;
+        let px = self.state.data.pixels();
+        let feat = if cfg.feature_matching > 0.0 {
+            ds.layer(cfg.feature_layer() - 1)
                 .map_or(0, |l| l.out_shape.len())
         } else {
             0
@@ -394,14 +375,14 @@ impl Gan {
             grad_fake: vec![0.0; n],
             feat_grad: vec![0.0; n * feat],
             real_feat: vec![0.0; n * feat],
-            gp_scratch: if self.cfg.loss == LossKind::WganGp {
+            gp_scratch: if cfg.loss == LossKind::WganGp {
                 vec![0.0; gp::gp_scratch_len(&ds, n)]
             } else {
                 vec![]
             },
             x_hat: vec![
                 0.0;
-                if self.cfg.loss == LossKind::WganGp {
+                if cfg.loss == LossKind::WganGp {
                     n * ds.input().len()
                 } else {
                     0
@@ -413,22 +394,23 @@ impl Gan {
 
     /// Runs G on `z` (N × G input) with the training kernels; returns N × pixels in `out`.
     pub fn generate_batch(&mut self, z: &[f32], n: usize, exec: &dyn Exec) -> Result<Vec<f32>> {
-        let gs = spec_of(&self.g.def);
+        let gs = self.g.def.spec();
         let mut acts = vec![0.0; gs.act_len(n)];
         model::input_mut(&gs, &mut acts, n).copy_from_slice(z);
-        model::forward(&gs, &self.g.params, &mut acts, n, exec)?;
+        model::forward(&gs, &self.state.g.params, &mut acts, n, exec)?;
         Ok(model::output(&gs, &acts, n).to_vec())
     }
 
     /// One training step on a real batch (`real`: N × pixels scaled for the output activation;
-    /// `labels`: N class labels, used by conditional models).
+    /// `labels`: N class labels, used by conditional models). Moves the position one batch on
+    /// and adds the step to the log window.
     pub fn train_step(
         &mut self,
         real: &[f32],
         labels: &[u8],
         exec: &dyn Exec,
     ) -> Result<StepStats> {
-        let px = self.data.pixels();
+        let px = self.state.data.pixels();
         if real.is_empty() || !real.len().is_multiple_of(px) {
             bail!(
                 "real batch has {} values, not a multiple of {px}",
@@ -441,23 +423,25 @@ impl Gan {
         }
         self.ensure_work(n);
         let mut stats = self.d_step(real, labels, exec)?;
-        self.step += 1;
-        if self.step.is_multiple_of(self.cfg.n_critic as u64) {
-            self.last_g_loss = self.g_step(real, labels, exec)?;
+        let st = &mut self.state;
+        st.pos.step += 1;
+        if st.pos.step.is_multiple_of(st.config.n_critic as u64) {
+            self.state.last_g_loss = self.g_step(real, labels, exec)?;
         }
-        stats.g_loss = self.last_g_loss;
+        let st = &mut self.state;
+        stats.g_loss = st.last_g_loss;
+        let step = st.pos.step;
         if !(stats.d_loss.is_finite() && stats.g_loss.is_finite()) {
-            bail!(NonFinite {
-                step: self.step,
-                what: "loss"
-            });
+            bail!(NonFinite { step, what: "loss" });
         }
-        if !optim::all_finite(&self.g.params) || !optim::all_finite(&self.d.params) {
+        if !optim::all_finite(&st.g.params) || !optim::all_finite(&st.d.params) {
             bail!(NonFinite {
-                step: self.step,
+                step,
                 what: "weights"
             });
         }
+        st.pos.batch_in_epoch += 1;
+        st.log_window.add(&stats);
         Ok(stats)
     }
 
@@ -481,36 +465,36 @@ impl Gan {
     /// forward into `work.g_acts`, updating BatchNorm running statistics. `pass` keeps dropout
     /// masks distinct between the passes of one step.
     fn run_generator(&mut self, labels: &[u8], pass: u64, exec: &dyn Exec) -> Result<()> {
-        let gs = spec_of(&self.g.def);
+        let gs = self.g.def.spec();
         let n = self.work.n;
         let gin = gs.input().len();
-        let latent = self.cfg.latent as usize;
-        let noise_kind = self.cfg.noise.into();
+        let latent = self.state.config.latent as usize;
+        let noise_kind = self.state.config.noise.into();
         let ctx = self.pass_ctx();
-        let w = &mut self.work;
+        let (w, st) = (&mut self.work, &mut self.state);
         for (row, &l) in w.z.chunks_exact_mut(gin).zip(labels) {
-            noise::generator_input(noise_kind, &mut self.rng, latent, l as usize, row);
+            noise::generator_input(noise_kind, &mut st.rng, latent, l as usize, row);
         }
         model::input_mut(&gs, &mut w.g_acts, n).copy_from_slice(&w.z);
-        model::forward_with(&gs, &self.g.params, &mut w.g_acts, n, exec, &ctx(pass))?;
-        model::update_running_stats(&gs, &mut self.g.params, &w.g_acts, n)?;
+        model::forward_with(&gs, &st.g.params, &mut w.g_acts, n, exec, &ctx(pass))?;
+        model::update_running_stats(&gs, &mut st.g.params, &w.g_acts, n)?;
         Ok(())
     }
 
     /// The dropout context of pass `pass` of the current step.
     fn pass_ctx(&self) -> impl Fn(u64) -> ForwardCtx + use<> {
-        let (seed, step) = (self.cfg.seed, self.step);
+        let (seed, step) = (self.state.config.seed, self.state.pos.step);
         move |pass| ForwardCtx::with_seed(mix(seed, step, pass))
     }
 
     fn d_step(&mut self, real: &[f32], labels: &[u8], exec: &dyn Exec) -> Result<StepStats> {
         let n = self.work.n;
-        let px = self.data.pixels();
+        let px = self.state.data.pixels();
         let classes = self.classes();
         // Fakes are drawn with the real batch's labels, so that conditional D sees matched pairs.
         self.run_generator(labels, 0, exec)?;
-        let gs = spec_of(&self.g.def);
-        let ds = spec_of(&self.d.def);
+        let gs = self.g.def.spec();
+        let ds = self.d.def.spec();
         let ctx = self.pass_ctx();
         let w = &mut self.work;
         let fake = model::output(&gs, &w.g_acts, n);
@@ -529,15 +513,15 @@ impl Gan {
             px,
             classes,
         );
-        model::forward_with(&ds, &self.d.params, &mut w.d_real, n, exec, &ctx(1))?;
-        model::forward_with(&ds, &self.d.params, &mut w.d_fake, n, exec, &ctx(2))?;
-        model::update_running_stats(&ds, &mut self.d.params, &w.d_real, n)?;
+        model::forward_with(&ds, &self.state.d.params, &mut w.d_real, n, exec, &ctx(1))?;
+        model::forward_with(&ds, &self.state.d.params, &mut w.d_fake, n, exec, &ctx(2))?;
+        model::update_running_stats(&ds, &mut self.state.d.params, &w.d_real, n)?;
         let sr = model::output(&ds, &w.d_real, n);
         let sf = model::output(&ds, &w.d_fake, n);
 
-        let real_target = 1.0 - self.cfg.label_smoothing;
+        let real_target = 1.0 - self.state.config.label_smoothing;
         let (gr, gf) = (&mut w.grad_real[..], &mut w.grad_fake[..]);
-        let mut d_loss = match self.cfg.loss {
+        let mut d_loss = match self.state.config.loss {
             LossKind::Bce => {
                 loss::bce_logits(gr, sr, real_target)? + loss::bce_logits(gf, sf, 0.0)?
             }
@@ -546,12 +530,12 @@ impl Gan {
             LossKind::WganGp => loss::wasserstein_critic(gr, gf, sr, sf)?,
             LossKind::Hinge => loss::hinge_critic(gr, gf, sr, sf)?,
         };
-        let mut stats = score_stats(self.cfg.loss, sr, sf);
+        let mut stats = score_stats(self.state.config.loss, sr, sf);
 
         self.d.grads.fill(0.0);
         model::backward(
             &ds,
-            &self.d.params,
+            &self.state.d.params,
             &w.d_real,
             gr,
             Some(&mut self.d.grads),
@@ -562,7 +546,7 @@ impl Gan {
         )?;
         model::backward(
             &ds,
-            &self.d.params,
+            &self.state.d.params,
             &w.d_fake,
             gf,
             Some(&mut self.d.grads),
@@ -571,9 +555,9 @@ impl Gan {
             n,
             exec,
         )?;
-        if self.cfg.loss == LossKind::WganGp {
+        if self.state.config.loss == LossKind::WganGp {
             for e in w.eps.iter_mut() {
-                *e = noise::unit(&mut self.rng);
+                *e = noise::unit(&mut self.state.rng);
             }
             let din = ds.input().len();
             gp::interpolate(
@@ -584,35 +568,35 @@ impl Gan {
             )?;
             let (pen, _) = gp::gradient_penalty(
                 &ds,
-                &self.d.params,
+                &self.state.d.params,
                 &mut self.d.grads,
                 &w.x_hat,
-                self.cfg.gp_lambda,
+                self.state.config.gp_lambda,
                 &mut w.gp_scratch,
                 n,
                 exec,
             )?;
             d_loss += pen;
         }
-        self.d.step()?;
+        self.d.step(&mut self.state.d, exec)?;
         stats.d_loss = d_loss;
         Ok(stats)
     }
 
     fn g_step(&mut self, real: &[f32], real_labels: &[u8], exec: &dyn Exec) -> Result<f32> {
         let n = self.work.n;
-        let px = self.data.pixels();
+        let px = self.state.data.pixels();
         let classes = self.classes();
         // Fresh noise and, for conditional models, uniformly drawn classes.
         let mut labels = vec![0u8; n];
         if classes > 0 {
             for l in labels.iter_mut() {
-                *l = (self.rng.next_u32() % classes as u32) as u8;
+                *l = (self.state.rng.next_u32() % classes as u32) as u8;
             }
         }
         self.run_generator(&labels, 3, exec)?;
-        let gs = spec_of(&self.g.def);
-        let ds = spec_of(&self.d.def);
+        let gs = self.g.def.spec();
+        let ds = self.d.def.spec();
         let ctx = self.pass_ctx();
         let w = &mut self.work;
         let fake = model::output(&gs, &w.g_acts, n);
@@ -623,10 +607,10 @@ impl Gan {
             px,
             classes,
         );
-        model::forward_with(&ds, &self.d.params, &mut w.d_fake, n, exec, &ctx(4))?;
+        model::forward_with(&ds, &self.state.d.params, &mut w.d_fake, n, exec, &ctx(4))?;
         let sf = model::output(&ds, &w.d_fake, n);
         let gf = &mut w.grad_fake[..];
-        let mut g_loss = match self.cfg.loss {
+        let mut g_loss = match self.state.config.loss {
             LossKind::Bce => loss::ns_generator_logits(gf, sf)?,
             LossKind::BceProb => loss::bce(gf, sf, 1.0)?,
             LossKind::Lsgan => loss::lsgan(gf, sf, 1.0)?,
@@ -635,7 +619,7 @@ impl Gan {
         };
         model::backward(
             &ds,
-            &self.d.params,
+            &self.state.d.params,
             &w.d_fake,
             gf,
             None,
@@ -645,9 +629,9 @@ impl Gan {
             exec,
         )?;
 
-        if self.cfg.feature_matching > 0.0 {
+        if self.state.config.feature_matching > 0.0 {
             // Features of the real batch under the updated D, then matched by the fakes'.
-            let upto = self.cfg.feature_layer();
+            let upto = self.state.config.feature_layer();
             Self::write_d_input(
                 model::input_mut(&ds, &mut w.d_real, n),
                 real,
@@ -655,7 +639,7 @@ impl Gan {
                 px,
                 classes,
             );
-            model::forward_with(&ds, &self.d.params, &mut w.d_real, n, exec, &ctx(5))?;
+            model::forward_with(&ds, &self.state.d.params, &mut w.d_real, n, exec, &ctx(5))?;
             let info = ds.layer(upto - 1).expect("feature layer exists");
             let f = info.out_shape.len();
             w.real_feat.copy_from_slice(&w.d_real[info.out_range(n)]);
@@ -667,11 +651,11 @@ impl Gan {
                 n,
                 f,
             )?;
-            let k = self.cfg.feature_matching;
+            let k = self.state.config.feature_matching;
             w.feat_grad.iter_mut().for_each(|g| *g *= k);
             model::backward_from(
                 &ds,
-                &self.d.params,
+                &self.state.d.params,
                 &w.d_fake,
                 upto,
                 &w.feat_grad,
@@ -696,7 +680,7 @@ impl Gan {
         self.g.grads.fill(0.0);
         model::backward(
             &gs,
-            &self.g.params,
+            &self.state.g.params,
             &w.g_acts,
             &w.g_dout,
             Some(&mut self.g.grads),
@@ -705,7 +689,7 @@ impl Gan {
             n,
             exec,
         )?;
-        self.g.step()?;
+        self.g.step(&mut self.state.g, exec)?;
         Ok(g_loss)
     }
 }

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use gan_train::checkpoint;
 use gan_train::run::{self, RunDir};
 use gan_train::sample::{self, AlignedBytes, ClassChoice};
 
@@ -170,8 +171,11 @@ fn train_resume_export_inspect_and_sample() {
     assert!(config.contains("arch = \"custom\""), "{config}");
     assert!(config.contains("latent = 8"), "{config}");
     assert!(config.contains("epochs = 1"), "{config}");
-    let ck = run::load_checkpoint(&r.checkpoint()).unwrap();
-    assert_eq!((ck.step, ck.epoch, ck.batch_in_epoch), (8, 1, 0));
+    let ck = checkpoint::load(&r.checkpoint()).unwrap();
+    assert_eq!(
+        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
+        (8, 1, 0)
+    );
     assert_eq!(read(r.generator()), run::export_bytes(&ck).unwrap());
 
     // The same run directory again is refused, and the message says how to continue it.
@@ -192,8 +196,8 @@ fn train_resume_export_inspect_and_sample() {
         ],
     );
     assert!(stderr(&o).contains("done: 16 steps"), "{}", stderr(&o));
-    let ck = run::load_checkpoint(&r.checkpoint()).unwrap();
-    assert_eq!((ck.step, ck.epoch, ck.config.epochs), (16, 2, 2));
+    let ck = checkpoint::load(&r.checkpoint()).unwrap();
+    assert_eq!((ck.pos.step, ck.pos.epoch, ck.config.epochs), (16, 2, 2));
     assert!(r.grid(2).is_file());
 
     // Two epochs in one go give the same checkpoint and weights, byte for byte.
@@ -550,12 +554,12 @@ fn interrupt_writes_a_checkpoint_that_resumes() {
         .and_then(|s| s.split(';').next())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("no step in {err}"));
-    let ck = run::load_checkpoint(&r.checkpoint()).unwrap();
-    assert_eq!(ck.step, step);
+    let ck = checkpoint::load(&r.checkpoint()).unwrap();
+    assert_eq!(ck.pos.step, step);
     assert!(!r.generator().exists(), "not exported when interrupted");
 
     // Finish the epoch it was in.
-    let target = (ck.epoch + 1).to_string();
+    let target = (ck.pos.epoch + 1).to_string();
     let o = ok(
         cwd,
         &[
@@ -563,8 +567,11 @@ fn interrupt_writes_a_checkpoint_that_resumes() {
         ],
     );
     assert!(stderr(&o).contains("done:"), "{}", stderr(&o));
-    let ck = run::load_checkpoint(&r.checkpoint()).unwrap();
-    assert_eq!((ck.epoch, ck.batch_in_epoch), (target.parse().unwrap(), 0));
+    let ck = checkpoint::load(&r.checkpoint()).unwrap();
+    assert_eq!(
+        (ck.pos.epoch, ck.pos.batch_in_epoch),
+        (target.parse().unwrap(), 0)
+    );
     assert!(r.generator().is_file());
 }
 
@@ -578,6 +585,6 @@ fn resume_keeps_the_data_the_run_started_with() {
     let o = ok(cwd, &["train", "--resume", "R", "--epochs", "2", "--quiet"]);
     let err = stderr(&o);
     assert!(err.contains("done: 16 steps"), "{err}");
-    let ck = run::load_checkpoint(&RunDir::new(cwd.join("R")).checkpoint()).unwrap();
-    assert_eq!((ck.step, ck.epoch), (16, 2));
+    let ck = checkpoint::load(&RunDir::new(cwd.join("R")).checkpoint()).unwrap();
+    assert_eq!((ck.pos.step, ck.pos.epoch), (16, 2));
 }

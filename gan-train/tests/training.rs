@@ -14,6 +14,7 @@ use anyhow::Result;
 use gan_core::format::{ModelKind, NoiseKind, WeightsFile};
 use gan_core::kernels::{Exec, Serial};
 use gan_core::{model, noise};
+use gan_train::checkpoint;
 use gan_train::config::{
     Arch, DataShape, HiddenAct, LossKind, Noise, OptKind, OutAct, TrainConfig,
 };
@@ -59,7 +60,7 @@ fn train_fresh(cfg: &TrainConfig, dir: &Path, reports: bool, exec: &dyn Exec) ->
 }
 
 fn checkpoint_of(dir: &Path) -> Checkpoint {
-    run::load_checkpoint(&RunDir::new(dir).checkpoint()).expect("checkpoint loads")
+    checkpoint::load(&RunDir::new(dir).checkpoint()).expect("checkpoint loads")
 }
 
 fn read(path: impl AsRef<Path>) -> Vec<u8> {
@@ -88,16 +89,16 @@ fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
 
 /// Field-by-field comparison of two checkpoints, down to the bits, then of their encodings.
 fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
-    assert_eq!(a.step, b.step, "step");
-    assert_eq!(a.epoch, b.epoch, "epoch");
-    assert_eq!(a.batch_in_epoch, b.batch_in_epoch, "batch_in_epoch");
-    assert_eq!(a.g_opt_step, b.g_opt_step, "g_opt_step");
-    assert_eq!(a.d_opt_step, b.d_opt_step, "d_opt_step");
+    assert_eq!(a.pos.step, b.pos.step, "step");
+    assert_eq!(a.pos.epoch, b.pos.epoch, "epoch");
+    assert_eq!(a.pos.batch_in_epoch, b.pos.batch_in_epoch, "batch_in_epoch");
+    assert_eq!(a.g.opt_step, b.g.opt_step, "g_opt_step");
+    assert_eq!(a.d.opt_step, b.d.opt_step, "d_opt_step");
     assert_eq!(a.rng, b.rng, "rng state");
-    assert_bits_eq("g_params", &a.g_params, &b.g_params);
-    assert_bits_eq("d_params", &a.d_params, &b.d_params);
-    assert_bits_eq("g_opt_state", &a.g_opt_state, &b.g_opt_state);
-    assert_bits_eq("d_opt_state", &a.d_opt_state, &b.d_opt_state);
+    assert_bits_eq("g_params", &a.g.params, &b.g.params);
+    assert_bits_eq("d_params", &a.d.params, &b.d.params);
+    assert_bits_eq("g_opt_state", &a.g.opt_state, &b.g.opt_state);
+    assert_bits_eq("d_opt_state", &a.d.opt_state, &b.d.opt_state);
     assert_eq!(
         a.last_g_loss.to_bits(),
         b.last_g_loss.to_bits(),
@@ -107,8 +108,8 @@ fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
     assert_eq!(a.data, b.data, "data shape");
     assert_bytes_eq(
         "encoded checkpoints",
-        &run::encode_checkpoint(a).unwrap(),
-        &run::encode_checkpoint(b).unwrap(),
+        &checkpoint::encode(a).unwrap(),
+        &checkpoint::encode(b).unwrap(),
     );
 }
 
@@ -162,48 +163,45 @@ fn err_text<T: std::fmt::Debug>(r: Result<T>) -> String {
 #[test]
 fn checkpoint_round_trips_in_memory_and_on_disk() {
     let ck = trained_checkpoint(&tiny(), 3);
-    assert_eq!(ck.step, 3);
-    assert_eq!((ck.g_opt_step, ck.d_opt_step), (3, 3));
+    assert_eq!(ck.pos.step, 3);
+    assert_eq!((ck.g.opt_step, ck.d.opt_step), (3, 3));
     assert!(
-        ck.g_opt_state.iter().any(|&v| v != 0.0),
+        ck.g.opt_state.iter().any(|&v| v != 0.0),
         "Adam moments moved"
     );
 
-    let bytes = run::encode_checkpoint(&ck).unwrap();
+    let bytes = checkpoint::encode(&ck).unwrap();
     assert_eq!(&bytes[..4], b"GANC");
     assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 2);
     let payload_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
     assert_eq!(payload_len as usize, bytes.len() - 20);
-    let back = run::decode_checkpoint(&bytes).unwrap();
+    let back = checkpoint::decode(&bytes).unwrap();
     assert_same_state(&ck, &back);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub").join("ck.bin");
-    run::save_checkpoint(&path, &ck).unwrap();
+    checkpoint::save(&path, &ck).unwrap();
     assert_bytes_eq("the file is exactly the encoding", &read(&path), &bytes);
-    assert_same_state(&ck, &run::load_checkpoint(&path).unwrap());
+    assert_same_state(&ck, &checkpoint::load(&path).unwrap());
 }
 
 /// Checkpoints written before the loss-log window was saved (version 1) still load.
 #[test]
 fn version_1_checkpoints_still_load() {
-    let ck = trained_checkpoint(&tiny(), 2);
-    let v1 = run::CheckpointV1 {
-        config: ck.config.clone(),
-        data: ck.data,
-        g_params: ck.g_params.clone(),
-        g_opt_state: ck.g_opt_state.clone(),
-        g_opt_step: ck.g_opt_step,
-        d_params: ck.d_params.clone(),
-        d_opt_state: ck.d_opt_state.clone(),
-        d_opt_step: ck.d_opt_step,
-        rng: ck.rng,
-        step: ck.step,
-        epoch: ck.epoch,
-        batch_in_epoch: ck.batch_in_epoch,
-        last_g_loss: ck.last_g_loss,
-        source: ck.source.clone(),
-    };
+    let mut ck = trained_checkpoint(&tiny(), 2);
+    // Version 1 had no partial log window: the state it can describe has an empty one.
+    ck.log_window = Default::default();
+    // The version-1 payload spelled out field by field, in its order (postcard writes a
+    // tuple like a struct: its fields one after another).
+    let v1 = (
+        (ck.config.clone(), ck.data),
+        (ck.g.params.clone(), ck.g.opt_state.clone(), ck.g.opt_step),
+        (ck.d.params.clone(), ck.d.opt_state.clone(), ck.d.opt_step),
+        gan_core::noise::rng_state(&ck.rng),
+        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
+        ck.last_g_loss,
+        ck.source.clone(),
+    );
     let payload = postcard::to_stdvec(&v1).unwrap();
     let mut bytes = Vec::new();
     bytes.extend_from_slice(b"GANC");
@@ -211,7 +209,7 @@ fn version_1_checkpoints_still_load() {
     bytes.extend_from_slice(&gan_core::format::crc32(&payload).to_le_bytes());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&payload);
-    let back = run::decode_checkpoint(&bytes).unwrap();
+    let back = checkpoint::decode(&bytes).unwrap();
     assert_same_state(&ck, &back);
     assert_eq!(back.log_window, Default::default());
 }
@@ -219,8 +217,8 @@ fn version_1_checkpoints_still_load() {
 #[test]
 fn damaged_checkpoints_are_rejected_with_clear_errors() {
     let ck = trained_checkpoint(&tiny(), 1);
-    let good = run::encode_checkpoint(&ck).unwrap();
-    let decode = |b: &[u8]| err_text(run::decode_checkpoint(b));
+    let good = checkpoint::encode(&ck).unwrap();
+    let decode = |b: &[u8]| err_text(checkpoint::decode(b));
 
     for len in [0, 3, 4, 12, 19] {
         let msg = decode(&good[..len]);
@@ -283,12 +281,12 @@ fn damaged_checkpoints_are_rejected_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("checkpoint.bin");
     fs::write(&path, &good[..50]).unwrap();
-    let msg = err_text(run::load_checkpoint(&path));
+    let msg = err_text(checkpoint::load(&path));
     assert!(
         msg.contains("checkpoint.bin") && msg.contains("truncated"),
         "{msg}"
     );
-    let msg = err_text(run::load_checkpoint(&dir.path().join("missing.bin")));
+    let msg = err_text(checkpoint::load(&dir.path().join("missing.bin")));
     assert!(msg.contains("missing.bin"), "{msg}");
 }
 
@@ -333,16 +331,16 @@ fn checkpoint_with_wrong_buffer_sizes_is_refused_on_resume() {
     };
     train_fresh(&cfg, dir.path(), false, &Serial);
     let path = RunDir::new(dir.path()).checkpoint();
-    let mut ck = run::load_checkpoint(&path).unwrap();
-    ck.d_opt_state.pop();
-    run::save_checkpoint(&path, &ck).unwrap();
+    let mut ck = checkpoint::load(&path).unwrap();
+    ck.d.opt_state.pop();
+    checkpoint::save(&path, &ck).unwrap();
     let msg = err_text(run::resume(&options(dir.path(), false), None, &Serial));
     assert!(
         msg.contains("discriminator optimizer state") && msg.contains("values"),
         "{msg}"
     );
     // And export refuses a generator of the wrong size.
-    ck.g_params.pop();
+    ck.g.params.pop();
     let msg = err_text(run::export_bytes(&ck));
     assert!(msg.contains("wrong size"), "{msg}");
 }
@@ -398,7 +396,7 @@ fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
         (LIMIT / cfg.batch) as u64
     );
     let mid = checkpoint_of(&b);
-    assert_eq!((mid.epoch, mid.batch_in_epoch), (1, 0));
+    assert_eq!((mid.pos.epoch, mid.pos.batch_in_epoch), (1, 0));
     match run::resume(&options(&b, reports), Some(2), &Pool).unwrap() {
         Outcome::Finished { steps: s, .. } => assert_eq!(s, steps),
         other => panic!("{other:?}"),
@@ -413,25 +411,31 @@ fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
         Outcome::Interrupted { steps: 1 }
     );
     let ck = checkpoint_of(&c);
-    assert_eq!((ck.step, ck.epoch, ck.batch_in_epoch), (1, 0, 1));
+    assert_eq!(
+        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
+        (1, 0, 1)
+    );
     assert!(
         !RunDir::new(&c).generator().exists(),
         "no export when interrupted"
     );
     // Resume, stopping mid-way through the second epoch with max_steps.
     let path = RunDir::new(&c).checkpoint();
-    let mut ck = run::load_checkpoint(&path).unwrap();
+    let mut ck = checkpoint::load(&path).unwrap();
     let stop_at = steps / 2 + 3;
     ck.config.max_steps = stop_at;
-    run::save_checkpoint(&path, &ck).unwrap();
+    checkpoint::save(&path, &ck).unwrap();
     match run::resume(&options(&c, reports), None, &Pool).unwrap() {
         Outcome::Finished { steps: s, .. } => assert_eq!(s, stop_at),
         other => panic!("{other:?}"),
     }
-    let mut ck = run::load_checkpoint(&path).unwrap();
-    assert_eq!((ck.step, ck.epoch, ck.batch_in_epoch), (stop_at, 1, 3));
+    let mut ck = checkpoint::load(&path).unwrap();
+    assert_eq!(
+        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
+        (stop_at, 1, 3)
+    );
     ck.config.max_steps = 0;
-    run::save_checkpoint(&path, &ck).unwrap();
+    checkpoint::save(&path, &ck).unwrap();
     run::resume(&options(&c, reports), None, &Pool).unwrap();
     assert_same_runs(&a, &c);
 }
@@ -576,7 +580,10 @@ fn resume_one_step_at_a_time_across_epochs() {
     }
     // The last step ended epoch 2 without closing it; the final call closes and exports it.
     let ck = checkpoint_of(&b);
-    assert_eq!((ck.step, ck.epoch, ck.batch_in_epoch), (8, 1, 4));
+    assert_eq!(
+        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
+        (8, 1, 4)
+    );
     match run::resume(&opts(&b), None, &Serial).unwrap() {
         Outcome::Finished { steps, .. } => assert_eq!(steps, 8),
         other => panic!("{other:?}"),
@@ -648,8 +655,8 @@ fn same_seed_gives_identical_runs_and_another_seed_does_not() {
     let other = TrainConfig { seed: 8, ..cfg };
     train_fresh(&other, &c, false, &Pool);
     let (ka, kc) = (checkpoint_of(&a), checkpoint_of(&c));
-    assert_ne!(bits(&ka.g_params), bits(&kc.g_params));
-    assert_ne!(bits(&ka.d_params), bits(&kc.d_params));
+    assert_ne!(bits(&ka.g.params), bits(&kc.g.params));
+    assert_ne!(bits(&ka.d.params), bits(&kc.d.params));
     assert_ne!(ka.rng, kc.rng);
     assert_ne!(
         read(RunDir::new(&a).generator()),
@@ -728,7 +735,7 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let sane = ck.clone();
     ck.config.g_lr = 1e30;
     ck.config.d_lr = 1e30;
-    run::save_checkpoint(&run_dir.checkpoint(), &ck).unwrap();
+    checkpoint::save(&run_dir.checkpoint(), &ck).unwrap();
     let ck_before = read(run_dir.checkpoint());
     let gen_before = read(run_dir.generator());
     let csv_before = read(run_dir.csv());
@@ -738,7 +745,10 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let nf = err
         .downcast_ref::<NonFinite>()
         .expect("the cause is NonFinite");
-    assert!(nf.step > ck.step && nf.step <= ck.step + 16, "{nf:?}");
+    assert!(
+        nf.step > ck.pos.step && nf.step <= ck.pos.step + 16,
+        "{nf:?}"
+    );
     let msg = format!("{err:#}");
     assert!(msg.contains("diverged"), "{msg}");
     assert!(msg.contains("NaN"), "{msg}");
@@ -765,7 +775,7 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     );
 
     // With the learning rate restored the run continues exactly like an unbroken one.
-    run::save_checkpoint(&run_dir.checkpoint(), &sane).unwrap();
+    checkpoint::save(&run_dir.checkpoint(), &sane).unwrap();
     run::resume(&options(dir.path(), false), Some(2), &Serial).unwrap();
     let straight = dir.path().join("straight");
     train_fresh(&tiny(), &straight, false, &Serial);
@@ -863,10 +873,10 @@ fn export_parses_and_matches_the_checkpoint() {
     assert_eq!(w.file_len, bytes.len());
     assert_eq!(
         h.data_len as usize,
-        4 * ck.g_params.len(),
+        4 * ck.g.params.len(),
         "data is the flat buffer"
     );
-    assert_bits_eq("exported params", w.params().unwrap(), &ck.g_params);
+    assert_bits_eq("exported params", w.params().unwrap(), &ck.g.params);
 
     let (text, ok) = inspect::describe_weights(aligned.bytes());
     assert!(ok, "{text}");
@@ -901,7 +911,7 @@ fn export_of_a_conditional_uniform_model_describes_it() {
     assert_eq!((w.header.latent, w.header.classes), (8, 10));
     assert_eq!(w.header.noise, NoiseKind::Uniform);
     assert_eq!(w.header.input.len(), 18);
-    assert_bits_eq("exported params", w.params().unwrap(), &ck.g_params);
+    assert_bits_eq("exported params", w.params().unwrap(), &ck.g.params);
     let (text, ok) = inspect::describe_weights(aligned.bytes());
     assert!(ok, "{text}");
     assert!(text.contains("classes:         10"), "{text}");

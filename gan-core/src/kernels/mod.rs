@@ -73,7 +73,7 @@ mod gemm;
 pub mod int8;
 pub mod par;
 pub mod reference;
-mod split;
+pub(crate) mod split;
 pub mod vtanh;
 #[cfg(target_arch = "x86_64")]
 mod x86;
