@@ -3,12 +3,17 @@
 //!
 //! - `GAN_WEIGHTS`: path of the weights file to link (default `../data/weights/default.ganw`;
 //!   a relative path is taken from this package's folder).
-//! - memory maps: `memory/*.x`. The `qemu` binary gets `qemu-m4.x` on thumbv7em and the
-//!   Pico-sized `qemu-m0.x` on thumbv6m; the `pico` binary gets `pico.x`.
+//! - memory maps: each binary's `memory.x` is written from the board table
+//!   (`gan_core::board`): the board whose binary and target are this build's. The `qemu`
+//!   binary is the Cortex-M4F board on thumbv7em and the Pico-sized ARMv6-M board on thumbv6m;
+//!   the `pico` binary is the Pico. `memory/gan-sections.x` holds the sections every map
+//!   shares.
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
+
+use gan_core::board;
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
@@ -23,16 +28,16 @@ fn main() {
 /// Writes one `memory.x` per binary into its own folder and points that binary's linker there.
 fn memory_maps(out: &Path, manifest: &Path, target: &str) {
     println!("cargo:rerun-if-changed=memory");
-    let qemu_map = if target.starts_with("thumbv6m") {
-        "qemu-m0.x"
-    } else {
-        // thumbv7em-none-eabihf and any other ARMv7-M target: the Cortex-M4F board.
-        "qemu-m4.x"
-    };
-    for (bin, map) in [("qemu", qemu_map), ("pico", "pico.x")] {
+    let mut bins: Vec<&str> = board::BOARDS.iter().map(|b| b.bin).collect();
+    bins.dedup();
+    for bin in bins {
+        // A binary with no board for this target (the Pico's on thumbv7em) is never built.
+        let Some(b) = board::for_build(bin, target) else {
+            continue;
+        };
         let dir = out.join(bin);
         fs::create_dir_all(&dir).expect("create memory map folder");
-        fs::copy(manifest.join("memory").join(map), dir.join("memory.x")).expect("copy memory map");
+        fs::write(dir.join("memory.x"), memory_x(b)).expect("write memory map");
         // cortex-m-rt's link.x says `INCLUDE memory.x`: the linker finds the one in this folder.
         println!("cargo:rustc-link-arg-bin={bin}=-L{}", dir.display());
     }
@@ -44,6 +49,34 @@ fn memory_maps(out: &Path, manifest: &Path, target: &str) {
     )
     .expect("copy");
     println!("cargo:rustc-link-search={}", out.display());
+}
+
+/// The linker memory map of a board (see `gan_core::board` for what each region is).
+fn memory_x(b: &board::Board) -> String {
+    let region = |name: &str, r: &board::Region| {
+        format!(
+            "  {name:<7} : ORIGIN = {:#010x}, LENGTH = {:#x}\n",
+            r.origin, r.len
+        )
+    };
+    let mut s = format!(
+        "/* {}: written by build.rs from gan_core::board::{}. */\nMEMORY\n{{\n",
+        b.description,
+        b.name.to_uppercase().replace('-', "_")
+    );
+    if let Some(boot2) = &b.boot2 {
+        s += &region("BOOT2", boot2);
+    }
+    s += &region("FLASH", &b.flash);
+    s += &region("WEIGHTS", &b.weights);
+    s += &region("RAM", &b.ram);
+    s += "}\n\n";
+    if b.boot2.is_some() {
+        // The second-stage bootloader must be the first bytes of flash.
+        s += "SECTIONS {\n  .boot2 ORIGIN(BOOT2) :\n  {\n    KEEP(*(.boot2));\n  } > BOOT2\n} INSERT BEFORE .text;\n\n";
+    }
+    s += "INCLUDE gan-sections.x\n";
+    s
 }
 
 fn linker_flags() {

@@ -20,6 +20,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod board;
 pub mod encoding;
 pub mod error;
 pub mod format;
@@ -32,6 +33,7 @@ pub mod loss;
 pub mod model;
 pub mod noise;
 pub mod optim;
+pub mod presets;
 pub mod spec;
 
 #[cfg(test)]

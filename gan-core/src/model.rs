@@ -1011,7 +1011,7 @@ mod tests {
         use crate::spec::tests::{DCGAN_D, DCGAN_G};
         let n = 2;
         let g = Spec::new(Shape::flat(100), &DCGAN_G).unwrap();
-        let d = Spec::new(Shape::image(1, 28, 28), &DCGAN_D).unwrap();
+        let d = Spec::new(Shape::image(1, 28, 28), DCGAN_D).unwrap();
         let mut pg = vec![0.0; g.param_len()];
         let mut pd = vec![0.0; d.param_len()];
         let init = crate::init::Init::HeNormal;

@@ -382,9 +382,9 @@ impl Optimizer {
         step: u64,
         exec: &dyn Exec,
     ) -> Result<(), CoreError> {
-        let n = params.len();
         #[cfg(target_has_atomic = "8")]
-        if exec.threads() > 1 && n > STEP_CHUNK {
+        if exec.threads() > 1 && params.len() > STEP_CHUNK {
+            let n = params.len();
             check_len("grads", grads.len(), n)?;
             check_len("optimizer_state", state.len(), self.state_len(n))?;
             if matches!(self, Optimizer::Adam(_)) && step == 0 {

@@ -638,60 +638,12 @@ pub(crate) mod tests {
         );
     }
 
-    /// The DCGAN generator for 28×28 digits (latent 100).
-    pub(crate) const DCGAN_G: [Layer; 9] = [
-        Layer::Dense { out: 128 * 7 * 7 },
-        Layer::Reshape {
-            to: Shape::image(128, 7, 7),
-        },
-        Layer::BatchNorm {
-            eps: 1e-5,
-            momentum: 0.1,
-        },
-        Layer::Relu,
-        Layer::ConvTranspose2d {
-            out_c: 64,
-            k: 4,
-            stride: 2,
-            pad: 1,
-        },
-        Layer::BatchNorm {
-            eps: 1e-5,
-            momentum: 0.1,
-        },
-        Layer::Relu,
-        Layer::ConvTranspose2d {
-            out_c: 1,
-            k: 4,
-            stride: 2,
-            pad: 1,
-        },
-        Layer::Tanh,
-    ];
+    /// The DCGAN generator for 28×28 digits (latent 100): the preset.
+    pub(crate) const DCGAN_G: [Layer; 9] = crate::presets::DCGAN_GENERATOR;
 
-    /// The DCGAN discriminator for 28×28 digits.
-    pub(crate) const DCGAN_D: [Layer; 7] = [
-        Layer::Conv2d {
-            out_c: 64,
-            k: 4,
-            stride: 2,
-            pad: 1,
-        },
-        Layer::LeakyRelu { alpha: 0.2 },
-        Layer::Conv2d {
-            out_c: 128,
-            k: 4,
-            stride: 2,
-            pad: 1,
-        },
-        Layer::BatchNorm {
-            eps: 1e-5,
-            momentum: 0.1,
-        },
-        Layer::LeakyRelu { alpha: 0.2 },
-        Layer::Flatten,
-        Layer::Dense { out: 1 },
-    ];
+    /// The DCGAN discriminator for 28×28 digits, on image input: the preset without its
+    /// leading view of the flat pixels as an image.
+    pub(crate) const DCGAN_D: &[Layer] = crate::presets::DCGAN_DISCRIMINATOR.split_at(1).1;
 
     #[test]
     fn dcgan_generator_shapes_and_sizes() {
@@ -749,7 +701,7 @@ pub(crate) mod tests {
 
     #[test]
     fn dcgan_discriminator_shapes_and_sizes() {
-        let d = Spec::new(Shape::image(1, 28, 28), &DCGAN_D).unwrap();
+        let d = Spec::new(Shape::image(1, 28, 28), DCGAN_D).unwrap();
         let shapes: heapless::Vec<Shape, 16> = d.iter().map(|l| l.out_shape).collect();
         assert_eq!(
             &shapes[..],

@@ -1,10 +1,11 @@
 //! Training configuration: architecture, loss, optimizers, schedule. Serialised as TOML in the
 //! run directory (`config.toml`) and inside every checkpoint.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use gan_core::format::NoiseKind;
 use gan_core::init::Init;
 use gan_core::optim::{AdamConfig, Optimizer, SgdConfig};
+use gan_core::presets;
 use gan_core::spec::{Layer, Shape, Spec};
 use serde::{Deserialize, Serialize};
 
@@ -231,22 +232,19 @@ impl NetDef {
 }
 
 impl TrainConfig {
-    /// Applies the preset widths (for `mcu` and `classic`).
+    /// Applies the preset widths (for `mcu`, `classic` and `dcgan`; see [`presets`]).
     pub fn resolved(&self) -> TrainConfig {
         let mut c = self.clone();
+        let mlp = |c: &mut TrainConfig, p: presets::Mlp| {
+            c.latent = p.latent;
+            c.g_hidden = p.g_hidden.to_vec();
+            c.d_hidden = p.d_hidden.to_vec();
+        };
         match self.arch {
-            Arch::Mcu => {
-                c.latent = 64;
-                c.g_hidden = vec![128, 192];
-                c.d_hidden = vec![256, 128];
-            }
-            Arch::Classic => {
-                c.latent = 100;
-                c.g_hidden = vec![256, 512, 1024];
-                c.d_hidden = vec![512, 256];
-            }
+            Arch::Mcu => mlp(&mut c, presets::MCU),
+            Arch::Classic => mlp(&mut c, presets::CLASSIC),
             Arch::Dcgan => {
-                c.latent = 100;
+                c.latent = presets::DCGAN_LATENT;
                 c.g_hidden = vec![];
                 c.d_hidden = vec![];
             }
@@ -315,33 +313,31 @@ impl TrainConfig {
     pub fn generator(&self, data: DataShape) -> Result<NetDef> {
         let c = self.resolved();
         let classes = if c.conditional { data.classes } else { 0 };
-        if c.arch == Arch::Dcgan {
-            return dcgan_generator(&c, data);
-        }
-        let mut layers = Vec::new();
-        for &h in &c.g_hidden {
-            layers.push(Layer::Dense { out: h });
-            layers.push(match c.g_act {
-                HiddenAct::LeakyRelu => Layer::LeakyRelu { alpha: 0.2 },
-                HiddenAct::Relu => Layer::Relu,
-            });
-        }
-        layers.push(Layer::Dense {
-            out: data.h * data.w,
-        });
-        layers.push(match c.g_out {
+        let out = match c.g_out {
             OutAct::Tanh => Layer::Tanh,
             OutAct::Sigmoid => Layer::Sigmoid,
-        });
-        layers.push(Layer::Reshape {
-            to: Shape::image(1, data.h, data.w),
-        });
-        let def = NetDef {
-            input: Shape::flat(c.latent + classes),
-            layers,
         };
-        Spec::new(def.input, &def.layers).map_err(|e| anyhow::anyhow!("generator: {e}"))?;
-        Ok(def)
+        let (input, layers) = if c.arch == Arch::Dcgan {
+            if !data.h.is_multiple_of(4) || !data.w.is_multiple_of(4) {
+                bail!("the DCGAN preset needs image sides divisible by 4");
+            }
+            (c.latent, presets::dcgan_generator(data.h, data.w, out))
+        } else {
+            let act = match c.g_act {
+                HiddenAct::LeakyRelu => presets::LEAKY,
+                HiddenAct::Relu => Layer::Relu,
+            };
+            let layers = presets::mlp_generator(&c.g_hidden, act, out, data.h, data.w)
+                .context("generator: too many layers")?;
+            (c.latent + classes, layers)
+        };
+        checked(
+            NetDef {
+                input: Shape::flat(input),
+                layers: layers.to_vec(),
+            },
+            "generator",
+        )
     }
 
     /// The discriminator network for this config. Its output is one score per sample: a logit
@@ -349,33 +345,24 @@ impl TrainConfig {
     pub fn discriminator(&self, data: DataShape) -> Result<NetDef> {
         let c = self.resolved();
         let classes = if c.conditional { data.classes } else { 0 };
-        if c.arch == Arch::Dcgan {
-            return dcgan_discriminator(&c, data);
-        }
-        let mut layers = Vec::new();
-        for &h in &c.d_hidden {
-            layers.push(Layer::Dense { out: h });
-            layers.push(Layer::LeakyRelu { alpha: 0.2 });
-            if c.d_dropout > 0.0 {
-                layers.push(Layer::Dropout { p: c.d_dropout });
-            }
-        }
-        if let [b, cdim] = c.minibatch_disc[..] {
-            layers.push(Layer::MinibatchDisc {
-                kernels: b,
-                dims: cdim,
-            });
-        }
-        layers.push(Layer::Dense { out: 1 });
-        if c.loss == LossKind::BceProb {
-            layers.push(Layer::Sigmoid);
-        }
-        let def = NetDef {
-            input: Shape::flat(data.h * data.w + classes),
-            layers,
+        let sigmoid = c.loss == LossKind::BceProb;
+        let layers = if c.arch == Arch::Dcgan {
+            presets::dcgan_discriminator(data.h, data.w, sigmoid)
+        } else {
+            let minibatch = match c.minibatch_disc[..] {
+                [b, d] => Some((b, d)),
+                _ => None,
+            };
+            presets::mlp_discriminator(&c.d_hidden, c.d_dropout, minibatch, sigmoid)
+                .context("discriminator: too many layers")?
         };
-        Spec::new(def.input, &def.layers).map_err(|e| anyhow::anyhow!("discriminator: {e}"))?;
-        Ok(def)
+        checked(
+            NetDef {
+                input: Shape::flat(data.h * data.w + classes),
+                layers: layers.to_vec(),
+            },
+            "discriminator",
+        )
     }
 
     /// Index (exclusive end) of the discriminator layers whose output feature matching compares:
@@ -404,89 +391,7 @@ impl TrainConfig {
     }
 }
 
-const BN: Layer = Layer::BatchNorm {
-    eps: 1e-5,
-    momentum: 0.1,
-};
-
 fn checked(def: NetDef, what: &str) -> Result<NetDef> {
     Spec::new(def.input, &def.layers).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     Ok(def)
-}
-
-/// The DCGAN generator for `h × w` images (both divisible by 4).
-fn dcgan_generator(c: &TrainConfig, data: DataShape) -> Result<NetDef> {
-    if !data.h.is_multiple_of(4) || !data.w.is_multiple_of(4) {
-        bail!("the DCGAN preset needs image sides divisible by 4");
-    }
-    let (h4, w4) = (data.h / 4, data.w / 4);
-    let layers = vec![
-        Layer::Dense { out: 128 * h4 * w4 },
-        Layer::Reshape {
-            to: Shape::image(128, h4, w4),
-        },
-        BN,
-        Layer::Relu,
-        Layer::ConvTranspose2d {
-            out_c: 64,
-            k: 4,
-            stride: 2,
-            pad: 1,
-        },
-        BN,
-        Layer::Relu,
-        Layer::ConvTranspose2d {
-            out_c: 1,
-            k: 4,
-            stride: 2,
-            pad: 1,
-        },
-        match c.g_out {
-            OutAct::Tanh => Layer::Tanh,
-            OutAct::Sigmoid => Layer::Sigmoid,
-        },
-    ];
-    checked(
-        NetDef {
-            input: Shape::flat(c.latent),
-            layers,
-        },
-        "generator",
-    )
-}
-
-/// The DCGAN discriminator.
-fn dcgan_discriminator(c: &TrainConfig, data: DataShape) -> Result<NetDef> {
-    let mut layers = vec![
-        Layer::Reshape {
-            to: Shape::image(1, data.h, data.w),
-        },
-        Layer::Conv2d {
-            out_c: 64,
-            k: 4,
-            stride: 2,
-            pad: 1,
-        },
-        Layer::LeakyRelu { alpha: 0.2 },
-        Layer::Conv2d {
-            out_c: 128,
-            k: 4,
-            stride: 2,
-            pad: 1,
-        },
-        BN,
-        Layer::LeakyRelu { alpha: 0.2 },
-        Layer::Flatten,
-        Layer::Dense { out: 1 },
-    ];
-    if c.loss == LossKind::BceProb {
-        layers.push(Layer::Sigmoid);
-    }
-    checked(
-        NetDef {
-            input: Shape::flat(data.h * data.w),
-            layers,
-        },
-        "discriminator",
-    )
 }

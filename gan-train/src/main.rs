@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use gan_core::board::Board;
 use gan_core::encoding::Encoding;
 use gan_train::config::{
     Arch, DataShape, HiddenAct, LossKind, Noise, OptKind, OutAct, TrainConfig,
@@ -217,9 +218,12 @@ struct ExportArgs {
     /// Output weights file (default: RUN/generator.ganw).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Also write a UF2 that flashes just these weights to a Pico's weights region.
+    /// Also write a UF2 that flashes just these weights to the board's weights region.
     #[arg(long)]
     uf2: Option<PathBuf>,
+    /// Board for --uf2.
+    #[arg(long, default_value = "pico", value_parser = gan_train::uf2::parse_board)]
+    board: &'static Board,
     /// Weight type: f32 (exact) or i8 (a quarter of the size, integer math on the device).
     #[arg(long, value_parser = run::parse_encoding, default_value = "f32")]
     dtype: Encoding,
@@ -271,12 +275,15 @@ struct Uf2Args {
     /// Firmware ELF to convert.
     #[arg(long, conflicts_with = "weights", required_unless_present = "weights")]
     elf: Option<PathBuf>,
-    /// Weights file to place at the Pico's weights region.
+    /// Weights file to place at the board's weights region.
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// Flash address for --weights.
-    #[arg(long, default_value = "0x10100000", value_parser = parse_u32)]
-    addr: u32,
+    /// Board the UF2 is for: its family id, and for --weights its weights region.
+    #[arg(long, default_value = "pico", value_parser = gan_train::uf2::parse_board)]
+    board: &'static Board,
+    /// Flash address for --weights (default: the board's weights region).
+    #[arg(long, value_parser = parse_u32)]
+    addr: Option<u32>,
     /// Output UF2.
     #[arg(long)]
     out: PathBuf,
@@ -420,7 +427,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         run::write_atomic(&out, &bytes)?;
         eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
         if let Some(u) = a.uf2 {
-            write_weights_uf2(&bytes, gan_train::uf2::PICO_WEIGHTS_ADDR, &u)?;
+            write_weights_uf2(&bytes, a.board, None, &u)?;
         }
         return Ok(());
     }
@@ -435,13 +442,25 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     run::write_atomic(&out, &bytes)?;
     eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
     if let Some(u) = a.uf2 {
-        write_weights_uf2(&bytes, gan_train::uf2::PICO_WEIGHTS_ADDR, &u)?;
+        write_weights_uf2(&bytes, a.board, None, &u)?;
     }
     Ok(())
 }
 
-fn write_weights_uf2(bytes: &[u8], addr: u32, out: &Path) -> Result<()> {
-    let uf2 = gan_train::uf2::bin_to_uf2(bytes, addr, gan_train::uf2::RP2040_FAMILY_ID);
+/// A UF2 that flashes a weights file to `board`'s weights region (or to `addr`).
+fn write_weights_uf2(bytes: &[u8], board: &Board, addr: Option<u32>, out: &Path) -> Result<()> {
+    let addr = addr.unwrap_or(board.weights.origin);
+    let end = addr as u64 + bytes.len() as u64;
+    if board.weights.contains(addr) && end > board.weights.end() as u64 {
+        bail!(
+            "{} bytes do not fit {}'s weights region ({} bytes at {:#010x})",
+            bytes.len(),
+            board.name,
+            board.weights.len,
+            board.weights.origin
+        );
+    }
+    let uf2 = gan_train::uf2::bin_to_uf2(bytes, addr, gan_train::uf2::family_of(board)?);
     run::write_atomic(out, &uf2)?;
     eprintln!(
         "wrote {} ({} bytes, flashes to {addr:#010x})",
@@ -456,7 +475,7 @@ fn cmd_uf2(a: Uf2Args) -> Result<()> {
         (Some(elf), None) => {
             let bytes =
                 std::fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
-            let uf2 = gan_train::uf2::elf_to_uf2(&bytes, gan_train::uf2::RP2040_FAMILY_ID)?;
+            let uf2 = gan_train::uf2::elf_to_uf2(&bytes, gan_train::uf2::family_of(a.board)?)?;
             run::write_atomic(&a.out, &uf2)?;
             eprintln!("wrote {} ({} bytes)", a.out.display(), uf2.len());
             Ok(())
@@ -464,7 +483,7 @@ fn cmd_uf2(a: Uf2Args) -> Result<()> {
         (None, Some(w)) => {
             let bytes = AlignedBytes::read(&w)?;
             bytes.weights()?;
-            write_weights_uf2(bytes.bytes(), a.addr, &a.out)
+            write_weights_uf2(bytes.bytes(), a.board, a.addr, &a.out)
         }
         _ => bail!("give exactly one of --elf and --weights"),
     }

@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail, ensure};
+use gan_core::board::Board;
 
 /// First magic number of every block.
 pub const MAGIC_START0: u32 = 0x0A32_4655;
@@ -35,14 +36,38 @@ pub const MAGIC_START1: u32 = 0x9E5D_5157;
 pub const MAGIC_END: u32 = 0x0AB1_6F30;
 /// Flag: the block's word at offset 28 is a family id.
 pub const FLAG_FAMILY_ID_PRESENT: u32 = 0x0000_2000;
-/// Family id of the RP2040.
-pub const RP2040_FAMILY_ID: u32 = 0xE48B_FF56;
+pub use gan_core::board::RP2040_FAMILY_ID;
 /// Bytes per UF2 block.
 pub const BLOCK_LEN: usize = 512;
 /// Payload bytes per block (one flash page).
 pub const PAYLOAD_LEN: usize = 256;
-/// Where the Pico firmware looks for a separately flashed weights file.
-pub const PICO_WEIGHTS_ADDR: u32 = 0x1010_0000;
+/// Where the Pico firmware looks for a separately flashed weights file (from the board table).
+pub const PICO_WEIGHTS_ADDR: u32 = gan_core::board::PICO.weights.origin;
+
+/// The board called `name`, if UF2 files can be written for it (a `--board` value).
+pub fn parse_board(name: &str) -> std::result::Result<&'static Board, String> {
+    match gan_core::board::by_name(name) {
+        Some(b) if b.uf2_family.is_some() => Ok(b),
+        _ => {
+            let names: Vec<&str> = gan_core::board::BOARDS
+                .iter()
+                .filter(|b| b.uf2_family.is_some())
+                .map(|b| b.name)
+                .collect();
+            Err(format!(
+                "no UF2 board called `{name}` (boards flashed by UF2: {})",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+/// The UF2 family id of `board`.
+pub fn family_of(board: &Board) -> Result<u32> {
+    board
+        .uf2_family
+        .with_context(|| format!("{} is not flashed with UF2 files", board.name))
+}
 
 /// One decoded UF2 block.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,25 +4,16 @@
 
 use gan_core::format::{self, Header, ModelKind, NoiseKind};
 use gan_core::noise;
-use gan_core::spec::{Layer, Shape, Spec};
+use gan_core::spec::{Shape, Spec};
 
 /// Noise values per sample of the "mcu" generator.
-pub const MCU_LATENT: u32 = 64;
+pub const MCU_LATENT: u32 = gan_core::presets::MCU.latent;
 
-/// The "mcu" generator: 64 → 128 → 192 → 784, small enough (~184K parameters, ~738 KB of f32)
-/// to sit in the Pico's 1 MiB code region next to the firmware.
-pub const MCU_LAYERS: [Layer; 6] = [
-    Layer::Dense { out: 128 },
-    Layer::LeakyRelu { alpha: 0.2 },
-    Layer::Dense { out: 192 },
-    Layer::LeakyRelu { alpha: 0.2 },
-    Layer::Dense { out: 784 },
-    Layer::Tanh,
-];
-
-/// The "mcu" generator's spec.
+/// The "mcu" generator's spec ([`gan_core::presets::MCU_GENERATOR`]): 64 → 128 → 192 → 784,
+/// small enough (~184K parameters, ~738 KB of f32) to sit in the Pico's 1 MiB code region next
+/// to the firmware.
 pub fn mcu_spec() -> Spec<'static> {
-    Spec::new_const(Shape::flat(MCU_LATENT), &MCU_LAYERS)
+    Spec::new_const(Shape::flat(MCU_LATENT), &gan_core::presets::MCU_GENERATOR)
 }
 
 /// Random parameters for `spec`: He-normal weights (standard deviation `sqrt(2 / fan_in)`) and

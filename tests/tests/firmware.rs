@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use gan_core::board::{self, Board};
 use gan_core::format::{self, ModelKind, NoiseKind};
 use gan_core::spec::{Layer, Shape, Spec};
 use gan_train::sample::{AlignedBytes, ClassChoice};
@@ -24,36 +25,17 @@ use gan_train::uf2;
 
 const QEMU_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One QEMU board and the firmware build for it.
-struct Board {
-    name: &'static str,
-    target: &'static str,
-    machine: &'static str,
-    cpu: &'static str,
-    /// Start and length of the WEIGHTS region in this target's memory map.
-    weights_addr: u32,
-    weights_len: usize,
-}
-
-/// Cortex-M4F board, thumbv7em-none-eabihf build.
-const M4: Board = Board {
-    name: "m4",
-    target: "thumbv7em-none-eabihf",
-    machine: "mps2-an386",
-    cpu: "cortex-m4",
-    weights_addr: 0x0020_0000,
-    weights_len: 2 << 20,
-};
+/// The Cortex-M4F board, thumbv7em-none-eabihf build.
+const M4: &Board = &board::QEMU_M4;
 
 /// ARMv6-M code (the Pico's instruction set) on the Cortex-M3 board, with the Pico's budgets.
-const M0: Board = Board {
-    name: "m0",
-    target: "thumbv6m-none-eabi",
-    machine: "mps2-an385",
-    cpu: "cortex-m3",
-    weights_addr: 0x0010_0000,
-    weights_len: 1 << 20,
-};
+const M0: &Board = &board::QEMU_M0;
+
+/// The QEMU machine of an emulated board.
+fn qemu_of(b: &Board) -> board::Qemu {
+    b.qemu
+        .unwrap_or_else(|| panic!("{} is not an emulated board", b.name))
+}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -115,7 +97,14 @@ fn build_firmware() {
     let r = BUILT.get_or_init(|| {
         cargo_build(&["--target", M4.target, "--bin", "qemu"])?;
         cargo_build(&["--target", M0.target, "--bin", "qemu"])?;
-        cargo_build(&["--target", M0.target, "--features", "pico", "--bin", "pico"])
+        cargo_build(&[
+            "--target",
+            board::PICO.target,
+            "--features",
+            "pico",
+            "--bin",
+            "pico",
+        ])
     });
     if let Err(e) = r {
         panic!("{e}");
@@ -218,7 +207,13 @@ fn run_qemu(board: &Board, weights: Option<&[u8]>, args: &[&str]) -> Run {
     }
     let mut cmd = Command::new(&qemu);
     cmd.current_dir(&dir.0)
-        .args(["-machine", board.machine, "-cpu", board.cpu, "-nographic"])
+        .args([
+            "-machine",
+            qemu_of(board).machine,
+            "-cpu",
+            qemu_of(board).cpu,
+            "-nographic",
+        ])
         .args(["-semihosting-config", &semihosting])
         // One instruction = 1 ns of virtual time: the firmware's SysTick counts instructions.
         .args(["-icount", "shift=0"])
@@ -226,13 +221,13 @@ fn run_qemu(board: &Board, weights: Option<&[u8]>, args: &[&str]) -> Run {
         .arg(elf_path(board.target, "qemu"));
     if let Some(w) = weights {
         assert!(
-            w.len() <= board.weights_len + (1 << 20),
+            w.len() <= board.weights.len as usize + (1 << 20),
             "test weights do not fit the board"
         );
         std::fs::write(dir.0.join("weights.ganw"), w).unwrap();
         cmd.args([
             "-device",
-            &format!("loader,file=weights.ganw,addr={:#x}", board.weights_addr),
+            &format!("loader,file=weights.ganw,addr={:#x}", board.weights.origin),
         ]);
     }
     let mut child = cmd
@@ -357,14 +352,14 @@ fn check_loaded_weights(board: &Board, weights: &[u8], seed: u64, class: Option<
 #[test]
 fn m4_digits_match_host_with_loaded_weights() {
     let w = small_conditional();
-    check_loaded_weights(&M4, &w, 0xDEAD_BEEF_0123_4567, None);
-    check_loaded_weights(&M4, &w, 5, Some(7));
+    check_loaded_weights(M4, &w, 0xDEAD_BEEF_0123_4567, None);
+    check_loaded_weights(M4, &w, 5, Some(7));
 }
 
 #[test]
 fn m0_digits_match_host_with_loaded_weights() {
-    check_loaded_weights(&M0, &small_unconditional(), 987_654_321, None);
-    check_loaded_weights(&M0, &small_conditional(), 3, None);
+    check_loaded_weights(M0, &small_unconditional(), 987_654_321, None);
+    check_loaded_weights(M0, &small_conditional(), 3, None);
 }
 
 /// Runs the linked default weights, compares with the host, and prints the measurements.
@@ -418,12 +413,12 @@ fn check_default_weights(board: &Board, region: Option<&[u8]>) {
 fn m4_default_weights_and_measurements() {
     // A WEIGHTS region without the magic is ignored: the linked file is used.
     let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 31 + 7) as u8).collect();
-    check_default_weights(&M4, Some(&garbage));
+    check_default_weights(M4, Some(&garbage));
 }
 
 #[test]
 fn m0_default_weights_and_measurements() {
-    check_default_weights(&M0, None);
+    check_default_weights(M0, None);
 }
 
 /// The default generator re-encoded with int8 weights, loaded into the WEIGHTS region: the
@@ -469,12 +464,12 @@ fn check_int8_default(board: &Board) {
 
 #[test]
 fn m4_int8_weights_match_host() {
-    check_int8_default(&M4);
+    check_int8_default(M4);
 }
 
 #[test]
 fn m0_int8_weights_match_host() {
-    check_int8_default(&M0);
+    check_int8_default(M0);
 }
 
 /// Each kind of bad weights file ends QEMU with its own error code.
@@ -515,7 +510,7 @@ fn check_bad_weights(board: &Board) {
         ("too wide for the buffers", too_wide, 18),
         ("a discriminator", disc, 19),
     ];
-    if board.weights_len <= 1 << 20 {
+    if board.weights.len as usize <= 1 << 20 {
         // A generator whose file (~1.09 MB) is larger than the 1 MiB region. (On the M4 board a
         // file larger than its 2 MiB region would spill into the memory mirror over the code.)
         const BIG: [Layer; 4] = [
@@ -525,7 +520,7 @@ fn check_bad_weights(board: &Board) {
             Layer::Tanh,
         ];
         let big = gan_tests::make_weights(&Spec::new(Shape::flat(64), &BIG).unwrap(), 5);
-        assert!(big.len() > board.weights_len);
+        assert!(big.len() > board.weights.len as usize);
         cases.push(("larger than the region", big, 18));
     }
     for (what, bytes, code) in cases {
@@ -545,19 +540,19 @@ fn check_bad_weights(board: &Board) {
 
 #[test]
 fn m4_bad_weights_exit_with_their_codes() {
-    check_bad_weights(&M4);
+    check_bad_weights(M4);
 }
 
 #[test]
 fn m0_bad_weights_exit_with_their_codes() {
-    check_bad_weights(&M0);
+    check_bad_weights(M0);
 }
 
 #[test]
 fn bad_arguments_and_panics_exit_with_failure() {
-    let run = run_qemu(&M4, None, &["colour=blue"]);
+    let run = run_qemu(M4, None, &["colour=blue"]);
     assert_eq!(run.status, 2, "{}", run.stdout);
-    let run = run_qemu(&M4, None, &["panic=1"]);
+    let run = run_qemu(M4, None, &["panic=1"]);
     assert_eq!(run.status, 101, "{}{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("panic"), "{}", run.stderr);
 }
@@ -565,7 +560,7 @@ fn bad_arguments_and_panics_exit_with_failure() {
 #[test]
 fn pico_firmware_builds_and_converts_to_uf2() {
     build_firmware();
-    let elf = std::fs::read(elf_path(M0.target, "pico")).unwrap();
+    let elf = std::fs::read(elf_path(board::PICO.target, "pico")).unwrap();
     let image = uf2::elf_to_uf2(&elf, uf2::RP2040_FAMILY_ID).unwrap();
     let blocks = uf2::read_uf2(&image).unwrap();
     assert!(!blocks.is_empty());

@@ -17,17 +17,8 @@ use gan_core::model;
 use gan_core::noise;
 use gan_core::spec::{Layer, Shape, Spec};
 
-const MCU: [Layer; 7] = [
-    Layer::Dense { out: 128 },
-    Layer::LeakyRelu { alpha: 0.2 },
-    Layer::Dense { out: 192 },
-    Layer::LeakyRelu { alpha: 0.2 },
-    Layer::Dense { out: 784 },
-    Layer::Tanh,
-    Layer::Reshape {
-        to: Shape::image(1, 28, 28),
-    },
-];
+/// The `mcu` generator (the firmware's default architecture).
+const MCU: [Layer; 7] = gan_core::presets::MCU_GENERATOR;
 
 fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
