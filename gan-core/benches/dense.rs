@@ -95,8 +95,8 @@ fn dense(cr: &mut Criterion) {
                     c_out,
                     true,
                     &Serial,
-                )
-            })
+                );
+            });
         });
         g.bench_function("fwd/matrixmultiply", |bn| {
             bn.iter(|| {
@@ -108,8 +108,8 @@ fn dense(cr: &mut Criterion) {
                     (c_out, 1),
                     (n, c_in, c_out),
                     1.0,
-                )
-            })
+                );
+            });
         });
 
         // (b) weight gradient: dw (C_in×C_out) += xᵀ · dout, x stored N×C_in.
@@ -124,8 +124,8 @@ fn dense(cr: &mut Criterion) {
                     c_out,
                     true,
                     &Serial,
-                )
-            })
+                );
+            });
         });
         g.bench_function("dw/matrixmultiply", |bn| {
             bn.iter(|| {
@@ -137,8 +137,8 @@ fn dense(cr: &mut Criterion) {
                     (c_out, 1),
                     (c_in, n, c_out),
                     1.0,
-                )
-            })
+                );
+            });
         });
 
         // (c) input gradient: dx (N×C_in) = dout · wᵀ, w stored C_in×C_out.
@@ -153,8 +153,8 @@ fn dense(cr: &mut Criterion) {
                     c_in,
                     false,
                     &Serial,
-                )
-            })
+                );
+            });
         });
         g.bench_function("dx/matrixmultiply", |bn| {
             bn.iter(|| {
@@ -166,8 +166,8 @@ fn dense(cr: &mut Criterion) {
                     (1, c_out),
                     (n, c_out, c_in),
                     0.0,
-                )
-            })
+                );
+            });
         });
 
         // (e) the exact inference kernel at batch 64 and at batch 1.
@@ -181,8 +181,8 @@ fn dense(cr: &mut Criterion) {
                     n,
                     c_in,
                     c_out,
-                )
-            })
+                );
+            });
         });
         g.throughput(Throughput::Elements(flops / BATCH as u64));
         g.bench_function("exact/b1", |bn| {
@@ -195,8 +195,8 @@ fn dense(cr: &mut Criterion) {
                     1,
                     c_in,
                     c_out,
-                )
-            })
+                );
+            });
         });
         g.finish();
     }

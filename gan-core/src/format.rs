@@ -259,6 +259,7 @@ impl FormatError {
     /// A distinct small number per variant (stable; the firmware exits with it).
     pub const fn code(&self) -> u8 {
         match self {
+            // The codes run from `CODES.start` up without gaps; a new error takes the next one.
             FormatError::Truncated => 10,
             FormatError::BadMagic => 11,
             FormatError::UnsupportedVersion(_) => 12,
@@ -273,6 +274,11 @@ impl FormatError {
             FormatError::Unsupported => 21,
         }
     }
+}
+
+impl FormatError {
+    /// The range of [`FormatError::code`] values (10–21 today).
+    pub const CODES: core::ops::RangeInclusive<u8> = 10..=21;
 }
 
 impl core::fmt::Display for FormatError {
@@ -688,6 +694,9 @@ mod tests {
         for (i, a) in codes.iter().enumerate() {
             assert!(codes[i + 1..].iter().all(|b| b != a));
         }
+        // And the codes fill `CODES` exactly.
+        assert!(codes.iter().all(|c| FormatError::CODES.contains(c)));
+        assert_eq!(codes.len(), FormatError::CODES.count());
     }
 
     /// Batch normalisation's running statistics are listed as their own tensor, after the

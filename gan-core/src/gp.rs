@@ -250,7 +250,7 @@ mod tests {
         Layer::Dense { out: 1 },
     ];
 
-    fn penalty_only(spec: &Spec, p: &[f32], x: &[f32], n: usize) -> f64 {
+    fn penalty_only(spec: &Spec<'_>, p: &[f32], x: &[f32], n: usize) -> f64 {
         let mut grads = vec![0.0; spec.param_len()];
         let mut s = vec![0.0; gp_scratch_len(spec, n)];
         gradient_penalty(spec, p, &mut grads, x, 10.0, &mut s, n, &Serial)

@@ -382,7 +382,7 @@ mod tests {
         (spec, p, x)
     }
 
-    fn run_forward(spec: &Spec, p: &[f32], x: &[f32], n: usize) -> vec::Vec<f32> {
+    fn run_forward(spec: &Spec<'_>, p: &[f32], x: &[f32], n: usize) -> vec::Vec<f32> {
         let mut acts = vec![0.0; spec.act_len(n)];
         input_mut(spec, &mut acts, n).copy_from_slice(x);
         forward(spec, p, &mut acts, n, &Serial).unwrap();
@@ -600,7 +600,14 @@ mod tests {
     }
 
     /// `Σ output ⊙ g` in f64 after a training forward with dropout seed `seed`.
-    fn weighted_output(spec: &Spec, p: &[f32], x: &[f32], g: &[f32], n: usize, seed: u64) -> f64 {
+    fn weighted_output(
+        spec: &Spec<'_>,
+        p: &[f32],
+        x: &[f32],
+        g: &[f32],
+        n: usize,
+        seed: u64,
+    ) -> f64 {
         let mut acts = vec![0.0; spec.act_len(n)];
         input_mut(spec, &mut acts, n).copy_from_slice(x);
         forward_with(spec, p, &mut acts, n, &Serial, &ForwardCtx::with_seed(seed)).unwrap();
@@ -750,7 +757,7 @@ mod tests {
 
     /// Smallest gap between the two largest inputs of any max-pool window (k = stride = 2)
     /// of layer `layer`, for the parameters and input `check_network` draws from `seed`.
-    fn min_pool_gap(spec: &Spec, layer: usize, n: usize, seed: u64) -> f32 {
+    fn min_pool_gap(spec: &Spec<'_>, layer: usize, n: usize, seed: u64) -> f32 {
         let mut r = Lcg::new(seed);
         let mut p = vec![0.0; spec.param_len()];
         r.fill(&mut p);
@@ -807,12 +814,12 @@ mod tests {
     }
 
     /// Runs a training forward on `x` and returns the activations.
-    fn acts_for(spec: &Spec, p: &[f32], x: &[f32], n: usize) -> vec::Vec<f32> {
+    fn acts_for(spec: &Spec<'_>, p: &[f32], x: &[f32], n: usize) -> vec::Vec<f32> {
         run_forward(spec, p, x, n)
     }
 
     /// Copies every batch-norm layer's batch statistics into its running statistics.
-    fn set_running_to_batch(spec: &Spec, p: &mut [f32], acts: &[f32], n: usize) {
+    fn set_running_to_batch(spec: &Spec<'_>, p: &mut [f32], acts: &[f32], n: usize) {
         for info in spec.iter() {
             if let Layer::BatchNorm { .. } = info.layer {
                 let c = info.stats_len;

@@ -42,7 +42,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// Exit status: [`FormatError::code`] (10–20) for a bad file, 30 for an inference error.
+    /// Exit status: [`FormatError::code`] (in [`FormatError::CODES`]) for a bad file, 30 for an
+    /// inference error.
     pub const fn code(&self) -> u8 {
         match self {
             Error::Format(e) => e.code(),

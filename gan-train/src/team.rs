@@ -312,7 +312,7 @@ mod tests {
                 if t == 3 {
                     panic!("task 3 fails");
                 }
-            })
+            });
         }));
         assert!(r.is_err());
         let n = AtomicUsize::new(0);

@@ -47,7 +47,7 @@ pub(crate) fn exact(
         // SAFETY: lengths checked above; each call gets a disjoint column range of `C` (see
         // `split_ranges`), which stays mutably borrowed until it returns.
         split_ranges(exec, n, chunk, &|j0, j1| unsafe {
-            exact_part(isa, &out, a, b, bias, m, k, n, j0, j1)
+            exact_part(isa, &out, a, b, bias, m, k, n, j0, j1);
         });
         return;
     }
@@ -120,7 +120,7 @@ pub(crate) unsafe fn exact_portable(
     ld: usize,
 ) {
     for i in 0..m {
-        // SAFETY (offsets): row i of A and of C.
+        // SAFETY: (offsets)  row i of A and of C.
         let (arow, crow) = unsafe { (a.add(i * k), c.add(i * ld)) };
         let mut j = 0;
         while j + 8 <= n {

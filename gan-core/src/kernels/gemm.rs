@@ -210,7 +210,7 @@ fn run_tasks(isa: Isa, g: &Gemm<'_>, out: &OutPtr, exec: &dyn Exec, chunk: usize
     // SAFETY: `split_ranges` hands each column range to one call only, see `OutPtr`; the
     // caller keeps `C` mutably borrowed until it has returned.
     split_ranges(exec, g.n, chunk, &|j0, j1| unsafe {
-        run_cols(isa, g, out, j0, j1)
+        run_cols(isa, g, out, j0, j1);
     });
 }
 
@@ -260,7 +260,7 @@ unsafe fn drive<K: Micro>(g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
                 let mut ir = 0;
                 while ir < mc {
                     let rows = K::MR.min(mc - ir);
-                    // SAFETY (offsets): micro-panel `ir / MR` starts at `ir·kc` in `pa` (it
+                    // SAFETY: (offsets)  micro-panel `ir / MR` starts at `ir·kc` in `pa` (it
                     // holds `mc·kc` floats); (ic + ir, jc) is inside the m×n matrix at `out`.
                     let t = unsafe {
                         Tile {

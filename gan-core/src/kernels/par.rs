@@ -33,10 +33,11 @@ pub fn for_each_chunk_min(
     if tasks > 1 {
         let len = out.len();
         let base = OutPtr::new(out);
-        // SAFETY: `split_ranges` hands out disjoint ranges of `out`, each once (see
-        // `OutPtr`); `out` stays mutably borrowed until it returns.
         split_ranges(exec, len, len.div_ceil(tasks), &|start, end| {
-            f(start, unsafe { base.range(start, end) })
+            // SAFETY: `split_ranges` hands out disjoint ranges of `out`, each once (see
+            // `OutPtr`); `out` stays mutably borrowed until it returns.
+            let part = unsafe { base.range(start, end) };
+            f(start, part);
         });
         return;
     }

@@ -147,7 +147,7 @@ impl Kind for Activation {
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
         let inp = a.inp;
         par::for_each_chunk_min(a.exec, a.out, self.par_min_elems(), &|off, o| {
-            Activation::forward(*self, o, &inp[off..off + o.len()])
+            Activation::forward(*self, o, &inp[off..off + o.len()]);
         });
         Ok(())
     }
@@ -163,7 +163,7 @@ impl Kind for Activation {
     }
     fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
         par::for_each_chunk_min(a.exec, a.pp.in_place(), self.par_min_elems(), &|_, x| {
-            self.forward_inplace(x)
+            self.forward_inplace(x);
         });
         Ok(())
     }

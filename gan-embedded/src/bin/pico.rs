@@ -352,7 +352,7 @@ fn handle(
 }
 
 #[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     defmt::error!("panic: {}", defmt::Display2Format(info));
     // Leave the LED on: a steady light without USB output means the firmware stopped.
     set_led(true);

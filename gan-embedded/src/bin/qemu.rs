@@ -11,8 +11,9 @@
 //! For each digit it prints ASCII art, the instructions it took (SysTick under
 //! `-icount shift=0`) and the MAC count to the console, and appends the raw grey bytes to
 //! `out`. At the end it prints the peak stack use and exits QEMU with status 0, or with the
-//! error's code: 10–20 for a bad weights file (`FormatError::code`), 2 for bad arguments, 3 if
-//! the host file cannot be written, 101 on a panic, 102 on a hard fault.
+//! error's code: `FormatError::CODES` (10–21) for a bad weights file (`FormatError::code`), 2
+//! for bad arguments, 3 if the host file cannot be written, 101 on a panic, 102 on a hard
+//! fault.
 //!
 //! With the `qemu-defmt` feature, log lines also go out as defmt frames on semihosting stdout
 //! (decode them with `defmt-print`), and the text above moves to stderr so the two streams never
@@ -92,7 +93,7 @@ fn parse_args(line: &[u8]) -> Result<Args<'_>, &[u8]> {
             b"count" => {
                 args.count = parse_number(value)
                     .and_then(|n| n.try_into().ok())
-                    .ok_or(word)?
+                    .ok_or(word)?;
             }
             b"class" => {
                 let c = parse_number(value)
@@ -246,7 +247,7 @@ unsafe fn HardFault(_frame: &ExceptionFrame) -> ! {
 }
 
 #[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     if let Ok(mut e) = File::stderr() {
         let _ = writeln!(e, "panic: {info}");
     }

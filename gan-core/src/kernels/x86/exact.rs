@@ -126,7 +126,7 @@ pub(crate) unsafe fn exact_avx512(
 #[inline(always)]
 unsafe fn run<S: Blocking>(e: &Exact) {
     let wide = 2 * S::LANES;
-    // SAFETY (whole body): strips cover columns j..j+w ≤ n, rows i < m.
+    // SAFETY: (whole body)  strips cover columns j..j+w ≤ n, rows i < m.
     unsafe {
         if e.m < 4 {
             for i in 0..e.m {
@@ -216,7 +216,7 @@ unsafe fn tile<S: Simd, const R: usize, const V: usize>(
     p1: usize,
 ) {
     let (k, ld, l) = (e.k, e.ld, S::LANES);
-    // SAFETY (whole body): A(i+r, p), the packed rows and the lanes of C(i+r, j..) and
+    // SAFETY: (whole body)  A(i+r, p), the packed rows and the lanes of C(i+r, j..) and
     // bias[j..] are in bounds for r < R, p0 ≤ p < p1 ≤ k (contract).
     unsafe {
         let mut acc = [[S::zero(); V]; R];
@@ -265,7 +265,7 @@ unsafe fn tile<S: Simd, const R: usize, const V: usize>(
 unsafe fn row_stream<S: Blocking>(e: &Exact, i: usize) {
     let (k, n, ld, l) = (e.k, e.n, e.ld, S::LANES);
     let full = n / l * l;
-    // SAFETY (whole body): A(i, p) for p < k, B(p, j) and C(i, j) for p < k and j < n (whole
+    // SAFETY: (whole body)  A(i, p) for p < k, B(p, j) and C(i, j) for p < k and j < n (whole
     // vectors below `full`, the lanes of the partial one above), and bias[..n] are in bounds.
     unsafe {
         let arow = e.a.add(i * k);

@@ -23,7 +23,7 @@ const KC: usize = 256;
 #[inline(always)]
 unsafe fn tile<S: Simd, const R: usize, const V: usize, const MR: usize>(t: &Tile) {
     let l = S::LANES;
-    // SAFETY (whole body): `a` walks the packed micro-panel (MR floats per step, r < R ≤ MR),
+    // SAFETY: (whole body)  `a` walks the packed micro-panel (MR floats per step, r < R ≤ MR),
     // `b` the 64-byte-aligned packed panel (2·LANES floats per step); row r < rows and the
     // `cols − LANES·v ≥ 1` columns of vector v are inside this tile's C (contract).
     unsafe {
@@ -168,7 +168,7 @@ unsafe fn pack_b_transposed<const NR: usize>(
     let full = cols / 8 * 8;
     let kc8 = kc / 8 * 8;
     for jj in (0..full).step_by(8) {
-        // SAFETY (whole loop): columns jc+jj..jc+jj+8 ≤ n and rows pc..pc+kc ≤ k of B are
+        // SAFETY: (whole loop)  columns jc+jj..jc+jj+8 ≤ n and rows pc..pc+kc ≤ k of B are
         // in `b` (Gemm invariant, asserted ranges); panel rows < kc hold NR floats.
         unsafe {
             let col = |q: usize| src.add((jc + jj + q) * g.bcs + pc);
