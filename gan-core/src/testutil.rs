@@ -58,3 +58,8 @@ pub fn grad_check(
         );
     }
 }
+
+/// `|a − b| ≤ tol`, comparing an f32 result with an f64 reference.
+pub fn close(a: f32, b: f64, tol: f64) -> bool {
+    (a as f64 - b).abs() <= tol
+}
