@@ -43,21 +43,14 @@ fn memory_maps(out: &Path, manifest: &Path, target: &str) {
     }
     // Sections shared by every map (WEIGHTS symbols, the linked-weights section), included by
     // each memory.x.
-    fs::copy(
-        manifest.join("memory/gan-sections.x"),
-        out.join("gan-sections.x"),
-    )
-    .expect("copy");
+    fs::copy(manifest.join("memory/gan-sections.x"), out.join("gan-sections.x")).expect("copy");
     println!("cargo:rustc-link-search={}", out.display());
 }
 
 /// The linker memory map of a board (see `gan_core::board` for what each region is).
 fn memory_x(b: &board::Board) -> String {
     let region = |name: &str, r: &board::Region| {
-        format!(
-            "  {name:<7} : ORIGIN = {:#010x}, LENGTH = {:#x}\n",
-            r.origin, r.len
-        )
+        format!("  {name:<7} : ORIGIN = {:#010x}, LENGTH = {:#x}\n", r.origin, r.len)
     };
     let mut s = format!(
         "/* {}: written by build.rs from gan_core::board::{}. */\nMEMORY\n{{\n",
@@ -105,10 +98,7 @@ fn linked_weights(out: &Path, manifest: &Path) {
     };
     println!("cargo:rerun-if-changed={}", path.display());
     let bytes = fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read the weights file {}: {e} (set GAN_WEIGHTS)",
-            path.display()
-        )
+        panic!("cannot read the weights file {}: {e} (set GAN_WEIGHTS)", path.display())
     });
     check_weights(&bytes, &path);
     fs::write(out.join("weights.ganw"), &bytes).expect("write weights into OUT_DIR");
@@ -131,10 +121,7 @@ fn check_weights(bytes: &[u8], path: &Path) {
         panic!("{} cannot run on this firmware: {e}", path.display());
     }
     if file.spec().output().len() > MAX_PIXELS {
-        panic!(
-            "{}: the generator output is larger than {MAX_PIXELS} pixels",
-            path.display()
-        );
+        panic!("{}: the generator output is larger than {MAX_PIXELS} pixels", path.display());
     }
 }
 

@@ -37,13 +37,8 @@ fn filled(len: usize, seed: u32) -> Vec<f32> {
 /// `C (m×n) = beta·C + A·B` with `matrixmultiply`, operands described by (row, column) strides.
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
-    c: &mut [f32],
-    a: &[f32],
-    (rsa, csa): (usize, usize),
-    b: &[f32],
-    (rsb, csb): (usize, usize),
-    (m, k, n): (usize, usize, usize),
-    beta: f32,
+    c: &mut [f32], a: &[f32], (rsa, csa): (usize, usize), b: &[f32], (rsb, csb): (usize, usize),
+    (m, k, n): (usize, usize, usize), beta: f32,
 ) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     // SAFETY: the strides describe an m×k and a k×n matrix inside `a` and `b` (asserted

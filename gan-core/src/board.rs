@@ -78,22 +78,10 @@ pub const PICO: Board = Board {
     description: "Raspberry Pi Pico (RP2040, Cortex-M0+)",
     bin: "pico",
     target: "thumbv6m-none-eabi",
-    boot2: Some(Region {
-        origin: 0x1000_0000,
-        len: 0x100,
-    }),
-    flash: Region {
-        origin: 0x1000_0100,
-        len: M - 0x100,
-    },
-    weights: Region {
-        origin: 0x1010_0000,
-        len: M,
-    },
-    ram: Region {
-        origin: 0x2000_0000,
-        len: 264 * K,
-    },
+    boot2: Some(Region { origin: 0x1000_0000, len: 0x100 }),
+    flash: Region { origin: 0x1000_0100, len: M - 0x100 },
+    weights: Region { origin: 0x1010_0000, len: M },
+    ram: Region { origin: 0x2000_0000, len: 264 * K },
     uf2_family: Some(RP2040_FAMILY_ID),
     qemu: None,
 };
@@ -106,23 +94,11 @@ pub const QEMU_M4: Board = Board {
     bin: "qemu",
     target: "thumbv7em-none-eabihf",
     boot2: None,
-    flash: Region {
-        origin: 0,
-        len: 2 * M,
-    },
-    weights: Region {
-        origin: 0x0020_0000,
-        len: 2 * M,
-    },
-    ram: Region {
-        origin: 0x2000_0000,
-        len: 4 * M,
-    },
+    flash: Region { origin: 0, len: 2 * M },
+    weights: Region { origin: 0x0020_0000, len: 2 * M },
+    ram: Region { origin: 0x2000_0000, len: 4 * M },
     uf2_family: None,
-    qemu: Some(Qemu {
-        machine: "mps2-an386",
-        cpu: "cortex-m4",
-    }),
+    qemu: Some(Qemu { machine: "mps2-an386", cpu: "cortex-m4" }),
 };
 
 /// ARMv6-M code (the Pico's instruction set) on QEMU `mps2-an385` (a Cortex-M3 board, which
@@ -135,19 +111,10 @@ pub const QEMU_M0: Board = Board {
     target: "thumbv6m-none-eabi",
     boot2: None,
     flash: Region { origin: 0, len: M },
-    weights: Region {
-        origin: 0x0010_0000,
-        len: M,
-    },
-    ram: Region {
-        origin: 0x2000_0000,
-        len: 264 * K,
-    },
+    weights: Region { origin: 0x0010_0000, len: M },
+    ram: Region { origin: 0x2000_0000, len: 264 * K },
     uf2_family: None,
-    qemu: Some(Qemu {
-        machine: "mps2-an385",
-        cpu: "cortex-m3",
-    }),
+    qemu: Some(Qemu { machine: "mps2-an385", cpu: "cortex-m3" }),
 };
 
 /// Every board.
@@ -180,12 +147,7 @@ mod tests {
                 }
             }
             assert!(b.weights.origin >= b.flash.end(), "{}", b.name);
-            assert_eq!(
-                b.weights.origin % 4096,
-                0,
-                "{}: weights not page aligned",
-                b.name
-            );
+            assert_eq!(b.weights.origin % 4096, 0, "{}: weights not page aligned", b.name);
             assert!(b.uf2_family.is_some() != b.qemu.is_some(), "{}", b.name);
             for other in &BOARDS[i + 1..] {
                 assert_ne!(b.name, other.name);

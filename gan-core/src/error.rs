@@ -40,10 +40,7 @@ impl fmt::Display for SpecError {
                 write!(f, "layer {layer}: zero or overflowing dimension")
             }
             SpecError::ShapeMismatch { layer } => {
-                write!(
-                    f,
-                    "layer {layer}: input shape does not fit the previous layer's output"
-                )
+                write!(f, "layer {layer}: input shape does not fit the previous layer's output")
             }
             SpecError::BadParameter { layer } => write!(f, "layer {layer}: parameter out of range"),
             SpecError::TooManyLayers => write!(f, "too many layers"),
@@ -86,11 +83,9 @@ impl fmt::Display for CoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CoreError::Spec(e) => write!(f, "invalid network spec: {e}"),
-            CoreError::BufferLen {
-                what,
-                expected,
-                got,
-            } => write!(f, "buffer `{what}` has length {got}, expected {expected}"),
+            CoreError::BufferLen { what, expected, got } => {
+                write!(f, "buffer `{what}` has length {got}, expected {expected}")
+            }
             CoreError::Unsupported { layer } => {
                 write!(f, "layer {layer} is not supported by this operation")
             }
@@ -105,31 +100,24 @@ impl core::error::Error for CoreError {}
 /// Returns `Err(BufferLen)` unless `got == expected`.
 #[inline]
 pub(crate) fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), CoreError> {
-    if got == expected {
-        Ok(())
-    } else {
-        Err(CoreError::BufferLen {
-            what,
-            expected,
-            got,
-        })
+    if got == expected { Ok(()) } else { Err(CoreError::BufferLen { what, expected, got }) }
+}
+
+/// [`check_len`] for an optional buffer: `Ok` when it is `None`.
+#[inline]
+pub(crate) fn check_opt_len(
+    what: &'static str, buf: Option<&[f32]>, expected: usize,
+) -> Result<(), CoreError> {
+    match buf {
+        Some(b) => check_len(what, b.len(), expected),
+        None => Ok(()),
     }
 }
 
 /// Returns `Err(BufferLen)` unless `got >= needed`.
 #[inline]
 pub(crate) fn check_min_len(
-    what: &'static str,
-    got: usize,
-    needed: usize,
+    what: &'static str, got: usize, needed: usize,
 ) -> Result<(), CoreError> {
-    if got >= needed {
-        Ok(())
-    } else {
-        Err(CoreError::BufferLen {
-            what,
-            expected: needed,
-            got,
-        })
-    }
+    if got >= needed { Ok(()) } else { Err(CoreError::BufferLen { what, expected: needed, got }) }
 }

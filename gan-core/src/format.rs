@@ -171,11 +171,7 @@ impl Header {
     /// Builds a header for a network whose parameters are stored as f32, listing every tensor
     /// at its offset in the parameter layout. `data_crc` is filled in by [`write()`].
     pub fn for_spec(
-        kind: ModelKind,
-        spec: &Spec<'_>,
-        latent: u32,
-        classes: u32,
-        noise: NoiseKind,
+        kind: ModelKind, spec: &Spec<'_>, latent: u32, classes: u32, noise: NoiseKind,
     ) -> Result<Self, FormatError> {
         Header::for_spec_as(kind, spec, latent, classes, noise, Encoding::F32)
     }
@@ -184,11 +180,7 @@ impl Header {
     /// encoding's tensor table. Fails with [`FormatError::Unsupported`] if the encoding cannot
     /// hold one of the layers.
     pub fn for_spec_as(
-        kind: ModelKind,
-        spec: &Spec<'_>,
-        latent: u32,
-        classes: u32,
-        noise: NoiseKind,
+        kind: ModelKind, spec: &Spec<'_>, latent: u32, classes: u32, noise: NoiseKind,
         encoding: Encoding,
     ) -> Result<Self, FormatError> {
         let mut layers = heapless::Vec::new();
@@ -355,9 +347,8 @@ pub fn parse_header(bytes: &[u8]) -> Result<(Header, usize), FormatError> {
     if header_len > MAX_HEADER_LEN {
         return Err(FormatError::CorruptHeader);
     }
-    let header_bytes = bytes
-        .get(PREAMBLE_LEN..PREAMBLE_LEN + header_len)
-        .ok_or(FormatError::Truncated)?;
+    let header_bytes =
+        bytes.get(PREAMBLE_LEN..PREAMBLE_LEN + header_len).ok_or(FormatError::Truncated)?;
     if crc32(header_bytes) != read_u32(bytes, 12) {
         return Err(FormatError::CorruptHeader);
     }
@@ -385,9 +376,7 @@ impl<'a> WeightsFile<'a> {
             && (header.latent as usize).checked_add(header.classes as usize)
                 != Some(spec.input().len())
         {
-            return Err(FormatError::BadArchitecture(SpecError::ShapeMismatch {
-                layer: 0,
-            }));
+            return Err(FormatError::BadArchitecture(SpecError::ShapeMismatch { layer: 0 }));
         }
         let encoding = header.encoding();
         // A file cannot hold an encoding newer than its version.
@@ -398,20 +387,14 @@ impl<'a> WeightsFile<'a> {
         if header.tensors != table || header.data_len as usize != expected_len {
             return Err(FormatError::BadTensorTable);
         }
-        let end = data_at
-            .checked_add(expected_len)
-            .ok_or(FormatError::Truncated)?;
+        let end = data_at.checked_add(expected_len).ok_or(FormatError::Truncated)?;
         let data = bytes.get(data_at..end).ok_or(FormatError::Truncated)?;
         if crc32(data) != header.data_crc {
             return Err(FormatError::DataChecksum);
         }
         // Alignment and element type: the same view `weights` hands out later.
         encoding.view(data, &table)?;
-        Ok(WeightsFile {
-            header,
-            data,
-            file_len: end,
-        })
+        Ok(WeightsFile { header, data, file_len: end })
     }
 
     /// The flat f32 parameter buffer, in place (layout of [`crate::spec`]); `None` for a file
@@ -427,10 +410,7 @@ impl<'a> WeightsFile<'a> {
     pub fn weights(&self) -> Encoded<'_> {
         // `parse` checked this exact view; the empty fallback is never taken (and would fail
         // every length check rather than read anything).
-        self.header
-            .encoding()
-            .view(self.data, &self.header.tensors)
-            .unwrap_or(Encoded::F32(&[]))
+        self.header.encoding().view(self.data, &self.header.tensors).unwrap_or(Encoded::F32(&[]))
     }
 
     /// The data section's bytes, in place.
@@ -447,9 +427,7 @@ impl<'a> WeightsFile<'a> {
     /// Checks that this is a generator whose parameters and widest activation fit the caller's
     /// fixed buffers.
     pub fn check_generator_fits(
-        &self,
-        max_params: usize,
-        max_features: usize,
+        &self, max_params: usize, max_features: usize,
     ) -> Result<(), FormatError> {
         if self.header.kind != ModelKind::Generator {
             return Err(FormatError::WrongKind);
@@ -513,9 +491,7 @@ fn header_len(out: &mut [u8], h: &Header) -> Result<usize, FormatError> {
 /// Writes the preamble (with `version`), the header and the padding after it, and returns
 /// where the `h.data_len` bytes of data go.
 fn write_head(
-    out: &mut [u8],
-    h: &Header,
-    version: u16,
+    out: &mut [u8], h: &Header, version: u16,
 ) -> Result<core::ops::Range<usize>, FormatError> {
     let header_len = header_len(out, h)?;
     let data_at = data_offset(header_len);
@@ -540,11 +516,7 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
         t[i] = c;
@@ -612,9 +584,7 @@ mod tests {
 
     fn sample_file() -> (Aligned, usize, Vec<f32>) {
         let spec = Spec::new(Shape::flat(3), &LAYERS).unwrap();
-        let params: Vec<f32> = (0..spec.param_len())
-            .map(|i| i as f32 * 0.25 - 3.0)
-            .collect();
+        let params: Vec<f32> = (0..spec.param_len()).map(|i| i as f32 * 0.25 - 3.0).collect();
         let h = Header::for_spec(ModelKind::Generator, &spec, 3, 0, NoiseKind::Gaussian).unwrap();
         let mut buf = Aligned([0xAA; 4096]);
         let n = write(&mut buf.0, &h, &params).unwrap();
@@ -659,22 +629,13 @@ mod tests {
             assert_eq!(r, Err(FormatError::Truncated), "cut at {cut}");
         }
         assert_eq!(parse_mod(&|b| b[0] = b'X'), Err(FormatError::BadMagic));
-        assert_eq!(
-            parse_mod(&|b| b[4] = 9),
-            Err(FormatError::UnsupportedVersion(9))
-        );
+        assert_eq!(parse_mod(&|b| b[4] = 9), Err(FormatError::UnsupportedVersion(9)));
         assert_eq!(parse_mod(&|b| b[20] ^= 1), Err(FormatError::CorruptHeader));
-        assert_eq!(
-            parse_mod(&|b| b[n - 3] ^= 0x10),
-            Err(FormatError::DataChecksum)
-        );
+        assert_eq!(parse_mod(&|b| b[n - 3] ^= 0x10), Err(FormatError::DataChecksum));
         // Misaligned in memory: the same bytes one byte later.
         let mut b = Aligned([0; 4096]);
         b.0[1..n + 1].copy_from_slice(good);
-        assert_eq!(
-            WeightsFile::parse(&b.0[1..n + 1]).map(|_| ()),
-            Err(FormatError::Misaligned)
-        );
+        assert_eq!(WeightsFile::parse(&b.0[1..n + 1]).map(|_| ()), Err(FormatError::Misaligned));
         // Every error has its own code.
         let codes = [
             FormatError::Truncated,
@@ -703,50 +664,26 @@ mod tests {
     /// layer's scale and shift, and a table without them is refused.
     #[test]
     fn batchnorm_running_stats_are_in_the_tensor_table() {
-        let layers = [
-            Layer::Dense { out: 12 },
-            Layer::BatchNorm {
-                eps: 1e-5,
-                momentum: 0.1,
-            },
-            Layer::Relu,
-            Layer::Dense { out: 4 },
-        ];
+        let layers =
+            [Layer::Dense { out: 12 }, crate::presets::BN, Layer::Relu, Layer::Dense { out: 4 }];
         let spec = Spec::new(Shape::flat(3), &layers).unwrap();
         let h = Header::for_spec(ModelKind::Generator, &spec, 3, 0, NoiseKind::Gaussian).unwrap();
         let bn = spec.iter().nth(1).unwrap();
-        let kinds: Vec<(u16, TensorKind, u32, u32)> = h
-            .tensors
-            .iter()
-            .map(|t| (t.layer, t.kind, t.offset, t.len))
-            .collect();
+        let kinds: Vec<(u16, TensorKind, u32, u32)> =
+            h.tensors.iter().map(|t| (t.layer, t.kind, t.offset, t.len)).collect();
         assert_eq!(kinds.len(), 7);
-        assert_eq!(
-            kinds[4],
-            (
-                1,
-                TensorKind::RunningStats,
-                (bn.stats_offset * 4) as u32,
-                24
-            )
-        );
+        assert_eq!(kinds[4], (1, TensorKind::RunningStats, (bn.stats_offset * 4) as u32, 24));
         assert_eq!(TensorKind::RunningStats.name(), "stats");
         let params: Vec<f32> = (0..spec.param_len()).map(|i| i as f32).collect();
         let mut buf = Aligned([0; 4096]);
         let n = write(&mut buf.0, &h, &params).unwrap();
         let f = WeightsFile::parse(&buf.0[..n]).unwrap();
-        assert_eq!(
-            &f.params().unwrap()[bn.stats_range()],
-            &params[bn.stats_range()]
-        );
+        assert_eq!(&f.params().unwrap()[bn.stats_range()], &params[bn.stats_range()]);
         // The same file with the stats entry dropped from its table.
         let mut h2 = h.clone();
         h2.tensors.remove(4);
         let mut buf2 = Aligned([0; 4096]);
-        assert_eq!(
-            write(&mut buf2.0, &h2, &params),
-            Err(FormatError::BadTensorTable)
-        );
+        assert_eq!(write(&mut buf2.0, &h2, &params), Err(FormatError::BadTensorTable));
     }
 
     /// A header re-encoded with a consistent CRC but a lying architecture is still rejected.
@@ -787,19 +724,13 @@ mod tests {
         assert!(matches!(check(&h), Err(FormatError::BadArchitecture(_))));
         let mut h = good.clone();
         h.layers.clear();
-        assert_eq!(
-            check(&h),
-            Err(FormatError::BadArchitecture(SpecError::Empty))
-        );
+        assert_eq!(check(&h), Err(FormatError::BadArchitecture(SpecError::Empty)));
         let mut h = good.clone();
         h.kind = ModelKind::Discriminator;
         h.latent = 0;
         let mut buf = Aligned([0; 4096]);
         let n = write(&mut buf.0, &h, &params).unwrap();
         let f = WeightsFile::parse(&buf.0[..n]).unwrap();
-        assert_eq!(
-            f.check_generator_fits(usize::MAX, usize::MAX),
-            Err(FormatError::WrongKind)
-        );
+        assert_eq!(f.check_generator_fits(usize::MAX, usize::MAX), Err(FormatError::WrongKind));
     }
 }

@@ -96,13 +96,8 @@ impl<'a> Generator<'a> {
     /// Draws the next noise vector from `rng`, appends the one-hot `class` (ignored for an
     /// unconditional model), runs exact inference and converts the output to grey bytes.
     pub fn generate(
-        &self,
-        rng: &mut NoiseRng,
-        class: usize,
-        input: &mut [f32],
-        output: &mut [f32],
-        scratch: &mut [f32],
-        pixels: &mut [u8],
+        &self, rng: &mut NoiseRng, class: usize, input: &mut [f32], output: &mut [f32],
+        scratch: &mut [f32], pixels: &mut [u8],
     ) -> Result<(), CoreError> {
         self.generate_with(rng, class, input, output, scratch, pixels, &Serial)
     }
@@ -111,14 +106,8 @@ impl<'a> Generator<'a> {
     /// the same for every `exec` (see [`model::infer_with`]).
     #[allow(clippy::too_many_arguments)]
     pub fn generate_with(
-        &self,
-        rng: &mut NoiseRng,
-        class: usize,
-        input: &mut [f32],
-        output: &mut [f32],
-        scratch: &mut [f32],
-        pixels: &mut [u8],
-        exec: &dyn Exec,
+        &self, rng: &mut NoiseRng, class: usize, input: &mut [f32], output: &mut [f32],
+        scratch: &mut [f32], pixels: &mut [u8], exec: &dyn Exec,
     ) -> Result<(), CoreError> {
         check_len("input", input.len(), self.input_len())?;
         check_len("pixels", pixels.len(), self.output_len())?;
@@ -127,11 +116,7 @@ impl<'a> Generator<'a> {
         }
         noise::generator_input(self.noise, rng, self.latent, class, input);
         model::infer_encoded(&self.spec, &self.weights, input, output, scratch, 1, exec)?;
-        let map = if self.sigmoid_out {
-            crate::to_pixel_unit
-        } else {
-            crate::to_pixel
-        };
+        let map = if self.sigmoid_out { crate::to_pixel_unit } else { crate::to_pixel };
         for (p, &v) in pixels.iter_mut().zip(output.iter()) {
             *p = map(v);
         }

@@ -40,10 +40,7 @@ pub const fn gp_scratch_len(spec: &Spec<'_>, n: usize) -> usize {
 /// Interpolates `x̂ = ε·real + (1−ε)·fake` per sample, with one `eps[i]` in `[0, 1]` per sample.
 /// All of `out`, `real`, `fake` are N × features.
 pub fn interpolate(
-    out: &mut [f32],
-    real: &[f32],
-    fake: &[f32],
-    eps: &[f32],
+    out: &mut [f32], real: &[f32], fake: &[f32], eps: &[f32],
 ) -> Result<(), CoreError> {
     let n = eps.len();
     if n == 0 || !out.len().is_multiple_of(n) {
@@ -52,11 +49,8 @@ pub fn interpolate(
     check_len("real", real.len(), out.len())?;
     check_len("fake", fake.len(), out.len())?;
     let f = out.len() / n;
-    for (((o, r), fk), &e) in out
-        .chunks_exact_mut(f)
-        .zip(real.chunks_exact(f))
-        .zip(fake.chunks_exact(f))
-        .zip(eps)
+    for (((o, r), fk), &e) in
+        out.chunks_exact_mut(f).zip(real.chunks_exact(f)).zip(fake.chunks_exact(f)).zip(eps)
     {
         for ((o, &r), &fk) in o.iter_mut().zip(r).zip(fk) {
             *o = e * r + (1.0 - e) * fk;
@@ -70,23 +64,15 @@ pub fn interpolate(
 /// Returns `(P, mean ‖g‖)`. `scratch` has [`gp_scratch_len`] elements.
 #[allow(clippy::too_many_arguments)]
 pub fn gradient_penalty(
-    spec: &Spec<'_>,
-    params: &[f32],
-    grads: &mut [f32],
-    x_hat: &[f32],
-    lambda: f32,
-    scratch: &mut [f32],
-    n: usize,
-    exec: &dyn Exec,
+    spec: &Spec<'_>, params: &[f32], grads: &mut [f32], x_hat: &[f32], lambda: f32,
+    scratch: &mut [f32], n: usize, exec: &dyn Exec,
 ) -> Result<(f32, f32), CoreError> {
     if n == 0 {
         return Err(CoreError::ZeroSize);
     }
     let in_len = spec.input().len();
     if spec.output().len() != 1 {
-        return Err(CoreError::Unsupported {
-            layer: spec.layers().len() - 1,
-        });
+        return Err(CoreError::Unsupported { layer: spec.layers().len() - 1 });
     }
     check_len("x_hat", x_hat.len(), n * in_len)?;
     check_len("grads", grads.len(), spec.param_len())?;
@@ -169,45 +155,21 @@ fn tangent_of(info: &LayerInfo) -> Result<Tangent, CoreError> {
 /// the slope layers back-propagate as in [`model::backward`], with the masks of `acts`.
 #[allow(clippy::too_many_arguments)]
 fn tangent_backward(
-    spec: &Spec<'_>,
-    params: &[f32],
-    acts: &[f32],
-    tangent: &[f32],
-    dout: &[f32],
-    grads: &mut [f32],
-    scratch: &mut [f32],
-    n: usize,
-    exec: &dyn Exec,
+    spec: &Spec<'_>, params: &[f32], acts: &[f32], tangent: &[f32], dout: &[f32],
+    grads: &mut [f32], scratch: &mut [f32], n: usize, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let infos = model::backward_layers(spec, spec.layers().len(), n)?;
-    let half = spec.max_features() * n;
-    let (ping, aux_scratch) = scratch.split_at_mut(2 * half);
-    let (mut cur, mut other) = ping.split_at_mut(half);
-    cur[..dout.len()].copy_from_slice(dout);
-    let first_real = infos.iter().position(|i| !i.view);
-    for info in infos.iter().rev() {
-        if info.view {
-            continue;
-        }
-        let g_out = &cur[..n * info.out_shape.len()];
-        let dinp = (Some(info.index) != first_real).then(|| &mut other[..n * info.in_shape.len()]);
+    model::walk_back(&infos, n, spec.max_features(), dout, scratch, None, |st| {
+        let (info, g_out) = (st.l, st.dout);
         match tangent_of(info)? {
             Tangent::View => {}
             Tangent::Dense => {
                 let (c_in, c_out) = (info.in_shape.len(), info.out_shape.len());
                 let gw = &mut grads[info.weight_range()];
+                let t_in = &tangent[info.in_range(n)];
                 // dW (C_in×C_out) += ṫ_inᵀ · dout
-                kernels::matmul_tn(
-                    gw,
-                    &tangent[info.in_range(n)],
-                    g_out,
-                    c_in,
-                    n,
-                    c_out,
-                    true,
-                    exec,
-                );
-                if let Some(d) = dinp {
+                kernels::matmul_tn(gw, t_in, g_out, c_in, n, c_out, true, exec);
+                if let Some(d) = st.dinp {
                     // dinp (N×C_in) = dout · Wᵀ
                     let w = &params[info.weight_range()];
                     kernels::matmul_nt(d, g_out, w, n, c_out, c_in, false, exec);
@@ -219,18 +181,17 @@ fn tangent_backward(
                     params,
                     acts,
                     dout: g_out,
-                    dinp,
+                    dinp: st.dinp,
                     grads: None,
-                    scratch: &mut *aux_scratch,
+                    scratch: st.scratch,
                     n,
                     exec,
                 };
                 with_kind!(info.layer, |k| Kind::backward(&k, a))?;
             }
         }
-        core::mem::swap(&mut cur, &mut other);
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -253,9 +214,7 @@ mod tests {
     fn penalty_only(spec: &Spec<'_>, p: &[f32], x: &[f32], n: usize) -> f64 {
         let mut grads = vec![0.0; spec.param_len()];
         let mut s = vec![0.0; gp_scratch_len(spec, n)];
-        gradient_penalty(spec, p, &mut grads, x, 10.0, &mut s, n, &Serial)
-            .unwrap()
-            .0 as f64
+        gradient_penalty(spec, p, &mut grads, x, 10.0, &mut s, n, &Serial).unwrap().0 as f64
     }
 
     #[test]
@@ -294,20 +253,13 @@ mod tests {
             gradient_penalty(&spec, &p, &mut grads, &x, 10.0, &mut s, 2, &Serial).unwrap();
         assert!((pen - 160.0).abs() < 1e-3, "{pen}");
         assert!((norm - 5.0).abs() < 1e-5);
-        assert!(
-            (grads[0] - 48.0).abs() < 1e-3 && (grads[1] - 64.0).abs() < 1e-3,
-            "{grads:?}"
-        );
+        assert!((grads[0] - 48.0).abs() < 1e-3 && (grads[1] - 64.0).abs() < 1e-3, "{grads:?}");
         assert_eq!(grads[4], 0.0);
     }
 
     #[test]
     fn rejects_smooth_critics_and_bad_buffers() {
-        let layers = [
-            Layer::Dense { out: 3 },
-            Layer::Tanh,
-            Layer::Dense { out: 1 },
-        ];
+        let layers = [Layer::Dense { out: 3 }, Layer::Tanh, Layer::Dense { out: 1 }];
         let spec = Spec::new(Shape::flat(2), &layers).unwrap();
         let p = vec![0.1; spec.param_len()];
         let mut g = vec![0.0; spec.param_len()];
@@ -328,13 +280,7 @@ mod tests {
     #[test]
     fn interpolation() {
         let mut out = [0.0; 4];
-        interpolate(
-            &mut out,
-            &[1.0, 1.0, 2.0, 2.0],
-            &[0.0, 0.0, 0.0, 4.0],
-            &[0.25, 0.5],
-        )
-        .unwrap();
+        interpolate(&mut out, &[1.0, 1.0, 2.0, 2.0], &[0.0, 0.0, 0.0, 4.0], &[0.25, 0.5]).unwrap();
         assert_eq!(out, [0.25, 0.25, 1.0, 3.0]);
     }
 }

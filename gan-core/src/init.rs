@@ -111,10 +111,7 @@ impl Init {
 ///
 /// Errors: [`CoreError::BufferLen`] if `params.len() != spec.param_len()` (nothing written).
 pub fn init_params<R: Rng + ?Sized>(
-    spec: &Spec<'_>,
-    params: &mut [f32],
-    weight_init: Init,
-    rng: &mut R,
+    spec: &Spec<'_>, params: &mut [f32], weight_init: Init, rng: &mut R,
 ) -> Result<(), CoreError> {
     check_len("params", params.len(), spec.param_len())?;
     // Biases and padding are zero; weights are overwritten below.
@@ -132,13 +129,8 @@ mod tests {
     use crate::spec::Shape;
     use std::vec;
 
-    const ALL: [Init; 5] = [
-        Init::HeNormal,
-        Init::HeUniform,
-        Init::XavierNormal,
-        Init::XavierUniform,
-        Init::Zeros,
-    ];
+    const ALL: [Init; 5] =
+        [Init::HeNormal, Init::HeUniform, Init::XavierNormal, Init::XavierUniform, Init::Zeros];
 
     /// (mean, standard deviation, largest |w|) in f64.
     fn stats(w: &[f32]) -> (f64, f64, f64) {
@@ -168,16 +160,10 @@ mod tests {
             init.fill(&mut rng, &mut w, fan_in, fan_out);
             let (mean, sd, max) = stats(&w);
             assert!(mean.abs() < 0.01 * std, "{init:?}: mean {mean}");
-            assert!(
-                (sd / std - 1.0).abs() < 0.02,
-                "{init:?}: std {sd}, want {std}"
-            );
+            assert!((sd / std - 1.0).abs() < 0.02, "{init:?}: std {sd}, want {std}");
             match bound {
                 // Uniform: inside the bound and reaching close to it.
-                Some(b) => assert!(
-                    max <= b && max > 0.999 * b,
-                    "{init:?}: max {max}, bound {b}"
-                ),
+                Some(b) => assert!(max <= b && max > 0.999 * b, "{init:?}: max {max}, bound {b}"),
                 // Normal: 131072 draws reach beyond 4 std but not beyond 6.
                 None => assert!(max > 4.0 * std && max < 6.0 * std, "{init:?}: max {max}"),
             }
@@ -224,11 +210,8 @@ mod tests {
 
     // input 3 → Dense 5 → LeakyReLU → Dense 3: weights 15 (+1 pad), bias 5 (+3 pad),
     // weights 15 (+1 pad), bias 3 (+1 pad) = 44 elements.
-    const ODD: [Layer; 3] = [
-        Layer::Dense { out: 5 },
-        Layer::LeakyRelu { alpha: 0.2 },
-        Layer::Dense { out: 3 },
-    ];
+    const ODD: [Layer; 3] =
+        [Layer::Dense { out: 5 }, Layer::LeakyRelu { alpha: 0.2 }, Layer::Dense { out: 3 }];
 
     #[test]
     fn init_params_fills_weights_and_zeroes_the_rest() {
@@ -272,11 +255,7 @@ mod tests {
         let mut params = vec![7.0f32; 43];
         assert_eq!(
             init_params(&spec, &mut params, Init::HeNormal, &mut noise::rng(0)),
-            Err(CoreError::BufferLen {
-                what: "params",
-                expected: 44,
-                got: 43
-            })
+            Err(CoreError::BufferLen { what: "params", expected: 44, got: 43 })
         );
         assert!(params.iter().all(|&v| v == 7.0));
     }
@@ -284,22 +263,9 @@ mod tests {
     #[test]
     fn init_params_convolutions_and_batch_norm() {
         let layers = [
-            Layer::Conv2d {
-                out_c: 8,
-                k: 4,
-                stride: 2,
-                pad: 1,
-            },
-            Layer::BatchNorm {
-                eps: 1e-5,
-                momentum: 0.1,
-            },
-            Layer::ConvTranspose2d {
-                out_c: 3,
-                k: 4,
-                stride: 2,
-                pad: 1,
-            },
+            Layer::Conv2d { out_c: 8, k: 4, stride: 2, pad: 1 },
+            crate::presets::BN,
+            Layer::ConvTranspose2d { out_c: 3, k: 4, stride: 2, pad: 1 },
         ];
         let spec = Spec::new(Shape::image(2, 8, 8), &layers).unwrap();
         let mut params = vec![7.0f32; spec.param_len()];

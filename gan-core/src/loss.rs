@@ -30,11 +30,7 @@ fn check_batch(what: &'static str, grad_len: usize, n: usize) -> Result<(), Core
 
 /// `x·y`, or `Err(BufferLen)` naming `what` if the product overflows `usize`.
 fn dim_product(what: &'static str, x: usize, y: usize, got: usize) -> Result<usize, CoreError> {
-    x.checked_mul(y).ok_or(CoreError::BufferLen {
-        what,
-        expected: usize::MAX,
-        got,
-    })
+    x.checked_mul(y).ok_or(CoreError::BufferLen { what, expected: usize::MAX, got })
 }
 
 /// Shared body of the probability BCE. Lengths already checked, `p` non-empty.
@@ -103,9 +99,7 @@ pub fn bce_logits(grad: &mut [f32], logits: &[f32], target: f32) -> Result<f32, 
 /// `L = (1/N)·Σ_i ( max(x_i, 0) − x_i·t_i + ln(1 + e^{−|x_i|}) )`; `grad_i = (σ(x_i) − t_i) / N`.
 /// `grad`, `logits` and `targets` have length `N`.
 pub fn bce_logits_targets(
-    grad: &mut [f32],
-    logits: &[f32],
-    targets: &[f32],
+    grad: &mut [f32], logits: &[f32], targets: &[f32],
 ) -> Result<f32, CoreError> {
     check_batch("grad", grad.len(), logits.len())?;
     check_len("targets", targets.len(), logits.len())?;
@@ -147,10 +141,7 @@ fn sum_and_inv_len(x: &[f32]) -> (f32, f32) {
 /// (both overwritten). `grad_real`/`real` have length `N_r`, `grad_fake`/`fake` length `N_f`;
 /// the two batches may differ in size. No gradient penalty or clipping here.
 pub fn wasserstein_critic(
-    grad_real: &mut [f32],
-    grad_fake: &mut [f32],
-    real: &[f32],
-    fake: &[f32],
+    grad_real: &mut [f32], grad_fake: &mut [f32], real: &[f32], fake: &[f32],
 ) -> Result<f32, CoreError> {
     check_batch("grad_real", grad_real.len(), real.len())?;
     check_batch("grad_fake", grad_fake.len(), fake.len())?;
@@ -195,10 +186,7 @@ fn hinge_side(grad: &mut [f32], x: &[f32], s: f32) -> f32 {
 /// `fake_i > −1`, else 0 (at the kink itself the gradient is 0). Both overwritten.
 /// `grad_real`/`real` have length `N_r`, `grad_fake`/`fake` length `N_f`.
 pub fn hinge_critic(
-    grad_real: &mut [f32],
-    grad_fake: &mut [f32],
-    real: &[f32],
-    fake: &[f32],
+    grad_real: &mut [f32], grad_fake: &mut [f32], real: &[f32], fake: &[f32],
 ) -> Result<f32, CoreError> {
     check_batch("grad_real", grad_real.len(), real.len())?;
     check_batch("grad_fake", grad_fake.len(), fake.len())?;
@@ -221,21 +209,12 @@ pub fn hinge_generator(grad: &mut [f32], fake: &[f32]) -> Result<f32, CoreError>
 ///
 /// Shapes: `real` N_r×F, `fake` and `grad_fake` N_f×F, row-major.
 pub fn feature_matching(
-    grad_fake: &mut [f32],
-    real: &[f32],
-    fake: &[f32],
-    n_real: usize,
-    n_fake: usize,
-    f: usize,
+    grad_fake: &mut [f32], real: &[f32], fake: &[f32], n_real: usize, n_fake: usize, f: usize,
 ) -> Result<f32, CoreError> {
     if n_real == 0 || n_fake == 0 || f == 0 {
         return Err(CoreError::ZeroSize);
     }
-    check_len(
-        "real",
-        real.len(),
-        dim_product("real", n_real, f, real.len())?,
-    )?;
+    check_len("real", real.len(), dim_product("real", n_real, f, real.len())?)?;
     let fake_len = dim_product("fake", n_fake, f, fake.len())?;
     check_len("fake", fake.len(), fake_len)?;
     check_len("grad_fake", grad_fake.len(), fake_len)?;
@@ -311,11 +290,7 @@ mod tests {
         all_close(&g2, &[-1.0, -0.555_555_6], 1e-5);
         // Per-element targets: t = (1, 0) on p = (0.9, 0.9): (0.1053605 + 2.3025851)/2
         // = 1.2039728; grads −1.1111111/2 = −0.5555556 and 10/2 = 5.
-        close(
-            bce_targets(&mut g2, &[0.9, 0.9], &[1.0, 0.0]).unwrap(),
-            1.203_972_8,
-            1e-5,
-        );
+        close(bce_targets(&mut g2, &[0.9, 0.9], &[1.0, 0.0]).unwrap(), 1.203_972_8, 1e-5);
         all_close(&g2, &[-0.555_555_6, 5.0], 1e-4);
         // Smoothed target 0.9 at p = 0.5: −(0.9·ln 0.5 + 0.1·ln 0.5) = ln 2; grad
         // 0.1/0.5 − 0.9/0.5 = −1.6.
@@ -376,11 +351,7 @@ mod tests {
         // out (1, 3, −1), t = 1: squares (0, 4, 4), 0.5·(8/3) = 1.3333333;
         // grads (0, 2, −2)/3 = (0, 0.6666667, −0.6666667).
         let mut g = [5.0f32; 3];
-        close(
-            lsgan(&mut g, &[1.0, 3.0, -1.0], 1.0).unwrap(),
-            1.333_333_3,
-            1e-6,
-        );
+        close(lsgan(&mut g, &[1.0, 3.0, -1.0], 1.0).unwrap(), 1.333_333_3, 1e-6);
         all_close(&g, &[0.0, 0.666_666_7, -0.666_666_7], 1e-6);
         // t = 0 on (0.5, −0.5): 0.5·(0.25 + 0.25)/2 = 0.125; grads (0.25, −0.25).
         let mut g = [0.0f32; 2];
@@ -399,11 +370,7 @@ mod tests {
         all_close(&gf, &[0.5; 2], 1e-7);
         // Generator: fake (1, 2, −6) mean −1, L = 1; grads −1/3.
         let mut g = [0.0f32; 3];
-        close(
-            wasserstein_generator(&mut g, &[1.0, 2.0, -6.0]).unwrap(),
-            1.0,
-            1e-6,
-        );
+        close(wasserstein_generator(&mut g, &[1.0, 2.0, -6.0]).unwrap(), 1.0, 1e-6);
         all_close(&g, &[-1.0 / 3.0; 3], 1e-7);
     }
 
@@ -420,11 +387,7 @@ mod tests {
         all_close(&gf, &[0.0, third, third], 1e-7);
         // Exactly at the kinks (real = 1, fake = −1) the loss and gradient are 0.
         let (mut gr, mut gf) = ([7.0f32; 1], [7.0f32; 1]);
-        close(
-            hinge_critic(&mut gr, &mut gf, &[1.0], &[-1.0]).unwrap(),
-            0.0,
-            0.0,
-        );
+        close(hinge_critic(&mut gr, &mut gf, &[1.0], &[-1.0]).unwrap(), 0.0, 0.0);
         assert_eq!((gr[0], gf[0]), (0.0, 0.0));
         // Generator: fake (0.5, −1.5) → −mean = 0.5; grads −0.5.
         let mut g = [0.0f32; 2];
@@ -492,23 +455,11 @@ mod tests {
         for target in [0.0, 1.0, 0.9] {
             let mut g = [0.0f32; 8];
             bce(&mut g, &p, target).unwrap();
-            grad_check(
-                &p,
-                &g,
-                |pp| bce(&mut [0.0; 8], pp, target).unwrap() as f64,
-                1e-3,
-                1e-3,
-            );
+            grad_check(&p, &g, |pp| bce(&mut [0.0; 8], pp, target).unwrap() as f64, 1e-3, 1e-3);
         }
         let mut g = [0.0f32; 8];
         bce_targets(&mut g, &p, &t).unwrap();
-        grad_check(
-            &p,
-            &g,
-            |pp| bce_targets(&mut [0.0; 8], pp, &t).unwrap() as f64,
-            1e-3,
-            1e-3,
-        );
+        grad_check(&p, &g, |pp| bce_targets(&mut [0.0; 8], pp, &t).unwrap() as f64, 1e-3, 1e-3);
     }
 
     #[test]
@@ -537,13 +488,7 @@ mod tests {
             1e-3,
         );
         ns_generator_logits(&mut g, &x).unwrap();
-        grad_check(
-            &x,
-            &g,
-            |xp| ns_generator_logits(&mut [0.0; 8], xp).unwrap() as f64,
-            1e-2,
-            1e-3,
-        );
+        grad_check(&x, &g, |xp| ns_generator_logits(&mut [0.0; 8], xp).unwrap() as f64, 1e-2, 1e-3);
     }
 
     #[test]
@@ -553,13 +498,7 @@ mod tests {
         for target in [0.0, 1.0, -1.0] {
             let mut g = [0.0f32; 8];
             lsgan(&mut g, &x, target).unwrap();
-            grad_check(
-                &x,
-                &g,
-                |xp| lsgan(&mut [0.0; 8], xp, target).unwrap() as f64,
-                1e-2,
-                1e-4,
-            );
+            grad_check(&x, &g, |xp| lsgan(&mut [0.0; 8], xp, target).unwrap() as f64, 1e-2, 1e-4);
         }
     }
 
@@ -603,13 +542,7 @@ mod tests {
             1e-4,
         );
         hinge_generator(&mut g, &fake).unwrap();
-        grad_check(
-            &fake,
-            &g,
-            |fp| hinge_generator(&mut [0.0; 5], fp).unwrap() as f64,
-            1e-2,
-            1e-4,
-        );
+        grad_check(&fake, &g, |fp| hinge_generator(&mut [0.0; 5], fp).unwrap() as f64, 1e-2, 1e-4);
     }
 
     #[test]

@@ -84,11 +84,7 @@ pub fn fill<R: Rng + ?Sized>(kind: NoiseKind, r: &mut R, out: &mut [f32]) {
 /// `classes` (nothing when `classes == 0`). `out` has `latent + classes` elements; a `class`
 /// out of range leaves the one-hot part all zero.
 pub fn generator_input<R: Rng + ?Sized>(
-    kind: NoiseKind,
-    r: &mut R,
-    latent: usize,
-    class: usize,
-    out: &mut [f32],
+    kind: NoiseKind, r: &mut R, latent: usize, class: usize, out: &mut [f32],
 ) {
     let (z, onehot) = out.split_at_mut(latent.min(out.len()));
     fill(kind, r, z);

@@ -22,19 +22,11 @@ pub struct Mlp {
 
 /// `mcu`: G z64 → 128 → 192 → 784 (184,400 parameters, 720 KiB as f32: fits a Raspberry Pi
 /// Pico's flash), D 784 → 256 → 128 → 1.
-pub const MCU: Mlp = Mlp {
-    latent: 64,
-    g_hidden: &[128, 192],
-    d_hidden: &[256, 128],
-};
+pub const MCU: Mlp = Mlp { latent: 64, g_hidden: &[128, 192], d_hidden: &[256, 128] };
 
 /// `classic`, the seed notebooks' MLP GAN: G z100 → 256 → 512 → 1024 → 784, D 784 → 512 →
 /// 256 → 1.
-pub const CLASSIC: Mlp = Mlp {
-    latent: 100,
-    g_hidden: &[256, 512, 1024],
-    d_hidden: &[512, 256],
-};
+pub const CLASSIC: Mlp = Mlp { latent: 100, g_hidden: &[256, 512, 1024], d_hidden: &[512, 256] };
 
 /// Noise values per sample of `dcgan`.
 pub const DCGAN_LATENT: u32 = 100;
@@ -43,29 +35,16 @@ pub const DCGAN_LATENT: u32 = 100;
 pub const LEAKY: Layer = Layer::LeakyRelu { alpha: 0.2 };
 
 /// The batch normalisation of the DCGAN networks (PyTorch's defaults).
-pub const BN: Layer = Layer::BatchNorm {
-    eps: 1e-5,
-    momentum: 0.1,
-};
+pub const BN: Layer = Layer::BatchNorm { eps: 1e-5, momentum: 0.1 };
 
 /// A stride-2, 4×4 convolution with padding 1 (halves the side).
 const fn down(out_c: u32) -> Layer {
-    Layer::Conv2d {
-        out_c,
-        k: 4,
-        stride: 2,
-        pad: 1,
-    }
+    Layer::Conv2d { out_c, k: 4, stride: 2, pad: 1 }
 }
 
 /// A stride-2, 4×4 transposed convolution with padding 1 (doubles the side).
 const fn up(out_c: u32) -> Layer {
-    Layer::ConvTranspose2d {
-        out_c,
-        k: 4,
-        stride: 2,
-        pad: 1,
-    }
+    Layer::ConvTranspose2d { out_c, k: 4, stride: 2, pad: 1 }
 }
 
 /// Appends, failing (returning `None`) when the list is full.
@@ -84,12 +63,7 @@ pub fn mlp_generator(hidden: &[u32], act: Layer, out: Layer, h: u32, w: u32) -> 
     }
     push(&mut v, Layer::Dense { out: h * w })?;
     push(&mut v, out)?;
-    push(
-        &mut v,
-        Layer::Reshape {
-            to: Shape::image(1, h, w),
-        },
-    )?;
+    push(&mut v, Layer::Reshape { to: Shape::image(1, h, w) })?;
     Some(v)
 }
 
@@ -97,10 +71,7 @@ pub fn mlp_generator(hidden: &[u32], act: Layer, out: Layer, h: u32, w: u32) -> 
 /// each hidden width, then (optionally) minibatch discrimination with `(kernels, dims)`, a dense
 /// layer to one score, and a Sigmoid when `sigmoid` (for BCE on probabilities).
 pub fn mlp_discriminator(
-    hidden: &[u32],
-    dropout: f32,
-    minibatch: Option<(u32, u32)>,
-    sigmoid: bool,
+    hidden: &[u32], dropout: f32, minibatch: Option<(u32, u32)>, sigmoid: bool,
 ) -> Option<Layers> {
     let mut v = Layers::new();
     for &width in hidden {
@@ -123,13 +94,11 @@ pub fn mlp_discriminator(
 /// The DCGAN generator for `h × w` images (both divisible by 4): dense to `128 × h/4 × w/4`,
 /// BN, ReLU, transposed convolution to 64 channels, BN, ReLU, transposed convolution to one
 /// channel, the output activation `out`.
-pub fn dcgan_generator(h: u32, w: u32, out: Layer) -> Layers {
+pub const fn dcgan_generator_layers(h: u32, w: u32, out: Layer) -> [Layer; 9] {
     let (h4, w4) = (h / 4, w / 4);
-    Layers::from_slice(&[
+    [
         Layer::Dense { out: 128 * h4 * w4 },
-        Layer::Reshape {
-            to: Shape::image(128, h4, w4),
-        },
+        Layer::Reshape { to: Shape::image(128, h4, w4) },
         BN,
         Layer::Relu,
         up(64),
@@ -137,18 +106,19 @@ pub fn dcgan_generator(h: u32, w: u32, out: Layer) -> Layers {
         Layer::Relu,
         up(1),
         out,
-    ])
-    .unwrap_or_default()
+    ]
+}
+
+/// [`dcgan_generator_layers`] as a layer list.
+pub fn dcgan_generator(h: u32, w: u32, out: Layer) -> Layers {
+    Layers::from_slice(&dcgan_generator_layers(h, w, out)).unwrap_or_default()
 }
 
 /// The DCGAN discriminator for `h × w` images: convolutions to 64 and 128 channels (the second
-/// with BN), LeakyReLU(0.2) after each, a dense layer to one score, and a Sigmoid when
-/// `sigmoid`.
-pub fn dcgan_discriminator(h: u32, w: u32, sigmoid: bool) -> Layers {
-    let mut v = Layers::from_slice(&[
-        Layer::Reshape {
-            to: Shape::image(1, h, w),
-        },
+/// with BN), LeakyReLU(0.2) after each, a dense layer to one score.
+pub const fn dcgan_discriminator_layers(h: u32, w: u32) -> [Layer; 8] {
+    [
+        Layer::Reshape { to: Shape::image(1, h, w) },
         down(64),
         LEAKY,
         down(128),
@@ -156,8 +126,13 @@ pub fn dcgan_discriminator(h: u32, w: u32, sigmoid: bool) -> Layers {
         LEAKY,
         Layer::Flatten,
         Layer::Dense { out: 1 },
-    ])
-    .unwrap_or_default();
+    ]
+}
+
+/// [`dcgan_discriminator_layers`] as a layer list, with a Sigmoid after the score when
+/// `sigmoid` (for BCE on probabilities).
+pub fn dcgan_discriminator(h: u32, w: u32, sigmoid: bool) -> Layers {
+    let mut v = Layers::from_slice(&dcgan_discriminator_layers(h, w)).unwrap_or_default();
     if sigmoid {
         let _ = v.push(Layer::Sigmoid);
     }
@@ -173,39 +148,14 @@ pub const MCU_GENERATOR: [Layer; 7] = [
     LEAKY,
     Layer::Dense { out: 784 },
     Layer::Tanh,
-    Layer::Reshape {
-        to: Shape::image(1, 28, 28),
-    },
+    Layer::Reshape { to: Shape::image(1, 28, 28) },
 ];
 
 /// The `dcgan` generator for 28×28 digits (Tanh output): input [`DCGAN_LATENT`] noise values.
-pub const DCGAN_GENERATOR: [Layer; 9] = [
-    Layer::Dense { out: 128 * 7 * 7 },
-    Layer::Reshape {
-        to: Shape::image(128, 7, 7),
-    },
-    BN,
-    Layer::Relu,
-    up(64),
-    BN,
-    Layer::Relu,
-    up(1),
-    Layer::Tanh,
-];
+pub const DCGAN_GENERATOR: [Layer; 9] = dcgan_generator_layers(28, 28, Layer::Tanh);
 
 /// The `dcgan` discriminator for 28×28 digits (one logit out).
-pub const DCGAN_DISCRIMINATOR: [Layer; 8] = [
-    Layer::Reshape {
-        to: Shape::image(1, 28, 28),
-    },
-    down(64),
-    LEAKY,
-    down(128),
-    BN,
-    LEAKY,
-    Layer::Flatten,
-    Layer::Dense { out: 1 },
-];
+pub const DCGAN_DISCRIMINATOR: [Layer; 8] = dcgan_discriminator_layers(28, 28);
 
 #[cfg(test)]
 mod tests {
@@ -217,26 +167,17 @@ mod tests {
         let g = mlp_generator(MCU.g_hidden, LEAKY, Layer::Tanh, 28, 28).unwrap();
         assert_eq!(&g[..], &MCU_GENERATOR);
         assert_eq!(&dcgan_generator(28, 28, Layer::Tanh)[..], &DCGAN_GENERATOR);
-        assert_eq!(
-            &dcgan_discriminator(28, 28, false)[..],
-            &DCGAN_DISCRIMINATOR
-        );
+        assert_eq!(&dcgan_discriminator(28, 28, false)[..], &DCGAN_DISCRIMINATOR);
         let mcu = Spec::new(Shape::flat(MCU.latent), &MCU_GENERATOR).unwrap();
         assert_eq!(mcu.output(), Shape::image(1, 28, 28));
         let d = mlp_discriminator(MCU.d_hidden, 0.0, None, false).unwrap();
         let d = Spec::new(Shape::flat(784), &d).unwrap();
         // The README's parameter counts.
-        assert_eq!(
-            mcu.iter().map(|l| l.weight_len + l.bias_len).sum::<usize>(),
-            184_400
-        );
+        assert_eq!(mcu.iter().map(|l| l.weight_len + l.bias_len).sum::<usize>(), 184_400);
         assert_eq!(d.output(), Shape::flat(1));
         let g = mlp_generator(CLASSIC.g_hidden, LEAKY, Layer::Tanh, 28, 28).unwrap();
         let g = Spec::new(Shape::flat(CLASSIC.latent), &g).unwrap();
-        assert_eq!(
-            g.iter().map(|l| l.weight_len + l.bias_len).sum::<usize>(),
-            1_486_352
-        );
+        assert_eq!(g.iter().map(|l| l.weight_len + l.bias_len).sum::<usize>(), 1_486_352);
         let dc = Spec::new(Shape::flat(DCGAN_LATENT), &DCGAN_GENERATOR).unwrap();
         assert_eq!(dc.output(), Shape::image(1, 28, 28));
         assert!(mlp_generator(&[8; 40], LEAKY, Layer::Tanh, 28, 28).is_none());

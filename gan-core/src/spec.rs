@@ -50,6 +50,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
+pub use crate::layers::Layer;
 use crate::layers::{self, Sizes};
 
 /// Shape of one sample, channels first: `C × H × W`. A flat vector of `F` features is `(F, 1, 1)`.
@@ -105,100 +106,6 @@ impl core::fmt::Display for Shape {
             write!(f, "{}×{}×{}", self.c, self.h, self.w)
         }
     }
-}
-
-/// One layer of a network: the serialised tag of a layer kind (see [`crate::layers`], where
-/// each kind has its module and this enum is mapped to them).
-///
-/// New layer kinds are appended at the end so the postcard encoding of existing variants (the
-/// variant index) never changes and old weight files stay readable. The enum is deliberately
-/// exhaustive: code that matches on it, in any crate, stops compiling until it handles a new
-/// kind.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Layer {
-    /// Fully connected: `y = x·W + b` over the flattened input.
-    Dense {
-        /// Output features.
-        out: u32,
-    },
-    /// `max(x, 0)`.
-    Relu,
-    /// `x` if `x > 0`, else `alpha·x`.
-    LeakyRelu {
-        /// Negative slope, finite and `>= 0`.
-        alpha: f32,
-    },
-    /// Hyperbolic tangent.
-    Tanh,
-    /// Logistic sigmoid.
-    Sigmoid,
-    /// View as a flat vector (no copy).
-    Flatten,
-    /// View as another shape with the same element count (no copy).
-    Reshape {
-        /// Target shape.
-        to: Shape,
-    },
-    /// Minibatch discrimination ([`crate::layers::mbd`]): appends `kernels` batch-similarity features
-    /// to the flattened input. Parameters: tensor `T` of `in × kernels × dims`, no bias.
-    /// Couples the samples of a batch, so it belongs in discriminators only.
-    MinibatchDisc {
-        /// Similarity kernels `B` (features added).
-        kernels: u32,
-        /// Dimensions `C` per kernel.
-        dims: u32,
-    },
-    /// 2-D convolution with a square kernel ([`crate::layers::conv2d`]): `out_c` channels of
-    /// `(H + 2·pad − k) / stride + 1` rows and as many columns (from `W`). Requires
-    /// `stride >= 1`, `pad < k` and `k <= H + 2·pad` (and the same for `W`).
-    Conv2d {
-        /// Output channels.
-        out_c: u32,
-        /// Kernel side.
-        k: u32,
-        /// Step between kernel positions.
-        stride: u32,
-        /// Implicit zero rows/columns on every border.
-        pad: u32,
-    },
-    /// Transposed 2-D convolution ([`crate::layers::conv_transpose2d`]), the adjoint of a
-    /// [`Layer::Conv2d`] with the same `k`, `stride`, `pad`: output side `(H − 1)·stride − 2·pad + k`. Requires
-    /// `stride >= 1`, `pad < k` and a positive output side.
-    ConvTranspose2d {
-        /// Output channels.
-        out_c: u32,
-        /// Kernel side.
-        k: u32,
-        /// Step between the input positions' kernel footprints in the output.
-        stride: u32,
-        /// Rows/columns cropped from every border of the full output.
-        pad: u32,
-    },
-    /// Max pooling over `k × k` windows, no padding ([`crate::layers::pool`]): output side
-    /// `(H − k) / stride + 1`. Requires `1 <= k <= min(H, W)`, `k·k <= 2²⁴`, `stride >= 1`.
-    MaxPool2d {
-        /// Window side.
-        k: u32,
-        /// Step between windows.
-        stride: u32,
-    },
-    /// Batch normalisation ([`crate::layers::batch_norm`]) over channels: for a `C × H × W` input, one mean
-    /// and variance per channel over `N·H·W` values; for a flat input (`F × 1 × 1`), per
-    /// feature over `N`. Parameters `γ`, `β` and the running mean and variance.
-    BatchNorm {
-        /// Added to the variance before the square root; `0 < eps <= 1`.
-        eps: f32,
-        /// Weight of the batch statistics in the running average, in `[0, 1]`:
-        /// `running ← (1 − momentum)·running + momentum·batch`.
-        momentum: f32,
-    },
-    /// Inverted dropout ([`crate::layers::dropout`]): in training each element is zeroed with
-    /// probability `p` and the survivors are scaled by `1/(1−p)`; identity at inference.
-    Dropout {
-        /// Drop probability, in `[0, 1)`.
-        p: f32,
-    },
 }
 
 impl Layer {
@@ -402,15 +309,7 @@ impl<'a> Spec<'a> {
             shape = out;
             i += 1;
         }
-        Ok(Spec {
-            input,
-            layers,
-            param_len,
-            act_per_sample,
-            max_features,
-            max_aux,
-            output: shape,
-        })
+        Ok(Spec { input, layers, param_len, act_per_sample, max_features, max_aux, output: shape })
     }
 
     /// Like [`Spec::new`] but panics on an invalid spec; for `const` items in firmware and tests,
@@ -572,10 +471,7 @@ pub(crate) mod tests {
         assert_eq!(l2.param_range(), 48..76);
         let odd = Spec::new(Shape::flat(3), &[Layer::Dense { out: 3 }]).unwrap();
         let l = odd.layer(0).unwrap();
-        assert_eq!(
-            (l.weight_range(), l.bias_range(), odd.param_len()),
-            (0..9, 12..15, 16)
-        );
+        assert_eq!((l.weight_range(), l.bias_range(), odd.param_len()), (0..9, 12..15, 16));
         assert_eq!(l2.act_in, 5 + 8);
         assert_eq!(l2.act_out, 5 + 8 + 8);
         assert_eq!(S.layer(3).unwrap().out_range(2), 2 * 24..2 * 27);
@@ -586,9 +482,7 @@ pub(crate) mod tests {
     fn views_alias_their_input() {
         let layers = [
             Layer::Dense { out: 12 },
-            Layer::Reshape {
-                to: Shape::image(3, 2, 2),
-            },
+            Layer::Reshape { to: Shape::image(3, 2, 2) },
             Layer::Flatten,
             Layer::Dense { out: 1 },
         ];
@@ -612,12 +506,7 @@ pub(crate) mod tests {
             Err(SpecError::BadDimension { layer: 0 })
         );
         assert_eq!(
-            Spec::new(
-                Shape::flat(3),
-                &[Layer::Reshape {
-                    to: Shape::image(1, 2, 2)
-                }]
-            ),
+            Spec::new(Shape::flat(3), &[Layer::Reshape { to: Shape::image(1, 2, 2) }]),
             Err(SpecError::ShapeMismatch { layer: 0 })
         );
         assert_eq!(
@@ -627,10 +516,7 @@ pub(crate) mod tests {
         assert_eq!(
             Spec::new(
                 Shape::flat(u32::MAX),
-                &[
-                    Layer::Dense { out: u32::MAX },
-                    Layer::Dense { out: u32::MAX }
-                ]
+                &[Layer::Dense { out: u32::MAX }, Layer::Dense { out: u32::MAX }]
             )
             .err()
             .map(|_| ()),
@@ -672,10 +558,7 @@ pub(crate) mod tests {
         assert_eq!((convt2.weight_len, convt2.bias_len), (64 * 16, 1));
         assert_eq!(convt2.layer.aux_len(convt2.in_shape), 16 * 196);
         let bn1 = G.layer(2).unwrap();
-        assert_eq!(
-            (bn1.weight_len, bn1.bias_len, bn1.stats_len),
-            (128, 128, 256)
-        );
+        assert_eq!((bn1.weight_len, bn1.bias_len, bn1.stats_len), (128, 128, 256));
         // Dense 627200 + 6272; BN 128 + 128 + 256; ConvT 131072 + 64; BN 64 + 64 + 128;
         // ConvT 1024 + 1 (padded to 4).
         let want = 627_200 + 6272 + 512 + 131_072 + 64 + 256 + 1024 + 4;
@@ -693,10 +576,7 @@ pub(crate) mod tests {
         assert_eq!(G.act_len(1), act);
         assert_eq!(G.max_features(), 12_544);
         assert_eq!(G.backward_scratch_len(2), 2 * (2 * 12_544 + 50_176));
-        assert_eq!(
-            G.macs(),
-            627_200 + 6272 + 128 * 64 * 16 * 49 + 12_544 + 64 * 16 * 196
-        );
+        assert_eq!(G.macs(), 627_200 + 6272 + 128 * 64 * 16 * 49 + 12_544 + 64 * 16 * 196);
     }
 
     #[test]
@@ -731,14 +611,9 @@ pub(crate) mod tests {
     fn batch_norm_layout_and_aux() {
         let layers = [
             Layer::Dense { out: 6 },
-            Layer::BatchNorm {
-                eps: 1e-5,
-                momentum: 0.1,
-            },
+            crate::presets::BN,
             Layer::Dropout { p: 0.5 },
-            Layer::Reshape {
-                to: Shape::image(1, 2, 3),
-            },
+            Layer::Reshape { to: Shape::image(1, 2, 3) },
             Layer::MaxPool2d { k: 2, stride: 1 },
         ];
         let s = Spec::new(Shape::flat(5), &layers).unwrap();
@@ -770,18 +645,8 @@ pub(crate) mod tests {
     fn rejects_bad_new_layers() {
         let img = Shape::image(2, 5, 5);
         let one = |l: Layer| Spec::new(img, core::slice::from_ref(&l)).map(|s| s.output());
-        let conv = |out_c, k, stride, pad| Layer::Conv2d {
-            out_c,
-            k,
-            stride,
-            pad,
-        };
-        let convt = |out_c, k, stride, pad| Layer::ConvTranspose2d {
-            out_c,
-            k,
-            stride,
-            pad,
-        };
+        let conv = |out_c, k, stride, pad| Layer::Conv2d { out_c, k, stride, pad };
+        let convt = |out_c, k, stride, pad| Layer::ConvTranspose2d { out_c, k, stride, pad };
         let bad_dim = Err(SpecError::BadDimension { layer: 0 });
         let bad_par = Err(SpecError::BadParameter { layer: 0 });
         let mismatch = Err(SpecError::ShapeMismatch { layer: 0 });
@@ -808,13 +673,7 @@ pub(crate) mod tests {
         assert_eq!(one(pool(0, 1)), bad_dim);
         let bn = |eps, momentum| Layer::BatchNorm { eps, momentum };
         assert_eq!(one(bn(1e-5, 0.1)), Ok(img));
-        for (eps, m) in [
-            (0.0, 0.1),
-            (f32::NAN, 0.1),
-            (1e-5, 1.5),
-            (1e-5, f32::NAN),
-            (2.0, 0.1),
-        ] {
+        for (eps, m) in [(0.0, 0.1), (f32::NAN, 0.1), (1e-5, 1.5), (1e-5, f32::NAN), (2.0, 0.1)] {
             assert_eq!(one(bn(eps, m)), bad_par, "{eps} {m}");
         }
         assert_eq!(one(Layer::Dropout { p: 0.0 }), Ok(img));
@@ -835,39 +694,11 @@ pub(crate) mod tests {
             (Layer::Dense { out: 3 }, 0u8),
             (Layer::Relu, 1),
             (Layer::Reshape { to: Shape::flat(1) }, 6),
-            (
-                Layer::MinibatchDisc {
-                    kernels: 1,
-                    dims: 1,
-                },
-                7,
-            ),
-            (
-                Layer::Conv2d {
-                    out_c: 1,
-                    k: 1,
-                    stride: 1,
-                    pad: 0,
-                },
-                8,
-            ),
-            (
-                Layer::ConvTranspose2d {
-                    out_c: 1,
-                    k: 1,
-                    stride: 1,
-                    pad: 0,
-                },
-                9,
-            ),
+            (Layer::MinibatchDisc { kernels: 1, dims: 1 }, 7),
+            (Layer::Conv2d { out_c: 1, k: 1, stride: 1, pad: 0 }, 8),
+            (Layer::ConvTranspose2d { out_c: 1, k: 1, stride: 1, pad: 0 }, 9),
             (Layer::MaxPool2d { k: 2, stride: 2 }, 10),
-            (
-                Layer::BatchNorm {
-                    eps: 1e-5,
-                    momentum: 0.1,
-                },
-                11,
-            ),
+            (crate::presets::BN, 11),
             (Layer::Dropout { p: 0.5 }, 12),
         ];
         for (layer, index) in cases {

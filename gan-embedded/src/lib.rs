@@ -192,10 +192,7 @@ fn erased_tail(bytes: &[u8], data_at: usize, end: usize) -> bool {
         return false;
     }
     let after = &bytes[end..bytes.len().min(end + ERASED_TAIL)];
-    bytes[end - ERASED_TAIL..end]
-        .iter()
-        .chain(after)
-        .all(|&b| b == erased)
+    bytes[end - ERASED_TAIL..end].iter().chain(after).all(|&b| b == erased)
 }
 
 pub use gan_core::generate::ClassChoice;
@@ -274,12 +271,7 @@ impl<'a> Digits<'a> {
         {
             return Err(Error::Format(FormatError::TooLarge));
         }
-        Ok(Digits {
-            generator,
-            rng: noise::rng(seed),
-            index: 0,
-            bufs,
-        })
+        Ok(Digits { generator, rng: noise::rng(seed), index: 0, bufs })
     }
 
     /// Restarts the noise stream from `seed` (the next sample is sample 0 again).

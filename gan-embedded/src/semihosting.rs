@@ -106,11 +106,7 @@ fn open_raw(name: &[u8], mode: usize) -> Result<File, HostError> {
     let block = [z.as_ptr() as usize, mode, name.len()];
     // SAFETY: the block points at a NUL-terminated name that lives across the call.
     let h = unsafe { call(SYS_OPEN, block.as_ptr() as usize) };
-    if h < 0 {
-        Err(HostError)
-    } else {
-        Ok(File(h as usize))
-    }
+    if h < 0 { Err(HostError) } else { Ok(File(h as usize)) }
 }
 
 /// Reads the command line QEMU was given (`-semihosting-config arg=...` values joined by
@@ -136,11 +132,8 @@ pub fn exit(status: u8) -> ! {
     }
     // A host without SYS_EXIT_EXTENDED returns here: fall back to the plain exit, which can only
     // tell success from failure.
-    let reason = if status == 0 {
-        ADP_STOPPED_APPLICATION_EXIT
-    } else {
-        ADP_STOPPED_RUN_TIME_ERROR
-    };
+    let reason =
+        if status == 0 { ADP_STOPPED_APPLICATION_EXIT } else { ADP_STOPPED_RUN_TIME_ERROR };
     // SAFETY: on 32-bit Arm SYS_EXIT takes the reason code itself, not a block.
     unsafe {
         call(SYS_EXIT, reason);

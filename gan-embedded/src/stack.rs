@@ -17,10 +17,7 @@ fn bounds() -> (usize, usize) {
         static _stack_end: u32;
     }
     // Only the addresses of the linker symbols are taken; nothing is read.
-    (
-        &raw const _stack_end as usize,
-        &raw const _stack_start as usize,
-    )
+    (&raw const _stack_end as usize, &raw const _stack_start as usize)
 }
 
 /// Fills the unused part of the stack (from its lowest address up to just below the current

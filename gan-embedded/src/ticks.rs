@@ -40,10 +40,7 @@ pub fn start(syst: &mut SYST) {
 
 /// Counts one wrap. Call this (only) from the `SysTick` exception handler.
 pub fn on_wrap() {
-    WRAPS.store(
-        WRAPS.load(Ordering::Relaxed).wrapping_add(1),
-        Ordering::Relaxed,
-    );
+    WRAPS.store(WRAPS.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
 }
 
 /// Ticks since [`start`].

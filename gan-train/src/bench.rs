@@ -189,13 +189,7 @@ fn arch_name(a: Arch) -> Result<&'static str> {
 /// Measures one architecture preset.
 pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result<ArchResult> {
     let name = arch_name(arch)?;
-    let cfg = TrainConfig {
-        arch,
-        batch,
-        seed,
-        ..TrainConfig::default()
-    }
-    .resolved();
+    let cfg = TrainConfig { arch, batch, seed, ..TrainConfig::default() }.resolved();
     let shape = DataShape::MNIST;
     let px = shape.pixels();
     let mut gan = Gan::new(&cfg, shape)?;
@@ -210,9 +204,8 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
     let labels = vec![0u8; batch];
 
     eprintln!("{name}: training step, batch {batch}");
-    let train = measure(policy, batch as f64, || {
-        gan.train_step(&real, &labels, &Pool).map(|_| ())
-    })?;
+    let train =
+        measure(policy, batch as f64, || gan.train_step(&real, &labels, &Pool).map(|_| ()))?;
 
     // Batch 1 through the exported weights file, exactly as `gan-train sample` runs it.
     eprintln!("{name}: generator, batch 1, exact inference path");
@@ -229,16 +222,8 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
     // wait for a sleeping pool worker to wake up (see `team`).
     let team = Team::with_rayon_threads().context("starting the inference threads")?;
     let gen_b1 = measure(policy, 1.0, || {
-        g.generate_with(
-            &mut grng,
-            0,
-            &mut z,
-            &mut y,
-            &mut scratch,
-            &mut pixels,
-            &team,
-        )
-        .map_err(anyhow::Error::from)
+        g.generate_with(&mut grng, 0, &mut z, &mut y, &mut scratch, &mut pixels, &team)
+            .map_err(anyhow::Error::from)
     })?;
     drop(team);
 
@@ -264,11 +249,7 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
 }
 
 fn fmt_rate(x: f64) -> String {
-    if x >= 100.0 {
-        format!("{x:.0}")
-    } else {
-        format!("{x:.1}")
-    }
+    if x >= 100.0 { format!("{x:.0}") } else { format!("{x:.1}") }
 }
 
 /// The results as a plain-text table.
@@ -330,21 +311,9 @@ pub fn to_json(results: &[ArchResult], batch: usize, threads: usize, policy: Pol
         let _ = writeln!(s, "      \"arch\": \"{}\",", r.arch);
         let _ = writeln!(s, "      \"g_params\": {},", r.g_params);
         let _ = writeln!(s, "      \"d_params\": {},", r.d_params);
-        let _ = writeln!(
-            s,
-            "      \"train_images_per_sec\": {},",
-            json_rate(&r.train)
-        );
-        let _ = writeln!(
-            s,
-            "      \"gen_b1_samples_per_sec\": {},",
-            json_rate(&r.gen_b1)
-        );
-        let _ = writeln!(
-            s,
-            "      \"gen_bn_samples_per_sec\": {}",
-            json_rate(&r.gen_bn)
-        );
+        let _ = writeln!(s, "      \"train_images_per_sec\": {},", json_rate(&r.train));
+        let _ = writeln!(s, "      \"gen_b1_samples_per_sec\": {},", json_rate(&r.gen_b1));
+        let _ = writeln!(s, "      \"gen_bn_samples_per_sec\": {}", json_rate(&r.gen_bn));
         let comma = if i + 1 < results.len() { "," } else { "" };
         let _ = writeln!(s, "    }}{comma}");
     }
@@ -400,10 +369,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     print!("{}", table(&results, args.batch));
     if let Some(path) = &args.json {
-        crate::run::write_atomic(
-            path,
-            to_json(&results, args.batch, threads, policy).as_bytes(),
-        )?;
+        crate::run::write_atomic(path, to_json(&results, args.batch, threads, policy).as_bytes())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -415,10 +381,7 @@ mod tests {
 
     #[test]
     fn rate_statistics() {
-        let r = Rate {
-            reps: vec![3.0, 1.0, 2.0, 10.0],
-            iters: 4,
-        };
+        let r = Rate { reps: vec![3.0, 1.0, 2.0, 10.0], iters: 4 };
         assert_eq!(r.median(), 2.5);
         assert_eq!(r.min(), 1.0);
         assert_eq!(r.max(), 10.0);
@@ -427,11 +390,7 @@ mod tests {
 
     #[test]
     fn bench_runs_on_the_small_model() {
-        let policy = Policy {
-            warmup: Duration::ZERO,
-            rep: Duration::from_millis(1),
-            reps: 2,
-        };
+        let policy = Policy { warmup: Duration::ZERO, rep: Duration::from_millis(1), reps: 2 };
         let r = bench_arch(Arch::Mcu, 4, 1, policy).unwrap();
         for rate in [&r.train, &r.gen_b1, &r.gen_bn] {
             assert_eq!(rate.reps.len(), 2);

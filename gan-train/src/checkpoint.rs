@@ -44,11 +44,7 @@ pub fn encode(state: &TrainState) -> Result<Vec<u8>> {
 /// Parses a checkpoint written by [`encode`] (or by a build that wrote version 1), with clear
 /// errors for damage.
 pub fn decode(bytes: &[u8]) -> Result<TrainState> {
-    ensure!(
-        bytes.len() >= HEADER_LEN,
-        "checkpoint is truncated ({} bytes)",
-        bytes.len()
-    );
+    ensure!(bytes.len() >= HEADER_LEN, "checkpoint is truncated ({} bytes)", bytes.len());
     ensure!(&bytes[..4] == MAGIC, "not a checkpoint file (bad magic)");
     let version = u32::from_le_bytes(bytes[4..8].try_into()?);
     ensure!(
@@ -63,10 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<TrainState> {
         "checkpoint is truncated or has trailing bytes ({} of {len} payload bytes)",
         payload.len()
     );
-    ensure!(
-        format::crc32(payload) == crc,
-        "checkpoint is corrupt (CRC mismatch)"
-    );
+    ensure!(format::crc32(payload) == crc, "checkpoint is corrupt (CRC mismatch)");
     let decode = |p: &[u8]| -> Result<TrainState> {
         postcard::from_bytes(p).context("checkpoint payload does not decode")
     };

@@ -204,11 +204,7 @@ pub struct DataShape {
 
 impl DataShape {
     /// MNIST: 28×28, 10 classes.
-    pub const MNIST: DataShape = DataShape {
-        h: 28,
-        w: 28,
-        classes: 10,
-    };
+    pub const MNIST: DataShape = DataShape { h: 28, w: 28, classes: 10 };
     /// Pixels per image.
     pub fn pixels(&self) -> usize {
         (self.h * self.w) as usize
@@ -331,13 +327,7 @@ impl TrainConfig {
                 .context("generator: too many layers")?;
             (c.latent + classes, layers)
         };
-        checked(
-            NetDef {
-                input: Shape::flat(input),
-                layers: layers.to_vec(),
-            },
-            "generator",
-        )
+        checked(NetDef { input: Shape::flat(input), layers: layers.to_vec() }, "generator")
     }
 
     /// The discriminator network for this config. Its output is one score per sample: a logit
@@ -357,10 +347,7 @@ impl TrainConfig {
                 .context("discriminator: too many layers")?
         };
         checked(
-            NetDef {
-                input: Shape::flat(data.h * data.w + classes),
-                layers: layers.to_vec(),
-            },
+            NetDef { input: Shape::flat(data.h * data.w + classes), layers: layers.to_vec() },
             "discriminator",
         )
     }
@@ -382,11 +369,9 @@ impl TrainConfig {
                 beta2: self.beta2,
                 ..AdamConfig::default()
             }),
-            OptKind::Sgd => Optimizer::Sgd(SgdConfig {
-                lr,
-                momentum: self.momentum,
-                ..SgdConfig::default()
-            }),
+            OptKind::Sgd => {
+                Optimizer::Sgd(SgdConfig { lr, momentum: self.momentum, ..SgdConfig::default() })
+            }
         }
     }
 }

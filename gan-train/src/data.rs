@@ -166,10 +166,7 @@ impl DataError {
     }
 
     fn in_file(self, path: &Path) -> DataError {
-        DataError::InFile {
-            path: path.to_path_buf(),
-            err: Box::new(self),
-        }
+        DataError::InFile { path: path.to_path_buf(), err: Box::new(self) }
     }
 }
 
@@ -191,10 +188,7 @@ impl Idx {
         self.expect_magic(IMAGES_MAGIC)?;
         // The low magic byte is the number of dimensions, so there are exactly three.
         let [n, h, w] = self.dims[..] else {
-            return Err(DataError::BadMagic {
-                expected: IMAGES_MAGIC,
-                found: self.magic,
-            });
+            return Err(DataError::BadMagic { expected: IMAGES_MAGIC, found: self.magic });
         };
         Ok((self.data, n, h, w))
     }
@@ -209,10 +203,7 @@ impl Idx {
         if self.magic == expected {
             Ok(())
         } else {
-            Err(DataError::BadMagic {
-                expected,
-                found: self.magic,
-            })
+            Err(DataError::BadMagic { expected, found: self.magic })
         }
     }
 }
@@ -228,11 +219,7 @@ pub fn read_idx_bytes(bytes: &[u8]) -> Result<Idx, DataError> {
         Ok(Idx { magic, dims, data })
     } else {
         let (magic, dims, header_len) = parse_header(bytes)?;
-        Ok(Idx {
-            magic,
-            dims,
-            data: bytes[header_len..].to_vec(),
-        })
+        Ok(Idx { magic, dims, data: bytes[header_len..].to_vec() })
     }
 }
 
@@ -240,14 +227,9 @@ pub fn read_idx_bytes(bytes: &[u8]) -> Result<Idx, DataError> {
 fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, DataError> {
     let decoder = flate2::read::MultiGzDecoder::new(bytes);
     let mut out = Vec::new();
-    decoder
-        .take(MAX_DECOMPRESSED + 1)
-        .read_to_end(&mut out)
-        .map_err(DataError::Gzip)?;
+    decoder.take(MAX_DECOMPRESSED + 1).read_to_end(&mut out).map_err(DataError::Gzip)?;
     if out.len() as u64 > MAX_DECOMPRESSED {
-        return Err(DataError::TooLarge {
-            limit: MAX_DECOMPRESSED,
-        });
+        return Err(DataError::TooLarge { limit: MAX_DECOMPRESSED });
     }
     Ok(out)
 }
@@ -256,10 +238,7 @@ fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, DataError> {
 /// `(magic, dims, header length)`.
 fn parse_header(bytes: &[u8]) -> Result<(u32, Vec<usize>, usize), DataError> {
     let Some(first) = bytes.first_chunk::<4>() else {
-        return Err(DataError::TruncatedHeader {
-            needed: 4,
-            found: bytes.len(),
-        });
+        return Err(DataError::TruncatedHeader { needed: 4, found: bytes.len() });
     };
     let magic = u32::from_be_bytes(*first);
     let ndims = first[3] as usize;
@@ -278,20 +257,14 @@ fn parse_header(bytes: &[u8]) -> Result<(u32, Vec<usize>, usize), DataError> {
     }
     let header_len = 4 + 4 * ndims;
     if bytes.len() < header_len {
-        return Err(DataError::TruncatedHeader {
-            needed: header_len,
-            found: bytes.len(),
-        });
+        return Err(DataError::TruncatedHeader { needed: header_len, found: bytes.len() });
     }
     let raw_dims: Vec<u64> = bytes[4..header_len]
         .chunks_exact(4)
         .map(|c| u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
         .collect();
     if raw_dims.contains(&0) {
-        return Err(DataError::BadDims {
-            found: raw_dims,
-            reason: "a dimension is zero",
-        });
+        return Err(DataError::BadDims { found: raw_dims, reason: "a dimension is zero" });
     }
     let Some(expected_bytes) = raw_dims
         .iter()
@@ -305,16 +278,10 @@ fn parse_header(bytes: &[u8]) -> Result<(u32, Vec<usize>, usize), DataError> {
     };
     let found_bytes = (bytes.len() - header_len) as u64;
     if found_bytes < expected_bytes {
-        return Err(DataError::Truncated {
-            expected_bytes,
-            found_bytes,
-        });
+        return Err(DataError::Truncated { expected_bytes, found_bytes });
     }
     if found_bytes > expected_bytes {
-        return Err(DataError::TrailingBytes {
-            expected_bytes,
-            found_bytes,
-        });
+        return Err(DataError::TrailingBytes { expected_bytes, found_bytes });
     }
     // Each dimension is at most 2^30 here, so it fits usize.
     let dims = raw_dims.iter().map(|&d| d as usize).collect();
@@ -323,10 +290,7 @@ fn parse_header(bytes: &[u8]) -> Result<(u32, Vec<usize>, usize), DataError> {
 
 /// Reads a whole file, with the path in the error.
 fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
-    fs::read(path).map_err(|err| DataError::Io {
-        path: path.to_path_buf(),
-        err,
-    })
+    fs::read(path).map_err(|err| DataError::Io { path: path.to_path_buf(), err })
 }
 
 /// File names looked for by [`Dataset::load_dir`], in order: for each family, the image names
@@ -374,11 +338,7 @@ pub struct Dataset {
 impl Dataset {
     /// Builds a data set from parts, checking that the sizes agree and the labels are in range.
     pub fn new(
-        images: Vec<u8>,
-        labels: Option<Vec<u8>>,
-        n: usize,
-        h: usize,
-        w: usize,
+        images: Vec<u8>, labels: Option<Vec<u8>>, n: usize, h: usize, w: usize,
     ) -> Result<Dataset, DataError> {
         if n == 0 || h == 0 || w == 0 {
             return Err(DataError::BadDims {
@@ -387,45 +347,26 @@ impl Dataset {
             });
         }
         let expected =
-            n.checked_mul(h)
-                .and_then(|v| v.checked_mul(w))
-                .ok_or(DataError::BadDims {
-                    found: vec![n as u64, h as u64, w as u64],
-                    reason: "the image buffer they describe does not fit in memory",
-                })?;
+            n.checked_mul(h).and_then(|v| v.checked_mul(w)).ok_or(DataError::BadDims {
+                found: vec![n as u64, h as u64, w as u64],
+                reason: "the image buffer they describe does not fit in memory",
+            })?;
         if images.len() != expected {
-            return Err(DataError::BufferSize {
-                expected,
-                found: images.len(),
-            });
+            return Err(DataError::BufferSize { expected, found: images.len() });
         }
         let mut classes = 0;
         if let Some(labels) = &labels {
             if labels.len() != n {
-                return Err(DataError::CountMismatch {
-                    images: n,
-                    labels: labels.len(),
-                });
+                return Err(DataError::CountMismatch { images: n, labels: labels.len() });
             }
             for (index, &label) in labels.iter().enumerate() {
                 if label as usize >= MAX_CLASSES {
-                    return Err(DataError::LabelOutOfRange {
-                        index,
-                        label,
-                        limit: MAX_CLASSES,
-                    });
+                    return Err(DataError::LabelOutOfRange { index, label, limit: MAX_CLASSES });
                 }
                 classes = classes.max(label as usize + 1);
             }
         }
-        Ok(Dataset {
-            images,
-            labels,
-            n,
-            h,
-            w,
-            classes,
-        })
+        Ok(Dataset { images, labels, n, h, w, classes })
     }
 
     /// Loads an image IDX file and, optionally, its label IDX file (each raw or gzipped).
@@ -450,16 +391,9 @@ impl Dataset {
     /// `train-images.idx3-ubyte`). The first image file found is used with the label file of
     /// the same naming family, if there is one; without it the data set has no labels.
     pub fn load_dir(dir: &Path) -> Result<Dataset, DataError> {
-        fs::metadata(dir).map_err(|err| DataError::Io {
-            path: dir.to_path_buf(),
-            err,
-        })?;
-        let first_existing = |names: &[&str]| {
-            names
-                .iter()
-                .map(|name| dir.join(name))
-                .find(|path| path.is_file())
-        };
+        fs::metadata(dir).map_err(|err| DataError::Io { path: dir.to_path_buf(), err })?;
+        let first_existing =
+            |names: &[&str]| names.iter().map(|name| dir.join(name)).find(|path| path.is_file());
         for (image_names, label_names) in NAME_FAMILIES {
             if let Some(images) = first_existing(image_names) {
                 let labels = first_existing(label_names);
@@ -468,10 +402,7 @@ impl Dataset {
         }
         Err(DataError::NotFound {
             dir: dir.to_path_buf(),
-            tried: NAME_FAMILIES
-                .iter()
-                .flat_map(|(images, _)| images.iter().copied())
-                .collect(),
+            tried: NAME_FAMILIES.iter().flat_map(|(images, _)| images.iter().copied()).collect(),
         })
     }
 
@@ -483,8 +414,7 @@ impl Dataset {
     /// Image `i` (`H × W` bytes), or `None` when out of range.
     pub fn image(&self, i: usize) -> Option<&[u8]> {
         let size = self.pixels_per_image();
-        self.images
-            .get(i.checked_mul(size)?..(i + 1).checked_mul(size)?)
+        self.images.get(i.checked_mul(size)?..(i + 1).checked_mul(size)?)
     }
 
     /// Label of image `i`, when the data set has labels and `i` is in range.
@@ -534,11 +464,7 @@ impl Dataset {
 /// sources when they are still where it was built, otherwise relative to the working directory.
 pub fn default_data_dir() -> PathBuf {
     let beside_sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist-10k");
-    if beside_sources.is_dir() {
-        beside_sources
-    } else {
-        PathBuf::from("data").join("mnist-10k")
-    }
+    if beside_sources.is_dir() { beside_sources } else { PathBuf::from("data").join("mnist-10k") }
 }
 
 /// How grey levels `0..=255` map to network inputs.
@@ -623,13 +549,7 @@ impl Batcher {
             return Err(DataError::BadBatch { batch, n: data.n });
         }
         let lut = std::array::from_fn(|p| scale.apply(p as u8));
-        Ok(Batcher {
-            data,
-            batch,
-            seed,
-            scale,
-            lut,
-        })
+        Ok(Batcher { data, batch, seed, scale, lut })
     }
 
     /// The data set.
@@ -683,18 +603,11 @@ impl Batcher {
     /// `epoch_perm`, or `epoch_perm` holds an index out of range: these are caller bugs, not
     /// data errors.
     pub fn fill_batch(
-        &self,
-        epoch_perm: &[u32],
-        start: usize,
-        out_pixels: &mut [f32],
-        out_labels: &mut [u8],
+        &self, epoch_perm: &[u32], start: usize, out_pixels: &mut [f32], out_labels: &mut [u8],
     ) {
         let size = self.data.pixels_per_image();
         assert_eq!(out_pixels.len(), self.batch * size, "pixel buffer size");
-        assert!(
-            out_labels.is_empty() || out_labels.len() == self.batch,
-            "label buffer size"
-        );
+        assert!(out_labels.is_empty() || out_labels.len() == self.batch, "label buffer size");
         let indices = &epoch_perm[start..start + self.batch];
         for (out, &i) in out_pixels.chunks_exact_mut(size).zip(indices) {
             let i = i as usize;
@@ -740,10 +653,7 @@ mod tests {
     /// Two 2×3 images and their labels.
     fn tiny() -> (Vec<u8>, Vec<u8>) {
         let pixels: Vec<u8> = (0..12).map(|v| v * 20).collect();
-        (
-            idx(IMAGES_MAGIC, &[2, 2, 3], &pixels),
-            idx(LABELS_MAGIC, &[2], &[3, 7]),
-        )
+        (idx(IMAGES_MAGIC, &[2, 2, 3], &pixels), idx(LABELS_MAGIC, &[2], &[3, 7]))
     }
 
     #[test]
@@ -757,10 +667,7 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 500), "{counts:?}");
         assert_eq!(counts.iter().sum::<usize>(), 10_000);
         data.require_dims(28, 28).unwrap();
-        assert!(matches!(
-            data.require_dims(32, 32),
-            Err(DataError::BadDims { .. })
-        ));
+        assert!(matches!(data.require_dims(32, 32), Err(DataError::BadDims { .. })));
         // Real digits: dark background, some bright strokes.
         let first = data.image(0).unwrap();
         assert_eq!(first[0], 0);
@@ -779,13 +686,7 @@ mod tests {
             assert_eq!((n, h, w), (2, 2, 3));
             assert_eq!(px, (0..12).map(|v| v * 20).collect::<Vec<u8>>());
         }
-        assert_eq!(
-            read_idx_bytes(&gzip(&labels))
-                .unwrap()
-                .into_labels()
-                .unwrap(),
-            vec![3, 7]
-        );
+        assert_eq!(read_idx_bytes(&gzip(&labels)).unwrap().into_labels().unwrap(), vec![3, 7]);
     }
 
     #[test]
@@ -793,45 +694,27 @@ mod tests {
         let (images, _) = tiny();
         assert!(matches!(
             read_idx_bytes(&images[..3]),
-            Err(DataError::TruncatedHeader {
-                needed: 4,
-                found: 3
-            })
+            Err(DataError::TruncatedHeader { needed: 4, found: 3 })
         ));
         // Magic fine, dimensions cut short.
         assert!(matches!(
             read_idx_bytes(&images[..10]),
-            Err(DataError::TruncatedHeader {
-                needed: 16,
-                found: 10
-            })
+            Err(DataError::TruncatedHeader { needed: 16, found: 10 })
         ));
-        assert!(matches!(
-            read_idx_bytes(&[]),
-            Err(DataError::TruncatedHeader { .. })
-        ));
+        assert!(matches!(read_idx_bytes(&[]), Err(DataError::TruncatedHeader { .. })));
     }
 
     #[test]
     fn truncated_payload_and_trailing_bytes() {
         let (images, _) = tiny();
         let err = read_idx_bytes(&images[..images.len() - 1]).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::Truncated {
-                expected_bytes: 12,
-                found_bytes: 11
-            }
-        ));
+        assert!(matches!(err, DataError::Truncated { expected_bytes: 12, found_bytes: 11 }));
         assert!(err.to_string().contains("truncated"), "{err}");
         let mut long = images.clone();
         long.push(0);
         assert!(matches!(
             read_idx_bytes(&gzip(&long)),
-            Err(DataError::TrailingBytes {
-                expected_bytes: 12,
-                found_bytes: 13
-            })
+            Err(DataError::TrailingBytes { expected_bytes: 12, found_bytes: 13 })
         ));
     }
 
@@ -839,10 +722,7 @@ mod tests {
     fn corrupt_gzip() {
         let (images, _) = tiny();
         let gz = gzip(&images);
-        assert!(matches!(
-            read_idx_bytes(&gz[..gz.len() / 2]),
-            Err(DataError::Gzip(_))
-        ));
+        assert!(matches!(read_idx_bytes(&gz[..gz.len() / 2]), Err(DataError::Gzip(_))));
     }
 
     #[test]
@@ -850,33 +730,18 @@ mod tests {
         let (images, labels) = tiny();
         // A label file where images are expected and the other way round.
         let err = read_idx_bytes(&labels).unwrap().into_images().unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::BadMagic {
-                expected: 2051,
-                found: 2049
-            }
-        ));
+        assert!(matches!(err, DataError::BadMagic { expected: 2051, found: 2049 }));
         assert!(err.to_string().contains("2051"), "{err}");
         assert!(matches!(
             read_idx_bytes(&images).unwrap().into_labels(),
-            Err(DataError::BadMagic {
-                expected: 2049,
-                found: 2051
-            })
+            Err(DataError::BadMagic { expected: 2049, found: 2051 })
         ));
         // Not an IDX file of bytes at all (a float IDX type, and text).
         assert!(matches!(
             read_idx_bytes(&idx(0x0000_0D01, &[1], &[0; 4])),
-            Err(DataError::BadMagic {
-                expected: 0x0801,
-                ..
-            })
+            Err(DataError::BadMagic { expected: 0x0801, .. })
         ));
-        assert!(matches!(
-            read_idx_bytes(b"hello world"),
-            Err(DataError::BadMagic { .. })
-        ));
+        assert!(matches!(read_idx_bytes(b"hello world"), Err(DataError::BadMagic { .. })));
     }
 
     #[test]
@@ -918,29 +783,19 @@ mod tests {
         fs::write(&lbl_path, idx(LABELS_MAGIC, &[3], &[1, 2, 3])).unwrap();
         assert!(matches!(
             Dataset::load_dir(dir.path()),
-            Err(DataError::CountMismatch {
-                images: 2,
-                labels: 3
-            })
+            Err(DataError::CountMismatch { images: 2, labels: 3 })
         ));
         // Label out of range.
         fs::write(&lbl_path, idx(LABELS_MAGIC, &[2], &[1, 10])).unwrap();
         assert!(matches!(
             Dataset::load_dir(dir.path()),
-            Err(DataError::LabelOutOfRange {
-                index: 1,
-                label: 10,
-                ..
-            })
+            Err(DataError::LabelOutOfRange { index: 1, label: 10, .. })
         ));
         // A parse error names its file.
         fs::write(&lbl_path, &images).unwrap();
         let err = Dataset::load_dir(dir.path()).unwrap_err();
         assert!(matches!(err.root(), DataError::BadMagic { .. }));
-        assert!(
-            err.to_string().contains("train-labels-idx1-ubyte.gz"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("train-labels-idx1-ubyte.gz"), "{err}");
 
         // Bundled names take precedence over the published ones.
         let other = idx(IMAGES_MAGIC, &[1, 1, 1], &[9]);
@@ -968,21 +823,12 @@ mod tests {
     fn dataset_new_checks_sizes() {
         assert!(matches!(
             Dataset::new(vec![0; 5], None, 1, 2, 3),
-            Err(DataError::BufferSize {
-                expected: 6,
-                found: 5
-            })
+            Err(DataError::BufferSize { expected: 6, found: 5 })
         ));
-        assert!(matches!(
-            Dataset::new(vec![], None, 0, 2, 3),
-            Err(DataError::BadDims { .. })
-        ));
+        assert!(matches!(Dataset::new(vec![], None, 0, 2, 3), Err(DataError::BadDims { .. })));
         let mut d = Dataset::new(vec![1, 2, 3, 4], Some(vec![0, 1, 1, 0]), 4, 1, 1).unwrap();
         d.truncate(3);
-        assert_eq!(
-            (d.n, d.images.len(), d.labels.as_ref().unwrap().len()),
-            (3, 3, 3)
-        );
+        assert_eq!((d.n, d.images.len(), d.labels.as_ref().unwrap().len()), (3, 3, 3));
     }
 
     #[test]
@@ -995,11 +841,7 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, (0..1000).collect::<Vec<u32>>());
         // Actually shuffled, not close to the identity.
-        let fixed = a
-            .iter()
-            .enumerate()
-            .filter(|&(i, &v)| i as u32 == v)
-            .count();
+        let fixed = a.iter().enumerate().filter(|&(i, &v)| i as u32 == v).count();
         assert!(fixed < 10, "{fixed} fixed points");
         assert!(epoch_permutation(1, 0, 0).is_empty());
         assert_eq!(epoch_permutation(1, 0, 1), vec![0]);

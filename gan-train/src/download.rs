@@ -69,10 +69,7 @@ pub const MNIST_FILES: [KnownFile; 4] = [
 /// The published SHA-256 of an MNIST file, by name; the `expected` argument of [`download`]
 /// for the real data set.
 pub fn known_sha256(name: &str) -> Option<[u8; 32]> {
-    MNIST_FILES
-        .iter()
-        .find(|f| f.name == name)
-        .map(|f| f.sha256)
+    MNIST_FILES.iter().find(|f| f.name == name).map(|f| f.sha256)
 }
 
 const fn nibble(c: u8) -> u8 {
@@ -103,9 +100,7 @@ pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 || !s.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    Some(std::array::from_fn(|i| {
-        (nibble(s[2 * i]) << 4) | nibble(s[2 * i + 1])
-    }))
+    Some(std::array::from_fn(|i| (nibble(s[2 * i]) << 4) | nibble(s[2 * i + 1])))
 }
 
 /// A digest as lowercase hex.
@@ -154,10 +149,7 @@ impl Mirror {
 
     /// Whether the mirror is on this machine (then no proxy is used to reach it).
     fn is_loopback(&self) -> bool {
-        let rest = self
-            .base_url
-            .split_once("://")
-            .map_or(self.base_url.as_str(), |(_, r)| r);
+        let rest = self.base_url.split_once("://").map_or(self.base_url.as_str(), |(_, r)| r);
         let authority = rest.split('/').next().unwrap_or("");
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         let host = if host.starts_with('[') {
@@ -188,10 +180,7 @@ impl Mirror {
 /// renamed to `dest/<name>`. On a digest mismatch, an HTTP error or an interrupted transfer the
 /// `.part` file is removed and an error names the file and the reason.
 pub fn download(
-    mirror: &Mirror,
-    dest: &Path,
-    files: &[&str],
-    expected: impl Fn(&str) -> Option<[u8; 32]>,
+    mirror: &Mirror, dest: &Path, files: &[&str], expected: impl Fn(&str) -> Option<[u8; 32]>,
 ) -> anyhow::Result<()> {
     for name in files {
         ensure!(
@@ -264,10 +253,7 @@ fn fetch(agent: &ureq::Agent, url: &str, part: &Path) -> anyhow::Result<[u8; 32]
         other => anyhow::anyhow!("GET {url} failed: {other}"),
     })?;
     let file = File::create(part).with_context(|| format!("cannot create {}", part.display()))?;
-    let mut out = HashingWriter {
-        inner: io::BufWriter::new(file),
-        hasher: Sha256::new(),
-    };
+    let mut out = HashingWriter { inner: io::BufWriter::new(file), hasher: Sha256::new() };
     let mut body = response.into_body().into_reader().take(MAX_FILE_BYTES + 1);
     let copied = io::copy(&mut body, &mut out)
         .with_context(|| format!("download of {url} was interrupted"))?;
@@ -279,8 +265,7 @@ fn fetch(agent: &ureq::Agent, url: &str, part: &Path) -> anyhow::Result<[u8; 32]
         .into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("cannot write {}", part.display()))?;
-    file.sync_all()
-        .with_context(|| format!("cannot write {}", part.display()))?;
+    file.sync_all().with_context(|| format!("cannot write {}", part.display()))?;
     Ok(hasher.finalize().into())
 }
 
@@ -333,17 +318,12 @@ mod tests {
         /// Waits for the server to finish and returns the paths requested.
         fn finish(self) -> Vec<String> {
             self.thread.join().unwrap();
-            Arc::try_unwrap(self.requests)
-                .unwrap()
-                .into_inner()
-                .unwrap()
+            Arc::try_unwrap(self.requests).unwrap().into_inner().unwrap()
         }
     }
 
     fn answer(
-        mut stream: TcpStream,
-        files: &[(&str, Vec<u8>)],
-        log: &Mutex<Vec<String>>,
+        mut stream: TcpStream, files: &[(&str, Vec<u8>)], log: &Mutex<Vec<String>>,
     ) -> io::Result<()> {
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -359,9 +339,8 @@ mod tests {
         let text = String::from_utf8_lossy(&request);
         let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
         log.lock().unwrap().push(path.clone());
-        let found = path
-            .strip_prefix("/mnist/")
-            .and_then(|name| files.iter().find(|(n, _)| *n == name));
+        let found =
+            path.strip_prefix("/mnist/").and_then(|name| files.iter().find(|(n, _)| *n == name));
         let (status, body): (&str, &[u8]) = match found {
             Some((_, body)) => ("200 OK", body),
             None => ("404 Not Found", b"no such file\n"),
@@ -380,14 +359,8 @@ mod tests {
     fn bundled() -> Vec<(&'static str, Vec<u8>)> {
         let dir = crate::data::default_data_dir();
         vec![
-            (
-                TRAIN_FILES[0],
-                fs::read(dir.join("images-idx3-ubyte.gz")).unwrap(),
-            ),
-            (
-                TRAIN_FILES[1],
-                fs::read(dir.join("labels-idx1-ubyte.gz")).unwrap(),
-            ),
+            (TRAIN_FILES[0], fs::read(dir.join("images-idx3-ubyte.gz")).unwrap()),
+            (TRAIN_FILES[1], fs::read(dir.join("labels-idx1-ubyte.gz")).unwrap()),
         ]
     }
 
@@ -441,10 +414,8 @@ mod tests {
     fn wrong_hash_fails_and_leaves_nothing() {
         let server = TestServer::start(bundled(), 1);
         let dir = tempfile::tempdir().unwrap();
-        let err = download(&server.mirror, dir.path(), &TRAIN_FILES[1..], |_| {
-            Some([7u8; 32])
-        })
-        .unwrap_err();
+        let err = download(&server.mirror, dir.path(), &TRAIN_FILES[1..], |_| Some([7u8; 32]))
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("SHA-256 mismatch"), "{msg}");
         assert!(msg.contains(&to_hex(&[7u8; 32])), "{msg}");
@@ -457,13 +428,9 @@ mod tests {
     fn missing_file_fails_cleanly() {
         let server = TestServer::start(bundled(), 1);
         let dir = tempfile::tempdir().unwrap();
-        let err = download(
-            &server.mirror,
-            dir.path(),
-            &["t10k-images-idx3-ubyte.gz"],
-            known_sha256,
-        )
-        .unwrap_err();
+        let err =
+            download(&server.mirror, dir.path(), &["t10k-images-idx3-ubyte.gz"], known_sha256)
+                .unwrap_err();
         assert!(format!("{err:#}").contains("404"), "{err:#}");
         assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
         assert_eq!(server.finish(), vec!["/mnist/t10k-images-idx3-ubyte.gz"]);
@@ -493,10 +460,7 @@ mod tests {
     #[test]
     fn digests_table_and_hex() {
         let h = known_sha256("train-images-idx3-ubyte.gz").unwrap();
-        assert_eq!(
-            to_hex(&h),
-            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
-        );
+        assert_eq!(to_hex(&h), "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609");
         assert_eq!(parse_sha256_hex(&to_hex(&h)), Some(h));
         assert_eq!(parse_sha256_hex(&to_hex(&h).to_uppercase()), Some(h));
         assert_eq!(parse_sha256_hex("abc"), None);
@@ -504,9 +468,6 @@ mod tests {
         assert!(ALL_FILES.iter().all(|f| known_sha256(f).is_some()));
         assert_eq!(known_sha256("other.gz"), None);
         let path = crate::data::default_data_dir().join("labels-idx1-ubyte.gz");
-        assert_eq!(
-            sha256_file(&path).unwrap(),
-            digest(&fs::read(&path).unwrap())
-        );
+        assert_eq!(sha256_file(&path).unwrap(), digest(&fs::read(&path).unwrap()));
     }
 }

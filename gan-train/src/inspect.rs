@@ -12,20 +12,9 @@ pub fn summary_table(title: &str, spec: &Spec<'_>) -> String {
     let rule = "─".repeat(62);
     let _ = writeln!(s, "{title}");
     let _ = writeln!(s, "{rule}");
-    let _ = writeln!(
-        s,
-        "{:<4}{:<28}{:<16}{:>14}",
-        "#", "Layer", "Output shape", "Params"
-    );
+    let _ = writeln!(s, "{:<4}{:<28}{:<16}{:>14}", "#", "Layer", "Output shape", "Params");
     let _ = writeln!(s, "{rule}");
-    let _ = writeln!(
-        s,
-        "{:<4}{:<28}{:<16}{:>14}",
-        "",
-        "input",
-        spec.input().to_string(),
-        ""
-    );
+    let _ = writeln!(s, "{:<4}{:<28}{:<16}{:>14}", "", "input", spec.input().to_string(), "");
     let mut total = 0usize;
     for info in spec.iter() {
         let params = info.weight_len + info.bias_len;
@@ -69,18 +58,10 @@ pub fn describe_weights(bytes: &[u8]) -> (String, bool) {
     let weights = header.encoding().description();
     let _ = writeln!(s, "magic/version:   GANW v{version} ({weights})");
     let _ = writeln!(s, "model kind:      {:?}", header.kind);
-    let _ = writeln!(
-        s,
-        "latent:          {} ({:?} noise)",
-        header.latent, header.noise
-    );
+    let _ = writeln!(s, "latent:          {} ({:?} noise)", header.latent, header.noise);
     let _ = writeln!(s, "classes:         {}", header.classes);
     let _ = writeln!(s, "input → output:  {} → {}", header.input, header.output);
-    let _ = writeln!(
-        s,
-        "data:            {} bytes at offset {}",
-        header.data_len, data_at
-    );
+    let _ = writeln!(s, "data:            {} bytes at offset {}", header.data_len, data_at);
     let _ = writeln!(s, "data CRC-32:     {:08x}", header.data_crc);
     if let Ok(spec) = header.spec() {
         s.push('\n');

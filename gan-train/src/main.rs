@@ -143,26 +143,13 @@ impl ModelArgs {
         let custom = self.latent.is_some() || self.g_hidden.is_some() || self.d_hidden.is_some();
         if custom && self.arch.is_none() {
             // Widths given without a preset: start from the current preset's widths.
-            c = TrainConfig {
-                arch: Arch::Custom,
-                ..c.resolved()
-            };
+            c = TrainConfig { arch: Arch::Custom, ..c.resolved() };
         }
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
-        set!(
-            arch, latent, g_hidden, d_hidden, g_act, g_out, noise, loss, gp_lambda, n_critic
-        );
-        set!(
-            label_smoothing,
-            feature_matching,
-            minibatch_disc,
-            g_lr,
-            d_lr,
-            beta1,
-            momentum
-        );
+        set!(arch, latent, g_hidden, d_hidden, g_act, g_out, noise, loss, gp_lambda, n_critic);
+        set!(label_smoothing, feature_matching, minibatch_disc, g_lr, d_lr, beta1, momentum);
         set!(batch, epochs, max_steps, seed);
         if let Some(o) = self.optimizer {
             c.g_opt = o;
@@ -344,15 +331,9 @@ fn dispatch(cli: Cli) -> Result<()> {
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()?;
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
     }
-    let run_dir = a
-        .resume
-        .clone()
-        .or(a.run.clone())
-        .unwrap_or_else(next_run_dir);
+    let run_dir = a.resume.clone().or(a.run.clone()).unwrap_or_else(next_run_dir);
     let mut opts = RunOptions::new(&run_dir);
     opts.data_dir = a.data.clone();
     opts.limit = a.limit;
@@ -390,30 +371,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     let r = RunDir::new(&run_dir);
     match outcome {
-        Outcome::Finished {
-            steps,
-            images_per_sec,
-        } => {
+        Outcome::Finished { steps, images_per_sec } => {
             eprintln!("done: {steps} steps, {images_per_sec:.0} images/s");
             eprintln!("  samples:   {}", r.samples().display());
-            eprintln!(
-                "  losses:    {} and {}",
-                r.csv().display(),
-                r.plot().display()
-            );
+            eprintln!("  losses:    {} and {}", r.csv().display(), r.plot().display());
             eprintln!("  animation: {}", r.gif().display());
             eprintln!("  generator: {}", r.generator().display());
-            eprintln!(
-                "next: gan-train sample --model {} --ascii --n 4",
-                r.generator().display()
-            );
+            eprintln!("next: gan-train sample --model {} --ascii --n 4", r.generator().display());
         }
         Outcome::Interrupted { steps } => {
             eprintln!("interrupted at step {steps}; checkpoint saved");
-            eprintln!(
-                "continue with: gan-train train --resume {}",
-                run_dir.display()
-            );
+            eprintln!("continue with: gan-train train --resume {}", run_dir.display());
         }
     }
     Ok(())
@@ -462,11 +430,7 @@ fn write_weights_uf2(bytes: &[u8], board: &Board, addr: Option<u32>, out: &Path)
     }
     let uf2 = gan_train::uf2::bin_to_uf2(bytes, addr, gan_train::uf2::family_of(board)?);
     run::write_atomic(out, &uf2)?;
-    eprintln!(
-        "wrote {} ({} bytes, flashes to {addr:#010x})",
-        out.display(),
-        uf2.len()
-    );
+    eprintln!("wrote {} ({} bytes, flashes to {addr:#010x})", out.display(), uf2.len());
     Ok(())
 }
 

@@ -25,12 +25,7 @@ pub const GRID_BACKGROUND: u8 = 128;
 ///
 /// Zero `cols` or `scale` count as 1; only the complete images present in `pixels` are drawn.
 pub fn grid_image(
-    pixels: &[u8],
-    n: usize,
-    h: usize,
-    w: usize,
-    cols: usize,
-    scale: usize,
+    pixels: &[u8], n: usize, h: usize, w: usize, cols: usize, scale: usize,
 ) -> (Vec<u8>, usize, usize) {
     let scale = scale.max(1);
     let cols = cols.max(1);
@@ -59,13 +54,7 @@ pub fn grid_image(
 
 /// Writes [`grid_image`] of the samples as an 8-bit grey PNG.
 pub fn save_grid_png(
-    path: &Path,
-    pixels: &[u8],
-    n: usize,
-    h: usize,
-    w: usize,
-    cols: usize,
-    scale: usize,
+    path: &Path, pixels: &[u8], n: usize, h: usize, w: usize, cols: usize, scale: usize,
 ) -> anyhow::Result<()> {
     ensure!(
         n > 0 && h > 0 && w > 0,
@@ -82,26 +71,17 @@ pub fn save_grid_png(
 
 /// Writes an 8-bit PNG (grey or RGB) from a row-major buffer.
 fn write_png(
-    path: &Path,
-    data: &[u8],
-    width: usize,
-    height: usize,
-    color: png::ColorType,
+    path: &Path, data: &[u8], width: usize, height: usize, color: png::ColorType,
 ) -> anyhow::Result<()> {
     let (w, h) = (u32::try_from(width)?, u32::try_from(height)?);
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut encoder = png::Encoder::new(BufWriter::new(file), w, h);
     encoder.set_color(color);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder
-        .write_header()
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writer
-        .write_image_data(data)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writer
-        .finish()
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut writer =
+        encoder.write_header().with_context(|| format!("cannot write {}", path.display()))?;
+    writer.write_image_data(data).with_context(|| format!("cannot write {}", path.display()))?;
+    writer.finish().with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -110,18 +90,11 @@ fn write_png(
 /// five times as long (at least two seconds) so the final state can be seen before the loop
 /// restarts.
 pub fn save_gif(
-    path: &Path,
-    frames: &[Vec<u8>],
-    width: usize,
-    height: usize,
-    delay_cs: u16,
+    path: &Path, frames: &[Vec<u8>], width: usize, height: usize, delay_cs: u16,
 ) -> anyhow::Result<()> {
     ensure!(!frames.is_empty(), "a GIF needs at least one frame");
     let (w, h) = (u16::try_from(width)?, u16::try_from(height)?);
-    ensure!(
-        w > 0 && h > 0,
-        "a GIF frame cannot be empty ({width}×{height})"
-    );
+    ensure!(w > 0 && h > 0, "a GIF frame cannot be empty ({width}×{height})");
     for (i, f) in frames.iter().enumerate() {
         ensure!(
             f.len() == width * height,
@@ -138,20 +111,13 @@ pub fn save_gif(
         let frame = gif::Frame {
             width: w,
             height: h,
-            delay: if last {
-                delay_cs.saturating_mul(5).max(200)
-            } else {
-                delay_cs
-            },
+            delay: if last { delay_cs.saturating_mul(5).max(200) } else { delay_cs },
             buffer: Cow::Borrowed(f),
             ..gif::Frame::default()
         };
         encoder.write_frame(&frame)?;
     }
-    encoder
-        .into_inner()?
-        .flush()
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    encoder.into_inner()?.flush().with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -271,24 +237,16 @@ impl LossLog {
                         continue;
                     }
                     let row = LossRow::from_csv(line).with_context(|| {
-                        format!(
-                            "{}: line {} is not a loss row: {line:?}",
-                            path.display(),
-                            i + 1
-                        )
+                        format!("{}: line {} is not a loss row: {line:?}", path.display(), i + 1)
                     })?;
                     rows.push(row);
                 }
             }
-            Some(_) => bail!(
-                "{} is not a loss log: its first line is not {CSV_HEADER:?}",
-                path.display()
-            ),
+            Some(_) => {
+                bail!("{} is not a loss log: its first line is not {CSV_HEADER:?}", path.display())
+            }
         }
-        Ok(LossLog {
-            written: rows.len(),
-            rows,
-        })
+        Ok(LossLog { written: rows.len(), rows })
     }
 
     /// For resuming a run from a checkpoint taken after step `step`: reads the CSV at `path`
@@ -358,8 +316,7 @@ pub fn append_csv_rows(path: &Path, rows: &[LossRow]) -> anyhow::Result<()> {
         f.set_len(keep).with_context(ctx)?;
     }
     f.seek(SeekFrom::Start(keep)).with_context(ctx)?;
-    f.write_all(csv_text(rows, keep == 0).as_bytes())
-        .with_context(ctx)?;
+    f.write_all(csv_text(rows, keep == 0).as_bytes()).with_context(ctx)?;
     f.flush().with_context(ctx)?;
     Ok(())
 }
@@ -410,9 +367,7 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 
 /// Draws into an RGB buffer of `width × height` and writes it as a PNG.
 fn render_png(
-    path: &Path,
-    width: u32,
-    height: u32,
+    path: &Path, width: u32, height: u32,
     draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     ensure_font()?;
@@ -423,13 +378,7 @@ fn render_png(
         draw(root.clone())?;
         root.present().map_err(plot_err)?;
     }
-    write_png(
-        path,
-        &buf,
-        width as usize,
-        height as usize,
-        png::ColorType::Rgb,
-    )
+    write_png(path, &buf, width as usize, height as usize, png::ColorType::Rgb)
 }
 
 /// Trailing moving average over the last `window` values (fewer at the start); non-finite
@@ -450,11 +399,7 @@ fn moving_average(values: &[f32], window: usize) -> Vec<f64> {
                 count -= 1;
             }
         }
-        out.push(if count > 0 {
-            sum / count as f64
-        } else {
-            f64::NAN
-        });
+        out.push(if count > 0 { sum / count as f64 } else { f64::NAN });
     }
     out
 }
@@ -487,11 +432,7 @@ fn loss_range(series: &[&[f32]]) -> (f64, f64) {
 fn step_range(rows: &[LossRow]) -> (f64, f64) {
     let first = rows.first().map_or(0, |r| r.step) as f64;
     let last = rows.last().map_or(0, |r| r.step) as f64;
-    let (lo, hi) = if last > first {
-        (first, last)
-    } else {
-        (first - 1.0, first + 1.0)
-    };
+    let (lo, hi) = if last > first { (first, last) } else { (first - 1.0, first + 1.0) };
     (lo, hi)
 }
 
@@ -499,15 +440,9 @@ fn step_range(rows: &[LossRow]) -> (f64, f64) {
 /// its moving average, with a legend.
 #[allow(clippy::too_many_arguments)]
 fn draw_panel(
-    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
-    caption: &str,
-    y_desc: &str,
-    steps: &[f64],
-    (x0, x1): (f64, f64),
-    (y0, y1): (f64, f64),
-    series: &[(&str, &[f32], RGBColor)],
-    window: usize,
-    reference: Option<f64>,
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, caption: &str, y_desc: &str,
+    steps: &[f64], (x0, x1): (f64, f64), (y0, y1): (f64, f64), series: &[(&str, &[f32], RGBColor)],
+    window: usize, reference: Option<f64>,
 ) -> anyhow::Result<()> {
     let mut chart = ChartBuilder::on(area)
         .caption(caption, (FONT_FAMILY, 22))
@@ -527,9 +462,7 @@ fn draw_panel(
         .draw()
         .map_err(plot_err)?;
     if let Some(y) = reference {
-        chart
-            .draw_series(LineSeries::new([(x0, y), (x1, y)], GREY.mix(0.6)))
-            .map_err(plot_err)?;
+        chart.draw_series(LineSeries::new([(x0, y), (x1, y)], GREY.mix(0.6))).map_err(plot_err)?;
     }
     let clamp = |y: f64| y.clamp(y0, y1);
     // Faint raw curves first, so the averages are drawn on top of all of them.
@@ -540,9 +473,7 @@ fn draw_panel(
             .filter(|(_, v)| v.is_finite())
             .map(|(&x, &v)| (x, clamp(f64::from(v))))
             .collect();
-        chart
-            .draw_series(LineSeries::new(pts, color.mix(0.22)))
-            .map_err(plot_err)?;
+        chart.draw_series(LineSeries::new(pts, color.mix(0.22))).map_err(plot_err)?;
     }
     for &(name, values, color) in series {
         let pts: Vec<(f64, f64)> = steps
@@ -551,11 +482,8 @@ fn draw_panel(
             .filter(|(_, v)| v.is_finite())
             .map(|(&x, v)| (x, clamp(v)))
             .collect();
-        let label = if window > 1 {
-            format!("{name} (mean of {window} steps)")
-        } else {
-            name.to_string()
-        };
+        let label =
+            if window > 1 { format!("{name} (mean of {window} steps)") } else { name.to_string() };
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(plot_err)?
@@ -606,10 +534,7 @@ pub fn plot_losses(path: &Path, rows: &[LossRow], title: &str) -> anyhow::Result
             &steps,
             x,
             (0.0, 1.0),
-            &[
-                ("D(x), real", &d_real, GREEN),
-                ("D(G(z)), fake", &d_fake, RED),
-            ],
+            &[("D(x), real", &d_real, GREEN), ("D(G(z)), fake", &d_fake, RED)],
             window,
             Some(0.5),
         )
@@ -618,9 +543,7 @@ pub fn plot_losses(path: &Path, rows: &[LossRow], title: &str) -> anyhow::Result
 
 /// Square plot range holding every finite point, with a margin.
 fn scatter_range(points: &[(f32, f32)]) -> ((f64, f64), (f64, f64)) {
-    let finite = points
-        .iter()
-        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let finite = points.iter().filter(|(x, y)| x.is_finite() && y.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in finite {
         let (x, y) = (f64::from(x), f64::from(y));
@@ -640,10 +563,7 @@ fn scatter_range(points: &[(f32, f32)]) -> ((f64, f64), (f64, f64)) {
 /// Plots real and generated 2-D points to a square PNG (800 × 800) in two colours with a
 /// legend; both axes have the same scale, so shapes are not distorted.
 pub fn plot_scatter(
-    path: &Path,
-    real: &[(f32, f32)],
-    fake: &[(f32, f32)],
-    title: &str,
+    path: &Path, real: &[(f32, f32)], fake: &[(f32, f32)], title: &str,
 ) -> anyhow::Result<()> {
     let all: Vec<(f32, f32)> = real.iter().chain(fake).copied().collect();
     let ((x0, x1), (y0, y1)) = scatter_range(&all);
@@ -673,11 +593,7 @@ pub fn plot_scatter(
             .map_err(plot_err)?;
         for (name, points, color) in [("real", &real, BLUE), ("generated", &fake, ORANGE)] {
             chart
-                .draw_series(
-                    points
-                        .iter()
-                        .map(|&p| Circle::new(p, 3, color.mix(0.55).filled())),
-                )
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.mix(0.55).filled())))
                 .map_err(plot_err)?
                 .label(format!("{name} ({})", points.len()))
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
@@ -765,13 +681,8 @@ mod tests {
         let bytes = fs::read(&path).unwrap();
         assert!(bytes.starts_with(b"GIF89a"));
         assert_eq!(bytes.last(), Some(&0x3b), "GIF trailer");
-        assert!(
-            bytes.windows(11).any(|w| w == b"NETSCAPE2.0"),
-            "loop extension"
-        );
-        let mut decoder = gif::DecodeOptions::new()
-            .read_info(File::open(&path).unwrap())
-            .unwrap();
+        assert!(bytes.windows(11).any(|w| w == b"NETSCAPE2.0"), "loop extension");
+        let mut decoder = gif::DecodeOptions::new().read_info(File::open(&path).unwrap()).unwrap();
         let mut delays = Vec::new();
         while let Some(frame) = decoder.read_next_frame().unwrap() {
             assert_eq!((frame.width, frame.height), (6, 4));
@@ -793,10 +704,7 @@ mod tests {
         }
         log.append_csv(&path).unwrap();
         assert!(log.unwritten().is_empty());
-        log.push(LossRow {
-            d_loss: f32::NAN,
-            ..row(5)
-        });
+        log.push(LossRow { d_loss: f32::NAN, ..row(5) });
         log.append_csv(&path).unwrap();
         log.append_csv(&path).unwrap(); // nothing new: no duplicate rows
         let text = fs::read_to_string(&path).unwrap();
@@ -824,16 +732,8 @@ mod tests {
         resumed.push(row(4));
         resumed.append_csv(&path).unwrap();
         let back = LossLog::read_csv(&path).unwrap();
-        assert_eq!(
-            back.rows().iter().map(|r| r.step).collect::<Vec<_>>(),
-            vec![0, 1, 2, 3, 4]
-        );
-        assert!(
-            LossLog::resume_csv(&dir.path().join("none.csv"), 9)
-                .unwrap()
-                .rows()
-                .is_empty()
-        );
+        assert_eq!(back.rows().iter().map(|r| r.step).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert!(LossLog::resume_csv(&dir.path().join("none.csv"), 9).unwrap().rows().is_empty());
 
         // A malformed complete line and a foreign file are errors.
         fs::write(&path, format!("{CSV_HEADER}\n1,0,x,1,1,1,1,1\n")).unwrap();
@@ -883,9 +783,8 @@ mod tests {
                 (2.0 * a.cos(), 2.0 * a.sin())
             })
             .collect();
-        let blob: Vec<(f32, f32)> = (0..200)
-            .map(|i| ((i % 20) as f32 * 0.05 - 0.5, (i / 20) as f32 * 0.1 - 0.5))
-            .collect();
+        let blob: Vec<(f32, f32)> =
+            (0..200).map(|i| ((i % 20) as f32 * 0.05 - 0.5, (i / 20) as f32 * 0.1 - 0.5)).collect();
         plot_scatter(&path, &ring, &blob, "toy 2-D GAN").unwrap();
         let (img, w, h, ch) = decode_png(&path);
         assert_eq!((w, h, ch), (800, 800, 3));

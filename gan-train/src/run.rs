@@ -86,15 +86,9 @@ impl RunDir {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed to disk,
 /// then renamed over the target. A crash leaves either the old or the new file, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .context("path has no file name")?
-        .to_string_lossy();
+    let name = path.file_name().context("path has no file name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp"));
     let written = (|| -> Result<()> {
         let mut f =
@@ -127,10 +121,7 @@ pub fn export_bytes_as(ck: &Checkpoint, encoding: Encoding) -> Result<Vec<u8>> {
     let cfg = ck.config.resolved();
     let def = cfg.generator(ck.data)?;
     let spec = def.spec();
-    ensure!(
-        ck.g.params.len() == spec.param_len(),
-        "checkpoint generator has the wrong size"
-    );
+    ensure!(ck.g.params.len() == spec.param_len(), "checkpoint generator has the wrong size");
     let classes = if cfg.conditional { ck.data.classes } else { 0 };
     let meta = WeightsMeta {
         kind: ModelKind::Generator,
@@ -157,26 +148,17 @@ pub struct WeightsMeta {
 /// A weights file for the network `spec` with f32 parameters `params`, stored in `encoding`:
 /// the one way from parameters to a file, for checkpoints and weights files alike.
 pub fn encode_weights(
-    spec: &gan_core::spec::Spec<'_>,
-    meta: &WeightsMeta,
-    params: &[f32],
-    encoding: Encoding,
+    spec: &gan_core::spec::Spec<'_>, meta: &WeightsMeta, params: &[f32], encoding: Encoding,
 ) -> Result<Vec<u8>> {
-    let header = Header::for_spec_as(
-        meta.kind,
-        spec,
-        meta.latent,
-        meta.classes,
-        meta.noise,
-        encoding,
-    )
-    .map_err(|e| match e {
-        format::FormatError::Unsupported => anyhow::anyhow!(
-            "{e}: this generator cannot be stored as {}, use f32",
-            encoding.name()
-        ),
-        e => anyhow::anyhow!("{e}"),
-    })?;
+    let header =
+        Header::for_spec_as(meta.kind, spec, meta.latent, meta.classes, meta.noise, encoding)
+            .map_err(|e| match e {
+                format::FormatError::Unsupported => anyhow::anyhow!(
+                    "{e}: this generator cannot be stored as {}, use f32",
+                    encoding.name()
+                ),
+                e => anyhow::anyhow!("{e}"),
+            })?;
     let mut buf = vec![0u8; header.file_len_bound()];
     let n = format::write(&mut buf, &header, params).map_err(|e| anyhow::anyhow!("{e}"))?;
     buf.truncate(n);
@@ -196,24 +178,16 @@ pub fn reencode_weights(bytes: &[u8], encoding: Encoding) -> Result<Vec<u8>> {
         )
     })?;
     let spec = h.spec().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let meta = WeightsMeta {
-        kind: h.kind,
-        latent: h.latent,
-        classes: h.classes,
-        noise: h.noise,
-    };
+    let meta = WeightsMeta { kind: h.kind, latent: h.latent, classes: h.classes, noise: h.noise };
     encode_weights(&spec, &meta, params, encoding)
 }
 
 /// Parses an encoding name as the command line spells it ([`Encoding::name`]).
 pub fn parse_encoding(s: &str) -> std::result::Result<Encoding, String> {
-    Encoding::ALL
-        .into_iter()
-        .find(|e| e.name() == s)
-        .ok_or_else(|| {
-            let names: Vec<&str> = Encoding::ALL.iter().map(|e| e.name()).collect();
-            format!("unknown weight type `{s}` (one of: {})", names.join(", "))
-        })
+    Encoding::ALL.into_iter().find(|e| e.name() == s).ok_or_else(|| {
+        let names: Vec<&str> = Encoding::ALL.iter().map(|e| e.name()).collect();
+        format!("unknown weight type `{s}` (one of: {})", names.join(", "))
+    })
 }
 
 /// Options for [`train`] and [`resume`] that are not part of the model's configuration.
@@ -265,10 +239,7 @@ pub enum Outcome {
 }
 
 fn load_data(opts: &RunOptions) -> Result<Dataset> {
-    let dir = opts
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::data::default_data_dir);
+    let dir = opts.data_dir.clone().unwrap_or_else(crate::data::default_data_dir);
     let mut data =
         Dataset::load_dir(&dir).with_context(|| format!("loading data from {}", dir.display()))?;
     if opts.limit > 0 {
@@ -304,10 +275,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, exec: &dyn Exec) -> Result<Ou
     gan.state.source = DataSource {
         // Absolute, so a resume from another working directory finds the same files.
         dir: opts.data_dir.as_ref().map(|d| {
-            fs::canonicalize(d)
-                .unwrap_or_else(|_| d.clone())
-                .to_string_lossy()
-                .into_owned()
+            fs::canonicalize(d).unwrap_or_else(|_| d.clone()).to_string_lossy().into_owned()
         }),
         limit: opts.limit,
         images: data.n,
@@ -329,10 +297,7 @@ pub fn resume(opts: &RunOptions, epochs: Option<u32>, exec: &dyn Exec) -> Result
 /// The run continues on the data it started with: the data directory and image limit stored in
 /// the checkpoint are used unless `opts` names them, and a data set of another size is refused.
 pub fn resume_with(
-    opts: &RunOptions,
-    epochs: Option<u32>,
-    max_steps: Option<u64>,
-    exec: &dyn Exec,
+    opts: &RunOptions, epochs: Option<u32>, max_steps: Option<u64>, exec: &dyn Exec,
 ) -> Result<Outcome> {
     let run = RunDir::new(&opts.run_dir);
     let mut ck = checkpoint::load(&run.checkpoint())?;
@@ -370,10 +335,7 @@ pub fn resume_with(
         data.n
     );
     if changed {
-        write_atomic(
-            &run.config(),
-            toml::to_string_pretty(&ck.config)?.as_bytes(),
-        )?;
+        write_atomic(&run.config(), toml::to_string_pretty(&ck.config)?.as_bytes())?;
     }
     let gan = Gan::from_checkpoint(ck)?;
     run_loop(gan, data, &run, &opts, exec)
@@ -387,13 +349,7 @@ pub fn fixed_noise(gan: &Gan) -> Vec<f32> {
     let mut rng = noise::rng(cfg.seed ^ GRID_SEED_SALT);
     let classes = gan.classes().max(1);
     for (i, row) in z.chunks_exact_mut(gin).enumerate() {
-        noise::generator_input(
-            cfg.noise.into(),
-            &mut rng,
-            cfg.latent as usize,
-            i % classes,
-            row,
-        );
+        noise::generator_input(cfg.noise.into(), &mut rng, cfg.latent as usize, i % classes, row);
     }
     z
 }
@@ -480,11 +436,7 @@ fn take_row(gan: &mut Gan) -> Option<LossRow> {
 }
 
 fn run_loop(
-    mut gan: Gan,
-    data: Dataset,
-    run: &RunDir,
-    opts: &RunOptions,
-    exec: &dyn Exec,
+    mut gan: Gan, data: Dataset, run: &RunDir, opts: &RunOptions, exec: &dyn Exec,
 ) -> Result<Outcome> {
     let scale = match gan.cfg().g_out {
         OutAct::Tanh => Scale::Tanh,
@@ -518,10 +470,7 @@ fn run_loop(
             let stats = gan.train_step(&real, &labels, exec).map_err(|e| {
                 bar.abandon();
                 let kept = if run.checkpoint().exists() {
-                    format!(
-                        "the last good checkpoint is kept at {}",
-                        run.checkpoint().display()
-                    )
+                    format!("the last good checkpoint is kept at {}", run.checkpoint().display())
                 } else {
                     "no checkpoint had been written yet".to_string()
                 };
@@ -541,9 +490,7 @@ fn run_loop(
                 bar.abandon_with_message("interrupted");
                 log.append_csv(&run.csv())?;
                 checkpoint::save(&run.checkpoint(), &gan.state)?;
-                return Ok(Outcome::Interrupted {
-                    steps: gan.state.pos.step,
-                });
+                return Ok(Outcome::Interrupted { steps: gan.state.pos.step });
             }
         }
         bar.finish_and_clear();

@@ -27,10 +27,7 @@ impl AlignedBytes {
             std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 16)
         };
         dst[..bytes.len()].copy_from_slice(bytes);
-        AlignedBytes {
-            words,
-            len: bytes.len(),
-        }
+        AlignedBytes { words, len: bytes.len() }
     }
 
     /// Reads a file into an aligned buffer.
@@ -71,10 +68,7 @@ pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) ->
     for (i, pixels) in out.chunks_exact_mut(g.output_len()).enumerate() {
         let cls = class.class_of(i, g.classes());
         if g.classes() > 0 && cls >= g.classes() {
-            anyhow::bail!(
-                "class {cls} is out of range: the model has {} classes",
-                g.classes()
-            );
+            anyhow::bail!("class {cls} is out of range: the model has {} classes", g.classes());
         }
         g.generate_with(&mut rng, cls, &mut z, &mut y, &mut scratch, pixels, &team)?;
     }

@@ -110,27 +110,18 @@ impl Team {
         let mut helpers = Vec::new();
         for i in 1..threads.clamp(1, MAX_THREADS) {
             let s = Arc::clone(&shared);
-            let handle = thread::Builder::new()
-                .name(format!("gan-team-{i}"))
-                .spawn(move || helper(&s, i));
+            let handle =
+                thread::Builder::new().name(format!("gan-team-{i}")).spawn(move || helper(&s, i));
             match handle {
                 Ok(h) => helpers.push(h),
                 Err(e) => {
                     // Stop the helpers already started before reporting the error.
-                    drop(Team {
-                        shared,
-                        helpers,
-                        busy: Mutex::new(()),
-                    });
+                    drop(Team { shared, helpers, busy: Mutex::new(()) });
                     return Err(e);
                 }
             }
         }
-        Ok(Team {
-            shared,
-            helpers,
-            busy: Mutex::new(()),
-        })
+        Ok(Team { shared, helpers, busy: Mutex::new(()) })
     }
 
     /// A team with one thread per task of rayon's pool (which follows `--threads`).
@@ -326,12 +317,8 @@ mod tests {
     fn inference_on_the_team_gives_the_serial_bits() {
         use gan_core::kernels::{self, Serial};
         let (m, k, n) = (1, 700, 300);
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 89.0)
-            .collect();
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 89.0).collect();
         let bias: Vec<f32> = (0..n).map(|i| i as f32 / 7.0).collect();
         let mut want = vec![0.0; m * n];
         kernels::matmul_exact_with(&mut want, &a, &b, &bias, m, k, n, &Serial);
@@ -339,11 +326,7 @@ mod tests {
         for _ in 0..100 {
             let mut got = vec![f32::NAN; m * n];
             kernels::matmul_exact_with(&mut got, &a, &b, &bias, m, k, n, &team);
-            assert!(
-                got.iter()
-                    .zip(&want)
-                    .all(|(x, y)| x.to_bits() == y.to_bits())
-            );
+            assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
         }
     }
 }

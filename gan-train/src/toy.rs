@@ -97,14 +97,8 @@ impl ToyConfig {
     /// Checks ranges; returns a message a user can act on.
     pub fn validate(&self) -> Result<()> {
         ensure!(self.batch >= 2, "batch size must be at least 2");
-        ensure!(
-            self.eval_points >= 2,
-            "the evaluation set needs at least 2 points"
-        );
-        ensure!(
-            self.report_every >= 1,
-            "the report interval must be at least 1"
-        );
+        ensure!(self.eval_points >= 2, "the evaluation set needs at least 2 points");
+        ensure!(self.report_every >= 1, "the report interval must be at least 1");
         ensure!(
             self.latent >= 1 && self.g_hidden >= 1 && self.d_hidden >= 1,
             "layer widths must be at least 1"
@@ -146,10 +140,7 @@ impl ToyConfig {
 }
 
 fn net(inputs: u32, layers: Vec<Layer>) -> Result<NetDef> {
-    let def = NetDef {
-        input: Shape::flat(inputs),
-        layers,
-    };
+    let def = NetDef { input: Shape::flat(inputs), layers };
     Spec::new(def.input, &def.layers).map_err(|e| anyhow::anyhow!("toy network: {e}"))?;
     Ok(def)
 }
@@ -216,10 +207,7 @@ fn quality(points: &[f32]) -> (f32, f32) {
     }
     let mean = sx / n;
     let var = (sxx / n - mean * mean).max(0.0);
-    (
-        (err / n) as f32,
-        (var.sqrt() / f64::from(REAL_X_STD)) as f32,
-    )
+    ((err / n) as f32, (var.sqrt() / f64::from(REAL_X_STD)) as f32)
 }
 
 /// Activation buffers for the evaluation set.
@@ -286,11 +274,7 @@ impl Toy {
             ..TrainConfig::default()
         };
         // A "picture" of one row of two values, no classes.
-        let data = DataShape {
-            h: 1,
-            w: 2,
-            classes: 1,
-        };
+        let data = DataShape { h: 1, w: 2, classes: 1 };
         let gan = Gan::with_nets(train, data, cfg.generator()?, cfg.discriminator()?)?;
         // The evaluation set has its own stream, so changing it never changes training.
         let mut eval_rng = noise::rng(cfg.seed ^ 0x9E37_79B9_7F4A_7C15);
@@ -422,10 +406,7 @@ fn csv_row(r: &ToyReport) -> String {
 }
 
 fn scatter(path: &Path, real: &[(f32, f32)], r: &ToyReport) -> Result<()> {
-    let title = format!(
-        "y = x², step {}: mean |y − x²| = {:.4}",
-        r.step, r.mean_abs_err
-    );
+    let title = format!("y = x², step {}: mean |y − x²| = {:.4}", r.step, r.mean_abs_err);
     report::plot_scatter(path, real, &r.fake, &title)
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -509,11 +490,7 @@ mod tests {
     use super::*;
 
     fn quick() -> ToyConfig {
-        ToyConfig {
-            steps: 3000,
-            report_every: 1000,
-            ..ToyConfig::default()
-        }
+        ToyConfig { steps: 3000, report_every: 1000, ..ToyConfig::default() }
     }
 
     #[test]
@@ -524,18 +501,9 @@ mod tests {
         let steps: Vec<u64> = reports.iter().map(|r| r.0).collect();
         assert_eq!(steps, [0, 1000, 2000, 3000]);
         let (before, after) = (res.initial.mean_abs_err, res.last.mean_abs_err);
-        assert!(
-            before > 0.15,
-            "untrained error {before} is suspiciously small"
-        );
-        assert!(
-            after < 0.03,
-            "mean |y - x²| after training is {after} (was {before})"
-        );
-        assert!(
-            after < before / 5.0,
-            "error only dropped from {before} to {after}"
-        );
+        assert!(before > 0.15, "untrained error {before} is suspiciously small");
+        assert!(after < 0.03, "mean |y - x²| after training is {after} (was {before})");
+        assert!(after < before / 5.0, "error only dropped from {before} to {after}");
         assert!(
             (0.6..1.4).contains(&res.last.x_spread),
             "generated x spread {} is not near the real one",
@@ -545,22 +513,11 @@ mod tests {
 
     #[test]
     fn toy_gan_same_seed_same_bits() {
-        let cfg = ToyConfig {
-            steps: 200,
-            report_every: 100,
-            ..ToyConfig::default()
-        };
+        let cfg = ToyConfig { steps: 200, report_every: 100, ..ToyConfig::default() };
         let a = train_toy(&cfg, |_| {}).unwrap();
         let b = train_toy(&cfg, |_| {}).unwrap();
         assert_eq!(a, b);
-        let c = train_toy(
-            &ToyConfig {
-                seed: cfg.seed + 1,
-                ..cfg.clone()
-            },
-            |_| {},
-        )
-        .unwrap();
+        let c = train_toy(&ToyConfig { seed: cfg.seed + 1, ..cfg.clone() }, |_| {}).unwrap();
         assert_ne!(a.g_params, c.g_params);
     }
 

@@ -73,28 +73,14 @@ impl Net {
     /// The network `def` trained with `opt`, and its freshly initialised parameters (drawn
     /// from `rng` with `init`).
     pub fn new(
-        def: NetDef,
-        opt: Optimizer,
-        init: Init,
-        rng: &mut NoiseRng,
+        def: NetDef, opt: Optimizer, init: Init, rng: &mut NoiseRng,
     ) -> Result<(Net, NetParams)> {
         let spec = def.spec();
         let mut params = vec![0.0; spec.param_len()];
         gan_core::init::init_params(&spec, &mut params, init, rng)?;
         let n = params.len();
-        let state = NetParams {
-            opt_state: vec![0.0; opt.state_len(n)],
-            params,
-            opt_step: 0,
-        };
-        Ok((
-            Net {
-                grads: vec![0.0; n],
-                def,
-                opt,
-            },
-            state,
-        ))
+        let state = NetParams { opt_state: vec![0.0; opt.state_len(n)], params, opt_step: 0 };
+        Ok((Net { grads: vec![0.0; n], def, opt }, state))
     }
 
     /// Checks that `p` has the sizes this network and optimizer need (`what` names it in the
@@ -116,13 +102,7 @@ impl Net {
     /// update is element-wise, so the bits do not depend on the split).
     fn step(&self, p: &mut NetParams, exec: &dyn Exec) -> Result<()> {
         p.opt_step += 1;
-        self.opt.step_with(
-            &mut p.params,
-            &self.grads,
-            &mut p.opt_state,
-            p.opt_step,
-            exec,
-        )?;
+        self.opt.step_with(&mut p.params, &self.grads, &mut p.opt_state, p.opt_step, exec)?;
         Ok(())
     }
 }
@@ -158,9 +138,11 @@ pub struct LogWindow {
 impl LogWindow {
     /// Adds one step.
     pub fn add(&mut self, s: &StepStats) {
-        for (acc, v) in self.sum.iter_mut().zip([
-            s.d_loss, s.g_loss, s.d_real, s.d_fake, s.acc_real, s.acc_fake,
-        ]) {
+        for (acc, v) in self
+            .sum
+            .iter_mut()
+            .zip([s.d_loss, s.g_loss, s.d_real, s.d_fake, s.acc_real, s.acc_fake])
+        {
             *acc += v as f64;
         }
         self.n += 1;
@@ -339,11 +321,7 @@ impl Gan {
 
     /// Classes the networks are conditioned on (0 when unconditional).
     pub fn classes(&self) -> usize {
-        if self.state.config.conditional {
-            self.state.data.classes as usize
-        } else {
-            0
-        }
+        if self.state.config.conditional { self.state.data.classes as usize } else { 0 }
     }
 
     fn ensure_work(&mut self, n: usize) {
@@ -355,8 +333,7 @@ impl Gan {
         let cfg = &self.state.config;
         let px = self.state.data.pixels();
         let feat = if cfg.feature_matching > 0.0 {
-            ds.layer(cfg.feature_layer() - 1)
-                .map_or(0, |l| l.out_shape.len())
+            ds.layer(cfg.feature_layer() - 1).map_or(0, |l| l.out_shape.len())
         } else {
             0
         };
@@ -380,14 +357,7 @@ impl Gan {
             } else {
                 vec![]
             },
-            x_hat: vec![
-                0.0;
-                if cfg.loss == LossKind::WganGp {
-                    n * ds.input().len()
-                } else {
-                    0
-                }
-            ],
+            x_hat: vec![0.0; if cfg.loss == LossKind::WganGp { n * ds.input().len() } else { 0 }],
             eps: vec![0.0; n],
         };
     }
@@ -405,17 +375,11 @@ impl Gan {
     /// `labels`: N class labels, used by conditional models). Moves the position one batch on
     /// and adds the step to the log window.
     pub fn train_step(
-        &mut self,
-        real: &[f32],
-        labels: &[u8],
-        exec: &dyn Exec,
+        &mut self, real: &[f32], labels: &[u8], exec: &dyn Exec,
     ) -> Result<StepStats> {
         let px = self.state.data.pixels();
         if real.is_empty() || !real.len().is_multiple_of(px) {
-            bail!(
-                "real batch has {} values, not a multiple of {px}",
-                real.len()
-            );
+            bail!("real batch has {} values, not a multiple of {px}", real.len());
         }
         let n = real.len() / px;
         if labels.len() != n {
@@ -435,10 +399,7 @@ impl Gan {
             bail!(NonFinite { step, what: "loss" });
         }
         if !optim::all_finite(&st.g.params) || !optim::all_finite(&st.d.params) {
-            bail!(NonFinite {
-                step,
-                what: "weights"
-            });
+            bail!(NonFinite { step, what: "weights" });
         }
         st.pos.batch_in_epoch += 1;
         st.log_window.add(&stats);
@@ -447,10 +408,8 @@ impl Gan {
 
     /// Writes D inputs: per row the pixels followed by the class one-hot.
     fn write_d_input(dst: &mut [f32], pixels: &[f32], labels: &[u8], px: usize, classes: usize) {
-        for ((row, p), &l) in dst
-            .chunks_exact_mut(px + classes)
-            .zip(pixels.chunks_exact(px))
-            .zip(labels)
+        for ((row, p), &l) in
+            dst.chunks_exact_mut(px + classes).zip(pixels.chunks_exact(px)).zip(labels)
         {
             row[..px].copy_from_slice(p);
             let onehot = &mut row[px..];
@@ -499,20 +458,8 @@ impl Gan {
         let w = &mut self.work;
         let fake = model::output(&gs, &w.g_acts, n);
 
-        Self::write_d_input(
-            model::input_mut(&ds, &mut w.d_real, n),
-            real,
-            labels,
-            px,
-            classes,
-        );
-        Self::write_d_input(
-            model::input_mut(&ds, &mut w.d_fake, n),
-            fake,
-            labels,
-            px,
-            classes,
-        );
+        Self::write_d_input(model::input_mut(&ds, &mut w.d_real, n), real, labels, px, classes);
+        Self::write_d_input(model::input_mut(&ds, &mut w.d_fake, n), fake, labels, px, classes);
         model::forward_with(&ds, &self.state.d.params, &mut w.d_real, n, exec, &ctx(1))?;
         model::forward_with(&ds, &self.state.d.params, &mut w.d_fake, n, exec, &ctx(2))?;
         model::update_running_stats(&ds, &mut self.state.d.params, &w.d_real, n)?;
@@ -560,12 +507,7 @@ impl Gan {
                 *e = noise::unit(&mut self.state.rng);
             }
             let din = ds.input().len();
-            gp::interpolate(
-                &mut w.x_hat,
-                &w.d_real[..n * din],
-                &w.d_fake[..n * din],
-                &w.eps,
-            )?;
+            gp::interpolate(&mut w.x_hat, &w.d_real[..n * din], &w.d_fake[..n * din], &w.eps)?;
             let (pen, _) = gp::gradient_penalty(
                 &ds,
                 &self.state.d.params,
@@ -600,13 +542,7 @@ impl Gan {
         let ctx = self.pass_ctx();
         let w = &mut self.work;
         let fake = model::output(&gs, &w.g_acts, n);
-        Self::write_d_input(
-            model::input_mut(&ds, &mut w.d_fake, n),
-            fake,
-            &labels,
-            px,
-            classes,
-        );
+        Self::write_d_input(model::input_mut(&ds, &mut w.d_fake, n), fake, &labels, px, classes);
         model::forward_with(&ds, &self.state.d.params, &mut w.d_fake, n, exec, &ctx(4))?;
         let sf = model::output(&ds, &w.d_fake, n);
         let gf = &mut w.grad_fake[..];
@@ -670,11 +606,7 @@ impl Gan {
         }
 
         // Gradient w.r.t. the generated pixels: drop the one-hot columns.
-        for (dst, src) in w
-            .g_dout
-            .chunks_exact_mut(px)
-            .zip(w.d_dx.chunks_exact(px + classes))
-        {
+        for (dst, src) in w.g_dout.chunks_exact_mut(px).zip(w.d_dx.chunks_exact(px + classes)) {
             dst.copy_from_slice(&src[..px]);
         }
         self.g.grads.fill(0.0);
@@ -709,9 +641,7 @@ fn score_stats(kind: LossKind, sr: &[f32], sf: &[f32]) -> StepStats {
     let (d_real, d_fake, thr) = match kind {
         LossKind::Bce => {
             let p = |v: &[f32]| {
-                v.iter()
-                    .map(|&x| gan_core::layers::activation::sigmoid(x))
-                    .sum::<f32>()
+                v.iter().map(|&x| gan_core::layers::activation::sigmoid(x)).sum::<f32>()
                     / v.len() as f32
             };
             (p(sr), p(sf), 0.0)

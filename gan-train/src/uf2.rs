@@ -64,9 +64,7 @@ pub fn parse_board(name: &str) -> std::result::Result<&'static Board, String> {
 
 /// The UF2 family id of `board`.
 pub fn family_of(board: &Board) -> Result<u32> {
-    board
-        .uf2_family
-        .with_context(|| format!("{} is not flashed with UF2 files", board.name))
+    board.uf2_family.with_context(|| format!("{} is not flashed with UF2 files", board.name))
 }
 
 /// One decoded UF2 block.
@@ -98,16 +96,12 @@ pub struct Segment {
 const PT_LOAD: u32 = 1;
 
 fn read_u16(b: &[u8], at: usize) -> Result<u16> {
-    let s = b
-        .get(at..at + 2)
-        .with_context(|| format!("ELF ends before offset {at}"))?;
+    let s = b.get(at..at + 2).with_context(|| format!("ELF ends before offset {at}"))?;
     Ok(u16::from_le_bytes([s[0], s[1]]))
 }
 
 fn read_u32(b: &[u8], at: usize) -> Result<u32> {
-    let s = b
-        .get(at..at + 4)
-        .with_context(|| format!("ELF ends before offset {at}"))?;
+    let s = b.get(at..at + 4).with_context(|| format!("ELF ends before offset {at}"))?;
     Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
@@ -115,24 +109,16 @@ fn read_u32(b: &[u8], at: usize) -> Result<u32> {
 /// at their physical addresses: for a firmware, `.data`'s initial values go to flash (its
 /// physical address), not to RAM (its virtual address).
 pub fn load_segments(elf: &[u8]) -> Result<Vec<Segment>> {
-    ensure!(
-        elf.len() >= 52 && elf[..4] == *b"\x7fELF",
-        "not an ELF file"
-    );
+    ensure!(elf.len() >= 52 && elf[..4] == *b"\x7fELF", "not an ELF file");
     ensure!(elf[4] == 1, "not a 32-bit ELF file");
     ensure!(elf[5] == 1, "not a little-endian ELF file");
     let phoff = read_u32(elf, 28)? as usize;
     let phentsize = read_u16(elf, 42)? as usize;
     let phnum = read_u16(elf, 44)? as usize;
-    ensure!(
-        phnum == 0 || phentsize >= 32,
-        "ELF program header entries are too small"
-    );
+    ensure!(phnum == 0 || phentsize >= 32, "ELF program header entries are too small");
     let mut out = Vec::new();
     for i in 0..phnum {
-        let ph = phoff
-            .checked_add(i * phentsize)
-            .context("ELF program header offset overflows")?;
+        let ph = phoff.checked_add(i * phentsize).context("ELF program header offset overflows")?;
         if read_u32(elf, ph)? != PT_LOAD {
             continue;
         }
@@ -150,10 +136,7 @@ pub fn load_segments(elf: &[u8]) -> Result<Vec<Segment>> {
             (paddr as u64) + (filesz as u64) <= 1 << 32,
             "ELF segment {i} runs past the 32-bit address space"
         );
-        out.push(Segment {
-            addr: paddr,
-            data: data.to_vec(),
-        });
+        out.push(Segment { addr: paddr, data: data.to_vec() });
     }
     Ok(out)
 }
@@ -172,9 +155,8 @@ fn pages_to_uf2(segments: &[Segment], family_id: u32) -> Result<Vec<u8>> {
             let addr = seg.addr + i as u32;
             let page = addr & !(PAYLOAD_LEN as u32 - 1);
             let at = (addr - page) as usize;
-            let (bytes, used) = pages
-                .entry(page)
-                .or_insert(([0; PAYLOAD_LEN], [false; PAYLOAD_LEN]));
+            let (bytes, used) =
+                pages.entry(page).or_insert(([0; PAYLOAD_LEN], [false; PAYLOAD_LEN]));
             if used[at] {
                 bail!("two segments both write address {addr:#010x}");
             }
@@ -185,25 +167,13 @@ fn pages_to_uf2(segments: &[Segment], family_id: u32) -> Result<Vec<u8>> {
     let num_blocks = u32::try_from(pages.len()).context("too many UF2 blocks")?;
     let mut out = Vec::with_capacity(pages.len() * BLOCK_LEN);
     for (block_no, (addr, (bytes, _))) in pages.iter().enumerate() {
-        push_block(
-            &mut out,
-            *addr,
-            block_no as u32,
-            num_blocks,
-            family_id,
-            bytes,
-        );
+        push_block(&mut out, *addr, block_no as u32, num_blocks, family_id, bytes);
     }
     Ok(out)
 }
 
 fn push_block(
-    out: &mut Vec<u8>,
-    addr: u32,
-    block_no: u32,
-    num_blocks: u32,
-    family_id: u32,
-    payload: &[u8],
+    out: &mut Vec<u8>, addr: u32, block_no: u32, num_blocks: u32, family_id: u32, payload: &[u8],
 ) {
     let start = out.len();
     for word in [
@@ -236,10 +206,7 @@ pub fn elf_to_uf2(elf: &[u8], family_id: u32) -> Result<Vec<u8>> {
 /// otherwise the first page starts with zeros. Data that would run past the 32-bit address space
 /// gives an empty file.
 pub fn bin_to_uf2(data: &[u8], base_addr: u32, family_id: u32) -> Vec<u8> {
-    let seg = Segment {
-        addr: base_addr,
-        data: data.to_vec(),
-    };
+    let seg = Segment { addr: base_addr, data: data.to_vec() };
     // A single segment cannot overlap itself; the only possible error is running past 4 GiB.
     pages_to_uf2(&[seg], family_id).unwrap_or_default()
 }
@@ -304,16 +271,7 @@ mod tests {
         elf[44..46].copy_from_slice(&(segs.len() as u16).to_le_bytes());
         let mut payload = Vec::new();
         for &(kind, paddr, vaddr, bytes, memsz) in segs {
-            for w in [
-                kind,
-                data_off as u32,
-                vaddr,
-                paddr,
-                bytes.len() as u32,
-                memsz,
-                4,
-                4,
-            ] {
+            for w in [kind, data_off as u32, vaddr, paddr, bytes.len() as u32, memsz, 4, 4] {
                 elf.extend_from_slice(&w.to_le_bytes());
             }
             payload.extend_from_slice(bytes);
@@ -327,10 +285,7 @@ mod tests {
         let mut m = BTreeMap::new();
         for b in blocks {
             for (i, &v) in b.data.iter().enumerate() {
-                assert!(
-                    m.insert(b.addr + i as u32, v).is_none(),
-                    "address written twice"
-                );
+                assert!(m.insert(b.addr + i as u32, v).is_none(), "address written twice");
             }
         }
         m
@@ -349,9 +304,7 @@ mod tests {
             assert_eq!(b.data.len(), PAYLOAD_LEN);
         }
         let m = memory(&blocks);
-        let back: Vec<u8> = (0..data.len() as u32)
-            .map(|i| m[&(PICO_WEIGHTS_ADDR + i)])
-            .collect();
+        let back: Vec<u8> = (0..data.len() as u32).map(|i| m[&(PICO_WEIGHTS_ADDR + i)]).collect();
         assert_eq!(back, data);
         // The tail of the last page is zero padding.
         assert!((1000..1024).all(|i| m[&(PICO_WEIGHTS_ADDR + i)] == 0));
@@ -386,11 +339,7 @@ mod tests {
         assert_eq!(blocks.len(), 2);
         assert_eq!(blocks[0].addr, 0x1000_0100);
         assert_eq!(blocks[1].addr, 0x1000_0200);
-        assert!(
-            blocks
-                .iter()
-                .all(|b| b.num_blocks == 2 && b.family_id == RP2040_FAMILY_ID)
-        );
+        assert!(blocks.iter().all(|b| b.num_blocks == 2 && b.family_id == RP2040_FAMILY_ID));
         let m = memory(&blocks);
         for (i, &b) in text.iter().enumerate() {
             assert_eq!(m[&(0x1000_0100 + i as u32)], b);
@@ -413,17 +362,11 @@ mod tests {
         );
         assert_eq!(blocks[0].family_id, 7);
 
-        let overlapping = tiny_elf(&[
-            (PT_LOAD, 0x100, 0x100, &[1; 8], 8),
-            (PT_LOAD, 0x104, 0x104, &[2; 8], 8),
-        ]);
+        let overlapping =
+            tiny_elf(&[(PT_LOAD, 0x100, 0x100, &[1; 8], 8), (PT_LOAD, 0x104, 0x104, &[2; 8], 8)]);
         assert!(elf_to_uf2(&overlapping, RP2040_FAMILY_ID).is_err());
         assert!(
-            elf_to_uf2(
-                b"not an elf at all, but long enough to have a header......",
-                0
-            )
-            .is_err()
+            elf_to_uf2(b"not an elf at all, but long enough to have a header......", 0).is_err()
         );
         let mut big_endian = tiny_elf(&[(PT_LOAD, 0, 0, &[1], 1)]);
         big_endian[5] = 2;

@@ -31,13 +31,7 @@ fn stderr(o: &Output) -> String {
 #[track_caller]
 fn ok(dir: &Path, args: &[&str]) -> Output {
     let o = gan(dir, args);
-    assert!(
-        o.status.success(),
-        "{args:?} failed ({}):\n{}\n{}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
+    assert!(o.status.success(), "{args:?} failed ({}):\n{}\n{}", o.status, stdout(&o), stderr(&o));
     o
 }
 
@@ -45,12 +39,7 @@ fn ok(dir: &Path, args: &[&str]) -> Output {
 #[track_caller]
 fn fails(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
     let o = gan(dir, args);
-    assert!(
-        !o.status.success(),
-        "{args:?} should fail:\n{}\n{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    assert!(!o.status.success(), "{args:?} should fail:\n{}\n{}", stdout(&o), stderr(&o));
     (o.status.code(), stderr(&o))
 }
 
@@ -87,9 +76,7 @@ fn train_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 fn summary_prints_both_tables_with_their_totals() {
     let dir = tempfile::tempdir().unwrap();
     let out = stdout(&ok(dir.path(), &["summary"]));
-    let (g, d) = out
-        .split_once("Discriminator")
-        .expect("a discriminator table");
+    let (g, d) = out.split_once("Discriminator").expect("a discriminator table");
     assert!(g.starts_with("Generator"), "{out}");
     // G z64→128→192→784.
     for want in [
@@ -128,15 +115,7 @@ fn summary_prints_both_tables_with_their_totals() {
     // Widths alone switch to a custom model.
     let out = stdout(&ok(
         dir.path(),
-        &[
-            "summary",
-            "--latent",
-            "8",
-            "--g-hidden",
-            "16",
-            "--d-hidden",
-            "16",
-        ],
+        &["summary", "--latent", "8", "--g-hidden", "16", "--d-hidden", "16"],
     ));
     assert!(out.contains("Total parameters: 13,472"), "{out}");
     assert!(out.contains("Total parameters: 12,577"), "{out}");
@@ -151,15 +130,7 @@ fn train_resume_export_inspect_and_sample() {
     let o = ok(cwd, &train_args(&["--epochs", "1", "--run", "R"]));
     let err = stderr(&o);
     assert!(err.contains("done: 8 steps"), "{err}");
-    for p in [
-        r.checkpoint(),
-        r.config(),
-        r.csv(),
-        r.grid(1),
-        r.plot(),
-        r.gif(),
-        r.generator(),
-    ] {
+    for p in [r.checkpoint(), r.config(), r.csv(), r.grid(1), r.plot(), r.gif(), r.generator()] {
         assert!(p.is_file(), "{} is missing", p.display());
     }
     assert_eq!(&read(r.grid(1))[..8], b"\x89PNG\r\n\x1a\n");
@@ -172,29 +143,18 @@ fn train_resume_export_inspect_and_sample() {
     assert!(config.contains("latent = 8"), "{config}");
     assert!(config.contains("epochs = 1"), "{config}");
     let ck = checkpoint::load(&r.checkpoint()).unwrap();
-    assert_eq!(
-        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
-        (8, 1, 0)
-    );
+    assert_eq!((ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch), (8, 1, 0));
     assert_eq!(read(r.generator()), run::export_bytes(&ck).unwrap());
 
     // The same run directory again is refused, and the message says how to continue it.
     let before = read(r.checkpoint());
     let (code, err) = fails(cwd, &train_args(&["--epochs", "1", "--run", "R"]));
     assert_eq!(code, Some(1));
-    assert!(
-        err.contains("already holds a run") && err.contains("--resume R"),
-        "{err}"
-    );
+    assert!(err.contains("already holds a run") && err.contains("--resume R"), "{err}");
     assert_eq!(read(r.checkpoint()), before, "the run is untouched");
 
     // Continue for a second epoch.
-    let o = ok(
-        cwd,
-        &[
-            "train", "--resume", "R", "--epochs", "2", "--limit", "128", "--quiet",
-        ],
-    );
+    let o = ok(cwd, &["train", "--resume", "R", "--epochs", "2", "--limit", "128", "--quiet"]);
     assert!(stderr(&o).contains("done: 16 steps"), "{}", stderr(&o));
     let ck = checkpoint::load(&r.checkpoint()).unwrap();
     assert_eq!((ck.pos.step, ck.pos.epoch, ck.config.epochs), (16, 2, 2));
@@ -203,44 +163,20 @@ fn train_resume_export_inspect_and_sample() {
     // Two epochs in one go give the same checkpoint and weights, byte for byte.
     ok(cwd, &train_args(&["--epochs", "2", "--run", "R2"]));
     let r2 = RunDir::new(cwd.join("R2"));
-    assert!(
-        read(r2.checkpoint()) == read(r.checkpoint()),
-        "checkpoints differ"
-    );
-    assert!(
-        read(r2.generator()) == read(r.generator()),
-        "exports differ"
-    );
+    assert!(read(r2.checkpoint()) == read(r.checkpoint()), "checkpoints differ");
+    assert!(read(r2.generator()) == read(r.generator()), "exports differ");
 
     // The thread count does not change a bit either.
-    ok(
-        cwd,
-        &train_args(&["--epochs", "2", "--threads", "3", "--run", "R3"]),
-    );
+    ok(cwd, &train_args(&["--epochs", "2", "--threads", "3", "--run", "R3"]));
     let r3 = RunDir::new(cwd.join("R3"));
-    assert!(
-        read(r3.checkpoint()) == read(r.checkpoint()),
-        "3 threads differ"
-    );
+    assert!(read(r3.checkpoint()) == read(r.checkpoint()), "3 threads differ");
 
     // Export.
     ok(cwd, &["export", "--run", "R", "--out", "X.ganw"]);
     let x = read(cwd.join("X.ganw"));
-    assert!(
-        x == read(r.generator()),
-        "export equals the run's generator"
-    );
+    assert!(x == read(r.generator()), "export equals the run's generator");
     // ... also straight from a checkpoint file.
-    ok(
-        cwd,
-        &[
-            "export",
-            "--checkpoint",
-            "R/checkpoint.bin",
-            "--out",
-            "Y.ganw",
-        ],
-    );
+    ok(cwd, &["export", "--checkpoint", "R/checkpoint.bin", "--out", "Y.ganw"]);
     assert!(read(cwd.join("Y.ganw")) == x);
 
     // Inspect.
@@ -249,10 +185,7 @@ fn train_resume_export_inspect_and_sample() {
     assert!(text.contains("valid"), "{text}");
     assert!(!text.contains("INVALID"), "{text}");
     assert!(text.contains("latent:          8"), "{text}");
-    assert!(
-        text.contains(&format!("file size:       {} bytes", x.len())),
-        "{text}"
-    );
+    assert!(text.contains(&format!("file size:       {} bytes", x.len())), "{text}");
     let mut bad = x.clone();
     let last = bad.len() - 1;
     bad[last] ^= 0x10;
@@ -260,19 +193,11 @@ fn train_resume_export_inspect_and_sample() {
     let o = gan(cwd, &["inspect", "bad.ganw"]);
     assert!(!o.status.success());
     assert!(stdout(&o).contains("INVALID"), "{}", stdout(&o));
-    assert!(
-        stderr(&o).contains("not a valid weights file"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("not a valid weights file"), "{}", stderr(&o));
     fs::write(cwd.join("short.ganw"), &x[..10]).unwrap();
     let o = gan(cwd, &["inspect", "short.ganw"]);
     assert!(!o.status.success());
-    assert!(
-        stdout(&o).contains("INVALID: weights file is truncated"),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(&o).contains("INVALID: weights file is truncated"), "{}", stdout(&o));
 
     // Sample.
     let args = [
@@ -301,12 +226,7 @@ fn train_resume_export_inspect_and_sample() {
     assert!(read(cwd.join("S.bin")) == raw);
     assert!(read(cwd.join("S.idx")) == idx);
     assert!(read(cwd.join("S.png")) == png);
-    ok(
-        cwd,
-        &[
-            "sample", "--model", "X.ganw", "--n", "4", "--seed", "4", "--raw", "T.bin",
-        ],
-    );
+    ok(cwd, &["sample", "--model", "X.ganw", "--n", "4", "--seed", "4", "--raw", "T.bin"]);
     assert!(read(cwd.join("T.bin")) != raw, "seed 4 draws other digits");
 
     // ASCII art: one 28-line block per digit.
@@ -318,33 +238,13 @@ fn train_resume_export_inspect_and_sample() {
     // Sampling a damaged file fails before generating anything.
     let o = gan(cwd, &["sample", "--model", "bad.ganw", "--raw", "U.bin"]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("invalid weights file"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("invalid weights file"), "{}", stderr(&o));
     assert!(!cwd.join("U.bin").exists());
 
     // Int8: from the run and by re-encoding the f32 file give the same bytes; inspect and
     // sample read it; the digits stay close to the f32 ones.
-    ok(
-        cwd,
-        &[
-            "export", "--run", "R", "--dtype", "i8", "--out", "Q.ganw", "--uf2", "Q.uf2",
-        ],
-    );
-    ok(
-        cwd,
-        &[
-            "export",
-            "--weights",
-            "X.ganw",
-            "--dtype",
-            "i8",
-            "--out",
-            "Q2.ganw",
-        ],
-    );
+    ok(cwd, &["export", "--run", "R", "--dtype", "i8", "--out", "Q.ganw", "--uf2", "Q.uf2"]);
+    ok(cwd, &["export", "--weights", "X.ganw", "--dtype", "i8", "--out", "Q2.ganw"]);
     let q = read(cwd.join("Q.ganw"));
     assert!(q == read(cwd.join("Q2.ganw")), "int8 exports differ");
     assert!(q.len() < x.len() / 2, "{} vs {}", q.len(), x.len());
@@ -353,35 +253,13 @@ fn train_resume_export_inspect_and_sample() {
     assert!(text.contains("GANW v2 (int8 weights"), "{text}");
     assert!(text.contains(" i8 "), "{text}");
     assert!(!text.contains("INVALID"), "{text}");
-    ok(
-        cwd,
-        &[
-            "sample", "--model", "Q.ganw", "--n", "4", "--seed", "3", "--raw", "Q.bin",
-        ],
-    );
+    ok(cwd, &["sample", "--model", "Q.ganw", "--n", "4", "--seed", "3", "--raw", "Q.bin"]);
     let qraw = read(cwd.join("Q.bin"));
-    let mean_diff = qraw
-        .iter()
-        .zip(&raw)
-        .map(|(&a, &b)| (a as f64 - b as f64).abs())
-        .sum::<f64>()
+    let mean_diff = qraw.iter().zip(&raw).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>()
         / raw.len() as f64;
-    assert!(
-        mean_diff < 4.0,
-        "int8 digits are {mean_diff} grey levels off"
-    );
-    let (code, err) = fails(
-        cwd,
-        &[
-            "export",
-            "--weights",
-            "Q.ganw",
-            "--dtype",
-            "i8",
-            "--out",
-            "Q3.ganw",
-        ],
-    );
+    assert!(mean_diff < 4.0, "int8 digits are {mean_diff} grey levels off");
+    let (code, err) =
+        fails(cwd, &["export", "--weights", "Q.ganw", "--dtype", "i8", "--out", "Q3.ganw"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("already int8"), "{err}");
 }
@@ -391,10 +269,7 @@ fn bad_arguments_fail_with_helpful_messages() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
 
-    let (code, err) = fails(
-        cwd,
-        &["train", "--batch", "1", "--limit", "128", "--run", "R"],
-    );
+    let (code, err) = fails(cwd, &["train", "--batch", "1", "--limit", "128", "--run", "R"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("batch size must be at least 2"), "{err}");
     assert!(!cwd.join("R").exists(), "nothing is created");
@@ -448,18 +323,7 @@ fn bad_arguments_fail_with_helpful_messages() {
 fn conditional_run_samples_the_chosen_class() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    ok(
-        cwd,
-        &train_args(&[
-            "--conditional",
-            "--epochs",
-            "1",
-            "--max-steps",
-            "3",
-            "--run",
-            "C",
-        ]),
-    );
+    ok(cwd, &train_args(&["--conditional", "--epochs", "1", "--max-steps", "3", "--run", "C"]));
     let weights = RunDir::new(cwd.join("C")).generator();
     let text = stdout(&ok(cwd, &["inspect", weights.to_str().unwrap()]));
     assert!(text.contains("classes:         10"), "{text}");
@@ -484,30 +348,14 @@ fn conditional_run_samples_the_chosen_class() {
     let aligned = AlignedBytes::read(&weights).unwrap();
     let w = aligned.weights().unwrap();
     let want = sample::generate(&w, 9, 3, ClassChoice::Fixed(7)).unwrap();
-    assert!(
-        read(cwd.join("c7.bin")) == want,
-        "class 7 samples differ from the library's"
-    );
+    assert!(read(cwd.join("c7.bin")) == want, "class 7 samples differ from the library's");
     let cycled = sample::generate(&w, 9, 3, ClassChoice::Cycle).unwrap();
     assert!(want != cycled, "a fixed class changes the digits");
 
-    let (code, err) = fails(
-        cwd,
-        &[
-            "sample",
-            "--model",
-            "C/generator.ganw",
-            "--class",
-            "10",
-            "--raw",
-            "c10.bin",
-        ],
-    );
+    let (code, err) =
+        fails(cwd, &["sample", "--model", "C/generator.ganw", "--class", "10", "--raw", "c10.bin"]);
     assert_eq!(code, Some(1));
-    assert!(
-        err.contains("out of range") && err.contains("10 classes"),
-        "{err}"
-    );
+    assert!(err.contains("out of range") && err.contains("10 classes"), "{err}");
     assert!(!cwd.join("c10.bin").exists());
 }
 
@@ -531,17 +379,11 @@ fn interrupt_writes_a_checkpoint_that_resumes() {
     // The handler is installed before the run directory is made.
     let start = Instant::now();
     while !r.config().exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "training never started"
-        );
+        assert!(start.elapsed() < Duration::from_secs(60), "training never started");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -560,18 +402,10 @@ fn interrupt_writes_a_checkpoint_that_resumes() {
 
     // Finish the epoch it was in.
     let target = (ck.pos.epoch + 1).to_string();
-    let o = ok(
-        cwd,
-        &[
-            "train", "--resume", "R", "--epochs", &target, "--limit", "128", "--quiet",
-        ],
-    );
+    let o = ok(cwd, &["train", "--resume", "R", "--epochs", &target, "--limit", "128", "--quiet"]);
     assert!(stderr(&o).contains("done:"), "{}", stderr(&o));
     let ck = checkpoint::load(&r.checkpoint()).unwrap();
-    assert_eq!(
-        (ck.pos.epoch, ck.pos.batch_in_epoch),
-        (target.parse().unwrap(), 0)
-    );
+    assert_eq!((ck.pos.epoch, ck.pos.batch_in_epoch), (target.parse().unwrap(), 0));
     assert!(r.generator().is_file());
 }
 

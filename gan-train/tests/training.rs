@@ -99,11 +99,7 @@ fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
     assert_bits_eq("d_params", &a.d.params, &b.d.params);
     assert_bits_eq("g_opt_state", &a.g.opt_state, &b.g.opt_state);
     assert_bits_eq("d_opt_state", &a.d.opt_state, &b.d.opt_state);
-    assert_eq!(
-        a.last_g_loss.to_bits(),
-        b.last_g_loss.to_bits(),
-        "last_g_loss"
-    );
+    assert_eq!(a.last_g_loss.to_bits(), b.last_g_loss.to_bits(), "last_g_loss");
     assert_eq!(a.config, b.config, "config");
     assert_eq!(a.data, b.data, "data shape");
     assert_bytes_eq(
@@ -118,16 +114,8 @@ fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
 fn assert_same_runs(a: &Path, b: &Path) {
     let (ra, rb) = (RunDir::new(a), RunDir::new(b));
     assert_same_state(&checkpoint_of(a), &checkpoint_of(b));
-    assert_bytes_eq(
-        "checkpoint files",
-        &read(ra.checkpoint()),
-        &read(rb.checkpoint()),
-    );
-    assert_bytes_eq(
-        "generator.ganw files",
-        &read(ra.generator()),
-        &read(rb.generator()),
-    );
+    assert_bytes_eq("checkpoint files", &read(ra.checkpoint()), &read(rb.checkpoint()));
+    assert_bytes_eq("generator.ganw files", &read(ra.generator()), &read(rb.generator()));
 }
 
 /// A checkpoint with non-trivial optimizer state, made without touching the disk.
@@ -165,10 +153,7 @@ fn checkpoint_round_trips_in_memory_and_on_disk() {
     let ck = trained_checkpoint(&tiny(), 3);
     assert_eq!(ck.pos.step, 3);
     assert_eq!((ck.g.opt_step, ck.d.opt_step), (3, 3));
-    assert!(
-        ck.g.opt_state.iter().any(|&v| v != 0.0),
-        "Adam moments moved"
-    );
+    assert!(ck.g.opt_state.iter().any(|&v| v != 0.0), "Adam moments moved");
 
     let bytes = checkpoint::encode(&ck).unwrap();
     assert_eq!(&bytes[..4], b"GANC");
@@ -230,10 +215,7 @@ fn damaged_checkpoints_are_rejected_with_clear_errors() {
     for len in [20, 21, 100, good.len() / 2, good.len() - 1] {
         let msg = decode(&good[..len]);
         assert!(msg.contains("truncated"), "{len}: {msg}");
-        assert!(
-            msg.contains(&format!("{} of {}", len - 20, good.len() - 20)),
-            "{len}: {msg}"
-        );
+        assert!(msg.contains(&format!("{} of {}", len - 20, good.len() - 20)), "{len}: {msg}");
     }
 
     let mut trailing = good.clone();
@@ -257,10 +239,7 @@ fn damaged_checkpoints_are_rejected_with_clear_errors() {
     let mut version = good.clone();
     version[4..8].copy_from_slice(&3u32.to_le_bytes());
     let msg = decode(&version);
-    assert!(
-        msg.contains("version 3 is not supported") && msg.contains("reads 1 to 2"),
-        "{msg}"
-    );
+    assert!(msg.contains("version 3 is not supported") && msg.contains("reads 1 to 2"), "{msg}");
 
     // A length field that disagrees with the data, including absurd values.
     let mut huge = good.clone();
@@ -282,10 +261,7 @@ fn damaged_checkpoints_are_rejected_with_clear_errors() {
     let path = dir.path().join("checkpoint.bin");
     fs::write(&path, &good[..50]).unwrap();
     let msg = err_text(checkpoint::load(&path));
-    assert!(
-        msg.contains("checkpoint.bin") && msg.contains("truncated"),
-        "{msg}"
-    );
+    assert!(msg.contains("checkpoint.bin") && msg.contains("truncated"), "{msg}");
     let msg = err_text(checkpoint::load(&dir.path().join("missing.bin")));
     assert!(msg.contains("missing.bin"), "{msg}");
 }
@@ -325,20 +301,14 @@ fn failed_write_atomic_cleans_up() {
 #[test]
 fn checkpoint_with_wrong_buffer_sizes_is_refused_on_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        max_steps: 2,
-        ..tiny()
-    };
+    let cfg = TrainConfig { max_steps: 2, ..tiny() };
     train_fresh(&cfg, dir.path(), false, &Serial);
     let path = RunDir::new(dir.path()).checkpoint();
     let mut ck = checkpoint::load(&path).unwrap();
     ck.d.opt_state.pop();
     checkpoint::save(&path, &ck).unwrap();
     let msg = err_text(run::resume(&options(dir.path(), false), None, &Serial));
-    assert!(
-        msg.contains("discriminator optimizer state") && msg.contains("values"),
-        "{msg}"
-    );
+    assert!(msg.contains("discriminator optimizer state") && msg.contains("values"), "{msg}");
     // And export refuses a generator of the wrong size.
     ck.g.params.pop();
     let msg = err_text(run::export_bytes(&ck));
@@ -348,22 +318,12 @@ fn checkpoint_with_wrong_buffer_sizes_is_refused_on_resume() {
 #[test]
 fn training_into_an_existing_run_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        max_steps: 1,
-        ..tiny()
-    };
+    let cfg = TrainConfig { max_steps: 1, ..tiny() };
     train_fresh(&cfg, dir.path(), false, &Serial);
     let before = read(RunDir::new(dir.path()).checkpoint());
     let msg = err_text(run::train(&cfg, &options(dir.path(), false), &Serial));
-    assert!(
-        msg.contains("already holds a run") && msg.contains("--resume"),
-        "{msg}"
-    );
-    assert_bytes_eq(
-        "checkpoint",
-        &read(RunDir::new(dir.path()).checkpoint()),
-        &before,
-    );
+    assert!(msg.contains("already holds a run") && msg.contains("--resume"), "{msg}");
+    assert_bytes_eq("checkpoint", &read(RunDir::new(dir.path()).checkpoint()), &before);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,24 +337,14 @@ fn training_into_an_existing_run_is_refused() {
 fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
     assert_eq!(cfg.epochs, 2);
     let root = tempfile::tempdir().unwrap();
-    let (a, b, c) = (
-        root.path().join("a"),
-        root.path().join("b"),
-        root.path().join("c"),
-    );
+    let (a, b, c) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
 
     let steps = train_fresh(cfg, &a, reports, &Pool);
     assert_eq!(steps, 2 * (LIMIT / cfg.batch) as u64);
 
     // b: an epoch at a time.
-    let one = TrainConfig {
-        epochs: 1,
-        ..cfg.clone()
-    };
-    assert_eq!(
-        train_fresh(&one, &b, reports, &Pool),
-        (LIMIT / cfg.batch) as u64
-    );
+    let one = TrainConfig { epochs: 1, ..cfg.clone() };
+    assert_eq!(train_fresh(&one, &b, reports, &Pool), (LIMIT / cfg.batch) as u64);
     let mid = checkpoint_of(&b);
     assert_eq!((mid.pos.epoch, mid.pos.batch_in_epoch), (1, 0));
     match run::resume(&options(&b, reports), Some(2), &Pool).unwrap() {
@@ -406,19 +356,10 @@ fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
     // c: interrupted after one step by the stop flag, set before the run starts.
     let o = options(&c, reports);
     o.stop.store(true, Ordering::SeqCst);
-    assert_eq!(
-        run::train(cfg, &o, &Pool).unwrap(),
-        Outcome::Interrupted { steps: 1 }
-    );
+    assert_eq!(run::train(cfg, &o, &Pool).unwrap(), Outcome::Interrupted { steps: 1 });
     let ck = checkpoint_of(&c);
-    assert_eq!(
-        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
-        (1, 0, 1)
-    );
-    assert!(
-        !RunDir::new(&c).generator().exists(),
-        "no export when interrupted"
-    );
+    assert_eq!((ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch), (1, 0, 1));
+    assert!(!RunDir::new(&c).generator().exists(), "no export when interrupted");
     // Resume, stopping mid-way through the second epoch with max_steps.
     let path = RunDir::new(&c).checkpoint();
     let mut ck = checkpoint::load(&path).unwrap();
@@ -430,10 +371,7 @@ fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
         other => panic!("{other:?}"),
     }
     let mut ck = checkpoint::load(&path).unwrap();
-    assert_eq!(
-        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
-        (stop_at, 1, 3)
-    );
+    assert_eq!((ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch), (stop_at, 1, 3));
     ck.config.max_steps = 0;
     checkpoint::save(&path, &ck).unwrap();
     run::resume(&options(&c, reports), None, &Pool).unwrap();
@@ -452,10 +390,7 @@ fn resume_with_reports_gives_the_same_files() {
     let root = tempfile::tempdir().unwrap();
     let (a, b) = (root.path().join("a"), root.path().join("b"));
     train_fresh(&tiny(), &a, true, &Pool);
-    let one = TrainConfig {
-        epochs: 1,
-        ..tiny()
-    };
+    let one = TrainConfig { epochs: 1, ..tiny() };
     train_fresh(&one, &b, true, &Pool);
     run::resume(&options(&b, true), Some(2), &Pool).unwrap();
     let (ra, rb) = (RunDir::new(&a), RunDir::new(&b));
@@ -477,37 +412,20 @@ fn resume_with_reports_gives_the_same_files() {
 
 #[test]
 fn resume_equivalence_conditional() {
-    check_resume_paths(
-        &TrainConfig {
-            conditional: true,
-            ..tiny()
-        },
-        false,
-    );
+    check_resume_paths(&TrainConfig { conditional: true, ..tiny() }, false);
 }
 
 #[test]
 fn resume_equivalence_wgan_gp_with_critic_steps_and_feature_matching() {
     check_resume_paths(
-        &TrainConfig {
-            loss: LossKind::WganGp,
-            n_critic: 2,
-            feature_matching: 0.1,
-            ..tiny()
-        },
+        &TrainConfig { loss: LossKind::WganGp, n_critic: 2, feature_matching: 0.1, ..tiny() },
         false,
     );
 }
 
 #[test]
 fn resume_equivalence_minibatch_discrimination() {
-    check_resume_paths(
-        &TrainConfig {
-            minibatch_disc: vec![4, 3],
-            ..tiny()
-        },
-        false,
-    );
+    check_resume_paths(&TrainConfig { minibatch_disc: vec![4, 3], ..tiny() }, false);
 }
 
 #[test]
@@ -528,21 +446,11 @@ fn resume_equivalence_other_losses_and_optimizers() {
         false,
     );
     check_resume_paths(
-        &TrainConfig {
-            loss: LossKind::BceProb,
-            label_smoothing: 0.1,
-            n_critic: 3,
-            ..tiny()
-        },
+        &TrainConfig { loss: LossKind::BceProb, label_smoothing: 0.1, n_critic: 3, ..tiny() },
         false,
     );
     check_resume_paths(
-        &TrainConfig {
-            loss: LossKind::Hinge,
-            conditional: true,
-            feature_matching: 0.5,
-            ..tiny()
-        },
+        &TrainConfig { loss: LossKind::Hinge, conditional: true, feature_matching: 0.5, ..tiny() },
         false,
     );
 }
@@ -551,10 +459,7 @@ fn resume_equivalence_other_losses_and_optimizers() {
 fn resume_one_step_at_a_time_across_epochs() {
     // 64 images, batch 16: 4 steps per epoch, 8 in all, each invocation doing exactly one. A
     // loss-log row every 3 steps, so most interruptions fall inside a logging window.
-    let cfg = TrainConfig {
-        log_every: 3,
-        ..tiny()
-    };
+    let cfg = TrainConfig { log_every: 3, ..tiny() };
     let root = tempfile::tempdir().unwrap();
     let (a, b) = (root.path().join("a"), root.path().join("b"));
     let opts = |dir: &Path| {
@@ -568,22 +473,13 @@ fn resume_one_step_at_a_time_across_epochs() {
     }
     let o = opts(&b);
     o.stop.store(true, Ordering::SeqCst);
-    assert_eq!(
-        run::train(&cfg, &o, &Serial).unwrap(),
-        Outcome::Interrupted { steps: 1 }
-    );
+    assert_eq!(run::train(&cfg, &o, &Serial).unwrap(), Outcome::Interrupted { steps: 1 });
     for step in 2..=8 {
-        assert_eq!(
-            run::resume(&o, None, &Serial).unwrap(),
-            Outcome::Interrupted { steps: step }
-        );
+        assert_eq!(run::resume(&o, None, &Serial).unwrap(), Outcome::Interrupted { steps: step });
     }
     // The last step ended epoch 2 without closing it; the final call closes and exports it.
     let ck = checkpoint_of(&b);
-    assert_eq!(
-        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
-        (8, 1, 4)
-    );
+    assert_eq!((ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch), (8, 1, 4));
     match run::resume(&opts(&b), None, &Serial).unwrap() {
         Outcome::Finished { steps, .. } => assert_eq!(steps, 8),
         other => panic!("{other:?}"),
@@ -594,21 +490,13 @@ fn resume_one_step_at_a_time_across_epochs() {
     let log = LossLog::read_csv(&RunDir::new(&b).csv()).unwrap();
     let steps: Vec<u64> = log.rows().iter().map(|r| r.step).collect();
     assert_eq!(steps, [3, 6, 8]);
-    assert_bytes_eq(
-        "losses.csv",
-        &read(RunDir::new(&a).csv()),
-        &read(RunDir::new(&b).csv()),
-    );
+    assert_bytes_eq("losses.csv", &read(RunDir::new(&a).csv()), &read(RunDir::new(&b).csv()));
 }
 
 #[test]
 fn config_toml_matches_the_checkpoint_after_a_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let one = TrainConfig {
-        epochs: 1,
-        max_steps: 0,
-        ..tiny()
-    };
+    let one = TrainConfig { epochs: 1, max_steps: 0, ..tiny() };
     train_fresh(&one, dir.path(), false, &Serial);
     run::resume(&options(dir.path(), false), Some(2), &Serial).unwrap();
     let text = fs::read_to_string(RunDir::new(dir.path()).config()).unwrap();
@@ -639,15 +527,8 @@ impl Exec for Backwards {
 #[test]
 fn same_seed_gives_identical_runs_and_another_seed_does_not() {
     let root = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        epochs: 1,
-        ..tiny()
-    };
-    let (a, b, c) = (
-        root.path().join("a"),
-        root.path().join("b"),
-        root.path().join("c"),
-    );
+    let cfg = TrainConfig { epochs: 1, ..tiny() };
+    let (a, b, c) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
     train_fresh(&cfg, &a, false, &Pool);
     train_fresh(&cfg, &b, false, &Pool);
     assert_same_runs(&a, &b);
@@ -658,10 +539,7 @@ fn same_seed_gives_identical_runs_and_another_seed_does_not() {
     assert_ne!(bits(&ka.g.params), bits(&kc.g.params));
     assert_ne!(bits(&ka.d.params), bits(&kc.d.params));
     assert_ne!(ka.rng, kc.rng);
-    assert_ne!(
-        read(RunDir::new(&a).generator()),
-        read(RunDir::new(&c).generator())
-    );
+    assert_ne!(read(RunDir::new(&a).generator()), read(RunDir::new(&c).generator()));
 }
 
 #[test]
@@ -686,10 +564,7 @@ fn thread_count_and_task_order_do_not_change_bits() {
     others.push(pool_dir);
     for threads in [1, 3, 4] {
         let dir = root.path().join(format!("rayon-{threads}"));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             assert_eq!(Pool.threads(), threads);
             train_fresh(&cfg, &dir, false, &Pool)
@@ -706,11 +581,7 @@ fn thread_count_and_task_order_do_not_change_bits() {
         assert_same_runs(&reference, dir);
     }
 
-    let wgan = TrainConfig {
-        loss: LossKind::WganGp,
-        n_critic: 2,
-        ..cfg
-    };
+    let wgan = TrainConfig { loss: LossKind::WganGp, n_critic: 2, ..cfg };
     let (s, p) = (root.path().join("wgan-s"), root.path().join("wgan-p"));
     train_fresh(&wgan, &s, false, &Serial);
     train_fresh(&wgan, &p, false, &Backwards { threads: 3 });
@@ -724,10 +595,7 @@ fn thread_count_and_task_order_do_not_change_bits() {
 fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = RunDir::new(dir.path());
-    let one = TrainConfig {
-        epochs: 1,
-        ..tiny()
-    };
+    let one = TrainConfig { epochs: 1, ..tiny() };
     train_fresh(&one, dir.path(), false, &Serial);
 
     // Continue with an absurd learning rate.
@@ -742,37 +610,17 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
 
     let err = run::resume(&options(dir.path(), false), Some(2), &Serial)
         .expect_err("a learning rate of 1e30 diverges");
-    let nf = err
-        .downcast_ref::<NonFinite>()
-        .expect("the cause is NonFinite");
-    assert!(
-        nf.step > ck.pos.step && nf.step <= ck.pos.step + 16,
-        "{nf:?}"
-    );
+    let nf = err.downcast_ref::<NonFinite>().expect("the cause is NonFinite");
+    assert!(nf.step > ck.pos.step && nf.step <= ck.pos.step + 16, "{nf:?}");
     let msg = format!("{err:#}");
     assert!(msg.contains("diverged"), "{msg}");
     assert!(msg.contains("NaN"), "{msg}");
-    assert!(
-        msg.contains(&run_dir.checkpoint().display().to_string()),
-        "{msg}"
-    );
+    assert!(msg.contains(&run_dir.checkpoint().display().to_string()), "{msg}");
     assert!(msg.contains("lower learning rate"), "{msg}");
 
-    assert_bytes_eq(
-        "the checkpoint is untouched",
-        &read(run_dir.checkpoint()),
-        &ck_before,
-    );
-    assert_bytes_eq(
-        "the export is untouched",
-        &read(run_dir.generator()),
-        &gen_before,
-    );
-    assert_bytes_eq(
-        "no rows from the bad steps",
-        &read(run_dir.csv()),
-        &csv_before,
-    );
+    assert_bytes_eq("the checkpoint is untouched", &read(run_dir.checkpoint()), &ck_before);
+    assert_bytes_eq("the export is untouched", &read(run_dir.generator()), &gen_before);
+    assert_bytes_eq("no rows from the bad steps", &read(run_dir.csv()), &csv_before);
 
     // With the learning rate restored the run continues exactly like an unbroken one.
     checkpoint::save(&run_dir.checkpoint(), &sane).unwrap();
@@ -785,13 +633,8 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
 #[test]
 fn sgd_with_a_huge_learning_rate_is_caught() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        g_opt: OptKind::Sgd,
-        d_opt: OptKind::Sgd,
-        g_lr: 1e35,
-        d_lr: 1e35,
-        ..tiny()
-    };
+    let cfg =
+        TrainConfig { g_opt: OptKind::Sgd, d_opt: OptKind::Sgd, g_lr: 1e35, d_lr: 1e35, ..tiny() };
     let err = run::train(&cfg, &options(dir.path(), false), &Serial).unwrap_err();
     assert!(err.downcast_ref::<NonFinite>().is_some(), "{err:#}");
     assert!(format!("{err:#}").contains("diverged"));
@@ -801,11 +644,7 @@ fn sgd_with_a_huge_learning_rate_is_caught() {
 #[test]
 fn divergence_before_the_first_checkpoint_does_not_claim_one() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        g_lr: 1e30,
-        d_lr: 1e30,
-        ..tiny()
-    };
+    let cfg = TrainConfig { g_lr: 1e30, d_lr: 1e30, ..tiny() };
     let msg = err_text(run::train(&cfg, &options(dir.path(), false), &Serial));
     assert!(msg.contains("diverged"), "{msg}");
     assert!(!RunDir::new(dir.path()).checkpoint().exists());
@@ -821,10 +660,7 @@ fn divergence_before_the_first_checkpoint_does_not_claim_one() {
 /// Exact inference by hand, the way the firmware does it: noise from `noise::rng(seed)`,
 /// one sample at a time.
 fn infer_by_hand(
-    w: &WeightsFile<'_>,
-    seed: u64,
-    n: usize,
-    class_of: impl Fn(usize) -> usize,
+    w: &WeightsFile<'_>, seed: u64, n: usize, class_of: impl Fn(usize) -> usize,
 ) -> Vec<u8> {
     let spec = w.spec();
     let mut rng = noise::rng(seed);
@@ -849,10 +685,7 @@ fn infer_by_hand(
 #[test]
 fn export_parses_and_matches_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        max_steps: 5,
-        ..tiny()
-    };
+    let cfg = TrainConfig { max_steps: 5, ..tiny() };
     train_fresh(&cfg, dir.path(), false, &Pool);
     let ck = checkpoint_of(dir.path());
     let bytes = run::export_bytes(&ck).unwrap();
@@ -871,11 +704,7 @@ fn export_parses_and_matches_the_checkpoint() {
     assert_eq!(h.input.len(), 8);
     assert_eq!((h.output.c, h.output.h, h.output.w), (1, 28, 28));
     assert_eq!(w.file_len, bytes.len());
-    assert_eq!(
-        h.data_len as usize,
-        4 * ck.g.params.len(),
-        "data is the flat buffer"
-    );
+    assert_eq!(h.data_len as usize, 4 * ck.g.params.len(), "data is the flat buffer");
     assert_bits_eq("exported params", w.params().unwrap(), &ck.g.params);
 
     let (text, ok) = inspect::describe_weights(aligned.bytes());
@@ -891,19 +720,12 @@ fn export_parses_and_matches_the_checkpoint() {
     bad[last] ^= 0x01;
     let (text, ok) = inspect::describe_weights(AlignedBytes::new(&bad).bytes());
     assert!(!ok);
-    assert!(
-        text.contains("INVALID") && text.contains("checksum"),
-        "{text}"
-    );
+    assert!(text.contains("INVALID") && text.contains("checksum"), "{text}");
 }
 
 #[test]
 fn export_of_a_conditional_uniform_model_describes_it() {
-    let cfg = TrainConfig {
-        conditional: true,
-        noise: Noise::Uniform,
-        ..tiny()
-    };
+    let cfg = TrainConfig { conditional: true, noise: Noise::Uniform, ..tiny() };
     let ck = trained_checkpoint(&cfg, 2);
     let bytes = run::export_bytes(&ck).unwrap();
     let aligned = AlignedBytes::new(&bytes);
@@ -919,31 +741,17 @@ fn export_of_a_conditional_uniform_model_describes_it() {
 
     // Cycling classes 0..9 equals exact inference by hand.
     let px = sample::generate(&w, 11, 12, ClassChoice::Cycle).unwrap();
-    assert_bytes_eq(
-        "cycled classes",
-        &px,
-        &infer_by_hand(&w, 11, 12, |i| i % 10),
-    );
+    assert_bytes_eq("cycled classes", &px, &infer_by_hand(&w, 11, 12, |i| i % 10));
     let fixed = sample::generate(&w, 11, 3, ClassChoice::Fixed(4)).unwrap();
     assert_bytes_eq("fixed class", &fixed, &infer_by_hand(&w, 11, 3, |_| 4));
-    assert_ne!(
-        &fixed[..784],
-        &px[..784],
-        "class 4 vs class 0 from the same noise"
-    );
-    let msg = format!(
-        "{:#}",
-        sample::generate(&w, 11, 1, ClassChoice::Fixed(10)).unwrap_err()
-    );
+    assert_ne!(&fixed[..784], &px[..784], "class 4 vs class 0 from the same noise");
+    let msg = format!("{:#}", sample::generate(&w, 11, 1, ClassChoice::Fixed(10)).unwrap_err());
     assert!(msg.contains("out of range"), "{msg}");
 }
 
 #[test]
 fn sigmoid_generator_samples_use_the_unit_pixel_map() {
-    let cfg = TrainConfig {
-        g_out: OutAct::Sigmoid,
-        ..tiny()
-    };
+    let cfg = TrainConfig { g_out: OutAct::Sigmoid, ..tiny() };
     let ck = trained_checkpoint(&cfg, 2);
     let bytes = run::export_bytes(&ck).unwrap();
     let aligned = AlignedBytes::new(&bytes);
@@ -951,24 +759,27 @@ fn sigmoid_generator_samples_use_the_unit_pixel_map() {
     let px = sample::generate(&w, 5, 3, ClassChoice::Cycle).unwrap();
     assert_bytes_eq("sigmoid samples", &px, &infer_by_hand_unit(&w, 5, 3, 0));
     // The same outputs through the trainer's own pixel conversion.
+    let grid_px = training_pixels(ck, 5, 3, OutAct::Sigmoid);
+    let worst = worst_diff(&grid_px, &px);
+    assert!(worst <= 1, "sample and training grids differ by {worst} grey levels");
+}
+
+/// `n` digits of noise seed `seed` through the trainer's training forward (unconditional,
+/// latent 8) and its pixel map for `act`.
+fn training_pixels(ck: Checkpoint, seed: u64, n: usize, act: OutAct) -> Vec<u8> {
     let mut gan = Gan::from_checkpoint(ck).unwrap();
-    let mut rng = noise::rng(5);
-    let mut z = vec![0.0f32; 3 * 8];
+    let mut rng = noise::rng(seed);
+    let mut z = vec![0.0f32; n * 8];
     for row in z.chunks_exact_mut(8) {
         noise::generator_input(NoiseKind::Gaussian, &mut rng, 8, 0, row);
     }
-    let out = gan.generate_batch(&z, 3, &Serial).unwrap();
-    let grid_px = run::to_pixels(&out, OutAct::Sigmoid);
-    let worst = grid_px
-        .iter()
-        .zip(&px)
-        .map(|(&x, &y)| (x as i32 - y as i32).abs())
-        .max()
-        .unwrap();
-    assert!(
-        worst <= 1,
-        "sample and training grids differ by {worst} grey levels"
-    );
+    let out = gan.generate_batch(&z, n, &Serial).unwrap();
+    run::to_pixels(&out, act)
+}
+
+/// The largest difference between two grey images.
+fn worst_diff(a: &[u8], b: &[u8]) -> i32 {
+    a.iter().zip(b).map(|(&x, &y)| (x as i32 - y as i32).abs()).max().unwrap()
 }
 
 /// Like [`infer_by_hand`] with one class for all samples, and the sigmoid pixel map.
@@ -978,13 +789,7 @@ fn infer_by_hand_unit(w: &WeightsFile<'_>, seed: u64, n: usize, class: usize) ->
     let mut out = Vec::new();
     for _ in 0..n {
         let mut z = vec![0.0f32; spec.input().len()];
-        noise::generator_input(
-            w.header.noise,
-            &mut rng,
-            w.header.latent as usize,
-            class,
-            &mut z,
-        );
+        noise::generator_input(w.header.noise, &mut rng, w.header.latent as usize, class, &mut z);
         let mut y = vec![0.0f32; spec.output().len()];
         let mut scratch = vec![0.0f32; spec.infer_scratch_len(1)];
         model::infer(&spec, w.params().unwrap(), &z, &mut y, &mut scratch, 1).unwrap();
@@ -1003,11 +808,7 @@ fn sampling_is_exact_deterministic_and_seeded() {
 
     let a = sample::generate(&w, 3, 5, ClassChoice::Cycle).unwrap();
     assert_eq!(a.len(), 5 * 784);
-    assert_bytes_eq(
-        "same seed",
-        &a,
-        &sample::generate(&w, 3, 5, ClassChoice::Cycle).unwrap(),
-    );
+    assert_bytes_eq("same seed", &a, &sample::generate(&w, 3, 5, ClassChoice::Cycle).unwrap());
     let b = sample::generate(&w, 4, 5, ClassChoice::Cycle).unwrap();
     assert_ne!(a, b, "another seed draws other digits");
     // Each sample gets fresh noise.
@@ -1021,24 +822,8 @@ fn sampling_is_exact_deterministic_and_seeded() {
     assert_bytes_eq("sample vs by hand", &a, &infer_by_hand(&w, 3, 5, |_| 0));
 
     // The training kernels agree with the exact path to within rounding (±1 grey level).
-    let mut gan = Gan::from_checkpoint(ck).unwrap();
-    let mut rng = noise::rng(3);
-    let mut z = vec![0.0f32; 5 * 8];
-    for row in z.chunks_exact_mut(8) {
-        noise::generator_input(NoiseKind::Gaussian, &mut rng, 8, 0, row);
-    }
-    let out = gan.generate_batch(&z, 5, &Serial).unwrap();
-    let px = run::to_pixels(&out, OutAct::Tanh);
-    let worst = px
-        .iter()
-        .zip(&a)
-        .map(|(&x, &y)| (x as i32 - y as i32).abs())
-        .max()
-        .unwrap();
-    assert!(
-        worst <= 1,
-        "training and exact paths differ by {worst} grey levels"
-    );
+    let worst = worst_diff(&training_pixels(ck, 3, 5, OutAct::Tanh), &a);
+    assert!(worst <= 1, "training and exact paths differ by {worst} grey levels");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1075,36 +860,23 @@ fn train_error(cfg: &TrainConfig, data_dir: &Path) -> String {
 #[test]
 fn data_errors_are_reported_by_the_trainer() {
     let root = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        max_steps: 1,
-        ..tiny()
-    };
+    let cfg = TrainConfig { max_steps: 1, ..tiny() };
 
     // A directory without data files.
     let empty = root.path().join("empty");
     fs::create_dir(&empty).unwrap();
     let msg = train_error(&cfg, &empty);
-    assert!(
-        msg.contains("no IDX image file") && msg.contains("images-idx3-ubyte"),
-        "{msg}"
-    );
+    assert!(msg.contains("no IDX image file") && msg.contains("images-idx3-ubyte"), "{msg}");
     assert!(msg.contains("loading data from"), "{msg}");
 
     // A directory that does not exist.
     let msg = train_error(&cfg, &root.path().join("nowhere"));
-    assert!(
-        msg.contains("cannot read") && msg.contains("nowhere"),
-        "{msg}"
-    );
+    assert!(msg.contains("cannot read") && msg.contains("nowhere"), "{msg}");
 
     // Truncated image payload.
     let trunc = root.path().join("trunc");
     let (images, labels) = write_idx_dir(&trunc, 64, true);
-    fs::write(
-        trunc.join("images-idx3-ubyte"),
-        &images[..images.len() - 100],
-    )
-    .unwrap();
+    fs::write(trunc.join("images-idx3-ubyte"), &images[..images.len() - 100]).unwrap();
     let msg = train_error(&cfg, &trunc);
     assert!(
         msg.contains("IDX payload truncated")
@@ -1134,11 +906,7 @@ fn data_errors_are_reported_by_the_trainer() {
     let gz = root.path().join("gz");
     fs::create_dir(&gz).unwrap();
     let bundled = read(data::default_data_dir().join("images-idx3-ubyte.gz"));
-    fs::write(
-        gz.join("images-idx3-ubyte.gz"),
-        &bundled[..bundled.len() / 3],
-    )
-    .unwrap();
+    fs::write(gz.join("images-idx3-ubyte.gz"), &bundled[..bundled.len() / 3]).unwrap();
     let msg = train_error(&cfg, &gz);
     assert!(msg.contains("gzip"), "{msg}");
 
@@ -1154,49 +922,33 @@ fn data_errors_are_reported_by_the_trainer() {
     // A conditional model on data without labels.
     let unlabelled = root.path().join("unlabelled");
     write_idx_dir(&unlabelled, 64, false);
-    let cond = TrainConfig {
-        conditional: true,
-        ..cfg.clone()
-    };
+    let cond = TrainConfig { conditional: true, ..cfg.clone() };
     let msg = train_error(&cond, &unlabelled);
     assert!(msg.contains("needs labels"), "{msg}");
     // ... while an unconditional one trains on it.
     let ok_run = root.path().join("ok");
     let mut o = options(&ok_run, false);
     o.data_dir = Some(unlabelled.clone());
-    assert!(matches!(
-        run::train(&cfg, &o, &Serial).unwrap(),
-        Outcome::Finished { steps: 1, .. }
-    ));
+    assert!(matches!(run::train(&cfg, &o, &Serial).unwrap(), Outcome::Finished { steps: 1, .. }));
 
     // Fewer images than one batch.
     let small = root.path().join("small");
     write_idx_dir(&small, 10, true);
     let msg = train_error(&cfg, &small);
-    assert!(
-        msg.contains("batch size 16") && msg.contains("10 samples"),
-        "{msg}"
-    );
+    assert!(msg.contains("batch size 16") && msg.contains("10 samples"), "{msg}");
 }
 
 #[test]
 fn resume_refuses_data_of_another_shape() {
     let root = tempfile::tempdir().unwrap();
     let run_dir = root.path().join("run");
-    let cfg = TrainConfig {
-        max_steps: 1,
-        ..tiny()
-    };
+    let cfg = TrainConfig { max_steps: 1, ..tiny() };
     train_fresh(&cfg, &run_dir, false, &Serial);
     // 14×14 images.
     let other = root.path().join("small-images");
     fs::create_dir(&other).unwrap();
     let px: Vec<u8> = (0..32 * 14 * 14).map(|i| (i % 251) as u8).collect();
-    fs::write(
-        other.join("images-idx3-ubyte"),
-        sample::write_idx_images(&px, 32, 14, 14),
-    )
-    .unwrap();
+    fs::write(other.join("images-idx3-ubyte"), sample::write_idx_images(&px, 32, 14, 14)).unwrap();
     let mut o = options(&run_dir, false);
     o.data_dir = Some(other);
     let msg = err_text(run::resume(&o, Some(2), &Serial));
@@ -1208,39 +960,14 @@ fn resume_refuses_data_of_another_shape() {
 fn invalid_configs_are_refused_before_anything_is_written() {
     let root = tempfile::tempdir().unwrap();
     let cases: [(TrainConfig, &str); 5] = [
+        (TrainConfig { batch: 1, ..tiny() }, "batch size must be at least 2"),
+        (TrainConfig { g_lr: f32::NAN, ..tiny() }, "learning rates"),
+        (TrainConfig { n_critic: 0, ..tiny() }, "n_critic"),
         (
-            TrainConfig { batch: 1, ..tiny() },
-            "batch size must be at least 2",
-        ),
-        (
-            TrainConfig {
-                g_lr: f32::NAN,
-                ..tiny()
-            },
-            "learning rates",
-        ),
-        (
-            TrainConfig {
-                n_critic: 0,
-                ..tiny()
-            },
-            "n_critic",
-        ),
-        (
-            TrainConfig {
-                loss: LossKind::WganGp,
-                minibatch_disc: vec![4, 3],
-                ..tiny()
-            },
+            TrainConfig { loss: LossKind::WganGp, minibatch_disc: vec![4, 3], ..tiny() },
             "minibatch discrimination",
         ),
-        (
-            TrainConfig {
-                minibatch_disc: vec![4],
-                ..tiny()
-            },
-            "two positive numbers",
-        ),
+        (TrainConfig { minibatch_disc: vec![4], ..tiny() }, "two positive numbers"),
     ];
     for (i, (cfg, want)) in cases.iter().enumerate() {
         let dir = root.path().join(format!("r{i}"));
@@ -1253,11 +980,7 @@ fn invalid_configs_are_refused_before_anything_is_written() {
 #[test]
 fn an_empty_sample_grid_does_not_break_training() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        grid: 0,
-        epochs: 1,
-        ..tiny()
-    };
+    let cfg = TrainConfig { grid: 0, epochs: 1, ..tiny() };
     let r = run::train(&cfg, &options(dir.path(), true), &Serial);
     // Either the config is refused up front, or the run finishes (without a grid).
     match r {

@@ -41,24 +41,12 @@ pub fn random_params(spec: &Spec<'_>, seed: u64) -> Vec<f32> {
 /// is the spec's input size, with [`random_params`].
 pub fn make_weights(spec: &Spec<'_>, seed: u64) -> Vec<u8> {
     let latent = spec.input().len() as u32;
-    make_weights_with(
-        ModelKind::Generator,
-        spec,
-        latent,
-        0,
-        NoiseKind::Gaussian,
-        seed,
-    )
+    make_weights_with(ModelKind::Generator, spec, latent, 0, NoiseKind::Gaussian, seed)
 }
 
 /// A complete weights file of any kind with [`random_params`].
 pub fn make_weights_with(
-    kind: ModelKind,
-    spec: &Spec<'_>,
-    latent: u32,
-    classes: u32,
-    noise: NoiseKind,
-    seed: u64,
+    kind: ModelKind, spec: &Spec<'_>, latent: u32, classes: u32, noise: NoiseKind, seed: u64,
 ) -> Vec<u8> {
     let header = Header::for_spec(kind, spec, latent, classes, noise).expect("header for spec");
     let params = random_params(spec, seed);
@@ -84,16 +72,12 @@ pub struct Section {
 }
 
 fn u16_at(b: &[u8], at: usize) -> anyhow::Result<u16> {
-    let s = b
-        .get(at..at + 2)
-        .ok_or_else(|| anyhow::anyhow!("ELF too short at {at}"))?;
+    let s = b.get(at..at + 2).ok_or_else(|| anyhow::anyhow!("ELF too short at {at}"))?;
     Ok(u16::from_le_bytes([s[0], s[1]]))
 }
 
 fn u32_at(b: &[u8], at: usize) -> anyhow::Result<u32> {
-    let s = b
-        .get(at..at + 4)
-        .ok_or_else(|| anyhow::anyhow!("ELF too short at {at}"))?;
+    let s = b.get(at..at + 4).ok_or_else(|| anyhow::anyhow!("ELF too short at {at}"))?;
     Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
@@ -112,10 +96,7 @@ pub fn elf_sections(elf: &[u8]) -> anyhow::Result<Vec<Section>> {
     let mut out = Vec::with_capacity(shnum);
     for i in 1..shnum {
         let name_off = strtab + u32_at(elf, sh(i))? as usize;
-        let name_end = elf[name_off..]
-            .iter()
-            .position(|&b| b == 0)
-            .map(|e| name_off + e);
+        let name_end = elf[name_off..].iter().position(|&b| b == 0).map(|e| name_off + e);
         let name =
             String::from_utf8_lossy(&elf[name_off..name_end.unwrap_or(name_off)]).into_owned();
         let kind = u32_at(elf, sh(i) + 4)?;
@@ -145,11 +126,7 @@ pub struct FirmwareSize {
 
 /// Sizes of a firmware image built with gan-embedded's memory maps (RAM at 0x2000_0000).
 pub fn firmware_size(elf: &[u8]) -> anyhow::Result<FirmwareSize> {
-    let mut s = FirmwareSize {
-        code_flash: 0,
-        weights_flash: 0,
-        static_ram: 0,
-    };
+    let mut s = FirmwareSize { code_flash: 0, weights_flash: 0, static_ram: 0 };
     for sec in elf_sections(elf)?.iter().filter(|s| s.alloc && s.size > 0) {
         let in_ram = (0x2000_0000..0x4000_0000).contains(&sec.addr);
         if sec.name == ".gan_weights" {

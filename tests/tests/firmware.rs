@@ -33,8 +33,7 @@ const M0: &Board = &board::QEMU_M0;
 
 /// The QEMU machine of an emulated board.
 fn qemu_of(b: &Board) -> board::Qemu {
-    b.qemu
-        .unwrap_or_else(|| panic!("{} is not an emulated board", b.name))
+    b.qemu.unwrap_or_else(|| panic!("{} is not an emulated board", b.name))
 }
 
 fn repo_root() -> PathBuf {
@@ -46,11 +45,7 @@ fn embedded_dir() -> PathBuf {
 }
 
 fn elf_path(target: &str, bin: &str) -> PathBuf {
-    embedded_dir()
-        .join("target")
-        .join(target)
-        .join("release")
-        .join(bin)
+    embedded_dir().join("target").join(target).join("release").join(bin)
 }
 
 /// `cargo build --release <args>` inside gan-embedded, with the outer build's settings removed
@@ -58,10 +53,7 @@ fn elf_path(target: &str, bin: &str) -> PathBuf {
 fn cargo_build(args: &[&str]) -> Result<(), String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(embedded_dir())
-        .arg("build")
-        .arg("--release")
-        .args(args);
+    cmd.current_dir(embedded_dir()).arg("build").arg("--release").args(args);
     for var in [
         "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET",
@@ -76,10 +68,7 @@ fn cargo_build(args: &[&str]) -> Result<(), String> {
     ] {
         cmd.env_remove(var);
     }
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run cargo: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -97,14 +86,7 @@ fn build_firmware() {
     let r = BUILT.get_or_init(|| {
         cargo_build(&["--target", M4.target, "--bin", "qemu"])?;
         cargo_build(&["--target", M0.target, "--bin", "qemu"])?;
-        cargo_build(&[
-            "--target",
-            board::PICO.target,
-            "--features",
-            "pico",
-            "--bin",
-            "pico",
-        ])
+        cargo_build(&["--target", board::PICO.target, "--features", "pico", "--bin", "pico"])
     });
     if let Err(e) = r {
         panic!("{e}");
@@ -114,9 +96,7 @@ fn build_firmware() {
 /// `qemu-system-arm`, found on PATH, or a failed test saying how to get it.
 fn qemu() -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("qemu-system-arm"))
-            .find(|p| p.is_file())
+        std::env::split_paths(&paths).map(|p| p.join("qemu-system-arm")).find(|p| p.is_file())
     });
     found.unwrap_or_else(|| {
         panic!(
@@ -163,14 +143,8 @@ impl Run {
             .lines()
             .find_map(|l| l.strip_prefix(key))
             .unwrap_or_else(|| panic!("no `{key}` line in:\n{}", self.stdout));
-        let digits: String = line
-            .trim_start()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits
-            .parse()
-            .unwrap_or_else(|_| panic!("bad `{key}` line: {line}"))
+        let digits: String = line.trim_start().chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or_else(|_| panic!("bad `{key}` line: {line}"))
     }
 
     /// Every number after `key` on stdout, in order.
@@ -179,11 +153,7 @@ impl Run {
             .lines()
             .filter_map(|l| l.strip_prefix(key))
             .map(|l| {
-                let d: String = l
-                    .trim_start()
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect();
+                let d: String = l.trim_start().chars().take_while(char::is_ascii_digit).collect();
                 d.parse().unwrap()
             })
             .collect()
@@ -207,13 +177,7 @@ fn run_qemu(board: &Board, weights: Option<&[u8]>, args: &[&str]) -> Run {
     }
     let mut cmd = Command::new(&qemu);
     cmd.current_dir(&dir.0)
-        .args([
-            "-machine",
-            qemu_of(board).machine,
-            "-cpu",
-            qemu_of(board).cpu,
-            "-nographic",
-        ])
+        .args(["-machine", qemu_of(board).machine, "-cpu", qemu_of(board).cpu, "-nographic"])
         .args(["-semihosting-config", &semihosting])
         // One instruction = 1 ns of virtual time: the firmware's SysTick counts instructions.
         .args(["-icount", "shift=0"])
@@ -290,12 +254,8 @@ fn small_conditional() -> Vec<u8> {
 
 /// A small unconditional generator (24 → 40 → 784 with a Sigmoid output), Gaussian noise.
 fn small_unconditional() -> Vec<u8> {
-    const LAYERS: [Layer; 4] = [
-        Layer::Dense { out: 40 },
-        Layer::Relu,
-        Layer::Dense { out: 784 },
-        Layer::Sigmoid,
-    ];
+    const LAYERS: [Layer; 4] =
+        [Layer::Dense { out: 40 }, Layer::Relu, Layer::Dense { out: 784 }, Layer::Sigmoid];
     gan_tests::make_weights(&Spec::new(Shape::flat(24), &LAYERS).unwrap(), 42)
 }
 
@@ -314,24 +274,12 @@ fn check_loaded_weights(board: &Board, weights: &[u8], seed: u64, class: Option<
     args.extend(class_arg.as_deref());
     let run = run_qemu(board, Some(weights), &args);
     assert_success(&run, "loaded weights");
-    assert!(
-        run.stdout.contains("weights: weights region"),
-        "{}",
-        run.stdout
-    );
-    let expected = host_digits(
-        weights,
-        seed,
-        3,
-        class.map_or(ClassChoice::Cycle, ClassChoice::Fixed),
-    );
+    assert!(run.stdout.contains("weights: weights region"), "{}", run.stdout);
+    let expected =
+        host_digits(weights, seed, 3, class.map_or(ClassChoice::Cycle, ClassChoice::Fixed));
     let got = run.digits.expect("the firmware wrote no digits file");
     assert_eq!(got.len(), 3 * 784);
-    assert!(
-        got == expected,
-        "{}: firmware digits differ from host generation",
-        board.name
-    );
+    assert!(got == expected, "{}: firmware digits differ from host generation", board.name);
     // Three pieces of ASCII art, 28 lines each, drawn exactly as `gan-train sample --ascii`
     // draws the host's digits.
     let art: Vec<&str> = run
@@ -367,11 +315,7 @@ fn check_default_weights(board: &Board, region: Option<&[u8]>) {
     let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
     let run = run_qemu(board, region, &["seed=2026", "count=3"]);
     assert_success(&run, "default weights");
-    assert!(
-        run.stdout.contains("weights: linked weights"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("weights: linked weights"), "{}", run.stdout);
     let expected = host_digits(&default, 2026, 3, ClassChoice::Cycle);
     assert!(
         run.digits.as_deref() == Some(&expected[..]),
@@ -383,16 +327,10 @@ fn check_default_weights(board: &Board, region: Option<&[u8]>) {
     let instructions = run.numbers("instructions:");
     assert_eq!(instructions.len(), 3);
     let peak_stack = run.number("peak stack:");
-    assert!(
-        instructions.iter().all(|&i| i > macs),
-        "{instructions:?} vs {macs} MACs"
-    );
+    assert!(instructions.iter().all(|&i| i > macs), "{instructions:?} vs {macs} MACs");
     let elf = std::fs::read(elf_path(board.target, "qemu")).unwrap();
     let size = gan_tests::firmware_size(&elf).unwrap();
-    assert_eq!(
-        size.weights_flash as usize,
-        default.len().next_multiple_of(4)
-    );
+    assert_eq!(size.weights_flash as usize, default.len().next_multiple_of(4));
     let per_digit = instructions.iter().sum::<u64>() / 3;
     eprintln!(
         "firmware {} ({}): code flash {} B, linked weights {} B, static RAM {} B, peak stack {} B, \
@@ -430,11 +368,7 @@ fn check_int8_default(board: &Board) {
     assert!(q.len() * 3 < default.len(), "int8 file is not smaller");
     let run = run_qemu(board, Some(&q), &["seed=2026", "count=3"]);
     assert_success(&run, "int8 weights");
-    assert!(
-        run.stdout.contains("weights: weights region"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("weights: weights region"), "{}", run.stdout);
     let expected = host_digits(&q, 2026, 3, ClassChoice::Cycle);
     assert!(
         run.digits.as_deref() == Some(&expected[..]),
@@ -530,11 +464,7 @@ fn check_bad_weights(board: &Board) {
             "{} with {what} weights: expected exit code {code}\nstdout:\n{}\nstderr:\n{}",
             board.name, run.stdout, run.stderr
         );
-        assert!(
-            run.stdout.contains(&format!("error {code}:")),
-            "{}",
-            run.stdout
-        );
+        assert!(run.stdout.contains(&format!("error {code}:")), "{}", run.stdout);
     }
 }
 
@@ -570,28 +500,16 @@ fn pico_firmware_builds_and_converts_to_uf2() {
         assert_eq!(b.addr % 256, 0);
         assert_eq!(b.data.len(), 256);
         // Everything goes to the code half of the flash, below the WEIGHTS region.
-        assert!(
-            (0x1000_0000..0x1010_0000).contains(&b.addr),
-            "block at {:#x}",
-            b.addr
-        );
+        assert!((0x1000_0000..0x1010_0000).contains(&b.addr), "block at {:#x}", b.addr);
     }
     // boot2 comes first, at the start of flash.
     assert_eq!(blocks[0].addr, 0x1000_0000);
     let memory: std::collections::HashMap<u32, u8> = blocks
         .iter()
-        .flat_map(|b| {
-            b.data
-                .iter()
-                .enumerate()
-                .map(move |(i, &v)| (b.addr + i as u32, v))
-        })
+        .flat_map(|b| b.data.iter().enumerate().map(move |(i, &v)| (b.addr + i as u32, v)))
         .collect();
     let segments = uf2::load_segments(&elf).unwrap();
-    assert!(
-        segments.len() >= 3,
-        "expected boot2, vector table, code and data segments"
-    );
+    assert!(segments.len() >= 3, "expected boot2, vector table, code and data segments");
     for seg in &segments {
         for (i, &v) in seg.data.iter().enumerate() {
             let addr = seg.addr + i as u32;
@@ -611,18 +529,12 @@ fn pico_firmware_builds_and_converts_to_uf2() {
 
     // A weights-only UF2 for the WEIGHTS region, as users flash to swap models.
     let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
-    let wblocks = uf2::read_uf2(&uf2::bin_to_uf2(
-        &default,
-        uf2::PICO_WEIGHTS_ADDR,
-        uf2::RP2040_FAMILY_ID,
-    ))
-    .unwrap();
+    let wblocks =
+        uf2::read_uf2(&uf2::bin_to_uf2(&default, uf2::PICO_WEIGHTS_ADDR, uf2::RP2040_FAMILY_ID))
+            .unwrap();
     assert_eq!(wblocks.len(), default.len().div_ceil(256));
     assert_eq!(wblocks[0].addr, 0x1010_0000);
-    let back: Vec<u8> = wblocks
-        .iter()
-        .flat_map(|b| b.data.iter().copied())
-        .collect();
+    let back: Vec<u8> = wblocks.iter().flat_map(|b| b.data.iter().copied()).collect();
     assert_eq!(&back[..default.len()], &default[..]);
     assert!(wblocks.last().unwrap().addr + 256 <= 0x1020_0000);
 }
@@ -637,9 +549,5 @@ fn default_weights_fit_the_firmware() {
     w.check_generator_fits(512 * 1024, 1024).unwrap();
     assert_eq!(w.spec().output().len(), 784);
     // Together with ~70 KB of code it must fit the Pico's 1 MiB code region.
-    assert!(
-        default.len() < 900 * 1024,
-        "default weights are {} bytes",
-        default.len()
-    );
+    assert!(default.len() < 900 * 1024, "default weights are {} bytes", default.len());
 }

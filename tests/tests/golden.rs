@@ -21,9 +21,7 @@ use gan_core::spec::{Layer, Shape, Spec};
 const MCU: [Layer; 7] = gan_core::presets::MCU_GENERATOR;
 
 fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("golden")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join(name)
 }
 
 fn check_golden(name: &str, actual: &[u8]) {
@@ -34,10 +32,7 @@ fn check_golden(name: &str, actual: &[u8]) {
         return;
     }
     let expected = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "missing golden file {} ({e}); run with GAN_BLESS=1 once",
-            path.display()
-        )
+        panic!("missing golden file {} ({e}); run with GAN_BLESS=1 once", path.display())
     });
     assert_eq!(expected.len(), actual.len(), "{name}: length differs");
     if let Some(i) = expected.iter().zip(actual).position(|(a, b)| a != b) {
@@ -96,15 +91,9 @@ fn mcu_generator_int8_inference_is_bit_exact() {
     let spec = Spec::new(Shape::flat(64), &MCU).unwrap();
     let mut params = vec![0.0f32; spec.param_len()];
     init_params(&spec, &mut params, Init::HeNormal, &mut noise::rng(1234)).unwrap();
-    let h = Header::for_spec_as(
-        ModelKind::Generator,
-        &spec,
-        64,
-        0,
-        NoiseKind::Gaussian,
-        Encoding::I8,
-    )
-    .unwrap();
+    let h =
+        Header::for_spec_as(ModelKind::Generator, &spec, 64, 0, NoiseKind::Gaussian, Encoding::I8)
+            .unwrap();
     let mut data = vec![0u8; h.data_len as usize];
     Encoding::I8.encode(&spec, &params, &mut data).unwrap();
     // Length and CRC-32 of the 192 KB data section (the section itself is not stored).
@@ -125,10 +114,7 @@ fn mcu_generator_int8_inference_is_bit_exact() {
     }
     let mut out = vec![0.0f32; 3 * 784];
     let mut scratch = vec![0.0f32; Encoding::I8.infer_scratch_len(&spec, 3)];
-    let weights = Encoded::I8 {
-        data,
-        tensors: &h.tensors,
-    };
+    let weights = Encoded::I8 { data, tensors: &h.tensors };
     model::infer_encoded(&spec, &weights, &z, &mut out, &mut scratch, 3, &Serial).unwrap();
     check_golden("mcu_int8_infer_seed99.bin", &f32_bytes(&out));
 }

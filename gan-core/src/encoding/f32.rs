@@ -31,18 +31,13 @@ pub(crate) fn table(spec: &Spec<'_>) -> Result<Table, FormatError> {
             .map_err(|_| FormatError::TooLarge)?;
         }
     }
-    let len = spec
-        .param_len()
-        .checked_mul(4)
-        .ok_or(FormatError::TooLarge)?;
+    let len = spec.param_len().checked_mul(4).ok_or(FormatError::TooLarge)?;
     Ok((t, len))
 }
 
 /// The parameters as little-endian bytes.
 pub(crate) fn encode(
-    _spec: &Spec<'_>,
-    params: &[f32],
-    out: &mut [u8],
+    _spec: &Spec<'_>, params: &[f32], out: &mut [u8],
 ) -> Result<usize, FormatError> {
     let len = params.len() * 4;
     let out = out.get_mut(..len).ok_or(FormatError::BufferTooSmall)?;

@@ -74,11 +74,7 @@ pub fn quantize_row(q: &mut [i8], x: &[f32]) -> f32 {
 
 /// Per-column quantisation of a `k × n` row-major weight matrix: `q` (`k·n`) and `scales` (`n`).
 pub fn quantize_columns(
-    q: &mut [i8],
-    scales: &mut [f32],
-    w: &[f32],
-    k: usize,
-    n: usize,
+    q: &mut [i8], scales: &mut [f32], w: &[f32], k: usize, n: usize,
 ) -> Result<(), CoreError> {
     crate::error::check_len("q", q.len(), k * n)?;
     crate::error::check_len("scales", scales.len(), n)?;
@@ -86,11 +82,7 @@ pub fn quantize_columns(
     for (j, s) in scales.iter_mut().enumerate() {
         *s = scale_for(max_abs((0..k).map(|p| w[p * n + j])));
         for p in 0..k {
-            q[p * n + j] = if *s == 0.0 {
-                0
-            } else {
-                quantize(w[p * n + j], *s)
-            };
+            q[p * n + j] = if *s == 0.0 { 0 } else { quantize(w[p * n + j], *s) };
         }
     }
     Ok(())
@@ -147,9 +139,7 @@ fn dense_outputs(l: &LayerInfo) -> Option<usize> {
 /// Writes the int8 data section of `params` (layout of [`crate::spec`]) into `out` and returns
 /// its length. Padding between tensors is zero.
 pub(crate) fn encode(
-    spec: &Spec<'_>,
-    params: &[f32],
-    out: &mut [u8],
+    spec: &Spec<'_>, params: &[f32], out: &mut [u8],
 ) -> Result<usize, FormatError> {
     let (table, len) = table(spec)?;
     let out = out.get_mut(..len).ok_or(FormatError::BufferTooSmall)?;
@@ -168,20 +158,13 @@ pub(crate) fn encode(
                 .map(|t| t.offset as usize)
                 .ok_or(FormatError::BadTensorTable)
         };
-        let (wo, so, bo) = (
-            entry(TensorKind::Weight)?,
-            entry(TensorKind::Scale)?,
-            entry(TensorKind::Bias)?,
-        );
+        let (wo, so, bo) =
+            (entry(TensorKind::Weight)?, entry(TensorKind::Scale)?, entry(TensorKind::Bias)?);
         for j in 0..n {
             let s = scale_for(max_abs((0..k).map(|p| w[p * n + j])));
             out[so + 4 * j..so + 4 * j + 4].copy_from_slice(&s.to_le_bytes());
             for p in 0..k {
-                let q = if s == 0.0 {
-                    0
-                } else {
-                    quantize(w[p * n + j], s)
-                };
+                let q = if s == 0.0 { 0 } else { quantize(w[p * n + j], s) };
                 out[wo + p * n + j] = q as u8;
             }
         }
@@ -207,8 +190,7 @@ pub(crate) fn row_buffer(extra: &mut [f32]) -> &mut [i8] {
 
 /// A validated int8 data section, in place: it must be 4-byte aligned for its f32 tensors.
 pub(crate) fn view<'a>(
-    data: &'a [u8],
-    tensors: &'a [TensorEntry],
+    data: &'a [u8], tensors: &'a [TensorEntry],
 ) -> Result<Encoded<'a>, FormatError> {
     if !(data.as_ptr() as usize).is_multiple_of(4) {
         return Err(FormatError::Misaligned);
@@ -237,16 +219,10 @@ fn f32_view<'a>(data: &'a [u8], t: &TensorEntry) -> Option<&'a [f32]> {
 /// One layer's tensors: the i8 weights, scales and bias of a dense layer; empty f32 tensors for
 /// a layer without parameters.
 pub(crate) fn layer<'a>(
-    data: &'a [u8],
-    tensors: &'a [TensorEntry],
-    l: &LayerInfo,
+    data: &'a [u8], tensors: &'a [TensorEntry], l: &LayerInfo,
 ) -> Result<LayerWeights<'a>, CoreError> {
     if l.weight_len + l.bias_len + l.stats_len == 0 {
-        return Ok(LayerWeights::F32 {
-            w: &[],
-            b: &[],
-            stats: &[],
-        });
+        return Ok(LayerWeights::F32 { w: &[], b: &[], stats: &[] });
     }
     let find = |kind: TensorKind, dtype: DType| {
         tensors
@@ -288,9 +264,7 @@ mod tests {
         assert_eq!((s, q), (0.0, [0; 6]));
         // Columns: each within half a step of the original, zero columns stay zero.
         let (k, n) = (5, 3);
-        let w = [
-            0.5, 0.0, -2.0, 0.25, 0.0, 1.0, -0.1, 0.0, 0.3, 0.0, 0.0, 0.0, 0.49, 0.0, -0.7,
-        ];
+        let w = [0.5, 0.0, -2.0, 0.25, 0.0, 1.0, -0.1, 0.0, 0.3, 0.0, 0.0, 0.0, 0.49, 0.0, -0.7];
         let mut q = [0i8; 15];
         let mut s = [0f32; 3];
         quantize_columns(&mut q, &mut s, &w, k, n).unwrap();
@@ -313,9 +287,7 @@ mod tests {
             Layer::LeakyRelu { alpha: 0.2 },
             Layer::Dense { out: 12 },
             Layer::Tanh,
-            Layer::Reshape {
-                to: Shape::image(1, 3, 4),
-            },
+            Layer::Reshape { to: Shape::image(1, 3, 4) },
         ];
         let spec = Spec::new(Shape::flat(6), &LAYERS).unwrap();
         let mut r = Lcg::new(9);
@@ -331,10 +303,7 @@ mod tests {
         .unwrap();
         assert_eq!(h.encoding(), Encoding::I8);
         let mut data = vec![0u8; h.data_len as usize];
-        assert_eq!(
-            Encoding::I8.encode(&spec, &params, &mut data).unwrap(),
-            data.len()
-        );
+        assert_eq!(Encoding::I8.encode(&spec, &params, &mut data).unwrap(), data.len());
         #[repr(C, align(16))]
         struct Buf([u8; 4096]);
         let mut buf = Buf([0; 4096]);
@@ -360,36 +329,20 @@ mod tests {
         let mut v1 = Buf([0; 4096]);
         v1.0[..len].copy_from_slice(&buf.0[..len]);
         v1.0[4] = 1;
-        assert_eq!(
-            WeightsFile::parse(&v1.0[..len]).map(|_| ()),
-            Err(FormatError::BadTensorTable)
-        );
+        assert_eq!(WeightsFile::parse(&v1.0[..len]).map(|_| ()), Err(FormatError::BadTensorTable));
         let mut h2 = h.clone();
         h2.tensors[1].offset += 16;
-        assert_eq!(
-            format::write(&mut [0u8; 4096], &h2, &params),
-            Err(FormatError::BadTensorTable)
-        );
+        assert_eq!(format::write(&mut [0u8; 4096], &h2, &params), Err(FormatError::BadTensorTable));
         // Flipping a quantised weight breaks the checksum.
         let mut bad = Buf([0; 4096]);
         bad.0[..len].copy_from_slice(&buf.0[..len]);
         bad.0[len - data.len() + 3] ^= 1;
-        assert_eq!(
-            WeightsFile::parse(&bad.0[..len]).map(|_| ()),
-            Err(FormatError::DataChecksum)
-        );
+        assert_eq!(WeightsFile::parse(&bad.0[..len]).map(|_| ()), Err(FormatError::DataChecksum));
     }
 
     #[test]
     fn int8_layout_needs_dense_only_parameters() {
-        let layers = [
-            Layer::Dense { out: 8 },
-            Layer::BatchNorm {
-                eps: 1e-5,
-                momentum: 0.1,
-            },
-            Layer::Dense { out: 2 },
-        ];
+        let layers = [Layer::Dense { out: 8 }, crate::presets::BN, Layer::Dense { out: 2 }];
         let spec = Spec::new(Shape::flat(3), &layers).unwrap();
         assert_eq!(
             Header::for_spec_as(

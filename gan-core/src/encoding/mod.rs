@@ -75,10 +75,7 @@ impl Encoding {
     /// Writes the data section of `params` (the f32 parameter buffer of `spec`) into the start
     /// of `out` and returns its length (that of [`Encoding::tensor_table`]).
     pub fn encode(
-        self,
-        spec: &Spec<'_>,
-        params: &[f32],
-        out: &mut [u8],
+        self, spec: &Spec<'_>, params: &[f32], out: &mut [u8],
     ) -> Result<usize, FormatError> {
         if params.len() != spec.param_len() {
             return Err(FormatError::BadTensorTable);
@@ -134,9 +131,7 @@ impl Encoding {
     /// The data section of a validated file (its table equals [`Encoding::tensor_table`]) as
     /// this encoding, in place.
     pub(crate) fn view<'a>(
-        self,
-        data: &'a [u8],
-        tensors: &'a [TensorEntry],
+        self, data: &'a [u8], tensors: &'a [TensorEntry],
     ) -> Result<Encoded<'a>, FormatError> {
         match self {
             Encoding::F32 => Ok(Encoded::F32(f32::view(data)?)),

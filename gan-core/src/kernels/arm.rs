@@ -18,11 +18,7 @@ use core::arch::asm;
 /// `stride ≥ 16` and a multiple of 4.
 #[inline]
 pub(crate) unsafe fn mac8(
-    acc: &mut [f32; 8],
-    a: *const f32,
-    b: *const f32,
-    stride: usize,
-    quads: usize,
+    acc: &mut [f32; 8], a: *const f32, b: *const f32, stride: usize, quads: usize,
 ) {
     // SAFETY: reads only what the contract allows, writes only `acc`; saves and restores
     // every FP register it touches; flags are declared clobbered by omitting

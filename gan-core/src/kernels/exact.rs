@@ -14,14 +14,7 @@ use super::{ExactIsa, Exec, len_of};
 /// is large enough (see [`matmul_exact_with`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn exact(
-    isa: ExactIsa,
-    c: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    bias: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
+    isa: ExactIsa, c: &mut [f32], a: &[f32], b: &[f32], bias: &[f32], m: usize, k: usize, n: usize,
     exec: &dyn Exec,
 ) {
     assert!(c.len() >= len_of(m, n), "C is shorter than m×n");
@@ -74,51 +67,56 @@ const EXACT_CHUNK: usize = 32;
 /// `a` holds `m·k`, `b` `k·n` and `bias` `n` floats; `j0 < j1 ≤ n`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn exact_part(
-    isa: ExactIsa,
-    out: &OutPtr,
-    a: &[f32],
-    b: &[f32],
-    bias: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    j0: usize,
-    j1: usize,
+    isa: ExactIsa, out: &OutPtr, a: &[f32], b: &[f32], bias: &[f32], m: usize, k: usize, n: usize,
+    j0: usize, j1: usize,
 ) {
-    let w = j1 - j0;
     // SAFETY: column j0 of row 0 of C and B and bias[j0] are in bounds (j0 < n).
-    let (cp, bp, biasp) = unsafe { (out.ptr.add(j0), b.as_ptr().add(j0), bias.as_ptr().add(j0)) };
-    let a = a.as_ptr();
+    let e = unsafe {
+        Exact {
+            c: out.ptr.add(j0),
+            a: a.as_ptr(),
+            b: b.as_ptr().add(j0),
+            bias: bias.as_ptr().add(j0),
+            m,
+            k,
+            n: j1 - j0,
+            ld: n,
+        }
+    };
     match isa {
-        // SAFETY: the `w` columns from `cp`/`bp` with row stride `n` stay inside C and B.
-        ExactIsa::Portable => unsafe { exact_portable(cp, a, bp, biasp, m, k, w, n) },
+        // SAFETY: the `j1 − j0` columns from `e.c`/`e.b` with row stride `n` stay inside C and
+        // B, which is `Exact`'s contract.
+        ExactIsa::Portable => unsafe { exact_portable(&e) },
         // SAFETY: as above; `Avx` is only chosen after `has_avx`.
         #[cfg(target_arch = "x86_64")]
-        ExactIsa::Avx => unsafe { x86::exact_avx(cp, a, bp, biasp, m, k, w, n) },
+        ExactIsa::Avx => unsafe { x86::exact_avx(&e) },
         // SAFETY: as above; `Avx512` is only chosen after `has_avx512`.
         #[cfg(target_arch = "x86_64")]
-        ExactIsa::Avx512 => unsafe { x86::exact_avx512(cp, a, bp, biasp, m, k, w, n) },
+        ExactIsa::Avx512 => unsafe { x86::exact_avx512(&e) },
     }
+}
+
+/// Operands of one exact product over `n` columns of `C` and `B` whose rows are `ld ≥ n`
+/// floats apart: `c` reaches `C(i, j)` at `i·ld + j` for `i < m`, `j < n`, `b` reaches
+/// `B(p, j)` at `p·ld + j` for `p < k`, `a` holds `m·k` and `bias` `n` floats; `c` aliases
+/// none of the others. Every exact kernel takes its product in this form.
+pub(crate) struct Exact {
+    pub(crate) c: *mut f32,
+    pub(crate) a: *const f32,
+    pub(crate) b: *const f32,
+    pub(crate) bias: *const f32,
+    pub(crate) m: usize,
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    pub(crate) ld: usize,
 }
 
 /// Portable exact kernel: one row at a time, 8 (then 4, then 1) columns per tile.
 ///
-/// Computes `n` columns of `C` whose rows (like those of `B`) are `ld ≥ n` floats apart.
-///
 /// # Safety
-/// `c` reaches `C(i, j)` at `i·ld + j` and `b` reaches `B(p, j)` at `p·ld + j` for `i < m`,
-/// `p < k`, `j < n`; `a` holds `m·k` and `bias` `n` floats; `c` aliases none of the others.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn exact_portable(
-    c: *mut f32,
-    a: *const f32,
-    b: *const f32,
-    bias: *const f32,
-    m: usize,
-    k: usize,
-    n: usize,
-    ld: usize,
-) {
+/// `e` satisfies [`Exact`]'s contract.
+pub(crate) unsafe fn exact_portable(e: &Exact) {
+    let Exact { c, a, b, bias, m, k, n, ld } = *e;
     for i in 0..m {
         // SAFETY: (offsets)  row i of A and of C.
         let (arow, crow) = unsafe { (a.add(i * k), c.add(i * ld)) };
@@ -151,12 +149,7 @@ pub(crate) unsafe fn exact_portable(
 /// `arow[..k]`, `bias[..W]`, `c[..W]` and `b[p·ld .. p·ld + W]` for `p < k` are valid.
 #[inline(always)]
 unsafe fn exact_cols<const W: usize>(
-    c: *mut f32,
-    arow: *const f32,
-    b: *const f32,
-    bias: *const f32,
-    k: usize,
-    ld: usize,
+    c: *mut f32, arow: *const f32, b: *const f32, bias: *const f32, k: usize, ld: usize,
 ) {
     let mut acc = [0.0f32; W];
     let mut bp = b;

@@ -34,29 +34,14 @@ impl<'s> Gemm<'s> {
     /// two contiguous orders of an `m×k` (resp. `k×n`) matrix, so the length checks below cover
     /// every index the strides can form.
     pub(crate) fn new(
-        a: &'s [f32],
-        (ars, acs): (usize, usize),
-        b: &'s [f32],
-        (brs, bcs): (usize, usize),
-        (m, k, n): (usize, usize, usize),
-        accumulate: bool,
+        a: &'s [f32], (ars, acs): (usize, usize), b: &'s [f32], (brs, bcs): (usize, usize),
+        (m, k, n): (usize, usize, usize), accumulate: bool,
     ) -> Self {
         assert!((ars == k && acs == 1) || (ars == 1 && acs == m));
         assert!((brs == n && bcs == 1) || (brs == 1 && bcs == k));
         assert!(a.len() >= len_of(m, k), "A is shorter than m×k");
         assert!(b.len() >= len_of(k, n), "B is shorter than k×n");
-        Gemm {
-            a,
-            ars,
-            acs,
-            b,
-            brs,
-            bcs,
-            m,
-            k,
-            n,
-            accumulate,
-        }
+        Gemm { a, ars, acs, b, brs, bcs, m, k, n, accumulate }
     }
 }
 
@@ -102,24 +87,14 @@ pub(crate) trait Micro {
     unsafe fn tile(t: &Tile);
     /// Packs a block of rows of `A`, as [`pack_a`] does.
     fn pack_a(
-        panel: &mut [MaybeUninit<f32>],
-        g: &Gemm<'_>,
-        ic: usize,
-        mc: usize,
-        pc: usize,
-        kc: usize,
+        panel: &mut [MaybeUninit<f32>], g: &Gemm<'_>, ic: usize, mc: usize, pc: usize, kc: usize,
     );
     /// Packs a panel of `B`, as [`pack_b`] does.
     ///
     /// # Safety
     /// The CPU must support the kernel's instructions.
     unsafe fn pack_b(
-        panel: &mut [MaybeUninit<f32>],
-        g: &Gemm<'_>,
-        pc: usize,
-        kc: usize,
-        jc: usize,
-        cols: usize,
+        panel: &mut [MaybeUninit<f32>], g: &Gemm<'_>, pc: usize, kc: usize, jc: usize, cols: usize,
     );
 }
 
@@ -160,15 +135,9 @@ fn panel_width(isa: Isa) -> usize {
 pub(crate) fn gemm(isa: Isa, g: &Gemm<'_>, c: &mut [f32], exec: &dyn Exec) {
     let nr = panel_width(isa);
     let threads = exec.threads().clamp(1, MAX_TASKS);
-    let flops =
-        g.m.saturating_mul(g.k)
-            .saturating_mul(g.n)
-            .saturating_mul(2);
-    let tasks = if threads == 1 || flops < PAR_MIN_FLOPS {
-        1
-    } else {
-        threads.min(g.n.div_ceil(nr))
-    };
+    let flops = g.m.saturating_mul(g.k).saturating_mul(g.n).saturating_mul(2);
+    let tasks =
+        if threads == 1 || flops < PAR_MIN_FLOPS { 1 } else { threads.min(g.n.div_ceil(nr)) };
     gemm_tasks(isa, g, c, exec, tasks);
 }
 
@@ -292,12 +261,7 @@ unsafe fn drive<K: Micro>(g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
 /// (`ir` a multiple of `MR`) and column `pc + p` go to `panel[ir·kc + p·MR + r]`. Rows past `mc`
 /// in the last micro-panel stay unwritten: a tile with `rows < MR` never reads them.
 pub(crate) fn pack_a<const MR: usize>(
-    panel: &mut [MaybeUninit<f32>],
-    g: &Gemm<'_>,
-    ic: usize,
-    mc: usize,
-    pc: usize,
-    kc: usize,
+    panel: &mut [MaybeUninit<f32>], g: &Gemm<'_>, ic: usize, mc: usize, pc: usize, kc: usize,
 ) {
     let mr = MR;
     assert!(panel.len() >= mc.div_ceil(mr) * mr * kc && kc >= 1);
@@ -339,12 +303,7 @@ pub(crate) fn pack_a<const MR: usize>(
 /// Packs `B(pc..pc+kc, jc..jc+cols)` into `panel` as `kc` rows of `NR` floats, zero-padding
 /// columns `cols..NR`.
 pub(crate) fn pack_b<const NR: usize>(
-    panel: &mut [MaybeUninit<f32>],
-    g: &Gemm<'_>,
-    pc: usize,
-    kc: usize,
-    jc: usize,
-    cols: usize,
+    panel: &mut [MaybeUninit<f32>], g: &Gemm<'_>, pc: usize, kc: usize, jc: usize, cols: usize,
 ) {
     let nr = NR;
     assert!(panel.len() >= kc * nr && cols <= nr && kc >= 1 && cols >= 1);
@@ -394,10 +353,7 @@ pub(crate) fn pack_b<const NR: usize>(
 /// `c..c+cols` is writable and exclusively ours.
 #[inline(always)]
 pub(crate) unsafe fn store_row<const NR: usize>(
-    c: *mut f32,
-    row: &[f32; NR],
-    cols: usize,
-    add: bool,
+    c: *mut f32, row: &[f32; NR], cols: usize, add: bool,
 ) {
     for (j, &v) in row.iter().enumerate().take(cols) {
         // SAFETY: j < cols, see the function's contract.
@@ -434,22 +390,12 @@ impl Micro for PortableKernel {
         (Aligned::uninit(), Aligned::uninit())
     }
     fn pack_a(
-        panel: &mut [MaybeUninit<f32>],
-        g: &Gemm<'_>,
-        ic: usize,
-        mc: usize,
-        pc: usize,
-        kc: usize,
+        panel: &mut [MaybeUninit<f32>], g: &Gemm<'_>, ic: usize, mc: usize, pc: usize, kc: usize,
     ) {
         pack_a::<4>(panel, g, ic, mc, pc, kc);
     }
     unsafe fn pack_b(
-        panel: &mut [MaybeUninit<f32>],
-        g: &Gemm<'_>,
-        pc: usize,
-        kc: usize,
-        jc: usize,
-        cols: usize,
+        panel: &mut [MaybeUninit<f32>], g: &Gemm<'_>, pc: usize, kc: usize, jc: usize, cols: usize,
     ) {
         pack_b::<8>(panel, g, pc, kc, jc, cols);
     }

@@ -107,70 +107,41 @@ impl Exec for Serial {
     }
 }
 
-/// `C (m×n) = A (m×k) · B (k×n)`, or `C += A·B` when `accumulate`.
-///
-/// Panics if a slice is shorter than its shape needs (callers check lengths once at the top).
-#[allow(clippy::too_many_arguments)]
-pub fn matmul(
-    c: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    accumulate: bool,
-    exec: &dyn Exec,
-) {
-    // A(i, p) = a[i·k + p], B(p, j) = b[p·n + j].
-    let g = Gemm::new(a, (k, 1), b, (n, 1), (m, k, n), accumulate);
-    gemm(train_isa(), &g, c, exec);
+/// The three training products, one blocked driver ([`gemm`]) seeing the operands through
+/// (row, column) strides: `A(i, p) = a[i·ars + p·acs]`, `B(p, j) = b[p·brs + j·bcs]`.
+macro_rules! training_products {
+    ($($(#[$doc:meta])* $name:ident: a $a:expr, b $b:expr;)*) => {$(
+        $(#[$doc])*
+        ///
+        /// Panics if a slice is shorter than its shape needs (callers check lengths once at the
+        /// top).
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name(
+            c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, accumulate: bool,
+            exec: &dyn Exec,
+        ) {
+            let strides: [fn(usize, usize, usize) -> (usize, usize); 2] = [$a, $b];
+            let (sa, sb) = (strides[0](m, k, n), strides[1](m, k, n));
+            let g = Gemm::new(a, sa, b, sb, (m, k, n), accumulate);
+            gemm(train_isa(), &g, c, exec);
+        }
+    )*};
 }
 
-/// `C (m×n) = Aᵀ · B` with `A` stored `k×m` and `B` stored `k×n` (`+=` when `accumulate`).
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_tn(
-    c: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    accumulate: bool,
-    exec: &dyn Exec,
-) {
-    // A(i, p) = a[p·m + i], B(p, j) = b[p·n + j].
-    let g = Gemm::new(a, (1, m), b, (n, 1), (m, k, n), accumulate);
-    gemm(train_isa(), &g, c, exec);
-}
-
-/// `C (m×n) = A · Bᵀ` with `A` stored `m×k` and `B` stored `n×k` (`+=` when `accumulate`).
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_nt(
-    c: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    accumulate: bool,
-    exec: &dyn Exec,
-) {
-    // A(i, p) = a[i·k + p], B(p, j) = b[j·k + p].
-    let g = Gemm::new(a, (k, 1), b, (1, k), (m, k, n), accumulate);
-    gemm(train_isa(), &g, c, exec);
+training_products! {
+    /// `C (m×n) = A (m×k) · B (k×n)`, or `C += A·B` when `accumulate`.
+    matmul: a |_, k, _| (k, 1), b |_, _, n| (n, 1);
+    /// `C (m×n) = Aᵀ · B` with `A` stored `k×m` and `B` stored `k×n` (`+=` when `accumulate`).
+    matmul_tn: a |m, _, _| (1, m), b |_, _, n| (n, 1);
+    /// `C (m×n) = A · Bᵀ` with `A` stored `m×k` and `B` stored `n×k` (`+=` when `accumulate`).
+    matmul_nt: a |_, k, _| (k, 1), b |_, k, _| (1, k);
 }
 
 /// Exact kernel: `C[i][j] = (Σ_p A[i][p]·B[p][j] in order p = 0, 1, …) + bias[j]`.
 ///
 /// No FMA, no reassociation: the same bits on every target. `bias` has length `n`.
 pub fn matmul_exact(
-    c: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    bias: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
+    c: &mut [f32], a: &[f32], b: &[f32], bias: &[f32], m: usize, k: usize, n: usize,
 ) {
     exact(exact_isa(), c, a, b, bias, m, k, n, &Serial);
 }
@@ -180,13 +151,7 @@ pub fn matmul_exact(
 /// the bits are those of [`matmul_exact`] whatever `exec` is.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_exact_with(
-    c: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    bias: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
+    c: &mut [f32], a: &[f32], b: &[f32], bias: &[f32], m: usize, k: usize, n: usize,
     exec: &dyn Exec,
 ) {
     exact(exact_isa(), c, a, b, bias, m, k, n, exec);
@@ -269,28 +234,27 @@ pub(crate) fn cpu_has_avx2_fma() -> bool {
     x86::has_avx2_fma()
 }
 
-pub(crate) fn train_isa() -> Isa {
+/// The kernels for this CPU: the widest training kernel it has (AVX-512F, AVX2+FMA, portable)
+/// and the widest exact kernel (AVX-512F, AVX, which needs no FMA, portable).
+fn isas() -> (Isa, ExactIsa) {
     #[cfg(target_arch = "x86_64")]
-    if x86::has_avx512() {
-        return Isa::Avx512;
+    match (x86::has_avx512(), x86::has_avx2_fma(), x86::has_avx()) {
+        (true, _, _) => return (Isa::Avx512, ExactIsa::Avx512),
+        (false, true, _) => return (Isa::Avx2Fma, ExactIsa::Avx),
+        (false, false, true) => return (Isa::Portable, ExactIsa::Avx),
+        (false, false, false) => {}
     }
-    #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2_fma() {
-        return Isa::Avx2Fma;
-    }
-    Isa::Portable
+    (Isa::Portable, ExactIsa::Portable)
 }
 
+/// The training kernel for this CPU.
+pub(crate) fn train_isa() -> Isa {
+    isas().0
+}
+
+/// The exact kernel for this CPU.
 pub(crate) fn exact_isa() -> ExactIsa {
-    #[cfg(target_arch = "x86_64")]
-    if x86::has_avx512() {
-        return ExactIsa::Avx512;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if x86::has_avx() {
-        return ExactIsa::Avx;
-    }
-    ExactIsa::Portable
+    isas().1
 }
 
 /// `x · y`, panicking on overflow (a wrapped length would defeat the bounds checks below).
@@ -303,36 +267,9 @@ mod tests {
     use super::exact::PAR_MIN_EXACT_MACS;
     use super::gemm::gemm_tasks;
     use super::*;
-    use crate::testutil::Lcg;
-    use core::sync::atomic::Ordering;
-    use std::sync::atomic::AtomicUsize;
+    use crate::testutil::{Lcg, Threads, Twice};
     use std::vec;
     use std::vec::Vec;
-
-    /// Runs tasks on `self.0` scoped threads that pull task indices from a shared counter.
-    struct Threads(usize);
-
-    impl Exec for Threads {
-        fn threads(&self) -> usize {
-            self.0
-        }
-        fn for_each(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-            let next = AtomicUsize::new(0);
-            std::thread::scope(|s| {
-                for _ in 0..self.0 {
-                    s.spawn(|| {
-                        loop {
-                            let t = next.fetch_add(1, Ordering::Relaxed);
-                            if t >= tasks {
-                                break;
-                            }
-                            f(t);
-                        }
-                    });
-                }
-            });
-        }
-    }
 
     /// Every instruction set this machine can run.
     fn train_isas() -> Vec<Isa> {
@@ -393,12 +330,7 @@ mod tests {
     }
 
     fn reference(
-        kind: Kind,
-        c: &mut [f32],
-        a: &[f32],
-        b: &[f32],
-        s: (usize, usize, usize),
-        acc: bool,
+        kind: Kind, c: &mut [f32], a: &[f32], b: &[f32], s: (usize, usize, usize), acc: bool,
     ) {
         let (m, k, n) = s;
         match kind {
@@ -409,11 +341,7 @@ mod tests {
     }
 
     fn gemm_of<'s>(
-        kind: Kind,
-        a: &'s [f32],
-        b: &'s [f32],
-        s: (usize, usize, usize),
-        acc: bool,
+        kind: Kind, a: &'s [f32], b: &'s [f32], s: (usize, usize, usize), acc: bool,
     ) -> Gemm<'s> {
         let (m, k, n) = s;
         match kind {
@@ -513,10 +441,7 @@ mod tests {
                     for tasks in [2, 3, 5, 64] {
                         let mut many = c0.clone();
                         gemm_tasks(isa, &g, &mut many, &pool, tasks);
-                        let same = one
-                            .iter()
-                            .zip(&many)
-                            .all(|(x, y)| x.to_bits() == y.to_bits());
+                        let same = one.iter().zip(&many).all(|(x, y)| x.to_bits() == y.to_bits());
                         assert!(same, "{isa:?} {kind:?} {s:?} with {tasks} tasks");
                     }
                 }
@@ -658,17 +583,6 @@ mod tests {
     /// column counts that leave a narrow last block.
     #[test]
     fn threaded_exact_kernel_is_bit_identical() {
-        struct Twice;
-        impl Exec for Twice {
-            fn threads(&self) -> usize {
-                3
-            }
-            fn for_each(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-                for t in (0..tasks).rev().chain(0..tasks) {
-                    f(t);
-                }
-            }
-        }
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let execs: [&dyn Exec; 5] = [&Threads(1), &Threads(2), &Threads(3), &Threads(5), &Twice];
         for &(m, k, n) in &[(1, 1024, 784), (1, 512, 130), (3, 300, 97), (9, 100, 200)] {
@@ -710,19 +624,12 @@ mod tests {
         for isa in exact_isas() {
             let mut got = vec![0.0; m * n];
             exact(isa, &mut got, &a, &b, &bias, m, k, n, &Serial);
-            let same = got
-                .iter()
-                .zip(&want)
-                .all(|(x, y)| x.to_bits() == y.to_bits());
+            let same = got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(same, "{isa:?}");
         }
         let mut got = vec![0.0; m * n];
         matmul_exact(&mut got, &a, &b, &bias, m, k, n);
-        assert!(
-            got.iter()
-                .zip(&want)
-                .all(|(x, y)| x.to_bits() == y.to_bits())
-        );
+        assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -19,16 +19,9 @@ pub fn for_each_chunk(exec: &dyn Exec, out: &mut [f32], f: &(dyn Fn(usize, &mut 
 
 /// [`for_each_chunk`] with chunks of at least `min_elems` elements (at least one task).
 pub fn for_each_chunk_min(
-    exec: &dyn Exec,
-    out: &mut [f32],
-    min_elems: usize,
-    f: &(dyn Fn(usize, &mut [f32]) + Sync),
+    exec: &dyn Exec, out: &mut [f32], min_elems: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
-    let tasks = exec
-        .threads()
-        .clamp(1, MAX_TASKS)
-        .min(out.len() / min_elems.max(1))
-        .max(1);
+    let tasks = exec.threads().clamp(1, MAX_TASKS).min(out.len() / min_elems.max(1)).max(1);
     #[cfg(target_has_atomic = "8")]
     if tasks > 1 {
         let len = out.len();

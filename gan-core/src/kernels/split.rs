@@ -21,10 +21,7 @@ pub const MAX_TASKS: usize = 64;
 /// executor runs a task twice; a skipped task panics. Needs `n.div_ceil(chunk) <= MAX_TASKS`.
 #[cfg(target_has_atomic = "8")]
 pub(crate) fn split_ranges(
-    exec: &dyn Exec,
-    n: usize,
-    chunk: usize,
-    f: &(dyn Fn(usize, usize) + Sync),
+    exec: &dyn Exec, n: usize, chunk: usize, f: &(dyn Fn(usize, usize) + Sync),
 ) {
     let tasks = n.div_ceil(chunk.max(1));
     assert!(tasks <= MAX_TASKS);
@@ -63,9 +60,7 @@ unsafe impl<T: Send> Sync for OutPtr<T> {}
 impl<T> OutPtr<T> {
     /// The buffer of `out`.
     pub(crate) fn new(out: &mut [T]) -> Self {
-        OutPtr {
-            ptr: out.as_mut_ptr(),
-        }
+        OutPtr { ptr: out.as_mut_ptr() }
     }
 
     /// Elements `start..end` of the buffer.

@@ -60,20 +60,13 @@ pub fn tanh(x: f32) -> f32 {
     let em_k0 = xr - (xr * e0 - hxs);
     let e = (xr * (e0 - c) - c) - hxs;
     let em_km1 = 0.5 * (xr - e) - 0.5;
-    let em_k1 = if xr < -0.25 {
-        -2.0 * (e - (xr + 0.5))
-    } else {
-        1.0 + 2.0 * (xr - e)
-    };
+    let em_k1 = if xr < -0.25 { -2.0 * (e - (xr + 0.5)) } else { 1.0 + 2.0 * (xr - e) };
     // 2^k and 2^-k for 2 ≤ k ≤ 29 (the clamp only keeps unused lanes' shifts in range).
     let kc = k.clamp(0, 64);
     let twopk = f32::from_bits(((0x7f + kc) as u32) << 23);
     let uf = f32::from_bits(((0x7f - kc).max(0) as u32) << 23);
-    let em_kbig = if k < 23 {
-        (xr - e + (1.0 - uf)) * twopk
-    } else {
-        (xr - (e + uf) + 1.0) * twopk
-    };
+    let em_kbig =
+        if k < 23 { (xr - e + (1.0 - uf)) * twopk } else { (xr - (e + uf) + 1.0) * twopk };
     let em = match k {
         0 => {
             // |y| < 2^-25: expm1f returns y itself.
@@ -261,12 +254,7 @@ mod tests {
             }
             tanh_map(&mut out, &buf);
             for (&x, &g) in buf.iter().zip(&out) {
-                assert_eq!(
-                    g.to_bits(),
-                    libm::tanhf(x).to_bits(),
-                    "x = {:#010x}",
-                    x.to_bits()
-                );
+                assert_eq!(g.to_bits(), libm::tanhf(x).to_bits(), "x = {:#010x}", x.to_bits());
             }
         }
     }

@@ -7,10 +7,7 @@
 
 use core::fmt;
 
-use rand_core::Rng;
-
 use crate::error::{CoreError, SpecError};
-use crate::init::Init;
 use crate::kernels::par;
 use crate::layers::{Backward, Forward, Infer, Kind, Rules, Tangent};
 use crate::spec::{LayerInfo, Shape};
@@ -68,10 +65,9 @@ impl Activation {
         // One loop per variant so the branch is outside and the loop vectorises.
         match self {
             Activation::Relu => out.iter_mut().zip(inp).for_each(|(o, &x)| *o = relu(x)),
-            Activation::LeakyRelu(a) => out
-                .iter_mut()
-                .zip(inp)
-                .for_each(|(o, &x)| *o = leaky_relu(x, a)),
+            Activation::LeakyRelu(a) => {
+                out.iter_mut().zip(inp).for_each(|(o, &x)| *o = leaky_relu(x, a));
+            }
             Activation::Tanh => crate::kernels::vtanh::tanh_map(out, inp),
             Activation::Sigmoid => out.iter_mut().zip(inp).for_each(|(o, &x)| *o = sigmoid(x)),
         }
@@ -128,21 +124,6 @@ impl Kind for Activation {
             Activation::LeakyRelu(alpha) => write!(f, "leaky_relu({alpha})"),
             Activation::Relu | Activation::Tanh | Activation::Sigmoid => f.write_str(self.name()),
         }
-    }
-    fn macs(&self, _: &LayerInfo) -> usize {
-        0
-    }
-    fn init<R: Rng + ?Sized>(
-        &self,
-        _: &LayerInfo,
-        _: &mut [f32],
-        _: Init,
-        _: &mut R,
-    ) -> Result<(), CoreError> {
-        Ok(())
-    }
-    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
-        None
     }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
         let inp = a.inp;
@@ -205,12 +186,8 @@ mod tests {
     use super::*;
     use crate::testutil::{Lcg, grad_check};
 
-    const ALL: [Activation; 4] = [
-        Activation::Relu,
-        Activation::LeakyRelu(0.2),
-        Activation::Tanh,
-        Activation::Sigmoid,
-    ];
+    const ALL: [Activation; 4] =
+        [Activation::Relu, Activation::LeakyRelu(0.2), Activation::Tanh, Activation::Sigmoid];
 
     #[test]
     fn known_values() {

@@ -39,7 +39,7 @@ use core::fmt;
 
 use rand_core::Rng;
 
-use crate::error::{CoreError, SpecError, check_len};
+use crate::error::{CoreError, SpecError, check_len, check_opt_len};
 use crate::init::Init;
 use crate::layers::{Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, size};
 use crate::spec::{LayerInfo, Shape};
@@ -56,10 +56,7 @@ pub struct BatchNorm {
 /// Shape rule: the input shape; `γ` and `β` of `C`, running statistics of `2·C`, and `2·C` of
 /// auxiliary storage for the batch statistics.
 pub(crate) const fn rules(
-    eps: f32,
-    momentum: f32,
-    inp: Shape,
-    index: usize,
+    eps: f32, momentum: f32, inp: Shape, index: usize,
 ) -> Result<Rules, SpecError> {
     // Written so NaN fails too.
     if !(eps > 0.0 && eps <= 1.0 && momentum >= 0.0 && momentum <= 1.0) {
@@ -68,12 +65,7 @@ pub(crate) const fn rules(
     let c = inp.c as usize;
     Ok(Rules::new(
         inp,
-        Sizes {
-            weight: c,
-            bias: c,
-            stats: size!(mul(2, c), index),
-            aux: size!(mul(2, c), index),
-        },
+        Sizes { weight: c, bias: c, stats: size!(mul(2, c), index), aux: size!(mul(2, c), index) },
     ))
 }
 
@@ -95,11 +87,7 @@ impl Kind for BatchNorm {
     }
     /// `γ = 1`, `β = 0`, running mean `0`, running variance `1` (no draws).
     fn init<R: Rng + ?Sized>(
-        &self,
-        l: &LayerInfo,
-        params: &mut [f32],
-        _: Init,
-        _: &mut R,
+        &self, l: &LayerInfo, params: &mut [f32], _: Init, _: &mut R,
     ) -> Result<(), CoreError> {
         params[l.weight_range()].fill(1.0);
         let stats = &mut params[l.stats_range()];
@@ -107,23 +95,10 @@ impl Kind for BatchNorm {
         stats[c..].fill(1.0);
         Ok(())
     }
-    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
-        None
-    }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
         let (c, hw) = channels(a.l);
         let (w, b) = (a.w(), a.b());
-        batchnorm_forward(
-            a.out,
-            &mut a.aux[..2 * c],
-            a.inp,
-            w,
-            b,
-            a.n,
-            c,
-            hw,
-            self.eps,
-        )
+        batchnorm_forward(a.out, &mut a.aux[..2 * c], a.inp, w, b, a.n, c, hw, self.eps)
     }
     fn backward(&self, mut a: Backward<'_>) -> Result<(), CoreError> {
         let (c, hw) = channels(a.l);
@@ -142,11 +117,7 @@ impl Kind for BatchNorm {
         }
     }
     fn update_stats(
-        &self,
-        l: &LayerInfo,
-        params: &mut [f32],
-        acts: &[f32],
-        n: usize,
+        &self, l: &LayerInfo, params: &mut [f32], acts: &[f32], n: usize,
     ) -> Result<(), CoreError> {
         let (c, hw) = channels(l);
         let batch = &acts[l.aux_range(n)][..2 * c];
@@ -159,19 +130,14 @@ fn sizes(n: usize, c: usize, s: usize) -> Result<(usize, usize), CoreError> {
     if n == 0 || c == 0 || s == 0 {
         return Err(CoreError::ZeroSize);
     }
-    let overflow = CoreError::BufferLen {
-        what: "x",
-        expected: usize::MAX,
-        got: 0,
-    };
+    let overflow = CoreError::BufferLen { what: "x", expected: usize::MAX, got: 0 };
     let m = n.checked_mul(s).ok_or(overflow)?;
     Ok((m.checked_mul(c).ok_or(overflow)?, m))
 }
 
 /// The planes of channel `ch` (each `s` long), sample after sample.
 fn planes(x: &[f32], c: usize, s: usize, ch: usize) -> impl Iterator<Item = &[f32]> {
-    x.chunks_exact(c * s)
-        .map(move |sample| &sample[ch * s..(ch + 1) * s])
+    x.chunks_exact(c * s).map(move |sample| &sample[ch * s..(ch + 1) * s])
 }
 
 /// `1/√(var + eps)`, shared by forward and backward so both see the same bits.
@@ -184,15 +150,8 @@ fn inv_std(var: f32, eps: f32) -> f32 {
 /// (N×C×S) and `stats` (`2·C`: batch mean, then biased batch variance).
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward(
-    out: &mut [f32],
-    stats: &mut [f32],
-    inp: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    n: usize,
-    c: usize,
-    s: usize,
-    eps: f32,
+    out: &mut [f32], stats: &mut [f32], inp: &[f32], gamma: &[f32], beta: &[f32], n: usize,
+    c: usize, s: usize, eps: f32,
 ) -> Result<(), CoreError> {
     let (len, m) = sizes(n, c, s)?;
     check_len("out", out.len(), len)?;
@@ -202,10 +161,7 @@ pub fn batchnorm_forward(
     check_len("beta", beta.len(), c)?;
     let (mean_out, var_out) = stats.split_at_mut(c);
     for ch in 0..c {
-        let sum: f64 = planes(inp, c, s, ch)
-            .flat_map(|p| p.iter())
-            .map(|&v| v as f64)
-            .sum();
+        let sum: f64 = planes(inp, c, s, ch).flat_map(|p| p.iter()).map(|&v| v as f64).sum();
         let mean = sum / m as f64;
         let sq: f64 = planes(inp, c, s, ch)
             .flat_map(|p| p.iter())
@@ -235,16 +191,8 @@ pub fn batchnorm_forward(
 /// and skipped when `None`.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
-    mut dinp: Option<&mut [f32]>,
-    mut dgamma: Option<&mut [f32]>,
-    mut dbeta: Option<&mut [f32]>,
-    dout: &[f32],
-    inp: &[f32],
-    stats: &[f32],
-    gamma: &[f32],
-    n: usize,
-    c: usize,
-    s: usize,
+    mut dinp: Option<&mut [f32]>, mut dgamma: Option<&mut [f32]>, mut dbeta: Option<&mut [f32]>,
+    dout: &[f32], inp: &[f32], stats: &[f32], gamma: &[f32], n: usize, c: usize, s: usize,
     eps: f32,
 ) -> Result<(), CoreError> {
     let (len, m) = sizes(n, c, s)?;
@@ -252,15 +200,9 @@ pub fn batchnorm_backward(
     check_len("inp", inp.len(), len)?;
     check_len("stats", stats.len(), 2 * c)?;
     check_len("gamma", gamma.len(), c)?;
-    if let Some(d) = &dinp {
-        check_len("dinp", d.len(), len)?;
-    }
-    if let Some(d) = &dgamma {
-        check_len("dgamma", d.len(), c)?;
-    }
-    if let Some(d) = &dbeta {
-        check_len("dbeta", d.len(), c)?;
-    }
+    check_opt_len("dinp", dinp.as_deref(), len)?;
+    check_opt_len("dgamma", dgamma.as_deref(), c)?;
+    check_opt_len("dbeta", dbeta.as_deref(), c)?;
     let (mean, var) = stats.split_at(c);
     for ch in 0..c {
         let (mu, is) = (mean[ch], inv_std(var[ch], eps));
@@ -302,13 +244,7 @@ pub fn batchnorm_backward(
 /// `a = γ/√(var_run + ε)`, `b = β − mean_run·a`. `running` is `2·C` (mean, then variance).
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_exact(
-    x: &mut [f32],
-    gamma: &[f32],
-    beta: &[f32],
-    running: &[f32],
-    n: usize,
-    c: usize,
-    s: usize,
+    x: &mut [f32], gamma: &[f32], beta: &[f32], running: &[f32], n: usize, c: usize, s: usize,
     eps: f32,
 ) -> Result<(), CoreError> {
     let (len, _) = sizes(n, c, s)?;
@@ -334,10 +270,7 @@ pub fn batchnorm_forward_exact(
 /// [`batchnorm_forward`] wrote for a batch of `count = N·S` values per channel; the variance
 /// is made unbiased (`·count/(count − 1)`) when `count > 1`.
 pub fn update_running(
-    running: &mut [f32],
-    stats: &[f32],
-    count: usize,
-    momentum: f32,
+    running: &mut [f32], stats: &[f32], count: usize, momentum: f32,
 ) -> Result<(), CoreError> {
     if count == 0 {
         return Err(CoreError::ZeroSize);
@@ -351,11 +284,7 @@ pub fn update_running(
         });
     }
     let c = running.len() / 2;
-    let unbias = if count > 1 {
-        count as f32 / (count - 1) as f32
-    } else {
-        1.0
-    };
+    let unbias = if count > 1 { count as f32 / (count - 1) as f32 } else { 1.0 };
     let keep = 1.0 - momentum;
     for (i, (r, &b)) in running.iter_mut().zip(stats).enumerate() {
         let b = if i < c { b } else { b * unbias };
@@ -381,27 +310,22 @@ mod tests {
     fn forward_normalises_each_channel() {
         let mut r = Lcg::new(41);
         let (n, c, s) = (3, 2, 4);
-        let x: Vec<f32> = rand(&mut r, n * c * s)
-            .iter()
-            .map(|v| 3.0 * v + 1.5)
-            .collect();
+        let x: Vec<f32> = rand(&mut r, n * c * s).iter().map(|v| 3.0 * v + 1.5).collect();
         let gamma = [1.0, 1.0];
         let beta = [0.0, 0.0];
         let mut out = vec![0.0; x.len()];
         let mut stats = [0.0; 4];
         batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5).unwrap();
         for ch in 0..c {
-            let vals: Vec<f64> = planes(&out, c, s, ch)
-                .flat_map(|p| p.iter().map(|&v| v as f64))
-                .collect();
+            let vals: Vec<f64> =
+                planes(&out, c, s, ch).flat_map(|p| p.iter().map(|&v| v as f64)).collect();
             let mean = vals.iter().sum::<f64>() / vals.len() as f64;
             let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
             assert!(mean.abs() < 1e-6, "{mean}");
             assert!((var - 1.0).abs() < 1e-4, "{var}");
             // The stored statistics are the input's.
-            let xs: Vec<f64> = planes(&x, c, s, ch)
-                .flat_map(|p| p.iter().map(|&v| v as f64))
-                .collect();
+            let xs: Vec<f64> =
+                planes(&x, c, s, ch).flat_map(|p| p.iter().map(|&v| v as f64)).collect();
             let xm = xs.iter().sum::<f64>() / xs.len() as f64;
             let xv = xs.iter().map(|v| (v - xm).powi(2)).sum::<f64>() / xs.len() as f64;
             assert!((stats[ch] as f64 - xm).abs() < 1e-6);
@@ -448,20 +372,8 @@ mod tests {
         grad_check(&beta, &dbeta, |bp| loss(&x, &gamma, bp), 1e-3, 2e-3);
         // The input gradient alone is the same; the parameter buffers are optional.
         let mut dx2 = vec![0.0; len];
-        batchnorm_backward(
-            Some(&mut dx2),
-            None,
-            None,
-            &g,
-            &x,
-            &stats,
-            &gamma,
-            n,
-            c,
-            s,
-            eps,
-        )
-        .unwrap();
+        batchnorm_backward(Some(&mut dx2), None, None, &g, &x, &stats, &gamma, n, c, s, eps)
+            .unwrap();
         assert_eq!(dx, dx2);
     }
 
@@ -500,12 +412,7 @@ mod tests {
         let stats = [1.0, -2.0, 0.5, 3.0];
         update_running(&mut running, &stats, 4, 0.25).unwrap();
         // Means: 0.75·run + 0.25·batch; variances unbiased by 4/3 first.
-        let want = [
-            0.25,
-            1.0,
-            0.75 + 0.25 * 0.5 * 4.0 / 3.0,
-            0.75 + 0.25 * 3.0 * 4.0 / 3.0,
-        ];
+        let want = [0.25, 1.0, 0.75 + 0.25 * 0.5 * 4.0 / 3.0, 0.75 + 0.25 * 3.0 * 4.0 / 3.0];
         for (a, b) in running.iter().zip(&want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
@@ -513,10 +420,7 @@ mod tests {
         update_running(&mut same, &stats, 4, 0.0).unwrap();
         assert_eq!(same, running);
         assert!(update_running(&mut [0.0; 3], &[0.0; 3], 4, 0.1).is_err());
-        assert_eq!(
-            update_running(&mut [0.0; 2], &[0.0; 2], 0, 0.1),
-            Err(CoreError::ZeroSize)
-        );
+        assert_eq!(update_running(&mut [0.0; 2], &[0.0; 2], 0, 0.1), Err(CoreError::ZeroSize));
     }
 
     #[test]

@@ -42,153 +42,203 @@
 
 use core::fmt;
 
-use rand_core::Rng;
-
-use crate::error::{CoreError, SpecError, check_len, check_min_len};
-use crate::init::Init;
+use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
 use crate::kernels::{self, Exec};
 use crate::layers::{Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, mul3, size};
 use crate::spec::{LayerInfo, Shape};
 
-/// A convolution layer.
+/// A convolution layer of either direction `D` ([`Direct`] here, the transposed one in
+/// [`crate::layers::conv_transpose2d`]): the two share their hyper-parameters, their geometry
+/// and everything their layer kind does except the kernels it calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2d {
+pub struct Conv<D> {
     /// Output channels.
     pub out_c: u32,
     /// Kernel side.
     pub k: u32,
     /// Step between kernel positions.
     pub stride: u32,
-    /// Implicit zero rows/columns on every border.
+    /// Implicit zero rows/columns on every border (cropped from it, when transposed).
     pub pad: u32,
+    dir: core::marker::PhantomData<D>,
+}
+
+impl<D> Conv<D> {
+    /// A layer with these hyper-parameters.
+    pub const fn new(out_c: u32, k: u32, stride: u32, pad: u32) -> Self {
+        Conv { out_c, k, stride, pad, dir: core::marker::PhantomData }
+    }
+
+    /// The kernel dimensions of this layer in a spec.
+    pub fn dims(&self, l: &LayerInfo) -> ConvDims {
+        ConvDims {
+            in_c: l.in_shape.c as usize,
+            in_h: l.in_shape.h as usize,
+            in_w: l.in_shape.w as usize,
+            out_c: self.out_c as usize,
+            k: self.k as usize,
+            stride: self.stride as usize,
+            pad: self.pad as usize,
+        }
+    }
+}
+
+/// The convolution layer.
+pub type Conv2d = Conv<Direct>;
+
+/// What one direction of convolution brings to [`Conv`]'s layer kind.
+pub(crate) trait Direction {
+    /// The kind's name.
+    const NAME: &'static str;
+    /// Whether backward needs the forward input (else the column matrices forward kept).
+    const BACKWARD_READS_INPUT: bool;
+    /// `(fan_in, fan_out)` for `C_in` and `C_out` channels, `k²` taps and stride `s` (`s2 = s²`).
+    fn fans(c_in: usize, c_out: usize, kk: usize, s2: usize) -> (usize, usize);
+    /// Positions each weight is used at per sample (the grid of the underlying convolution).
+    fn positions(l: &LayerInfo) -> usize;
+    /// Training forward ([`conv2d_forward`]'s arguments).
+    const FORWARD: ForwardFn;
+    /// Backward ([`conv2d_backward`]'s arguments; the sixth is the forward input or the
+    /// column matrices, see [`Direction::BACKWARD_READS_INPUT`]).
+    const BACKWARD: BackwardFn;
+    /// Exact inference ([`conv2d_forward_exact`]'s arguments).
+    const EXACT: ExactFn;
+}
+
+/// What a convolution kernel returns.
+type Res = Result<(), CoreError>;
+
+/// An optional gradient buffer.
+type Grad<'a> = Option<&'a mut [f32]>;
+
+/// The training forward of a convolution: `(out, aux, inp, w, b, n, dims, exec)`.
+pub(crate) type ForwardFn =
+    fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32], usize, &ConvDims, &dyn Exec) -> Res;
+
+/// The backward of a convolution: `(dinp, dw, db, scratch, dout, saved, w, n, dims, exec)`.
+pub(crate) type BackwardFn = fn(
+    Grad<'_>,
+    Grad<'_>,
+    Grad<'_>,
+    &mut [f32],
+    &[f32],
+    &[f32],
+    &[f32],
+    usize,
+    &ConvDims,
+    &dyn Exec,
+) -> Res;
+
+/// The exact inference of a convolution: `(out, inp, w, b, n, dims)`.
+pub(crate) type ExactFn =
+    fn(&mut [f32], &[f32], &[f32], &[f32], usize, &ConvDims) -> Result<(), CoreError>;
+
+/// The convolution itself: the image is the input, the grid the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Direct;
+
+impl Direction for Direct {
+    const NAME: &'static str = "conv2d";
+    const BACKWARD_READS_INPUT: bool = false;
+    /// Each input pixel feeds about `k²/s²` positions per output channel.
+    fn fans(c_in: usize, c_out: usize, kk: usize, s2: usize) -> (usize, usize) {
+        (c_in * kk, (c_out * kk / s2).max(1))
+    }
+    fn positions(l: &LayerInfo) -> usize {
+        (l.out_shape.h as usize).saturating_mul(l.out_shape.w as usize)
+    }
+    const FORWARD: ForwardFn = conv2d_forward;
+    const BACKWARD: BackwardFn = conv2d_backward;
+    const EXACT: ExactFn = conv2d_forward_exact;
 }
 
 /// An image side in `u32`, or `None` if it is zero or does not fit.
-pub(crate) const fn side(x: Option<usize>) -> Option<u32> {
+const fn side(x: Option<usize>) -> Option<u32> {
     match x {
         Some(v) if v > 0 && v <= u32::MAX as usize => Some(v as u32),
         Some(_) | None => None,
     }
 }
 
-/// The hyper-parameter checks shared by both convolutions.
-pub(crate) const fn check_params(
-    out_c: u32,
-    k: u32,
-    stride: u32,
-    pad: u32,
-    index: usize,
-) -> Result<(), SpecError> {
+/// The output side of a convolution (or transposed convolution) of side `len`, if valid.
+const fn out_side(len: u32, k: usize, s: usize, p: usize, transposed: bool) -> Option<u32> {
+    side(if transposed {
+        conv_transpose_out_len(len as usize, k, s, p)
+    } else {
+        conv_out_len(len as usize, k, s, p)
+    })
+}
+
+/// Shape rule of both convolutions: `out_c × OH × OW` ([`conv_out_len`], or
+/// [`conv_transpose_out_len`] when `transposed`); the `c_grid × (c_img·k·k)` weight matrix of
+/// the module docs (`out_c × C·k·k`, transposed `C × out_c·k·k`), a bias of `out_c`, and a
+/// column matrix of one sample as auxiliary storage (forward's `im2col` for the convolution,
+/// its `Wᵀ·x` for the transposed one).
+pub(crate) const fn rules(
+    out_c: u32, k: u32, stride: u32, pad: u32, inp: Shape, index: usize, transposed: bool,
+) -> Result<Rules, SpecError> {
     if out_c == 0 || k == 0 {
         return Err(SpecError::BadDimension { layer: index });
     }
     if stride == 0 || pad >= k {
         return Err(SpecError::BadParameter { layer: index });
     }
-    Ok(())
-}
-
-/// Shape rule: `out_c × OH × OW` ([`conv_out_len`]); `W` of `out_c × C·k·k`, `b` of `out_c`,
-/// and the sample's column matrix (`C·k·k × OH·OW`) as auxiliary storage.
-pub(crate) const fn rules(
-    out_c: u32,
-    k: u32,
-    stride: u32,
-    pad: u32,
-    inp: Shape,
-    index: usize,
-) -> Result<Rules, SpecError> {
-    if let Err(e) = check_params(out_c, k, stride, pad, index) {
-        return Err(e);
-    }
     let (kk, s, p) = (k as usize, stride as usize, pad as usize);
-    let (h, w) = match (
-        side(conv_out_len(inp.h as usize, kk, s, p)),
-        side(conv_out_len(inp.w as usize, kk, s, p)),
-    ) {
-        (Some(h), Some(w)) => (h, w),
-        _ => return Err(SpecError::ShapeMismatch { layer: index }),
+    let (h, w) =
+        match (out_side(inp.h, kk, s, p, transposed), out_side(inp.w, kk, s, p, transposed)) {
+            (Some(h), Some(w)) => (h, w),
+            _ => return Err(SpecError::ShapeMismatch { layer: index }),
+        };
+    // The column matrix: image channels × k² rows, grid positions columns.
+    let (c_grid, c_img, grid) = if transposed {
+        (inp.c, out_c, inp.h as usize * inp.w as usize)
+    } else {
+        (out_c, inp.c, h as usize * w as usize)
     };
-    let rows = size!(mul3(inp.c as usize, kk, kk), index);
+    let rows = size!(mul3(c_img as usize, kk, kk), index);
     Ok(Rules::new(
         Shape::image(out_c, h, w),
         Sizes {
-            weight: size!(mul(out_c as usize, rows), index),
+            weight: size!(mul(c_grid as usize, rows), index),
             bias: out_c as usize,
-            aux: size!(mul3(rows, h as usize, w as usize), index),
+            aux: size!(mul(rows, grid), index),
             stats: 0,
         },
     ))
 }
 
-/// The kernel dimensions of a convolution layer of a spec (either kind).
-pub(crate) fn dims_of(l: &LayerInfo, out_c: u32, k: u32, stride: u32, pad: u32) -> ConvDims {
-    ConvDims {
-        in_c: l.in_shape.c as usize,
-        in_h: l.in_shape.h as usize,
-        in_w: l.in_shape.w as usize,
-        out_c: out_c as usize,
-        k: k as usize,
-        stride: stride as usize,
-        pad: pad as usize,
-    }
-}
-
-impl Conv2d {
-    fn dims(&self, l: &LayerInfo) -> ConvDims {
-        dims_of(l, self.out_c, self.k, self.stride, self.pad)
-    }
-}
-
-impl Kind for Conv2d {
+impl<D: Direction> Kind for Conv<D> {
     fn name(&self) -> &'static str {
-        "conv2d"
+        D::NAME
     }
     fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "conv2d {}×{} s{} p{}",
-            self.k, self.k, self.stride, self.pad
-        )
+        let (k, s, p) = (self.k, self.stride, self.pad);
+        write!(f, "{} {k}×{k} s{s} p{p}", D::NAME)
     }
     fn macs(&self, l: &LayerInfo) -> usize {
-        let plane = (l.out_shape.h as usize).saturating_mul(l.out_shape.w as usize);
-        l.weight_len.saturating_mul(plane)
+        l.weight_len.saturating_mul(D::positions(l))
     }
-    /// `fan_in = C_in·k²`, `fan_out = max(1, C_out·k²/s²)` (each input pixel feeds about
-    /// `k²/s²` positions per output channel).
-    fn init<R: Rng + ?Sized>(
-        &self,
-        l: &LayerInfo,
-        params: &mut [f32],
-        init: Init,
-        rng: &mut R,
-    ) -> Result<(), CoreError> {
+    fn fans(&self, l: &LayerInfo) -> Option<(usize, usize)> {
         let (c_in, kk) = (l.in_shape.c as usize, (self.k as usize).pow(2));
         let s2 = (self.stride as usize).pow(2);
-        let fan_in = c_in * kk;
-        let fan_out = (self.out_c as usize * kk / s2).max(1);
-        init.fill(rng, &mut params[l.weight_range()], fan_in, fan_out);
-        Ok(())
-    }
-    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
-        None
+        Some(D::fans(c_in, self.out_c as usize, kk, s2))
     }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
         let (w, b) = (a.w(), a.b());
-        conv2d_forward(a.out, a.aux, a.inp, w, b, a.n, &self.dims(a.l), a.exec)
+        (D::FORWARD)(a.out, a.aux, a.inp, w, b, a.n, &self.dims(a.l), a.exec)
     }
     fn backward(&self, mut a: Backward<'_>) -> Result<(), CoreError> {
-        let (col, w, dout, d) = (a.aux(), a.w(), a.dout, self.dims(a.l));
+        let saved = if D::BACKWARD_READS_INPUT { a.inp() } else { a.aux() };
+        let (w, dout, d) = (a.w(), a.dout, self.dims(a.l));
         let (gw, gb) = a.param_grads();
-        conv2d_backward(a.dinp, gw, gb, a.scratch, dout, col, w, a.n, &d, a.exec)
+        (D::BACKWARD)(a.dinp, gw, gb, a.scratch, dout, saved, w, a.n, &d, a.exec)
     }
     fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
         let (n, d) = (a.n, self.dims(a.l));
         match a.w {
-            LayerWeights::F32 { w, b, .. } => a.pp.map(n * a.l.out_shape.len(), |out, inp| {
-                conv2d_forward_exact(out, inp, w, b, n, &d)
-            }),
+            LayerWeights::F32 { w, b, .. } => {
+                a.pp.map(n * a.l.out_shape.len(), |out, inp| (D::EXACT)(out, inp, w, b, n, &d))
+            }
             LayerWeights::I8 { .. } => Err(CoreError::Unsupported { layer: a.l.index }),
         }
     }
@@ -207,20 +257,13 @@ pub const fn conv_out_len(len: usize, k: usize, stride: usize, pad: usize) -> Op
         },
         None => return None,
     };
-    if padded < k {
-        None
-    } else {
-        Some((padded - k) / stride + 1)
-    }
+    if padded < k { None } else { Some((padded - k) / stride + 1) }
 }
 
 /// Output side of a transposed convolution: `(len − 1)·stride − 2·pad + k`, or `None` if `len`,
 /// `k` or `stride` is zero, `pad >= k`, the result is not positive, or on overflow.
 pub const fn conv_transpose_out_len(
-    len: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
+    len: usize, k: usize, stride: usize, pad: usize,
 ) -> Option<usize> {
     if len == 0 || k == 0 || stride == 0 || pad >= k {
         return None;
@@ -234,11 +277,7 @@ pub const fn conv_transpose_out_len(
     };
     // pad < k, so 2·pad cannot overflow when k fits.
     let crop = 2 * pad;
-    if full <= crop {
-        None
-    } else {
-        Some(full - crop)
-    }
+    if full <= crop { None } else { Some(full - crop) }
 }
 
 /// Dimensions of one convolution layer, per sample. The same struct describes a
@@ -334,11 +373,8 @@ impl Geom {
     /// Checks the dimensions and computes every size.
     #[allow(clippy::too_many_arguments)]
     fn new(
-        (ci, ih, iw): (usize, usize, usize),
-        (cg, gh, gw): (usize, usize, usize),
-        k: usize,
-        s: usize,
-        p: usize,
+        (ci, ih, iw): (usize, usize, usize), (cg, gh, gw): (usize, usize, usize), k: usize,
+        s: usize, p: usize,
     ) -> Result<Self, CoreError> {
         let m = |a: usize, b: usize| a.checked_mul(b).ok_or(bad_geometry());
         let rows = m(m(ci, k)?, k)?;
@@ -374,26 +410,14 @@ impl Geom {
     pub(crate) fn conv(d: &ConvDims) -> Result<Self, CoreError> {
         Self::check_nonzero(d)?;
         let (oh, ow) = d.out_hw().ok_or(bad_geometry())?;
-        Self::new(
-            (d.in_c, d.in_h, d.in_w),
-            (d.out_c, oh, ow),
-            d.k,
-            d.stride,
-            d.pad,
-        )
+        Self::new((d.in_c, d.in_h, d.in_w), (d.out_c, oh, ow), d.k, d.stride, d.pad)
     }
 
     /// `ConvTranspose2d`: the grid is the input, the image the output.
     pub(crate) fn transpose(d: &ConvDims) -> Result<Self, CoreError> {
         Self::check_nonzero(d)?;
         let (oh, ow) = d.transpose_out_hw().ok_or(bad_geometry())?;
-        Self::new(
-            (d.out_c, oh, ow),
-            (d.in_c, d.in_h, d.in_w),
-            d.k,
-            d.stride,
-            d.pad,
-        )
+        Self::new((d.out_c, oh, ow), (d.in_c, d.in_h, d.in_w), d.k, d.stride, d.pad)
     }
 }
 
@@ -412,11 +436,7 @@ pub(crate) fn span(n_grid: usize, n_img: usize, s: usize, tap: usize, p: usize) 
     // g·s + tap − p >= 0  ⇔  g >= ⌈(p − tap)/s⌉
     let lo = if tap >= p { 0 } else { (p - tap).div_ceil(s) };
     // g·s + tap − p < n_img  ⇔  g < ⌈(n_img + p − tap)/s⌉
-    let hi = if n_img + p <= tap {
-        0
-    } else {
-        (n_img + p - tap).div_ceil(s).min(n_grid)
-    };
+    let hi = if n_img + p <= tap { 0 } else { (n_img + p - tap).div_ceil(s).min(n_grid) };
     (lo.min(hi), hi)
 }
 
@@ -509,13 +529,7 @@ pub(crate) fn add_bias_grad(db: &mut [f32], dout: &[f32], plane: usize) {
 /// (keep it for [`conv2d_backward`]); `inp` N×C_in×H×W; `w` C_out×C_in×k×k; `b` C_out.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
-    out: &mut [f32],
-    col: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    b: &[f32],
-    n: usize,
-    d: &ConvDims,
+    out: &mut [f32], col: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims,
     exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let g = Geom::conv(d)?;
@@ -524,10 +538,8 @@ pub fn conv2d_forward(
     check_len("inp", inp.len(), batch(n, g.img)?)?;
     check_len("w", w.len(), g.w)?;
     check_len("b", b.len(), g.cg)?;
-    for ((o, c), x) in out
-        .chunks_exact_mut(g.grid)
-        .zip(col.chunks_exact_mut(g.col))
-        .zip(inp.chunks_exact(g.img))
+    for ((o, c), x) in
+        out.chunks_exact_mut(g.grid).zip(col.chunks_exact_mut(g.col)).zip(inp.chunks_exact(g.img))
     {
         im2col(c, x, &g);
         fill_bias(o, b, g.cols);
@@ -544,27 +556,15 @@ pub fn conv2d_forward(
 ///   `scratch` of at least [`ConvDims::col_len`] elements (ignored otherwise).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
-    dinp: Option<&mut [f32]>,
-    dw: Option<&mut [f32]>,
-    db: Option<&mut [f32]>,
-    scratch: &mut [f32],
-    dout: &[f32],
-    col: &[f32],
-    w: &[f32],
-    n: usize,
-    d: &ConvDims,
-    exec: &dyn Exec,
+    dinp: Option<&mut [f32]>, dw: Option<&mut [f32]>, db: Option<&mut [f32]>, scratch: &mut [f32],
+    dout: &[f32], col: &[f32], w: &[f32], n: usize, d: &ConvDims, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let g = Geom::conv(d)?;
     check_len("dout", dout.len(), batch(n, g.grid)?)?;
     check_len("col", col.len(), batch(n, g.col)?)?;
     check_len("w", w.len(), g.w)?;
-    if let Some(dw) = &dw {
-        check_len("dw", dw.len(), g.w)?;
-    }
-    if let Some(db) = &db {
-        check_len("db", db.len(), g.cg)?;
-    }
+    check_opt_len("dw", dw.as_deref(), g.w)?;
+    check_opt_len("db", db.as_deref(), g.cg)?;
     if let Some(dinp) = &dinp {
         check_len("dinp", dinp.len(), batch(n, g.img)?)?;
         check_min_len("scratch", scratch.len(), g.col)?;
@@ -593,12 +593,7 @@ pub fn conv2d_backward(
 /// Exact inference forward of a convolution: same shapes as [`conv2d_forward`], no scratch,
 /// fixed summation order (module docs), bit-identical on every target.
 pub fn conv2d_forward_exact(
-    out: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    b: &[f32],
-    n: usize,
-    d: &ConvDims,
+    out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims,
 ) -> Result<(), CoreError> {
     let g = Geom::conv(d)?;
     check_len("out", out.len(), batch(n, g.grid)?)?;
@@ -607,10 +602,7 @@ pub fn conv2d_forward_exact(
     check_len("b", b.len(), g.cg)?;
     let plane = g.ih * g.iw;
     for (o, x) in out.chunks_exact_mut(g.grid).zip(inp.chunks_exact(g.img)) {
-        for ((oplane, wrow), &bias) in o
-            .chunks_exact_mut(g.cols)
-            .zip(w.chunks_exact(g.rows))
-            .zip(b)
+        for ((oplane, wrow), &bias) in o.chunks_exact_mut(g.cols).zip(w.chunks_exact(g.rows)).zip(b)
         {
             for (gy, orow) in oplane.chunks_exact_mut(g.gw).enumerate() {
                 orow.fill(0.0);
@@ -659,23 +651,9 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn dims(
-        in_c: usize,
-        in_h: usize,
-        in_w: usize,
-        out_c: usize,
-        k: usize,
-        s: usize,
-        p: usize,
+        in_c: usize, in_h: usize, in_w: usize, out_c: usize, k: usize, s: usize, p: usize,
     ) -> ConvDims {
-        ConvDims {
-            in_c,
-            in_h,
-            in_w,
-            out_c,
-            k,
-            stride: s,
-            pad: p,
-        }
+        ConvDims { in_c, in_h, in_w, out_c, k, stride: s, pad: p }
     }
 
     /// The definition, in f64: out[o][y][x] = b[o] + Σ w[o][c][ky][kx]·in[c][y·s+ky−p][x·s+kx−p].
@@ -719,10 +697,7 @@ pub(crate) mod tests {
     pub(crate) fn assert_close(got: &[f32], want: &[f64], tol: f64) {
         assert_eq!(got.len(), want.len());
         for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
-                "{i}: {g} vs {w}"
-            );
+            assert!((g as f64 - w).abs() <= tol * (1.0 + w.abs()), "{i}: {g} vs {w}");
         }
     }
 
@@ -835,10 +810,7 @@ pub(crate) mod tests {
             conv2d_forward(&mut out, &mut col[1..], &x, &w, &b, 1, &d, &Serial),
             Err(CoreError::BufferLen { what: "col", .. })
         ));
-        assert_eq!(
-            conv2d_forward_exact(&mut out, &x, &w, &b, 0, &d),
-            Err(CoreError::ZeroSize)
-        );
+        assert_eq!(conv2d_forward_exact(&mut out, &x, &w, &b, 0, &d), Err(CoreError::ZeroSize));
         let bad = dims(1, 4, 4, 2, 3, 1, 3);
         assert!(matches!(
             conv2d_forward_exact(&mut out, &x, &w, &b, 1, &bad),
@@ -858,10 +830,7 @@ pub(crate) mod tests {
                 &d,
                 &Serial
             ),
-            Err(CoreError::BufferLen {
-                what: "scratch",
-                ..
-            })
+            Err(CoreError::BufferLen { what: "scratch", .. })
         ));
         // Without dinp no scratch is needed.
         assert!(
@@ -881,20 +850,8 @@ pub(crate) mod tests {
         );
         let dt = dims(2, 4, 4, 1, 3, 1, 1);
         assert!(matches!(
-            conv_transpose2d_forward(
-                &mut [0.0; 16],
-                &mut small,
-                &out,
-                &w,
-                &[0.0],
-                1,
-                &dt,
-                &Serial
-            ),
-            Err(CoreError::BufferLen {
-                what: "scratch",
-                ..
-            })
+            conv_transpose2d_forward(&mut [0.0; 16], &mut small, &out, &w, &[0.0], 1, &dt, &Serial),
+            Err(CoreError::BufferLen { what: "scratch", .. })
         ));
     }
 }

@@ -3,126 +3,46 @@
 //! summation order of the exact kernel).
 //!
 //! Shapes (one sample): `inp` C_in×H×W, `w` C_in×C_out×k×k, `b` C_out, `out` C_out×OH×OW with
-//! `OH = (H − 1)·stride − 2·pad + k` ([`conv_transpose_out_len`]).
+//! `OH = (H − 1)·stride − 2·pad + k` ([`conv_transpose_out_len`](crate::layers::conv2d::conv_transpose_out_len)).
 
-use core::fmt;
-
-use rand_core::Rng;
-
-use crate::error::{CoreError, SpecError, check_len, check_min_len};
-use crate::init::Init;
+use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
 use crate::kernels::{self, Exec};
+use crate::layers::Rules;
 use crate::layers::conv2d::{
-    ConvDims, Geom, add_bias_grad, batch, check_params, col2im_add, conv_transpose_out_len,
-    dims_of, fill_bias, im2col, side, span,
+    self, BackwardFn, Conv, ConvDims, Direction, ExactFn, ForwardFn, Geom, add_bias_grad, batch,
+    col2im_add, fill_bias, im2col, span,
 };
-use crate::layers::{Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, mul3, size};
 use crate::spec::{LayerInfo, Shape};
 
-/// A transposed-convolution layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvTranspose2d {
-    /// Output channels.
-    pub out_c: u32,
-    /// Kernel side.
-    pub k: u32,
-    /// Step between the input positions' kernel footprints in the output.
-    pub stride: u32,
-    /// Rows/columns cropped from every border of the full output.
-    pub pad: u32,
-}
+/// The transposed-convolution layer.
+pub type ConvTranspose2d = Conv<Transposed>;
 
-/// Shape rule: `out_c × OH × OW` ([`conv_transpose_out_len`]); `W` of `C × out_c·k·k`, `b` of
+/// The adjoint of the convolution: the grid is the input, the image the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transposed;
+
+/// Shape rule: `out_c × OH × OW` ([`conv_transpose_out_len`](crate::layers::conv2d::conv_transpose_out_len)); `W` of `C × out_c·k·k`, `b` of
 /// `out_c`, and forward's column buffer (`out_c·k·k × H·W`) as auxiliary storage.
 pub(crate) const fn rules(
-    out_c: u32,
-    k: u32,
-    stride: u32,
-    pad: u32,
-    inp: Shape,
-    index: usize,
+    out_c: u32, k: u32, stride: u32, pad: u32, inp: Shape, index: usize,
 ) -> Result<Rules, SpecError> {
-    if let Err(e) = check_params(out_c, k, stride, pad, index) {
-        return Err(e);
-    }
-    let (kk, s, p) = (k as usize, stride as usize, pad as usize);
-    let (h, w) = match (
-        side(conv_transpose_out_len(inp.h as usize, kk, s, p)),
-        side(conv_transpose_out_len(inp.w as usize, kk, s, p)),
-    ) {
-        (Some(h), Some(w)) => (h, w),
-        _ => return Err(SpecError::ShapeMismatch { layer: index }),
-    };
-    let rows = size!(mul3(out_c as usize, kk, kk), index);
-    Ok(Rules::new(
-        Shape::image(out_c, h, w),
-        Sizes {
-            weight: size!(mul(inp.c as usize, rows), index),
-            bias: out_c as usize,
-            aux: size!(mul3(rows, inp.h as usize, inp.w as usize), index),
-            stats: 0,
-        },
-    ))
+    conv2d::rules(out_c, k, stride, pad, inp, index, true)
 }
 
-impl ConvTranspose2d {
-    fn dims(&self, l: &LayerInfo) -> ConvDims {
-        dims_of(l, self.out_c, self.k, self.stride, self.pad)
+impl Direction for Transposed {
+    const NAME: &'static str = "conv_transpose2d";
+    const BACKWARD_READS_INPUT: bool = true;
+    /// Each output of a stride-`s` transposed convolution sums about `k²/s²` taps per input
+    /// channel.
+    fn fans(c_in: usize, c_out: usize, kk: usize, s2: usize) -> (usize, usize) {
+        ((c_in * kk / s2).max(1), c_out * kk)
     }
-}
-
-impl Kind for ConvTranspose2d {
-    fn name(&self) -> &'static str {
-        "conv_transpose2d"
+    fn positions(l: &LayerInfo) -> usize {
+        (l.in_shape.h as usize).saturating_mul(l.in_shape.w as usize)
     }
-    fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "conv_transpose2d {}×{} s{} p{}",
-            self.k, self.k, self.stride, self.pad
-        )
-    }
-    fn macs(&self, l: &LayerInfo) -> usize {
-        let plane = (l.in_shape.h as usize).saturating_mul(l.in_shape.w as usize);
-        l.weight_len.saturating_mul(plane)
-    }
-    /// `fan_in = max(1, C_in·k²/s²)`, `fan_out = C_out·k²` (each output of a stride-`s`
-    /// transposed convolution sums about `k²/s²` taps per input channel).
-    fn init<R: Rng + ?Sized>(
-        &self,
-        l: &LayerInfo,
-        params: &mut [f32],
-        init: Init,
-        rng: &mut R,
-    ) -> Result<(), CoreError> {
-        let (c_in, kk) = (l.in_shape.c as usize, (self.k as usize).pow(2));
-        let s2 = (self.stride as usize).pow(2);
-        let fan_in = (c_in * kk / s2).max(1);
-        let fan_out = self.out_c as usize * kk;
-        init.fill(rng, &mut params[l.weight_range()], fan_in, fan_out);
-        Ok(())
-    }
-    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
-        None
-    }
-    fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
-        let (w, b) = (a.w(), a.b());
-        conv_transpose2d_forward(a.out, a.aux, a.inp, w, b, a.n, &self.dims(a.l), a.exec)
-    }
-    fn backward(&self, mut a: Backward<'_>) -> Result<(), CoreError> {
-        let (inp, w, dout, d) = (a.inp(), a.w(), a.dout, self.dims(a.l));
-        let (gw, gb) = a.param_grads();
-        conv_transpose2d_backward(a.dinp, gw, gb, a.scratch, dout, inp, w, a.n, &d, a.exec)
-    }
-    fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
-        let (n, d) = (a.n, self.dims(a.l));
-        match a.w {
-            LayerWeights::F32 { w, b, .. } => a.pp.map(n * a.l.out_shape.len(), |out, inp| {
-                conv_transpose2d_forward_exact(out, inp, w, b, n, &d)
-            }),
-            LayerWeights::I8 { .. } => Err(CoreError::Unsupported { layer: a.l.index }),
-        }
-    }
+    const FORWARD: ForwardFn = conv_transpose2d_forward;
+    const BACKWARD: BackwardFn = conv_transpose2d_backward;
+    const EXACT: ExactFn = conv_transpose2d_forward_exact;
 }
 
 /// Training forward of a transposed convolution (see the module docs for shapes).
@@ -131,14 +51,8 @@ impl Kind for ConvTranspose2d {
 /// [`ConvDims::transpose_col_len`] elements (one sample's column matrix).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_forward(
-    out: &mut [f32],
-    scratch: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    b: &[f32],
-    n: usize,
-    d: &ConvDims,
-    exec: &dyn Exec,
+    out: &mut [f32], scratch: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize,
+    d: &ConvDims, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let g = Geom::transpose(d)?;
     check_len("out", out.len(), batch(n, g.img)?)?;
@@ -165,30 +79,17 @@ pub fn conv_transpose2d_forward(
 /// `scratch` has at least [`ConvDims::transpose_col_len`] elements when `dinp` or `dw` is given.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_backward(
-    dinp: Option<&mut [f32]>,
-    mut dw: Option<&mut [f32]>,
-    db: Option<&mut [f32]>,
-    scratch: &mut [f32],
-    dout: &[f32],
-    inp: &[f32],
-    w: &[f32],
-    n: usize,
-    d: &ConvDims,
+    dinp: Option<&mut [f32]>, mut dw: Option<&mut [f32]>, db: Option<&mut [f32]>,
+    scratch: &mut [f32], dout: &[f32], inp: &[f32], w: &[f32], n: usize, d: &ConvDims,
     exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let g = Geom::transpose(d)?;
     check_len("dout", dout.len(), batch(n, g.img)?)?;
     check_len("inp", inp.len(), batch(n, g.grid)?)?;
     check_len("w", w.len(), g.w)?;
-    if let Some(dw) = &dw {
-        check_len("dw", dw.len(), g.w)?;
-    }
-    if let Some(db) = &db {
-        check_len("db", db.len(), g.ci)?;
-    }
-    if let Some(dinp) = &dinp {
-        check_len("dinp", dinp.len(), batch(n, g.grid)?)?;
-    }
+    check_opt_len("dw", dw.as_deref(), g.w)?;
+    check_opt_len("db", db.as_deref(), g.ci)?;
+    check_opt_len("dinp", dinp.as_deref(), batch(n, g.grid)?)?;
     if dinp.is_some() || dw.is_some() {
         check_min_len("scratch", scratch.len(), g.col)?;
     }
@@ -200,11 +101,7 @@ pub fn conv_transpose2d_backward(
     }
     let dcol = &mut scratch[..g.col];
     let mut dinp = dinp;
-    for (s, (o, x)) in dout
-        .chunks_exact(g.img)
-        .zip(inp.chunks_exact(g.grid))
-        .enumerate()
-    {
+    for (s, (o, x)) in dout.chunks_exact(g.img).zip(inp.chunks_exact(g.grid)).enumerate() {
         im2col(dcol, o, &g);
         if let Some(dw) = dw.as_deref_mut() {
             // dW (C_in × C_out·k·k) += x (C_in × H·W) · dcolᵀ (H·W × C_out·k·k)
@@ -222,12 +119,7 @@ pub fn conv_transpose2d_backward(
 /// Exact inference forward of a transposed convolution: same shapes as
 /// [`conv_transpose2d_forward`], no scratch, fixed summation order (module docs).
 pub fn conv_transpose2d_forward_exact(
-    out: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    b: &[f32],
-    n: usize,
-    d: &ConvDims,
+    out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims,
 ) -> Result<(), CoreError> {
     let g = Geom::transpose(d)?;
     check_len("out", out.len(), batch(n, g.img)?)?;
@@ -346,11 +238,9 @@ mod tests {
         let mut r = Lcg::new(23);
         let n = 2;
         // (H + 2p − k) divisible by s, so convT maps the conv output shape back to H × W.
-        for &(ci, h, wd, co, k, s, p) in &[
-            (3, 8, 10, 2, 4, 2, 1),
-            (2, 7, 7, 3, 3, 1, 1),
-            (2, 9, 9, 2, 3, 3, 0),
-        ] {
+        for &(ci, h, wd, co, k, s, p) in
+            &[(3, 8, 10, 2, 4, 2, 1), (2, 7, 7, 3, 3, 1, 1), (2, 9, 9, 2, 3, 3, 0)]
+        {
             let d = dims(ci, h, wd, co, k, s, p);
             let (oh, ow) = d.out_hw().unwrap();
             let dt = dims(co, oh, ow, ci, k, s, p);
@@ -378,10 +268,7 @@ mod tests {
                 a.iter().zip(b).map(|(&a, &b)| a as f64 * b as f64).sum()
             };
             let (lhs, rhs) = (dot(&cx, &y), dot(&x, &ty));
-            assert!(
-                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
-                "{lhs} vs {rhs}"
-            );
+            assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "{lhs} vs {rhs}");
             // And the exact kernels agree with the fast ones on the same data.
             let mut ex = vec![0.0; ty.len()];
             conv_transpose2d_forward_exact(&mut ex, &y, &w, &vec![0.0; ci], n, &dt).unwrap();

@@ -10,11 +10,8 @@
 
 use core::fmt;
 
-use rand_core::Rng;
-
 use crate::encoding::int8::quantize_row;
-use crate::error::{CoreError, SpecError, check_len};
-use crate::init::Init;
+use crate::error::{CoreError, SpecError, check_len, check_opt_len};
 use crate::kernels::{self, Exec};
 use crate::layers::{
     Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, Tangent, mul, size,
@@ -53,23 +50,8 @@ impl Kind for Dense {
     fn macs(&self, l: &LayerInfo) -> usize {
         l.weight_len
     }
-    fn init<R: Rng + ?Sized>(
-        &self,
-        l: &LayerInfo,
-        params: &mut [f32],
-        init: Init,
-        rng: &mut R,
-    ) -> Result<(), CoreError> {
-        let got = params.len();
-        let w = params
-            .get_mut(l.weight_range())
-            .ok_or(CoreError::BufferLen {
-                what: "params",
-                expected: l.weight_range().end,
-                got,
-            })?;
-        init.fill(rng, w, l.in_shape.len(), l.out_shape.len());
-        Ok(())
+    fn fans(&self, l: &LayerInfo) -> Option<(usize, usize)> {
+        Some((l.in_shape.len(), l.out_shape.len()))
     }
     fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
         Some(self.out as usize)
@@ -105,13 +87,7 @@ impl Kind for Dense {
 }
 
 fn check_shapes(
-    out_len: usize,
-    inp_len: usize,
-    w_len: usize,
-    b_len: usize,
-    n: usize,
-    c_in: usize,
-    c_out: usize,
+    out_len: usize, inp_len: usize, w_len: usize, b_len: usize, n: usize, c_in: usize, c_out: usize,
 ) -> Result<(), CoreError> {
     if n == 0 || c_in == 0 || c_out == 0 {
         return Err(CoreError::ZeroSize);
@@ -127,13 +103,7 @@ fn check_shapes(
 /// Uses the fast kernels (may use FMA); see [`dense_forward_exact`] for the inference path.
 #[allow(clippy::too_many_arguments)]
 pub fn dense_forward(
-    out: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    b: &[f32],
-    n: usize,
-    c_in: usize,
-    c_out: usize,
+    out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, c_in: usize, c_out: usize,
     exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     check_shapes(out.len(), inp.len(), w.len(), b.len(), n, c_in, c_out)?;
@@ -148,13 +118,7 @@ pub fn dense_forward(
 /// (threads split the output columns, never a sum).
 #[allow(clippy::too_many_arguments)]
 pub fn dense_forward_exact(
-    out: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    b: &[f32],
-    n: usize,
-    c_in: usize,
-    c_out: usize,
+    out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, c_in: usize, c_out: usize,
     exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     check_shapes(out.len(), inp.len(), w.len(), b.len(), n, c_in, c_out)?;
@@ -170,15 +134,8 @@ pub fn dense_forward_exact(
 ///   for the first layer of a network whose input needs no gradient).
 #[allow(clippy::too_many_arguments)]
 pub fn dense_backward(
-    dinp: Option<&mut [f32]>,
-    grads: Option<(&mut [f32], &mut [f32])>,
-    dout: &[f32],
-    inp: &[f32],
-    w: &[f32],
-    n: usize,
-    c_in: usize,
-    c_out: usize,
-    exec: &dyn Exec,
+    dinp: Option<&mut [f32]>, grads: Option<(&mut [f32], &mut [f32])>, dout: &[f32], inp: &[f32],
+    w: &[f32], n: usize, c_in: usize, c_out: usize, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     if n == 0 || c_in == 0 || c_out == 0 {
         return Err(CoreError::ZeroSize);
@@ -190,9 +147,7 @@ pub fn dense_backward(
         check_len("dw", dw.len(), c_in * c_out)?;
         check_len("db", db.len(), c_out)?;
     }
-    if let Some(d) = &dinp {
-        check_len("dinp", d.len(), n * c_in)?;
-    }
+    check_opt_len("dinp", dinp.as_deref(), n * c_in)?;
     if let Some((dw, db)) = grads {
         kernels::matmul_tn(dw, inp, dout, c_in, n, c_out, true, exec);
         for row in dout.chunks_exact(c_out) {
@@ -216,15 +171,8 @@ pub fn dense_backward(
 /// conversion rounds to nearest on every target), just with that rounding.
 #[allow(clippy::too_many_arguments)]
 pub fn dense_forward_i8(
-    out: &mut [f32],
-    xq: &mut [i8],
-    inp: &[f32],
-    q: &[i8],
-    scales: &[f32],
-    bias: &[f32],
-    n: usize,
-    c_in: usize,
-    c_out: usize,
+    out: &mut [f32], xq: &mut [i8], inp: &[f32], q: &[i8], scales: &[f32], bias: &[f32], n: usize,
+    c_in: usize, c_out: usize,
 ) -> Result<(), CoreError> {
     if n == 0 || c_in == 0 || c_out == 0 {
         return Err(CoreError::ZeroSize);
@@ -235,11 +183,7 @@ pub fn dense_forward_i8(
     check_len("scales", scales.len(), c_out)?;
     check_len("bias", bias.len(), c_out)?;
     if xq.len() < c_in {
-        return Err(CoreError::BufferLen {
-            what: "xq",
-            got: xq.len(),
-            expected: c_in,
-        });
+        return Err(CoreError::BufferLen { what: "xq", got: xq.len(), expected: c_in });
     }
     let xq = &mut xq[..c_in];
     for (orow, irow) in out.chunks_exact_mut(c_out).zip(inp.chunks_exact(c_in)) {
@@ -307,48 +251,16 @@ mod tests {
         let mut dx = [0.0f32; 12];
         let mut dw = [0.0f32; 20];
         let mut db = [0.0f32; 5];
-        dense_backward(
-            Some(&mut dx),
-            Some((&mut dw, &mut db)),
-            &g,
-            &x,
-            &w,
-            n,
-            ci,
-            co,
-            &Serial,
-        )
-        .unwrap();
+        dense_backward(Some(&mut dx), Some((&mut dw, &mut db)), &g, &x, &w, n, ci, co, &Serial)
+            .unwrap();
         grad_check(&x, &dx, |xp| loss(xp, &w, &b), 1e-2, 1e-3);
         grad_check(&w, &dw, |wp| loss(&x, wp, &b), 1e-2, 1e-3);
         grad_check(&b, &db, |bp| loss(&x, &w, bp), 1e-2, 1e-3);
         // Parameter gradients accumulate.
-        dense_backward(
-            None,
-            Some((&mut dw, &mut db)),
-            &g,
-            &x,
-            &w,
-            n,
-            ci,
-            co,
-            &Serial,
-        )
-        .unwrap();
+        dense_backward(None, Some((&mut dw, &mut db)), &g, &x, &w, n, ci, co, &Serial).unwrap();
         let mut dw1 = [0.0f32; 20];
         let mut db1 = [0.0f32; 5];
-        dense_backward(
-            None,
-            Some((&mut dw1, &mut db1)),
-            &g,
-            &x,
-            &w,
-            n,
-            ci,
-            co,
-            &Serial,
-        )
-        .unwrap();
+        dense_backward(None, Some((&mut dw1, &mut db1)), &g, &x, &w, n, ci, co, &Serial).unwrap();
         for (a, b) in dw.iter().zip(&dw1) {
             assert!((a - 2.0 * b).abs() <= 1e-6 * b.abs().max(1.0));
         }
@@ -379,11 +291,7 @@ mod tests {
                         acc += qx * q[p * co + j] as i64;
                     }
                     let want = acc as f32 * (sx * s[j]) + bias[j];
-                    assert_eq!(
-                        out[i * co + j].to_bits(),
-                        want.to_bits(),
-                        "({n},{k},{co}) {i},{j}"
-                    );
+                    assert_eq!(out[i * co + j].to_bits(), want.to_bits(), "({n},{k},{co}) {i},{j}");
                     // And within the worst-case quantisation error of the f32 layer:
                     // |Δx| ≤ sx/2 and |Δw| ≤ s/2 per term, plus float rounding.
                     let exact: f32 = (0..k).map(|p| row[p] * w[p * co + j]).sum::<f32>() + bias[j];
@@ -394,11 +302,7 @@ mod tests {
                         })
                         .sum();
                     let err = (out[i * co + j] - exact).abs();
-                    assert!(
-                        err <= bound + 1e-5,
-                        "{exact} vs {}: {err} > {bound}",
-                        out[i * co + j]
-                    );
+                    assert!(err <= bound + 1e-5, "{exact} vs {}: {err} > {bound}", out[i * co + j]);
                 }
             }
         }

@@ -18,10 +18,7 @@
 
 use core::fmt;
 
-use rand_core::Rng;
-
 use crate::error::{CoreError, SpecError, check_len};
-use crate::init::Init;
 use crate::layers::{Backward, Forward, Infer, Kind, Rules, Sizes};
 use crate::spec::{LayerInfo, Shape};
 
@@ -35,13 +32,7 @@ pub struct Dropout {
 /// Shape rule: the input shape; auxiliary storage for the mask (one value per element).
 pub(crate) const fn rules(p: f32, inp: Shape, index: usize) -> Result<Rules, SpecError> {
     if p >= 0.0 && p < 1.0 {
-        Ok(Rules::new(
-            inp,
-            Sizes {
-                aux: inp.len(),
-                ..Sizes::NONE
-            },
-        ))
+        Ok(Rules::new(inp, Sizes { aux: inp.len(), ..Sizes::NONE }))
     } else {
         Err(SpecError::BadParameter { layer: index })
     }
@@ -53,21 +44,6 @@ impl Kind for Dropout {
     }
     fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "dropout({})", self.p)
-    }
-    fn macs(&self, _: &LayerInfo) -> usize {
-        0
-    }
-    fn init<R: Rng + ?Sized>(
-        &self,
-        _: &LayerInfo,
-        _: &mut [f32],
-        _: Init,
-        _: &mut R,
-    ) -> Result<(), CoreError> {
-        Ok(())
-    }
-    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
-        None
     }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
         dropout_forward(a.out, a.aux, a.inp, self.p, a.seed, a.l.index as u64)
@@ -111,28 +87,17 @@ pub const fn keep_uniform(seed: u64, stream: u64, index: u64) -> f32 {
 /// `p` must lie in `[0, 1)`; anything else (NaN included) is rejected with
 /// [`CoreError::Spec`]. With `p = 0` the output equals the input exactly.
 pub fn dropout_forward(
-    out: &mut [f32],
-    mask: &mut [f32],
-    inp: &[f32],
-    p: f32,
-    seed: u64,
-    stream: u64,
+    out: &mut [f32], mask: &mut [f32], inp: &[f32], p: f32, seed: u64, stream: u64,
 ) -> Result<(), CoreError> {
     // NaN is not contained either.
     if !(0.0..1.0).contains(&p) {
-        return Err(CoreError::Spec(SpecError::BadParameter {
-            layer: usize::MAX,
-        }));
+        return Err(CoreError::Spec(SpecError::BadParameter { layer: usize::MAX }));
     }
     check_len("out", out.len(), inp.len())?;
     check_len("mask", mask.len(), inp.len())?;
     let scale = 1.0 / (1.0 - p);
     for (i, ((o, m), &x)) in out.iter_mut().zip(mask.iter_mut()).zip(inp).enumerate() {
-        *m = if keep_uniform(seed, stream, i as u64) >= p {
-            scale
-        } else {
-            0.0
-        };
+        *m = if keep_uniform(seed, stream, i as u64) >= p { scale } else { 0.0 };
         *o = x * *m;
     }
     Ok(())

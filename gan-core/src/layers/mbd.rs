@@ -19,10 +19,7 @@
 
 use core::fmt;
 
-use rand_core::Rng;
-
-use crate::error::{CoreError, SpecError, check_len, check_min_len};
-use crate::init::Init;
+use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
 use crate::kernels::{self, Serial};
 use crate::layers::{self as layers, Backward, Forward, Infer, Kind, Rules, size};
 use crate::spec::{LayerInfo, Shape};
@@ -39,10 +36,7 @@ pub struct MinibatchDisc {
 /// Shape rule: `A + B` flat features; `T` of `A × B·C`, no bias; `2·B·C` of auxiliary storage
 /// per sample (`M` and its gradient).
 pub(crate) const fn rules(
-    kernels: u32,
-    dims: u32,
-    in_len: usize,
-    index: usize,
+    kernels: u32, dims: u32, in_len: usize, index: usize,
 ) -> Result<Rules, SpecError> {
     if kernels == 0 || dims == 0 {
         return Err(SpecError::BadDimension { layer: index });
@@ -73,24 +67,8 @@ impl Kind for MinibatchDisc {
         l.weight_len
     }
     /// `T` maps the `A` input features to `B·C` kernel values.
-    fn init<R: Rng + ?Sized>(
-        &self,
-        l: &LayerInfo,
-        params: &mut [f32],
-        init: Init,
-        rng: &mut R,
-    ) -> Result<(), CoreError> {
-        let fan_out = self.kernels as usize * self.dims as usize;
-        init.fill(
-            rng,
-            &mut params[l.weight_range()],
-            l.in_shape.len(),
-            fan_out,
-        );
-        Ok(())
-    }
-    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
-        None
+    fn fans(&self, l: &LayerInfo) -> Option<(usize, usize)> {
+        Some((l.in_shape.len(), self.kernels as usize * self.dims as usize))
     }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
         let (b, c) = (self.kernels as usize, self.dims as usize);
@@ -105,18 +83,7 @@ impl Kind for MinibatchDisc {
             None => &mut [],
         };
         let scratch = &mut a.scratch[..n * l.layer.aux_len(l.in_shape)];
-        mbd_backward(
-            a.dinp,
-            dt,
-            a.dout,
-            inp,
-            t,
-            scratch,
-            n,
-            l.in_shape.len(),
-            b,
-            c,
-        )
+        mbd_backward(a.dinp, dt, a.dout, inp, t, scratch, n, l.in_shape.len(), b, c)
     }
     /// Couples the samples of a batch, so it has no per-sample inference: it belongs in
     /// discriminators, which are never exported for generation.
@@ -142,26 +109,15 @@ struct Sizes {
 
 /// `x·y`, or `Err(BufferLen)` naming `what` if the product overflows `usize`.
 fn mul(what: &'static str, got: usize, x: usize, y: usize) -> Result<usize, CoreError> {
-    x.checked_mul(y).ok_or(CoreError::BufferLen {
-        what,
-        expected: usize::MAX,
-        got,
-    })
+    x.checked_mul(y).ok_or(CoreError::BufferLen { what, expected: usize::MAX, got })
 }
 
 /// Validates dimensions and the buffers shared by forward and backward.
 /// `out_len` is the length of `out` (forward) or `dout` (backward), named `out_name`.
 #[allow(clippy::too_many_arguments)]
 fn check_shapes(
-    out_name: &'static str,
-    out_len: usize,
-    inp_len: usize,
-    t_len: usize,
-    scratch_len: usize,
-    n: usize,
-    a: usize,
-    b: usize,
-    c: usize,
+    out_name: &'static str, out_len: usize, inp_len: usize, t_len: usize, scratch_len: usize,
+    n: usize, a: usize, b: usize, c: usize,
 ) -> Result<Sizes, CoreError> {
     if n == 0 || a == 0 || b == 0 || c == 0 {
         return Err(CoreError::ZeroSize);
@@ -183,9 +139,7 @@ fn check_shapes(
 /// `Σ_c |x_c − y_c|`, summed in order.
 #[inline]
 fn l1_distance(x: &[f32], y: &[f32]) -> f32 {
-    x.iter()
-        .zip(y)
-        .fold(0.0f32, |s, (&p, &q)| s + libm::fabsf(p - q))
+    x.iter().zip(y).fold(0.0f32, |s, (&p, &q)| s + libm::fabsf(p - q))
 }
 
 /// Sign with `sign(0) = 0` (and NaN → 0): the subgradient of `|x|` used at the kink.
@@ -207,26 +161,10 @@ fn sign(x: f32) -> f32 {
 /// elements hold `M` afterwards). A batch of one has all-zero similarity features.
 #[allow(clippy::too_many_arguments)]
 pub fn mbd_forward(
-    out: &mut [f32],
-    inp: &[f32],
-    t: &[f32],
-    scratch: &mut [f32],
-    n: usize,
-    a: usize,
-    b: usize,
+    out: &mut [f32], inp: &[f32], t: &[f32], scratch: &mut [f32], n: usize, a: usize, b: usize,
     c: usize,
 ) -> Result<(), CoreError> {
-    let s = check_shapes(
-        "out",
-        out.len(),
-        inp.len(),
-        t.len(),
-        scratch.len(),
-        n,
-        a,
-        b,
-        c,
-    )?;
+    let s = check_shapes("out", out.len(), inp.len(), t.len(), scratch.len(), n, a, b, c)?;
     let m = &mut scratch[..s.nbc];
     kernels::matmul(m, inp, t, n, a, s.bc, false, &Serial);
     let m = &*m;
@@ -273,34 +211,14 @@ pub fn mbd_forward(
 /// here, so `scratch` need not hold anything from the forward pass.
 #[allow(clippy::too_many_arguments)]
 pub fn mbd_backward(
-    dinp: Option<&mut [f32]>,
-    dt: &mut [f32],
-    dout: &[f32],
-    inp: &[f32],
-    t: &[f32],
-    scratch: &mut [f32],
-    n: usize,
-    a: usize,
-    b: usize,
-    c: usize,
+    dinp: Option<&mut [f32]>, dt: &mut [f32], dout: &[f32], inp: &[f32], t: &[f32],
+    scratch: &mut [f32], n: usize, a: usize, b: usize, c: usize,
 ) -> Result<(), CoreError> {
-    let s = check_shapes(
-        "dout",
-        dout.len(),
-        inp.len(),
-        t.len(),
-        scratch.len(),
-        n,
-        a,
-        b,
-        c,
-    )?;
+    let s = check_shapes("dout", dout.len(), inp.len(), t.len(), scratch.len(), n, a, b, c)?;
     if !dt.is_empty() {
         check_len("dt", dt.len(), t.len())?;
     }
-    if let Some(d) = &dinp {
-        check_len("dinp", d.len(), inp.len())?;
-    }
+    check_opt_len("dinp", dinp.as_deref(), inp.len())?;
     let (m, rest) = scratch.split_at_mut(s.nbc);
     let dm = &mut rest[..s.nbc];
     kernels::matmul(m, inp, t, n, a, s.bc, false, &Serial);
@@ -360,9 +278,8 @@ mod tests {
         let mut m = [0.0f64; 64];
         for i in 0..n {
             for k in 0..b * c {
-                m[i * b * c + k] = (0..a)
-                    .map(|p| inp[i * a + p] as f64 * t[p * b * c + k] as f64)
-                    .sum();
+                m[i * b * c + k] =
+                    (0..a).map(|p| inp[i * a + p] as f64 * t[p * b * c + k] as f64).sum();
             }
         }
         let mut out = [0.0f64; 64];
@@ -485,19 +402,7 @@ mod tests {
         let mut dinp = [f32::NAN; N * A]; // overwritten
         let mut dt = [0.0f32; A * B * C];
         let mut scratch = [f32::NAN; SCRATCH]; // recomputed, not read
-        mbd_backward(
-            Some(&mut dinp),
-            &mut dt,
-            &g,
-            &inp,
-            &t,
-            &mut scratch,
-            N,
-            A,
-            B,
-            C,
-        )
-        .unwrap();
+        mbd_backward(Some(&mut dinp), &mut dt, &g, &inp, &t, &mut scratch, N, A, B, C).unwrap();
         grad_check(&inp, &dinp, |xp| loss(xp, &t), 1e-3, 1e-3);
         grad_check(&t, &dt, |tp| loss(&inp, tp), 1e-3, 1e-3);
 
@@ -538,10 +443,7 @@ mod tests {
         let bw = |dinp: Option<&mut [f32]>, dt: &mut [f32], dout: &[f32], s: &mut [f32]| {
             mbd_backward(dinp, dt, dout, &inp, &t, s, N, A, B, C)
         };
-        assert_eq!(
-            what(bw(Some(&mut dinp[1..]), &mut dt, &dout, &mut scratch)),
-            "dinp"
-        );
+        assert_eq!(what(bw(Some(&mut dinp[1..]), &mut dt, &dout, &mut scratch)), "dinp");
         assert_eq!(what(bw(None, &mut dt[1..], &dout, &mut scratch)), "dt");
         assert_eq!(what(bw(None, &mut dt, &dout[1..], &mut scratch)), "dout");
         assert_eq!(what(bw(None, &mut dt, &dout, &mut scratch[1..])), "scratch");

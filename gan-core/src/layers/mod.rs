@@ -21,7 +21,103 @@ use rand_core::Rng;
 use crate::error::{CoreError, SpecError};
 use crate::init::Init;
 use crate::kernels::Exec;
-use crate::spec::{Layer, LayerInfo, Shape};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{LayerInfo, Shape};
+
+/// One layer of a network: the serialised tag of a layer kind (each kind has its module here,
+/// and `rules`/`with_kind!` below map this enum to them).
+///
+/// New layer kinds are appended at the end so the postcard encoding of existing variants (the
+/// variant index) never changes and old weight files stay readable. The enum is deliberately
+/// exhaustive: code that matches on it, in any crate, stops compiling until it handles a new
+/// kind.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Layer {
+    /// Fully connected: `y = x·W + b` over the flattened input.
+    Dense {
+        /// Output features.
+        out: u32,
+    },
+    /// `max(x, 0)`.
+    Relu,
+    /// `x` if `x > 0`, else `alpha·x`.
+    LeakyRelu {
+        /// Negative slope, finite and `>= 0`.
+        alpha: f32,
+    },
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// View as a flat vector (no copy).
+    Flatten,
+    /// View as another shape with the same element count (no copy).
+    Reshape {
+        /// Target shape.
+        to: Shape,
+    },
+    /// Minibatch discrimination ([`crate::layers::mbd`]): appends `kernels` batch-similarity features
+    /// to the flattened input. Parameters: tensor `T` of `in × kernels × dims`, no bias.
+    /// Couples the samples of a batch, so it belongs in discriminators only.
+    MinibatchDisc {
+        /// Similarity kernels `B` (features added).
+        kernels: u32,
+        /// Dimensions `C` per kernel.
+        dims: u32,
+    },
+    /// 2-D convolution with a square kernel ([`crate::layers::conv2d`]): `out_c` channels of
+    /// `(H + 2·pad − k) / stride + 1` rows and as many columns (from `W`). Requires
+    /// `stride >= 1`, `pad < k` and `k <= H + 2·pad` (and the same for `W`).
+    Conv2d {
+        /// Output channels.
+        out_c: u32,
+        /// Kernel side.
+        k: u32,
+        /// Step between kernel positions.
+        stride: u32,
+        /// Implicit zero rows/columns on every border.
+        pad: u32,
+    },
+    /// Transposed 2-D convolution ([`crate::layers::conv_transpose2d`]), the adjoint of a
+    /// [`Layer::Conv2d`] with the same `k`, `stride`, `pad`: output side `(H − 1)·stride − 2·pad + k`. Requires
+    /// `stride >= 1`, `pad < k` and a positive output side.
+    ConvTranspose2d {
+        /// Output channels.
+        out_c: u32,
+        /// Kernel side.
+        k: u32,
+        /// Step between the input positions' kernel footprints in the output.
+        stride: u32,
+        /// Rows/columns cropped from every border of the full output.
+        pad: u32,
+    },
+    /// Max pooling over `k × k` windows, no padding ([`crate::layers::pool`]): output side
+    /// `(H − k) / stride + 1`. Requires `1 <= k <= min(H, W)`, `k·k <= 2²⁴`, `stride >= 1`.
+    MaxPool2d {
+        /// Window side.
+        k: u32,
+        /// Step between windows.
+        stride: u32,
+    },
+    /// Batch normalisation ([`crate::layers::batch_norm`]) over channels: for a `C × H × W` input, one mean
+    /// and variance per channel over `N·H·W` values; for a flat input (`F × 1 × 1`), per
+    /// feature over `N`. Parameters `γ`, `β` and the running mean and variance.
+    BatchNorm {
+        /// Added to the variance before the square root; `0 < eps <= 1`.
+        eps: f32,
+        /// Weight of the batch statistics in the running average, in `[0, 1]`:
+        /// `running ← (1 − momentum)·running + momentum·batch`.
+        momentum: f32,
+    },
+    /// Inverted dropout ([`crate::layers::dropout`]): in training each element is zeroed with
+    /// probability `p` and the survivors are scaled by `1/(1−p)`; identity at inference.
+    Dropout {
+        /// Drop probability, in `[0, 1)`.
+        p: f32,
+    },
+}
 
 pub mod activation;
 pub mod batch_norm;
@@ -48,12 +144,7 @@ pub(crate) struct Sizes {
 
 impl Sizes {
     /// A layer with no parameters and no auxiliary storage.
-    pub const NONE: Sizes = Sizes {
-        weight: 0,
-        bias: 0,
-        stats: 0,
-        aux: 0,
-    };
+    pub const NONE: Sizes = Sizes { weight: 0, bias: 0, stats: 0, aux: 0 };
 }
 
 /// What a layer is for one input shape: its output shape, its sizes, and whether it only
@@ -71,11 +162,7 @@ pub(crate) struct Rules {
 impl Rules {
     /// A layer with output `out` and the given sizes.
     pub const fn new(out: Shape, sizes: Sizes) -> Self {
-        Rules {
-            out,
-            sizes,
-            view: false,
-        }
+        Rules { out, sizes, view: false }
     }
     /// A parameter-free element-wise layer: output shape = input shape.
     pub const fn same(inp: Shape) -> Self {
@@ -122,18 +209,12 @@ pub(crate) const fn rules(layer: &Layer, inp: Shape, index: usize) -> Result<Rul
         Layer::Flatten => view::flatten_rules(in_len, index),
         Layer::Reshape { to } => view::reshape_rules(to, in_len, index),
         Layer::MinibatchDisc { kernels, dims } => mbd::rules(kernels, dims, in_len, index),
-        Layer::Conv2d {
-            out_c,
-            k,
-            stride,
-            pad,
-        } => conv2d::rules(out_c, k, stride, pad, inp, index),
-        Layer::ConvTranspose2d {
-            out_c,
-            k,
-            stride,
-            pad,
-        } => conv_transpose2d::rules(out_c, k, stride, pad, inp, index),
+        Layer::Conv2d { out_c, k, stride, pad } => {
+            conv2d::rules(out_c, k, stride, pad, inp, index, false)
+        }
+        Layer::ConvTranspose2d { out_c, k, stride, pad } => {
+            conv_transpose2d::rules(out_c, k, stride, pad, inp, index)
+        }
         Layer::MaxPool2d { k, stride } => pool::rules(k, stride, inp, index),
         Layer::BatchNorm { eps, momentum } => batch_norm::rules(eps, momentum, inp, index),
         Layer::Dropout { p } => dropout::rules(p, inp, index),
@@ -179,32 +260,13 @@ macro_rules! with_kind {
                 let $k = crate::layers::mbd::MinibatchDisc { kernels, dims };
                 $body
             }
-            crate::spec::Layer::Conv2d {
-                out_c,
-                k,
-                stride,
-                pad,
-            } => {
-                let $k = crate::layers::conv2d::Conv2d {
-                    out_c,
-                    k,
-                    stride,
-                    pad,
-                };
+            crate::spec::Layer::Conv2d { out_c, k, stride, pad } => {
+                let $k = crate::layers::conv2d::Conv2d::new(out_c, k, stride, pad);
                 $body
             }
-            crate::spec::Layer::ConvTranspose2d {
-                out_c,
-                k,
-                stride,
-                pad,
-            } => {
-                let $k = crate::layers::conv_transpose2d::ConvTranspose2d {
-                    out_c,
-                    k,
-                    stride,
-                    pad,
-                };
+            crate::spec::Layer::ConvTranspose2d { out_c, k, stride, pad } => {
+                let $k =
+                    crate::layers::conv_transpose2d::ConvTranspose2d::new(out_c, k, stride, pad);
                 $body
             }
             crate::spec::Layer::MaxPool2d { k, stride } => {
@@ -362,11 +424,7 @@ impl<'s> PingPong<'s> {
     pub fn new(scratch: &'s mut [f32], half: usize, input: &[f32]) -> Self {
         let (cur, rest) = scratch.split_at_mut(half);
         cur[..input.len()].copy_from_slice(input);
-        PingPong {
-            cur,
-            next: &mut rest[..half],
-            len: input.len(),
-        }
+        PingPong { cur, next: &mut rest[..half], len: input.len() }
     }
     /// The current activation.
     pub fn current(&self) -> &[f32] {
@@ -379,9 +437,7 @@ impl<'s> PingPong<'s> {
     /// Runs `f(out, inp)` with the current activation as `inp` and `out_len` elements of the
     /// other buffer as `out`, which then becomes the current activation.
     pub fn map(
-        &mut self,
-        out_len: usize,
-        f: impl FnOnce(&mut [f32], &[f32]) -> Result<(), CoreError>,
+        &mut self, out_len: usize, f: impl FnOnce(&mut [f32], &[f32]) -> Result<(), CoreError>,
     ) -> Result<(), CoreError> {
         f(&mut self.next[..out_len], &self.cur[..self.len])?;
         core::mem::swap(&mut self.cur, &mut self.next);
@@ -407,23 +463,49 @@ pub(crate) struct Infer<'a, 'p, 's> {
 }
 
 /// One layer kind. Implemented next to the kind's kernels; the network walkers reach it through
-/// [`with_kind!`].
+/// `with_kind!`.
+///
+/// The passes are required; the rest has defaults that fit a layer without parameters (no
+/// multiply-accumulates, nothing to draw, nothing int8 can store, no running statistics, no
+/// tangent for the gradient penalty). A kind with weights states their fans ([`Kind::fans`]),
+/// and the default [`Kind::init`] draws them.
 pub(crate) trait Kind {
     /// Short lowercase name, for summaries (`dense`, `conv2d`, …).
     fn name(&self) -> &'static str;
     /// Writes a label for layer tables: the name, with the hyper-parameters that tell two layers
     /// of the kind apart.
-    fn label(&self, l: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+    fn label(&self, l: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let _ = l;
+        f.write_str(self.name())
+    }
     /// Multiply-accumulates per sample of the forward pass, saturating instead of overflowing.
-    fn macs(&self, l: &LayerInfo) -> usize;
-    /// Initialises the layer's weights with `init` (the buffer arrives zeroed).
+    fn macs(&self, l: &LayerInfo) -> usize {
+        let _ = l;
+        0
+    }
+    /// `(fan_in, fan_out)` of the layer's weight tensor for [`Init::fill`]: the average number of
+    /// terms summed into one output, and of outputs one input feeds. `None`: no weights are
+    /// drawn.
+    fn fans(&self, l: &LayerInfo) -> Option<(usize, usize)> {
+        let _ = l;
+        None
+    }
+    /// Initialises the layer's parameters (the buffer arrives zeroed): draws the weights with
+    /// `init` and [`Kind::fans`].
     fn init<R: Rng + ?Sized>(
-        &self,
-        l: &LayerInfo,
-        params: &mut [f32],
-        init: Init,
-        rng: &mut R,
-    ) -> Result<(), CoreError>;
+        &self, l: &LayerInfo, params: &mut [f32], init: Init, rng: &mut R,
+    ) -> Result<(), CoreError> {
+        if let Some((fan_in, fan_out)) = self.fans(l) {
+            let got = params.len();
+            let w = params.get_mut(l.weight_range()).ok_or(CoreError::BufferLen {
+                what: "params",
+                expected: l.weight_range().end,
+                got,
+            })?;
+            init.fill(rng, w, fan_in, fan_out);
+        }
+        Ok(())
+    }
     /// Training forward pass.
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError>;
     /// Backward pass after [`Kind::forward`].
@@ -434,15 +516,14 @@ pub(crate) trait Kind {
     /// quantises a `C_in × n` weight matrix with one scale per output column and keeps the bias
     /// of `n` as f32; `None` if the layer has parameters that int8 cannot store (layers without
     /// parameters are never asked).
-    fn int8_columns(&self, l: &LayerInfo) -> Option<usize>;
+    fn int8_columns(&self, l: &LayerInfo) -> Option<usize> {
+        let _ = l;
+        None
+    }
     /// Moves the layer's running statistics after a training forward (only batch
     /// normalisation keeps any).
     fn update_stats(
-        &self,
-        l: &LayerInfo,
-        params: &mut [f32],
-        acts: &[f32],
-        n: usize,
+        &self, l: &LayerInfo, params: &mut [f32], acts: &[f32], n: usize,
     ) -> Result<(), CoreError> {
         let _ = (l, params, acts, n);
         Ok(())

@@ -13,10 +13,7 @@
 
 use core::fmt;
 
-use rand_core::Rng;
-
-use crate::error::{CoreError, SpecError, check_len};
-use crate::init::Init;
+use crate::error::{CoreError, SpecError, check_len, check_opt_len};
 use crate::layers::{Backward, Forward, Infer, Kind, Rules, Sizes};
 use crate::spec::{LayerInfo, Shape};
 
@@ -32,10 +29,7 @@ pub struct MaxPool2d {
 /// Shape rule: `C × ((H − k)/stride + 1) × ((W − k)/stride + 1)`; auxiliary storage for the
 /// winners' positions (one per output).
 pub(crate) const fn rules(
-    k: u32,
-    stride: u32,
-    inp: Shape,
-    index: usize,
+    k: u32, stride: u32, inp: Shape, index: usize,
 ) -> Result<Rules, SpecError> {
     if k == 0 {
         return Err(SpecError::BadDimension { layer: index });
@@ -48,13 +42,7 @@ pub(crate) const fn rules(
         return Err(SpecError::ShapeMismatch { layer: index });
     }
     let out = Shape::image(inp.c, (inp.h - k) / stride + 1, (inp.w - k) / stride + 1);
-    Ok(Rules::new(
-        out,
-        Sizes {
-            aux: out.len(),
-            ..Sizes::NONE
-        },
-    ))
+    Ok(Rules::new(out, Sizes { aux: out.len(), ..Sizes::NONE }))
 }
 
 impl MaxPool2d {
@@ -77,21 +65,6 @@ impl Kind for MaxPool2d {
     fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "max_pool2d({}, stride {})", self.k, self.stride)
     }
-    fn macs(&self, _: &LayerInfo) -> usize {
-        0
-    }
-    fn init<R: Rng + ?Sized>(
-        &self,
-        _: &LayerInfo,
-        _: &mut [f32],
-        _: Init,
-        _: &mut R,
-    ) -> Result<(), CoreError> {
-        Ok(())
-    }
-    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
-        None
-    }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
         maxpool2d_forward(a.out, Some(a.aux), a.inp, a.n, &self.dims(a.l))
     }
@@ -104,9 +77,7 @@ impl Kind for MaxPool2d {
     }
     fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
         let (n, d) = (a.n, self.dims(a.l));
-        a.pp.map(n * a.l.out_shape.len(), |out, inp| {
-            maxpool2d_forward(out, None, inp, n, &d)
-        })
+        a.pp.map(n * a.l.out_shape.len(), |out, inp| maxpool2d_forward(out, None, inp, n, &d))
     }
 }
 
@@ -137,10 +108,7 @@ impl PoolDims {
             Some(kk) if kk <= 1 << 24 => {}
             _ => return None,
         }
-        Some((
-            (self.h - self.k) / self.stride + 1,
-            (self.w - self.k) / self.stride + 1,
-        ))
+        Some(((self.h - self.k) / self.stride + 1, (self.w - self.k) / self.stride + 1))
     }
 }
 
@@ -152,10 +120,7 @@ fn sizes(n: usize, d: &PoolDims) -> Result<(usize, usize, usize, usize), CoreErr
     let bad = CoreError::Spec(SpecError::BadParameter { layer: usize::MAX });
     let (oh, ow) = d.out_hw().ok_or(bad)?;
     let per = |a: usize, b: usize| -> Result<usize, CoreError> {
-        d.c.checked_mul(a)
-            .and_then(|v| v.checked_mul(b))
-            .and_then(|v| v.checked_mul(n))
-            .ok_or(bad)
+        d.c.checked_mul(a).and_then(|v| v.checked_mul(b)).and_then(|v| v.checked_mul(n)).ok_or(bad)
     };
     Ok((per(d.h, d.w)?, per(oh, ow)?, oh, ow))
 }
@@ -164,23 +129,15 @@ fn sizes(n: usize, d: &PoolDims) -> Result<(usize, usize, usize, usize), CoreErr
 /// also records each winner's window position for [`maxpool2d_backward`]; inference passes
 /// `None`.
 pub fn maxpool2d_forward(
-    out: &mut [f32],
-    mut argmax: Option<&mut [f32]>,
-    inp: &[f32],
-    n: usize,
-    d: &PoolDims,
+    out: &mut [f32], mut argmax: Option<&mut [f32]>, inp: &[f32], n: usize, d: &PoolDims,
 ) -> Result<(), CoreError> {
     let (in_len, out_len, oh, ow) = sizes(n, d)?;
     check_len("out", out.len(), out_len)?;
     check_len("inp", inp.len(), in_len)?;
-    if let Some(a) = &argmax {
-        check_len("argmax", a.len(), out_len)?;
-    }
+    check_opt_len("argmax", argmax.as_deref(), out_len)?;
     let (k, s) = (d.k, d.stride);
-    for (plane_i, (x, o)) in inp
-        .chunks_exact(d.h * d.w)
-        .zip(out.chunks_exact_mut(oh * ow))
-        .enumerate()
+    for (plane_i, (x, o)) in
+        inp.chunks_exact(d.h * d.w).zip(out.chunks_exact_mut(oh * ow)).enumerate()
     {
         for oy in 0..oh {
             for ox in 0..ow {
@@ -211,11 +168,7 @@ pub fn maxpool2d_forward(
 /// the input position recorded in `argmax` by [`maxpool2d_forward`]. A recorded position
 /// outside the window (a corrupted buffer) is an error, never an out-of-bounds write.
 pub fn maxpool2d_backward(
-    dinp: &mut [f32],
-    dout: &[f32],
-    argmax: &[f32],
-    n: usize,
-    d: &PoolDims,
+    dinp: &mut [f32], dout: &[f32], argmax: &[f32], n: usize, d: &PoolDims,
 ) -> Result<(), CoreError> {
     let (in_len, out_len, oh, ow) = sizes(n, d)?;
     check_len("dinp", dinp.len(), in_len)?;
@@ -258,9 +211,7 @@ mod tests {
 
     /// Distinct values (no ties, gaps much larger than the finite-difference step).
     fn distinct(r: &mut Lcg, len: usize) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..len)
-            .map(|i| i as f32 * 0.1 - len as f32 * 0.05)
-            .collect();
+        let mut v: Vec<f32> = (0..len).map(|i| i as f32 * 0.1 - len as f32 * 0.05).collect();
         // Shuffle with the generator.
         for i in (1..len).rev() {
             let j = ((r.next_f32() + 1.0) * 0.5 * (i + 1) as f32) as usize % (i + 1);
@@ -271,13 +222,7 @@ mod tests {
 
     #[test]
     fn forward_matches_definition_and_records_winners() {
-        let d = PoolDims {
-            c: 1,
-            h: 4,
-            w: 5,
-            k: 2,
-            stride: 2,
-        };
+        let d = PoolDims { c: 1, h: 4, w: 5, k: 2, stride: 2 };
         #[rustfmt::skip]
         let x = [
             1.0, 2.0, 0.0, 9.0, 7.0,
@@ -309,20 +254,8 @@ mod tests {
         let mut r = Lcg::new(31);
         // Non-overlapping and overlapping windows.
         for d in [
-            PoolDims {
-                c: 2,
-                h: 6,
-                w: 4,
-                k: 2,
-                stride: 2,
-            },
-            PoolDims {
-                c: 3,
-                h: 5,
-                w: 5,
-                k: 3,
-                stride: 1,
-            },
+            PoolDims { c: 2, h: 6, w: 4, k: 2, stride: 2 },
+            PoolDims { c: 3, h: 5, w: 5, k: 3, stride: 1 },
         ] {
             let n = 2;
             let (oh, ow) = d.out_hw().unwrap();
@@ -346,19 +279,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        let d = PoolDims {
-            c: 1,
-            h: 2,
-            w: 2,
-            k: 3,
-            stride: 1,
-        };
+        let d = PoolDims { c: 1, h: 2, w: 2, k: 3, stride: 1 };
         assert!(maxpool2d_forward(&mut [0.0], None, &[0.0; 4], 1, &d).is_err());
         let d = PoolDims { k: 2, ..d };
-        assert_eq!(
-            maxpool2d_forward(&mut [0.0], None, &[0.0; 4], 0, &d),
-            Err(CoreError::ZeroSize)
-        );
+        assert_eq!(maxpool2d_forward(&mut [0.0], None, &[0.0; 4], 0, &d), Err(CoreError::ZeroSize));
         assert!(matches!(
             maxpool2d_forward(&mut [0.0; 2], None, &[0.0; 4], 1, &d),
             Err(CoreError::BufferLen { what: "out", .. })

@@ -1,14 +1,9 @@
 //! View layers (`Flatten`, `Reshape`): the same values seen with another shape. Their output
 //! aliases their input in the activation buffer, so no pass does any work for them.
 
-use core::fmt;
-
-use rand_core::Rng;
-
 use crate::error::{CoreError, SpecError};
-use crate::init::Init;
 use crate::layers::{Backward, Forward, Infer, Kind, Rules, Sizes, Tangent};
-use crate::spec::{LayerInfo, Shape};
+use crate::spec::Shape;
 
 /// A view layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,25 +19,15 @@ pub(crate) const fn flatten_rules(in_len: usize, index: usize) -> Result<Rules, 
     if in_len > u32::MAX as usize {
         return Err(SpecError::BadDimension { layer: index });
     }
-    Ok(Rules {
-        out: Shape::flat(in_len as u32),
-        sizes: Sizes::NONE,
-        view: true,
-    })
+    Ok(Rules { out: Shape::flat(in_len as u32), sizes: Sizes::NONE, view: true })
 }
 
 /// Shape rule of `Reshape`: `to`, which must hold as many elements as the input.
 pub(crate) const fn reshape_rules(
-    to: Shape,
-    in_len: usize,
-    index: usize,
+    to: Shape, in_len: usize, index: usize,
 ) -> Result<Rules, SpecError> {
     match to.checked_len() {
-        Some(n) if n == in_len => Ok(Rules {
-            out: to,
-            sizes: Sizes::NONE,
-            view: true,
-        }),
+        Some(n) if n == in_len => Ok(Rules { out: to, sizes: Sizes::NONE, view: true }),
         _ => Err(SpecError::ShapeMismatch { layer: index }),
     }
 }
@@ -54,26 +39,8 @@ impl Kind for View {
             View::Reshape(_) => "reshape",
         }
     }
-    fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-    fn macs(&self, _: &LayerInfo) -> usize {
-        0
-    }
-    fn init<R: Rng + ?Sized>(
-        &self,
-        _: &LayerInfo,
-        _: &mut [f32],
-        _: Init,
-        _: &mut R,
-    ) -> Result<(), CoreError> {
-        Ok(())
-    }
     // The walkers skip views (their output is their input), so these are never reached with
     // work to do.
-    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
-        None
-    }
     fn forward(&self, _: Forward<'_>) -> Result<(), CoreError> {
         Ok(())
     }

@@ -24,7 +24,7 @@
 //! ([`crate::layers`]); what a layer does lives in its own module.
 
 use crate::encoding::Encoded;
-use crate::error::{CoreError, check_len};
+use crate::error::{CoreError, check_len, check_opt_len};
 use crate::kernels::{Exec, Serial};
 use crate::layers::{Backward, Forward, Infer, Kind, PingPong, with_kind};
 use crate::spec::{LayerInfo, MAX_LAYERS, Spec};
@@ -67,9 +67,7 @@ pub fn input_mut<'b>(spec: &Spec<'_>, acts: &'b mut [f32], n: usize) -> &'b mut 
 /// follows the output and is empty for most layers). Non-view layers always write after their
 /// input, so the three never overlap.
 pub(crate) fn in_out_aux<'b>(
-    acts: &'b mut [f32],
-    info: &LayerInfo,
-    n: usize,
+    acts: &'b mut [f32], info: &LayerInfo, n: usize,
 ) -> (&'b [f32], &'b mut [f32], &'b mut [f32]) {
     let ir = info.in_range(n);
     let or = info.out_range(n);
@@ -80,15 +78,21 @@ pub(crate) fn in_out_aux<'b>(
     (&head[ir], out, &mut rest[..ar.end - ar.start])
 }
 
+/// A batch of `n ≥ 1` with a parameter buffer of `params` and an activation buffer of `acts`
+/// elements, as `spec` needs them.
+fn check_batch(spec: &Spec<'_>, params: usize, acts: usize, n: usize) -> Result<(), CoreError> {
+    if n == 0 {
+        return Err(CoreError::ZeroSize);
+    }
+    check_len("params", params, spec.param_len())?;
+    check_len("acts", acts, spec.act_len(n))
+}
+
 /// Training forward pass: fills every activation segment of `acts` from its input segment.
 ///
 /// Same as [`forward_with`] with the default [`ForwardCtx`] (dropout seed 0).
 pub fn forward(
-    spec: &Spec<'_>,
-    params: &[f32],
-    acts: &mut [f32],
-    n: usize,
-    exec: &dyn Exec,
+    spec: &Spec<'_>, params: &[f32], acts: &mut [f32], n: usize, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     forward_with(spec, params, acts, n, exec, &ForwardCtx::default())
 }
@@ -97,33 +101,15 @@ pub fn forward(
 ///
 /// Batch normalisation uses batch statistics; dropout draws its masks from `ctx.seed`.
 pub fn forward_with(
-    spec: &Spec<'_>,
-    params: &[f32],
-    acts: &mut [f32],
-    n: usize,
-    exec: &dyn Exec,
-    ctx: &ForwardCtx,
+    spec: &Spec<'_>, params: &[f32], acts: &mut [f32], n: usize, exec: &dyn Exec, ctx: &ForwardCtx,
 ) -> Result<(), CoreError> {
-    if n == 0 {
-        return Err(CoreError::ZeroSize);
-    }
-    check_len("params", params.len(), spec.param_len())?;
-    check_len("acts", acts.len(), spec.act_len(n))?;
+    check_batch(spec, params.len(), acts.len(), n)?;
     for info in spec.iter() {
         if info.view {
             continue;
         }
         let (inp, out, aux) = in_out_aux(acts, &info, n);
-        let a = Forward {
-            l: &info,
-            params,
-            inp,
-            out,
-            aux,
-            n,
-            exec,
-            seed: ctx.seed,
-        };
+        let a = Forward { l: &info, params, inp, out, aux, n, exec, seed: ctx.seed };
         with_kind!(info.layer, |k| Kind::forward(&k, a))?;
     }
     Ok(())
@@ -138,36 +124,16 @@ pub fn forward_with(
 /// to the network input (N × input). `scratch` has [`Spec::backward_scratch_len`]`(n)` elements.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
-    spec: &Spec<'_>,
-    params: &[f32],
-    acts: &[f32],
-    dout: &[f32],
-    grads: Option<&mut [f32]>,
-    dinput: Option<&mut [f32]>,
-    scratch: &mut [f32],
-    n: usize,
-    exec: &dyn Exec,
+    spec: &Spec<'_>, params: &[f32], acts: &[f32], dout: &[f32], grads: Option<&mut [f32]>,
+    dinput: Option<&mut [f32]>, scratch: &mut [f32], n: usize, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
-    backward_from(
-        spec,
-        params,
-        acts,
-        spec.layers().len(),
-        dout,
-        grads,
-        dinput,
-        scratch,
-        n,
-        exec,
-    )
+    backward_from(spec, params, acts, spec.layers().len(), dout, grads, dinput, scratch, n, exec)
 }
 
 /// The layers `0..upto` of `spec` with their offsets, checked against the buffers every
 /// backward walker shares.
 pub(crate) fn backward_layers(
-    spec: &Spec<'_>,
-    upto: usize,
-    n: usize,
+    spec: &Spec<'_>, upto: usize, n: usize,
 ) -> Result<heapless::Vec<LayerInfo, MAX_LAYERS>, CoreError> {
     if n == 0 {
         return Err(CoreError::ZeroSize);
@@ -188,62 +154,78 @@ pub(crate) fn backward_layers(
 /// Used for losses on inner features (feature matching).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_from(
-    spec: &Spec<'_>,
-    params: &[f32],
-    acts: &[f32],
-    upto: usize,
-    dout: &[f32],
-    mut grads: Option<&mut [f32]>,
-    mut dinput: Option<&mut [f32]>,
-    scratch: &mut [f32],
-    n: usize,
+    spec: &Spec<'_>, params: &[f32], acts: &[f32], upto: usize, dout: &[f32],
+    mut grads: Option<&mut [f32]>, dinput: Option<&mut [f32]>, scratch: &mut [f32], n: usize,
     exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let infos = backward_layers(spec, upto, n)?;
     check_len("params", params.len(), spec.param_len())?;
-    if let Some(g) = &grads {
-        check_len("grads", g.len(), spec.param_len())?;
-    }
+    check_opt_len("grads", grads.as_deref(), spec.param_len())?;
     check_len("acts", acts.len(), spec.act_len(n))?;
     check_len("scratch", scratch.len(), spec.backward_scratch_len(n))?;
-    if let Some(d) = &dinput {
-        check_len("dinput", d.len(), n * spec.input().len())?;
-    }
+    check_opt_len("dinput", dinput.as_deref(), n * spec.input().len())?;
     let top = infos[upto - 1];
     check_len("dout", dout.len(), n * top.out_shape.len())?;
-    let half = spec.max_features() * n;
+    walk_back(&infos, n, spec.max_features(), dout, scratch, dinput, |st| {
+        let a = Backward {
+            l: st.l,
+            params,
+            acts,
+            dout: st.dout,
+            dinp: st.dinp,
+            grads: grads.as_deref_mut(),
+            scratch: st.scratch,
+            n,
+            exec,
+        };
+        with_kind!(st.l.layer, |k| Kind::backward(&k, a))
+    })
+}
+
+/// One layer of a backward walk ([`walk_back`]).
+pub(crate) struct BackStep<'a> {
+    /// The layer.
+    pub l: &'a LayerInfo,
+    /// Gradient with respect to its output (N × out).
+    pub dout: &'a [f32],
+    /// Where the gradient with respect to its input goes; `None` for the first layer that does
+    /// work when no input gradient of the network is asked for.
+    pub dinp: Option<&'a mut [f32]>,
+    /// The auxiliary scratch (the part of [`Spec::backward_scratch_len`] past the two gradient
+    /// buffers).
+    pub scratch: &'a mut [f32],
+}
+
+/// Walks `infos` (the layers of a spec, in order) backwards from `dout`, the gradient of the
+/// last one's output, calling `f` for every layer that is not a view. The gradients pass
+/// through two ping-pong buffers of `max_features·n` at the start of `scratch` (which has
+/// [`Spec::backward_scratch_len`]); the first layer that does work writes into `dinput`.
+pub(crate) fn walk_back(
+    infos: &[LayerInfo], n: usize, max_features: usize, dout: &[f32], scratch: &mut [f32],
+    mut dinput: Option<&mut [f32]>, mut f: impl FnMut(BackStep<'_>) -> Result<(), CoreError>,
+) -> Result<(), CoreError> {
+    let half = max_features * n;
     let (ping, aux_scratch) = scratch.split_at_mut(2 * half);
     let (mut cur, mut other) = ping.split_at_mut(half);
     cur[..dout.len()].copy_from_slice(dout);
-
     // Index of the first layer that does real work: below it only views remain, so its input
     // gradient is the network's input gradient.
     let first_real = infos.iter().position(|i| !i.view);
-
     for info in infos.iter().rev() {
         if info.view {
             continue;
         }
-        let out_len = n * info.out_shape.len();
-        let in_len = n * info.in_shape.len();
-        let is_first = Some(info.index) == first_real;
-        let dinp: Option<&mut [f32]> = if !is_first {
-            Some(&mut other[..in_len])
+        let dinp = if Some(info.index) != first_real {
+            Some(&mut other[..n * info.in_shape.len()])
         } else {
             dinput.as_deref_mut()
         };
-        let a = Backward {
+        f(BackStep {
             l: info,
-            params,
-            acts,
-            dout: &cur[..out_len],
+            dout: &cur[..n * info.out_shape.len()],
             dinp,
-            grads: grads.as_deref_mut(),
             scratch: &mut *aux_scratch,
-            n,
-            exec,
-        };
-        with_kind!(info.layer, |k| Kind::backward(&k, a))?;
+        })?;
         core::mem::swap(&mut cur, &mut other);
     }
     Ok(())
@@ -257,11 +239,7 @@ pub fn backward_from(
 /// [`Spec::infer_scratch_len`]`(n)` elements. This is the path `gan-train sample` and the
 /// firmware share. [`infer_with`] runs the same computation on several threads.
 pub fn infer(
-    spec: &Spec<'_>,
-    params: &[f32],
-    input: &[f32],
-    output: &mut [f32],
-    scratch: &mut [f32],
+    spec: &Spec<'_>, params: &[f32], input: &[f32], output: &mut [f32], scratch: &mut [f32],
     n: usize,
 ) -> Result<(), CoreError> {
     infer_with(spec, params, input, output, scratch, n, &Serial)
@@ -272,13 +250,8 @@ pub fn infer(
 /// Threads only ever divide outputs between them (columns of a product, ranges of an
 /// activation), never a sum, so the result is bit-identical to [`infer`] for every `exec`.
 pub fn infer_with(
-    spec: &Spec<'_>,
-    params: &[f32],
-    input: &[f32],
-    output: &mut [f32],
-    scratch: &mut [f32],
-    n: usize,
-    exec: &dyn Exec,
+    spec: &Spec<'_>, params: &[f32], input: &[f32], output: &mut [f32], scratch: &mut [f32],
+    n: usize, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     if n == 0 {
         return Err(CoreError::ZeroSize);
@@ -291,24 +264,15 @@ pub fn infer_with(
 /// ([`crate::encoding`]): [`infer_with`] for f32 parameters, the int8 kernels for int8 ones.
 /// `scratch` has [`crate::encoding::Encoding::infer_scratch_len`] elements for the encoding.
 pub fn infer_encoded(
-    spec: &Spec<'_>,
-    weights: &Encoded<'_>,
-    input: &[f32],
-    output: &mut [f32],
-    scratch: &mut [f32],
-    n: usize,
-    exec: &dyn Exec,
+    spec: &Spec<'_>, weights: &Encoded<'_>, input: &[f32], output: &mut [f32], scratch: &mut [f32],
+    n: usize, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     if n == 0 {
         return Err(CoreError::ZeroSize);
     }
     check_len("input", input.len(), n * spec.input().len())?;
     check_len("output", output.len(), n * spec.output().len())?;
-    check_len(
-        "scratch",
-        scratch.len(),
-        weights.encoding().infer_scratch_len(spec, n),
-    )?;
+    check_len("scratch", scratch.len(), weights.encoding().infer_scratch_len(spec, n))?;
     let (ping_pong, extra) = scratch.split_at_mut(spec.infer_scratch_len(n));
     let xq = crate::encoding::int8::row_buffer(extra);
     let mut pp = PingPong::new(ping_pong, spec.max_features() * n, input);
@@ -316,14 +280,7 @@ pub fn infer_encoded(
         if info.view {
             continue;
         }
-        let a = Infer {
-            l: &info,
-            w: weights.layer(&info)?,
-            pp: &mut pp,
-            xq: &mut *xq,
-            n,
-            exec,
-        };
+        let a = Infer { l: &info, w: weights.layer(&info)?, pp: &mut pp, xq: &mut *xq, n, exec };
         with_kind!(info.layer, |k| Kind::infer(&k, a))?;
     }
     output.copy_from_slice(pp.current());
@@ -336,16 +293,9 @@ pub fn infer_encoded(
 /// read; only the layers' [`LayerInfo::stats_range`] is written. Does nothing for a network
 /// without batch normalisation.
 pub fn update_running_stats(
-    spec: &Spec<'_>,
-    params: &mut [f32],
-    acts: &[f32],
-    n: usize,
+    spec: &Spec<'_>, params: &mut [f32], acts: &[f32], n: usize,
 ) -> Result<(), CoreError> {
-    if n == 0 {
-        return Err(CoreError::ZeroSize);
-    }
-    check_len("params", params.len(), spec.param_len())?;
-    check_len("acts", acts.len(), spec.act_len(n))?;
+    check_batch(spec, params.len(), acts.len(), n)?;
     for info in spec.iter() {
         with_kind!(info.layer, |k| k.update_stats(&info, params, acts, n))?;
     }

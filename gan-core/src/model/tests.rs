@@ -10,9 +10,7 @@ use std::vec;
 const LAYERS: [Layer; 7] = [
     Layer::Dense { out: 6 },
     Layer::LeakyRelu { alpha: 0.2 },
-    Layer::Reshape {
-        to: Shape::image(1, 2, 3),
-    },
+    Layer::Reshape { to: Shape::image(1, 2, 3) },
     Layer::Flatten,
     Layer::Dense { out: 4 },
     Layer::Relu,
@@ -36,6 +34,24 @@ fn run_forward(spec: &Spec<'_>, p: &[f32], x: &[f32], n: usize) -> vec::Vec<f32>
     acts
 }
 
+/// [`backward`] from output gradient `g` asking for the parameter gradients and/or the input
+/// gradient (`want`); returns them (empty when not asked for).
+fn back(
+    spec: &Spec<'_>, p: &[f32], acts: &[f32], g: &[f32], n: usize, want: (bool, bool),
+) -> (vec::Vec<f32>, vec::Vec<f32>) {
+    let mut grads = vec![0.0; if want.0 { spec.param_len() } else { 0 }];
+    let mut dx = vec![0.0; if want.1 { n * spec.input().len() } else { 0 }];
+    let mut scratch = vec![0.0; spec.backward_scratch_len(n)];
+    let (gr, d) = (want.0.then_some(&mut grads[..]), want.1.then_some(&mut dx[..]));
+    backward(spec, p, acts, g, gr, d, &mut scratch, n, &Serial).unwrap();
+    (grads, dx)
+}
+
+/// `Σ output ⊙ g` in f64 after a training forward (dropout seed 0).
+fn weighted(spec: &Spec<'_>, p: &[f32], x: &[f32], g: &[f32], n: usize) -> f64 {
+    weighted_output(spec, p, x, g, n, 0)
+}
+
 #[test]
 fn infer_matches_forward() {
     let n = 4;
@@ -56,62 +72,17 @@ fn backward_matches_finite_differences() {
     let mut r = Lcg::new(9);
     let mut g = vec![0.0; n * 2];
     r.fill(&mut g);
-    let loss = |p: &[f32], x: &[f32]| -> f64 {
-        let acts = run_forward(&spec, p, x, n);
-        output(&spec, &acts, n)
-            .iter()
-            .zip(&g)
-            .map(|(&o, &g)| o as f64 * g as f64)
-            .sum()
-    };
+    let loss = |p: &[f32], x: &[f32]| weighted(&spec, p, x, &g, n);
     let acts = run_forward(&spec, &p, &x, n);
-    let mut grads = vec![0.0; spec.param_len()];
-    let mut dx = vec![0.0; n * 3];
-    let mut scratch = vec![0.0; spec.backward_scratch_len(n)];
-    backward(
-        &spec,
-        &p,
-        &acts,
-        &g,
-        Some(&mut grads),
-        Some(&mut dx),
-        &mut scratch,
-        n,
-        &Serial,
-    )
-    .unwrap();
+    let (grads, dx) = back(&spec, &p, &acts, &g, n, (true, true));
     grad_check(&p, &grads, |pp| loss(pp, &x), 1e-3, 2e-3);
     grad_check(&x, &dx, |xp| loss(&p, xp), 1e-3, 2e-3);
 
     // Without an input gradient the parameter gradients are the same.
-    let mut grads2 = vec![0.0; spec.param_len()];
-    backward(
-        &spec,
-        &p,
-        &acts,
-        &g,
-        Some(&mut grads2),
-        None,
-        &mut scratch,
-        n,
-        &Serial,
-    )
-    .unwrap();
+    let (grads2, _) = back(&spec, &p, &acts, &g, n, (true, false));
     assert_eq!(grads, grads2);
     // Without parameter gradients the input gradient is the same.
-    let mut dx2 = vec![0.0; n * 3];
-    backward(
-        &spec,
-        &p,
-        &acts,
-        &g,
-        None,
-        Some(&mut dx2),
-        &mut scratch,
-        n,
-        &Serial,
-    )
-    .unwrap();
+    let (_, dx2) = back(&spec, &p, &acts, &g, n, (false, true));
     assert_eq!(dx, dx2);
 }
 
@@ -144,21 +115,7 @@ fn partial_backward_matches_truncated_network() {
     let short = Spec::new(Shape::flat(3), &LAYERS[..upto]).unwrap();
     let sp = &p[..short.param_len()];
     let sacts = run_forward(&short, sp, &x, n);
-    let mut sgrads = vec![0.0; short.param_len()];
-    let mut sdx = vec![0.0; n * 3];
-    let mut sscratch = vec![0.0; short.backward_scratch_len(n)];
-    backward(
-        &short,
-        sp,
-        &sacts,
-        &g,
-        Some(&mut sgrads),
-        Some(&mut sdx),
-        &mut sscratch,
-        n,
-        &Serial,
-    )
-    .unwrap();
+    let (sgrads, sdx) = back(&short, sp, &sacts, &g, n, (true, true));
     assert_eq!(&grads[..short.param_len()], &sgrads[..]);
     assert!(grads[short.param_len()..].iter().all(|&v| v == 0.0));
     assert_eq!(dx, sdx);
@@ -170,10 +127,7 @@ fn minibatch_disc_network_gradients() {
     let layers = [
         Layer::Dense { out: 4 },
         Layer::LeakyRelu { alpha: 0.2 },
-        Layer::MinibatchDisc {
-            kernels: 3,
-            dims: 2,
-        },
+        Layer::MinibatchDisc { kernels: 3, dims: 2 },
         Layer::Dense { out: 1 },
     ];
     let n = 4;
@@ -186,46 +140,13 @@ fn minibatch_disc_network_gradients() {
     r.fill(&mut x);
     let mut g = vec![0.0; n];
     r.fill(&mut g);
-    let loss = |p: &[f32], x: &[f32]| -> f64 {
-        let acts = run_forward(&spec, p, x, n);
-        output(&spec, &acts, n)
-            .iter()
-            .zip(&g)
-            .map(|(&o, &g)| o as f64 * g as f64)
-            .sum()
-    };
+    let loss = |p: &[f32], x: &[f32]| weighted(&spec, p, x, &g, n);
     let acts = run_forward(&spec, &p, &x, n);
-    let mut grads = vec![0.0; spec.param_len()];
-    let mut dx = vec![0.0; n * 3];
-    let mut scratch = vec![0.0; spec.backward_scratch_len(n)];
-    backward(
-        &spec,
-        &p,
-        &acts,
-        &g,
-        Some(&mut grads),
-        Some(&mut dx),
-        &mut scratch,
-        n,
-        &Serial,
-    )
-    .unwrap();
+    let (grads, dx) = back(&spec, &p, &acts, &g, n, (true, true));
     grad_check(&p, &grads, |pp| loss(pp, &x), 1e-3, 3e-3);
     grad_check(&x, &dx, |xp| loss(&p, xp), 1e-3, 3e-3);
     // The input gradient alone (generator step through a frozen D) is the same.
-    let mut dx2 = vec![0.0; n * 3];
-    backward(
-        &spec,
-        &p,
-        &acts,
-        &g,
-        None,
-        Some(&mut dx2),
-        &mut scratch,
-        n,
-        &Serial,
-    )
-    .unwrap();
+    let (_, dx2) = back(&spec, &p, &acts, &g, n, (false, true));
     assert_eq!(dx, dx2);
 }
 
@@ -236,10 +157,7 @@ fn rejects_wrong_buffers() {
     let mut scratch = vec![0.0; spec.infer_scratch_len(2) - 1];
     assert!(matches!(
         infer(&spec, &p, &x, &mut out, &mut scratch, 2),
-        Err(CoreError::BufferLen {
-            what: "scratch",
-            ..
-        })
+        Err(CoreError::BufferLen { what: "scratch", .. })
     ));
     let mut acts = vec![0.0; 3];
     assert!(forward(&spec, &p, &mut acts, 2, &Serial).is_err());
@@ -251,11 +169,7 @@ fn weighted_output(spec: &Spec<'_>, p: &[f32], x: &[f32], g: &[f32], n: usize, s
     let mut acts = vec![0.0; spec.act_len(n)];
     input_mut(spec, &mut acts, n).copy_from_slice(x);
     forward_with(spec, p, &mut acts, n, &Serial, &ForwardCtx::with_seed(seed)).unwrap();
-    output(spec, &acts, n)
-        .iter()
-        .zip(g)
-        .map(|(&o, &g)| o as f64 * g as f64)
-        .sum()
+    output(spec, &acts, n).iter().zip(g).map(|(&o, &g)| o as f64 * g as f64).sum()
 }
 
 /// Whole-network finite differences of every parameter and input gradient, plus the
@@ -273,90 +187,27 @@ fn check_network(layers: &[Layer], input: Shape, n: usize, seed: u64, atol: f64)
     let mut acts = vec![0.0; spec.act_len(n)];
     input_mut(&spec, &mut acts, n).copy_from_slice(&x);
     forward_with(&spec, &p, &mut acts, n, &Serial, &ctx).unwrap();
-    let mut grads = vec![0.0; spec.param_len()];
-    let mut dx = vec![0.0; x.len()];
-    let mut scratch = vec![0.0; spec.backward_scratch_len(n)];
-    backward(
-        &spec,
-        &p,
-        &acts,
-        &g,
-        Some(&mut grads),
-        Some(&mut dx),
-        &mut scratch,
-        n,
-        &Serial,
-    )
-    .unwrap();
-    grad_check(
-        &p,
-        &grads,
-        |pp| weighted_output(&spec, pp, &x, &g, n, seed),
-        1e-3,
-        atol,
-    );
-    grad_check(
-        &x,
-        &dx,
-        |xp| weighted_output(&spec, &p, xp, &g, n, seed),
-        1e-3,
-        atol,
-    );
+    let (grads, dx) = back(&spec, &p, &acts, &g, n, (true, true));
+    grad_check(&p, &grads, |pp| weighted_output(&spec, pp, &x, &g, n, seed), 1e-3, atol);
+    grad_check(&x, &dx, |xp| weighted_output(&spec, &p, xp, &g, n, seed), 1e-3, atol);
     // Running statistics are never trained.
     for info in spec.iter() {
         assert!(grads[info.stats_range()].iter().all(|&v| v == 0.0));
     }
-    let mut grads2 = vec![0.0; spec.param_len()];
-    backward(
-        &spec,
-        &p,
-        &acts,
-        &g,
-        Some(&mut grads2),
-        None,
-        &mut scratch,
-        n,
-        &Serial,
-    )
-    .unwrap();
+    let (grads2, _) = back(&spec, &p, &acts, &g, n, (true, false));
     assert_eq!(grads, grads2);
-    let mut dx2 = vec![0.0; x.len()];
-    backward(
-        &spec,
-        &p,
-        &acts,
-        &g,
-        None,
-        Some(&mut dx2),
-        &mut scratch,
-        n,
-        &Serial,
-    )
-    .unwrap();
+    let (_, dx2) = back(&spec, &p, &acts, &g, n, (false, true));
     assert_eq!(dx, dx2);
 }
 
 /// A small discriminator: conv, batch norm, LeakyReLU, max pool, dropout, strided conv.
 const CONV_D: [Layer; 9] = [
-    Layer::Conv2d {
-        out_c: 3,
-        k: 3,
-        stride: 1,
-        pad: 1,
-    },
-    Layer::BatchNorm {
-        eps: 1e-3,
-        momentum: 0.1,
-    },
+    Layer::Conv2d { out_c: 3, k: 3, stride: 1, pad: 1 },
+    Layer::BatchNorm { eps: 1e-3, momentum: 0.1 },
     Layer::LeakyRelu { alpha: 0.2 },
     Layer::MaxPool2d { k: 2, stride: 2 },
     Layer::Dropout { p: 0.3 },
-    Layer::Conv2d {
-        out_c: 2,
-        k: 3,
-        stride: 2,
-        pad: 1,
-    },
+    Layer::Conv2d { out_c: 2, k: 3, stride: 2, pad: 1 },
     Layer::Tanh,
     Layer::Flatten,
     Layer::Dense { out: 1 },
@@ -366,32 +217,14 @@ const CONV_D: [Layer; 9] = [
 /// transposed convolutions with stride 2 and padding.
 const CONV_G: [Layer; 10] = [
     Layer::Dense { out: 8 },
-    Layer::BatchNorm {
-        eps: 1e-3,
-        momentum: 0.1,
-    },
+    Layer::BatchNorm { eps: 1e-3, momentum: 0.1 },
     Layer::LeakyRelu { alpha: 0.2 },
-    Layer::Reshape {
-        to: Shape::image(2, 2, 2),
-    },
-    Layer::ConvTranspose2d {
-        out_c: 3,
-        k: 4,
-        stride: 2,
-        pad: 1,
-    },
-    Layer::BatchNorm {
-        eps: 1e-3,
-        momentum: 0.1,
-    },
+    Layer::Reshape { to: Shape::image(2, 2, 2) },
+    Layer::ConvTranspose2d { out_c: 3, k: 4, stride: 2, pad: 1 },
+    Layer::BatchNorm { eps: 1e-3, momentum: 0.1 },
     Layer::Tanh,
     Layer::Dropout { p: 0.25 },
-    Layer::ConvTranspose2d {
-        out_c: 1,
-        k: 3,
-        stride: 1,
-        pad: 1,
-    },
+    Layer::ConvTranspose2d { out_c: 1, k: 3, stride: 1, pad: 1 },
     Layer::Sigmoid,
 ];
 
@@ -405,15 +238,7 @@ fn min_pool_gap(spec: &Spec<'_>, layer: usize, n: usize, seed: u64) -> f32 {
     r.fill(&mut x);
     let mut acts = vec![0.0; spec.act_len(n)];
     input_mut(spec, &mut acts, n).copy_from_slice(&x);
-    forward_with(
-        spec,
-        &p,
-        &mut acts,
-        n,
-        &Serial,
-        &ForwardCtx::with_seed(seed),
-    )
-    .unwrap();
+    forward_with(spec, &p, &mut acts, n, &Serial, &ForwardCtx::with_seed(seed)).unwrap();
     let info = spec.layer(layer).unwrap();
     let (h, w) = (info.in_shape.h as usize, info.in_shape.w as usize);
     let mut gap = f32::INFINITY;
@@ -440,9 +265,7 @@ fn conv_discriminator_gradients() {
     // finite difference straddling a near-tie measures a blend of both slopes. Pick the
     // first data seed whose windows all have a clear winner (deterministic).
     let n = 3;
-    let seed = (61..)
-        .find(|&s| min_pool_gap(&spec, 3, n, s) > 0.02)
-        .unwrap();
+    let seed = (61..).find(|&s| min_pool_gap(&spec, 3, n, s) > 0.02).unwrap();
     check_network(&CONV_D, Shape::image(2, 6, 6), n, seed, 3e-3);
 }
 
@@ -461,7 +284,8 @@ fn acts_for(spec: &Spec<'_>, p: &[f32], x: &[f32], n: usize) -> vec::Vec<f32> {
 /// Copies every batch-norm layer's batch statistics into its running statistics.
 fn set_running_to_batch(spec: &Spec<'_>, p: &mut [f32], acts: &[f32], n: usize) {
     for info in spec.iter() {
-        if let Layer::BatchNorm { .. } = info.layer {
+        // Batch normalisation is the one kind with running statistics.
+        if info.stats_len > 0 {
             let c = info.stats_len;
             let batch = &acts[info.aux_range(n)][..c];
             p[info.stats_range()].copy_from_slice(batch);
@@ -500,15 +324,7 @@ fn infer_of_conv_batchnorm_network_matches_forward() {
     let mut one = [0.0f32; 1];
     let mut scratch1 = vec![0.0; spec.infer_scratch_len(1)];
     for i in 0..n {
-        infer(
-            &spec,
-            &p,
-            &x[i * in_len..(i + 1) * in_len],
-            &mut one,
-            &mut scratch1,
-            1,
-        )
-        .unwrap();
+        infer(&spec, &p, &x[i * in_len..(i + 1) * in_len], &mut one, &mut scratch1, 1).unwrap();
         assert_eq!(one[0].to_bits(), out[i].to_bits());
     }
     // Dropout is the identity at inference, whatever p.
@@ -552,8 +368,8 @@ fn conv_infer_bits_are_pinned() {
     let mut p = vec![0.0; spec.param_len()];
     r.fill(&mut p);
     for info in spec.iter() {
-        if let Layer::BatchNorm { .. } = info.layer {
-            // Positive running variances.
+        if info.stats_len > 0 {
+            // Positive running variances (batch normalisation's).
             let c = info.stats_len / 2;
             let st = &mut p[info.stats_range()];
             for v in &mut st[c..] {
@@ -584,13 +400,8 @@ fn running_statistics_follow_the_batch() {
     let spec = Spec::new(Shape::image(2, 6, 6), &CONV_D).unwrap();
     let mut r = Lcg::new(66);
     let mut p = vec![0.0; spec.param_len()];
-    crate::init::init_params(
-        &spec,
-        &mut p,
-        crate::init::Init::HeNormal,
-        &mut crate::noise::rng(1),
-    )
-    .unwrap();
+    crate::init::init_params(&spec, &mut p, crate::init::Init::HeNormal, &mut crate::noise::rng(1))
+        .unwrap();
     let mut x = vec![0.0; n * spec.input().len()];
     r.fill(&mut x);
     let acts = acts_for(&spec, &p, &x, n);
@@ -631,15 +442,7 @@ fn dropout_masks_follow_the_seed() {
     let run = |seed| {
         let mut acts = vec![0.0; spec.act_len(1)];
         acts[..2].copy_from_slice(&x);
-        forward_with(
-            &spec,
-            &p,
-            &mut acts,
-            1,
-            &Serial,
-            &ForwardCtx::with_seed(seed),
-        )
-        .unwrap();
+        forward_with(&spec, &p, &mut acts, 1, &Serial, &ForwardCtx::with_seed(seed)).unwrap();
         output(&spec, &acts, 1).to_vec()
     };
     assert_eq!(run(3), run(3));
@@ -675,43 +478,13 @@ fn dcgan_pair_runs() {
     input_mut(&d, &mut ad, n).copy_from_slice(&fake);
     forward(&d, &pd, &mut ad, n, &Serial).unwrap();
     // Generator step: gradient of D's output with respect to the fake images, then G.
-    let mut dfake = vec![0.0; fake.len()];
-    let mut sd = vec![0.0; d.backward_scratch_len(n)];
-    backward(
-        &d,
-        &pd,
-        &ad,
-        &[1.0; 2],
-        None,
-        Some(&mut dfake),
-        &mut sd,
-        n,
-        &Serial,
-    )
-    .unwrap();
+    let (_, dfake) = back(&d, &pd, &ad, &[1.0; 2], n, (false, true));
     assert!(dfake.iter().all(|v| v.is_finite()) && dfake.iter().any(|&v| v != 0.0));
-    let mut gg = vec![0.0; g.param_len()];
-    let mut sg = vec![0.0; g.backward_scratch_len(n)];
-    backward(
-        &g,
-        &pg,
-        &ag,
-        &dfake,
-        Some(&mut gg),
-        None,
-        &mut sg,
-        n,
-        &Serial,
-    )
-    .unwrap();
+    let (gg, _) = back(&g, &pg, &ag, &dfake, n, (true, false));
     assert!(gg.iter().all(|v| v.is_finite()));
     for info in g.iter() {
         if info.weight_len > 0 {
-            assert!(
-                gg[info.weight_range()].iter().any(|&v| v != 0.0),
-                "{}",
-                info.index
-            );
+            assert!(gg[info.weight_range()].iter().any(|&v| v != 0.0), "{}", info.index);
         }
     }
     update_running_stats(&g, &mut pg, &ag, n).unwrap();
@@ -737,27 +510,16 @@ fn dcgan_generator_through_the_weights_file() {
     use crate::spec::tests::DCGAN_G;
     let g = Spec::new(Shape::flat(100), &DCGAN_G).unwrap();
     let mut p = vec![0.0; g.param_len()];
-    crate::init::init_params(
-        &g,
-        &mut p,
-        crate::init::Init::HeNormal,
-        &mut crate::noise::rng(5),
-    )
-    .unwrap();
+    crate::init::init_params(&g, &mut p, crate::init::Init::HeNormal, &mut crate::noise::rng(5))
+        .unwrap();
     // Non-trivial running statistics.
     let n = 2;
     let mut z = vec![0.0; n * 100];
     Lcg::new(69).fill(&mut z);
     let acts = run_forward(&g, &p, &z, n);
     update_running_stats(&g, &mut p, &acts, n).unwrap();
-    let header = Header::for_spec(
-        ModelKind::Generator,
-        &g,
-        100,
-        0,
-        format::NoiseKind::Gaussian,
-    )
-    .unwrap();
+    let header =
+        Header::for_spec(ModelKind::Generator, &g, 100, 0, format::NoiseKind::Gaussian).unwrap();
     // Start the file on a 16-byte boundary so the data section can be read in place.
     let mut raw = vec![0u8; format::max_file_len(g.param_len()) + 16];
     let start = raw.as_ptr().align_offset(16);

@@ -39,13 +39,7 @@ impl Default for AdamConfig {
     /// The DCGAN settings: `lr = 2e-4`, `beta1 = 0.5`, `beta2 = 0.999`, `eps = 1e-8`,
     /// `weight_decay = 0`.
     fn default() -> Self {
-        AdamConfig {
-            lr: 2e-4,
-            beta1: 0.5,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        AdamConfig { lr: 2e-4, beta1: 0.5, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
     }
 }
 
@@ -101,12 +95,7 @@ fn bias_correction(beta: f32, step: u64) -> f32 {
 /// length from `params`; [`CoreError::ZeroSize`] if `step == 0` (the bias correction would
 /// divide by zero). Hyper-parameters are not validated (see [`AdamConfig::is_valid`]).
 pub fn adam_step(
-    params: &mut [f32],
-    grads: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    step: u64,
-    cfg: &AdamConfig,
+    params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig,
 ) -> Result<(), CoreError> {
     let n = params.len();
     check_len("grads", grads.len(), n)?;
@@ -115,13 +104,7 @@ pub fn adam_step(
     if step == 0 {
         return Err(CoreError::ZeroSize);
     }
-    let AdamConfig {
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-    } = *cfg;
+    let AdamConfig { lr, beta1, beta2, eps, weight_decay } = *cfg;
     let step_size = lr / bias_correction(beta1, step);
     let inv_sqrt_bc2 = 1.0 / libm::sqrtf(bias_correction(beta2, step));
     let (one_m_b1, one_m_b2) = (1.0 - beta1, 1.0 - beta2);
@@ -196,10 +179,7 @@ mod tests {
     /// including the tail that does not fill a chunk.
     #[test]
     fn adam_lanes_match_the_scalar_update_bit_for_bit() {
-        let cfg = AdamConfig {
-            weight_decay: 0.01,
-            ..AdamConfig::default()
-        };
+        let cfg = AdamConfig { weight_decay: 0.01, ..AdamConfig::default() };
         let n = 37;
         let mut r = crate::testutil::Lcg::new(17);
         let mut p = [0.0f32; 37];
@@ -225,12 +205,7 @@ mod tests {
 
     /// Straightforward f64 Adam, written from the textbook form (`m̂`, `v̂`), as the reference.
     fn adam_reference(
-        p: &mut [f64],
-        g: &[f64],
-        m: &mut [f64],
-        v: &mut [f64],
-        t: u64,
-        c: &AdamConfig,
+        p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], t: u64, c: &AdamConfig,
     ) {
         let (b1, b2) = (c.beta1 as f64, c.beta2 as f64);
         for i in 0..p.len() {
@@ -243,13 +218,8 @@ mod tests {
         }
     }
 
-    const HAND: AdamConfig = AdamConfig {
-        lr: 0.1,
-        beta1: 0.5,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
+    const HAND: AdamConfig =
+        AdamConfig { lr: 0.1, beta1: 0.5, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
 
     #[test]
     fn adam_one_step_by_hand() {
@@ -296,13 +266,7 @@ mod tests {
     #[test]
     fn adam_matches_f64_reference_over_many_steps() {
         let mut rng = Lcg::new(11);
-        let cfg = AdamConfig {
-            lr: 0.01,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        };
+        let cfg = AdamConfig { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
         const P: usize = 37;
         let mut p: [f32; P] = rng.vec();
         let (mut m, mut v) = ([0.0f32; P], [0.0f32; P]);
@@ -327,11 +291,7 @@ mod tests {
         let c: [f32; P] = core::array::from_fn(|i| i as f32 * 0.3 - 1.0);
         let mut p = [2.0f32; P];
         let (mut m, mut v, mut g) = ([0.0f32; P], [0.0f32; P], [0.0f32; P]);
-        let cfg = AdamConfig {
-            lr: 0.01,
-            beta1: 0.9,
-            ..AdamConfig::default()
-        };
+        let cfg = AdamConfig { lr: 0.01, beta1: 0.9, ..AdamConfig::default() };
         for t in 1..=3000 {
             for (((g, &p), &a), &c) in g.iter_mut().zip(&p).zip(&a).zip(&c) {
                 *g = a * (p - c);
@@ -347,10 +307,7 @@ mod tests {
     fn adam_weight_decay_is_l2_on_the_gradient() {
         // p = 2, g = 0.5, λ = 0.1: the effective gradient is 0.5 + 0.1·2 = 0.7, so one step
         // equals a step without decay and gradient 0.7.
-        let wd = AdamConfig {
-            weight_decay: 0.1,
-            ..HAND
-        };
+        let wd = AdamConfig { weight_decay: 0.1, ..HAND };
         let (mut p1, mut m1, mut v1) = ([2.0f32, -3.0], [0.0f32; 2], [0.0f32; 2]);
         let (mut p2, mut m2, mut v2) = (p1, [0.0f32; 2], [0.0f32; 2]);
         adam_step(&mut p1, &[0.5, 0.2], &mut m1, &mut v1, 1, &wd).unwrap();
@@ -375,11 +332,7 @@ mod tests {
         let c = AdamConfig::default();
         assert_eq!(
             adam_step(&mut p, &g[..3], &mut m, &mut v, 1, &c),
-            Err(CoreError::BufferLen {
-                what: "grads",
-                expected: 4,
-                got: 3
-            })
+            Err(CoreError::BufferLen { what: "grads", expected: 4, got: 3 })
         );
         assert!(matches!(
             adam_step(&mut p, &g, &mut m[..3], &mut v, 1, &c),
@@ -389,10 +342,7 @@ mod tests {
             adam_step(&mut p, &g, &mut m, &mut [0.0; 5], 1, &c),
             Err(CoreError::BufferLen { what: "adam_v", .. })
         ));
-        assert_eq!(
-            adam_step(&mut p, &g, &mut m, &mut v, 0, &c),
-            Err(CoreError::ZeroSize)
-        );
+        assert_eq!(adam_step(&mut p, &g, &mut m, &mut v, 0, &c), Err(CoreError::ZeroSize));
         assert_eq!((p, m, v), ([1.0; 4], [0.0; 4], [0.0; 4]));
         // Empty buffers are fine.
         assert_eq!(adam_step(&mut [], &[], &mut [], &mut [], 1, &c), Ok(()));
@@ -409,10 +359,7 @@ mod tests {
                     1.0 - b.powi(t as i32)
                 };
                 let got = bias_correction(beta, t) as f64;
-                assert!(
-                    (got - exact).abs() <= 1e-6 * exact,
-                    "beta {beta} t {t}: {got} vs {exact}"
-                );
+                assert!((got - exact).abs() <= 1e-6 * exact, "beta {beta} t {t}: {got} vs {exact}");
             }
         }
     }

@@ -85,11 +85,7 @@ impl Optimizer {
     /// Errors: [`CoreError::BufferLen`] if `grads` or `state` has the wrong length, and the
     /// errors of [`adam_step`] / [`sgd_step`]. Nothing is written on error.
     pub fn step(
-        &self,
-        params: &mut [f32],
-        grads: &[f32],
-        state: &mut [f32],
-        step: u64,
+        &self, params: &mut [f32], grads: &[f32], state: &mut [f32], step: u64,
     ) -> Result<(), CoreError> {
         let n = params.len();
         check_len("grads", grads.len(), n)?;
@@ -107,12 +103,7 @@ impl Optimizer {
     /// [`STEP_CHUNK`] parameters. The update is element-wise, so the result is bit-identical to
     /// [`Optimizer::step`] for every `exec`. Nothing is written on error.
     pub fn step_with(
-        &self,
-        params: &mut [f32],
-        grads: &[f32],
-        state: &mut [f32],
-        step: u64,
-        exec: &dyn Exec,
+        &self, params: &mut [f32], grads: &[f32], state: &mut [f32], step: u64, exec: &dyn Exec,
     ) -> Result<(), CoreError> {
         #[cfg(target_has_atomic = "8")]
         if exec.threads() > 1 && params.len() > STEP_CHUNK {
@@ -220,9 +211,8 @@ const EXP_MASK: u32 = 0x7f80_0000;
 /// elements (branch-free, so it vectorises) and stops at the first block with a hit.
 pub fn all_finite(x: &[f32]) -> bool {
     x.chunks(FINITE_BLOCK).all(|block| {
-        let bad = block.iter().fold(0u32, |acc, v| {
-            acc | u32::from(v.to_bits() & EXP_MASK == EXP_MASK)
-        });
+        let bad =
+            block.iter().fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXP_MASK == EXP_MASK));
         bad == 0
     })
 }
@@ -230,7 +220,7 @@ pub fn all_finite(x: &[f32]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::Lcg;
+    use crate::testutil::{Lcg, Twice};
     use std::vec;
     use std::vec::Vec;
 
@@ -241,10 +231,7 @@ mod tests {
         let init: [f32; P] = rng.vec();
         let grads: [[f32; P]; 3] = [rng.vec(), rng.vec(), rng.vec()];
 
-        let adam = AdamConfig {
-            weight_decay: 0.01,
-            ..AdamConfig::default()
-        };
+        let adam = AdamConfig { weight_decay: 0.01, ..AdamConfig::default() };
         let opt = Optimizer::Adam(adam);
         assert_eq!(opt.state_buffers(), 2);
         let (mut p1, mut state) = (init, [0.0f32; 2 * P]);
@@ -260,11 +247,7 @@ mod tests {
         assert_eq!(opt.lr(), 2e-4);
 
         for momentum in [0.0f32, 0.9] {
-            let sgd = SgdConfig {
-                lr: 0.05,
-                momentum,
-                weight_decay: 0.001,
-            };
+            let sgd = SgdConfig { lr: 0.05, momentum, weight_decay: 0.001 };
             let opt = Optimizer::Sgd(sgd);
             let k = opt.state_buffers();
             assert_eq!(k, usize::from(momentum != 0.0));
@@ -284,46 +267,25 @@ mod tests {
     /// gives the bits of the one-task step, for every optimizer.
     #[test]
     fn split_steps_are_bit_identical() {
-        struct Twice;
-        impl Exec for Twice {
-            fn threads(&self) -> usize {
-                3
-            }
-            fn for_each(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-                for t in (0..tasks).rev().chain(0..tasks) {
-                    f(t);
-                }
-            }
-        }
         let n = 3 * STEP_CHUNK + 7;
         let mut r = Lcg::new(17);
         let params: Vec<f32> = (0..n).map(|_| r.next_f32()).collect();
         let grads: Vec<f32> = (0..n).map(|_| r.next_f32()).collect();
-        let sgd = |momentum| {
-            Optimizer::Sgd(SgdConfig {
-                lr: 0.01,
-                momentum,
-                weight_decay: 1e-4,
-            })
-        };
+        let sgd = |momentum| Optimizer::Sgd(SgdConfig { lr: 0.01, momentum, weight_decay: 1e-4 });
         for opt in [Optimizer::default(), sgd(0.9), sgd(0.0)] {
             let (mut p1, mut p2) = (params.clone(), params.clone());
             let mut s1 = vec![0.0; opt.state_len(n)];
             let mut s2 = s1.clone();
             for step in 1..=3 {
                 opt.step(&mut p1, &grads, &mut s1, step).unwrap();
-                opt.step_with(&mut p2, &grads, &mut s2, step, &Twice)
-                    .unwrap();
+                opt.step_with(&mut p2, &grads, &mut s2, step, &Twice).unwrap();
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&p1), bits(&p2), "{opt:?}");
             assert_eq!(bits(&s1), bits(&s2), "{opt:?}");
             // Errors leave everything untouched, as in one task.
             let before = p2.clone();
-            assert!(
-                opt.step_with(&mut p2, &grads[1..], &mut s2, 4, &Twice)
-                    .is_err()
-            );
+            assert!(opt.step_with(&mut p2, &grads[1..], &mut s2, 4, &Twice).is_err());
             assert_eq!(bits(&p2), bits(&before));
         }
     }
@@ -336,40 +298,22 @@ mod tests {
         assert_eq!(adam.state_len(4), 8);
         assert_eq!(
             adam.step(&mut p, &g, &mut [0.0; 4], 1),
-            Err(CoreError::BufferLen {
-                what: "optimizer_state",
-                expected: 8,
-                got: 4
-            })
+            Err(CoreError::BufferLen { what: "optimizer_state", expected: 8, got: 4 })
         );
         assert!(matches!(
             adam.step(&mut p, &g[..2], &mut [0.0; 8], 1),
             Err(CoreError::BufferLen { what: "grads", .. })
         ));
-        assert_eq!(
-            adam.step(&mut p, &g, &mut [0.0; 8], 0),
-            Err(CoreError::ZeroSize)
-        );
+        assert_eq!(adam.step(&mut p, &g, &mut [0.0; 8], 0), Err(CoreError::ZeroSize));
         let plain = Optimizer::Sgd(SgdConfig::default());
         assert!(matches!(
             plain.step(&mut p, &g, &mut [0.0; 4], 1),
-            Err(CoreError::BufferLen {
-                what: "optimizer_state",
-                expected: 0,
-                got: 4
-            })
+            Err(CoreError::BufferLen { what: "optimizer_state", expected: 0, got: 4 })
         ));
-        let mom = Optimizer::Sgd(SgdConfig {
-            momentum: 0.9,
-            ..SgdConfig::default()
-        });
+        let mom = Optimizer::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::default() });
         assert!(matches!(
             mom.step(&mut p, &g, &mut [], 1),
-            Err(CoreError::BufferLen {
-                what: "optimizer_state",
-                expected: 4,
-                got: 0
-            })
+            Err(CoreError::BufferLen { what: "optimizer_state", expected: 4, got: 0 })
         ));
         assert_eq!(p, [0.5; 4]);
     }
@@ -377,34 +321,16 @@ mod tests {
     #[test]
     fn defaults_validity_and_serde() {
         let a = AdamConfig::default();
-        assert_eq!(
-            (a.lr, a.beta1, a.beta2, a.eps, a.weight_decay),
-            (2e-4, 0.5, 0.999, 1e-8, 0.0)
-        );
+        assert_eq!((a.lr, a.beta1, a.beta2, a.eps, a.weight_decay), (2e-4, 0.5, 0.999, 1e-8, 0.0));
         let s = SgdConfig::default();
         assert_eq!((s.lr, s.momentum, s.weight_decay), (1e-2, 0.0, 0.0));
         assert!(a.is_valid() && s.is_valid() && Optimizer::default().is_valid());
         assert!(!AdamConfig { beta1: 1.0, ..a }.is_valid());
         assert!(!AdamConfig { eps: 0.0, ..a }.is_valid());
         assert!(!AdamConfig { lr: f32::NAN, ..a }.is_valid());
-        assert!(
-            !SgdConfig {
-                momentum: -0.1,
-                ..s
-            }
-            .is_valid()
-        );
-        assert!(
-            !Optimizer::Sgd(SgdConfig {
-                lr: f32::INFINITY,
-                ..s
-            })
-            .is_valid()
-        );
-        for opt in [
-            Optimizer::Adam(a),
-            Optimizer::Sgd(SgdConfig { momentum: 0.9, ..s }),
-        ] {
+        assert!(!SgdConfig { momentum: -0.1, ..s }.is_valid());
+        assert!(!Optimizer::Sgd(SgdConfig { lr: f32::INFINITY, ..s }).is_valid());
+        for opt in [Optimizer::Adam(a), Optimizer::Sgd(SgdConfig { momentum: 0.9, ..s })] {
             let bytes = postcard::to_stdvec(&opt).unwrap();
             assert_eq!(postcard::from_bytes::<Optimizer>(&bytes).unwrap(), opt);
         }
@@ -415,19 +341,13 @@ mod tests {
         let mut rng = Lcg::new(3);
         assert_eq!(sum_squares(&[]), 0.0);
         assert_eq!(sum_squares(&[3.0]), 9.0);
-        assert_eq!(
-            sum_squares(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]),
-            285.0
-        );
+        assert_eq!(sum_squares(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]), 285.0);
         for n in [7usize, 8, 9, 1023, 1024, 1025, 5000, 100_003] {
             let mut x = vec![0.0f32; n];
             rng.fill(&mut x);
             let exact: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
             let got = sum_squares(&x) as f64;
-            assert!(
-                (got - exact).abs() <= 1e-6 * exact,
-                "n {n}: {got} vs {exact}"
-            );
+            assert!((got - exact).abs() <= 1e-6 * exact, "n {n}: {got} vs {exact}");
         }
         assert!(sum_squares(&[1.0, f32::NAN]).is_nan());
         assert_eq!(sum_squares(&[f32::MAX, f32::MAX]), f32::INFINITY);

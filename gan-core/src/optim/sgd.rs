@@ -30,11 +30,7 @@ pub struct SgdConfig {
 impl Default for SgdConfig {
     /// `lr = 1e-2`, `momentum = 0`, `weight_decay = 0`.
     fn default() -> Self {
-        SgdConfig {
-            lr: 1e-2,
-            momentum: 0.0,
-            weight_decay: 0.0,
-        }
+        SgdConfig { lr: 1e-2, momentum: 0.0, weight_decay: 0.0 }
     }
 }
 
@@ -67,18 +63,11 @@ impl SgdConfig {
 /// Errors (nothing is written): [`CoreError::BufferLen`] if `grads` or `momentum_buf` has the
 /// wrong length.
 pub fn sgd_step(
-    params: &mut [f32],
-    grads: &[f32],
-    momentum_buf: &mut [f32],
-    cfg: &SgdConfig,
+    params: &mut [f32], grads: &[f32], momentum_buf: &mut [f32], cfg: &SgdConfig,
 ) -> Result<(), CoreError> {
     let n = params.len();
     check_len("grads", grads.len(), n)?;
-    let SgdConfig {
-        lr,
-        momentum,
-        weight_decay,
-    } = *cfg;
+    let SgdConfig { lr, momentum, weight_decay } = *cfg;
     if momentum == 0.0 {
         if !momentum_buf.is_empty() {
             check_len("sgd_momentum", momentum_buf.len(), n)?;
@@ -108,10 +97,7 @@ mod tests {
     #[test]
     fn sgd_without_momentum_by_hand() {
         // p = 1, g = 0.5, lr = 0.1: p = 1 − 0.05 = 0.95; then g = −0.2: p = 0.95 + 0.02 = 0.97.
-        let c = SgdConfig {
-            lr: 0.1,
-            ..SgdConfig::default()
-        };
+        let c = SgdConfig { lr: 0.1, ..SgdConfig::default() };
         let mut p = [1.0f32];
         sgd_step(&mut p, &[0.5], &mut [], &c).unwrap();
         assert!(close(p[0], 0.95, 1e-7));
@@ -128,11 +114,7 @@ mod tests {
         //   g = 0.5:  buf = 0.9·0 + 0.5    = 0.5,   p = 1 − 0.05      = 0.95
         //   g = 0.3:  buf = 0.9·0.5 + 0.3  = 0.75,  p = 0.95 − 0.075  = 0.875
         //   g = −1:   buf = 0.9·0.75 − 1   = −0.325, p = 0.875 + 0.0325 = 0.9075
-        let c = SgdConfig {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 0.0,
-        };
+        let c = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.0 };
         let (mut p, mut buf) = ([1.0f32], [0.0f32]);
         for (g, eb, ep) in [(0.5, 0.5, 0.95), (0.3, 0.75, 0.875), (-1.0, -0.325, 0.9075)] {
             sgd_step(&mut p, &[g], &mut buf, &c).unwrap();
@@ -146,11 +128,7 @@ mod tests {
         // p = 2, g = 0.5, λ = 0.1, lr = 0.1: g' = 0.5 + 0.2 = 0.7, p = 2 − 0.07 = 1.93.
         // With μ = 0.5 the next step (g = 0, p = 1.93): g' = 0.193, buf = 0.35 + 0.193 = 0.543,
         // p = 1.93 − 0.0543 = 1.8757.
-        let mut c = SgdConfig {
-            lr: 0.1,
-            momentum: 0.0,
-            weight_decay: 0.1,
-        };
+        let mut c = SgdConfig { lr: 0.1, momentum: 0.0, weight_decay: 0.1 };
         let mut p = [2.0f32];
         sgd_step(&mut p, &[0.5], &mut [], &c).unwrap();
         assert!(close(p[0], 1.93, 1e-7));
@@ -167,28 +145,18 @@ mod tests {
     fn sgd_errors() {
         let mut p = [1.0f32; 3];
         let plain = SgdConfig::default();
-        let mom = SgdConfig {
-            momentum: 0.9,
-            ..plain
-        };
+        let mom = SgdConfig { momentum: 0.9, ..plain };
         assert!(matches!(
             sgd_step(&mut p, &[0.0; 2], &mut [], &plain),
             Err(CoreError::BufferLen { what: "grads", .. })
         ));
         assert_eq!(
             sgd_step(&mut p, &[1.0; 3], &mut [], &mom),
-            Err(CoreError::BufferLen {
-                what: "sgd_momentum",
-                expected: 3,
-                got: 0
-            })
+            Err(CoreError::BufferLen { what: "sgd_momentum", expected: 3, got: 0 })
         );
         assert!(matches!(
             sgd_step(&mut p, &[1.0; 3], &mut [0.0; 2], &plain),
-            Err(CoreError::BufferLen {
-                what: "sgd_momentum",
-                ..
-            })
+            Err(CoreError::BufferLen { what: "sgd_momentum", .. })
         ));
         assert_eq!(p, [1.0; 3]);
     }

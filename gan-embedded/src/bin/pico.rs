@@ -81,10 +81,7 @@ struct Line {
 
 impl Line {
     const fn new() -> Self {
-        Line {
-            buf: [0; 160],
-            len: 0,
-        }
+        Line { buf: [0; 160], len: 0 }
     }
     fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
@@ -97,11 +94,7 @@ impl core::fmt::Write for Line {
         let n = s.len().min(room);
         self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
         self.len += n;
-        if n == s.len() {
-            Ok(())
-        } else {
-            Err(core::fmt::Error)
-        }
+        if n == s.len() { Ok(()) } else { Err(core::fmt::Error) }
     }
 }
 
@@ -190,12 +183,7 @@ fn main() -> ! {
     .ok()
     .unwrap();
     let sio = hal::Sio::new(pac.SIO);
-    let pins = hal::gpio::Pins::new(
-        pac.IO_BANK0,
-        pac.PADS_BANK0,
-        sio.gpio_bank0,
-        &mut pac.RESETS,
-    );
+    let pins = hal::gpio::Pins::new(pac.IO_BANK0, pac.PADS_BANK0, sio.gpio_bank0, &mut pac.RESETS);
     let led: LedPin = pins.gpio25.into_push_pull_output();
     critical_section::with(|cs| LED.borrow_ref_mut(cs).replace(led));
     ticks::start(&mut core.SYST);
@@ -222,11 +210,7 @@ fn main() -> ! {
         gan_embedded::weights_region(),
         gan_embedded::linked_weights(),
     );
-    defmt::info!(
-        "weights: {} at {=usize:#x}",
-        source,
-        bytes.as_ptr() as usize
-    );
+    defmt::info!("weights: {} at {=usize:#x}", source, bytes.as_ptr() as usize);
     let file = gan_embedded::load(bytes, source);
     let bufs = Buffers::take().unwrap();
     let digits = match &file {
@@ -282,11 +266,8 @@ fn main() -> ! {
 }
 
 fn handle(
-    usb: &mut Usb<'_>,
-    line: &[u8],
-    digits: &mut Result<Digits<'_>, Error>,
-    file: &Result<WeightsFile<'static>, gan_core::format::FormatError>,
-    source: Source,
+    usb: &mut Usb<'_>, line: &[u8], digits: &mut Result<Digits<'_>, Error>,
+    file: &Result<WeightsFile<'static>, gan_core::format::FormatError>, source: Source,
 ) {
     let d = match digits {
         Ok(d) => d,

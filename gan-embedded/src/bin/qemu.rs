@@ -46,11 +46,7 @@ macro_rules! log {
 
 /// The text console: stdout, or stderr when stdout carries defmt frames.
 fn console() -> Result<File, sh::HostError> {
-    if cfg!(feature = "qemu-defmt") {
-        File::stderr()
-    } else {
-        File::stdout()
-    }
+    if cfg!(feature = "qemu-defmt") { File::stderr() } else { File::stdout() }
 }
 
 struct Args<'a> {
@@ -70,16 +66,9 @@ fn parse_number(v: &[u8]) -> Option<u64> {
 }
 
 fn parse_args(line: &[u8]) -> Result<Args<'_>, &[u8]> {
-    let mut args = Args {
-        seed: 0,
-        count: 1,
-        class: ClassChoice::Cycle,
-        out: b"digits.bin",
-        panic: false,
-    };
-    let words = line
-        .split(|&b| b == b' ' || b == 0)
-        .filter(|w| !w.is_empty());
+    let mut args =
+        Args { seed: 0, count: 1, class: ClassChoice::Cycle, out: b"digits.bin", panic: false };
+    let words = line.split(|&b| b == b' ' || b == 0).filter(|w| !w.is_empty());
     for (i, word) in words.enumerate() {
         let Some(eq) = word.iter().position(|&b| b == b'=') else {
             if i == 0 {
@@ -91,14 +80,10 @@ fn parse_args(line: &[u8]) -> Result<Args<'_>, &[u8]> {
         match key {
             b"seed" => args.seed = parse_number(value).ok_or(word)?,
             b"count" => {
-                args.count = parse_number(value)
-                    .and_then(|n| n.try_into().ok())
-                    .ok_or(word)?;
+                args.count = parse_number(value).and_then(|n| n.try_into().ok()).ok_or(word)?;
             }
             b"class" => {
-                let c = parse_number(value)
-                    .and_then(|n| n.try_into().ok())
-                    .ok_or(word)?;
+                let c = parse_number(value).and_then(|n| n.try_into().ok()).ok_or(word)?;
                 args.class = ClassChoice::Fixed(c);
             }
             b"out" if !value.is_empty() => args.out = value,
@@ -152,12 +137,7 @@ fn run() -> Result<(), u8> {
         gan_embedded::weights_region(),
         gan_embedded::linked_weights(),
     );
-    let _ = writeln!(
-        con,
-        "weights: {} at {:#010x}",
-        source.name(),
-        bytes.as_ptr() as usize
-    );
+    let _ = writeln!(con, "weights: {} at {:#010x}", source.name(), bytes.as_ptr() as usize);
     log!("weights: {}", source);
     let file = gan_embedded::load(bytes, source).map_err(|e| {
         let _ = writeln!(con, "error {}: {e}", e.code());
@@ -214,11 +194,8 @@ fn run() -> Result<(), u8> {
         gan_embedded::ascii_art(pixels, width, |l| {
             let _ = con.write_all(l);
         });
-        let _ = writeln!(
-            con,
-            "instructions: {instructions} ({} per MAC)",
-            Ratio(instructions, macs)
-        );
+        let _ =
+            writeln!(con, "instructions: {instructions} ({} per MAC)", Ratio(instructions, macs));
         log!("digit {}: {} instructions", i, instructions);
     }
     host.close().map_err(|_| EXIT_HOST_IO)?;

@@ -17,6 +17,7 @@
 //! [`Simd::store_n`]).
 
 use super::simd::{Avx, Avx512, Simd};
+use crate::kernels::exact::Exact;
 use crate::kernels::gemm::Aligned;
 
 /// Blocking of the exact kernel for one instruction set.
@@ -44,79 +45,24 @@ impl Blocking for Avx512 {
 /// Floats in a strip's packed block of `B` (16 KiB).
 const PANEL: usize = 4096;
 
-/// Operands of one exact product over `n` columns of `C` and `B` whose rows are `ld ≥ n`
-/// floats apart: `c` reaches `C(i, j)` at `i·ld + j` for `i < m`, `j < n`, `b` reaches
-/// `B(p, j)` at `p·ld + j` for `p < k`, `a` holds `m·k` and `bias` `n` floats; `c` aliases
-/// none of the others.
-struct Exact {
-    c: *mut f32,
-    a: *const f32,
-    b: *const f32,
-    bias: *const f32,
-    m: usize,
-    k: usize,
-    n: usize,
-    ld: usize,
-}
-
 /// Exact kernel with AVX.
 ///
 /// # Safety
-/// As [`crate::kernels::exact::exact_portable`]; the CPU supports AVX.
-#[allow(clippy::too_many_arguments)]
+/// `e` satisfies [`Exact`]'s contract; the CPU supports AVX.
 #[target_feature(enable = "avx")]
-pub(crate) unsafe fn exact_avx(
-    c: *mut f32,
-    a: *const f32,
-    b: *const f32,
-    bias: *const f32,
-    m: usize,
-    k: usize,
-    n: usize,
-    ld: usize,
-) {
-    let e = Exact {
-        c,
-        a,
-        b,
-        bias,
-        m,
-        k,
-        n,
-        ld,
-    };
+pub(crate) unsafe fn exact_avx(e: &Exact) {
     // SAFETY: forwarded; AVX is enabled here.
-    unsafe { run::<Avx>(&e) }
+    unsafe { run::<Avx>(e) }
 }
 
 /// Exact kernel with AVX-512F.
 ///
 /// # Safety
-/// As [`crate::kernels::exact::exact_portable`]; the CPU supports AVX-512F.
-#[allow(clippy::too_many_arguments)]
+/// `e` satisfies [`Exact`]'s contract; the CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn exact_avx512(
-    c: *mut f32,
-    a: *const f32,
-    b: *const f32,
-    bias: *const f32,
-    m: usize,
-    k: usize,
-    n: usize,
-    ld: usize,
-) {
-    let e = Exact {
-        c,
-        a,
-        b,
-        bias,
-        m,
-        k,
-        n,
-        ld,
-    };
+pub(crate) unsafe fn exact_avx512(e: &Exact) {
     // SAFETY: forwarded; AVX-512F is enabled here.
-    unsafe { run::<Avx512>(&e) }
+    unsafe { run::<Avx512>(e) }
 }
 
 /// The whole product: streaming rows below 4 rows, strips of tiles from 4 rows up.
@@ -207,13 +153,7 @@ unsafe fn strip<S: Blocking, const V: usize>(e: &Exact, j: usize, w: usize) {
 /// holds the packed rows; the caller runs with `S`'s instruction set.
 #[inline(always)]
 unsafe fn tile<S: Simd, const R: usize, const V: usize>(
-    e: &Exact,
-    panel: *const f32,
-    i: usize,
-    j: usize,
-    widths: &[usize; V],
-    p0: usize,
-    p1: usize,
+    e: &Exact, panel: *const f32, i: usize, j: usize, widths: &[usize; V], p0: usize, p1: usize,
 ) {
     let (k, ld, l) = (e.k, e.ld, S::LANES);
     // SAFETY: (whole body)  A(i+r, p), the packed rows and the lanes of C(i+r, j..) and
@@ -245,11 +185,8 @@ unsafe fn tile<S: Simd, const R: usize, const V: usize>(
         let last = p1 == k;
         for (r, acc_r) in acc.iter().enumerate() {
             for (v, &s) in acc_r.iter().enumerate() {
-                let out = if last {
-                    S::add(s, S::load_n(e.bias.add(j + l * v), widths[v]))
-                } else {
-                    s
-                };
+                let out =
+                    if last { S::add(s, S::load_n(e.bias.add(j + l * v), widths[v])) } else { s };
                 S::store_n(e.c.add((i + r) * ld + j + l * v), out, widths[v]);
             }
         }
@@ -309,10 +246,7 @@ unsafe fn row_stream<S: Blocking>(e: &Exact, i: usize) {
 /// As [`row_stream`], with `p + Q ≤ k`; `arow` and `crow` are row `i` of `A` and `C`.
 #[inline(always)]
 unsafe fn stream_pass<S: Simd, const Q: usize>(
-    e: &Exact,
-    arow: *const f32,
-    crow: *mut f32,
-    p: usize,
+    e: &Exact, arow: *const f32, crow: *mut f32, p: usize,
 ) {
     let (n, ld, l) = (e.n, e.ld, S::LANES);
     let full = n / l * l;

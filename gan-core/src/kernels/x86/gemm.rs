@@ -48,11 +48,7 @@ unsafe fn tile<S: Simd, const R: usize, const V: usize, const MR: usize>(t: &Til
             for (v, &s) in acc_r.iter().enumerate() {
                 let w = t.cols - l * v;
                 let cp = t.c.add(r * t.ldc + l * v);
-                let x = if t.add {
-                    S::add(S::load_n(cp, w), s)
-                } else {
-                    s
-                };
+                let x = if t.add { S::add(S::load_n(cp, w), s) } else { s };
                 S::store_n(cp, x, w);
             }
         }
@@ -89,15 +85,8 @@ macro_rules! micro_kernel {
             fn panels() -> (Self::PanelA, Self::PanelB) {
                 (Aligned::uninit(), Aligned::uninit())
             }
-            fn pack_a(
-                panel: &mut [MaybeUninit<f32>],
-                g: &Gemm<'_>,
-                ic: usize,
-                mc: usize,
-                pc: usize,
-                kc: usize,
-            ) {
-                pack_a::<$mr>(panel, g, ic, mc, pc, kc);
+            fn pack_a(p: &mut [MaybeUninit<f32>], g: &Gemm<'_>, ic: usize, mc: usize, pc: usize, kc: usize) {
+                pack_a::<$mr>(p, g, ic, mc, pc, kc);
             }
             unsafe fn tile(t: &Tile) {
                 // SAFETY: forwarded (the caller checked the instruction set); each
@@ -118,11 +107,7 @@ macro_rules! micro_kernel {
                 }
             }
             unsafe fn pack_b(
-                panel: &mut [MaybeUninit<f32>],
-                g: &Gemm<'_>,
-                pc: usize,
-                kc: usize,
-                jc: usize,
+                panel: &mut [MaybeUninit<f32>], g: &Gemm<'_>, pc: usize, kc: usize, jc: usize,
                 cols: usize,
             ) {
                 if g.bcs == 1 {
@@ -153,12 +138,7 @@ micro_kernel!(Avx512Kernel, mr: 8, nr: 32, rows_a: 64, tile: tile_avx512, rows: 
 /// The CPU supports AVX.
 #[target_feature(enable = "avx")]
 unsafe fn pack_b_transposed<const NR: usize>(
-    panel: &mut [MaybeUninit<f32>],
-    g: &Gemm<'_>,
-    pc: usize,
-    kc: usize,
-    jc: usize,
-    cols: usize,
+    panel: &mut [MaybeUninit<f32>], g: &Gemm<'_>, pc: usize, kc: usize, jc: usize, cols: usize,
 ) {
     const { assert!(NR.is_multiple_of(8)) };
     assert!(g.brs == 1 && panel.len() >= kc * NR && (1..=NR).contains(&cols) && kc >= 1);
