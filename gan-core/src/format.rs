@@ -58,6 +58,9 @@ pub enum ModelKind {
     Generator,
     /// A discriminator (exported for inspection; the firmware refuses it).
     Discriminator,
+    /// A classifier of images into `classes` classes (`gan-train score`'s digit classifier;
+    /// the firmware refuses it).
+    Classifier,
 }
 
 /// The noise distribution the generator was trained with.

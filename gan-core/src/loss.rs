@@ -232,6 +232,76 @@ pub fn feature_matching(
     Ok(loss)
 }
 
+/// Softmax cross-entropy over `classes` logits per sample, for classifiers.
+///
+/// With `p_i = softmax(logits_i)` (computed stably, after subtracting the row maximum) and the
+/// label `y_i`: `L = (1/N)·Σ_i −ln p_i[y_i]`; `grad_i[c] = (p_i[c] − [c = y_i]) / N`
+/// (overwritten). `probs`, when not empty, receives `p` (N × classes) for reporting.
+///
+/// Shapes: `grad` and `logits` N×classes, `labels` N (each below `classes`).
+pub fn softmax_cross_entropy(
+    grad: &mut [f32], probs: &mut [f32], logits: &[f32], labels: &[u8], classes: usize,
+) -> Result<f32, CoreError> {
+    let n = labels.len();
+    if n == 0 || classes == 0 {
+        return Err(CoreError::ZeroSize);
+    }
+    let len = dim_product("logits", n, classes, logits.len())?;
+    check_len("logits", logits.len(), len)?;
+    check_len("grad", grad.len(), len)?;
+    if !probs.is_empty() {
+        check_len("probs", probs.len(), len)?;
+    }
+    if let Some(i) = labels.iter().position(|&y| y as usize >= classes) {
+        return Err(CoreError::BufferLen {
+            what: "labels",
+            expected: classes,
+            got: labels[i] as usize,
+        });
+    }
+    let inv_n = 1.0 / n as f32;
+    let mut loss = 0.0f32;
+    for (i, (g, z)) in grad.chunks_exact_mut(classes).zip(logits.chunks_exact(classes)).enumerate()
+    {
+        let ln_sum = log_softmax_norm(z);
+        let y = labels[i] as usize;
+        loss -= z[y] - ln_sum;
+        for (c, (g, &zc)) in g.iter_mut().zip(z).enumerate() {
+            let p = libm::expf(zc - ln_sum);
+            if !probs.is_empty() {
+                probs[i * classes + c] = p;
+            }
+            *g = (p - if c == y { 1.0 } else { 0.0 }) * inv_n;
+        }
+    }
+    Ok(loss * inv_n)
+}
+
+/// `ln Σ_c exp(z_c)`, computed as `max + ln Σ exp(z_c − max)` so it never overflows.
+fn log_softmax_norm(z: &[f32]) -> f32 {
+    let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let sum: f32 = z.iter().map(|&v| libm::expf(v - max)).sum();
+    max + libm::logf(sum)
+}
+
+/// Softmax of each row of `logits` (N × `classes`) into `probs`, stably.
+pub fn softmax(probs: &mut [f32], logits: &[f32], classes: usize) -> Result<(), CoreError> {
+    if classes == 0 || logits.is_empty() {
+        return Err(CoreError::ZeroSize);
+    }
+    check_len("probs", probs.len(), logits.len())?;
+    if !logits.len().is_multiple_of(classes) {
+        return Err(CoreError::BufferLen { what: "logits", expected: classes, got: logits.len() });
+    }
+    for (p, z) in probs.chunks_exact_mut(classes).zip(logits.chunks_exact(classes)) {
+        let ln_sum = log_softmax_norm(z);
+        for (p, &zc) in p.iter_mut().zip(z) {
+            *p = libm::expf(zc - ln_sum);
+        }
+    }
+    Ok(())
+}
+
 /// Fraction of scores strictly above `threshold`: `count(x_i > thr) / N`.
 ///
 /// For reporting discriminator accuracy (e.g. real probabilities above 0.5, or fake logits
@@ -638,5 +708,52 @@ mod tests {
         lsgan(&mut b, &x, 1.0).unwrap();
         lsgan(&mut a, &x, 1.0).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn softmax_cross_entropy_golden() {
+        // Two classes with equal logits: ln 2 per sample, gradient ±1/(2N).
+        let mut g = [0.0f32; 4];
+        let mut p = [0.0f32; 4];
+        let l = softmax_cross_entropy(&mut g, &mut p, &[3.0, 3.0, 0.0, 0.0], &[0, 1], 2).unwrap();
+        close(l, LN_2, 1e-6);
+        all_close(&g, &[-0.25, 0.25, 0.25, -0.25], 1e-6);
+        all_close(&p, &[0.5; 4], 1e-6);
+        // Logits (ln 1, ln 2, ln 7): p = (0.1, 0.2, 0.7); label 2 → −ln 0.7. Large offsets
+        // change nothing (the row maximum is subtracted first).
+        let z = [0.0, LN_2, libm::logf(7.0)].map(|v| v + 1000.0);
+        let mut g = [0.0f32; 3];
+        let l = softmax_cross_entropy(&mut g, &mut [], &z, &[2], 3).unwrap();
+        // (The offset logits themselves round by up to 3e-5 in f32.)
+        close(l, -libm::logf(0.7), 1e-4);
+        all_close(&g, &[0.1, 0.2, -0.3], 1e-4);
+        let mut sm = [0.0f32; 3];
+        softmax(&mut sm, &z, 3).unwrap();
+        all_close(&sm, &[0.1, 0.2, 0.7], 1e-4);
+    }
+
+    #[test]
+    fn softmax_cross_entropy_gradients() {
+        let mut r = Lcg::new(31);
+        let (n, c) = (4, 5);
+        let z: [f32; 20] = r.vec::<20>().map(|v| 3.0 * v);
+        let labels = [0u8, 4, 2, 2];
+        let mut g = [0.0f32; 20];
+        softmax_cross_entropy(&mut g, &mut [], &z, &labels, c).unwrap();
+        grad_check(
+            &z,
+            &g,
+            |zp| {
+                let mut tmp = [0.0f32; 20];
+                softmax_cross_entropy(&mut tmp, &mut [], zp, &labels, c).unwrap() as f64
+            },
+            1e-2,
+            1e-3,
+        );
+        assert_eq!(n, labels.len());
+        // Bad inputs are refused, not read out of range.
+        assert!(softmax_cross_entropy(&mut g, &mut [], &z, &[0, 5, 0, 0], c).is_err());
+        assert!(softmax_cross_entropy(&mut g[1..], &mut [], &z, &labels, c).is_err());
+        assert_eq!(softmax_cross_entropy(&mut [], &mut [], &[], &[], c), Err(CoreError::ZeroSize));
     }
 }

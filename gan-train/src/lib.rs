@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod report;
 pub mod run;
 pub mod sample;
+pub mod score;
 pub mod team;
 pub mod toy;
 pub mod trainer;

@@ -51,6 +51,10 @@ enum Cmd {
     Download(DownloadArgs),
     /// Convert firmware (ELF) or a weights file to UF2 for drag-and-drop flashing of a Pico.
     Uf2(Uf2Args),
+    /// Score samples with the digit classifier: FID, precision, recall, class balance.
+    Score(gan_train::score::ScoreArgs),
+    /// Train the digit classifier that `score` uses.
+    Classifier(gan_train::score::ClassifierArgs),
 }
 
 /// Model and training options; every flag overrides the config file (or the defaults).
@@ -326,6 +330,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Bench(a) => gan_train::bench::run(&a),
         Cmd::Download(a) => cmd_download(a),
         Cmd::Uf2(a) => cmd_uf2(a),
+        Cmd::Score(a) => gan_train::score::run_score(&a),
+        Cmd::Classifier(a) => gan_train::score::run_classifier(&a),
     }
 }
 

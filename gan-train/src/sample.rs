@@ -75,6 +75,53 @@ pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) ->
     Ok(out)
 }
 
+/// Samples per batch of [`generate_batched`].
+const GEN_BATCH: usize = 256;
+
+/// The same draws as [`generate`] (sample `i` gets the `i`-th noise vector of `seed` and the
+/// class of `class`), computed in batches through the fast training kernels in inference mode
+/// instead of the exact path: pixels within a grey level or so of [`generate`]'s, many times
+/// faster for convolutional generators. For scores over thousands of samples. Returns the grey
+/// bytes and each sample's class (0 for an unconditional model). Int8 files take the exact path.
+pub fn generate_batched(
+    w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice,
+    exec: &dyn gan_core::kernels::Exec,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let g = Generator::new(w).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let classes = g.classes();
+    let labels: Vec<u8> = (0..n).map(|i| class.class_of(i, classes) as u8).collect();
+    if classes > 0 && labels.iter().any(|&c| c as usize >= classes) {
+        anyhow::bail!("the class is out of range: the model has {classes} classes");
+    }
+    let Some(params) = w.params() else {
+        return Ok((generate(w, seed, n, class)?, labels));
+    };
+    let spec = g.spec();
+    let (inp, px) = (g.input_len(), g.output_len());
+    let h = &w.header;
+    let mut rng = noise::rng(seed);
+    let mut out = vec![0u8; n * px];
+    let mut acts = Vec::new();
+    let sigmoid = spec.iter().filter(|l| !l.view).last().map(|l| l.layer)
+        == Some(gan_core::layers::Layer::Sigmoid);
+    for (start, chunk) in (0..n).step_by(GEN_BATCH).zip(out.chunks_mut(GEN_BATCH * px)) {
+        let b = chunk.len() / px;
+        acts.resize(spec.act_len(b), 0.0);
+        let z = gan_core::model::input_mut(spec, &mut acts, b);
+        for (i, row) in z.chunks_exact_mut(inp).enumerate() {
+            let c = labels[start + i] as usize;
+            noise::generator_input(h.noise, &mut rng, h.latent as usize, c, row);
+        }
+        let ctx = gan_core::model::ForwardCtx::inference();
+        gan_core::model::forward_with(spec, params, &mut acts, b, exec, &ctx)?;
+        let y = gan_core::model::output(spec, &acts, b);
+        for (p, &v) in chunk.iter_mut().zip(y) {
+            *p = if sigmoid { gan_core::to_pixel_unit(v) } else { gan_core::to_pixel(v) };
+        }
+    }
+    Ok((out, labels))
+}
+
 /// An image as ASCII art, one text line per pixel row (dark to bright: " .:-=+*#%@"), drawn by
 /// [`gan_core::ascii_art`] like the firmware's (lines wrap after
 /// [`gan_core::ASCII_MAX_LINE`] characters).

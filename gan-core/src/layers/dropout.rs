@@ -46,6 +46,10 @@ impl Kind for Dropout {
         write!(f, "dropout({})", self.p)
     }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
+        if a.inference {
+            a.out.copy_from_slice(a.inp);
+            return Ok(());
+        }
         dropout_forward(a.out, a.aux, a.inp, self.p, a.seed, a.l.index as u64)
     }
     fn backward(&self, a: Backward<'_>) -> Result<(), CoreError> {

@@ -318,6 +318,8 @@ pub(crate) struct Forward<'a> {
     pub exec: &'a dyn Exec,
     /// Seed of the pass's dropout masks.
     pub seed: u64,
+    /// Inference mode ([`crate::model::ForwardCtx::inference`]).
+    pub inference: bool,
 }
 
 impl<'a> Forward<'a> {

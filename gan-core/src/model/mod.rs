@@ -39,12 +39,22 @@ pub struct ForwardCtx {
     /// derived from the run seed and the step number) so masks differ between steps yet replay
     /// exactly.
     pub seed: u64,
+    /// Run the layers as inference does, through the fast training kernels: batch
+    /// normalisation with its running statistics, dropout as the identity. For grids, scores and
+    /// batched sampling where speed matters more than the exact path's bits ([`infer`] gives
+    /// those); nothing the forward keeps is then fit for a backward pass through those layers.
+    pub inference: bool,
 }
 
 impl ForwardCtx {
-    /// A context with the given dropout seed.
+    /// A training context with the given dropout seed.
     pub const fn with_seed(seed: u64) -> Self {
-        ForwardCtx { seed }
+        ForwardCtx { seed, inference: false }
+    }
+
+    /// An inference-mode context (see [`ForwardCtx::inference`]).
+    pub const fn inference() -> Self {
+        ForwardCtx { seed: 0, inference: true }
     }
 }
 
@@ -109,7 +119,17 @@ pub fn forward_with(
             continue;
         }
         let (inp, out, aux) = in_out_aux(acts, &info, n);
-        let a = Forward { l: &info, params, inp, out, aux, n, exec, seed: ctx.seed };
+        let a = Forward {
+            l: &info,
+            params,
+            inp,
+            out,
+            aux,
+            n,
+            exec,
+            seed: ctx.seed,
+            inference: ctx.inference,
+        };
         with_kind!(info.layer, |k| Kind::forward(&k, a))?;
     }
     Ok(())

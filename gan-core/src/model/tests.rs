@@ -338,6 +338,37 @@ fn infer_of_conv_batchnorm_network_matches_forward() {
     assert_ne!(output(&spec_d, &acts_d, n), output(&spec, &acts, n));
 }
 
+/// The fast forward in inference mode computes what `infer` computes (running statistics, no
+/// dropout), to within the training kernels' rounding, whatever the batch statistics are.
+#[test]
+fn inference_mode_forward_matches_infer() {
+    let mut layers = CONV_D;
+    layers[4] = Layer::Dropout { p: 0.5 };
+    let n = 5;
+    let spec = Spec::new(Shape::image(2, 6, 6), &layers).unwrap();
+    let mut r = Lcg::new(66);
+    let mut p = vec![0.0; spec.param_len()];
+    r.fill(&mut p);
+    for info in spec.iter().filter(|l| l.stats_len > 0) {
+        // Positive running variances, far from this batch's statistics.
+        let c = info.stats_len / 2;
+        p[info.stats_range()][c..].iter_mut().for_each(|v| *v = v.abs() + 0.5);
+    }
+    let mut x = vec![0.0; n * spec.input().len()];
+    r.fill(&mut x);
+    let mut want = vec![0.0; n];
+    infer(&spec, &p, &x, &mut want, &mut vec![0.0; spec.infer_scratch_len(n)], n).unwrap();
+    let mut acts = vec![0.0; spec.act_len(n)];
+    input_mut(&spec, &mut acts, n).copy_from_slice(&x);
+    forward_with(&spec, &p, &mut acts, n, &Serial, &ForwardCtx::inference()).unwrap();
+    for (a, b) in output(&spec, &acts, n).iter().zip(&want) {
+        assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    // The training forward uses the batch's statistics and masks: other numbers.
+    let train = acts_for(&spec, &p, &x, n);
+    assert!(output(&spec, &train, n).iter().zip(&want).any(|(a, b)| (a - b).abs() > 1e-3));
+}
+
 #[test]
 fn infer_of_generator_matches_forward() {
     let mut layers = CONV_G;
