@@ -4,15 +4,18 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "GANC"
-//! 4       4     version, u32 LE (2; 1 is still read)
+//! 4       4     version, u32 LE (3; 1 and 2 are still read)
 //! 8       4     CRC-32 of the payload, u32 LE
 //! 12      8     payload length, u64 LE
 //! 20      …     payload: postcard-encoded `TrainState`
 //! ```
 //!
-//! Version 1 payloads are version 2 without the last field (the partial loss-log window).
-//! Postcard writes a struct as its fields one after another, so a version 1 payload followed
-//! by an encoded empty window is a version 2 payload: that is how it is read.
+//! Postcard writes a struct as its fields one after another. From version 3 the configuration
+//! is a TOML string, so adding options never changes the layout again; versions 1 and 2 stored
+//! it field by field ([`crate::config::LegacyConfig`]). Older payloads are read by rewriting
+//! them into the current layout: the legacy configuration re-encoded as TOML, the rest as it
+//! is, and the fields added since (version 2: the partial loss-log window; version 3: the
+//! generator's moving average and the quality state) appended at their defaults.
 
 use std::fs;
 use std::path::Path;
@@ -20,12 +23,13 @@ use std::path::Path;
 use anyhow::{Context, Result, ensure};
 use gan_core::format;
 
+use crate::config::LegacyConfig;
 use crate::run::write_atomic;
-use crate::trainer::{LogWindow, TrainState};
+use crate::trainer::{LogWindow, QualityState, TrainState};
 
 const MAGIC: &[u8; 4] = b"GANC";
 /// The version this build writes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Bytes before the payload.
 const HEADER_LEN: usize = 20;
 
@@ -48,7 +52,7 @@ pub fn decode(bytes: &[u8]) -> Result<TrainState> {
     ensure!(&bytes[..4] == MAGIC, "not a checkpoint file (bad magic)");
     let version = u32::from_le_bytes(bytes[4..8].try_into()?);
     ensure!(
-        version == 1 || version == VERSION,
+        (1..=VERSION).contains(&version),
         "checkpoint version {version} is not supported (this build reads 1 to {VERSION})"
     );
     let crc = u32::from_le_bytes(bytes[8..12].try_into()?);
@@ -63,12 +67,24 @@ pub fn decode(bytes: &[u8]) -> Result<TrainState> {
     let decode = |p: &[u8]| -> Result<TrainState> {
         postcard::from_bytes(p).context("checkpoint payload does not decode")
     };
-    if version == 1 {
-        let mut v2 = payload.to_vec();
-        v2.extend_from_slice(&postcard::to_stdvec(&LogWindow::default())?);
-        return decode(&v2);
+    if version < VERSION {
+        return decode(&upgrade(payload, version)?);
     }
     decode(payload)
+}
+
+/// A version 1 or 2 payload rewritten in the current layout (see the module docs).
+fn upgrade(payload: &[u8], version: u32) -> Result<Vec<u8>> {
+    let (legacy, rest) = postcard::take_from_bytes::<LegacyConfig>(payload)
+        .context("checkpoint payload does not decode")?;
+    let config = legacy.upgrade().context("checkpoint configuration does not decode")?;
+    let mut out = postcard::to_stdvec(&toml::to_string(&config)?)?;
+    out.extend_from_slice(rest);
+    if version < 2 {
+        out.extend_from_slice(&postcard::to_stdvec(&LogWindow::default())?);
+    }
+    out.extend_from_slice(&postcard::to_stdvec(&(None::<Vec<f32>>, QualityState::default()))?);
+    Ok(out)
 }
 
 /// Writes a checkpoint atomically (see [`write_atomic`]).

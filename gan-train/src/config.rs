@@ -153,6 +153,28 @@ pub struct TrainConfig {
     pub log_every: u32,
     /// Samples in the per-epoch grid (fixed noise).
     pub grid: usize,
+    /// Decay of the exponential moving average of the generator's weights (0 = off). With
+    /// it, grids, scores and the exported generator use the average.
+    pub ema: f32,
+    /// Score the generator every this many epochs (0 = never), see `gan-train score`.
+    pub quality_every: u32,
+    /// Samples per score during training (fixed noise, a stream of their own).
+    pub quality_samples: usize,
+    /// What to do when the scores show a collapse.
+    pub on_collapse: CollapseAction,
+}
+
+/// What training does when it detects a collapse (see `run.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CollapseAction {
+    /// Print a warning and go on.
+    Warn,
+    /// Go back to the best-scoring checkpoint, halve both learning rates and go on (at most
+    /// three times, then stop).
+    Rollback,
+    /// Stop, keeping the best-scoring generator.
+    Stop,
 }
 
 impl Default for TrainConfig {
@@ -187,7 +209,62 @@ impl Default for TrainConfig {
             seed: 1,
             log_every: 20,
             grid: 64,
+            ema: 0.0,
+            quality_every: 1,
+            quality_samples: 2000,
+            on_collapse: CollapseAction::Rollback,
         }
+    }
+}
+
+/// [`TrainConfig`] as checkpoints of format versions 1 and 2 stored it (postcard writes a
+/// struct's fields one after another, so this list is frozen; from version 3 on the
+/// configuration is stored as TOML and new fields take their defaults). Read only.
+#[derive(Serialize, Deserialize)]
+#[doc(hidden)]
+pub struct LegacyConfig {
+    arch: Arch,
+    latent: u32,
+    g_hidden: Vec<u32>,
+    d_hidden: Vec<u32>,
+    g_act: HiddenAct,
+    g_out: OutAct,
+    noise: Noise,
+    conditional: bool,
+    loss: LossKind,
+    gp_lambda: f32,
+    n_critic: u32,
+    label_smoothing: f32,
+    feature_matching: f32,
+    minibatch_disc: Vec<u32>,
+    d_dropout: f32,
+    g_opt: OptKind,
+    d_opt: OptKind,
+    g_lr: f32,
+    d_lr: f32,
+    beta1: f32,
+    beta2: f32,
+    momentum: f32,
+    init: Init,
+    batch: usize,
+    epochs: u32,
+    max_steps: u64,
+    seed: u64,
+    log_every: u32,
+    grid: usize,
+}
+
+impl LegacyConfig {
+    /// The configuration with today's fields: the same values by name (through TOML), new
+    /// fields at their defaults.
+    pub fn upgrade(&self) -> Result<TrainConfig> {
+        Ok(toml::from_str(&toml::to_string(self)?)?)
+    }
+
+    /// The fields of `c` that version 1 and 2 checkpoints stored (to write such a checkpoint
+    /// in tests).
+    pub fn of(c: &TrainConfig) -> Result<LegacyConfig> {
+        Ok(toml::from_str(&toml::to_string(c)?)?)
     }
 }
 
@@ -280,6 +357,12 @@ impl TrainConfig {
         }
         if c.n_critic == 0 {
             bail!("n_critic must be at least 1");
+        }
+        if !(0.0..1.0).contains(&c.ema) {
+            bail!("the EMA decay must be in [0, 1) (0 = off)");
+        }
+        if c.quality_every > 0 && c.quality_samples <= crate::score::K {
+            bail!("quality scores need more than {} samples", crate::score::K);
         }
         if c.d_hidden.is_empty() && c.feature_matching > 0.0 {
             bail!("feature matching needs at least one hidden discriminator layer");

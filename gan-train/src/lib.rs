@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod download;
 pub mod inspect;
+pub mod quality;
 pub mod report;
 pub mod run;
 pub mod sample;

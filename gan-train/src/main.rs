@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use gan_core::board::Board;
 use gan_core::encoding::Encoding;
 use gan_train::config::{
-    Arch, DataShape, HiddenAct, LossKind, Noise, OptKind, OutAct, TrainConfig,
+    Arch, CollapseAction, DataShape, HiddenAct, LossKind, Noise, OptKind, OutAct, TrainConfig,
 };
 use gan_train::inspect;
 use gan_train::run::{self, Outcome, RunDir, RunOptions};
@@ -132,6 +132,19 @@ struct ModelArgs {
     /// Seed (initialisation, shuffling, noise).
     #[arg(long)]
     seed: Option<u64>,
+    /// Decay of the generator's weight average (e.g. 0.999; 0 = off); grids, scores and the
+    /// exported generator use the average.
+    #[arg(long)]
+    ema: Option<f32>,
+    /// Score the generator every this many epochs (0 = never).
+    #[arg(long)]
+    quality_every: Option<u32>,
+    /// Samples per score during training.
+    #[arg(long)]
+    quality_samples: Option<usize>,
+    /// What to do when the scores show a collapse.
+    #[arg(long, value_enum)]
+    on_collapse: Option<CollapseAction>,
 }
 
 impl ModelArgs {
@@ -154,7 +167,7 @@ impl ModelArgs {
         }
         set!(arch, latent, g_hidden, d_hidden, g_act, g_out, noise, loss, gp_lambda, n_critic);
         set!(label_smoothing, feature_matching, minibatch_disc, g_lr, d_lr, beta1, momentum);
-        set!(batch, epochs, max_steps, seed);
+        set!(batch, epochs, max_steps, seed, ema, quality_every, quality_samples, on_collapse);
         if let Some(o) = self.optimizer {
             c.g_opt = o;
             c.d_opt = o;
@@ -383,7 +396,22 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             eprintln!("  losses:    {} and {}", r.csv().display(), r.plot().display());
             eprintln!("  animation: {}", r.gif().display());
             eprintln!("  generator: {}", r.generator().display());
+            if r.best().exists() {
+                eprintln!(
+                    "  best:      {} (scores in {})",
+                    r.best().display(),
+                    r.quality_csv().display()
+                );
+            }
             eprintln!("next: gan-train sample --model {} --ascii --n 4", r.generator().display());
+        }
+        Outcome::Collapsed { steps, why, best_epoch } => {
+            eprintln!("stopped at step {steps}: the training collapsed: {why}");
+            if best_epoch > 0 {
+                eprintln!("  best generator: {} (epoch {best_epoch})", r.best().display());
+            }
+            eprintln!("  last generator: {}", r.generator().display());
+            eprintln!("try a lower learning rate, or --on-collapse rollback");
         }
         Outcome::Interrupted { steps } => {
             eprintln!("interrupted at step {steps}; checkpoint saved");

@@ -359,6 +359,7 @@ const ORANGE: RGBColor = RGBColor(230, 110, 10);
 const GREEN: RGBColor = RGBColor(44, 160, 44);
 const RED: RGBColor = RGBColor(214, 39, 40);
 const GREY: RGBColor = RGBColor(120, 120, 120);
+const PURPLE: RGBColor = RGBColor(148, 103, 189);
 
 /// Turns a plotters error (whose backend error type varies) into an `anyhow` error.
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
@@ -538,6 +539,37 @@ pub fn plot_losses(path: &Path, rows: &[LossRow], title: &str) -> anyhow::Result
             window,
             Some(0.5),
         )
+    })
+}
+
+/// Plots scores over a run to a PNG (1200 × 900): the upper panel has the classifier-FID
+/// (lower is better), the lower one the scores in [0, 1] named in `lower` (higher is better).
+pub fn plot_scores(
+    path: &Path, title: &str, steps: &[u64], fid: &[f32], lower: &[(&str, Vec<f32>)],
+) -> anyhow::Result<()> {
+    ensure!(!steps.is_empty() && fid.len() == steps.len(), "no scores to plot");
+    let x: Vec<f64> = steps.iter().map(|&s| s as f64).collect();
+    let (first, last) = (x[0], x[x.len() - 1]);
+    let range = if last > first { (first, last) } else { (first - 1.0, first + 1.0) };
+    let colours = [GREEN, BLUE, ORANGE, PURPLE, RED];
+    let series: Vec<(&str, &[f32], RGBColor)> =
+        lower.iter().zip(colours).map(|((n, v), c)| (*n, &v[..], c)).collect();
+    render_png(path, 1200, 900, |root| {
+        let root = root.titled(title, (FONT_FAMILY, 28)).map_err(plot_err)?;
+        let (upper, bottom) = root.split_vertically(450);
+        let fid_y = loss_range(&[fid]);
+        draw_panel(
+            &upper,
+            "classifier-FID (lower is better)",
+            "FID",
+            &x,
+            range,
+            fid_y,
+            &[("FID", fid, RED)],
+            1,
+            None,
+        )?;
+        draw_panel(&bottom, "higher is better", "score", &x, range, (0.0, 1.15), &series, 1, None)
     })
 }
 

@@ -9,6 +9,9 @@
 //!   losses.png           loss and D-output curves
 //!   samples/epoch_NNNN.png  the fixed-noise grid after each epoch
 //!   progress.gif         all grids, animated
+//!   quality.csv          the generator's scores every `quality_every` epochs
+//!   quality.png          their curves
+//!   best.ganw, best.bin  the best-scoring generator, and its training state (for rollbacks)
 //!   generator.ganw       the exported generator (firmware weights format)
 //! ```
 
@@ -26,8 +29,9 @@ use gan_core::kernels::Exec;
 use gan_core::noise;
 
 use crate::checkpoint;
-use crate::config::{DataShape, OutAct, TrainConfig};
+use crate::config::{CollapseAction, DataShape, OutAct, TrainConfig};
 use crate::data::{Batcher, Dataset, Scale};
+use crate::quality::{self, Tracker, Verdict};
 use crate::report::{self, LossLog, LossRow};
 use crate::trainer::{Checkpoint, DataSource, Gan};
 
@@ -81,6 +85,22 @@ impl RunDir {
     pub fn generator(&self) -> PathBuf {
         self.root.join("generator.ganw")
     }
+    /// `quality.csv`: the scores during training.
+    pub fn quality_csv(&self) -> PathBuf {
+        self.root.join("quality.csv")
+    }
+    /// `quality.png`.
+    pub fn quality_plot(&self) -> PathBuf {
+        self.root.join("quality.png")
+    }
+    /// `best.ganw`: the best-scoring generator.
+    pub fn best(&self) -> PathBuf {
+        self.root.join("best.ganw")
+    }
+    /// `best.bin`: the training state of the best-scoring generator (for rollbacks).
+    pub fn best_checkpoint(&self) -> PathBuf {
+        self.root.join("best.bin")
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed to disk,
@@ -129,7 +149,7 @@ pub fn export_bytes_as(ck: &Checkpoint, encoding: Encoding) -> Result<Vec<u8>> {
         classes,
         noise: cfg.noise.into(),
     };
-    encode_weights(&spec, &meta, &ck.g.params, encoding)
+    encode_weights(&spec, &meta, ck.generator_params(), encoding)
 }
 
 /// What a weights file says about its network besides the layers.
@@ -235,6 +255,16 @@ pub enum Outcome {
     Interrupted {
         /// Steps done so far.
         steps: u64,
+    },
+    /// Stopped after a collapse (`on_collapse = "stop"`, or no rollbacks left); the last
+    /// generator was exported, the best is in `best.ganw`.
+    Collapsed {
+        /// Steps done.
+        steps: u64,
+        /// What showed the collapse.
+        why: String,
+        /// Epoch of the best generator (0 when none was scored).
+        best_epoch: u32,
     },
 }
 
@@ -374,7 +404,7 @@ fn save_epoch_grid(gan: &Gan, run: &RunDir, z: &[f32], epoch: u32) -> Result<()>
     let spec = gan.g.def.spec();
     let mut out = vec![0.0; n * spec.output().len()];
     let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
-    gan_core::model::infer(&spec, &gan.state.g.params, z, &mut out, &mut scratch, n)?;
+    gan_core::model::infer(&spec, gan.state.generator_params(), z, &mut out, &mut scratch, n)?;
     let px = to_pixels(&out, gan.cfg().g_out);
     let (h, w) = (gan.state.data.h as usize, gan.state.data.w as usize);
     fs::create_dir_all(run.samples())?;
@@ -435,6 +465,93 @@ fn take_row(gan: &mut Gan) -> Option<LossRow> {
     })
 }
 
+/// After a collapse: the state of the best generator, with both learning rates halved and the
+/// run's current epoch budget.
+fn rolled_back(gan: &Gan, run: &RunDir) -> Result<Gan> {
+    let mut ck =
+        checkpoint::load(&run.best_checkpoint()).context("rolling back to the best generator")?;
+    ck.config.g_lr = gan.cfg().g_lr / 2.0;
+    ck.config.d_lr = gan.cfg().d_lr / 2.0;
+    ck.config.epochs = gan.cfg().epochs;
+    ck.config.max_steps = gan.cfg().max_steps;
+    ck.quality = gan.state.quality.clone();
+    ck.quality.rollbacks += 1;
+    Gan::from_checkpoint(ck)
+}
+
+/// What the quality step decided.
+enum AfterScore {
+    Continue,
+    /// Rolled back: the loop restarts from the best epoch.
+    RolledBack,
+    /// Stop the run.
+    Stop(String),
+}
+
+/// Scores the epoch just done when it is due, keeps the best generator, and acts on a
+/// collapse. `scored` is how many loss rows the previous score had seen.
+fn quality_step(
+    gan: &mut Gan, tracker: &mut Tracker, log: &mut LossLog, scored: &mut usize, run: &RunDir,
+    opts: &RunOptions, exec: &dyn Exec,
+) -> Result<AfterScore> {
+    let epoch = gan.state.pos.epoch;
+    if !Tracker::due(gan.cfg(), epoch) {
+        return Ok(AfterScore::Continue);
+    }
+    let s = tracker.score(gan, exec)?;
+    let recent = &log.rows()[(*scored).min(log.rows().len())..];
+    let verdict = quality::judge(&mut gan.state.quality, &s, epoch, recent);
+    *scored = log.rows().len();
+    tracker.push(gan, &s);
+    tracker.save(run, opts.reports)?;
+    let why = match verdict {
+        Verdict::Fine => return Ok(AfterScore::Continue),
+        Verdict::Best => {
+            write_atomic(&run.best(), &export_bytes(&gan.state)?)?;
+            checkpoint::save(&run.best_checkpoint(), &gan.state)?;
+            return Ok(AfterScore::Continue);
+        }
+        Verdict::Collapse(why) => why,
+    };
+    let q = &gan.state.quality;
+    let best =
+        format!("the best generator so far is from epoch {} (FID {:.1})", q.best_epoch, q.best_fid);
+    match gan.cfg().on_collapse {
+        CollapseAction::Warn => {
+            eprintln!(
+                "warning: collapse at epoch {epoch}: {why}; {best}, in {}",
+                run.best().display()
+            );
+            Ok(AfterScore::Continue)
+        }
+        CollapseAction::Rollback
+            if q.rollbacks < quality::MAX_ROLLBACKS && run.best_checkpoint().exists() =>
+        {
+            let next = rolled_back(gan, run)?;
+            eprintln!(
+                "collapse at epoch {epoch}: {why}; rolling back to epoch {} and going on with learning rates G {:.2e}, D {:.2e} (rollback {} of {})",
+                next.state.pos.epoch,
+                next.cfg().g_lr,
+                next.cfg().d_lr,
+                next.state.quality.rollbacks,
+                quality::MAX_ROLLBACKS
+            );
+            *gan = next;
+            *log = LossLog::resume_csv(&run.csv(), gan.state.pos.step)?;
+            *scored = log.rows().len();
+            tracker.rows.retain(|r| r.epoch <= gan.state.pos.epoch);
+            tracker.save(run, opts.reports)?;
+            write_atomic(&run.config(), toml::to_string_pretty(gan.cfg())?.as_bytes())?;
+            checkpoint::save(&run.checkpoint(), &gan.state)?;
+            Ok(AfterScore::RolledBack)
+        }
+        CollapseAction::Rollback => {
+            Ok(AfterScore::Stop(format!("{why} (after {} rollbacks); {best}", q.rollbacks)))
+        }
+        CollapseAction::Stop => Ok(AfterScore::Stop(format!("{why}; {best}"))),
+    }
+}
+
 fn run_loop(
     mut gan: Gan, data: Dataset, run: &RunDir, opts: &RunOptions, exec: &dyn Exec,
 ) -> Result<Outcome> {
@@ -447,19 +564,26 @@ fn run_loop(
     let per_epoch = batcher.batches_per_epoch();
     let px = batcher.dataset().pixels_per_image();
     let mut log = LossLog::resume_csv(&run.csv(), gan.state.pos.step)?;
+    let history = quality::read_csv(&run.quality_csv(), gan.state.pos.epoch)?;
+    let mut tracker = Tracker::new(&gan, batcher.dataset(), history, exec)?;
+    let mut scored = log.rows().len();
     let z_fixed = fixed_noise(&gan);
     let mut real = vec![0.0f32; batch * px];
     let mut labels = vec![0u8; batch];
     let started = Instant::now();
     let start_step = gan.state.pos.step;
-    let max_steps = gan.cfg().max_steps;
-    let epochs = gan.cfg().epochs;
     let log_every = gan.cfg().log_every.max(1) as u64;
+    let mut collapse = None;
 
-    'epochs: while gan.state.pos.epoch < epochs {
+    'epochs: while gan.state.pos.epoch < gan.cfg().epochs {
+        let (epochs, max_steps) = (gan.cfg().epochs, gan.cfg().max_steps);
         let perm = batcher.permutation(gan.state.pos.epoch);
         let bar = progress_bar(opts.progress, per_epoch as u64, gan.state.pos.epoch, epochs);
         bar.set_position(gan.state.pos.batch_in_epoch as u64);
+        let fid = tracker
+            .as_ref()
+            .and_then(|t| t.rows.last())
+            .map_or(String::new(), |r| format!("  FID {:.1}", r.fid));
         while (gan.state.pos.batch_in_epoch as usize) < per_epoch {
             if max_steps > 0 && gan.state.pos.step >= max_steps {
                 bar.finish_and_clear();
@@ -483,7 +607,7 @@ fn run_loop(
             }
             bar.inc(1);
             bar.set_message(format!(
-                "D {:.3}  G {:.3}  D(x) {:.2}  D(G(z)) {:.2}",
+                "D {:.3}  G {:.3}  D(x) {:.2}  D(G(z)) {:.2}{fid}",
                 stats.d_loss, stats.g_loss, stats.d_real, stats.d_fake
             ));
             if opts.stop.load(Ordering::Relaxed) {
@@ -502,12 +626,36 @@ fn run_loop(
                 report::plot_losses(&run.plot(), log.rows(), "GAN training")?;
             }
         }
+        if let Some(t) = &mut tracker {
+            match quality_step(&mut gan, t, &mut log, &mut scored, run, opts, exec)? {
+                AfterScore::Continue => {}
+                AfterScore::RolledBack => continue 'epochs,
+                AfterScore::Stop(why) => {
+                    collapse = Some(why);
+                    checkpoint::save(&run.checkpoint(), &gan.state)?;
+                    break 'epochs;
+                }
+            }
+        }
         checkpoint::save(&run.checkpoint(), &gan.state)?;
         if opts.progress
             && let Some(r) = log.rows().last()
         {
+            let score = tracker.as_ref().and_then(|t| t.rows.last()).map_or(String::new(), |q| {
+                format!(
+                    "  FID {:.1} precision {:.2} recall {:.2}{}",
+                    q.fid,
+                    q.precision,
+                    q.recall,
+                    if q.class_match.is_nan() {
+                        String::new()
+                    } else {
+                        format!(" class {:.0}%", 100.0 * q.class_match)
+                    }
+                )
+            });
             eprintln!(
-                "epoch {:>3}/{epochs}  D {:.3}  G {:.3}  D(x) {:.2}  D(G(z)) {:.2}  acc real {:.0}% fake {:.0}%",
+                "epoch {:>3}/{epochs}  D {:.3}  G {:.3}  D(x) {:.2}  D(G(z)) {:.2}  acc real {:.0}% fake {:.0}%{score}",
                 gan.state.pos.epoch,
                 r.d_loss,
                 r.g_loss,
@@ -530,6 +678,10 @@ fn run_loop(
         save_progress_gif(run, gan.state.pos.epoch)?;
     }
     write_atomic(&run.generator(), &export_bytes(&gan.state)?)?;
+    if let Some(why) = collapse {
+        let best_epoch = gan.state.quality.best_epoch;
+        return Ok(Outcome::Collapsed { steps: gan.state.pos.step, why, best_epoch });
+    }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     Ok(Outcome::Finished {
         steps: gan.state.pos.step,

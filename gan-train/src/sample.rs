@@ -100,26 +100,41 @@ pub fn generate_batched(
     let (inp, px) = (g.input_len(), g.output_len());
     let h = &w.header;
     let mut rng = noise::rng(seed);
-    let mut out = vec![0u8; n * px];
-    let mut acts = Vec::new();
+    let mut z = vec![0.0f32; n * inp];
+    for (row, &c) in z.chunks_exact_mut(inp).zip(&labels) {
+        noise::generator_input(h.noise, &mut rng, h.latent as usize, c as usize, row);
+    }
+    let y = forward_batched(spec, params, &z, n, exec)?;
     let sigmoid = spec.iter().filter(|l| !l.view).last().map(|l| l.layer)
         == Some(gan_core::layers::Layer::Sigmoid);
-    for (start, chunk) in (0..n).step_by(GEN_BATCH).zip(out.chunks_mut(GEN_BATCH * px)) {
-        let b = chunk.len() / px;
-        acts.resize(spec.act_len(b), 0.0);
-        let z = gan_core::model::input_mut(spec, &mut acts, b);
-        for (i, row) in z.chunks_exact_mut(inp).enumerate() {
-            let c = labels[start + i] as usize;
-            noise::generator_input(h.noise, &mut rng, h.latent as usize, c, row);
-        }
-        let ctx = gan_core::model::ForwardCtx::inference();
-        gan_core::model::forward_with(spec, params, &mut acts, b, exec, &ctx)?;
-        let y = gan_core::model::output(spec, &acts, b);
-        for (p, &v) in chunk.iter_mut().zip(y) {
-            *p = if sigmoid { gan_core::to_pixel_unit(v) } else { gan_core::to_pixel(v) };
-        }
-    }
+    let out = y
+        .iter()
+        .map(|&v| if sigmoid { gan_core::to_pixel_unit(v) } else { gan_core::to_pixel(v) })
+        .collect::<Vec<u8>>();
+    debug_assert_eq!(out.len(), n * px);
     Ok((out, labels))
+}
+
+/// Runs the network `spec` with `params` on the `n` inputs in `z` in batches of a few hundred
+/// through the fast kernels in inference mode (BatchNorm's running statistics, no dropout);
+/// returns the `n` outputs.
+pub fn forward_batched(
+    spec: &gan_core::spec::Spec<'_>, params: &[f32], z: &[f32], n: usize,
+    exec: &dyn gan_core::kernels::Exec,
+) -> Result<Vec<f32>> {
+    let (inp, outp) = (spec.input().len(), spec.output().len());
+    anyhow::ensure!(z.len() == n * inp, "{} input values for {n} samples of {inp}", z.len());
+    let mut out = vec![0.0f32; n * outp];
+    let mut acts = Vec::new();
+    let ctx = gan_core::model::ForwardCtx::inference();
+    for (zc, oc) in z.chunks(GEN_BATCH * inp.max(1)).zip(out.chunks_mut(GEN_BATCH * outp.max(1))) {
+        let b = oc.len() / outp.max(1);
+        acts.resize(spec.act_len(b), 0.0);
+        gan_core::model::input_mut(spec, &mut acts, b).copy_from_slice(zc);
+        gan_core::model::forward_with(spec, params, &mut acts, b, exec, &ctx)?;
+        oc.copy_from_slice(gan_core::model::output(spec, &acts, b));
+    }
+    Ok(out)
 }
 
 /// An image as ASCII art, one text line per pixel row (dark to bright: " .:-=+*#%@"), drawn by

@@ -75,9 +75,16 @@ pub fn classifier_spec() -> Spec<'static> {
     Spec::new_const(Shape::flat(SIDE * SIDE), &CLASSIFIER)
 }
 
-/// Where the trained classifier ships.
+/// Where the trained classifier ships: beside the sources, else `data/classifier/` under the
+/// working directory (as [`crate::data::default_data_dir`]).
 pub fn default_classifier_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/classifier/digits.ganw")
+    let beside_sources =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/classifier/digits.ganw");
+    if beside_sources.exists() {
+        beside_sources
+    } else {
+        Path::new("data").join("classifier").join("digits.ganw")
+    }
 }
 
 /// A trained digit classifier.
@@ -651,8 +658,9 @@ pub fn score_outputs(
         }
     }
     classes.iter_mut().for_each(|c| *c /= n as f64);
-    let entropy = -classes.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum::<f64>()
-        / (CLASSES as f64).ln();
+    let entropy = 0.0
+        - classes.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum::<f64>()
+            / (CLASSES as f64).ln();
     Ok(Score {
         n,
         fid,
@@ -871,6 +879,9 @@ pub struct ScoreArgs {
     /// Also write the score as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also draw the first 100 scored images as a 10×10 grid PNG (to look at what was scored).
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
 }
 
 /// The real digits: the bundled ones or `dir`'s.
@@ -965,6 +976,11 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
     if let Some(p) = &args.json {
         crate::run::write_atomic(p, format!("{}\n", score.to_json()).as_bytes())?;
     }
+    if let Some(p) = &args.grid {
+        let n = (images.len() / 784).min(100);
+        let side = SIDE as usize;
+        crate::report::save_grid_png(p, &images[..n * 784], n, side, side, 10, 2)?;
+    }
     Ok(())
 }
 
@@ -1047,6 +1063,7 @@ pub fn calibration_table(
             calibrate: false,
             models: vec![],
             json: None,
+            grid: None,
         };
         let (imgs, req) = model_samples(m, &args, exec)?;
         rows.push((format!("`{}`", m.display()), score(&imgs, req.as_deref())?));

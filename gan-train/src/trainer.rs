@@ -14,7 +14,7 @@
 //! continues with exactly the bits an uninterrupted run would have had. The toy GAN
 //! ([`crate::toy`]) trains with the same [`Gan`], on its own two small networks.
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use gan_core::gp;
 use gan_core::init::Init;
 use gan_core::kernels::Exec;
@@ -187,7 +187,9 @@ pub struct Position {
 /// this value encoded ([`crate::checkpoint`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
-    /// The run's configuration (resolved).
+    /// The run's configuration (resolved). Stored as TOML text, so checkpoints keep loading
+    /// when options are added.
+    #[serde(with = "config_toml")]
     pub config: TrainConfig,
     /// The data geometry.
     pub data: DataShape,
@@ -206,6 +208,81 @@ pub struct TrainState {
     pub source: DataSource,
     /// Statistics of the steps not yet written to the loss log.
     pub log_window: LogWindow,
+    /// The exponential moving average of the generator's parameters (when
+    /// [`TrainConfig::ema`] is on).
+    pub g_ema: Option<Vec<f32>>,
+    /// The scores so far (best generator, rollbacks).
+    pub quality: QualityState,
+}
+
+impl TrainState {
+    /// The generator's parameters as grids, scores and exports use them: the moving average
+    /// when [`TrainConfig::ema`] is on, else the trained parameters.
+    pub fn generator_params(&self) -> &[f32] {
+        self.g_ema.as_deref().unwrap_or(&self.g.params)
+    }
+
+    /// Moves the average towards the parameters after a generator step: `avg ← β·avg +
+    /// (1 − β)·params` with `β = min(ema, (1 + t) / (10 + t))` at generator step `t`, so the
+    /// average follows closely at first instead of remembering the random initialisation.
+    fn update_ema(&mut self) {
+        let decay = self.config.ema;
+        if decay <= 0.0 {
+            return;
+        }
+        let t = self.g.opt_step as f32;
+        let beta = decay.min((1.0 + t) / (10.0 + t));
+        let params = &self.g.params;
+        let avg = self.g_ema.get_or_insert_with(|| params.clone());
+        for (a, &p) in avg.iter_mut().zip(params) {
+            *a = beta * *a + (1.0 - beta) * p;
+        }
+    }
+}
+
+/// What training remembers of its scores.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QualityState {
+    /// Lowest FID so far (`inf` before the first score).
+    pub best_fid: f64,
+    /// Epoch (1-based) of the best FID, 0 before the first score.
+    pub best_epoch: u32,
+    /// Highest recall and class entropy so far (collapse is a fall from these).
+    pub best_recall: f64,
+    /// See `best_recall`.
+    pub best_entropy: f64,
+    /// Rollbacks done after a collapse.
+    pub rollbacks: u32,
+}
+
+impl Default for QualityState {
+    fn default() -> Self {
+        QualityState {
+            best_fid: f64::INFINITY,
+            best_epoch: 0,
+            best_recall: 0.0,
+            best_entropy: 0.0,
+            rollbacks: 0,
+        }
+    }
+}
+
+/// The configuration serialised as TOML text.
+mod config_toml {
+    use serde::{
+        Deserialize, Deserializer, Serialize, Serializer, de::Error as _, ser::Error as _,
+    };
+
+    use crate::config::TrainConfig;
+
+    pub fn serialize<S: Serializer>(c: &TrainConfig, s: S) -> Result<S::Ok, S::Error> {
+        toml::to_string(c).map_err(S::Error::custom)?.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TrainConfig, D::Error> {
+        let text = String::deserialize(d)?;
+        toml::from_str(&text).map_err(D::Error::custom)
+    }
 }
 
 /// What a checkpoint holds.
@@ -287,6 +364,8 @@ impl Gan {
                 last_g_loss: 0.0,
                 source: DataSource::default(),
                 log_window: LogWindow::default(),
+                g_ema: None,
+                quality: QualityState::default(),
             },
             g,
             d,
@@ -299,6 +378,14 @@ impl Gan {
         let mut gan = Gan::new(&ck.config, ck.data)?;
         gan.g.check(&ck.g, "generator")?;
         gan.d.check(&ck.d, "discriminator")?;
+        if let Some(avg) = &ck.g_ema {
+            ensure!(
+                avg.len() == ck.g.params.len(),
+                "checkpoint generator average has {} values, the configuration needs {}",
+                avg.len(),
+                ck.g.params.len()
+            );
+        }
         gan.state = ck;
         Ok(gan)
     }
@@ -391,6 +478,7 @@ impl Gan {
         st.pos.step += 1;
         if st.pos.step.is_multiple_of(st.config.n_critic as u64) {
             self.state.last_g_loss = self.g_step(real, labels, exec)?;
+            self.state.update_ema();
         }
         let st = &mut self.state;
         stats.g_loss = st.last_g_loss;

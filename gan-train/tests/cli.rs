@@ -422,3 +422,68 @@ fn resume_keeps_the_data_the_run_started_with() {
     let ck = checkpoint::load(&RunDir::new(cwd.join("R")).checkpoint()).unwrap();
     assert_eq!((ck.pos.step, ck.pos.epoch), (16, 2));
 }
+
+/// The repository's bundled default generator.
+fn default_model() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/weights/default.ganw")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The value after `key ` in a score line (`FID 12.34  precision 0.800 …`).
+fn field(text: &str, key: &str) -> f64 {
+    let at = text.find(&format!("{key} ")).unwrap_or_else(|| panic!("no {key} in {text}"));
+    text[at + key.len() + 1..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn score_reads_models_idx_files_and_grids_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = default_model();
+    // A weights file, through the exact path: the digits `sample` draws.
+    let o = ok(d, &["score", "--model", &model, "--n", "200", "--exact", "--json", "s.json"]);
+    let text = stdout(&o);
+    assert!(text.contains("200 samples") && text.contains("exact path"), "{text}");
+    let fid = field(&text, "FID");
+    assert!(fid.is_finite() && fid > 0.0, "{text}");
+    let json = String::from_utf8(read(d.join("s.json"))).unwrap();
+    assert!(json.contains("\"n\": 200") && json.contains("\"classes\": ["), "{json}");
+    // The same 200 digits written by `sample` score the same, as IDX and as a grid PNG.
+    ok(d, &["sample", "--model", &model, "--n", "200", "--idx", "s.idx", "--png", "s.png"]);
+    let idx = stdout(&ok(d, &["score", "--idx", "s.idx"]));
+    let png = stdout(&ok(d, &["score", "--png", "s.png", "--grid", "back.png"]));
+    for other in [&idx, &png] {
+        assert!(other.contains("200 samples"), "{other}");
+        for key in ["FID", "precision", "recall", "entropy"] {
+            assert_eq!(field(other, key), field(&text, key), "{key}: {other} vs {text}");
+        }
+    }
+    // --grid draws what was scored: the first 100 digits, 10 by 10 at twice the size.
+    let (_, w, h) = run::read_gray_png(&d.join("back.png")).unwrap();
+    assert_eq!((w, h), (10 * 57 + 1, 10 * 57 + 1));
+    // The fast batched path agrees closely with the exact one.
+    let fast = stdout(&ok(d, &["score", "--model", &model, "--n", "200"]));
+    assert!((field(&fast, "FID") - fid).abs() < 0.02 * fid, "{fast} vs {text}");
+
+    let (_, msg) = fails(d, &["score", "--model", &model, "--n", "2"]);
+    assert!(msg.contains("more than 3"), "{msg}");
+    fs::write(d.join("bad.idx"), b"not an idx file").unwrap();
+    let (_, msg) = fails(d, &["score", "--idx", "bad.idx"]);
+    assert!(msg.to_lowercase().contains("idx"), "{msg}");
+    let (_, msg) = fails(d, &["score", "--classifier", "missing.ganw", "--n", "10"]);
+    assert!(msg.contains("gan-train classifier"), "{msg}");
+}
+
+#[test]
+fn classifier_training_is_reproducible_and_its_output_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = stderr(&ok(d, &["classifier", "--epochs", "1", "--out", "a.ganw"]));
+    ok(d, &["classifier", "--epochs", "1", "--out", "b.ganw"]);
+    assert_eq!(read(d.join("a.ganw")), read(d.join("b.ganw")), "same seed, same bytes");
+    assert!(a.contains("held-out accuracy"), "{a}");
+    let o = ok(d, &["score", "--classifier", "a.ganw", "--model", &default_model(), "--n", "100"]);
+    assert!(stdout(&o).contains("100 samples"));
+}

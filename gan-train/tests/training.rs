@@ -40,6 +40,8 @@ fn tiny() -> TrainConfig {
         log_every: 4,
         grid: 4,
         seed: 7,
+        // Scores every epoch, on few samples so that the tests stay quick.
+        quality_samples: 64,
         ..TrainConfig::default()
     }
 }
@@ -157,7 +159,7 @@ fn checkpoint_round_trips_in_memory_and_on_disk() {
 
     let bytes = checkpoint::encode(&ck).unwrap();
     assert_eq!(&bytes[..4], b"GANC");
-    assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 2);
+    assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 3);
     let payload_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
     assert_eq!(payload_len as usize, bytes.len() - 20);
     let back = checkpoint::decode(&bytes).unwrap();
@@ -173,13 +175,13 @@ fn checkpoint_round_trips_in_memory_and_on_disk() {
 /// Checkpoints written before the loss-log window was saved (version 1) still load.
 #[test]
 fn version_1_checkpoints_still_load() {
-    let mut ck = trained_checkpoint(&tiny(), 2);
+    let mut ck = legacy_state(trained_checkpoint(&tiny(), 2));
     // Version 1 had no partial log window: the state it can describe has an empty one.
     ck.log_window = Default::default();
     // The version-1 payload spelled out field by field, in its order (postcard writes a
     // tuple like a struct: its fields one after another).
     let v1 = (
-        (ck.config.clone(), ck.data),
+        (gan_train::config::LegacyConfig::of(&ck.config).unwrap(), ck.data),
         (ck.g.params.clone(), ck.g.opt_state.clone(), ck.g.opt_step),
         (ck.d.params.clone(), ck.d.opt_state.clone(), ck.d.opt_step),
         gan_core::noise::rng_state(&ck.rng),
@@ -197,6 +199,45 @@ fn version_1_checkpoints_still_load() {
     let back = checkpoint::decode(&bytes).unwrap();
     assert_same_state(&ck, &back);
     assert_eq!(back.log_window, Default::default());
+}
+
+/// `ck` as far as a version 1 or 2 checkpoint can describe it: the options added since at
+/// their defaults, no scores yet.
+fn legacy_state(mut ck: Checkpoint) -> Checkpoint {
+    let d = TrainConfig::default();
+    ck.config.ema = d.ema;
+    ck.config.quality_every = d.quality_every;
+    ck.config.quality_samples = d.quality_samples;
+    ck.config.on_collapse = d.on_collapse;
+    ck.quality = Default::default();
+    ck.g_ema = None;
+    ck
+}
+
+/// Checkpoints of version 2 (the configuration stored field by field, no moving average or
+/// quality state yet) still load, window included.
+#[test]
+fn version_2_checkpoints_still_load() {
+    let ck = legacy_state(trained_checkpoint(&tiny(), 3));
+    assert_ne!(ck.log_window, Default::default(), "the test wants a partial window");
+    let v2 = (
+        (gan_train::config::LegacyConfig::of(&ck.config).unwrap(), ck.data),
+        (ck.g.params.clone(), ck.g.opt_state.clone(), ck.g.opt_step),
+        (ck.d.params.clone(), ck.d.opt_state.clone(), ck.d.opt_step),
+        gan_core::noise::rng_state(&ck.rng),
+        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
+        (ck.last_g_loss, ck.source.clone(), ck.log_window),
+    );
+    let payload = postcard::to_stdvec(&v2).unwrap();
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"GANC");
+    bytes.extend_from_slice(&2u32.to_le_bytes());
+    bytes.extend_from_slice(&gan_core::format::crc32(&payload).to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    let back = checkpoint::decode(&bytes).unwrap();
+    assert_same_state(&ck, &back);
+    assert_eq!(back.g_ema, None);
 }
 
 #[test]
@@ -237,9 +278,12 @@ fn damaged_checkpoints_are_rejected_with_clear_errors() {
     assert!(decode(&magic).contains("bad magic"));
 
     let mut version = good.clone();
-    version[4..8].copy_from_slice(&3u32.to_le_bytes());
+    let future = checkpoint::VERSION + 1;
+    version[4..8].copy_from_slice(&future.to_le_bytes());
     let msg = decode(&version);
-    assert!(msg.contains("version 3 is not supported") && msg.contains("reads 1 to 2"), "{msg}");
+    let want = format!("version {future} is not supported");
+    let range = format!("reads 1 to {}", checkpoint::VERSION);
+    assert!(msg.contains(&want) && msg.contains(&range), "{msg}");
 
     // A length field that disagrees with the data, including absurd values.
     let mut huge = good.clone();
@@ -991,4 +1035,89 @@ fn an_empty_sample_grid_does_not_break_training() {
             assert!(!RunDir::new(dir.path()).checkpoint().exists(), "{msg}");
         }
     }
+}
+
+/// A run that scores its generator keeps the scores, the best generator and its state; an
+/// absurd learning rate then collapses it, which is detected and rolled back (halving the
+/// rates each time) until the rollbacks run out and the run stops with the best kept.
+#[test]
+fn quality_is_tracked_and_a_collapse_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        arch: Arch::Custom,
+        latent: 16,
+        g_hidden: vec![128],
+        d_hidden: vec![128],
+        // A high learning rate gets the small model past its first blobs within a few epochs.
+        g_lr: 2e-3,
+        d_lr: 2e-3,
+        batch: 32,
+        epochs: 4,
+        seed: 3,
+        grid: 4,
+        quality_samples: 200,
+        ..TrainConfig::default()
+    };
+    let mut o = RunOptions::new(dir.path());
+    o.limit = 2048;
+    o.reports = true;
+    assert!(matches!(run::train(&cfg, &o, &Pool).unwrap(), Outcome::Finished { .. }));
+    let r = RunDir::new(dir.path());
+    let rows = gan_train::quality::read_csv(&r.quality_csv(), u32::MAX).unwrap();
+    assert_eq!(rows.iter().map(|q| q.epoch).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(rows.iter().all(|q| q.fid.is_finite() && q.fid > 0.0 && q.rollbacks == 0));
+    assert!(r.quality_plot().exists());
+    let ck = checkpoint::load(&r.checkpoint()).unwrap();
+    let best = ck.quality.best_epoch;
+    let best_row = rows.iter().min_by(|a, b| a.fid.total_cmp(&b.fid)).unwrap();
+    assert_eq!(best, best_row.epoch);
+    assert!((ck.quality.best_fid - best_row.fid).abs() < 1e-3);
+    // best.ganw is the generator of the best epoch, best.bin its full state.
+    let best_ck = checkpoint::load(&r.best_checkpoint()).unwrap();
+    assert_eq!(best_ck.pos.epoch, best);
+    let best_file = fs::read(r.best()).unwrap();
+    assert_eq!(best_file, run::export_bytes(&best_ck).unwrap());
+
+    // Make the learning rates absurd and go on for four more epochs.
+    let mut wild = ck.clone();
+    wild.config.g_lr = 4.0;
+    wild.config.d_lr = 4.0;
+    wild.config.epochs = 8;
+    checkpoint::save(&r.checkpoint(), &wild).unwrap();
+    let outcome = run::resume(&o, None, &Pool).unwrap();
+    let Outcome::Collapsed { why, best_epoch, .. } = outcome else {
+        let scores = fs::read_to_string(r.quality_csv()).unwrap();
+        panic!("the collapse was not detected: {outcome:?}\n{scores}");
+    };
+    assert!(why.contains("after 3 rollbacks"), "{why}");
+    assert_eq!(best_epoch, best);
+    let end = checkpoint::load(&r.checkpoint()).unwrap();
+    assert_eq!(end.quality.rollbacks, 3);
+    assert_eq!((end.config.g_lr, end.config.d_lr), (0.5, 0.5));
+    let written: TrainConfig = toml::from_str(&fs::read_to_string(r.config()).unwrap()).unwrap();
+    assert_eq!(written.g_lr, 0.5);
+    // Each rollback went back to the best epoch: the scores after it are of the rolled-back
+    // runs, counted in the last column, and the loss log holds one history.
+    let rows = gan_train::quality::read_csv(&r.quality_csv(), u32::MAX).unwrap();
+    assert!(rows.iter().take_while(|q| q.epoch <= best).all(|q| q.rollbacks == 0));
+    assert_eq!(rows.last().unwrap().rollbacks, 3);
+    assert!(rows.windows(2).all(|w| w[0].epoch < w[1].epoch));
+    let log = gan_train::report::LossLog::read_csv(&r.csv()).unwrap();
+    assert!(log.rows().windows(2).all(|w| w[0].step < w[1].step));
+    // The best generator is unchanged; the last one was exported too.
+    assert_eq!(fs::read(r.best()).unwrap(), best_file);
+    assert!(r.generator().exists());
+
+    // With `on_collapse = "stop"` the first collapse ends the run.
+    let mut stop = best_ck.clone();
+    stop.config.g_lr = 0.5;
+    stop.config.d_lr = 0.5;
+    stop.config.epochs = 8;
+    stop.config.on_collapse = gan_train::config::CollapseAction::Stop;
+    checkpoint::save(&r.checkpoint(), &stop).unwrap();
+    let Outcome::Collapsed { why, .. } = run::resume(&o, None, &Pool).unwrap() else {
+        panic!("not stopped");
+    };
+    assert!(!why.contains("rollbacks"), "{why}");
+    assert_eq!(checkpoint::load(&r.checkpoint()).unwrap().quality.rollbacks, 0);
 }
