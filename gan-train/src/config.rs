@@ -125,6 +125,10 @@ pub struct TrainConfig {
     pub minibatch_disc: Vec<u32>,
     /// Dropout probability after each hidden layer of an MLP discriminator (0 = off).
     pub d_dropout: f32,
+    /// Shift every image the discriminator sees, real or generated, by up to this many pixels
+    /// in x and y (drawn per image; 0 = off). Differentiable, so the generator learns through
+    /// it; keeps D from memorising a small data set.
+    pub d_translate: u32,
     /// Generator optimizer.
     pub g_opt: OptKind,
     /// Discriminator optimizer.
@@ -195,6 +199,7 @@ impl Default for TrainConfig {
             feature_matching: 0.0,
             minibatch_disc: vec![],
             d_dropout: 0.0,
+            d_translate: 0,
             g_opt: OptKind::Adam,
             d_opt: OptKind::Adam,
             g_lr: 2e-4,
@@ -369,6 +374,9 @@ impl TrainConfig {
         }
         if c.loss == LossKind::WganGp && !c.minibatch_disc.is_empty() {
             bail!("the gradient penalty does not support minibatch discrimination");
+        }
+        if c.d_translate > 4 {
+            bail!("d_translate is at most 4 pixels");
         }
         if !(0.0..1.0).contains(&c.d_dropout) {
             bail!("dropout must be in [0, 1)");

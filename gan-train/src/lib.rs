@@ -2,6 +2,7 @@
 //! `gan-core`, writes reports (sample grids, loss plots, GIFs), checkpoints and resumes, and
 //! exports generator weights for the firmware.
 
+pub mod augment;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

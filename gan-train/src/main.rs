@@ -132,6 +132,12 @@ struct ModelArgs {
     /// Seed (initialisation, shuffling, noise).
     #[arg(long)]
     seed: Option<u64>,
+    /// Dropout after each hidden layer of an MLP discriminator.
+    #[arg(long)]
+    d_dropout: Option<f32>,
+    /// Shift every image D sees by up to this many pixels (augmentation; 0 = off).
+    #[arg(long)]
+    d_translate: Option<u32>,
     /// Decay of the generator's weight average (e.g. 0.999; 0 = off); grids, scores and the
     /// exported generator use the average.
     #[arg(long)]
@@ -168,6 +174,7 @@ impl ModelArgs {
         set!(arch, latent, g_hidden, d_hidden, g_act, g_out, noise, loss, gp_lambda, n_critic);
         set!(label_smoothing, feature_matching, minibatch_disc, g_lr, d_lr, beta1, momentum);
         set!(batch, epochs, max_steps, seed, ema, quality_every, quality_samples, on_collapse);
+        set!(d_dropout, d_translate);
         if let Some(o) = self.optimizer {
             c.g_opt = o;
             c.d_opt = o;

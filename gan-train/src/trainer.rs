@@ -25,7 +25,8 @@ use gan_core::optim::{self, Optimizer};
 use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DataShape, LossKind, NetDef, TrainConfig};
+use crate::augment;
+use crate::config::{DataShape, LossKind, NetDef, OutAct, TrainConfig};
 
 /// Runs `gan-core` kernels on rayon's thread pool (work is split by output columns, so results
 /// do not depend on the number of threads).
@@ -322,6 +323,9 @@ struct Work {
     gp_scratch: Vec<f32>,
     x_hat: Vec<f32>,
     eps: Vec<f32>,
+    shifts_real: Vec<augment::Shift>,
+    shifts_fake: Vec<augment::Shift>,
+    shift_tmp: Vec<f32>,
 }
 
 /// A GAN being trained: its [`TrainState`], the two networks' architectures and optimizers,
@@ -446,6 +450,9 @@ impl Gan {
             },
             x_hat: vec![0.0; if cfg.loss == LossKind::WganGp { n * ds.input().len() } else { 0 }],
             eps: vec![0.0; n],
+            shifts_real: vec![augment::Shift::default(); n],
+            shifts_fake: vec![augment::Shift::default(); n],
+            shift_tmp: vec![],
         };
     }
 
@@ -548,6 +555,11 @@ impl Gan {
 
         Self::write_d_input(model::input_mut(&ds, &mut w.d_real, n), real, labels, px, classes);
         Self::write_d_input(model::input_mut(&ds, &mut w.d_fake, n), fake, labels, px, classes);
+        let (st, stride) = (&mut self.state, px + classes);
+        let real_in = model::input_mut(&ds, &mut w.d_real, n);
+        augment(st, &mut w.shifts_real, &mut w.shift_tmp, real_in, stride);
+        let fake_in = model::input_mut(&ds, &mut w.d_fake, n);
+        augment(st, &mut w.shifts_fake, &mut w.shift_tmp, fake_in, stride);
         model::forward_with(&ds, &self.state.d.params, &mut w.d_real, n, exec, &ctx(1))?;
         model::forward_with(&ds, &self.state.d.params, &mut w.d_fake, n, exec, &ctx(2))?;
         model::update_running_stats(&ds, &mut self.state.d.params, &w.d_real, n)?;
@@ -631,6 +643,9 @@ impl Gan {
         let w = &mut self.work;
         let fake = model::output(&gs, &w.g_acts, n);
         Self::write_d_input(model::input_mut(&ds, &mut w.d_fake, n), fake, &labels, px, classes);
+        let (st, stride) = (&mut self.state, px + classes);
+        let fake_in = model::input_mut(&ds, &mut w.d_fake, n);
+        augment(st, &mut w.shifts_fake, &mut w.shift_tmp, fake_in, stride);
         model::forward_with(&ds, &self.state.d.params, &mut w.d_fake, n, exec, &ctx(4))?;
         let sf = model::output(&ds, &w.d_fake, n);
         let gf = &mut w.grad_fake[..];
@@ -663,6 +678,8 @@ impl Gan {
                 px,
                 classes,
             );
+            let real_in = model::input_mut(&ds, &mut w.d_real, n);
+            augment(&mut self.state, &mut w.shifts_real, &mut w.shift_tmp, real_in, stride);
             model::forward_with(&ds, &self.state.d.params, &mut w.d_real, n, exec, &ctx(5))?;
             let info = ds.layer(upto - 1).expect("feature layer exists");
             let f = info.out_shape.len();
@@ -693,7 +710,11 @@ impl Gan {
             g_loss += k * fm;
         }
 
-        // Gradient w.r.t. the generated pixels: drop the one-hot columns.
+        // Gradient w.r.t. the generated pixels: undo the shifts, drop the one-hot columns.
+        if self.state.config.d_translate > 0 {
+            let (h, wd) = (self.state.data.h as usize, self.state.data.w as usize);
+            augment::unshift_rows(&mut w.d_dx, stride, h, wd, &w.shifts_fake, &mut w.shift_tmp);
+        }
         for (dst, src) in w.g_dout.chunks_exact_mut(px).zip(w.d_dx.chunks_exact(px + classes)) {
             dst.copy_from_slice(&src[..px]);
         }
@@ -712,6 +733,25 @@ impl Gan {
         self.g.step(&mut self.state.g, exec)?;
         Ok(g_loss)
     }
+}
+
+/// With [`TrainConfig::d_translate`] on: draws a shift per image of `rows` (D inputs of
+/// `stride` values, the pixels first) into `shifts` and applies it.
+fn augment(
+    st: &mut TrainState, shifts: &mut [augment::Shift], tmp: &mut Vec<f32>, rows: &mut [f32],
+    stride: usize,
+) {
+    let max = st.config.d_translate;
+    if max == 0 {
+        return;
+    }
+    augment::draw(shifts, max, &mut st.rng);
+    let fill = match st.config.g_out {
+        OutAct::Tanh => -1.0,
+        OutAct::Sigmoid => 0.0,
+    };
+    let (h, w) = (st.data.h as usize, st.data.w as usize);
+    augment::shift_rows(rows, stride, h, w, shifts, fill, tmp);
 }
 
 /// A per-pass seed for dropout masks: distinct for every run seed, step and pass.

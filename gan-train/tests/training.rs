@@ -468,6 +468,43 @@ fn resume_equivalence_wgan_gp_with_critic_steps_and_feature_matching() {
 }
 
 #[test]
+fn resume_equivalence_augmentation_and_weight_average() {
+    check_resume_paths(&TrainConfig { d_translate: 2, ema: 0.9, ..tiny() }, false);
+    check_resume_paths(
+        &TrainConfig {
+            d_translate: 1,
+            ema: 0.99,
+            conditional: true,
+            feature_matching: 0.5,
+            g_out: OutAct::Sigmoid,
+            ..tiny()
+        },
+        false,
+    );
+}
+
+/// The weight average is what grids, scores and exports use, and it trails the parameters;
+/// augmentation changes the training (it draws shifts) and keeps it finite.
+#[test]
+fn weight_average_is_exported_and_augmentation_trains() {
+    let plain = trained_checkpoint(&tiny(), 2);
+    assert!(plain.g_ema.is_none());
+    let ck = trained_checkpoint(&TrainConfig { ema: 0.9, ..tiny() }, 2);
+    let avg = ck.g_ema.as_ref().expect("the average is kept");
+    assert_eq!(avg.len(), ck.g.params.len());
+    assert_ne!(avg, &ck.g.params);
+    // Same training bits as without the average: it is only read.
+    assert_bits_eq("params", &plain.g.params, &ck.g.params);
+    let exported = run::export_bytes(&ck).unwrap();
+    let file = AlignedBytes::new(&exported);
+    assert_bits_eq("exported", file.weights().unwrap().params().unwrap(), avg);
+
+    let aug = trained_checkpoint(&TrainConfig { d_translate: 2, ..tiny() }, 2);
+    assert_ne!(aug.g.params, plain.g.params);
+    assert!(aug.g.params.iter().chain(&aug.d.params).all(|v| v.is_finite()));
+}
+
+#[test]
 fn resume_equivalence_minibatch_discrimination() {
     check_resume_paths(&TrainConfig { minibatch_disc: vec![4, 3], ..tiny() }, false);
 }
