@@ -23,6 +23,7 @@ use crate::spec::Spec;
 /// | `XavierNormal`  | `N(0, std²)`          | `std = √(2 / (fan_in + fan_out))`     |
 /// | `XavierUniform` | `U[−bound, bound)`    | `bound = √(6 / (fan_in + fan_out))`   |
 /// | `Zeros`         | all `0`               |                                       |
+/// | `Normal002`     | `N(0, std²)`          | `std = 0.02`                          |
 ///
 /// Both uniform forms have standard deviation `bound / √3`, equal to their normal
 /// counterpart's `std`. He (Kaiming) suits ReLU-like layers, Xavier (Glorot) tanh/sigmoid.
@@ -39,6 +40,8 @@ pub enum Init {
     XavierUniform,
     /// All weights `0` (draws nothing from the generator).
     Zeros,
+    /// `w ~ N(0, 0.02²)` whatever the fans: the DCGAN paper's initialisation.
+    Normal002,
 }
 
 impl Default for Init {
@@ -62,6 +65,7 @@ impl Init {
             Init::XavierNormal => libm::sqrtf(2.0 / xavier),
             Init::XavierUniform => libm::sqrtf(6.0 / xavier),
             Init::Zeros => 0.0,
+            Init::Normal002 => 0.02,
         }
     }
 
@@ -73,7 +77,7 @@ impl Init {
     pub fn fill<R: Rng + ?Sized>(self, rng: &mut R, w: &mut [f32], fan_in: usize, fan_out: usize) {
         let scale = self.scale(fan_in, fan_out);
         match self {
-            Init::HeNormal | Init::XavierNormal => {
+            Init::HeNormal | Init::XavierNormal | Init::Normal002 => {
                 noise::fill_gaussian(rng, w);
                 for v in w.iter_mut() {
                     *v *= scale;
@@ -129,8 +133,14 @@ mod tests {
     use crate::spec::Shape;
     use std::vec;
 
-    const ALL: [Init; 5] =
-        [Init::HeNormal, Init::HeUniform, Init::XavierNormal, Init::XavierUniform, Init::Zeros];
+    const ALL: [Init; 6] = [
+        Init::HeNormal,
+        Init::HeUniform,
+        Init::XavierNormal,
+        Init::XavierUniform,
+        Init::Zeros,
+        Init::Normal002,
+    ];
 
     /// (mean, standard deviation, largest |w|) in f64.
     fn stats(w: &[f32]) -> (f64, f64, f64) {
@@ -200,6 +210,7 @@ mod tests {
         assert_eq!(Init::XavierNormal.scale(3, 5), 0.5);
         assert_eq!(Init::XavierUniform.scale(4, 2), 1.0);
         assert_eq!(Init::Zeros.scale(4, 2), 0.0);
+        assert_eq!(Init::Normal002.scale(4, 2), 0.02);
         for init in ALL {
             assert!(init.scale(0, 0).is_finite());
             let mut w = [0.0f32; 4];

@@ -132,6 +132,10 @@ struct ModelArgs {
     /// Seed (initialisation, shuffling, noise).
     #[arg(long)]
     seed: Option<u64>,
+    /// Weight initialisation: he-normal, he-uniform, xavier-normal, xavier-uniform or
+    /// normal-0.02 (the DCGAN paper's).
+    #[arg(long, value_parser = parse_init)]
+    init: Option<gan_core::init::Init>,
     /// Dropout after each hidden layer of an MLP discriminator.
     #[arg(long)]
     d_dropout: Option<f32>,
@@ -174,7 +178,7 @@ impl ModelArgs {
         set!(arch, latent, g_hidden, d_hidden, g_act, g_out, noise, loss, gp_lambda, n_critic);
         set!(label_smoothing, feature_matching, minibatch_disc, g_lr, d_lr, beta1, momentum);
         set!(batch, epochs, max_steps, seed, ema, quality_every, quality_samples, on_collapse);
-        set!(d_dropout, d_translate);
+        set!(d_dropout, d_translate, init);
         if let Some(o) = self.optimizer {
             c.g_opt = o;
             c.d_opt = o;
@@ -298,6 +302,22 @@ struct Uf2Args {
     /// Output UF2.
     #[arg(long)]
     out: PathBuf,
+}
+
+fn parse_init(s: &str) -> std::result::Result<gan_core::init::Init, String> {
+    use gan_core::init::Init;
+    Ok(match s {
+        "he-normal" => Init::HeNormal,
+        "he-uniform" => Init::HeUniform,
+        "xavier-normal" => Init::XavierNormal,
+        "xavier-uniform" => Init::XavierUniform,
+        "normal-0.02" => Init::Normal002,
+        _ => {
+            return Err(format!(
+                "unknown initialisation `{s}` (he-normal, he-uniform, xavier-normal, xavier-uniform, normal-0.02)"
+            ));
+        }
+    })
 }
 
 fn parse_u32(s: &str) -> std::result::Result<u32, String> {
