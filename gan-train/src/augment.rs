@@ -35,26 +35,23 @@ pub fn shift_rows(
     rows: &mut [f32], stride: usize, h: usize, w: usize, shifts: &[Shift], fill: f32,
     tmp: &mut Vec<f32>,
 ) {
-    tmp.resize(h * w, 0.0);
-    for (row, s) in rows.chunks_exact_mut(stride).zip(shifts) {
-        if *s == Shift::default() {
-            continue;
-        }
-        tmp.copy_from_slice(&row[..h * w]);
-        for y in 0..h {
-            for x in 0..w {
-                let (sy, sx) = (y as i32 - s.dy, x as i32 - s.dx);
-                let inside = (0..h as i32).contains(&sy) && (0..w as i32).contains(&sx);
-                row[y * w + x] = if inside { tmp[sy as usize * w + sx as usize] } else { fill };
-            }
-        }
-    }
+    move_rows(rows, stride, h, w, shifts, -1, fill, tmp);
 }
 
 /// The adjoint of [`shift_rows`] for gradients: `out[y][x] = in[y + dy][x + dx]`, or 0 where
 /// that is outside the image (those pixels did not reach the discriminator).
 pub fn unshift_rows(
     rows: &mut [f32], stride: usize, h: usize, w: usize, shifts: &[Shift], tmp: &mut Vec<f32>,
+) {
+    move_rows(rows, stride, h, w, shifts, 1, 0.0, tmp);
+}
+
+/// `out[y][x] = in[y + sign·dy][x + sign·dx]`, or `outside` beyond the edge, for each row's
+/// image.
+#[allow(clippy::too_many_arguments)]
+fn move_rows(
+    rows: &mut [f32], stride: usize, h: usize, w: usize, shifts: &[Shift], sign: i32, outside: f32,
+    tmp: &mut Vec<f32>,
 ) {
     tmp.resize(h * w, 0.0);
     for (row, s) in rows.chunks_exact_mut(stride).zip(shifts) {
@@ -64,9 +61,9 @@ pub fn unshift_rows(
         tmp.copy_from_slice(&row[..h * w]);
         for y in 0..h {
             for x in 0..w {
-                let (sy, sx) = (y as i32 + s.dy, x as i32 + s.dx);
+                let (sy, sx) = (y as i32 + sign * s.dy, x as i32 + sign * s.dx);
                 let inside = (0..h as i32).contains(&sy) && (0..w as i32).contains(&sx);
-                row[y * w + x] = if inside { tmp[sy as usize * w + sx as usize] } else { 0.0 };
+                row[y * w + x] = if inside { tmp[sy as usize * w + sx as usize] } else { outside };
             }
         }
     }

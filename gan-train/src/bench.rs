@@ -189,7 +189,8 @@ fn arch_name(a: Arch) -> Result<&'static str> {
 /// Measures one architecture preset.
 pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result<ArchResult> {
     let name = arch_name(arch)?;
-    let cfg = TrainConfig { arch, batch, seed, ..TrainConfig::default() }.resolved();
+    // The PyTorch peers' workload: BCE, no weight average, no augmentation.
+    let cfg = TrainConfig { batch, seed, ..TrainConfig::classic_recipe(arch) }.resolved();
     let shape = DataShape::MNIST;
     let px = shape.pixels();
     let mut gan = Gan::new(&cfg, shape)?;

@@ -165,7 +165,7 @@ impl ModelArgs {
                     .with_context(|| format!("reading {}", p.display()))?;
                 toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
             }
-            None => TrainConfig::default(),
+            None => TrainConfig::preset(self.arch.unwrap_or(Arch::Mcu)),
         };
         let custom = self.latent.is_some() || self.g_hidden.is_some() || self.d_hidden.is_some();
         if custom && self.arch.is_none() {

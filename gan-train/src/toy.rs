@@ -271,6 +271,12 @@ impl Toy {
             init: Init::HeNormal,
             batch: cfg.batch,
             seed: cfg.seed,
+            // Points, not images: no weight average, no image augmentation, no digit scores.
+            ema: 0.0,
+            d_translate: 0,
+            d_dropout: 0.0,
+            feature_matching: 0.0,
+            quality_every: 0,
             ..TrainConfig::default()
         };
         // A "picture" of one row of two values, no classes.
