@@ -213,6 +213,10 @@ struct TrainArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Widest vector instruction set the training kernels may use (default: all the CPU has);
+    /// for checking that another CPU would train the same bits.
+    #[arg(long, value_enum)]
+    isa: Option<gan_train::bench::IsaArg>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -378,6 +382,9 @@ fn dispatch(cli: Cli) -> Result<()> {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     if let Some(t) = a.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+    }
+    if let Some(isa) = a.isa {
+        gan_core::kernels::limit_vector_isa(isa.into());
     }
     let run_dir = a.resume.clone().or(a.run.clone()).unwrap_or_else(next_run_dir);
     let mut opts = RunOptions::new(&run_dir);

@@ -528,16 +528,27 @@ pub fn plot_losses(path: &Path, rows: &[LossRow], title: &str) -> anyhow::Result
             window,
             None,
         )?;
+        // Probabilities (BCE, LSGAN) on [0, 1] around 0.5; raw scores (hinge, Wasserstein)
+        // on their own range around 0.
+        let scores = d_real.iter().chain(&d_fake).filter(|v| v.is_finite());
+        let (lo, hi) = scores.fold((0.0f32, 1.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (y, mid) = if lo >= 0.0 && hi <= 1.0 {
+            ((0.0, 1.0), 0.5)
+        } else {
+            let r = loss_range(&[&d_real, &d_fake]);
+            let pad = 0.05 * (r.1 - r.0);
+            ((r.0.min(-pad), r.1), 0.0)
+        };
         draw_panel(
             &lower,
             "discriminator outputs",
             "mean D output",
             &steps,
             x,
-            (0.0, 1.0),
+            y,
             &[("D(x), real", &d_real, GREEN), ("D(G(z)), fake", &d_fake, RED)],
             window,
-            Some(0.5),
+            Some(mid),
         )
     })
 }
