@@ -123,11 +123,14 @@ fn check_weights(bytes: &[u8], path: &Path) {
     if file.spec().output().len() > MAX_PIXELS {
         panic!("{}: the generator output is larger than {MAX_PIXELS} pixels", path.display());
     }
+    if file.spec().input().len() > MAX_INPUT {
+        panic!("{}: the generator input is larger than {MAX_INPUT} values", path.display());
+    }
 }
 
-// MAX_FEATURES, MAX_PIXELS, MAX_PARAMS: the same numbers the firmware checks at boot.
+// MAX_FEATURES, MAX_INPUT, MAX_PIXELS, MAX_PARAMS: the same numbers the firmware checks at boot.
 #[allow(dead_code)]
 mod limits {
     include!("src/limits.rs");
 }
-use limits::{MAX_FEATURES, MAX_PARAMS, MAX_PIXELS};
+use limits::{MAX_FEATURES, MAX_INPUT, MAX_PARAMS, MAX_PIXELS};

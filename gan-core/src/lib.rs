@@ -23,6 +23,7 @@ extern crate std;
 pub mod board;
 pub mod encoding;
 pub mod error;
+pub mod fold;
 pub mod format;
 pub mod generate;
 pub mod gp;

@@ -4,7 +4,7 @@
 //! The builders take the data's image size, so the same presets train on any MNIST-format data;
 //! the constants are the 28×28 instances (a test pins them to the builders).
 
-use crate::spec::{Layer, MAX_LAYERS, Shape};
+use crate::spec::{Layer, MAX_LAYERS, Shape, Spec};
 
 /// A list of layers built by a preset.
 pub type Layers = heapless::Vec<Layer, MAX_LAYERS>;
@@ -27,6 +27,26 @@ pub const MCU: Mlp = Mlp { latent: 64, g_hidden: &[128, 192], d_hidden: &[256, 1
 /// `classic`, the seed notebooks' MLP GAN: G z100 → 256 → 512 → 1024 → 784, D 784 → 512 →
 /// 256 → 1.
 pub const CLASSIC: Mlp = Mlp { latent: 100, g_hidden: &[256, 512, 1024], d_hidden: &[512, 256] };
+
+/// The widths of a convolutional generator preset (see [`conv_generator_layers`]) with an MLP
+/// discriminator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv {
+    /// Noise values per sample (a conditional model adds one value per class).
+    pub latent: u32,
+    /// Channels of the quarter-size and of the half-size feature map.
+    pub channels: [u32; 2],
+    /// Discriminator hidden widths.
+    pub d_hidden: &'static [u32],
+}
+
+/// `pico`: a conditional convolutional generator sized for the Raspberry Pi Pico: z32 + class
+/// → dense 32·7·7 → BN → ReLU → ConvT 16 (14×14) → BN → ReLU → ConvT 1 (28×28) → Tanh; D an
+/// MLP 784 + class → 256 → 128 → 1.
+pub const PICO: Conv = Conv { latent: 32, channels: [32, 16], d_hidden: &[256, 128] };
+
+/// Classes of the `pico` preset's conditional input (the ten digits).
+pub const PICO_CLASSES: u32 = 10;
 
 /// Noise values per sample of `dcgan`.
 pub const DCGAN_LATENT: u32 = 100;
@@ -91,22 +111,33 @@ pub fn mlp_discriminator(
     Some(v)
 }
 
-/// The DCGAN generator for `h × w` images (both divisible by 4): dense to `128 × h/4 × w/4`,
-/// BN, ReLU, transposed convolution to 64 channels, BN, ReLU, transposed convolution to one
-/// channel, the output activation `out`.
-pub const fn dcgan_generator_layers(h: u32, w: u32, out: Layer) -> [Layer; 9] {
+/// A convolutional generator for `h × w` images (both divisible by 4): dense to
+/// `c0 × h/4 × w/4`, BN, ReLU, a transposed convolution to `c1` channels (twice the side), BN,
+/// ReLU, a transposed convolution to one channel (the full size), the output activation `out`.
+pub const fn conv_generator_layers(h: u32, w: u32, c0: u32, c1: u32, out: Layer) -> [Layer; 9] {
     let (h4, w4) = (h / 4, w / 4);
     [
-        Layer::Dense { out: 128 * h4 * w4 },
-        Layer::Reshape { to: Shape::image(128, h4, w4) },
+        Layer::Dense { out: c0 * h4 * w4 },
+        Layer::Reshape { to: Shape::image(c0, h4, w4) },
         BN,
         Layer::Relu,
-        up(64),
+        up(c1),
         BN,
         Layer::Relu,
         up(1),
         out,
     ]
+}
+
+/// [`conv_generator_layers`] as a layer list.
+pub fn conv_generator(h: u32, w: u32, c0: u32, c1: u32, out: Layer) -> Layers {
+    Layers::from_slice(&conv_generator_layers(h, w, c0, c1, out)).unwrap_or_default()
+}
+
+/// The DCGAN generator for `h × w` images (both divisible by 4): [`conv_generator_layers`]
+/// with 128 and 64 channels.
+pub const fn dcgan_generator_layers(h: u32, w: u32, out: Layer) -> [Layer; 9] {
+    conv_generator_layers(h, w, 128, 64, out)
 }
 
 /// [`dcgan_generator_layers`] as a layer list.
@@ -154,13 +185,24 @@ pub const MCU_GENERATOR: [Layer; 7] = [
 /// The `dcgan` generator for 28×28 digits (Tanh output): input [`DCGAN_LATENT`] noise values.
 pub const DCGAN_GENERATOR: [Layer; 9] = dcgan_generator_layers(28, 28, Layer::Tanh);
 
+/// The `pico` generator for 28×28 digits (Tanh output): input [`PICO`]`.latent` noise values
+/// and a one-hot class of [`PICO_CLASSES`].
+pub const PICO_GENERATOR: [Layer; 9] =
+    conv_generator_layers(28, 28, PICO.channels[0], PICO.channels[1], Layer::Tanh);
+
+/// The `pico` generator as a network spec (checked at compile time).
+pub const PICO_SPEC: Spec<'static> =
+    Spec::new_const(Shape::flat(PICO.latent + PICO_CLASSES), &PICO_GENERATOR);
+
+/// The `mcu` generator as a network spec (checked at compile time).
+pub const MCU_SPEC: Spec<'static> = Spec::new_const(Shape::flat(MCU.latent), &MCU_GENERATOR);
+
 /// The `dcgan` discriminator for 28×28 digits (one logit out).
 pub const DCGAN_DISCRIMINATOR: [Layer; 8] = dcgan_discriminator_layers(28, 28);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Spec;
 
     #[test]
     fn constants_are_the_builders_at_28x28() {
@@ -181,5 +223,11 @@ mod tests {
         let dc = Spec::new(Shape::flat(DCGAN_LATENT), &DCGAN_GENERATOR).unwrap();
         assert_eq!(dc.output(), Shape::image(1, 28, 28));
         assert!(mlp_generator(&[8; 40], LEAKY, Layer::Tanh, 28, 28).is_none());
+        let [c0, c1] = PICO.channels;
+        assert_eq!(&conv_generator(28, 28, c0, c1, Layer::Tanh)[..], &PICO_GENERATOR);
+        assert_eq!(PICO_SPEC.output(), Shape::image(1, 28, 28));
+        // The widest activation: the 16 × 14 × 14 map.
+        assert_eq!(PICO_SPEC.max_features(), 16 * 14 * 14);
+        assert_eq!(MCU_SPEC.max_features(), 784);
     }
 }

@@ -7,7 +7,7 @@
 //!   rebuilding; otherwise the file linked at build time (`GAN_WEIGHTS`, see `build.rs`).
 //!   Either way the weights are read in place from flash, never copied.
 //! - Buffers: one set of `static` buffers sized at compile time for the largest supported model
-//!   ([`MAX_FEATURES`], [`MAX_PIXELS`]); see [`Buffers::take`].
+//!   ([`MAX_FEATURES`], [`MAX_INPUT`], [`MAX_PIXELS`]); see [`Buffers::take`].
 //! - Errors: a bad weights file is an [`Error`] with a distinct [`Error::code`] (the QEMU binary
 //!   exits with it), never a panic.
 #![no_std]
@@ -24,6 +24,7 @@ use gan_core::generate::Generator;
 use gan_core::noise::{self, NoiseRng};
 use gan_core::spec::Shape;
 
+pub mod console;
 pub mod semihosting;
 pub mod stack;
 pub mod ticks;
@@ -160,7 +161,7 @@ pub fn load(bytes: &'static [u8], source: Source) -> Result<WeightsFile<'static>
         Err(e) => return Err(e),
     };
     file.check_generator_fits(MAX_PARAMS, MAX_FEATURES)?;
-    if file.spec().output().len() > MAX_PIXELS {
+    if file.spec().output().len() > MAX_PIXELS || file.spec().input().len() > MAX_INPUT {
         return Err(FormatError::TooLarge);
     }
     Ok(file)
@@ -205,7 +206,7 @@ const SCRATCH_LEN: usize = Encoding::max_scratch_bound(MAX_FEATURES);
 /// The working memory of one generation, sized for the largest supported model.
 pub struct Buffers {
     /// Generator input: noise, then the class one-hot.
-    input: [f32; MAX_FEATURES],
+    input: [f32; MAX_INPUT],
     /// Network output before conversion to pixels.
     output: [f32; MAX_PIXELS],
     /// Two ping-pong activation buffers for inference, then room for one int8-quantised row
@@ -236,7 +237,7 @@ unsafe impl<T: Send> Sync for Once<T> {}
 static BUFFERS: Once<Buffers> = Once {
     taken: Mutex::new(Cell::new(false)),
     value: UnsafeCell::new(Buffers {
-        input: [0.0; MAX_FEATURES],
+        input: [0.0; MAX_INPUT],
         output: [0.0; MAX_PIXELS],
         scratch: [0.0; SCRATCH_LEN],
         pixels: [0; MAX_PIXELS],
@@ -265,7 +266,7 @@ impl<'a> Digits<'a> {
     /// A generator for `file` (from [`load`]) whose noise stream starts from `seed`.
     pub fn new(file: &'a WeightsFile<'a>, seed: u64, bufs: &'a mut Buffers) -> Result<Self, Error> {
         let generator = Generator::new(file)?;
-        if generator.input_len() > MAX_FEATURES
+        if generator.input_len() > MAX_INPUT
             || generator.scratch_len() > SCRATCH_LEN
             || generator.output_len() > MAX_PIXELS
         {

@@ -182,7 +182,10 @@ fn arch_name(a: Arch) -> Result<&'static str> {
         Arch::Classic => "classic",
         Arch::Mcu => "mcu",
         Arch::Dcgan => "dcgan",
-        Arch::Custom => bail!("bench measures the presets only: use --arch classic, mcu or dcgan"),
+        Arch::Pico => "pico",
+        Arch::Custom => {
+            bail!("bench measures the presets only: use --arch classic, mcu, dcgan or pico")
+        }
     })
 }
 

@@ -22,6 +22,10 @@ pub enum Arch {
     /// ConvT 1 (4×4, stride 2) → Tanh; D Conv 64 → LeakyReLU → Conv 128 → BN → LeakyReLU →
     /// dense 1. Too large for the microcontroller firmware's buffers.
     Dcgan,
+    /// Sized for the Raspberry Pi Pico, conditional: G z32 + class → dense 32·7·7 → BN → ReLU →
+    /// ConvT 16 → BN → ReLU → ConvT 1 → Tanh (`g_hidden` holds the two channel counts), D an
+    /// MLP 784 + class → 256 → 128 → 1.
+    Pico,
     /// Widths from `latent`, `g_hidden` and `d_hidden`.
     Custom,
 }
@@ -233,11 +237,19 @@ impl TrainConfig {
         let base = TrainConfig { arch, ..TrainConfig::default() };
         match arch {
             Arch::Mcu | Arch::Classic | Arch::Custom => base,
+            Arch::Pico => TrainConfig {
+                latent: presets::PICO.latent,
+                g_hidden: presets::PICO.channels.to_vec(),
+                d_hidden: presets::PICO.d_hidden.to_vec(),
+                conditional: true,
+                ..base
+            },
+            // Measured at the 20-epoch budget (docs/QUALITY.md): the default recipe with
+            // PyTorch's N(0, 0.02) initialisation and Adam at 1.6e-3.
             Arch::Dcgan => TrainConfig {
-                batch: 64,
                 epochs: 20,
-                g_lr: 2e-4,
-                d_lr: 2e-4,
+                g_lr: 1.6e-3,
+                d_lr: 1.6e-3,
                 init: Init::Normal002,
                 ..base
             },
@@ -258,7 +270,8 @@ impl TrainConfig {
             batch: 64,
             epochs: 60,
             ema: 0.0,
-            ..TrainConfig::default()
+            init: Init::HeNormal,
+            ..TrainConfig::preset(arch)
         }
     }
 }
@@ -367,7 +380,9 @@ impl TrainConfig {
                 c.g_hidden = vec![];
                 c.d_hidden = vec![];
             }
-            Arch::Custom => {}
+            // The widths are the config's own (`preset` sets them): `g_hidden` holds the two
+            // channel counts of the generator's feature maps.
+            Arch::Pico | Arch::Custom => {}
         }
         c
     }
@@ -427,6 +442,11 @@ impl TrainConfig {
                 "the gradient penalty supports dense/LeakyReLU critics only (no dropout, no DCGAN)"
             );
         }
+        if c.arch == Arch::Pico && c.g_hidden.len() != 2 {
+            bail!(
+                "the pico preset's g_hidden holds two channel counts (quarter- and half-size maps), e.g. 32,16"
+            );
+        }
         if c.arch == Arch::Dcgan
             && (c.conditional || c.feature_matching > 0.0 || !c.minibatch_disc.is_empty())
         {
@@ -445,11 +465,15 @@ impl TrainConfig {
             OutAct::Tanh => Layer::Tanh,
             OutAct::Sigmoid => Layer::Sigmoid,
         };
+        let conv = matches!(c.arch, Arch::Dcgan | Arch::Pico);
+        if conv && (!data.h.is_multiple_of(4) || !data.w.is_multiple_of(4)) {
+            bail!("the convolutional presets need image sides divisible by 4");
+        }
         let (input, layers) = if c.arch == Arch::Dcgan {
-            if !data.h.is_multiple_of(4) || !data.w.is_multiple_of(4) {
-                bail!("the DCGAN preset needs image sides divisible by 4");
-            }
             (c.latent, presets::dcgan_generator(data.h, data.w, out))
+        } else if c.arch == Arch::Pico {
+            let (c0, c1) = (c.g_hidden[0], c.g_hidden[1]);
+            (c.latent + classes, presets::conv_generator(data.h, data.w, c0, c1, out))
         } else {
             let act = match c.g_act {
                 HiddenAct::LeakyRelu => presets::LEAKY,

@@ -136,7 +136,8 @@ pub fn export_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
     export_bytes_as(ck, Encoding::F32)
 }
 
-/// The generator of a checkpoint as a weights file in `encoding`.
+/// The generator of a checkpoint as a weights file in `encoding`, with its batch
+/// normalisations folded into the layers before them ([`gan_core::fold`]).
 pub fn export_bytes_as(ck: &Checkpoint, encoding: Encoding) -> Result<Vec<u8>> {
     let cfg = ck.config.resolved();
     let def = cfg.generator(ck.data)?;
@@ -149,7 +150,25 @@ pub fn export_bytes_as(ck: &Checkpoint, encoding: Encoding) -> Result<Vec<u8>> {
         classes,
         noise: cfg.noise.into(),
     };
-    encode_weights(&spec, &meta, ck.generator_params(), encoding)
+    encode_folded(&spec, &meta, ck.generator_params(), encoding)
+}
+
+/// [`encode_weights`] of the network with every foldable batch normalisation folded into the
+/// layer before it: what a device runs (fewer operations, and int8 cannot store the
+/// normalisation). A network without one is encoded as it is.
+pub fn encode_folded(
+    spec: &gan_core::spec::Spec<'_>, meta: &WeightsMeta, params: &[f32], encoding: Encoding,
+) -> Result<Vec<u8>> {
+    if !gan_core::fold::can_fold(spec) {
+        return encode_weights(spec, meta, params, encoding);
+    }
+    let layers = gan_core::fold::folded_layers(spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let folded = gan_core::spec::Spec::new(spec.input(), &layers)
+        .map_err(|e| anyhow::anyhow!("folded network: {e}"))?;
+    let mut fp = vec![0f32; folded.param_len()];
+    gan_core::fold::fold_params(spec, params, &folded, &mut fp)
+        .map_err(|e| anyhow::anyhow!("folding batch normalisation: {e}"))?;
+    encode_weights(&folded, meta, &fp, encoding)
 }
 
 /// What a weights file says about its network besides the layers.
@@ -186,7 +205,7 @@ pub fn encode_weights(
 }
 
 /// Re-encodes an f32 weights file in `encoding` (its parameters, read back exactly, go through
-/// [`encode_weights`]).
+/// [`encode_folded`]).
 pub fn reencode_weights(bytes: &[u8], encoding: Encoding) -> Result<Vec<u8>> {
     let file = crate::sample::AlignedBytes::new(bytes);
     let w = file.weights()?;
@@ -199,7 +218,7 @@ pub fn reencode_weights(bytes: &[u8], encoding: Encoding) -> Result<Vec<u8>> {
     })?;
     let spec = h.spec().map_err(|e| anyhow::anyhow!("{e}"))?;
     let meta = WeightsMeta { kind: h.kind, latent: h.latent, classes: h.classes, noise: h.noise };
-    encode_weights(&spec, &meta, params, encoding)
+    encode_folded(&spec, &meta, params, encoding)
 }
 
 /// Parses an encoding name as the command line spells it ([`Encoding::name`]).
@@ -703,4 +722,67 @@ fn progress_bar(show: bool, len: u64, epoch: u32, epochs: u32) -> indicatif::Pro
     );
     bar.set_prefix(format!("epoch {:>3}/{epochs}", epoch + 1));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gan_core::generate::ClassChoice;
+    use gan_core::spec::{Layer, Shape, Spec};
+
+    /// Random parameters with batch-norm statistics as a trained network has them.
+    fn params(spec: &Spec<'_>) -> Vec<f32> {
+        let mut rng = gan_core::noise::rng(3);
+        let mut p = vec![0f32; spec.param_len()];
+        gan_core::noise::fill_gaussian(&mut rng, &mut p);
+        for l in spec.iter() {
+            for v in &mut p[l.weight_range()] {
+                *v *= if l.stats_len > 0 { 0.1 } else { 0.2 };
+                if l.stats_len > 0 {
+                    *v += 1.0;
+                }
+            }
+            let half = l.stats_len / 2;
+            for v in &mut p[l.stats_range()][half..] {
+                *v = 0.5 + v.abs();
+            }
+        }
+        p
+    }
+
+    /// Export folds the batch normalisation of a convolutional generator away; its digits stay
+    /// those of the trained network (within a grey level), and int8 can store it.
+    #[test]
+    fn export_folds_batch_norm() {
+        let layers = gan_core::presets::conv_generator(28, 28, 8, 4, Layer::Tanh);
+        let spec = Spec::new(Shape::flat(12), &layers).unwrap();
+        let p = params(&spec);
+        let meta = WeightsMeta {
+            kind: ModelKind::Generator,
+            latent: 2,
+            classes: 10,
+            noise: gan_core::format::NoiseKind::Gaussian,
+        };
+        let plain = encode_weights(&spec, &meta, &p, Encoding::F32).unwrap();
+        let folded = encode_folded(&spec, &meta, &p, Encoding::F32).unwrap();
+        let int8 = encode_folded(&spec, &meta, &p, Encoding::I8).unwrap();
+        assert!(encode_weights(&spec, &meta, &p, Encoding::I8).is_err());
+        let digits = |bytes: &[u8]| {
+            let a = crate::sample::AlignedBytes::new(bytes);
+            let w = a.weights().unwrap();
+            let layers = w.header.layers.len();
+            (crate::sample::generate(&w, 5, 10, ClassChoice::Cycle).unwrap(), layers)
+        };
+        let (want, n_plain) = digits(&plain);
+        let (got, n_folded) = digits(&folded);
+        let (q, n_int8) = digits(&int8);
+        assert_eq!((n_plain, n_folded, n_int8), (9, 7, 7));
+        let max_diff = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max();
+        assert!(max_diff(&want, &got) <= Some(1), "{:?}", max_diff(&want, &got));
+        let mean: f64 = want.iter().zip(&q).map(|(x, y)| f64::from(x.abs_diff(*y))).sum::<f64>()
+            / want.len() as f64;
+        assert!(mean < 6.0, "int8 differs from f32 by {mean} grey levels on average");
+        // Re-encoding the folded f32 file gives the same int8 file.
+        assert_eq!(reencode_weights(&folded, Encoding::I8).unwrap(), int8);
+    }
 }

@@ -359,6 +359,53 @@ fn conditional_run_samples_the_chosen_class() {
     assert!(!cwd.join("c10.bin").exists());
 }
 
+/// The `pico` preset trains conditionally by default and exports without batch normalisation,
+/// as f32 and as int8; both sample the class asked for.
+#[test]
+fn pico_preset_trains_and_exports_folded_f32_and_int8() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    ok(
+        cwd,
+        &[
+            "train",
+            "--arch",
+            "pico",
+            "--batch",
+            "16",
+            "--limit",
+            "128",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "3",
+            "--quality-every",
+            "0",
+            "--quiet",
+            "--run",
+            "P",
+        ],
+    );
+    let text = stdout(&ok(cwd, &["inspect", "P/generator.ganw"]));
+    assert!(text.contains("classes:         10"), "{text}");
+    assert!(text.contains("conv_transpose2d 4×4 s2 p1") && !text.contains("batch_norm"), "{text}");
+    ok(cwd, &["export", "--run", "P", "--dtype", "i8", "--out", "P8.ganw"]);
+    let text = stdout(&ok(cwd, &["inspect", "P8.ganw"]));
+    assert!(text.contains("int8") && text.contains("scale"), "{text}");
+    let sample = |model: &str, out: &str| {
+        ok(
+            cwd,
+            &["sample", "--model", model, "--seed", "4", "--n", "2", "--class", "3", "--raw", out],
+        );
+        read(cwd.join(out))
+    };
+    let f = sample("P/generator.ganw", "f.bin");
+    let q = sample("P8.ganw", "q.bin");
+    assert_eq!((f.len(), q.len()), (2 * 784, 2 * 784));
+    let mean = f.iter().zip(&q).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>() / 1568.0;
+    assert!(mean < 8.0, "int8 and f32 digits differ by {mean} grey levels on average");
+}
+
 /// Ctrl-C stops after the current step with a checkpoint; the run then resumes.
 #[cfg(unix)]
 #[test]

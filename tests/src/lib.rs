@@ -18,7 +18,9 @@ pub fn mcu_spec() -> Spec<'static> {
 
 /// Random parameters for `spec`: He-normal weights (standard deviation `sqrt(2 / fan_in)`) and
 /// small normal biases (standard deviation 0.01, not zero, so that every byte of a test file
-/// carries information). Alignment gaps stay zero. Deterministic in `seed`.
+/// carries information). A layer with running statistics (batch norm) gets scales near 1,
+/// means near 0 and variances between 0.5 and about 2, as a trained one has. Alignment gaps
+/// stay zero. Deterministic in `seed`.
 pub fn random_params(spec: &Spec<'_>, seed: u64) -> Vec<f32> {
     let mut params = vec![0.0f32; spec.param_len()];
     let mut rng = noise::rng(seed);
@@ -26,15 +28,30 @@ pub fn random_params(spec: &Spec<'_>, seed: u64) -> Vec<f32> {
         if info.weight_len == 0 {
             continue;
         }
-        let std = (2.0 / info.in_shape.len() as f32).sqrt();
+        let norm = info.stats_len > 0;
+        let std = if norm { 0.1 } else { (2.0 / info.in_shape.len() as f32).sqrt() };
         let w = &mut params[info.weight_range()];
         noise::fill_gaussian(&mut rng, w);
-        w.iter_mut().for_each(|v| *v *= std);
+        w.iter_mut().for_each(|v| *v = *v * std + if norm { 1.0 } else { 0.0 });
         let b = &mut params[info.bias_range()];
         noise::fill_gaussian(&mut rng, b);
         b.iter_mut().for_each(|v| *v *= 0.01);
+        if norm {
+            // The means, then the variances.
+            let stats = &mut params[info.stats_range()];
+            noise::fill_gaussian(&mut rng, stats);
+            let (mean, var) = stats.split_at_mut(info.stats_len / 2);
+            mean.iter_mut().for_each(|v| *v *= 0.1);
+            var.iter_mut().for_each(|v| *v = 0.5 + 0.5 * v.abs());
+        }
     }
     params
+}
+
+/// The `pico` preset's generator ([`gan_core::presets::PICO_GENERATOR`]): 32 noise values and
+/// a one-hot class of 10 → dense 32·7·7 → BN → ReLU → ConvT 16 → BN → ReLU → ConvT 1 → Tanh.
+pub fn pico_spec() -> Spec<'static> {
+    gan_core::presets::PICO_SPEC
 }
 
 /// A complete weights file for an unconditional generator with Gaussian noise whose latent size

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gan_core::board::{self, Board};
+use gan_core::encoding::Encoding;
 use gan_core::format::{self, ModelKind, NoiseKind};
 use gan_core::spec::{Layer, Shape, Spec};
 use gan_train::sample::{AlignedBytes, ClassChoice};
@@ -267,7 +268,9 @@ fn assert_success(run: &Run, what: &str) {
     );
 }
 
-fn check_loaded_weights(board: &Board, weights: &[u8], seed: u64, class: Option<u32>) {
+/// Runs the firmware on `weights` (three digits from `seed`, of `class` or cycling) and checks
+/// its digits and ASCII art against the host's; returns the run.
+fn check_loaded_weights(board: &Board, weights: &[u8], seed: u64, class: Option<u32>) -> Run {
     let seed_arg = format!("seed={seed}");
     let class_arg = class.map(|c| format!("class={c}"));
     let mut args = vec![seed_arg.as_str(), "count=3"];
@@ -277,7 +280,7 @@ fn check_loaded_weights(board: &Board, weights: &[u8], seed: u64, class: Option<
     assert!(run.stdout.contains("weights: weights region"), "{}", run.stdout);
     let expected =
         host_digits(weights, seed, 3, class.map_or(ClassChoice::Cycle, ClassChoice::Fixed));
-    let got = run.digits.expect("the firmware wrote no digits file");
+    let got = run.digits.clone().expect("the firmware wrote no digits file");
     assert_eq!(got.len(), 3 * 784);
     assert!(got == expected, "{}: firmware digits differ from host generation", board.name);
     // Three pieces of ASCII art, 28 lines each, drawn exactly as `gan-train sample --ascii`
@@ -295,6 +298,67 @@ fn check_loaded_weights(board: &Board, weights: &[u8], seed: u64, class: Option<
         board.name,
         run.stdout
     );
+    run
+}
+
+/// Prints the instructions per digit the firmware measured in `run` (for BENCHMARKS.md).
+fn report_instructions(board: &Board, what: &str, run: &Run) {
+    let macs = run.number("MACs:");
+    let instructions = run.numbers("instructions:");
+    assert!(instructions.iter().all(|&i| i > macs), "{instructions:?} vs {macs} MACs");
+    let per_digit = instructions.iter().sum::<u64>() / instructions.len().max(1) as u64;
+    eprintln!(
+        "{} ({}), {what}: {per_digit} instructions/digit, {macs} MACs/digit, {:.2} instructions/MAC, peak stack {} B",
+        board.name,
+        board.target,
+        per_digit as f64 / macs as f64,
+        run.number("peak stack:")
+    );
+}
+
+/// A `pico`-preset generator (convolutional, conditional, batch norm) with random weights.
+fn pico_weights(seed: u64) -> Vec<u8> {
+    let spec = gan_tests::pico_spec();
+    let latent = gan_core::presets::PICO.latent;
+    let classes = gan_core::presets::PICO_CLASSES;
+    gan_tests::make_weights_with(
+        ModelKind::Generator,
+        &spec,
+        latent,
+        classes,
+        NoiseKind::Gaussian,
+        seed,
+    )
+}
+
+/// The `pico` generator three ways: as trained (with batch normalisation), folded as `export`
+/// writes it, and folded as int8.
+fn pico_variants(seed: u64) -> [(&'static str, Vec<u8>); 3] {
+    let trained = pico_weights(seed);
+    let folded = gan_train::run::reencode_weights(&trained, Encoding::F32).unwrap();
+    let int8 = gan_train::run::reencode_weights(&trained, Encoding::I8).unwrap();
+    assert!(folded.len() < trained.len() && int8.len() < folded.len() / 3);
+    [("with batch norm", trained), ("folded", folded), ("int8", int8)]
+}
+
+#[test]
+fn m4_pico_preset_matches_host() {
+    for (what, w) in pico_variants(51) {
+        let run = check_loaded_weights(M4, &w, 11, None);
+        report_instructions(M4, &format!("pico preset {what}"), &run);
+        for class in [0, 4, 9] {
+            check_loaded_weights(M4, &w, 100 + u64::from(class), Some(class));
+        }
+    }
+}
+
+#[test]
+fn m0_pico_preset_matches_host() {
+    for (what, w) in pico_variants(52) {
+        let run = check_loaded_weights(M0, &w, 12, None);
+        report_instructions(M0, &format!("pico preset {what}"), &run);
+        check_loaded_weights(M0, &w, 3, Some(8));
+    }
 }
 
 #[test]
@@ -364,7 +428,7 @@ fn m0_default_weights_and_measurements() {
 /// version-1 file is refused with the tensor-table code.
 fn check_int8_default(board: &Board) {
     let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
-    let q = gan_train::run::reencode_weights(&default, gan_core::encoding::Encoding::I8).unwrap();
+    let q = gan_train::run::reencode_weights(&default, Encoding::I8).unwrap();
     assert!(q.len() * 3 < default.len(), "int8 file is not smaller");
     let run = run_qemu(board, Some(&q), &["seed=2026", "count=3"]);
     assert_success(&run, "int8 weights");
@@ -422,6 +486,15 @@ fn check_bad_weights(board: &Board) {
     bad_header[format::PREAMBLE_LEN + 3] ^= 0x01;
     const WIDE: [Layer; 2] = [Layer::Dense { out: 4 }, Layer::Tanh];
     let too_wide = gan_tests::make_weights(&Spec::new(Shape::flat(1100), &WIDE).unwrap(), 3);
+    // A convolutional generator with a 5 × 28 × 28 map: wider than the largest preset's.
+    const WIDE_CONV: [Layer; 5] = [
+        Layer::Dense { out: 8 * 14 * 14 },
+        Layer::Reshape { to: Shape::image(8, 14, 14) },
+        Layer::ConvTranspose2d { out_c: 5, k: 4, stride: 2, pad: 1 },
+        Layer::Conv2d { out_c: 1, k: 3, stride: 1, pad: 1 },
+        Layer::Tanh,
+    ];
+    let wide_conv = gan_tests::make_weights(&Spec::new(Shape::flat(8), &WIDE_CONV).unwrap(), 6);
     const DISC: [Layer; 4] = [
         Layer::Dense { out: 16 },
         Layer::LeakyRelu { alpha: 0.2 },
@@ -442,6 +515,7 @@ fn check_bad_weights(board: &Board) {
         ("unsupported version", version, 12),
         ("corrupt header", bad_header, 13),
         ("too wide for the buffers", too_wide, 18),
+        ("a convolution too wide for the buffers", wide_conv, 18),
         ("a discriminator", disc, 19),
     ];
     if board.weights.len as usize <= 1 << 20 {

@@ -1,25 +1,28 @@
 //! The int8 encoding, for microcontrollers without an FPU.
 //!
-//! A dense layer's weights are stored as i8 with one f32 scale per output column (symmetric:
-//! `w ≈ q·s`, `s = max|w| / 127` over the column), followed by the scales and the f32 bias, each
-//! tensor on a 16-byte boundary. At inference each input row is quantised the same way with one
-//! scale for the row (`x ≈ qx·sx`, recomputed for every sample), the products are summed in i32,
-//! and the result is scaled back (see [`crate::layers::dense::dense_forward_i8`]):
+//! The weights of a dense, convolution or transposed-convolution layer are stored as i8 with
+//! one f32 scale per output channel (the output features of a dense layer, the output planes
+//! of a convolution; [`Channels`] says which weights belong to which): symmetric, `w ≈ q·s`
+//! with `s = max|w| / 127` over the channel's weights. The scales and the f32 bias follow, each
+//! tensor on a 16-byte boundary. At inference each sample's input to the layer is quantised the
+//! same way with one scale for the whole input (`x ≈ qx·sx`, recomputed for every sample), the
+//! products are summed in i32, and the result is scaled back (see
+//! [`crate::layers::dense::dense_forward_i8`] and the convolutions' `*_forward_i8`):
 //!
 //! ```text
-//! out[j] = (Σ_p qx[p]·q[p][j]) as f32 · (sx · s[j]) + bias[j]
+//! out[j] = (Σ qx·q) as f32 · (sx · s[c(j)]) + bias[c(j)]
 //! ```
 //!
 //! Integer sums are exact in any order, and the float steps (the scales, the rounding with
 //! `libm::roundf`, the final multiply and add) are fixed, so host and firmware still produce
 //! identical bytes. On a Cortex-M0+ an i8 multiply-accumulate is a few integer instructions
-//! instead of two soft-float calls, and the weights take a quarter of the flash. Only networks
-//! whose parameters are all in dense layers can be stored this way.
+//! instead of two soft-float calls, and the weights take a quarter of the flash. A network with
+//! parameters elsewhere (batch normalisation, minibatch discrimination) cannot be stored this
+//! way: fold batch normalisation into the layer before it first ([`crate::fold`]).
 
 use crate::error::CoreError;
 use crate::format::{DType, FormatError, TensorEntry, TensorKind};
-use crate::layers::LayerWeights;
-use crate::layers::with_kind;
+use crate::layers::{Channels, LayerWeights};
 use crate::spec::{LayerInfo, Spec};
 
 use super::{Encoded, Table};
@@ -93,9 +96,9 @@ const fn align_data(x: usize) -> usize {
     x.div_ceil(crate::format::DATA_ALIGN) * crate::format::DATA_ALIGN
 }
 
-/// Per dense layer an i8 weight tensor, an f32 [`TensorKind::Scale`] tensor and an f32 bias,
-/// each 16-byte aligned. A network with parameters outside dense layers is
-/// [`FormatError::Unsupported`].
+/// Per dense or convolution layer an i8 weight tensor, an f32 [`TensorKind::Scale`] tensor of
+/// one scale per output channel and an f32 bias, each 16-byte aligned. A network with other
+/// parameters is [`FormatError::Unsupported`].
 pub(crate) fn table(spec: &Spec<'_>) -> Result<Table, FormatError> {
     let mut t = heapless::Vec::new();
     let mut off = 0usize;
@@ -103,9 +106,12 @@ pub(crate) fn table(spec: &Spec<'_>) -> Result<Table, FormatError> {
         if info.weight_len + info.bias_len + info.stats_len == 0 {
             continue;
         }
-        let Some(n) = dense_outputs(&info) else {
+        let Some(Channels { n, .. }) = channels(&info) else {
             return Err(FormatError::Unsupported);
         };
+        if info.stats_len != 0 || info.bias_len != n {
+            return Err(FormatError::Unsupported);
+        }
         let layer = u16::try_from(info.index).map_err(|_| FormatError::TooLarge)?;
         for (kind, dtype, len) in [
             (TensorKind::Weight, DType::I8, info.weight_len),
@@ -130,10 +136,9 @@ pub(crate) fn table(spec: &Spec<'_>) -> Result<Table, FormatError> {
     Ok((t, off))
 }
 
-/// The output columns int8 quantises a layer's weights over, as the layer's kind says
-/// ([`crate::layers::Kind::int8_columns`]).
-fn dense_outputs(l: &LayerInfo) -> Option<usize> {
-    with_kind!(l.layer, |k| k.int8_columns(l))
+/// The output channels int8 quantises a layer's weights over, as the layer's kind says.
+fn channels(l: &LayerInfo) -> Option<Channels> {
+    crate::layers::channels(l)
 }
 
 /// Writes the int8 data section of `params` (layout of [`crate::spec`]) into `out` and returns
@@ -145,10 +150,9 @@ pub(crate) fn encode(
     let out = out.get_mut(..len).ok_or(FormatError::BufferTooSmall)?;
     out.fill(0);
     for info in spec.iter() {
-        let Some(n) = dense_outputs(&info) else {
+        let Some(ch) = channels(&info) else {
             continue;
         };
-        let k = info.in_shape.len();
         let w = &params[info.weight_range()];
         let bias = &params[info.bias_range()];
         let entry = |kind: TensorKind| {
@@ -160,13 +164,27 @@ pub(crate) fn encode(
         };
         let (wo, so, bo) =
             (entry(TensorKind::Weight)?, entry(TensorKind::Scale)?, entry(TensorKind::Bias)?);
-        for j in 0..n {
-            let s = scale_for(max_abs((0..k).map(|p| w[p * n + j])));
-            out[so + 4 * j..so + 4 * j + 4].copy_from_slice(&s.to_le_bytes());
-            for p in 0..k {
-                let q = if s == 0.0 { 0 } else { quantize(w[p * n + j], s) };
-                out[wo + p * n + j] = q as u8;
-            }
+        let scale_at = |out: &[u8], c: usize| {
+            f32::from_le_bytes([
+                out[so + 4 * c],
+                out[so + 4 * c + 1],
+                out[so + 4 * c + 2],
+                out[so + 4 * c + 3],
+            ])
+        };
+        // The largest magnitude of every channel, then its scale, in the scale tensor.
+        for (i, &v) in w.iter().enumerate() {
+            let c = ch.of(i);
+            let m = max_abs([scale_at(out, c), v].into_iter());
+            out[so + 4 * c..so + 4 * c + 4].copy_from_slice(&m.to_le_bytes());
+        }
+        for c in 0..ch.n {
+            let s = scale_for(scale_at(out, c));
+            out[so + 4 * c..so + 4 * c + 4].copy_from_slice(&s.to_le_bytes());
+        }
+        for (i, &v) in w.iter().enumerate() {
+            let s = scale_at(out, ch.of(i));
+            out[wo + i] = if s == 0.0 { 0 } else { quantize(v, s) as u8 };
         }
         for (j, v) in bias.iter().enumerate() {
             out[bo + 4 * j..bo + 4 * j + 4].copy_from_slice(&v.to_le_bytes());
@@ -175,7 +193,7 @@ pub(crate) fn encode(
     Ok(len)
 }
 
-/// Scratch (in f32 elements) beyond the two activation buffers: room for one quantised row of
+/// Scratch (in f32 elements) beyond the two activation buffers: room for one quantised input of
 /// the widest layer.
 pub(crate) const fn extra_scratch_len(max_features: usize) -> usize {
     max_features.div_ceil(4)
@@ -216,8 +234,8 @@ fn f32_view<'a>(data: &'a [u8], t: &TensorEntry) -> Option<&'a [f32]> {
     (pre.is_empty() && post.is_empty()).then_some(mid)
 }
 
-/// One layer's tensors: the i8 weights, scales and bias of a dense layer; empty f32 tensors for
-/// a layer without parameters.
+/// One layer's tensors: the i8 weights, scales and bias of a dense or convolution layer; empty
+/// f32 tensors for a layer without parameters.
 pub(crate) fn layer<'a>(
     data: &'a [u8], tensors: &'a [TensorEntry], l: &LayerInfo,
 ) -> Result<LayerWeights<'a>, CoreError> {
@@ -338,6 +356,61 @@ mod tests {
         bad.0[..len].copy_from_slice(&buf.0[..len]);
         bad.0[len - data.len() + 3] ^= 1;
         assert_eq!(WeightsFile::parse(&bad.0[..len]).map(|_| ()), Err(FormatError::DataChecksum));
+    }
+
+    /// A convolutional generator (batch norm folded) stored as int8: one scale per output
+    /// channel of every layer, inference close to the f32 network.
+    #[test]
+    fn int8_conv_file_round_trip() {
+        let layers = crate::presets::conv_generator(8, 8, 4, 3, Layer::Tanh);
+        let spec = Spec::new(Shape::flat(5), &layers).unwrap();
+        let folded_layers = crate::fold::folded_layers(&spec).unwrap();
+        let folded = Spec::new(Shape::flat(5), &folded_layers).unwrap();
+        assert_eq!(folded.iter().filter(|l| l.weight_len > 0).count(), 3);
+        let mut r = Lcg::new(12);
+        let params: Vec<f32> = (0..folded.param_len()).map(|_| r.next_f32() - 0.5).collect();
+        let h = Header::for_spec_as(
+            ModelKind::Generator,
+            &folded,
+            5,
+            0,
+            NoiseKind::Gaussian,
+            Encoding::I8,
+        )
+        .unwrap();
+        let scales: Vec<u32> =
+            h.tensors.iter().filter(|t| t.kind == TensorKind::Scale).map(|t| t.len).collect();
+        // dense to 4 × 2 × 2 (16 outputs), transposed convolutions to 3 and 1 channels.
+        assert_eq!(scales, [16, 3, 1]);
+        #[repr(C, align(16))]
+        struct Buf([u8; 8192]);
+        let mut buf = Buf([0; 8192]);
+        let len = format::write(&mut buf.0, &h, &params).unwrap();
+        let f = WeightsFile::parse(&buf.0[..len]).unwrap();
+        let x: Vec<f32> = (0..2 * 5).map(|_| r.next_f32() * 2.0 - 1.0).collect();
+        let out = folded.output().len();
+        let mut got = vec![0f32; 2 * out];
+        let mut scratch = vec![0f32; Encoding::I8.infer_scratch_len(&folded, 2)];
+        crate::model::infer_encoded(&folded, &f.weights(), &x, &mut got, &mut scratch, 2, &Serial)
+            .unwrap();
+        let mut want = vec![0f32; 2 * out];
+        let mut scratch32 = vec![0f32; folded.infer_scratch_len(2)];
+        crate::model::infer(&folded, &params, &x, &mut want, &mut scratch32, 2).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 0.05, "{g} vs {w}");
+        }
+        // Unfolded, the batch normalisation cannot be stored.
+        assert_eq!(
+            Header::for_spec_as(
+                ModelKind::Generator,
+                &spec,
+                5,
+                0,
+                NoiseKind::Gaussian,
+                Encoding::I8
+            ),
+            Err(FormatError::Unsupported)
+        );
     }
 
     #[test]

@@ -42,9 +42,12 @@
 
 use core::fmt;
 
+use crate::encoding::int8::quantize_row;
 use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
 use crate::kernels::{self, Exec};
-use crate::layers::{Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, mul3, size};
+use crate::layers::{
+    Backward, Channels, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, mul3, size,
+};
 use crate::spec::{LayerInfo, Shape};
 
 /// A convolution layer of either direction `D` ([`Direct`] here, the transposed one in
@@ -103,6 +106,11 @@ pub(crate) trait Direction {
     const BACKWARD: BackwardFn;
     /// Exact inference ([`conv2d_forward_exact`]'s arguments).
     const EXACT: ExactFn;
+    /// Int8 inference ([`conv2d_forward_i8`]'s arguments).
+    const INT8: Int8Fn;
+    /// How the weights belong to the output channels: `(out_c, inner)` of [`Channels`] for
+    /// `C_in` input channels and `k²` taps.
+    fn channels(c_in: usize, c_out: usize, kk: usize) -> Channels;
 }
 
 /// What a convolution kernel returns.
@@ -133,6 +141,18 @@ pub(crate) type BackwardFn = fn(
 pub(crate) type ExactFn =
     fn(&mut [f32], &[f32], &[f32], &[f32], usize, &ConvDims) -> Result<(), CoreError>;
 
+/// The int8 inference of a convolution: `(out, xq, inp, q, scales, b, n, dims)`.
+pub(crate) type Int8Fn = fn(
+    &mut [f32],
+    &mut [i8],
+    &[f32],
+    &[i8],
+    &[f32],
+    &[f32],
+    usize,
+    &ConvDims,
+) -> Result<(), CoreError>;
+
 /// The convolution itself: the image is the input, the grid the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Direct;
@@ -150,6 +170,11 @@ impl Direction for Direct {
     const FORWARD: ForwardFn = conv2d_forward;
     const BACKWARD: BackwardFn = conv2d_backward;
     const EXACT: ExactFn = conv2d_forward_exact;
+    const INT8: Int8Fn = conv2d_forward_i8;
+    /// `w` is C_out × (C_in·k·k): each output channel's weights are one row.
+    fn channels(c_in: usize, c_out: usize, kk: usize) -> Channels {
+        Channels { n: c_out, inner: c_in * kk }
+    }
 }
 
 /// An image side in `u32`, or `None` if it is zero or does not fit.
@@ -239,8 +264,17 @@ impl<D: Direction> Kind for Conv<D> {
             LayerWeights::F32 { w, b, .. } => {
                 a.pp.map(n * a.l.out_shape.len(), |out, inp| (D::EXACT)(out, inp, w, b, n, &d))
             }
-            LayerWeights::I8 { .. } => Err(CoreError::Unsupported { layer: a.l.index }),
+            LayerWeights::I8 { q, scales, b } => {
+                let xq = a.xq;
+                a.pp.map(n * a.l.out_shape.len(), |out, inp| {
+                    (D::INT8)(out, xq, inp, q, scales, b, n, &d)
+                })
+            }
         }
+    }
+    fn channels(&self, l: &LayerInfo) -> Option<Channels> {
+        let kk = (self.k as usize).pow(2);
+        Some(D::channels(l.in_shape.c as usize, self.out_c as usize, kk))
     }
 }
 
@@ -635,6 +669,48 @@ pub fn conv2d_forward_exact(
     Ok(())
 }
 
+/// Checks the buffers of an int8 convolution and returns its geometry (`transposed`: the
+/// transposed convolution's) with the image and grid sizes of one sample.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_i8(
+    out: &[f32], xq: &[i8], inp: &[f32], q: &[i8], scales: &[f32], bias: &[f32], n: usize,
+    d: &ConvDims, transposed: bool,
+) -> Result<Geom, CoreError> {
+    let g = if transposed { Geom::transpose(d)? } else { Geom::conv(d)? };
+    let (in_len, out_len) = if transposed { (g.grid, g.img) } else { (g.img, g.grid) };
+    check_len("out", out.len(), batch(n, out_len)?)?;
+    check_len("inp", inp.len(), batch(n, in_len)?)?;
+    check_len("q", q.len(), g.w)?;
+    check_len("scales", scales.len(), d.out_c)?;
+    check_len("bias", bias.len(), d.out_c)?;
+    if xq.len() < in_len {
+        return Err(CoreError::BufferLen { what: "xq", got: xq.len(), expected: in_len });
+    }
+    Ok(g)
+}
+
+/// Int8 inference of a convolution: same shapes as [`conv2d_forward_exact`], weights `q` as i8
+/// with one scale per output channel (`scales`, see [`crate::encoding::int8`]); `xq` (at least
+/// `C_in·H·W`) holds each sample's input, quantised with one scale for the sample.
+///
+/// `out[c][y][x] = (Σ q·xq) as f32 · (sx · scales[c]) + bias[c]`, the integer sum over every
+/// tap that falls inside the image. Integer sums are exact in any order, so every target gets
+/// the same bits (exactly as [`crate::layers::dense::dense_forward_i8`], whose bounds on the
+/// sum apply with `C_in·k²` terms).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_i8(
+    out: &mut [f32], xq: &mut [i8], inp: &[f32], q: &[i8], scales: &[f32], bias: &[f32], n: usize,
+    d: &ConvDims,
+) -> Result<(), CoreError> {
+    let g = check_i8(out, xq, inp, q, scales, bias, n, d, false)?;
+    let xq = &mut xq[..g.img];
+    for (o, x) in out.chunks_exact_mut(g.grid).zip(inp.chunks_exact(g.img)) {
+        let sx = quantize_row(xq, x);
+        kernels::int8::conv2d_i8(o, xq, q, scales, bias, sx, &g);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -729,6 +805,57 @@ pub(crate) mod tests {
             let mut exact = vec![f32::NAN; out.len()];
             conv2d_forward_exact(&mut exact, &x, &w, &b, n, &d).unwrap();
             assert_close(&exact, &want, 1e-5);
+        }
+    }
+
+    /// Per-channel int8 weights of a `w` whose channels are `ch`, as the int8 encoding writes
+    /// them (`q`, `scales`).
+    pub(crate) fn quantize_channels(w: &[f32], ch: Channels) -> (Vec<i8>, Vec<f32>) {
+        let mut m = vec![0f32; ch.n];
+        for (i, v) in w.iter().enumerate() {
+            m[ch.of(i)] = m[ch.of(i)].max(v.abs());
+        }
+        let s: Vec<f32> = m.iter().map(|m| m / 127.0).collect();
+        let q = w.iter().enumerate().map(|(i, v)| (v / s[ch.of(i)]).round() as i8).collect();
+        (q, s)
+    }
+
+    /// The int8 convolution is the definition applied to the integers, then scaled: bit for
+    /// bit. And it stays within quantisation error of the f32 convolution.
+    #[test]
+    fn conv_int8_is_the_integer_definition_scaled() {
+        let mut r = Lcg::new(23);
+        let n = 2;
+        for &(ci, h, wd, co, k, s, p) in &CASES {
+            let d = dims(ci, h, wd, co, k, s, p);
+            let (oh, ow) = d.out_hw().unwrap();
+            let x = rand(&mut r, n * ci * h * wd);
+            let w = rand(&mut r, co * ci * k * k);
+            let b = rand(&mut r, co);
+            let (q, sc) = quantize_channels(&w, Direct::channels(ci, co, k * k));
+            let plane = co * oh * ow;
+            let mut out = vec![f32::NAN; n * plane];
+            let mut xq = vec![0i8; ci * h * wd + 3];
+            conv2d_forward_i8(&mut out, &mut xq, &x, &q, &sc, &b, n, &d).unwrap();
+            for i in 0..n {
+                let xi = &x[i * ci * h * wd..(i + 1) * ci * h * wd];
+                let mut qx = vec![0i8; xi.len()];
+                let sx = quantize_row(&mut qx, xi);
+                let xf: Vec<f32> = qx.iter().map(|&v| f32::from(v)).collect();
+                let wf: Vec<f32> = q.iter().map(|&v| f32::from(v)).collect();
+                let sums = naive_conv(&xf, &wf, &vec![0.0; co], 1, &d);
+                for (j, &sum) in sums.iter().enumerate() {
+                    let c = j / (oh * ow);
+                    let want = sum as i32 as f32 * (sx * sc[c]) + b[c];
+                    assert_eq!(out[i * plane + j].to_bits(), want.to_bits(), "{j}");
+                }
+            }
+            let exact = naive_conv(&x, &w, &b, n, &d);
+            assert_close(&out, &exact, 0.05 * (ci * k * k) as f64);
+            // Short buffers are refused.
+            let e = conv2d_forward_i8(&mut out, &mut xq[..ci], &x, &q, &sc, &b, n, &d);
+            assert!(matches!(e, Err(CoreError::BufferLen { what: "xq", .. })));
+            assert!(conv2d_forward_i8(&mut out, &mut xq, &x, &q, &sc[1..], &b, n, &d).is_err());
         }
     }
 

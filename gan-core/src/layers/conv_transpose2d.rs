@@ -5,12 +5,14 @@
 //! Shapes (one sample): `inp` C_in×H×W, `w` C_in×C_out×k×k, `b` C_out, `out` C_out×OH×OW with
 //! `OH = (H − 1)·stride − 2·pad + k` ([`conv_transpose_out_len`](crate::layers::conv2d::conv_transpose_out_len)).
 
+use crate::encoding::int8::quantize_row;
 use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
 use crate::kernels::{self, Exec};
+use crate::layers::Channels;
 use crate::layers::Rules;
 use crate::layers::conv2d::{
-    self, BackwardFn, Conv, ConvDims, Direction, ExactFn, ForwardFn, Geom, add_bias_grad, batch,
-    col2im_add, fill_bias, im2col, span,
+    self, BackwardFn, Conv, ConvDims, Direction, ExactFn, ForwardFn, Geom, Int8Fn, add_bias_grad,
+    batch, check_i8, col2im_add, fill_bias, im2col, span,
 };
 use crate::spec::{LayerInfo, Shape};
 
@@ -43,6 +45,12 @@ impl Direction for Transposed {
     const FORWARD: ForwardFn = conv_transpose2d_forward;
     const BACKWARD: BackwardFn = conv_transpose2d_backward;
     const EXACT: ExactFn = conv_transpose2d_forward_exact;
+    const INT8: Int8Fn = conv_transpose2d_forward_i8;
+    /// `w` is C_in × C_out × k × k: output channel `c`'s taps are the `c`-th block of `k²` in
+    /// every input channel's row.
+    fn channels(_: usize, c_out: usize, kk: usize) -> Channels {
+        Channels { n: c_out, inner: kk }
+    }
 }
 
 /// Training forward of a transposed convolution (see the module docs for shapes).
@@ -163,12 +171,31 @@ pub fn conv_transpose2d_forward_exact(
     Ok(())
 }
 
+/// Int8 inference of a transposed convolution: same shapes as
+/// [`conv_transpose2d_forward_exact`], weights `q` as i8 with one scale per output channel;
+/// `xq` (at least `C_in·H·W`) holds each sample's input, quantised with one scale for the
+/// sample. Each output is the integer sum over the input positions and taps that reach it,
+/// scaled as in [`conv2d::conv2d_forward_i8`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_forward_i8(
+    out: &mut [f32], xq: &mut [i8], inp: &[f32], q: &[i8], scales: &[f32], bias: &[f32], n: usize,
+    d: &ConvDims,
+) -> Result<(), CoreError> {
+    let g = check_i8(out, xq, inp, q, scales, bias, n, d, true)?;
+    let xq = &mut xq[..g.grid];
+    for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
+        let sx = quantize_row(xq, x);
+        kernels::int8::conv_transpose2d_i8(o, xq, q, scales, bias, sx, &g);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::Serial;
     use crate::layers::conv2d::conv2d_forward;
-    use crate::layers::conv2d::tests::{CASES, assert_close, dims, rand};
+    use crate::layers::conv2d::tests::{CASES, assert_close, dims, quantize_channels, rand};
     use crate::testutil::{Lcg, grad_check};
     use std::vec;
     use std::vec::Vec;
@@ -233,6 +260,45 @@ mod tests {
     }
 
     /// ⟨conv(x), y⟩ = ⟨x, convT(y)⟩ with one shared weight buffer and no bias.
+    /// The int8 transposed convolution is the scatter definition applied to the integers, then
+    /// scaled, bit for bit; and close to the f32 one.
+    #[test]
+    fn conv_transpose_int8_is_the_integer_definition_scaled() {
+        let mut r = Lcg::new(29);
+        let n = 2;
+        for &(ci, h, wd, co, k, s, p) in &CASES {
+            let d = dims(ci, h, wd, co, k, s, p);
+            let Some((oh, ow)) = d.transpose_out_hw() else { continue };
+            let x = rand(&mut r, n * ci * h * wd);
+            let w = rand(&mut r, ci * co * k * k);
+            let b = rand(&mut r, co);
+            let (q, sc) = quantize_channels(&w, Transposed::channels(ci, co, k * k));
+            let plane = co * oh * ow;
+            let mut out = vec![f32::NAN; n * plane];
+            let mut xq = vec![0i8; ci * h * wd];
+            conv_transpose2d_forward_i8(&mut out, &mut xq, &x, &q, &sc, &b, n, &d).unwrap();
+            for i in 0..n {
+                let xi = &x[i * ci * h * wd..(i + 1) * ci * h * wd];
+                let mut qx = vec![0i8; xi.len()];
+                let sx = quantize_row(&mut qx, xi);
+                let xf: Vec<f32> = qx.iter().map(|&v| f32::from(v)).collect();
+                let wf: Vec<f32> = q.iter().map(|&v| f32::from(v)).collect();
+                let sums = naive_conv_t(&xf, &wf, &vec![0.0; co], 1, &d);
+                for (j, &sum) in sums.iter().enumerate() {
+                    let c = j / (oh * ow);
+                    let want = sum as i32 as f32 * (sx * sc[c]) + b[c];
+                    assert_eq!(out[i * plane + j].to_bits(), want.to_bits(), "{j}");
+                }
+            }
+            let exact = naive_conv_t(&x, &w, &b, n, &d);
+            assert_close(&out, &exact, 0.05 * (ci * k * k) as f64);
+            assert!(
+                conv_transpose2d_forward_i8(&mut out, &mut xq[..1], &x, &q, &sc, &b, n, &d)
+                    .is_err()
+            );
+        }
+    }
+
     #[test]
     fn transpose_is_the_adjoint() {
         let mut r = Lcg::new(23);

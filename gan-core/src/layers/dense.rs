@@ -14,7 +14,7 @@ use crate::encoding::int8::quantize_row;
 use crate::error::{CoreError, SpecError, check_len, check_opt_len};
 use crate::kernels::{self, Exec};
 use crate::layers::{
-    Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, Tangent, mul, size,
+    Backward, Channels, Forward, Infer, Kind, LayerWeights, Rules, Sizes, Tangent, mul, size,
 };
 use crate::spec::{LayerInfo, Shape};
 
@@ -53,8 +53,9 @@ impl Kind for Dense {
     fn fans(&self, l: &LayerInfo) -> Option<(usize, usize)> {
         Some((l.in_shape.len(), l.out_shape.len()))
     }
-    fn int8_columns(&self, _: &LayerInfo) -> Option<usize> {
-        Some(self.out as usize)
+    fn channels(&self, _: &LayerInfo) -> Option<Channels> {
+        // `w` is C_in × C_out, row-major: element `p·C_out + j` feeds output `j`.
+        Some(Channels { n: self.out as usize, inner: 1 })
     }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
         let (c_in, c_out) = (a.l.in_shape.len(), self.out as usize);

@@ -401,15 +401,39 @@ pub enum LayerWeights<'a> {
         /// Running statistics (batch normalisation).
         stats: &'a [f32],
     },
-    /// Int8 weights with one f32 scale per output, and the f32 bias.
+    /// Int8 weights with one f32 scale per output channel ([`Channels`]), and the f32 bias.
     I8 {
         /// Quantised weights, in the f32 weights' layout.
         q: &'a [i8],
-        /// One scale per output column.
+        /// One scale per output channel.
         scales: &'a [f32],
         /// Bias.
         b: &'a [f32],
     },
+}
+
+/// How the weight tensor of a dense or convolution layer maps to its `n` output channels (the
+/// output features of a dense layer, the output planes of a convolution): element `i` of the
+/// tensor contributes to channel `(i / inner) % n` only, and channel `c`'s bias is `b[c]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Channels {
+    /// Output channels.
+    pub n: usize,
+    /// Consecutive weight elements of one channel.
+    pub inner: usize,
+}
+
+impl Channels {
+    /// The channel weight element `i` belongs to.
+    #[inline]
+    pub const fn of(&self, i: usize) -> usize {
+        (i / self.inner) % self.n
+    }
+}
+
+/// How the weights of layer `l` belong to its output channels ([`Channels`]), if they do.
+pub fn channels(l: &LayerInfo) -> Option<Channels> {
+    with_kind!(l.layer, |k| k.channels(l))
 }
 
 /// The two activation buffers of inference: the current activation is the first `len`
@@ -514,11 +538,10 @@ pub(crate) trait Kind {
     fn backward(&self, a: Backward<'_>) -> Result<(), CoreError>;
     /// Exact inference.
     fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError>;
-    /// How the int8 encoding ([`crate::encoding::int8`]) stores the layer's weights: `Some(n)`
-    /// quantises a `C_in × n` weight matrix with one scale per output column and keeps the bias
-    /// of `n` as f32; `None` if the layer has parameters that int8 cannot store (layers without
-    /// parameters are never asked).
-    fn int8_columns(&self, l: &LayerInfo) -> Option<usize> {
+    /// How the layer's weights belong to its output channels (`None` for a layer without a
+    /// weight tensor of that kind): the int8 encoding ([`crate::encoding::int8`]) keeps one
+    /// scale per channel, and [`crate::fold`] folds a following batch normalisation into them.
+    fn channels(&self, l: &LayerInfo) -> Option<Channels> {
         let _ = l;
         None
     }

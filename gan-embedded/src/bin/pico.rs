@@ -1,9 +1,12 @@
 //! Raspberry Pi Pico (RP2040) firmware: generates a digit for every seed typed over USB serial
 //! and sends it back as ASCII art.
 //!
-//! Open the board's USB serial port (e.g. `picocom /dev/ttyACM0`) and type a line:
-//! - `42` + Enter: the digit for seed 42 (sample 0 of `gan-train sample --seed 42`);
-//! - `42 c7` or `c7 42`: the same with class 7, for a conditional model;
+//! Open the board's USB serial port (e.g. `picocom /dev/ttyACM0`) and type a line
+//! ([`gan_embedded::console`]):
+//! - `7` + Enter, for a conditional model (the `pico` preset): a 7, from the next seed of the
+//!   console's counter; `7 s42`: the 7 of seed 42 (sample 0 of `gan-train sample --seed 42
+//!   --class 7`);
+//! - `42` for a model without classes: the digit of seed 42 (`s42` works for both);
 //! - `info`: where the weights come from and the model's size; `help`: this list.
 //!
 //! The LED (GPIO25) blinks while a digit is being generated. Logs go out with defmt over RTT
@@ -135,35 +138,7 @@ impl Usb<'_> {
     }
 }
 
-/// A parsed command line.
-enum Command {
-    Generate { seed: u64, class: Option<u32> },
-    Info,
-    Help,
-}
-
-fn parse_command(line: &[u8]) -> Option<Command> {
-    let text = core::str::from_utf8(line).ok()?.trim();
-    match text {
-        "info" => return Some(Command::Info),
-        "help" | "?" => return Some(Command::Help),
-        _ => {}
-    }
-    let (mut seed, mut class) = (None, None);
-    for word in text.split_ascii_whitespace() {
-        if let Some(c) = word.strip_prefix('c') {
-            class = Some(c.parse().ok()?);
-        } else if seed.is_none() {
-            seed = Some(word.parse().ok()?);
-        } else {
-            return None;
-        }
-    }
-    Some(Command::Generate { seed: seed?, class })
-}
-
-const HELP: &[u8] =
-    b"type a seed and Enter (e.g. 42), optionally with a class (42 c7); `info` shows the model\r\n";
+use gan_embedded::console::{Command, HELP, parse_command};
 
 #[hal::entry]
 fn main() -> ! {
@@ -230,6 +205,8 @@ fn main() -> ! {
 
     let mut line = [0u8; 48];
     let mut len = 0usize;
+    // The seed of the next digit typed without one.
+    let mut next_seed = 0u64;
     loop {
         if !usb.poll() {
             continue;
@@ -244,7 +221,7 @@ fn main() -> ! {
                 b'\r' | b'\n' => {
                     usb.send(b"\r\n");
                     if len > 0 {
-                        handle(&mut usb, &line[..len], &mut digits, &file, source);
+                        handle(&mut usb, &line[..len], &mut digits, &file, source, &mut next_seed);
                     }
                     len = 0;
                 }
@@ -268,6 +245,7 @@ fn main() -> ! {
 fn handle(
     usb: &mut Usb<'_>, line: &[u8], digits: &mut Result<Digits<'_>, Error>,
     file: &Result<WeightsFile<'static>, gan_core::format::FormatError>, source: Source,
+    next_seed: &mut u64,
 ) {
     let d = match digits {
         Ok(d) => d,
@@ -276,7 +254,7 @@ fn handle(
             return;
         }
     };
-    match parse_command(line) {
+    match parse_command(line, d.classes()) {
         None | Some(Command::Help) => usb.send(HELP),
         Some(Command::Info) => {
             if let Ok(f) = file {
@@ -304,6 +282,11 @@ fn handle(
                     return;
                 }
             }
+            let seed = seed.unwrap_or_else(|| {
+                let s = *next_seed;
+                *next_seed = s.wrapping_add(1);
+                s
+            });
             d.reseed(seed);
             let width = gan_embedded::art_width(d.output_shape());
             BUSY.store(true, Ordering::Relaxed);
@@ -321,8 +304,12 @@ fn handle(
                         usb.send(&l[..l.len() - 1]);
                         usb.send(b"\r\n");
                     });
+                    match class {
+                        Some(c) => usb.send_fmt(format_args!("class {c}, seed {seed}: ")),
+                        None => usb.send_fmt(format_args!("seed {seed}: ")),
+                    }
                     usb.send_fmt(format_args!(
-                        "seed {seed}: {cycles} cycles ({} ms)\r\n",
+                        "{cycles} cycles ({} ms)\r\n",
                         cycles * 1000 / SYS_HZ
                     ));
                 }
