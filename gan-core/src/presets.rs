@@ -89,9 +89,11 @@ pub fn mlp_generator(hidden: &[u32], act: Layer, out: Layer, h: u32, w: u32) -> 
 
 /// An MLP discriminator: a dense layer, LeakyReLU(0.2) and (when `dropout > 0`) dropout for
 /// each hidden width, then (optionally) minibatch discrimination with `(kernels, dims)`, a dense
-/// layer to one score, and a Sigmoid when `sigmoid` (for BCE on probabilities).
+/// layer to `outputs` values (one score; or, for a projection discriminator, the unconditional
+/// score followed by one projection per class), and a Sigmoid when `sigmoid` (for BCE on
+/// probabilities).
 pub fn mlp_discriminator(
-    hidden: &[u32], dropout: f32, minibatch: Option<(u32, u32)>, sigmoid: bool,
+    hidden: &[u32], dropout: f32, minibatch: Option<(u32, u32)>, outputs: u32, sigmoid: bool,
 ) -> Option<Layers> {
     let mut v = Layers::new();
     for &width in hidden {
@@ -104,7 +106,7 @@ pub fn mlp_discriminator(
     if let Some((kernels, dims)) = minibatch {
         push(&mut v, Layer::MinibatchDisc { kernels, dims })?;
     }
-    push(&mut v, Layer::Dense { out: 1 })?;
+    push(&mut v, Layer::Dense { out: outputs })?;
     if sigmoid {
         push(&mut v, Layer::Sigmoid)?;
     }
@@ -212,7 +214,7 @@ mod tests {
         assert_eq!(&dcgan_discriminator(28, 28, false)[..], &DCGAN_DISCRIMINATOR);
         let mcu = Spec::new(Shape::flat(MCU.latent), &MCU_GENERATOR).unwrap();
         assert_eq!(mcu.output(), Shape::image(1, 28, 28));
-        let d = mlp_discriminator(MCU.d_hidden, 0.0, None, false).unwrap();
+        let d = mlp_discriminator(MCU.d_hidden, 0.0, None, 1, false).unwrap();
         let d = Spec::new(Shape::flat(784), &d).unwrap();
         // The README's parameter counts.
         assert_eq!(mcu.iter().map(|l| l.weight_len + l.bias_len).sum::<usize>(), 184_400);

@@ -9,12 +9,15 @@ use gan_core::presets;
 use gan_core::spec::{Layer, Shape, Spec};
 use serde::{Deserialize, Serialize};
 
+/// The preset `gan-train train` uses when none is given.
+pub const DEFAULT_ARCH: Arch = Arch::Pico;
+
 /// Architecture presets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
-    /// Microcontroller-sized default: G z64→128→192→784 (~184K parameters, ~738 KB as f32, fits
-    /// a Raspberry Pi Pico's flash), D 784→256→128→1.
+    /// The microcontroller-sized MLP: G z64→128→192→784 (~184K parameters, ~738 KB as f32,
+    /// fits a Raspberry Pi Pico's flash), D 784→256→128→1.
     Mcu,
     /// The classic MLP GAN: G z100→256→512→1024→784, D 784→512→256→1.
     Classic,
@@ -22,9 +25,10 @@ pub enum Arch {
     /// ConvT 1 (4×4, stride 2) → Tanh; D Conv 64 → LeakyReLU → Conv 128 → BN → LeakyReLU →
     /// dense 1. Too large for the microcontroller firmware's buffers.
     Dcgan,
-    /// Sized for the Raspberry Pi Pico, conditional: G z32 + class → dense 32·7·7 → BN → ReLU →
+    /// The default. Sized for the Raspberry Pi Pico, conditional: G z32 + class → dense 32·7·7 → BN → ReLU →
     /// ConvT 16 → BN → ReLU → ConvT 1 → Tanh (`g_hidden` holds the two channel counts), D an
-    /// MLP 784 + class → 256 → 128 → 1.
+    /// MLP 784 + class → 256 → 128 → 1 + 10 with a class projection; D's inputs shifted by up to
+    /// 1 pixel.
     Pico,
     /// Widths from `latent`, `g_hidden` and `d_hidden`.
     Custom,
@@ -129,6 +133,11 @@ pub struct TrainConfig {
     pub minibatch_disc: Vec<u32>,
     /// Dropout probability after each hidden layer of an MLP discriminator (0 = off).
     pub d_dropout: f32,
+    /// Conditional models: a projection discriminator. D's last layer gives an unconditional
+    /// score and one value per class, and the score of a sample is the first plus the one of
+    /// its class (the inner product of D's last features with a learned class embedding), a
+    /// stronger class signal than the one-hot input alone.
+    pub d_projection: bool,
     /// Shift every image the discriminator sees, real or generated, by up to this many pixels
     /// in x and y (drawn per image; 0 = off). Differentiable, so the generator learns through
     /// it; keeps D from memorising a small data set.
@@ -206,6 +215,7 @@ impl Default for TrainConfig {
             feature_matching: 0.0,
             minibatch_disc: vec![],
             d_dropout: 0.0,
+            d_projection: false,
             d_translate: 2,
             g_opt: OptKind::Adam,
             d_opt: OptKind::Adam,
@@ -242,6 +252,8 @@ impl TrainConfig {
                 g_hidden: presets::PICO.channels.to_vec(),
                 d_hidden: presets::PICO.d_hidden.to_vec(),
                 conditional: true,
+                d_projection: true,
+                d_translate: 1,
                 ..base
             },
             // Measured at the 20-epoch budget (docs/QUALITY.md): the default recipe with
@@ -442,6 +454,13 @@ impl TrainConfig {
                 "the gradient penalty supports dense/LeakyReLU critics only (no dropout, no DCGAN)"
             );
         }
+        if c.d_projection
+            && (!c.conditional || matches!(c.loss, LossKind::WganGp | LossKind::BceProb))
+        {
+            bail!(
+                "the projection discriminator needs a conditional model and a loss on logits (not wgan-gp or bce-prob)"
+            );
+        }
         if c.arch == Arch::Pico && c.g_hidden.len() != 2 {
             bail!(
                 "the pico preset's g_hidden holds two channel counts (quarter- and half-size maps), e.g. 32,16"
@@ -487,7 +506,9 @@ impl TrainConfig {
     }
 
     /// The discriminator network for this config. Its output is one score per sample: a logit
-    /// (BCE, hinge, Wasserstein, least squares) or a probability (`bce-prob`).
+    /// (BCE, hinge, Wasserstein, least squares) or a probability (`bce-prob`); with
+    /// [`TrainConfig::d_projection`], `1 + classes` values that the trainer combines into the
+    /// score of each sample's class.
     pub fn discriminator(&self, data: DataShape) -> Result<NetDef> {
         let c = self.resolved();
         let classes = if c.conditional { data.classes } else { 0 };
@@ -499,7 +520,8 @@ impl TrainConfig {
                 [b, d] => Some((b, d)),
                 _ => None,
             };
-            presets::mlp_discriminator(&c.d_hidden, c.d_dropout, minibatch, sigmoid)
+            let outputs = 1 + if c.d_projection { classes } else { 0 };
+            presets::mlp_discriminator(&c.d_hidden, c.d_dropout, minibatch, outputs, sigmoid)
                 .context("discriminator: too many layers")?
         };
         checked(

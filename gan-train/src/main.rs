@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use gan_core::board::Board;
 use gan_core::encoding::Encoding;
 use gan_train::config::{
-    Arch, CollapseAction, DataShape, HiddenAct, LossKind, Noise, OptKind, OutAct, TrainConfig,
+    Arch, CollapseAction, DEFAULT_ARCH, DataShape, HiddenAct, LossKind, Noise, OptKind, OutAct,
+    TrainConfig,
 };
 use gan_train::inspect;
 use gan_train::run::{self, Outcome, RunDir, RunOptions};
@@ -63,16 +64,17 @@ struct ModelArgs {
     /// TOML config file (see a run's config.toml for every key).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Architecture preset: mcu (fits a Pico), classic (the seed MLP GAN) or custom.
+    /// Architecture preset [default: pico].
     #[arg(long, value_enum)]
     arch: Option<Arch>,
-    /// Noise size (with --arch custom).
+    /// Noise size (with --arch custom or pico).
     #[arg(long)]
     latent: Option<u32>,
-    /// Generator hidden widths, e.g. 256,512,1024 (with --arch custom).
+    /// Generator hidden widths, e.g. 256,512,1024 (with --arch custom; with --arch pico the
+    /// channels of its two feature maps, e.g. 32,16).
     #[arg(long, value_delimiter = ',')]
     g_hidden: Option<Vec<u32>>,
-    /// Discriminator hidden widths, e.g. 512,256 (with --arch custom).
+    /// Discriminator hidden widths, e.g. 512,256 (with --arch custom or pico).
     #[arg(long, value_delimiter = ',')]
     d_hidden: Option<Vec<u32>>,
     /// Generator hidden activation.
@@ -142,6 +144,9 @@ struct ModelArgs {
     /// Shift every image D sees by up to this many pixels (augmentation; 0 = off).
     #[arg(long)]
     d_translate: Option<u32>,
+    /// Projection discriminator for a conditional model (true/false).
+    #[arg(long)]
+    d_projection: Option<bool>,
     /// Decay of the generator's weight average (e.g. 0.999; 0 = off); grids, scores and the
     /// exported generator use the average.
     #[arg(long)]
@@ -159,17 +164,20 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn config(&self) -> Result<TrainConfig> {
+        let custom = self.latent.is_some() || self.g_hidden.is_some() || self.d_hidden.is_some();
         let mut c = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading {}", p.display()))?;
                 toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
             }
-            None => TrainConfig::preset(self.arch.unwrap_or(Arch::Mcu)),
+            // Widths without a preset: a custom MLP, from the mcu preset's recipe and widths.
+            None if custom && self.arch.is_none() => TrainConfig::preset(Arch::Mcu),
+            None => TrainConfig::preset(self.arch.unwrap_or(DEFAULT_ARCH)),
         };
-        let custom = self.latent.is_some() || self.g_hidden.is_some() || self.d_hidden.is_some();
-        if custom && self.arch.is_none() {
-            // Widths given without a preset: start from the current preset's widths.
+        if custom && self.arch.is_none() && c.arch != Arch::Pico {
+            // Widths given without a preset: start from the current preset's widths (the
+            // pico preset's widths are its channel counts and stay its own).
             c = TrainConfig { arch: Arch::Custom, ..c.resolved() };
         }
         macro_rules! set {
@@ -178,7 +186,7 @@ impl ModelArgs {
         set!(arch, latent, g_hidden, d_hidden, g_act, g_out, noise, loss, gp_lambda, n_critic);
         set!(label_smoothing, feature_matching, minibatch_disc, g_lr, d_lr, beta1, momentum);
         set!(batch, epochs, max_steps, seed, ema, quality_every, quality_samples, on_collapse);
-        set!(d_dropout, d_translate, init);
+        set!(d_dropout, d_translate, d_projection, init);
         if let Some(o) = self.optimizer {
             c.g_opt = o;
             c.d_opt = o;
@@ -262,6 +270,10 @@ struct SampleArgs {
     /// Class for a conditional model (default: cycle 0, 1, 2, ...).
     #[arg(long)]
     class: Option<u32>,
+    /// Conditional models: one row per class, each the first N digits of the seed drawn as
+    /// that class (what the firmware draws with `seed=S class=C count=N`).
+    #[arg(long, conflicts_with = "class")]
+    by_class: bool,
     /// Write a PNG grid.
     #[arg(long)]
     png: Option<PathBuf>,
@@ -530,18 +542,26 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         Some(c) => ClassChoice::Fixed(c),
         None => ClassChoice::Cycle,
     };
-    if a.class.is_some() && w.header.classes == 0 {
-        bail!("--class needs a conditional model; this generator is unconditional");
+    if (a.class.is_some() || a.by_class) && w.header.classes == 0 {
+        bail!("--class and --by-class need a conditional model; this generator is unconditional");
     }
-    let pixels = sample::generate(&w, a.seed, a.n, class)?;
+    let (pixels, count, cols) = if a.by_class {
+        let mut all = Vec::new();
+        for c in 0..w.header.classes {
+            all.extend(sample::generate(&w, a.seed, a.n, ClassChoice::Fixed(c))?);
+        }
+        (all, a.n * w.header.classes as usize, a.n)
+    } else {
+        let pixels = sample::generate(&w, a.seed, a.n, class)?;
+        (pixels, a.n, (a.n as f64).sqrt().ceil() as usize)
+    };
     let per = out.len();
     if let Some(p) = &a.png {
-        let cols = (a.n as f64).sqrt().ceil() as usize;
-        gan_train::report::save_grid_png(p, &pixels, a.n, h, wd, cols.max(1), 4)?;
+        gan_train::report::save_grid_png(p, &pixels, count, h, wd, cols.max(1), 4)?;
         eprintln!("wrote {}", p.display());
     }
     if let Some(p) = &a.idx {
-        run::write_atomic(p, &sample::write_idx_images(&pixels, a.n, h, wd))?;
+        run::write_atomic(p, &sample::write_idx_images(&pixels, count, h, wd))?;
         eprintln!("wrote {}", p.display());
     }
     if let Some(p) = &a.raw {

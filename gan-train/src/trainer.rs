@@ -318,6 +318,10 @@ struct Work {
     d_dx2: Vec<f32>,
     grad_real: Vec<f32>,
     grad_fake: Vec<f32>,
+    /// Projection discriminator: each sample's score, and the gradient on D's outputs.
+    score_real: Vec<f32>,
+    score_fake: Vec<f32>,
+    out_grad: Vec<f32>,
     feat_grad: Vec<f32>,
     real_feat: Vec<f32>,
     gp_scratch: Vec<f32>,
@@ -441,6 +445,9 @@ impl Gan {
             d_dx2: vec![0.0; if feat > 0 { n * ds.input().len() } else { 0 }],
             grad_real: vec![0.0; n],
             grad_fake: vec![0.0; n],
+            score_real: vec![0.0; if cfg.d_projection { n } else { 0 }],
+            score_fake: vec![0.0; if cfg.d_projection { n } else { 0 }],
+            out_grad: vec![0.0; if cfg.d_projection { n * ds.output().len() } else { 0 }],
             feat_grad: vec![0.0; n * feat],
             real_feat: vec![0.0; n * feat],
             gp_scratch: if cfg.loss == LossKind::WganGp {
@@ -563,8 +570,9 @@ impl Gan {
         model::forward_with(&ds, &self.state.d.params, &mut w.d_real, n, exec, &ctx(1))?;
         model::forward_with(&ds, &self.state.d.params, &mut w.d_fake, n, exec, &ctx(2))?;
         model::update_running_stats(&ds, &mut self.state.d.params, &w.d_real, n)?;
-        let sr = model::output(&ds, &w.d_real, n);
-        let sf = model::output(&ds, &w.d_fake, n);
+        let proj = self.state.config.d_projection;
+        let sr = scores(model::output(&ds, &w.d_real, n), labels, proj, &mut w.score_real);
+        let sf = scores(model::output(&ds, &w.d_fake, n), labels, proj, &mut w.score_fake);
 
         let real_target = 1.0 - self.state.config.label_smoothing;
         let (gr, gf) = (&mut w.grad_real[..], &mut w.grad_fake[..]);
@@ -580,6 +588,7 @@ impl Gan {
         let mut stats = score_stats(self.state.config.loss, sr, sf);
 
         self.d.grads.fill(0.0);
+        let gr = output_grad(gr, labels, proj, &mut w.out_grad);
         model::backward(
             &ds,
             &self.state.d.params,
@@ -591,6 +600,7 @@ impl Gan {
             n,
             exec,
         )?;
+        let gf = output_grad(gf, labels, proj, &mut w.out_grad);
         model::backward(
             &ds,
             &self.state.d.params,
@@ -647,7 +657,8 @@ impl Gan {
         let fake_in = model::input_mut(&ds, &mut w.d_fake, n);
         augment(st, &mut w.shifts_fake, &mut w.shift_tmp, fake_in, stride);
         model::forward_with(&ds, &self.state.d.params, &mut w.d_fake, n, exec, &ctx(4))?;
-        let sf = model::output(&ds, &w.d_fake, n);
+        let proj = self.state.config.d_projection;
+        let sf = scores(model::output(&ds, &w.d_fake, n), &labels, proj, &mut w.score_fake);
         let gf = &mut w.grad_fake[..];
         let mut g_loss = match self.state.config.loss {
             LossKind::Bce => loss::ns_generator_logits(gf, sf)?,
@@ -656,6 +667,7 @@ impl Gan {
             LossKind::WganGp => loss::wasserstein_generator(gf, sf)?,
             LossKind::Hinge => loss::hinge_generator(gf, sf)?,
         };
+        let gf = output_grad(gf, &labels, proj, &mut w.out_grad);
         model::backward(
             &ds,
             &self.state.d.params,
@@ -735,6 +747,38 @@ impl Gan {
     }
 }
 
+/// D's score of each sample from its outputs `out`: the outputs themselves, or with a
+/// projection discriminator (`proj`; `1 + classes` outputs per sample) the unconditional score
+/// plus the output of the sample's class, written into `buf`.
+fn scores<'a>(out: &'a [f32], labels: &[u8], proj: bool, buf: &'a mut [f32]) -> &'a [f32] {
+    if !proj {
+        return out;
+    }
+    let width = out.len() / labels.len().max(1);
+    for ((s, row), &l) in buf.iter_mut().zip(out.chunks_exact(width)).zip(labels) {
+        *s = row[0] + row.get(1 + l as usize).copied().unwrap_or(0.0);
+    }
+    buf
+}
+
+/// The gradient on D's outputs from the gradient `g` on the scores of [`scores`]: `g` itself,
+/// or with a projection discriminator `g` on the unconditional output and on the class's,
+/// zero elsewhere (written into `buf`).
+fn output_grad<'a>(g: &'a [f32], labels: &[u8], proj: bool, buf: &'a mut [f32]) -> &'a [f32] {
+    if !proj {
+        return g;
+    }
+    let width = buf.len() / labels.len().max(1);
+    buf.fill(0.0);
+    for ((row, &gi), &l) in buf.chunks_exact_mut(width).zip(g).zip(labels) {
+        row[0] = gi;
+        if let Some(v) = row.get_mut(1 + l as usize) {
+            *v = gi;
+        }
+    }
+    buf
+}
+
 /// With [`TrainConfig::d_translate`] on: draws a shift per image of `rows` (D inputs of
 /// `stride` values, the pixels first) into `shifts` and applies it.
 fn augment(
@@ -798,4 +842,32 @@ pub struct NonFinite {
     pub step: u64,
     /// "loss" or "weights".
     pub what: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The projection's output gradient is the derivative of `Σ g·score` with respect to each
+    /// output (the map is linear, so the check is exact).
+    #[test]
+    fn projection_scores_and_their_gradient() {
+        let labels = [2u8, 0, 1];
+        let width = 4;
+        let out: Vec<f32> = (0..labels.len() * width).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let mut buf = vec![0.0; labels.len()];
+        let s = scores(&out, &labels, true, &mut buf).to_vec();
+        assert_eq!(s, [out[0] + out[3], out[4] + out[5], out[8] + out[10]]);
+        assert_eq!(scores(&out[..3], &labels, false, &mut buf), &out[..3]);
+        let g = [0.25f32, -1.0, 2.0];
+        let mut full = vec![0.0; out.len()];
+        let dg = output_grad(&g, &labels, true, &mut full).to_vec();
+        for j in 0..out.len() {
+            let mut bumped = out.clone();
+            bumped[j] += 1.0;
+            let s2 = scores(&bumped, &labels, true, &mut buf).to_vec();
+            let d: f32 = g.iter().zip(s2.iter().zip(&s)).map(|(g, (a, b))| g * (a - b)).sum();
+            assert_eq!(d, dg[j], "output {j}");
+        }
+    }
 }

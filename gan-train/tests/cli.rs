@@ -75,7 +75,22 @@ fn train_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 #[test]
 fn summary_prints_both_tables_with_their_totals() {
     let dir = tempfile::tempdir().unwrap();
+    // The default, pico: G z32 + class → dense 32·7·7 → … → ConvT 1; D with a projection
+    // output per class.
     let out = stdout(&ok(dir.path(), &["summary"]));
+    let (g, d) = out.split_once("Discriminator").expect("a discriminator table");
+    for want in [
+        "dense 42→1568",
+        "67,424",
+        "conv_transpose2d 4×4 s2 p1  16×14×14",
+        "8,208",
+        "Total parameters: 75,985",
+    ] {
+        assert!(g.contains(want), "generator table lacks {want:?}:\n{g}");
+    }
+    assert!(d.contains("dense 794→256") && d.contains("dense 128→11"), "{d}");
+
+    let out = stdout(&ok(dir.path(), &["summary", "--arch", "mcu"]));
     let (g, d) = out.split_once("Discriminator").expect("a discriminator table");
     assert!(g.starts_with("Generator"), "{out}");
     // G z64→128→192→784.
@@ -108,7 +123,7 @@ fn summary_prints_both_tables_with_their_totals() {
     assert!(out.contains("Total parameters: 533,505"), "{out}");
 
     // A conditional model takes the one-hot class in both networks.
-    let out = stdout(&ok(dir.path(), &["summary", "--conditional"]));
+    let out = stdout(&ok(dir.path(), &["summary", "--arch", "mcu", "--conditional"]));
     assert!(out.contains("dense 74→128"), "{out}");
     assert!(out.contains("dense 794→256"), "{out}");
 
@@ -404,6 +419,29 @@ fn pico_preset_trains_and_exports_folded_f32_and_int8() {
     assert_eq!((f.len(), q.len()), (2 * 784, 2 * 784));
     let mean = f.iter().zip(&q).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>() / 1568.0;
     assert!(mean < 8.0, "int8 and f32 digits differ by {mean} grey levels on average");
+    // One row per class: row 3 is what `--class 3` draws for the same seed.
+    ok(
+        cwd,
+        &[
+            "sample",
+            "--model",
+            "P8.ganw",
+            "--seed",
+            "4",
+            "--n",
+            "2",
+            "--by-class",
+            "--raw",
+            "rows.bin",
+            "--png",
+            "rows.png",
+        ],
+    );
+    let rows = read(cwd.join("rows.bin"));
+    assert_eq!(rows.len(), 10 * 2 * 784);
+    assert!(rows[3 * 2 * 784..4 * 2 * 784] == q[..], "row 3 differs from --class 3");
+    let (_, w, h) = run::read_gray_png(&cwd.join("rows.png")).unwrap();
+    assert!(w < h, "two columns, ten rows: {w}×{h}");
 }
 
 /// Ctrl-C stops after the current step with a checkpoint; the run then resumes.

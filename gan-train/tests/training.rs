@@ -460,6 +460,20 @@ fn resume_equivalence_conditional() {
 }
 
 #[test]
+fn resume_equivalence_projection_discriminator() {
+    let cfg = TrainConfig { conditional: true, d_projection: true, ..tiny() };
+    let gan = Gan::new(&cfg, DataShape::MNIST).unwrap();
+    // One unconditional output and one per class.
+    assert_eq!(gan.d.def.spec().output().len(), 11);
+    check_resume_paths(&cfg, false);
+    let err = format!(
+        "{:#}",
+        Gan::new(&TrainConfig { d_projection: true, ..tiny() }, DataShape::MNIST).unwrap_err()
+    );
+    assert!(err.contains("projection discriminator needs a conditional model"), "{err}");
+}
+
+#[test]
 fn resume_equivalence_wgan_gp_with_critic_steps_and_feature_matching() {
     check_resume_paths(
         &TrainConfig { loss: LossKind::WganGp, n_critic: 2, feature_matching: 0.1, ..tiny() },

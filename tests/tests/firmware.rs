@@ -374,13 +374,25 @@ fn m0_digits_match_host_with_loaded_weights() {
     check_loaded_weights(M0, &small_conditional(), 3, None);
 }
 
-/// Runs the linked default weights, compares with the host, and prints the measurements.
+/// The weights every firmware links unless told otherwise: the default `pico` generator as
+/// int8 (`data/weights/default-i8.ganw`), checked to be exactly the int8 export of the f32
+/// default (`data/weights/default.ganw`).
+fn linked_default() -> Vec<u8> {
+    let f32 = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
+    let int8 = std::fs::read(repo_root().join("data/weights/default-i8.ganw")).unwrap();
+    let again = gan_train::run::reencode_weights(&f32, Encoding::I8).unwrap();
+    assert!(again == int8, "default-i8.ganw is not `export --dtype i8` of default.ganw");
+    int8
+}
+
+/// Runs the linked default weights (one digit of every class), compares with the host, and
+/// prints the measurements.
 fn check_default_weights(board: &Board, region: Option<&[u8]>) {
-    let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
-    let run = run_qemu(board, region, &["seed=2026", "count=3"]);
+    let default = linked_default();
+    let run = run_qemu(board, region, &["seed=2026", "count=10"]);
     assert_success(&run, "default weights");
     assert!(run.stdout.contains("weights: linked weights"), "{}", run.stdout);
-    let expected = host_digits(&default, 2026, 3, ClassChoice::Cycle);
+    let expected = host_digits(&default, 2026, 10, ClassChoice::Cycle);
     assert!(
         run.digits.as_deref() == Some(&expected[..]),
         "{}: firmware digits from the linked weights differ from host generation",
@@ -389,13 +401,13 @@ fn check_default_weights(board: &Board, region: Option<&[u8]>) {
 
     let macs = run.number("MACs:");
     let instructions = run.numbers("instructions:");
-    assert_eq!(instructions.len(), 3);
+    assert_eq!(instructions.len(), 10);
     let peak_stack = run.number("peak stack:");
     assert!(instructions.iter().all(|&i| i > macs), "{instructions:?} vs {macs} MACs");
     let elf = std::fs::read(elf_path(board.target, "qemu")).unwrap();
     let size = gan_tests::firmware_size(&elf).unwrap();
     assert_eq!(size.weights_flash as usize, default.len().next_multiple_of(4));
-    let per_digit = instructions.iter().sum::<u64>() / 3;
+    let per_digit = instructions.iter().sum::<u64>() / 10;
     eprintln!(
         "firmware {} ({}): code flash {} B, linked weights {} B, static RAM {} B, peak stack {} B, \
          {} instructions/digit, {} MACs/digit, {:.2} instructions/MAC",
@@ -423,13 +435,15 @@ fn m0_default_weights_and_measurements() {
     check_default_weights(M0, None);
 }
 
-/// The default generator re-encoded with int8 weights, loaded into the WEIGHTS region: the
-/// device's bytes equal the host's, and the instruction counts are printed. An int8 table in a
-/// version-1 file is refused with the tensor-table code.
-fn check_int8_default(board: &Board) {
-    let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
-    let q = gan_train::run::reencode_weights(&default, Encoding::I8).unwrap();
-    assert!(q.len() * 3 < default.len(), "int8 file is not smaller");
+/// The `mcu` generator (`data/weights/mcu.ganw`) as f32 and re-encoded with int8 weights,
+/// loaded into the WEIGHTS region: the device's bytes equal the host's, and the instruction
+/// counts are printed. An int8 table in a version-1 file is refused with the tensor-table code.
+fn check_mcu(board: &Board) {
+    let mcu = std::fs::read(repo_root().join("data/weights/mcu.ganw")).unwrap();
+    let run = check_loaded_weights(board, &mcu, 2026, None);
+    report_instructions(board, "mcu preset f32", &run);
+    let q = gan_train::run::reencode_weights(&mcu, Encoding::I8).unwrap();
+    assert!(q.len() * 3 < mcu.len(), "int8 file is not smaller");
     let run = run_qemu(board, Some(&q), &["seed=2026", "count=3"]);
     assert_success(&run, "int8 weights");
     assert!(run.stdout.contains("weights: weights region"), "{}", run.stdout);
@@ -444,7 +458,7 @@ fn check_int8_default(board: &Board) {
     assert_eq!(instructions.len(), 3);
     let per_digit = instructions.iter().sum::<u64>() / 3;
     eprintln!(
-        "firmware {} ({}) with int8 weights: {} B weights file, peak stack {} B, \
+        "firmware {} ({}) with mcu int8 weights: {} B weights file, peak stack {} B, \
          {} instructions/digit, {:.2} instructions/MAC",
         board.name,
         board.target,
@@ -461,13 +475,13 @@ fn check_int8_default(board: &Board) {
 }
 
 #[test]
-fn m4_int8_weights_match_host() {
-    check_int8_default(M4);
+fn m4_mcu_weights_match_host() {
+    check_mcu(M4);
 }
 
 #[test]
-fn m0_int8_weights_match_host() {
-    check_int8_default(M0);
+fn m0_mcu_weights_match_host() {
+    check_mcu(M0);
 }
 
 /// Each kind of bad weights file ends QEMU with its own error code.
@@ -495,6 +509,18 @@ fn check_bad_weights(board: &Board) {
         Layer::Tanh,
     ];
     let wide_conv = gan_tests::make_weights(&Spec::new(Shape::flat(8), &WIDE_CONV).unwrap(), 6);
+    // The default int8 `pico` file with a flipped weight of its first transposed convolution,
+    // and cut in the middle of that layer's weights.
+    let conv = std::fs::read(repo_root().join("data/weights/default-i8.ganw")).unwrap();
+    let (conv_header, conv_at) = format::parse_header(&conv).unwrap();
+    let first_conv = conv_header
+        .tensors
+        .iter()
+        .find(|t| t.layer == 3 && t.kind == format::TensorKind::Weight)
+        .expect("the pico generator's layer 3 is its first transposed convolution");
+    let mut corrupt_conv = conv.clone();
+    corrupt_conv[conv_at + first_conv.offset as usize + 100] ^= 0x08;
+    let truncated_conv = conv[..conv_at + first_conv.offset as usize + 1000].to_vec();
     const DISC: [Layer; 4] = [
         Layer::Dense { out: 16 },
         Layer::LeakyRelu { alpha: 0.2 },
@@ -516,6 +542,8 @@ fn check_bad_weights(board: &Board) {
         ("corrupt header", bad_header, 13),
         ("too wide for the buffers", too_wide, 18),
         ("a convolution too wide for the buffers", wide_conv, 18),
+        ("corrupt int8 convolution data", corrupt_conv.clone(), 16),
+        ("truncated int8 convolutions", truncated_conv, 10),
         ("a discriminator", disc, 19),
     ];
     if board.weights.len as usize <= 1 << 20 {
@@ -602,7 +630,7 @@ fn pico_firmware_builds_and_converts_to_uf2() {
     );
 
     // A weights-only UF2 for the WEIGHTS region, as users flash to swap models.
-    let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
+    let default = std::fs::read(repo_root().join("data/weights/mcu.ganw")).unwrap();
     let wblocks =
         uf2::read_uf2(&uf2::bin_to_uf2(&default, uf2::PICO_WEIGHTS_ADDR, uf2::RP2040_FAMILY_ID))
             .unwrap();
@@ -613,15 +641,20 @@ fn pico_firmware_builds_and_converts_to_uf2() {
     assert!(wblocks.last().unwrap().addr + 256 <= 0x1020_0000);
 }
 
-/// The shipped default weights are a generator that fits the firmware (it is linked into every
-/// firmware build).
+/// The shipped weights are generators that fit the firmware (the default int8 one is linked
+/// into every firmware build).
 #[test]
-fn default_weights_fit_the_firmware() {
-    let default = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
-    let aligned = AlignedBytes::new(&default);
-    let w = aligned.weights().unwrap();
-    w.check_generator_fits(512 * 1024, 1024).unwrap();
-    assert_eq!(w.spec().output().len(), 784);
-    // Together with ~70 KB of code it must fit the Pico's 1 MiB code region.
-    assert!(default.len() < 900 * 1024, "default weights are {} bytes", default.len());
+fn shipped_weights_fit_the_firmware() {
+    let widest = gan_core::presets::PICO_SPEC.max_features().max(1024);
+    for (name, limit) in
+        [("default-i8.ganw", 200 * 1024), ("default.ganw", 400 * 1024), ("mcu.ganw", 900 * 1024)]
+    {
+        let bytes = std::fs::read(repo_root().join("data/weights").join(name)).unwrap();
+        let aligned = AlignedBytes::new(&bytes);
+        let w = aligned.weights().unwrap();
+        w.check_generator_fits(512 * 1024, widest).unwrap();
+        assert_eq!(w.spec().output().len(), 784);
+        // Together with ~90 KB of code each must fit the Pico's 1 MiB code region.
+        assert!(bytes.len() < limit, "{name} is {} bytes", bytes.len());
+    }
 }

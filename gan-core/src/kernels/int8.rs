@@ -263,7 +263,7 @@ fn finish_planes(out: &mut [f32], plane: usize, scales: &[f32], bias: &[f32], sx
 pub(crate) fn conv_transpose2d_i8(
     out: &mut [f32], xq: &[i8], q: &[i8], scales: &[f32], bias: &[f32], sx: f32, g: &Geom,
 ) {
-    if FOUR_BY_FOUR && g.k == 4 && g.s >= 2 {
+    if FOUR_BY_FOUR && g.k == 4 && g.s == 2 {
         conv_transpose2d_i8_4x4(out, xq, q, scales, bias, sx, g);
     } else {
         conv_transpose2d_i8_walk(out, xq, q, scales, bias, sx, g);
@@ -317,48 +317,40 @@ fn conv_transpose2d_i8_walk(
     finish_planes(out, plane, scales, bias, sx);
 }
 
-/// The taps of one axis of a transposed convolution with `k <= 2·s` (at most two per output
-/// coordinate): for output coordinate `o`, `(tap, input position)` of each, `None` where the
-/// tap falls outside the kernel or the input.
-fn two_taps(o: usize, n: usize, k: usize, s: usize, p: usize) -> [Option<(usize, usize)>; 2] {
-    let to = o + p;
-    // The first tap is `to mod s`, at input position `to div s`; the next one is s further
-    // and one position back. (Stride 2, the common case, needs no division.)
-    let (pos, first) = if s == 2 { (to >> 1, to & 1) } else { (to / s, to % s) };
-    let tap = |t: usize, pos: usize| (t < k && pos < n).then_some((t, pos));
-    [tap(first, pos), if pos >= 1 { tap(first + s, pos - 1) } else { None }]
-}
-
-/// [`conv_transpose2d_i8`] for 4×4 kernels with stride 2 or more (the generators' upsampling
-/// layers), where every output pixel has at most 2 × 2 taps: per pixel and input channel the
-/// four input values are loaded once and every output channel adds its four products to an
-/// accumulator kept in the output buffer (as integer bits, see [`finish_planes`]).
-/// An input channel whose four values are all zero (common after ReLU) is skipped.
+/// [`conv_transpose2d_i8`] for 4×4 kernels with stride 2 (the generators' upsampling layers):
+/// every output pixel has at most 2 × 2 taps, and they sit at fixed places in each 4×4 kernel
+/// (`a`, `a + 2`, `a + 8`, `a + 10` from the pixel's first tap `a`). Per pixel and input channel
+/// the four input values are loaded once (0 for a tap that falls outside the input) and every
+/// output channel adds its four products to an accumulator kept in the output buffer (as
+/// integer bits, see [`finish_planes`]). An input channel whose four values are all zero
+/// (common after ReLU) is skipped.
 fn conv_transpose2d_i8_4x4(
     out: &mut [f32], xq: &[i8], q: &[i8], scales: &[f32], bias: &[f32], sx: f32, g: &Geom,
 ) {
     const KK: usize = 16;
-    let (s, p, k) = (g.s, g.p, g.k);
     let (plane, grid, n_out) = (g.ih * g.iw, g.gh * g.gw, g.ci);
     let block = n_out * KK;
+    // Along one axis, output coordinate `o` takes tap `(o + p) mod 2` from input position
+    // `(o + p) div 2`, and tap + 2 from the position before, where those exist.
+    let axis = |o: usize, n: usize| {
+        let t = o + g.p;
+        let pos = t >> 1;
+        (t & 1, [(pos < n).then_some(pos), pos.checked_sub(1).filter(|&q| q < n)])
+    };
     for oy in 0..g.ih {
-        let ty = two_taps(oy, g.gh, k, s, p);
+        let (ry, ys) = axis(oy, g.gh);
         for ox in 0..g.iw {
-            let tx = two_taps(ox, g.gw, k, s, p);
-            // The four taps: input offset within a channel and weight offset within a block of
-            // k² (both 0 for a missing tap, whose input value is taken as 0).
-            let mut xo = [0usize; 4];
-            let mut wo = [0usize; 4];
-            let mut valid = [false; 4];
-            for (i, y) in ty.iter().enumerate() {
-                for (j, x) in tx.iter().enumerate() {
-                    if let (Some((ky, gy)), Some((kx, gx))) = (y, x) {
-                        xo[2 * i + j] = gy * g.gw + gx;
-                        wo[2 * i + j] = (ky * k + kx) % KK;
-                        valid[2 * i + j] = true;
+            let (rx, xs) = axis(ox, g.gw);
+            // Input offsets of the four taps within a channel (None: outside the input).
+            let mut xo = [None; 4];
+            for (i, y) in ys.iter().enumerate() {
+                for (j, x) in xs.iter().enumerate() {
+                    if let (Some(y), Some(x)) = (y, x) {
+                        xo[2 * i + j] = Some(y * g.gw + x);
                     }
                 }
             }
+            let a = ry * 4 + rx;
             let pixel = oy * g.iw + ox;
             let accs = &mut out[pixel..];
             for c in 0..n_out {
@@ -367,7 +359,7 @@ fn conv_transpose2d_i8_4x4(
             let (mut xc, mut wc) = (0, 0);
             for _ in 0..g.cg {
                 let x = &xq[xc..xc + grid];
-                let v = |t: usize| if valid[t] { i32::from(x[xo[t]]) } else { 0 };
+                let v = |t: usize| xo[t].map_or(0, |o| i32::from(x[o]));
                 let (x0, x1, x2, x3) = (v(0), v(1), v(2), v(3));
                 let w = &q[wc..wc + block];
                 xc += grid;
@@ -376,14 +368,15 @@ fn conv_transpose2d_i8_4x4(
                     continue;
                 }
                 let mut at = 0;
-                for c in 0..n_out {
-                    let taps: &[i8; KK] = w[c * KK..c * KK + KK].try_into().unwrap_or(&[0; KK]);
-                    let sum = x0 * i32::from(taps[wo[0]])
-                        + x1 * i32::from(taps[wo[1]])
-                        + x2 * i32::from(taps[wo[2]])
-                        + x3 * i32::from(taps[wo[3]]);
-                    let a = &mut accs[at];
-                    *a = f32::from_bits((a.to_bits() as i32).wrapping_add(sum) as u32);
+                for taps in w.chunks_exact(KK) {
+                    // `a <= 5`, so `a + 10` is inside the kernel.
+                    let t = &taps[a..a + 11];
+                    let sum = x0 * i32::from(t[0])
+                        + x1 * i32::from(t[2])
+                        + x2 * i32::from(t[8])
+                        + x3 * i32::from(t[10]);
+                    let acc = &mut accs[at];
+                    *acc = f32::from_bits((acc.to_bits() as i32).wrapping_add(sum) as u32);
                     at += plane;
                 }
             }
@@ -405,9 +398,13 @@ mod tests {
     #[test]
     fn four_by_four_kernel_matches_the_walk() {
         let mut r = Lcg::new(5);
-        for (ci, h, w, co, s, p) in
-            [(3, 7, 7, 5, 2, 1), (2, 4, 6, 3, 2, 0), (4, 3, 5, 9, 3, 2), (1, 1, 1, 2, 2, 3)]
-        {
+        for (ci, h, w, co, s, p) in [
+            (3, 7, 7, 5, 2, 1),
+            (2, 4, 6, 3, 2, 0),
+            (4, 3, 5, 9, 2, 2),
+            (1, 1, 1, 2, 2, 3),
+            (2, 5, 3, 4, 2, 3),
+        ] {
             let d = ConvDims { in_c: ci, in_h: h, in_w: w, out_c: co, k: 4, stride: s, pad: p };
             let Ok(g) = Geom::transpose(&d) else { continue };
             let xq: Vec<i8> = (0..g.grid).map(|_| (r.next_f32() * 254.0 - 127.0) as i8).collect();

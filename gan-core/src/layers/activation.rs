@@ -158,10 +158,14 @@ impl Kind for Activation {
     }
 }
 
-/// `max(x, 0)`.
+/// `max(x, 0)`: `x` if `x > 0`, else `+0.0` (also for NaN).
+///
+/// Decided on the bit pattern instead of with a float compare, which is a soft-float call on
+/// cores without an FPU: the positive numbers (`+inf` included, NaN excluded) are exactly the
+/// patterns `1..=0x7F80_0000`. The result is the same as `if x > 0.0 { x } else { 0.0 }`.
 #[inline]
 pub fn relu(x: f32) -> f32 {
-    if x > 0.0 { x } else { 0.0 }
+    if x.to_bits().wrapping_sub(1) < 0x7F80_0000 { x } else { 0.0 }
 }
 
 /// `x` for `x > 0`, else `alpha·x`.
@@ -184,6 +188,37 @@ pub fn sigmoid(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relu_on_bits_is_the_float_definition() {
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            1e-45,
+            -1e-45,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        let mut bits = 0x9E37_79B9u32;
+        let random = (0..100_000).map(|_| {
+            bits ^= bits << 13;
+            bits ^= bits >> 17;
+            bits ^= bits << 5;
+            f32::from_bits(bits)
+        });
+        for x in specials.into_iter().chain(random) {
+            let want = if x > 0.0 { x } else { 0.0 };
+            assert_eq!(relu(x).to_bits(), want.to_bits(), "{x:?}");
+        }
+    }
     use crate::testutil::{Lcg, grad_check};
 
     const ALL: [Activation; 4] =

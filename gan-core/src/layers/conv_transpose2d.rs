@@ -195,7 +195,7 @@ mod tests {
     use super::*;
     use crate::kernels::Serial;
     use crate::layers::conv2d::conv2d_forward;
-    use crate::layers::conv2d::tests::{CASES, assert_close, dims, quantize_channels, rand};
+    use crate::layers::conv2d::tests::{CASES, assert_close, check_int8_kernel, dims, rand};
     use crate::testutil::{Lcg, grad_check};
     use std::vec;
     use std::vec::Vec;
@@ -260,43 +260,15 @@ mod tests {
     }
 
     /// ⟨conv(x), y⟩ = ⟨x, convT(y)⟩ with one shared weight buffer and no bias.
-    /// The int8 transposed convolution is the scatter definition applied to the integers, then
-    /// scaled, bit for bit; and close to the f32 one.
     #[test]
     fn conv_transpose_int8_is_the_integer_definition_scaled() {
-        let mut r = Lcg::new(29);
-        let n = 2;
-        for &(ci, h, wd, co, k, s, p) in &CASES {
-            let d = dims(ci, h, wd, co, k, s, p);
-            let Some((oh, ow)) = d.transpose_out_hw() else { continue };
-            let x = rand(&mut r, n * ci * h * wd);
-            let w = rand(&mut r, ci * co * k * k);
-            let b = rand(&mut r, co);
-            let (q, sc) = quantize_channels(&w, Transposed::channels(ci, co, k * k));
-            let plane = co * oh * ow;
-            let mut out = vec![f32::NAN; n * plane];
-            let mut xq = vec![0i8; ci * h * wd];
-            conv_transpose2d_forward_i8(&mut out, &mut xq, &x, &q, &sc, &b, n, &d).unwrap();
-            for i in 0..n {
-                let xi = &x[i * ci * h * wd..(i + 1) * ci * h * wd];
-                let mut qx = vec![0i8; xi.len()];
-                let sx = quantize_row(&mut qx, xi);
-                let xf: Vec<f32> = qx.iter().map(|&v| f32::from(v)).collect();
-                let wf: Vec<f32> = q.iter().map(|&v| f32::from(v)).collect();
-                let sums = naive_conv_t(&xf, &wf, &vec![0.0; co], 1, &d);
-                for (j, &sum) in sums.iter().enumerate() {
-                    let c = j / (oh * ow);
-                    let want = sum as i32 as f32 * (sx * sc[c]) + b[c];
-                    assert_eq!(out[i * plane + j].to_bits(), want.to_bits(), "{j}");
-                }
-            }
-            let exact = naive_conv_t(&x, &w, &b, n, &d);
-            assert_close(&out, &exact, 0.05 * (ci * k * k) as f64);
-            assert!(
-                conv_transpose2d_forward_i8(&mut out, &mut xq[..1], &x, &q, &sc, &b, n, &d)
-                    .is_err()
-            );
-        }
+        check_int8_kernel(
+            conv_transpose2d_forward_i8,
+            naive_conv_t,
+            ConvDims::transpose_out_hw,
+            Transposed::channels,
+            29,
+        );
     }
 
     #[test]

@@ -1,0 +1,267 @@
+//! Tests of the convolution layer and of the geometry both convolutions share (the
+//! transposed convolution's tests use its reference definitions and cases).
+
+use super::*;
+use crate::kernels::Serial;
+use crate::layers::conv_transpose2d::conv_transpose2d_forward;
+use crate::testutil::{Lcg, grad_check};
+use std::vec;
+use std::vec::Vec;
+
+pub(crate) fn rand(r: &mut Lcg, len: usize) -> Vec<f32> {
+    let mut v = vec![0.0; len];
+    r.fill(&mut v);
+    v
+}
+
+pub(crate) fn dims(
+    in_c: usize, in_h: usize, in_w: usize, out_c: usize, k: usize, s: usize, p: usize,
+) -> ConvDims {
+    ConvDims { in_c, in_h, in_w, out_c, k, stride: s, pad: p }
+}
+
+/// The definition, in f64: out[o][y][x] = b[o] + Σ w[o][c][ky][kx]·in[c][y·s+ky−p][x·s+kx−p].
+pub(crate) fn naive_conv(x: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims) -> Vec<f64> {
+    let (oh, ow) = d.out_hw().unwrap();
+    let (k, s, p) = (d.k as isize, d.stride as isize, d.pad as isize);
+    let mut out = vec![0.0f64; n * d.out_c * oh * ow];
+    for i in 0..n {
+        for o in 0..d.out_c {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut acc = b[o] as f64;
+                    for c in 0..d.in_c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = y as isize * s + ky - p;
+                                let ix = xo as isize * s + kx - p;
+                                if iy < 0
+                                    || ix < 0
+                                    || iy >= d.in_h as isize
+                                    || ix >= d.in_w as isize
+                                {
+                                    continue;
+                                }
+                                let xv = x[((i * d.in_c + c) * d.in_h + iy as usize) * d.in_w
+                                    + ix as usize];
+                                let wv =
+                                    w[((o * d.in_c + c) * d.k + ky as usize) * d.k + kx as usize];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    out[((i * d.out_c + o) * oh + y) * ow + xo] = acc;
+                }
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn assert_close(got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g as f64 - w).abs() <= tol * (1.0 + w.abs()), "{i}: {g} vs {w}");
+    }
+}
+
+/// Geometries covering stride 1 and 2, no/one/two padding, non-square inputs, k = 1.
+pub(crate) const CASES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
+    (2, 5, 6, 3, 3, 1, 1),
+    (3, 8, 8, 2, 4, 2, 1),
+    (1, 7, 5, 4, 3, 2, 0),
+    (2, 6, 7, 2, 5, 1, 2),
+    (3, 4, 4, 2, 1, 1, 0),
+    (2, 9, 6, 3, 4, 3, 2),
+];
+
+#[test]
+fn conv_forward_matches_definition() {
+    let mut r = Lcg::new(21);
+    let n = 2;
+    for &(ci, h, wd, co, k, s, p) in &CASES {
+        let d = dims(ci, h, wd, co, k, s, p);
+        let (oh, ow) = d.out_hw().unwrap();
+        let x = rand(&mut r, n * ci * h * wd);
+        let w = rand(&mut r, co * ci * k * k);
+        let b = rand(&mut r, co);
+        let want = naive_conv(&x, &w, &b, n, &d);
+        let mut out = vec![0.0; n * co * oh * ow];
+        let mut col = vec![0.0; n * d.col_len().unwrap()];
+        conv2d_forward(&mut out, &mut col, &x, &w, &b, n, &d, &Serial).unwrap();
+        assert_close(&out, &want, 1e-5);
+        let mut exact = vec![f32::NAN; out.len()];
+        conv2d_forward_exact(&mut exact, &x, &w, &b, n, &d).unwrap();
+        assert_close(&exact, &want, 1e-5);
+    }
+}
+
+/// Per-channel int8 weights of a `w` whose channels are `ch`, as the int8 encoding writes
+/// them (`q`, `scales`).
+pub(crate) fn quantize_channels(w: &[f32], ch: Channels) -> (Vec<i8>, Vec<f32>) {
+    let mut m = vec![0f32; ch.n];
+    for (i, v) in w.iter().enumerate() {
+        m[ch.of(i)] = m[ch.of(i)].max(v.abs());
+    }
+    let s: Vec<f32> = m.iter().map(|m| m / 127.0).collect();
+    let q = w.iter().enumerate().map(|(i, v)| (v / s[ch.of(i)]).round() as i8).collect();
+    (q, s)
+}
+
+/// A reference definition in f64: `(x, w, b, n, dims)` to the outputs.
+pub(crate) type Definition = fn(&[f32], &[f32], &[f32], usize, &ConvDims) -> Vec<f64>;
+
+/// Checks an int8 kernel on every geometry of [`CASES`] that it accepts: it is the
+/// definition `naive` applied to the integers (quantised input, per-channel weights), then
+/// scaled, bit for bit; it stays within quantisation error of the f32 definition; short
+/// buffers are refused. `w_len` and `out_hw` give the weight count and the output side of a
+/// geometry (`None`: skip it), `ch` its channel layout.
+pub(crate) fn check_int8_kernel(
+    kernel: Int8Fn, naive: Definition, out_hw: fn(&ConvDims) -> Option<(usize, usize)>,
+    ch: fn(usize, usize, usize) -> Channels, seed: u64,
+) {
+    let mut r = Lcg::new(seed);
+    let n = 2;
+    for &(ci, h, wd, co, k, s, p) in &CASES {
+        let d = dims(ci, h, wd, co, k, s, p);
+        let Some((oh, ow)) = out_hw(&d) else { continue };
+        let x = rand(&mut r, n * ci * h * wd);
+        let w = rand(&mut r, co * ci * k * k);
+        let b = rand(&mut r, co);
+        let (q, sc) = quantize_channels(&w, ch(ci, co, k * k));
+        let plane = co * oh * ow;
+        let mut out = vec![f32::NAN; n * plane];
+        let mut xq = vec![0i8; ci * h * wd + 3];
+        kernel(&mut out, &mut xq, &x, &q, &sc, &b, n, &d).unwrap();
+        let wf: Vec<f32> = q.iter().map(|&v| f32::from(v)).collect();
+        for (i, xi) in x.chunks_exact(ci * h * wd).enumerate() {
+            let mut qx = vec![0i8; xi.len()];
+            let sx = quantize_row(&mut qx, xi);
+            let xf: Vec<f32> = qx.iter().map(|&v| f32::from(v)).collect();
+            let sums = naive(&xf, &wf, &vec![0.0; co], 1, &d);
+            for (j, &sum) in sums.iter().enumerate() {
+                let c = j / (oh * ow);
+                let want = sum as i32 as f32 * (sx * sc[c]) + b[c];
+                assert_eq!(out[i * plane + j].to_bits(), want.to_bits(), "{d:?} {j}");
+            }
+        }
+        assert_close(&out, &naive(&x, &w, &b, n, &d), 0.05 * (ci * k * k) as f64);
+        let e = kernel(&mut out, &mut xq[..1], &x, &q, &sc, &b, n, &d);
+        assert!(matches!(e, Err(CoreError::BufferLen { what: "xq", .. })));
+        assert!(kernel(&mut out, &mut xq, &x, &q, &sc[1..], &b, n, &d).is_err());
+    }
+}
+
+#[test]
+fn conv_int8_is_the_integer_definition_scaled() {
+    check_int8_kernel(conv2d_forward_i8, naive_conv, ConvDims::out_hw, Direct::channels, 23);
+}
+
+#[test]
+fn conv_backward_matches_finite_differences() {
+    let mut r = Lcg::new(24);
+    let n = 2;
+    for &(ci, h, wd, co, k, s, p) in &[(2, 6, 5, 3, 4, 2, 1), (2, 5, 5, 2, 3, 1, 1)] {
+        let d = dims(ci, h, wd, co, k, s, p);
+        let (oh, ow) = d.out_hw().unwrap();
+        let x = rand(&mut r, n * ci * h * wd);
+        let w = rand(&mut r, co * ci * k * k);
+        let b = rand(&mut r, co);
+        let g = rand(&mut r, n * co * oh * ow);
+        let cl = d.col_len().unwrap();
+        let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+            let mut out = vec![0.0; g.len()];
+            let mut col = vec![0.0; n * cl];
+            conv2d_forward(&mut out, &mut col, x, w, b, n, &d, &Serial).unwrap();
+            out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
+        };
+        let mut out = vec![0.0; g.len()];
+        let mut col = vec![0.0; n * cl];
+        conv2d_forward(&mut out, &mut col, &x, &w, &b, n, &d, &Serial).unwrap();
+        let mut dx = vec![f32::NAN; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        let mut db = vec![0.0; b.len()];
+        let mut scratch = vec![0.0; cl];
+        conv2d_backward(
+            Some(&mut dx),
+            Some(&mut dw),
+            Some(&mut db),
+            &mut scratch,
+            &g,
+            &col,
+            &w,
+            n,
+            &d,
+            &Serial,
+        )
+        .unwrap();
+        grad_check(&x, &dx, |xp| loss(xp, &w, &b), 1e-2, 1e-3);
+        grad_check(&w, &dw, |wp| loss(&x, wp, &b), 1e-2, 1e-3);
+        grad_check(&b, &db, |bp| loss(&x, &w, bp), 1e-2, 1e-3);
+    }
+}
+
+#[test]
+fn output_lengths() {
+    // DCGAN shapes.
+    assert_eq!(conv_out_len(28, 4, 2, 1), Some(14));
+    assert_eq!(conv_out_len(14, 4, 2, 1), Some(7));
+    assert_eq!(conv_transpose_out_len(7, 4, 2, 1), Some(14));
+    assert_eq!(conv_transpose_out_len(14, 4, 2, 1), Some(28));
+    assert_eq!(conv_out_len(5, 3, 1, 0), Some(3));
+    assert_eq!(conv_out_len(2, 5, 1, 1), None); // kernel larger than the padded input
+    assert_eq!(conv_out_len(2, 3, 1, 3), None); // pad >= k
+    assert_eq!(conv_out_len(8, 3, 0, 1), None);
+    assert_eq!(conv_out_len(usize::MAX, 3, 1, 2), None);
+    assert_eq!(conv_transpose_out_len(1, 3, 1, 2), None); // 3 − 4 < 1
+    assert_eq!(conv_transpose_out_len(usize::MAX, 4, 2, 1), None);
+    assert_eq!(conv_transpose_out_len(0, 4, 2, 1), None);
+}
+
+#[test]
+fn rejects_bad_buffers_and_geometry() {
+    let d = dims(1, 4, 4, 2, 3, 1, 1);
+    let x = [0.0f32; 16];
+    let w = [0.0f32; 18];
+    let b = [0.0f32; 2];
+    let mut out = [0.0f32; 32];
+    let mut col = [0.0f32; 9 * 16];
+    assert!(conv2d_forward(&mut out, &mut col, &x, &w, &b, 1, &d, &Serial).is_ok());
+    assert!(matches!(
+        conv2d_forward(&mut out[1..], &mut col, &x, &w, &b, 1, &d, &Serial),
+        Err(CoreError::BufferLen { what: "out", .. })
+    ));
+    assert!(matches!(
+        conv2d_forward(&mut out, &mut col[1..], &x, &w, &b, 1, &d, &Serial),
+        Err(CoreError::BufferLen { what: "col", .. })
+    ));
+    assert_eq!(conv2d_forward_exact(&mut out, &x, &w, &b, 0, &d), Err(CoreError::ZeroSize));
+    let bad = dims(1, 4, 4, 2, 3, 1, 3);
+    assert!(matches!(conv2d_forward_exact(&mut out, &x, &w, &b, 1, &bad), Err(CoreError::Spec(_))));
+    let mut small = [0.0f32; 10];
+    assert!(matches!(
+        conv2d_backward(
+            Some(&mut [0.0; 16]),
+            None,
+            None,
+            &mut small,
+            &out,
+            &col,
+            &w,
+            1,
+            &d,
+            &Serial
+        ),
+        Err(CoreError::BufferLen { what: "scratch", .. })
+    ));
+    // Without dinp no scratch is needed.
+    assert!(
+        conv2d_backward(None, None, Some(&mut [0.0; 2]), &mut [], &out, &col, &w, 1, &d, &Serial)
+            .is_ok()
+    );
+    let dt = dims(2, 4, 4, 1, 3, 1, 1);
+    assert!(matches!(
+        conv_transpose2d_forward(&mut [0.0; 16], &mut small, &out, &w, &[0.0], 1, &dt, &Serial),
+        Err(CoreError::BufferLen { what: "scratch", .. })
+    ));
+}
