@@ -246,8 +246,14 @@ pub enum FormatError {
     /// An output buffer is too small.
     BufferTooSmall,
     /// The file uses a feature this build does not support for this network (int8 weights
-    /// outside dense layers).
+    /// outside dense and convolution layers).
     Unsupported,
+    /// A weight, scale, bias or running statistic is NaN or infinite (checksums intact: the
+    /// model itself is broken, e.g. exported from a run that diverged).
+    NonFinite {
+        /// The layer whose tensor holds it.
+        layer: u16,
+    },
 }
 
 impl FormatError {
@@ -267,13 +273,14 @@ impl FormatError {
             FormatError::WrongKind => 19,
             FormatError::BufferTooSmall => 20,
             FormatError::Unsupported => 21,
+            FormatError::NonFinite { .. } => 22,
         }
     }
 }
 
 impl FormatError {
-    /// The range of [`FormatError::code`] values (10–21 today).
-    pub const CODES: core::ops::RangeInclusive<u8> = 10..=21;
+    /// The range of [`FormatError::code`] values (10–22 today).
+    pub const CODES: core::ops::RangeInclusive<u8> = 10..=22;
 }
 
 impl core::fmt::Display for FormatError {
@@ -298,7 +305,10 @@ impl core::fmt::Display for FormatError {
             FormatError::WrongKind => write!(f, "model is not a generator"),
             FormatError::BufferTooSmall => write!(f, "output buffer too small"),
             FormatError::Unsupported => {
-                write!(f, "int8 weights are only supported in dense layers")
+                write!(f, "int8 weights are only supported in dense and convolution layers")
+            }
+            FormatError::NonFinite { layer } => {
+                write!(f, "weights of layer {layer} hold a NaN or an infinity")
             }
         }
     }
@@ -363,10 +373,24 @@ pub fn parse_header(bytes: &[u8]) -> Result<(Header, usize), FormatError> {
     Ok((header, data_offset(header_len)))
 }
 
+/// The layer of the first f32 tensor of `table` (weights, scales, biases, running statistics)
+/// that holds a NaN or an infinity in `data`. One pass over the bits, no float arithmetic.
+fn non_finite(data: &[u8], table: &[TensorEntry]) -> Option<u16> {
+    table.iter().filter(|t| t.dtype == DType::F32).find_map(|t| {
+        let start = t.offset as usize;
+        let bytes = data.get(start..start.saturating_add(4 * t.len as usize))?;
+        let exponent = 0x7F80_0000;
+        let bad = bytes
+            .chunks_exact(4)
+            .any(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & exponent == exponent);
+        bad.then_some(t.layer)
+    })
+}
+
 impl<'a> WeightsFile<'a> {
     /// Parses and validates a weights file: magic, version, header CRC, architecture, tensor
-    /// table (must match the architecture's layout exactly), bounds and data CRC. Only then are
-    /// the weights exposed. Trailing bytes after the data (e.g. erased flash) are ignored.
+    /// table (must match the architecture's layout exactly), bounds, data CRC and finite values
+    /// (every f32 tensor). Only then are the weights exposed. Trailing bytes after the data (e.g. erased flash) are ignored.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
         let (header, data_at) = parse_header(bytes)?;
         let spec = header.spec().map_err(FormatError::BadArchitecture)?;
@@ -397,6 +421,9 @@ impl<'a> WeightsFile<'a> {
         }
         // Alignment and element type: the same view `weights` hands out later.
         encoding.view(data, &table)?;
+        if let Some(layer) = non_finite(data, &table) {
+            return Err(FormatError::NonFinite { layer });
+        }
         Ok(WeightsFile { header, data, file_len: end })
     }
 
@@ -594,6 +621,57 @@ mod tests {
         (buf, n, params)
     }
 
+    /// A NaN or an infinity anywhere in the f32 data (checksums repaired) is refused with the
+    /// layer it is in; so is one in an int8 file's scales or biases, while any i8 weight is fine.
+    #[test]
+    fn non_finite_values_are_refused() {
+        let spec = Spec::new(Shape::flat(3), &LAYERS).unwrap();
+        let good: Vec<f32> = (0..spec.param_len()).map(|i| i as f32 * 0.25 - 3.0).collect();
+        // The last bias value (what follows it is alignment padding, which nothing reads).
+        let last = spec.iter().filter(|l| l.bias_len > 0).last().unwrap().bias_range().end - 1;
+        for (at, bad) in [(0, f32::NAN), (17, f32::INFINITY), (last, f32::NEG_INFINITY)] {
+            let mut params = good.clone();
+            params[at] = bad;
+            let h =
+                Header::for_spec(ModelKind::Generator, &spec, 3, 0, NoiseKind::Gaussian).unwrap();
+            let mut buf = Aligned([0; 4096]);
+            let n = write(&mut buf.0, &h, &params).unwrap();
+            let layer = spec.iter().find(|l| l.param_range().contains(&at)).unwrap().index as u16;
+            let got = WeightsFile::parse(&buf.0[..n]).map(|_| ());
+            assert_eq!(got, Err(FormatError::NonFinite { layer }), "{bad} at {at}");
+            let text = std::format!("{}", FormatError::NonFinite { layer });
+            assert!(text.contains("NaN or an infinity"), "{text}");
+        }
+        // int8: the weights are integers; a scale or bias that is not finite is refused.
+        let h = Header::for_spec_as(
+            ModelKind::Generator,
+            &spec,
+            3,
+            0,
+            NoiseKind::Gaussian,
+            Encoding::I8,
+        )
+        .unwrap();
+        let mut buf = Aligned([0; 4096]);
+        let n = write(&mut buf.0, &h, &good).unwrap();
+        assert!(WeightsFile::parse(&buf.0[..n]).is_ok());
+        let data_at = n - h.data_len as usize;
+        let scale = h.tensors.iter().find(|t| t.kind == TensorKind::Scale).unwrap();
+        let at = data_at + scale.offset as usize;
+        buf.0[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        let crc = crc32(&buf.0[data_at..n]);
+        let mut h2 = h.clone();
+        h2.data_crc = crc;
+        let mut out = Aligned([0; 4096]);
+        let range = write_head(&mut out.0, &h2, Encoding::I8.format_version()).unwrap();
+        out.0[range.clone()].copy_from_slice(&buf.0[data_at..n]);
+        let m = range.end;
+        assert_eq!(
+            WeightsFile::parse(&out.0[..m]).map(|_| ()),
+            Err(FormatError::NonFinite { layer: scale.layer })
+        );
+    }
+
     #[test]
     fn crc_known_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
@@ -653,6 +731,7 @@ mod tests {
             FormatError::WrongKind,
             FormatError::BufferTooSmall,
             FormatError::Unsupported,
+            FormatError::NonFinite { layer: 0 },
         ]
         .map(|e| e.code());
         for (i, a) in codes.iter().enumerate() {

@@ -159,6 +159,13 @@ pub fn export_bytes_as(ck: &Checkpoint, encoding: Encoding) -> Result<Vec<u8>> {
 pub fn encode_folded(
     spec: &gan_core::spec::Spec<'_>, meta: &WeightsMeta, params: &[f32], encoding: Encoding,
 ) -> Result<Vec<u8>> {
+    if let Some(l) = spec.iter().find(|l| !params[l.param_range()].iter().all(|v| v.is_finite())) {
+        bail!(
+            "the generator's layer {} ({l}) holds a NaN or an infinity: the run diverged; \
+             export an earlier checkpoint (best.bin keeps the best-scoring one)",
+            l.index
+        );
+    }
     if !gan_core::fold::can_fold(spec) {
         return encode_weights(spec, meta, params, encoding);
     }
@@ -784,5 +791,10 @@ mod tests {
         assert!(mean < 6.0, "int8 differs from f32 by {mean} grey levels on average");
         // Re-encoding the folded f32 file gives the same int8 file.
         assert_eq!(reencode_weights(&folded, Encoding::I8).unwrap(), int8);
+        // A diverged generator is not exported.
+        let mut nan = p.clone();
+        nan[spec.layer(4).unwrap().weight_range().start + 3] = f32::NAN;
+        let err = format!("{:#}", encode_folded(&spec, &meta, &nan, Encoding::I8).unwrap_err());
+        assert!(err.contains("layer 4") && err.contains("NaN or an infinity"), "{err}");
     }
 }

@@ -521,6 +521,16 @@ fn check_bad_weights(board: &Board) {
     let mut corrupt_conv = conv.clone();
     corrupt_conv[conv_at + first_conv.offset as usize + 100] ^= 0x08;
     let truncated_conv = conv[..conv_at + first_conv.offset as usize + 1000].to_vec();
+    // Valid checksums around a NaN weight (written by the format's own writer).
+    let nan_spec = Spec::new(Shape::flat(26), &[Layer::Dense { out: 784 }, Layer::Tanh]).unwrap();
+    let mut nan_params = gan_tests::random_params(&nan_spec, 8);
+    nan_params[1234] = f32::NAN;
+    let nan_header =
+        format::Header::for_spec(ModelKind::Generator, &nan_spec, 26, 0, NoiseKind::Gaussian)
+            .unwrap();
+    let mut nan_weight = vec![0u8; format::max_file_len(nan_params.len())];
+    let len = format::write(&mut nan_weight, &nan_header, &nan_params).unwrap();
+    nan_weight.truncate(len);
     const DISC: [Layer; 4] = [
         Layer::Dense { out: 16 },
         Layer::LeakyRelu { alpha: 0.2 },
@@ -544,6 +554,7 @@ fn check_bad_weights(board: &Board) {
         ("a convolution too wide for the buffers", wide_conv, 18),
         ("corrupt int8 convolution data", corrupt_conv.clone(), 16),
         ("truncated int8 convolutions", truncated_conv, 10),
+        ("a NaN weight", nan_weight, 22),
         ("a discriminator", disc, 19),
     ];
     if board.weights.len as usize <= 1 << 20 {
