@@ -411,6 +411,25 @@ impl TrainConfig {
         if c.batch < 2 {
             bail!("batch size must be at least 2");
         }
+        use crate::limits::{MAX_BATCH, MAX_EPOCHS, MAX_GRID, MAX_HIDDEN_LAYERS, MAX_WIDTH};
+        if c.latent > MAX_WIDTH || c.g_hidden.iter().chain(&c.d_hidden).any(|&w| w > MAX_WIDTH) {
+            bail!("latent sizes and widths are at most {MAX_WIDTH}");
+        }
+        if c.g_hidden.len() > MAX_HIDDEN_LAYERS || c.d_hidden.len() > MAX_HIDDEN_LAYERS {
+            bail!("at most {MAX_HIDDEN_LAYERS} hidden layers per network");
+        }
+        if c.batch > MAX_BATCH {
+            bail!("batch size is at most {MAX_BATCH}");
+        }
+        if c.epochs > MAX_EPOCHS {
+            bail!("at most {MAX_EPOCHS} epochs per run");
+        }
+        if c.grid > MAX_GRID || c.quality_samples > 100 * MAX_GRID {
+            bail!(
+                "the sample grid holds at most {MAX_GRID} images and a quality score at most {} samples",
+                100 * MAX_GRID
+            );
+        }
         if !(c.g_lr > 0.0 && c.d_lr > 0.0 && c.g_lr.is_finite() && c.d_lr.is_finite()) {
             bail!("learning rates must be positive and finite");
         }

@@ -86,10 +86,14 @@ pub fn describe_weights(bytes: &[u8]) -> (String, bool) {
     }
     s.push('\n');
     match WeightsFile::parse(bytes) {
-        Ok(_) => {
+        Ok(w) => {
+            if let Err(e) = crate::limits::check_network(&w.spec(), "the network") {
+                let _ = writeln!(s, "valid file, but too large to run here: {e}");
+                return (s, false);
+            }
             let _ = writeln!(
                 s,
-                "valid: magic, version, header CRC, architecture, tensor table, bounds and data CRC all check out"
+                "valid: magic, version, header CRC, architecture, tensor table, bounds, data CRC and finite values all check out"
             );
             (s, true)
         }
@@ -151,6 +155,27 @@ mod tests {
         assert_eq!(group(999), "999");
         assert_eq!(group(1000), "1,000");
         assert_eq!(group(1234567), "1,234,567");
+    }
+
+    /// A tiny file with valid checksums whose transposed convolution would write a terabyte:
+    /// described, but not called runnable.
+    #[test]
+    fn a_huge_activation_is_reported_not_run() {
+        use gan_core::format::{self, Header, ModelKind, NoiseKind};
+        let layers = [
+            Layer::Reshape { to: Shape::image(1, 2, 2) },
+            Layer::ConvTranspose2d { out_c: 1, k: 1, stride: 1_000_000, pad: 0 },
+        ];
+        let spec = Spec::new(Shape::flat(4), &layers).unwrap();
+        assert!(spec.max_features() > 1 << 39, "a terabyte of f32");
+        let header =
+            Header::for_spec(ModelKind::Generator, &spec, 4, 0, NoiseKind::Gaussian).unwrap();
+        let params = vec![0.5f32; spec.param_len()];
+        let mut buf = vec![0u8; format::max_file_len(params.len())];
+        let n = format::write(&mut buf, &header, &params).unwrap();
+        let (text, ok) = describe_weights(&buf[..n]);
+        assert!(!ok, "{text}");
+        assert!(text.contains("too large to run here") && text.contains("activation"), "{text}");
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub use gan_core::generate::ClassChoice;
 /// [`Team`] of threads (which never changes a bit).
 pub fn generate(w: &WeightsFile<'_>, seed: u64, n: usize, class: ClassChoice) -> Result<Vec<u8>> {
     let g = Generator::new(w).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::limits::check_samples(n)?;
+    crate::limits::check_network(g.spec(), "the generator")?;
     let mut z = vec![0.0f32; g.input_len()];
     let mut y = vec![0.0f32; g.output_len()];
     let mut scratch = vec![0.0f32; g.scratch_len()];
@@ -88,6 +90,8 @@ pub fn generate_batched(
     exec: &dyn gan_core::kernels::Exec,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
     let g = Generator::new(w).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::limits::check_samples(n)?;
+    crate::limits::check_network(g.spec(), "the generator")?;
     let classes = g.classes();
     let labels: Vec<u8> = (0..n).map(|i| class.class_of(i, classes) as u8).collect();
     if classes > 0 && labels.iter().any(|&c| c as usize >= classes) {

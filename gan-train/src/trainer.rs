@@ -351,6 +351,8 @@ impl Gan {
         cfg.validate()?;
         let cfg = cfg.resolved();
         let (g, d) = (cfg.generator(data)?, cfg.discriminator(data)?);
+        crate::limits::check_network(&g.spec(), "the generator")?;
+        crate::limits::check_network(&d.spec(), "the discriminator")?;
         Gan::with_nets(cfg, data, g, d)
     }
 

@@ -332,6 +332,20 @@ fn bad_arguments_fail_with_helpful_messages() {
 
     let (_, err) = fails(cwd, &train_args(&["--data", "nowhere", "--run", "R"]));
     assert!(err.contains("nowhere"), "{err}");
+
+    // The host's limits (gan_train::limits), named in the message; nothing is written.
+    let (_, err) = fails(cwd, &["train", "--epochs", "1000000", "--run", "R"]);
+    assert!(err.contains("at most 100000 epochs"), "{err}");
+    let (_, err) =
+        fails(cwd, &["train", "--arch", "custom", "--g-hidden", "9999999", "--run", "R"]);
+    assert!(err.contains("widths are at most 65536"), "{err}");
+    assert!(!cwd.join("R").exists(), "nothing is created");
+    let model = default_model();
+    let (_, err) = fails(cwd, &["sample", "--model", &model, "--n", "5000000", "--raw", "big.bin"]);
+    assert!(err.contains("limit of 1000000"), "{err}");
+    assert!(!cwd.join("big.bin").exists());
+    let (_, err) = fails(cwd, &["sample", "--model", &model, "--n", "0", "--raw", "none.bin"]);
+    assert!(err.contains("at least 1"), "{err}");
 }
 
 #[test]
