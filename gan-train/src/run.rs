@@ -357,6 +357,7 @@ pub fn resume_with(
 ) -> Result<Outcome> {
     let run = RunDir::new(&opts.run_dir);
     let mut ck = checkpoint::load(&run.checkpoint())?;
+    check_run_config(&run, &ck.config)?;
     let changed = epochs.is_some_and(|e| e != ck.config.epochs)
         || max_steps.is_some_and(|m| m != ck.config.max_steps);
     if let Some(e) = epochs {
@@ -390,11 +391,44 @@ pub fn resume_with(
         ck.source.images,
         data.n
     );
-    if changed {
-        write_atomic(&run.config(), toml::to_string_pretty(&ck.config)?.as_bytes())?;
-    }
+    // Everything is checked before anything is written.
     let gan = Gan::from_checkpoint(ck)?;
+    if changed || !run.config().exists() {
+        write_atomic(&run.config(), toml::to_string_pretty(gan.cfg())?.as_bytes())?;
+    }
     run_loop(gan, data, &run, &opts, exec)
+}
+
+/// Refuses to resume when the run directory's `config.toml` is not the configuration of the
+/// checkpoint it holds: the file was edited (training would silently ignore and then overwrite
+/// it), or the checkpoint was copied in from another run. Names the keys that differ.
+fn check_run_config(run: &RunDir, ck: &TrainConfig) -> Result<()> {
+    let path = run.config();
+    let Ok(text) = fs::read_to_string(&path) else {
+        return Ok(()); // none yet (or unreadable): resume writes the checkpoint's
+    };
+    let file: toml::Table = toml::from_str(&text).with_context(|| {
+        format!("{} is not valid TOML; restore it or delete it", path.display())
+    })?;
+    let ours: toml::Table = toml::from_str(&toml::to_string(ck)?)?;
+    let mut differ: Vec<&str> = ours
+        .iter()
+        .filter(|(k, v)| file.get(k.as_str()).is_some_and(|f| f != *v))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    differ.extend(file.keys().filter(|k| !ours.contains_key(k.as_str())).map(|k| k.as_str()));
+    if !differ.is_empty() {
+        bail!(
+            "{} does not match the run's checkpoint ({} differ): it was edited, or the checkpoint \
+             comes from another run. Nothing was changed. A resume continues the checkpoint's \
+             configuration (use --epochs to extend it); restore config.toml, or start a new run \
+             with --config {}",
+            path.display(),
+            differ.join(", "),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The fixed noise batch for grids: `grid` rows of G input, classes cycling 0..classes.

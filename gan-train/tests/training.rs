@@ -61,6 +61,14 @@ fn train_fresh(cfg: &TrainConfig, dir: &Path, reports: bool, exec: &dyn Exec) ->
     }
 }
 
+/// Writes `ck` as the checkpoint of the run in `dir`, with the `config.toml` that goes with it
+/// (a run directory after `train` holds both, and resume checks that they agree).
+fn save_run_state(dir: &Path, ck: &Checkpoint) {
+    let r = RunDir::new(dir);
+    checkpoint::save(&r.checkpoint(), ck).unwrap();
+    fs::write(r.config(), toml::to_string_pretty(&ck.config).unwrap()).unwrap();
+}
+
 fn checkpoint_of(dir: &Path) -> Checkpoint {
     checkpoint::load(&RunDir::new(dir).checkpoint()).expect("checkpoint loads")
 }
@@ -409,7 +417,7 @@ fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
     let mut ck = checkpoint::load(&path).unwrap();
     let stop_at = steps / 2 + 3;
     ck.config.max_steps = stop_at;
-    checkpoint::save(&path, &ck).unwrap();
+    save_run_state(&c, &ck);
     match run::resume(&options(&c, reports), None, &Pool).unwrap() {
         Outcome::Finished { steps: s, .. } => assert_eq!(s, stop_at),
         other => panic!("{other:?}"),
@@ -417,7 +425,7 @@ fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
     let mut ck = checkpoint::load(&path).unwrap();
     assert_eq!((ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch), (stop_at, 1, 3));
     ck.config.max_steps = 0;
-    checkpoint::save(&path, &ck).unwrap();
+    save_run_state(&c, &ck);
     run::resume(&options(&c, reports), None, &Pool).unwrap();
     assert_same_runs(&a, &c);
 }
@@ -588,6 +596,50 @@ fn resume_one_step_at_a_time_across_epochs() {
     assert_bytes_eq("losses.csv", &read(RunDir::new(&a).csv()), &read(RunDir::new(&b).csv()));
 }
 
+/// Resume checks the run before it writes anything: an edited config.toml, a checkpoint copied
+/// in from another run, or a broken checkpoint are reported, and every file stays as it was.
+#[test]
+fn resume_refuses_a_run_that_does_not_hold_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = TrainConfig { epochs: 1, ..tiny() };
+    train_fresh(&one, dir.path(), false, &Serial);
+    let r = RunDir::new(dir.path());
+    let files = |r: &RunDir| [read(r.checkpoint()), read(r.config()), read(r.csv())];
+    let before = files(&r);
+
+    // config.toml edited by hand.
+    let edited = String::from_utf8(before[1].clone()).unwrap().replace("seed = 7", "seed = 8");
+    fs::write(r.config(), &edited).unwrap();
+    let err =
+        format!("{:#}", run::resume(&options(dir.path(), false), Some(2), &Serial).unwrap_err());
+    assert!(err.contains("does not match the run's checkpoint (seed differ"), "{err}");
+    assert_eq!(read(r.config()), edited.as_bytes(), "the edit is kept, not overwritten");
+    fs::write(r.config(), &before[1]).unwrap();
+
+    // A checkpoint of another architecture copied into the run.
+    let other = dir.path().join("other");
+    train_fresh(&TrainConfig { g_hidden: vec![24], ..one.clone() }, &other, false, &Serial);
+    fs::copy(RunDir::new(&other).checkpoint(), r.checkpoint()).unwrap();
+    let err =
+        format!("{:#}", run::resume(&options(dir.path(), false), Some(2), &Serial).unwrap_err());
+    assert!(err.contains("g_hidden differ") && err.contains("another run"), "{err}");
+    assert_eq!(read(r.config()), before[1]);
+    fs::write(r.checkpoint(), &before[0]).unwrap();
+
+    // A damaged checkpoint: the --epochs change is not written into config.toml.
+    let mut broken = before[0].clone();
+    let mid = broken.len() / 2;
+    broken[mid] ^= 0xFF;
+    fs::write(r.checkpoint(), &broken).unwrap();
+    assert!(run::resume(&options(dir.path(), false), Some(5), &Serial).is_err());
+    assert_eq!(read(r.config()), before[1], "config.toml untouched by a failed resume");
+    fs::write(r.checkpoint(), &before[0]).unwrap();
+    assert_eq!(files(&r), before);
+
+    // The run, intact, resumes.
+    run::resume(&options(dir.path(), false), Some(2), &Serial).unwrap();
+}
+
 #[test]
 fn config_toml_matches_the_checkpoint_after_a_resume() {
     let dir = tempfile::tempdir().unwrap();
@@ -698,7 +750,7 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let sane = ck.clone();
     ck.config.g_lr = 1e30;
     ck.config.d_lr = 1e30;
-    checkpoint::save(&run_dir.checkpoint(), &ck).unwrap();
+    save_run_state(dir.path(), &ck);
     let ck_before = read(run_dir.checkpoint());
     let gen_before = read(run_dir.generator());
     let csv_before = read(run_dir.csv());
@@ -718,7 +770,7 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     assert_bytes_eq("no rows from the bad steps", &read(run_dir.csv()), &csv_before);
 
     // With the learning rate restored the run continues exactly like an unbroken one.
-    checkpoint::save(&run_dir.checkpoint(), &sane).unwrap();
+    save_run_state(dir.path(), &sane);
     run::resume(&options(dir.path(), false), Some(2), &Serial).unwrap();
     let straight = dir.path().join("straight");
     train_fresh(&tiny(), &straight, false, &Serial);
@@ -1138,7 +1190,7 @@ fn quality_is_tracked_and_a_collapse_is_rolled_back() {
     wild.config.g_lr = 4.0;
     wild.config.d_lr = 4.0;
     wild.config.epochs = 8;
-    checkpoint::save(&r.checkpoint(), &wild).unwrap();
+    save_run_state(r.root(), &wild);
     let outcome = run::resume(&o, None, &Pool).unwrap();
     let Outcome::Collapsed { why, best_epoch, .. } = outcome else {
         let scores = fs::read_to_string(r.quality_csv()).unwrap();
@@ -1169,7 +1221,7 @@ fn quality_is_tracked_and_a_collapse_is_rolled_back() {
     stop.config.d_lr = 0.5;
     stop.config.epochs = 8;
     stop.config.on_collapse = gan_train::config::CollapseAction::Stop;
-    checkpoint::save(&r.checkpoint(), &stop).unwrap();
+    save_run_state(r.root(), &stop);
     let Outcome::Collapsed { why, .. } = run::resume(&o, None, &Pool).unwrap() else {
         panic!("not stopped");
     };
