@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod download;
+pub mod failpoint;
 pub mod inspect;
 pub mod limits;
 pub mod quality;

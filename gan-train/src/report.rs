@@ -316,8 +316,13 @@ pub fn append_csv_rows(path: &Path, rows: &[LossRow]) -> anyhow::Result<()> {
         f.set_len(keep).with_context(ctx)?;
     }
     f.seek(SeekFrom::Start(keep)).with_context(ctx)?;
-    f.write_all(csv_text(rows, keep == 0).as_bytes()).with_context(ctx)?;
+    let text = csv_text(rows, keep == 0);
+    let (first, rest) = text.as_bytes().split_at(text.len() / 2);
+    f.write_all(first).with_context(ctx)?;
+    crate::failpoint::hit("append-half");
+    f.write_all(rest).with_context(ctx)?;
     f.flush().with_context(ctx)?;
+    crate::failpoint::hit("append");
     Ok(())
 }
 

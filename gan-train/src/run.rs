@@ -113,9 +113,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let written = (|| -> Result<()> {
         let mut f =
             fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
+        let (first, rest) = bytes.split_at(bytes.len() / 2);
+        f.write_all(first)
+            .and_then(|()| {
+                crate::failpoint::hit("write-half");
+                f.write_all(rest)
+            })
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
+        crate::failpoint::hit("write");
         fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
     })();
@@ -727,7 +733,11 @@ fn run_loop(
         }
     }
     if let Some(row) = take_row(&mut gan) {
-        log.push(row);
+        // A run killed while writing this last checkpoint has logged this row already (the
+        // checkpoint it resumed from is the one before, at the same step): log it once.
+        if log.rows().last().map(|r| r.step) != Some(row.step) {
+            log.push(row);
+        }
     }
     log.append_csv(&run.csv())?;
     checkpoint::save(&run.checkpoint(), &gan.state)?;

@@ -586,3 +586,74 @@ fn classifier_training_is_reproducible_and_its_output_scores() {
     let o = ok(d, &["score", "--classifier", "a.ganw", "--model", &default_model(), "--n", "100"]);
     assert!(stdout(&o).contains("100 samples"));
 }
+
+/// A run killed at any write — half-way through a checkpoint or another file, after it and
+/// before its rename, half-way through appending log rows, or after the rows and before the
+/// checkpoint that owns them — and then resumed (or, killed before its first checkpoint,
+/// started again) ends with every file byte-identical to an uninterrupted run's. The kills are
+/// aborts at the fault-injection points of `gan_train::failpoint` (no cleanup, as `kill -9`).
+#[cfg(unix)]
+#[test]
+fn a_run_killed_at_any_write_resumes_to_the_same_files() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    // 24 steps in 3 epochs, a log row every 5 (so the last one is a partial window), scores
+    // every epoch (best.ganw and best.bin).
+    fs::write(
+        cwd.join("tiny.toml"),
+        "arch = \"custom\"\nlatent = 8\ng_hidden = [16]\nd_hidden = [16]\nbatch = 16\n\
+         epochs = 3\nlog_every = 5\ngrid = 4\nquality_samples = 64\n",
+    )
+    .unwrap();
+    let train = |run: &str, failpoint: Option<String>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gan-train"));
+        cmd.current_dir(cwd)
+            .args(["train", "--config", "tiny.toml", "--limit", "128", "--quiet", "--run", run])
+            .env_remove("GAN_TRAIN_FAILPOINT");
+        if let Some(f) = failpoint {
+            cmd.env("GAN_TRAIN_FAILPOINT", f);
+        }
+        cmd.output().unwrap()
+    };
+    let reference = train("ref", None);
+    assert!(reference.status.success(), "{}", stderr(&reference));
+    let files =
+        ["checkpoint.bin", "losses.csv", "quality.csv", "generator.ganw", "best.ganw", "best.bin"];
+    let want: Vec<Vec<u8>> = files.iter().map(|f| read(cwd.join("ref").join(f))).collect();
+
+    let mut kills = 0;
+    for point in ["write-half", "write", "append-half", "append"] {
+        for n in 1.. {
+            let run = format!("{point}-{n}");
+            let first = train(&run, Some(format!("{point}:{n}")));
+            if first.status.success() {
+                assert!(n > 1, "{point} was never reached");
+                break;
+            }
+            assert_eq!(
+                first.status.signal(),
+                Some(6),
+                "{run}: not the injected abort: {}",
+                stderr(&first)
+            );
+            kills += 1;
+            let r = RunDir::new(cwd.join(&run));
+            let again = if r.checkpoint().exists() {
+                gan(cwd, &["train", "--resume", &run, "--quiet"])
+            } else {
+                // Killed before the first checkpoint: the run starts again.
+                train(&run, None)
+            };
+            assert!(again.status.success(), "{run}: {}\n{}", stdout(&again), stderr(&again));
+            for (f, w) in files.iter().zip(&want) {
+                assert!(
+                    read(cwd.join(&run).join(f)) == *w,
+                    "{run}: {f} differs from the uninterrupted run's"
+                );
+            }
+        }
+    }
+    eprintln!("{kills} kills, each resumed to the uninterrupted run's files");
+    assert!(kills >= 20, "only {kills} kills");
+}
