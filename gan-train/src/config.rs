@@ -433,6 +433,15 @@ impl TrainConfig {
         if !(c.g_lr > 0.0 && c.d_lr > 0.0 && c.g_lr.is_finite() && c.d_lr.is_finite()) {
             bail!("learning rates must be positive and finite");
         }
+        if !((0.0..1.0).contains(&c.beta1) && (0.0..1.0).contains(&c.beta2)) {
+            bail!("Adam's beta1 and beta2 must be in [0, 1) (the usual values: 0.5 and 0.999)");
+        }
+        if !(0.0..1.0).contains(&c.momentum) {
+            bail!("SGD momentum must be in [0, 1)");
+        }
+        if !(c.gp_lambda >= 0.0 && c.gp_lambda.is_finite()) {
+            bail!("the gradient-penalty weight must be >= 0 and finite (the usual value: 10)");
+        }
         if !(0.0..1.0).contains(&c.label_smoothing) {
             bail!("label smoothing must be in [0, 1)");
         }

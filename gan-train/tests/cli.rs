@@ -333,6 +333,12 @@ fn bad_arguments_fail_with_helpful_messages() {
     let (_, err) = fails(cwd, &train_args(&["--data", "nowhere", "--run", "R"]));
     assert!(err.contains("nowhere"), "{err}");
 
+    // Hyperparameters outside their meaningful range.
+    let (_, err) = fails(cwd, &["train", "--beta1", "1.5", "--run", "R"]);
+    assert!(err.contains("beta1 and beta2 must be in [0, 1)"), "{err}");
+    let (_, err) = fails(cwd, &["train", "--loss", "wgan-gp", "--gp-lambda=-1", "--run", "R"]);
+    assert!(err.contains("gradient-penalty weight must be >= 0"), "{err}");
+
     // The host's limits (gan_train::limits), named in the message; nothing is written.
     let (_, err) = fails(cwd, &["train", "--epochs", "1000000", "--run", "R"]);
     assert!(err.contains("at most 100000 epochs"), "{err}");
