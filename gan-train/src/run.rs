@@ -478,10 +478,15 @@ fn save_epoch_grid(gan: &Gan, run: &RunDir, z: &[f32], epoch: u32) -> Result<()>
 }
 
 /// Reads back every epoch grid and writes the GIF.
-fn save_progress_gif(run: &RunDir, epochs: u32) -> Result<()> {
+/// Writes the animation of all epoch grids; `false` (and nothing written) if `stop` was set
+/// (Ctrl-C) before it was done.
+fn save_progress_gif(run: &RunDir, epochs: u32, stop: &AtomicBool) -> Result<bool> {
     let mut frames = Vec::new();
     let mut dims = None;
     for e in 1..=epochs {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
         let path = run.grid(e);
         if !path.exists() {
             continue;
@@ -493,10 +498,13 @@ fn save_progress_gif(run: &RunDir, epochs: u32) -> Result<()> {
         dims = Some((w, h));
         frames.push(pixels);
     }
-    match dims {
-        Some((w, h)) => report::save_gif(&run.gif(), &frames, w, h, 25),
-        None => Ok(()),
+    if stop.load(Ordering::Relaxed) {
+        return Ok(false);
     }
+    if let Some((w, h)) = dims {
+        report::save_gif(&run.gif(), &frames, w, h, 25)?;
+    }
+    Ok(true)
 }
 
 /// Decodes an 8-bit grey PNG.
@@ -741,13 +749,16 @@ fn run_loop(
     }
     log.append_csv(&run.csv())?;
     checkpoint::save(&run.checkpoint(), &gan.state)?;
+    // The generator first: a Ctrl-C during the reports below then loses only the animation.
+    write_atomic(&run.generator(), &export_bytes(&gan.state)?)?;
     if opts.reports {
         if !log.rows().is_empty() {
             report::plot_losses(&run.plot(), log.rows(), "GAN training")?;
         }
-        save_progress_gif(run, gan.state.pos.epoch)?;
+        if !save_progress_gif(run, gan.state.pos.epoch, &opts.stop)? {
+            eprintln!("interrupted: skipped {} (the run itself is complete)", run.gif().display());
+        }
     }
-    write_atomic(&run.generator(), &export_bytes(&gan.state)?)?;
     if let Some(why) = collapse {
         let best_epoch = gan.state.quality.best_epoch;
         return Ok(Outcome::Collapsed { steps: gan.state.pos.step, why, best_epoch });
@@ -799,6 +810,24 @@ mod tests {
             }
         }
         p
+    }
+
+    /// The animation is written from the epoch grids, and not at all once Ctrl-C was pressed.
+    #[test]
+    fn the_progress_gif_honours_ctrl_c() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        fs::create_dir_all(run.samples()).unwrap();
+        for e in 1..=3u32 {
+            let pixels = vec![(e * 60) as u8; 4 * 784];
+            crate::report::save_grid_png(&run.grid(e), &pixels, 4, 28, 28, 2, 1).unwrap();
+        }
+        let stop = AtomicBool::new(true);
+        assert!(!save_progress_gif(&run, 3, &stop).unwrap());
+        assert!(!run.gif().exists());
+        stop.store(false, Ordering::Relaxed);
+        assert!(save_progress_gif(&run, 3, &stop).unwrap());
+        assert!(fs::metadata(run.gif()).unwrap().len() > 100);
     }
 
     /// Export folds the batch normalisation of a convolutional generator away; its digits stay
