@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod download;
 pub mod failpoint;
+pub mod fuzz;
 pub mod inspect;
 pub mod limits;
 pub mod quality;

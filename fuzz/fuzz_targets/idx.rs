@@ -1,0 +1,4 @@
+//! libFuzzer target: `gan_train::fuzz::idx` (see fuzz/README.md).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gan_train::fuzz::idx(data));
