@@ -330,6 +330,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, exec: &dyn Exec) -> Result<Ou
     }
     let data = load_data(opts)?;
     let shape = data_shape(&data)?;
+    if opts.reports {
+        check_grid_fits(cfg.grid, shape)?;
+    }
     if cfg.conditional && data.labels.is_none() {
         bail!("a conditional GAN needs labels, and this data set has none");
     }
@@ -381,6 +384,9 @@ pub fn resume_with(
     }
     let data = load_data(&opts)?;
     let shape = data_shape(&data)?;
+    if opts.reports {
+        check_grid_fits(ck.config.grid, shape)?;
+    }
     ensure!(
         shape == ck.data,
         "the data ({}×{}, {} classes) does not match the run's ({}×{}, {} classes)",
@@ -462,6 +468,28 @@ pub fn to_pixels(out: &[f32], act: OutAct) -> Vec<u8> {
 
 fn grid_cols(n: usize) -> usize {
     (n as f64).sqrt().ceil().max(1.0) as usize
+}
+
+/// Largest side of a GIF frame (and so of the per-epoch grids it animates).
+const MAX_GRID_SIDE: usize = 65_535;
+
+/// Refuses, before training, a per-epoch grid of `n` images too large for the GIF (images of
+/// the data's size, drawn at twice their size).
+fn check_grid_fits(n: usize, shape: DataShape) -> Result<()> {
+    let cols = grid_cols(n);
+    let rows = n.div_ceil(cols);
+    let side = |cells: usize, px: u32| cells.saturating_mul(2 * px as usize + 1).saturating_add(1);
+    let (width, height) = (side(cols, shape.w), side(rows, shape.h));
+    if width > MAX_GRID_SIDE || height > MAX_GRID_SIDE {
+        bail!(
+            "the per-epoch sample grid of {n} images of {}×{} would be {width}×{height} pixels, \
+             more than the {MAX_GRID_SIDE} a GIF frame allows: set a smaller `grid` in the config, \
+             or train with smaller images",
+            shape.w,
+            shape.h
+        );
+    }
+    Ok(())
 }
 
 fn save_epoch_grid(gan: &Gan, run: &RunDir, z: &[f32], epoch: u32) -> Result<()> {

@@ -333,6 +333,16 @@ fn bad_arguments_fail_with_helpful_messages() {
     let (_, err) = fails(cwd, &train_args(&["--data", "nowhere", "--run", "R"]));
     assert!(err.contains("nowhere"), "{err}");
 
+    // Images so wide that the per-epoch grid could not be animated: refused before training.
+    let wide = cwd.join("wide");
+    fs::create_dir_all(&wide).unwrap();
+    let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0x9C, 0x40];
+    idx.extend(vec![128u8; 2 * 40_000]);
+    fs::write(wide.join("images-idx3-ubyte"), &idx).unwrap();
+    let (_, err) = fails(cwd, &["train", "--arch", "custom", "--data", "wide", "--run", "W"]);
+    assert!(err.contains("more than the 65535 a GIF frame allows"), "{err}");
+    assert!(!cwd.join("W").exists(), "nothing is created");
+
     // Hyperparameters outside their meaningful range.
     let (_, err) = fails(cwd, &["train", "--beta1", "1.5", "--run", "R"]);
     assert!(err.contains("beta1 and beta2 must be in [0, 1)"), "{err}");
