@@ -371,15 +371,7 @@ mod tests {
         let spec = Spec::new(Shape::flat(6), &LAYERS).unwrap();
         let mut r = Lcg::new(9);
         let params: Vec<f32> = (0..spec.param_len()).map(|_| r.next_f32() - 0.5).collect();
-        let h = Header::for_spec_as(
-            ModelKind::Generator,
-            &spec,
-            6,
-            0,
-            NoiseKind::Gaussian,
-            Encoding::I8,
-        )
-        .unwrap();
+        let h = i8_header(&spec).unwrap();
         assert_eq!(h.encoding(), Encoding::I8);
         let mut data = vec![0u8; h.data_len as usize];
         assert_eq!(Encoding::I8.encode(&spec, &params, &mut data).unwrap(), data.len());
