@@ -12,6 +12,12 @@ use gan_core::generate::ClassChoice;
 use crate::config::{DataShape, TrainConfig};
 use crate::sample::AlignedBytes;
 
+/// The firmware's capacities (the file `gan-embedded/build.rs` includes too).
+#[allow(dead_code)]
+mod firmware {
+    include!("../../gan-embedded/src/limits.rs");
+}
+
 /// A weights file: parse and validate it, describe it as `inspect` does, and for a generator
 /// that passes draw two digits (exact path) and score-path samples, as `sample` and `score` do.
 pub fn weights(bytes: &[u8]) {
@@ -19,7 +25,7 @@ pub fn weights(bytes: &[u8]) {
     let aligned = AlignedBytes::new(bytes);
     let Ok(w) = aligned.weights() else { return };
     // The firmware's own acceptance check, with its limits.
-    let _ = w.check_generator_fits(512 * 1024, 3136);
+    let _ = w.check_generator_fits(firmware::MAX_PARAMS, firmware::MAX_FEATURES);
     if w.header.kind != ModelKind::Generator {
         return;
     }

@@ -652,18 +652,24 @@ fn pico_firmware_builds_and_converts_to_uf2() {
     assert!(wblocks.last().unwrap().addr + 256 <= 0x1020_0000);
 }
 
+/// The firmware's capacities, as `gan-embedded/build.rs` reads them.
+#[allow(dead_code)]
+mod firmware_limits {
+    include!("../../gan-embedded/src/limits.rs");
+}
+
 /// The shipped weights are generators that fit the firmware (the default int8 one is linked
 /// into every firmware build).
 #[test]
 fn shipped_weights_fit_the_firmware() {
-    let widest = gan_core::presets::PICO_SPEC.max_features().max(1024);
+    let widest = firmware_limits::MAX_FEATURES;
     for (name, limit) in
         [("default-i8.ganw", 200 * 1024), ("default.ganw", 400 * 1024), ("mcu.ganw", 900 * 1024)]
     {
         let bytes = std::fs::read(repo_root().join("data/weights").join(name)).unwrap();
         let aligned = AlignedBytes::new(&bytes);
         let w = aligned.weights().unwrap();
-        w.check_generator_fits(512 * 1024, widest).unwrap();
+        w.check_generator_fits(firmware_limits::MAX_PARAMS, widest).unwrap();
         assert_eq!(w.spec().output().len(), 784);
         // Together with ~90 KB of code each must fit the Pico's 1 MiB code region.
         assert!(bytes.len() < limit, "{name} is {} bytes", bytes.len());

@@ -669,13 +669,17 @@ pub fn conv2d_forward_exact(
     Ok(())
 }
 
-/// Checks the buffers of an int8 convolution and returns its geometry (`transposed`: the
-/// transposed convolution's) with the image and grid sizes of one sample.
+/// One sample of an int8 kernel of [`crate::kernels::int8`]: `(out, xq, q, scales, bias, sx,
+/// geometry)`.
+pub(crate) type SampleI8 = fn(&mut [f32], &[i8], &[i8], &[f32], &[f32], f32, &Geom);
+
+/// The int8 inference of both convolutions (`transposed`: the transposed one): checks the
+/// buffers, then quantises each sample's input into `xq` and runs `kernel` on it.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn check_i8(
-    out: &[f32], xq: &[i8], inp: &[f32], q: &[i8], scales: &[f32], bias: &[f32], n: usize,
-    d: &ConvDims, transposed: bool,
-) -> Result<Geom, CoreError> {
+pub(crate) fn forward_i8(
+    out: &mut [f32], xq: &mut [i8], inp: &[f32], q: &[i8], scales: &[f32], bias: &[f32], n: usize,
+    d: &ConvDims, transposed: bool, kernel: SampleI8,
+) -> Result<(), CoreError> {
     let g = if transposed { Geom::transpose(d)? } else { Geom::conv(d)? };
     let (in_len, out_len) = if transposed { (g.grid, g.img) } else { (g.img, g.grid) };
     check_len("out", out.len(), batch(n, out_len)?)?;
@@ -686,7 +690,12 @@ pub(crate) fn check_i8(
     if xq.len() < in_len {
         return Err(CoreError::BufferLen { what: "xq", got: xq.len(), expected: in_len });
     }
-    Ok(g)
+    let xq = &mut xq[..in_len];
+    for (o, x) in out.chunks_exact_mut(out_len).zip(inp.chunks_exact(in_len)) {
+        let sx = quantize_row(xq, x);
+        kernel(o, xq, q, scales, bias, sx, &g);
+    }
+    Ok(())
 }
 
 /// Int8 inference of a convolution: same shapes as [`conv2d_forward_exact`], weights `q` as i8
@@ -702,13 +711,7 @@ pub fn conv2d_forward_i8(
     out: &mut [f32], xq: &mut [i8], inp: &[f32], q: &[i8], scales: &[f32], bias: &[f32], n: usize,
     d: &ConvDims,
 ) -> Result<(), CoreError> {
-    let g = check_i8(out, xq, inp, q, scales, bias, n, d, false)?;
-    let xq = &mut xq[..g.img];
-    for (o, x) in out.chunks_exact_mut(g.grid).zip(inp.chunks_exact(g.img)) {
-        let sx = quantize_row(xq, x);
-        kernels::int8::conv2d_i8(o, xq, q, scales, bias, sx, &g);
-    }
-    Ok(())
+    forward_i8(out, xq, inp, q, scales, bias, n, d, false, kernels::int8::conv2d_i8)
 }
 
 #[cfg(test)]

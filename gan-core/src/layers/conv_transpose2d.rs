@@ -5,14 +5,13 @@
 //! Shapes (one sample): `inp` C_in×H×W, `w` C_in×C_out×k×k, `b` C_out, `out` C_out×OH×OW with
 //! `OH = (H − 1)·stride − 2·pad + k` ([`conv_transpose_out_len`](crate::layers::conv2d::conv_transpose_out_len)).
 
-use crate::encoding::int8::quantize_row;
 use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
 use crate::kernels::{self, Exec};
 use crate::layers::Channels;
 use crate::layers::Rules;
 use crate::layers::conv2d::{
     self, BackwardFn, Conv, ConvDims, Direction, ExactFn, ForwardFn, Geom, Int8Fn, add_bias_grad,
-    batch, check_i8, col2im_add, fill_bias, im2col, span,
+    batch, col2im_add, fill_bias, im2col, span,
 };
 use crate::spec::{LayerInfo, Shape};
 
@@ -181,13 +180,8 @@ pub fn conv_transpose2d_forward_i8(
     out: &mut [f32], xq: &mut [i8], inp: &[f32], q: &[i8], scales: &[f32], bias: &[f32], n: usize,
     d: &ConvDims,
 ) -> Result<(), CoreError> {
-    let g = check_i8(out, xq, inp, q, scales, bias, n, d, true)?;
-    let xq = &mut xq[..g.grid];
-    for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
-        let sx = quantize_row(xq, x);
-        kernels::int8::conv_transpose2d_i8(o, xq, q, scales, bias, sx, &g);
-    }
-    Ok(())
+    let kernel = kernels::int8::conv_transpose2d_i8;
+    conv2d::forward_i8(out, xq, inp, q, scales, bias, n, d, true, kernel)
 }
 
 #[cfg(test)]
