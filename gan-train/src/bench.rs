@@ -4,14 +4,15 @@
 //! - **training images/s**: full [`Gan::train_step`] calls (noise, G forward, D forward on the
 //!   real and the generated batch, D backward and Adam step, then a G step with fresh noise
 //!   through D to G and Adam) on a fixed batch of synthetic "real" images (uniform pixels in
-//!   `[-1, 1]`), so no dataset is needed; the kernels run on the rayon pool.
+//!   `[-1, 1]`), so no dataset is needed; the kernels run on a [`Team`] of spinning threads, as
+//!   `gan-train train` runs them.
 //! - **generator samples/s at batch 1** with the exact inference path,
 //!   [`Generator::generate_with`] on an exported weights file: noise, exact dense kernel, pixel
 //!   conversion. This is what `gan-train sample` and the firmware run, one sample at a time;
 //!   here the products' output columns are split over a [`Team`] of spinning threads (the
 //!   bits are those of the one-thread firmware path).
 //! - **generator samples/s at batch N** with the training forward ([`model::forward`] on the
-//!   rayon pool), noise included.
+//!   same team), noise included.
 //!
 //! Timing policy (shared with the PyTorch peer in `bench/peers/`): run the workload for a
 //! warm-up period, use the warm-up rate to choose an iteration count that lasts about
@@ -31,7 +32,7 @@ use gan_core::noise;
 use crate::config::{Arch, DataShape, TrainConfig};
 use crate::sample::AlignedBytes;
 use crate::team::Team;
-use crate::trainer::{Gan, Pool};
+use crate::trainer::Gan;
 
 /// `gan-train bench` options.
 #[derive(Clone, Debug, clap::Args)]
@@ -207,9 +208,13 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
     noise::fill_uniform(&mut rng, &mut real);
     let labels = vec![0u8; batch];
 
+    // Every pass runs on a team of spinning threads, as `gan-train train` does: a small
+    // network's products are only tens of microseconds, too short to wait for a sleeping pool
+    // worker to wake up (see `team`).
+    let team = Team::with_rayon_threads().context("starting the threads")?;
     eprintln!("{name}: training step, batch {batch}");
     let train =
-        measure(policy, batch as f64, || gan.train_step(&real, &labels, &Pool).map(|_| ()))?;
+        measure(policy, batch as f64, || gan.train_step(&real, &labels, &team).map(|_| ()))?;
 
     // Batch 1 through the exported weights file, exactly as `gan-train sample` runs it.
     eprintln!("{name}: generator, batch 1, exact inference path");
@@ -222,23 +227,19 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
     let mut scratch = vec![0.0f32; g.scratch_len()];
     let mut pixels = vec![0u8; g.output_len()];
     let mut grng = noise::rng(seed);
-    // On a team of spinning threads: each product is only tens of microseconds, too short to
-    // wait for a sleeping pool worker to wake up (see `team`).
-    let team = Team::with_rayon_threads().context("starting the inference threads")?;
     let gen_b1 = measure(policy, 1.0, || {
         g.generate_with(&mut grng, 0, &mut z, &mut y, &mut scratch, &mut pixels, &team)
             .map_err(anyhow::Error::from)
     })?;
-    drop(team);
 
-    // Batch N with the training forward on the pool.
+    // Batch N with the training forward.
     eprintln!("{name}: generator, batch {batch}, training forward");
     let mut acts = vec![0.0f32; gs.act_len(batch)];
     let params = gan.state.g.params.clone();
     let kind = cfg.noise.into();
     let gen_bn = measure(policy, batch as f64, || {
         noise::fill(kind, &mut grng, model::input_mut(&gs, &mut acts, batch));
-        model::forward(&gs, &params, &mut acts, batch, &Pool).map_err(anyhow::Error::from)
+        model::forward(&gs, &params, &mut acts, batch, &team).map_err(anyhow::Error::from)
     })?;
 
     Ok(ArchResult {

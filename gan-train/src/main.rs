@@ -16,7 +16,6 @@ use gan_train::config::{
 use gan_train::inspect;
 use gan_train::run::{self, Outcome, RunDir, RunOptions};
 use gan_train::sample::{self, AlignedBytes, ClassChoice};
-use gan_train::trainer::Pool;
 
 #[derive(Parser)]
 #[command(
@@ -410,6 +409,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
         eprintln!("\nstopping after this step and writing a checkpoint (Ctrl-C again to quit now)");
     })?;
+    let team = gan_train::team::Team::with_rayon_threads().context("starting the threads")?;
     let outcome = if a.resume.is_some() {
         let allowed = ModelArgs {
             epochs: a.model.epochs,
@@ -422,7 +422,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             );
         }
         eprintln!("resuming {}", run_dir.display());
-        run::resume_with(&opts, a.model.epochs, a.model.max_steps, &Pool)?
+        run::resume_with(&opts, a.model.epochs, a.model.max_steps, &team)?
     } else {
         let cfg = a.model.config()?;
         let shape = DataShape::MNIST;
@@ -432,7 +432,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             inspect::group(cfg.generator(shape)?.spec().param_len()),
             run_dir.display()
         );
-        run::train(&cfg, &opts, &Pool)?
+        run::train(&cfg, &opts, &team)?
     };
     let r = RunDir::new(&run_dir);
     match outcome {

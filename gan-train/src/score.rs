@@ -922,7 +922,8 @@ fn model_samples(
 
 /// Runs `gan-train score`.
 pub fn run_score(args: &ScoreArgs) -> Result<()> {
-    let exec = &crate::trainer::Pool;
+    let team = crate::team::Team::with_rayon_threads().context("starting the threads")?;
+    let exec = &team;
     let started = std::time::Instant::now();
     let clf = match &args.classifier {
         Some(p) => Classifier::load(p)?,
@@ -1108,7 +1109,8 @@ pub fn run_classifier(args: &ClassifierArgs) -> Result<()> {
     let cfg =
         ClassifierConfig { epochs: args.epochs, seed: args.seed, ..ClassifierConfig::default() };
     let started = std::time::Instant::now();
-    let trained = train_classifier(&data, &cfg, &crate::trainer::Pool, |e, acc| {
+    let team = crate::team::Team::with_rayon_threads().context("starting the threads")?;
+    let trained = train_classifier(&data, &cfg, &team, |e, acc| {
         eprintln!(
             "epoch {e:>2}/{}: held-out accuracy {:.2}% ({:.0} s)",
             cfg.epochs,

@@ -28,25 +28,6 @@ use serde::{Deserialize, Serialize};
 use crate::augment;
 use crate::config::{DataShape, LossKind, NetDef, OutAct, TrainConfig};
 
-/// Runs `gan-core` kernels on rayon's thread pool (work is split by output columns, so results
-/// do not depend on the number of threads).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Pool;
-
-impl Exec for Pool {
-    fn threads(&self) -> usize {
-        rayon::current_num_threads()
-    }
-    fn for_each(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        if tasks <= 1 {
-            (0..tasks).for_each(f);
-        } else {
-            use rayon::prelude::*;
-            (0..tasks).into_par_iter().for_each(f);
-        }
-    }
-}
-
 /// One network's trained state: its parameters and its optimizer's state. Part of
 /// [`TrainState`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -23,7 +23,8 @@ use gan_train::inspect;
 use gan_train::report::LossLog;
 use gan_train::run::{self, Outcome, RunDir, RunOptions};
 use gan_train::sample::{self, AlignedBytes, ClassChoice};
-use gan_train::trainer::{Checkpoint, Gan, NonFinite, Pool};
+use gan_train::team::Team;
+use gan_train::trainer::{Checkpoint, Gan, NonFinite};
 
 /// Images used by most runs: 16 batches of 16 per epoch.
 const LIMIT: usize = 256;
@@ -51,6 +52,11 @@ fn options(dir: &Path, reports: bool) -> RunOptions {
     o.limit = LIMIT;
     o.reports = reports;
     o
+}
+
+/// The executor `gan-train train` uses: a team of one thread per core.
+fn pool() -> Team {
+    Team::with_rayon_threads().unwrap()
 }
 
 /// Trains `cfg` from scratch in `dir` and expects it to finish.
@@ -391,15 +397,15 @@ fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
     let root = tempfile::tempdir().unwrap();
     let (a, b, c) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
 
-    let steps = train_fresh(cfg, &a, reports, &Pool);
+    let steps = train_fresh(cfg, &a, reports, &pool());
     assert_eq!(steps, 2 * (LIMIT / cfg.batch) as u64);
 
     // b: an epoch at a time.
     let one = TrainConfig { epochs: 1, ..cfg.clone() };
-    assert_eq!(train_fresh(&one, &b, reports, &Pool), (LIMIT / cfg.batch) as u64);
+    assert_eq!(train_fresh(&one, &b, reports, &pool()), (LIMIT / cfg.batch) as u64);
     let mid = checkpoint_of(&b);
     assert_eq!((mid.pos.epoch, mid.pos.batch_in_epoch), (1, 0));
-    match run::resume(&options(&b, reports), Some(2), &Pool).unwrap() {
+    match run::resume(&options(&b, reports), Some(2), &pool()).unwrap() {
         Outcome::Finished { steps: s, .. } => assert_eq!(s, steps),
         other => panic!("{other:?}"),
     }
@@ -408,7 +414,7 @@ fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
     // c: interrupted after one step by the stop flag, set before the run starts.
     let o = options(&c, reports);
     o.stop.store(true, Ordering::SeqCst);
-    assert_eq!(run::train(cfg, &o, &Pool).unwrap(), Outcome::Interrupted { steps: 1 });
+    assert_eq!(run::train(cfg, &o, &pool()).unwrap(), Outcome::Interrupted { steps: 1 });
     let ck = checkpoint_of(&c);
     assert_eq!((ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch), (1, 0, 1));
     assert!(!RunDir::new(&c).generator().exists(), "no export when interrupted");
@@ -418,7 +424,7 @@ fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
     let stop_at = steps / 2 + 3;
     ck.config.max_steps = stop_at;
     save_run_state(&c, &ck);
-    match run::resume(&options(&c, reports), None, &Pool).unwrap() {
+    match run::resume(&options(&c, reports), None, &pool()).unwrap() {
         Outcome::Finished { steps: s, .. } => assert_eq!(s, stop_at),
         other => panic!("{other:?}"),
     }
@@ -426,7 +432,7 @@ fn check_resume_paths(cfg: &TrainConfig, reports: bool) {
     assert_eq!((ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch), (stop_at, 1, 3));
     ck.config.max_steps = 0;
     save_run_state(&c, &ck);
-    run::resume(&options(&c, reports), None, &Pool).unwrap();
+    run::resume(&options(&c, reports), None, &pool()).unwrap();
     assert_same_runs(&a, &c);
 }
 
@@ -441,10 +447,10 @@ fn resume_with_reports_gives_the_same_files() {
     // Separately check the report files of a split run against a straight one.
     let root = tempfile::tempdir().unwrap();
     let (a, b) = (root.path().join("a"), root.path().join("b"));
-    train_fresh(&tiny(), &a, true, &Pool);
+    train_fresh(&tiny(), &a, true, &pool());
     let one = TrainConfig { epochs: 1, ..tiny() };
-    train_fresh(&one, &b, true, &Pool);
-    run::resume(&options(&b, true), Some(2), &Pool).unwrap();
+    train_fresh(&one, &b, true, &pool());
+    run::resume(&options(&b, true), Some(2), &pool()).unwrap();
     let (ra, rb) = (RunDir::new(&a), RunDir::new(&b));
     for e in [1, 2] {
         assert_bytes_eq(&format!("grid {e}"), &read(ra.grid(e)), &read(rb.grid(e)));
@@ -676,12 +682,12 @@ fn same_seed_gives_identical_runs_and_another_seed_does_not() {
     let root = tempfile::tempdir().unwrap();
     let cfg = TrainConfig { epochs: 1, ..tiny() };
     let (a, b, c) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
-    train_fresh(&cfg, &a, false, &Pool);
-    train_fresh(&cfg, &b, false, &Pool);
+    train_fresh(&cfg, &a, false, &pool());
+    train_fresh(&cfg, &b, false, &pool());
     assert_same_runs(&a, &b);
 
     let other = TrainConfig { seed: 8, ..cfg };
-    train_fresh(&other, &c, false, &Pool);
+    train_fresh(&other, &c, false, &pool());
     let (ka, kc) = (checkpoint_of(&a), checkpoint_of(&c));
     assert_ne!(bits(&ka.g.params), bits(&kc.g.params));
     assert_ne!(bits(&ka.d.params), bits(&kc.d.params));
@@ -706,16 +712,11 @@ fn thread_count_and_task_order_do_not_change_bits() {
     train_fresh(&cfg, &reference, false, &Serial);
 
     let mut others: Vec<PathBuf> = Vec::new();
-    let pool_dir = root.path().join("pool");
-    train_fresh(&cfg, &pool_dir, false, &Pool);
-    others.push(pool_dir);
-    for threads in [1, 3, 4] {
-        let dir = root.path().join(format!("rayon-{threads}"));
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| {
-            assert_eq!(Pool.threads(), threads);
-            train_fresh(&cfg, &dir, false, &Pool)
-        });
+    for threads in [1, 2, 3, 4] {
+        let dir = root.path().join(format!("team-{threads}"));
+        let team = Team::new(threads).unwrap();
+        assert_eq!(team.threads(), threads);
+        train_fresh(&cfg, &dir, false, &team);
         others.push(dir);
     }
     for threads in [2, 5, 16] {
@@ -733,6 +734,45 @@ fn thread_count_and_task_order_do_not_change_bits() {
     train_fresh(&wgan, &s, false, &Serial);
     train_fresh(&wgan, &p, false, &Backwards { threads: 3 });
     assert_same_runs(&s, &p);
+}
+
+/// The convolutional presets split their samples, their batch-norm channels and their weight
+/// gradients' columns over the threads: the bits must still not depend on it.
+#[test]
+fn thread_count_does_not_change_convolutional_bits() {
+    let root = tempfile::tempdir().unwrap();
+    let pico = TrainConfig {
+        arch: Arch::Pico,
+        conditional: true,
+        latent: 8,
+        // The preset's own widths: the smallest at which every layer splits at batch 32.
+        g_hidden: vec![32, 16],
+        d_hidden: vec![32, 16],
+        epochs: 1,
+        max_steps: 2,
+        batch: 32,
+        ..tiny()
+    };
+    // DCGAN's discriminator is convolutional too (its input gradient goes through col2im).
+    let dcgan = TrainConfig {
+        arch: Arch::Dcgan,
+        conditional: false,
+        batch: 8,
+        max_steps: 2,
+        ..pico.clone()
+    };
+    for (name, cfg) in [("pico", pico), ("dcgan", dcgan)] {
+        let reference = root.path().join(format!("{name}-serial"));
+        train_fresh(&cfg, &reference, false, &Serial);
+        for threads in [2, 3] {
+            let dir = root.path().join(format!("{name}-team-{threads}"));
+            train_fresh(&cfg, &dir, false, &Team::new(threads).unwrap());
+            assert_same_runs(&reference, &dir);
+        }
+        let dir = root.path().join(format!("{name}-backwards"));
+        train_fresh(&cfg, &dir, false, &Backwards { threads: 5 });
+        assert_same_runs(&reference, &dir);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -833,7 +873,7 @@ fn infer_by_hand(
 fn export_parses_and_matches_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = TrainConfig { max_steps: 5, ..tiny() };
-    train_fresh(&cfg, dir.path(), false, &Pool);
+    train_fresh(&cfg, dir.path(), false, &pool());
     let ck = checkpoint_of(dir.path());
     let bytes = run::export_bytes(&ck).unwrap();
     assert_bytes_eq(
@@ -1168,7 +1208,7 @@ fn quality_is_tracked_and_a_collapse_is_rolled_back() {
     let mut o = RunOptions::new(dir.path());
     o.limit = 2048;
     o.reports = true;
-    assert!(matches!(run::train(&cfg, &o, &Pool).unwrap(), Outcome::Finished { .. }));
+    assert!(matches!(run::train(&cfg, &o, &pool()).unwrap(), Outcome::Finished { .. }));
     let r = RunDir::new(dir.path());
     let rows = gan_train::quality::read_csv(&r.quality_csv(), u32::MAX).unwrap();
     assert_eq!(rows.iter().map(|q| q.epoch).collect::<Vec<_>>(), [1, 2, 3, 4]);
@@ -1191,7 +1231,7 @@ fn quality_is_tracked_and_a_collapse_is_rolled_back() {
     wild.config.d_lr = 4.0;
     wild.config.epochs = 8;
     save_run_state(r.root(), &wild);
-    let outcome = run::resume(&o, None, &Pool).unwrap();
+    let outcome = run::resume(&o, None, &pool()).unwrap();
     let Outcome::Collapsed { why, best_epoch, .. } = outcome else {
         let scores = fs::read_to_string(r.quality_csv()).unwrap();
         panic!("the collapse was not detected: {outcome:?}\n{scores}");
@@ -1222,7 +1262,7 @@ fn quality_is_tracked_and_a_collapse_is_rolled_back() {
     stop.config.epochs = 8;
     stop.config.on_collapse = gan_train::config::CollapseAction::Stop;
     save_run_state(r.root(), &stop);
-    let Outcome::Collapsed { why, .. } = run::resume(&o, None, &Pool).unwrap() else {
+    let Outcome::Collapsed { why, .. } = run::resume(&o, None, &pool()).unwrap() else {
         panic!("not stopped");
     };
     assert!(!why.contains("rollbacks"), "{why}");

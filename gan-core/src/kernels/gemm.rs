@@ -117,7 +117,7 @@ impl<const N: usize> AsMut<[MaybeUninit<f32>]> for Aligned<N> {
 }
 
 /// Products smaller than this many flops run as one task: spreading them costs more than it saves.
-const PAR_MIN_FLOPS: usize = 1 << 21;
+pub(crate) const PAR_MIN_FLOPS: usize = 1 << 21;
 
 /// Columns per packed panel of `B` (tasks split the columns in whole panels).
 fn panel_width(isa: Isa) -> usize {
@@ -170,6 +170,51 @@ pub(crate) fn gemm_tasks(isa: Isa, g: &Gemm<'_>, c: &mut [f32], exec: &dyn Exec,
     // SAFETY: `out` covers `m·n` elements of `c`, borrowed mutably for this call; the one task
     // touches all of it and nothing else does.
     unsafe { run_cols(isa, g, &out, 0, n) };
+}
+
+/// `C (m×n) += Σ_s G_s` over the products `gs[s]` (all `m×n`, all accumulating), added in order
+/// `s = 0, 1, …`. Tasks split the output columns (whole panels); each one runs every product on
+/// its columns in turn, so every output sees the same operations as it would from one call of
+/// [`gemm`] per product: the bits do not depend on how the products are grouped or on `exec`.
+pub(crate) fn gemm_sum<'s>(
+    isa: Isa, count: usize, gs: &(dyn Fn(usize) -> Gemm<'s> + Sync), c: &mut [f32], exec: &dyn Exec,
+) {
+    if count == 0 {
+        return;
+    }
+    let g0 = gs(0);
+    let (m, k, n) = (g0.m, g0.k, g0.n);
+    assert!(c.len() >= len_of(m, n), "C is shorter than m×n");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // Every product adds +0.0 (see `gemm_tasks`); once is the same as `count` times.
+        return gemm_tasks(isa, &g0, c, &super::Serial, 1);
+    }
+    let nr = panel_width(isa);
+    let panels = n.div_ceil(nr);
+    let threads = exec.threads().clamp(1, MAX_TASKS);
+    let flops = m.saturating_mul(k).saturating_mul(n).saturating_mul(2).saturating_mul(count);
+    let tasks = if threads == 1 || flops < PAR_MIN_FLOPS { 1 } else { threads.min(panels) };
+    let out = OutPtr::new(c);
+    let run = |j0: usize, j1: usize| {
+        for s in 0..count {
+            let g = gs(s);
+            assert!(g.accumulate && (g.m, g.k, g.n) == (m, k, n), "products differ in shape");
+            // SAFETY: `out` covers `m·n` elements of `c`, borrowed mutably for this call; the
+            // columns `[j0, j1)` belong to this task alone (see `run_tasks`).
+            unsafe { run_cols(isa, &g, &out, j0, j1) };
+        }
+    };
+    #[cfg(target_has_atomic = "8")]
+    if tasks > 1 {
+        // SAFETY of the writes inside `run`: `split_ranges` hands each column range out once.
+        split_ranges(exec, n, panels.div_ceil(tasks) * nr, &run);
+        return;
+    }
+    let _ = (exec, tasks);
+    run(0, n);
 }
 
 /// Runs the product as tasks over blocks of `chunk` output columns (a multiple of the panel

@@ -137,6 +137,30 @@ training_products! {
     matmul_nt: a |_, k, _| (k, 1), b |_, k, _| (1, k);
 }
 
+/// `C (m×n) += Σ_s A_s · B_sᵀ` for `s < count`, with `A_s` (`m×k`) at `a[s·a_step..]` and
+/// `B_s` (`n×k`) at `b[s·b_step..]`, added in order `s = 0, 1, …`: the bits of `count` calls of
+/// [`matmul_nt`] with `accumulate`, but as one job for `exec` (the weight gradient of a
+/// convolution, one small product per sample).
+///
+/// Panics if a slice is shorter than its shapes need.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_nt_sum(
+    c: &mut [f32], a: &[f32], a_step: usize, b: &[f32], b_step: usize, count: usize, m: usize,
+    k: usize, n: usize, exec: &dyn Exec,
+) {
+    if count == 0 {
+        return;
+    }
+    let (la, lb) = (len_of(m, k), len_of(n, k));
+    assert!(a.len() >= len_of(count - 1, a_step) + la, "A is shorter than count products");
+    assert!(b.len() >= len_of(count - 1, b_step) + lb, "B is shorter than count products");
+    let gs = |s: usize| {
+        let (a, b) = (&a[s * a_step..][..la], &b[s * b_step..][..lb]);
+        Gemm::new(a, (k, 1), b, (1, k), (m, k, n), true)
+    };
+    gemm::gemm_sum(train_isa(), count, &gs, c, exec);
+}
+
 /// Exact kernel: `C[i][j] = (Σ_p A[i][p]·B[p][j] in order p = 0, 1, …) + bias[j]`.
 ///
 /// No FMA, no reassociation: the same bits on every target. `bias` has length `n`.
@@ -466,6 +490,63 @@ mod tests {
         matmul_tn(&mut serial, &a, &b[..m * n], k, m, n, false, &Serial);
         matmul_tn(&mut pooled, &a, &b[..m * n], k, m, n, false, &pool);
         assert_eq!(bits(&serial), bits(&pooled));
+    }
+
+    /// The sum of per-sample products is, bit for bit, the per-sample calls in order, on every
+    /// instruction set and executor (including one that runs tasks twice).
+    #[test]
+    fn summed_products_are_the_sequential_calls() {
+        let execs: [&dyn Exec; 4] = [&Serial, &Threads(2), &Threads(3), &Twice];
+        for isa in train_isas() {
+            for &(m, k, n, count) in
+                &[(3, 5, 7, 1), (32, 49, 256, 6), (16, 196, 16, 5), (8, 300, 70, 3), (2, 0, 5, 2)]
+            {
+                let (a_step, b_step) = (m * k + 3, n * k + 1);
+                let a = random(a_step * count, 50);
+                let b = random(b_step * count, 51);
+                let c0 = random(m * n, 52);
+                let mut want = c0.clone();
+                for s in 0..count {
+                    let g = Gemm::new(
+                        &a[s * a_step..],
+                        (k, 1),
+                        &b[s * b_step..],
+                        (1, k),
+                        (m, k, n),
+                        true,
+                    );
+                    gemm_tasks(isa, &g, &mut want, &Serial, 1);
+                }
+                for exec in execs {
+                    let mut got = c0.clone();
+                    let gs = |s: usize| {
+                        Gemm::new(
+                            &a[s * a_step..],
+                            (k, 1),
+                            &b[s * b_step..],
+                            (1, k),
+                            (m, k, n),
+                            true,
+                        )
+                    };
+                    gemm::gemm_sum(isa, count, &gs, &mut got, exec);
+                    let same = got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{isa:?} {:?}", (m, k, n, count));
+                }
+            }
+        }
+        // And the entry point against the reference.
+        let (m, k, n, count) = (4, 9, 20, 3);
+        let a = random(m * k * count, 60);
+        let b = random(n * k * count, 61);
+        let mut got = vec![0.5; m * n];
+        let mut want = got.clone();
+        matmul_nt_sum(&mut got, &a, m * k, &b, n * k, count, m, k, n, &Threads(2));
+        for s in 0..count {
+            let (a, b) = (&a[s * m * k..][..m * k], &b[s * n * k..][..n * k]);
+            reference::matmul_nt(&mut want, a, b, m, k, n, true);
+        }
+        assert!(got.iter().zip(&want).all(|(x, y)| (x - y).abs() <= 1e-4));
     }
 
     /// An `Exec` that calls every task twice (a contract violation) must not corrupt results.

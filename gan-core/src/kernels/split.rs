@@ -68,7 +68,6 @@ impl<T> OutPtr<T> {
     /// # Safety
     /// The range is inside the buffer and belongs to the calling task alone (see the type's
     /// documentation), and the buffer outlives the returned slice.
-    #[cfg(target_has_atomic = "8")]
     pub(crate) unsafe fn range<'a>(&self, start: usize, end: usize) -> &'a mut [T] {
         // SAFETY: forwarded from the caller.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }

@@ -41,6 +41,8 @@ use rand_core::Rng;
 
 use crate::error::{CoreError, SpecError, check_len, check_opt_len};
 use crate::init::Init;
+use crate::kernels::split::OutPtr;
+use crate::kernels::{Exec, par};
 use crate::layers::{Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, size};
 use crate::spec::{LayerInfo, Shape};
 
@@ -103,13 +105,13 @@ impl Kind for BatchNorm {
             let running = &a.params[a.l.stats_range()];
             return batchnorm_forward_exact(a.out, w, b, running, a.n, c, hw, self.eps);
         }
-        batchnorm_forward(a.out, &mut a.aux[..2 * c], a.inp, w, b, a.n, c, hw, self.eps)
+        batchnorm_forward(a.out, &mut a.aux[..2 * c], a.inp, w, b, a.n, c, hw, self.eps, a.exec)
     }
     fn backward(&self, mut a: Backward<'_>) -> Result<(), CoreError> {
         let (c, hw) = channels(a.l);
         let (inp, stats, w, dout) = (a.inp(), &a.aux()[..2 * c], a.w(), a.dout);
         let (gw, gb) = a.param_grads();
-        batchnorm_backward(a.dinp, gw, gb, dout, inp, stats, w, a.n, c, hw, self.eps)
+        batchnorm_backward(a.dinp, gw, gb, dout, inp, stats, w, a.n, c, hw, self.eps, a.exec)
     }
     fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
         let (c, hw) = channels(a.l);
@@ -156,7 +158,7 @@ fn inv_std(var: f32, eps: f32) -> f32 {
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward(
     out: &mut [f32], stats: &mut [f32], inp: &[f32], gamma: &[f32], beta: &[f32], n: usize,
-    c: usize, s: usize, eps: f32,
+    c: usize, s: usize, eps: f32, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let (len, m) = sizes(n, c, s)?;
     check_len("out", out.len(), len)?;
@@ -164,29 +166,36 @@ pub fn batchnorm_forward(
     check_len("stats", stats.len(), 2 * c)?;
     check_len("gamma", gamma.len(), c)?;
     check_len("beta", beta.len(), c)?;
-    let (mean_out, var_out) = stats.split_at_mut(c);
-    for ch in 0..c {
-        let sum: f64 = planes(inp, c, s, ch).flat_map(|p| p.iter()).map(|&v| v as f64).sum();
-        let mean = sum / m as f64;
-        let sq: f64 = planes(inp, c, s, ch)
-            .flat_map(|p| p.iter())
-            .map(|&v| (v as f64 - mean) * (v as f64 - mean))
-            .sum();
-        let (mean, var) = (mean as f32, (sq / m as f64) as f32);
-        mean_out[ch] = mean;
-        var_out[ch] = var;
-        let (scale, shift) = (inv_std(var, eps), beta[ch]);
-        let g = gamma[ch];
-        for (o, x) in out
-            .chunks_exact_mut(c * s)
-            .map(|sample| &mut sample[ch * s..(ch + 1) * s])
-            .zip(planes(inp, c, s, ch))
-        {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = g * ((x - mean) * scale) + shift;
+    let (outs, st) = (OutPtr::new(out), OutPtr::new(stats));
+    // Channels are independent: spread them over the threads.
+    par::for_each_range(exec, c, par::elem_tasks(exec, len, c), &|c0, c1| {
+        for ch in c0..c1 {
+            let sum: f64 = planes(inp, c, s, ch).flat_map(|p| p.iter()).map(|&v| v as f64).sum();
+            let mean = sum / m as f64;
+            let sq: f64 = planes(inp, c, s, ch)
+                .flat_map(|p| p.iter())
+                .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+                .sum();
+            let (mean, var) = (mean as f32, (sq / m as f64) as f32);
+            // SAFETY: channel `ch` (its two statistics and its plane in every sample) belongs
+            // to this task alone: the ranges handed out are disjoint (see `OutPtr`), and
+            // `out` and `stats` were checked to hold `N·C·S` and `2·C` elements.
+            unsafe {
+                st.range(ch, ch + 1)[0] = mean;
+                st.range(c + ch, c + ch + 1)[0] = var;
+            }
+            let (scale, shift) = (inv_std(var, eps), beta[ch]);
+            let g = gamma[ch];
+            for (i, x) in planes(inp, c, s, ch).enumerate() {
+                let at = (i * c + ch) * s;
+                // SAFETY: as above.
+                let o = unsafe { outs.range(at, at + s) };
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = g * ((x - mean) * scale) + shift;
+                }
             }
         }
-    }
+    });
     Ok(())
 }
 
@@ -196,9 +205,9 @@ pub fn batchnorm_forward(
 /// and skipped when `None`.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
-    mut dinp: Option<&mut [f32]>, mut dgamma: Option<&mut [f32]>, mut dbeta: Option<&mut [f32]>,
-    dout: &[f32], inp: &[f32], stats: &[f32], gamma: &[f32], n: usize, c: usize, s: usize,
-    eps: f32,
+    dinp: Option<&mut [f32]>, dgamma: Option<&mut [f32]>, dbeta: Option<&mut [f32]>, dout: &[f32],
+    inp: &[f32], stats: &[f32], gamma: &[f32], n: usize, c: usize, s: usize, eps: f32,
+    exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let (len, m) = sizes(n, c, s)?;
     check_len("dout", dout.len(), len)?;
@@ -209,39 +218,47 @@ pub fn batchnorm_backward(
     check_opt_len("dgamma", dgamma.as_deref(), c)?;
     check_opt_len("dbeta", dbeta.as_deref(), c)?;
     let (mean, var) = stats.split_at(c);
-    for ch in 0..c {
-        let (mu, is) = (mean[ch], inv_std(var[ch], eps));
-        let mut sum_g = 0.0f64;
-        let mut sum_gx = 0.0f64;
-        for (g, x) in planes(dout, c, s, ch).zip(planes(inp, c, s, ch)) {
-            for (&g, &x) in g.iter().zip(x) {
-                sum_g += g as f64;
-                sum_gx += g as f64 * ((x - mu) * is) as f64;
+    let ptr = |b: Option<&mut [f32]>| b.map(OutPtr::new);
+    let (dinp, dgamma, dbeta) = (ptr(dinp), ptr(dgamma), ptr(dbeta));
+    // Channels are independent: spread them over the threads.
+    par::for_each_range(exec, c, par::elem_tasks(exec, len, c), &|c0, c1| {
+        for ch in c0..c1 {
+            let (mu, is) = (mean[ch], inv_std(var[ch], eps));
+            let mut sum_g = 0.0f64;
+            let mut sum_gx = 0.0f64;
+            for (g, x) in planes(dout, c, s, ch).zip(planes(inp, c, s, ch)) {
+                for (&g, &x) in g.iter().zip(x) {
+                    sum_g += g as f64;
+                    sum_gx += g as f64 * ((x - mu) * is) as f64;
+                }
             }
-        }
-        if let Some(d) = dgamma.as_deref_mut() {
-            d[ch] += sum_gx as f32;
-        }
-        if let Some(d) = dbeta.as_deref_mut() {
-            d[ch] += sum_g as f32;
-        }
-        if let Some(dinp) = dinp.as_deref_mut() {
-            let mean_g = (sum_g / m as f64) as f32;
-            let mean_gx = (sum_gx / m as f64) as f32;
-            let k = gamma[ch] * is;
-            for ((d, g), x) in dinp
-                .chunks_exact_mut(c * s)
-                .map(|sample| &mut sample[ch * s..(ch + 1) * s])
-                .zip(planes(dout, c, s, ch))
-                .zip(planes(inp, c, s, ch))
-            {
-                for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
-                    let xh = (x - mu) * is;
-                    *d = k * (g - mean_g - xh * mean_gx);
+            // SAFETY (every access below): channel `ch` — its entry of `dgamma` and `dbeta`
+            // and its plane of `dinp` in every sample — belongs to this task alone (the
+            // ranges handed out are disjoint, see `OutPtr`); the lengths were checked above.
+            if let Some(d) = &dgamma {
+                // SAFETY: see above.
+                unsafe { d.range(ch, ch + 1)[0] += sum_gx as f32 };
+            }
+            if let Some(d) = &dbeta {
+                // SAFETY: see above.
+                unsafe { d.range(ch, ch + 1)[0] += sum_g as f32 };
+            }
+            if let Some(dinp) = &dinp {
+                let mean_g = (sum_g / m as f64) as f32;
+                let mean_gx = (sum_gx / m as f64) as f32;
+                let k = gamma[ch] * is;
+                for (i, (g, x)) in planes(dout, c, s, ch).zip(planes(inp, c, s, ch)).enumerate() {
+                    let at = (i * c + ch) * s;
+                    // SAFETY: see above.
+                    let d = unsafe { dinp.range(at, at + s) };
+                    for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
+                        let xh = (x - mu) * is;
+                        *d = k * (g - mean_g - xh * mean_gx);
+                    }
                 }
             }
         }
-    }
+    });
     Ok(())
 }
 
@@ -301,7 +318,8 @@ pub fn update_running(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{Lcg, grad_check};
+    use crate::kernels::Serial;
+    use crate::testutil::{Lcg, Threads, Twice, grad_check};
     use std::vec;
     use std::vec::Vec;
 
@@ -320,7 +338,7 @@ mod tests {
         let beta = [0.0, 0.0];
         let mut out = vec![0.0; x.len()];
         let mut stats = [0.0; 4];
-        batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5).unwrap();
+        batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5, &Serial).unwrap();
         for ch in 0..c {
             let vals: Vec<f64> =
                 planes(&out, c, s, ch).flat_map(|p| p.iter().map(|&v| v as f64)).collect();
@@ -349,12 +367,12 @@ mod tests {
         let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
             let mut out = vec![0.0; len];
             let mut stats = vec![0.0; 2 * c];
-            batchnorm_forward(&mut out, &mut stats, x, gamma, beta, n, c, s, eps).unwrap();
+            batchnorm_forward(&mut out, &mut stats, x, gamma, beta, n, c, s, eps, &Serial).unwrap();
             out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
         };
         let mut out = vec![0.0; len];
         let mut stats = vec![0.0; 2 * c];
-        batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, eps).unwrap();
+        batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, eps, &Serial).unwrap();
         let mut dx = vec![f32::NAN; len];
         let mut dgamma = vec![0.0; c];
         let mut dbeta = vec![0.0; c];
@@ -370,6 +388,7 @@ mod tests {
             c,
             s,
             eps,
+            &Serial,
         )
         .unwrap();
         grad_check(&x, &dx, |xp| loss(xp, &gamma, &beta), 1e-3, 2e-3);
@@ -377,8 +396,21 @@ mod tests {
         grad_check(&beta, &dbeta, |bp| loss(&x, &gamma, bp), 1e-3, 2e-3);
         // The input gradient alone is the same; the parameter buffers are optional.
         let mut dx2 = vec![0.0; len];
-        batchnorm_backward(Some(&mut dx2), None, None, &g, &x, &stats, &gamma, n, c, s, eps)
-            .unwrap();
+        batchnorm_backward(
+            Some(&mut dx2),
+            None,
+            None,
+            &g,
+            &x,
+            &stats,
+            &gamma,
+            n,
+            c,
+            s,
+            eps,
+            &Serial,
+        )
+        .unwrap();
         assert_eq!(dx, dx2);
     }
 
@@ -403,7 +435,7 @@ mod tests {
         let beta = rand(&mut r, c);
         let mut out = vec![0.0; x.len()];
         let mut stats = vec![0.0; 2 * c];
-        batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5).unwrap();
+        batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5, &Serial).unwrap();
         let mut y = x.clone();
         batchnorm_forward_exact(&mut y, &gamma, &beta, &stats, n, c, s, 1e-5).unwrap();
         for (a, b) in y.iter().zip(&out) {
@@ -428,6 +460,32 @@ mod tests {
         assert_eq!(update_running(&mut [0.0; 2], &[0.0; 2], 0, 0.1), Err(CoreError::ZeroSize));
     }
 
+    /// Channels spread over threads keep the one-thread bits, image and flat layouts.
+    #[test]
+    fn threads_do_not_change_bits() {
+        let mut r = Lcg::new(31);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (n, c, s) in [(32, 32, 49), (32, 1568, 1), (3, 5, 7)] {
+            let len = n * c * s;
+            let (x, g) = (rand(&mut r, len), rand(&mut r, len));
+            let (gamma, beta) = (rand(&mut r, c), rand(&mut r, c));
+            let run = |exec: &dyn Exec| {
+                let (mut out, mut stats) = (vec![0.0; len], vec![0.0; 2 * c]);
+                batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5, exec)
+                    .unwrap();
+                let (mut dx, mut dg, mut db) = (vec![0.0; len], vec![0.5; c], vec![0.25; c]);
+                let (gx, gg, gb) = (Some(&mut dx[..]), Some(&mut dg[..]), Some(&mut db[..]));
+                batchnorm_backward(gx, gg, gb, &g, &x, &stats, &gamma, n, c, s, 1e-5, exec)
+                    .unwrap();
+                [bits(&out), bits(&stats), bits(&dx), bits(&dg), bits(&db)]
+            };
+            let want = run(&Serial);
+            for exec in [&Threads(2) as &dyn Exec, &Threads(3), &Twice] {
+                assert_eq!(run(exec), want, "{:?}", (n, c, s));
+            }
+        }
+    }
+
     #[test]
     fn rejects_wrong_lengths() {
         let mut out = [0.0; 4];
@@ -442,7 +500,8 @@ mod tests {
                 2,
                 2,
                 1,
-                1e-5
+                1e-5,
+                &Serial
             ),
             Err(CoreError::BufferLen { what: "stats", .. })
         ));

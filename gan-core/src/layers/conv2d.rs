@@ -44,7 +44,7 @@ use core::fmt;
 
 use crate::encoding::int8::quantize_row;
 use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
-use crate::kernels::{self, Exec};
+use crate::kernels::{self, Exec, Serial, par};
 use crate::layers::{
     Backward, Channels, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, mul3, size,
 };
@@ -572,14 +572,21 @@ pub fn conv2d_forward(
     check_len("inp", inp.len(), batch(n, g.img)?)?;
     check_len("w", w.len(), g.w)?;
     check_len("b", b.len(), g.cg)?;
-    for ((o, c), x) in
-        out.chunks_exact_mut(g.grid).zip(col.chunks_exact_mut(g.col)).zip(inp.chunks_exact(g.img))
-    {
-        im2col(c, x, &g);
-        fill_bias(o, b, g.cols);
-        // out (C_out × P) += W (C_out × C_in·k·k) · col (C_in·k·k × P)
-        kernels::matmul(o, w, c, g.cg, g.rows, g.cols, true, exec);
-    }
+    // Samples are independent: spread them over the threads (each product then runs on one).
+    let tasks = par::sample_tasks(exec, n, 2 * g.w * g.cols);
+    let inner = if tasks > 1 { &Serial as &dyn Exec } else { exec };
+    let bufs = [(out, g.grid), (col, g.col)];
+    par::for_each_sample(exec, n, tasks, bufs, (&mut [], 0), &|_, samples, [out, col]| {
+        let x = &inp[samples.start * g.img..samples.end * g.img];
+        for ((o, c), x) in
+            out.chunks_exact_mut(g.grid).zip(col.chunks_exact_mut(g.col)).zip(x.chunks_exact(g.img))
+        {
+            im2col(c, x, &g);
+            fill_bias(o, b, g.cols);
+            // out (C_out × P) += W (C_out × C_in·k·k) · col (C_in·k·k × P)
+            kernels::matmul(o, w, c, g.cg, g.rows, g.cols, true, inner);
+        }
+    });
     Ok(())
 }
 
@@ -607,19 +614,23 @@ pub fn conv2d_backward(
         add_bias_grad(db, dout, g.cols);
     }
     if let Some(dw) = dw {
-        for (o, c) in dout.chunks_exact(g.grid).zip(col.chunks_exact(g.col)) {
-            // dW (C_out × C_in·k·k) += dout (C_out × P) · colᵀ (P × C_in·k·k)
-            kernels::matmul_nt(dw, o, c, g.cg, g.cols, g.rows, true, exec);
-        }
+        // dW (C_out × C_in·k·k) += Σₙ doutₙ (C_out × P) · colₙᵀ (P × C_in·k·k)
+        kernels::matmul_nt_sum(dw, dout, g.grid, col, g.col, n, g.cg, g.cols, g.rows, exec);
     }
     if let Some(dinp) = dinp {
-        let dcol = &mut scratch[..g.col];
-        for (dx, o) in dinp.chunks_exact_mut(g.img).zip(dout.chunks_exact(g.grid)) {
-            // dcol (C_in·k·k × P) = Wᵀ · dout
-            kernels::matmul_tn(dcol, w, o, g.rows, g.cg, g.cols, false, exec);
-            dx.fill(0.0);
-            col2im_add(dx, dcol, &g);
-        }
+        // One column matrix per task, as many tasks as `scratch` holds matrices.
+        let tasks = par::sample_tasks(exec, n, 2 * g.w * g.cols).min(scratch.len() / g.col);
+        let inner = if tasks > 1 { &Serial as &dyn Exec } else { exec };
+        let bufs = [(dinp, g.img)];
+        par::for_each_sample(exec, n, tasks, bufs, (scratch, g.col), &|dcol, samples, [dinp]| {
+            let o = &dout[samples.start * g.grid..samples.end * g.grid];
+            for (dx, o) in dinp.chunks_exact_mut(g.img).zip(o.chunks_exact(g.grid)) {
+                // dcol (C_in·k·k × P) = Wᵀ · dout
+                kernels::matmul_tn(dcol, w, o, g.rows, g.cg, g.cols, false, inner);
+                dx.fill(0.0);
+                col2im_add(dx, dcol, &g);
+            }
+        });
     }
     Ok(())
 }

@@ -265,3 +265,64 @@ fn rejects_bad_buffers_and_geometry() {
         Err(CoreError::BufferLen { what: "scratch", .. })
     ));
 }
+
+/// Both convolutions spread their samples (and the weight gradient's columns) over the threads:
+/// forward outputs, column matrices and every gradient must keep the one-thread bits, with any
+/// number of threads, an executor that runs tasks twice, and less scratch than samples.
+#[test]
+fn threads_and_scratch_do_not_change_bits() {
+    use crate::layers::conv_transpose2d::conv_transpose2d_backward;
+    use crate::testutil::{Threads, Twice};
+    let execs: [&dyn Exec; 4] = [&Threads(2), &Threads(3), &Threads(5), &Twice];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut r = Lcg::new(26);
+    // Pico's middle transposed convolution and DCGAN's first convolution, batch 24.
+    let n = 24;
+    let dt = dims(32, 7, 7, 16, 4, 2, 1);
+    let dc = dims(1, 28, 28, 16, 4, 2, 1);
+    for transposed in [false, true] {
+        let d = if transposed { dt } else { dc };
+        let (ci, co, k) = (d.in_c, d.out_c, d.k);
+        let (oh, ow) = if transposed { d.transpose_out_hw() } else { d.out_hw() }.unwrap();
+        let cl = if transposed { d.transpose_col_len() } else { d.col_len() }.unwrap();
+        let x = rand(&mut r, n * ci * d.in_h * d.in_w);
+        let w = rand(&mut r, ci * co * k * k);
+        let b = rand(&mut r, co);
+        let g = rand(&mut r, n * co * oh * ow);
+        // (out, col, dx, dw, db) for one executor and one scratch size.
+        let run = |exec: &dyn Exec, scratch_len: usize| {
+            let mut out = vec![0.0; g.len()];
+            let mut col = vec![0.0; n * cl];
+            let mut scratch = vec![f32::NAN; scratch_len];
+            let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.25; w.len()], vec![0.0; co]);
+            if transposed {
+                conv_transpose2d_forward(
+                    &mut out,
+                    &mut col[..scratch_len],
+                    &x,
+                    &w,
+                    &b,
+                    n,
+                    &d,
+                    exec,
+                )
+                .unwrap();
+                let mut full = vec![0.0; n * cl];
+                let (gx, gw, gb) = (Some(&mut dx[..]), Some(&mut dw[..]), Some(&mut db[..]));
+                conv_transpose2d_backward(gx, gw, gb, &mut full, &g, &x, &w, n, &d, exec).unwrap();
+                col.clear();
+            } else {
+                conv2d_forward(&mut out, &mut col, &x, &w, &b, n, &d, exec).unwrap();
+                let (gx, gw, gb) = (Some(&mut dx[..]), Some(&mut dw[..]), Some(&mut db[..]));
+                conv2d_backward(gx, gw, gb, &mut scratch, &g, &col, &w, n, &d, exec).unwrap();
+            }
+            [bits(&out), bits(&col), bits(&dx), bits(&dw), bits(&db)]
+        };
+        let want = run(&Serial, cl);
+        for exec in execs {
+            for slots in [1, 2, n] {
+                assert_eq!(run(exec, slots * cl), want, "transposed {transposed}, {slots} slots");
+            }
+        }
+    }
+}

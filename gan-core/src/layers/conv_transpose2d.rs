@@ -6,7 +6,7 @@
 //! `OH = (H − 1)·stride − 2·pad + k` ([`conv_transpose_out_len`](crate::layers::conv2d::conv_transpose_out_len)).
 
 use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
-use crate::kernels::{self, Exec};
+use crate::kernels::{self, Exec, Serial, par};
 use crate::layers::Channels;
 use crate::layers::Rules;
 use crate::layers::conv2d::{
@@ -67,13 +67,26 @@ pub fn conv_transpose2d_forward(
     check_len("w", w.len(), g.w)?;
     check_len("b", b.len(), g.ci)?;
     check_min_len("scratch", scratch.len(), g.col)?;
-    let col = &mut scratch[..g.col];
-    for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
-        // col (C_out·k·k × H·W) = Wᵀ · x (C_in × H·W)
-        kernels::matmul_tn(col, w, x, g.rows, g.cg, g.cols, false, exec);
-        fill_bias(o, b, g.ih * g.iw);
-        col2im_add(o, col, &g);
-    }
+    // Samples are independent: spread them over the threads, one column matrix per task (as
+    // many tasks as `scratch` holds matrices); each product then runs on one thread.
+    let tasks = par::sample_tasks(exec, n, 2 * g.w * g.cols).min(scratch.len() / g.col);
+    let inner = if tasks > 1 { &Serial as &dyn Exec } else { exec };
+    par::for_each_sample(
+        exec,
+        n,
+        tasks,
+        [(out, g.img)],
+        (scratch, g.col),
+        &|col, samples, [out]| {
+            let x = &inp[samples.start * g.grid..samples.end * g.grid];
+            for (o, x) in out.chunks_exact_mut(g.img).zip(x.chunks_exact(g.grid)) {
+                // col (C_out·k·k × H·W) = Wᵀ · x (C_in × H·W)
+                kernels::matmul_tn(col, w, x, g.rows, g.cg, g.cols, false, inner);
+                fill_bias(o, b, g.ih * g.iw);
+                col2im_add(o, col, &g);
+            }
+        },
+    );
     Ok(())
 }
 
@@ -83,10 +96,11 @@ pub fn conv_transpose2d_forward(
 ///   `None`;
 /// - `dinp` (N×C_in×H×W) `= W · im2col(doutₙ)`, overwritten; skipped when `None`.
 ///
-/// `scratch` has at least [`ConvDims::transpose_col_len`] elements when `dinp` or `dw` is given.
+/// `scratch` has at least `n ·` [`ConvDims::transpose_col_len`] elements (every sample's column
+/// matrix) when `dinp` or `dw` is given.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_backward(
-    dinp: Option<&mut [f32]>, mut dw: Option<&mut [f32]>, db: Option<&mut [f32]>,
+    dinp: Option<&mut [f32]>, dw: Option<&mut [f32]>, db: Option<&mut [f32]>,
     scratch: &mut [f32], dout: &[f32], inp: &[f32], w: &[f32], n: usize, d: &ConvDims,
     exec: &dyn Exec,
 ) -> Result<(), CoreError> {
@@ -98,7 +112,7 @@ pub fn conv_transpose2d_backward(
     check_opt_len("db", db.as_deref(), g.ci)?;
     check_opt_len("dinp", dinp.as_deref(), batch(n, g.grid)?)?;
     if dinp.is_some() || dw.is_some() {
-        check_min_len("scratch", scratch.len(), g.col)?;
+        check_min_len("scratch", scratch.len(), batch(n, g.col)?)?;
     }
     if let Some(db) = db {
         add_bias_grad(db, dout, g.ih * g.iw);
@@ -106,19 +120,43 @@ pub fn conv_transpose2d_backward(
     if dinp.is_none() && dw.is_none() {
         return Ok(());
     }
-    let dcol = &mut scratch[..g.col];
-    let mut dinp = dinp;
-    for (s, (o, x)) in dout.chunks_exact(g.img).zip(inp.chunks_exact(g.grid)).enumerate() {
-        im2col(dcol, o, &g);
-        if let Some(dw) = dw.as_deref_mut() {
-            // dW (C_in × C_out·k·k) += x (C_in × H·W) · dcolᵀ (H·W × C_out·k·k)
-            kernels::matmul_nt(dw, x, dcol, g.cg, g.cols, g.rows, true, exec);
-        }
-        if let Some(dinp) = dinp.as_deref_mut() {
-            // dx (C_in × H·W) = W (C_in × C_out·k·k) · dcol
-            let dx = &mut dinp[s * g.grid..(s + 1) * g.grid];
-            kernels::matmul(dx, w, dcol, g.cg, g.rows, g.cols, false, exec);
-        }
+    // Every sample's column matrix of `dout`, in parallel (samples are independent).
+    let dcols = &mut scratch[..n * g.col];
+    let tasks = par::sample_tasks(exec, n, 2 * g.w * g.cols);
+    par::for_each_sample(
+        exec,
+        n,
+        tasks,
+        [(&mut *dcols, g.col)],
+        (&mut [], 0),
+        &|_, samples, [c]| {
+            let o = &dout[samples.start * g.img..samples.end * g.img];
+            for (c, o) in c.chunks_exact_mut(g.col).zip(o.chunks_exact(g.img)) {
+                im2col(c, o, &g);
+            }
+        },
+    );
+    let dcols = &*dcols;
+    if let Some(dw) = dw {
+        // dW (C_in × C_out·k·k) += Σₙ xₙ (C_in × H·W) · dcolₙᵀ (H·W × C_out·k·k)
+        kernels::matmul_nt_sum(dw, inp, g.grid, dcols, g.col, n, g.cg, g.cols, g.rows, exec);
+    }
+    if let Some(dinp) = dinp {
+        let inner = if tasks > 1 { &Serial as &dyn Exec } else { exec };
+        par::for_each_sample(
+            exec,
+            n,
+            tasks,
+            [(dinp, g.grid)],
+            (&mut [], 0),
+            &|_, samples, [dx]| {
+                let c = &dcols[samples.start * g.col..samples.end * g.col];
+                for (dx, c) in dx.chunks_exact_mut(g.grid).zip(c.chunks_exact(g.col)) {
+                    // dx (C_in × H·W) = W (C_in × C_out·k·k) · dcol
+                    kernels::matmul(dx, w, c, g.cg, g.rows, g.cols, false, inner);
+                }
+            },
+        );
     }
     Ok(())
 }
@@ -331,7 +369,7 @@ mod tests {
             let mut dx = vec![f32::NAN; x.len()];
             let mut dw = vec![0.0; w.len()];
             let mut db = vec![0.0; b.len()];
-            let mut scratch = vec![0.0; cl];
+            let mut scratch = vec![0.0; n * cl];
             conv_transpose2d_backward(
                 Some(&mut dx),
                 Some(&mut dw),

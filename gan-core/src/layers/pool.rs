@@ -14,6 +14,7 @@
 use core::fmt;
 
 use crate::error::{CoreError, SpecError, check_len, check_opt_len};
+use crate::kernels::{Exec, par};
 use crate::layers::{Backward, Forward, Infer, Kind, Rules, Sizes};
 use crate::spec::{LayerInfo, Shape};
 
@@ -66,7 +67,7 @@ impl Kind for MaxPool2d {
         write!(f, "max_pool2d({}, stride {})", self.k, self.stride)
     }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
-        maxpool2d_forward(a.out, Some(a.aux), a.inp, a.n, &self.dims(a.l))
+        maxpool2d_forward(a.out, Some(a.aux), a.inp, a.n, &self.dims(a.l), a.exec)
     }
     fn backward(&self, a: Backward<'_>) -> Result<(), CoreError> {
         let (argmax, d) = (a.aux(), self.dims(a.l));
@@ -77,7 +78,8 @@ impl Kind for MaxPool2d {
     }
     fn infer(&self, a: Infer<'_, '_, '_>) -> Result<(), CoreError> {
         let (n, d) = (a.n, self.dims(a.l));
-        a.pp.map(n * a.l.out_shape.len(), |out, inp| maxpool2d_forward(out, None, inp, n, &d))
+        let exec = a.exec;
+        a.pp.map(n * a.l.out_shape.len(), |out, inp| maxpool2d_forward(out, None, inp, n, &d, exec))
     }
 }
 
@@ -127,41 +129,82 @@ fn sizes(n: usize, d: &PoolDims) -> Result<(usize, usize, usize, usize), CoreErr
 
 /// Forward: `out` (N×C×OH×OW) = window maxima of `inp` (N×C×H×W). With `argmax` (N×C×OH×OW),
 /// also records each winner's window position for [`maxpool2d_backward`]; inference passes
-/// `None`.
+/// `None`. Planes are independent and spread over the threads of `exec`.
 pub fn maxpool2d_forward(
-    out: &mut [f32], mut argmax: Option<&mut [f32]>, inp: &[f32], n: usize, d: &PoolDims,
+    out: &mut [f32], argmax: Option<&mut [f32]>, inp: &[f32], n: usize, d: &PoolDims,
+    exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let (in_len, out_len, oh, ow) = sizes(n, d)?;
     check_len("out", out.len(), out_len)?;
     check_len("inp", inp.len(), in_len)?;
     check_opt_len("argmax", argmax.as_deref(), out_len)?;
-    let (k, s) = (d.k, d.stride);
+    let (planes, plane_in, plane_out) = (n * d.c, d.h * d.w, oh * ow);
+    let tasks = par::elem_tasks(exec, in_len, planes);
+    let x = |p: core::ops::Range<usize>| &inp[p.start * plane_in..p.end * plane_in];
+    match argmax {
+        Some(a) => {
+            let bufs = [(out, plane_out), (a, plane_out)];
+            par::for_each_sample(exec, planes, tasks, bufs, (&mut [], 0), &|_, p, [o, a]| {
+                pool_planes(o, Some(a), x(p), d, oh, ow);
+            });
+        }
+        None => par::for_each_sample(
+            exec,
+            planes,
+            tasks,
+            [(out, plane_out)],
+            (&mut [], 0),
+            &|_, p, [o]| pool_planes(o, None, x(p), d, oh, ow),
+        ),
+    }
+    Ok(())
+}
+
+/// [`maxpool2d_forward`] over whole planes: `inp` holds `H×W` planes, `out` (and `argmax`)
+/// as many `OH×OW` ones.
+fn pool_planes(
+    out: &mut [f32], mut argmax: Option<&mut [f32]>, inp: &[f32], d: &PoolDims, oh: usize,
+    ow: usize,
+) {
+    let (k, s, w) = (d.k, d.stride, d.w);
     for (plane_i, (x, o)) in
-        inp.chunks_exact(d.h * d.w).zip(out.chunks_exact_mut(oh * ow)).enumerate()
+        inp.chunks_exact(d.h * w).zip(out.chunks_exact_mut(oh * ow)).enumerate()
     {
+        let mut a =
+            argmax.as_deref_mut().map(|a| &mut a[plane_i * oh * ow..(plane_i + 1) * oh * ow]);
         for oy in 0..oh {
             for ox in 0..ow {
-                let top = oy * s * d.w + ox * s;
-                let mut best = x[top];
-                let mut at = 0usize;
-                for ky in 0..k {
-                    let row = &x[top + ky * d.w..top + ky * d.w + k];
-                    for (kx, &v) in row.iter().enumerate() {
+                let top = oy * s * w + ox * s;
+                let (best, at) = if k == 2 {
+                    // The common 2×2 window, compared in the same order as below.
+                    let (r0, r1) = (&x[top..top + 2], &x[top + w..top + w + 2]);
+                    let (mut best, mut at) = (r0[0], 0usize);
+                    for (i, v) in [(1, r0[1]), (2, r1[0]), (3, r1[1])] {
                         if v > best {
-                            best = v;
-                            at = ky * k + kx;
+                            (best, at) = (v, i);
                         }
                     }
-                }
+                    (best, at)
+                } else {
+                    let (mut best, mut at) = (x[top], 0usize);
+                    for ky in 0..k {
+                        let row = &x[top + ky * w..top + ky * w + k];
+                        for (kx, &v) in row.iter().enumerate() {
+                            if v > best {
+                                (best, at) = (v, ky * k + kx);
+                            }
+                        }
+                    }
+                    (best, at)
+                };
                 let i = oy * ow + ox;
                 o[i] = best;
-                if let Some(a) = argmax.as_deref_mut() {
-                    a[plane_i * oh * ow + i] = at as f32;
+                if let Some(a) = a.as_deref_mut() {
+                    a[i] = at as f32;
                 }
             }
         }
     }
-    Ok(())
 }
 
 /// Backward: `dinp` (N×C×H×W) is overwritten with zeros, then every `dout` element is added to
@@ -205,7 +248,8 @@ pub fn maxpool2d_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{Lcg, grad_check};
+    use crate::kernels::Serial;
+    use crate::testutil::{Lcg, Threads, Twice, grad_check};
     use std::vec;
     use std::vec::Vec;
 
@@ -233,7 +277,7 @@ mod tests {
         assert_eq!(d.out_hw(), Some((2, 2)));
         let mut out = [0.0; 4];
         let mut arg = [0.0; 4];
-        maxpool2d_forward(&mut out, Some(&mut arg), &x, 1, &d).unwrap();
+        maxpool2d_forward(&mut out, Some(&mut arg), &x, 1, &d, &Serial).unwrap();
         assert_eq!(out, [3.0, 9.0, -0.5, 4.0]);
         // Ties go to the first in window order.
         assert_eq!(arg, [2.0, 1.0, 3.0, 0.0]);
@@ -264,12 +308,12 @@ mod tests {
             r.fill(&mut g);
             let loss = |x: &[f32]| -> f64 {
                 let mut out = vec![0.0; g.len()];
-                maxpool2d_forward(&mut out, None, x, n, &d).unwrap();
+                maxpool2d_forward(&mut out, None, x, n, &d, &Serial).unwrap();
                 out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
             };
             let mut out = vec![0.0; g.len()];
             let mut arg = vec![0.0; g.len()];
-            maxpool2d_forward(&mut out, Some(&mut arg), &x, n, &d).unwrap();
+            maxpool2d_forward(&mut out, Some(&mut arg), &x, n, &d, &Serial).unwrap();
             let mut dx = vec![0.0; x.len()];
             maxpool2d_backward(&mut dx, &g, &arg, n, &d).unwrap();
             // Step 1e-3 of values spaced 0.1 apart: no window changes its winner.
@@ -277,14 +321,67 @@ mod tests {
         }
     }
 
+    /// The 2×2 fast path and the general loop agree with a plain scan (ties and NaN
+    /// included), and threads do not change anything.
+    #[test]
+    fn every_path_and_executor_gives_the_plain_scan() {
+        let mut r = Lcg::new(32);
+        for d in [
+            PoolDims { c: 16, h: 28, w: 28, k: 2, stride: 2 },
+            PoolDims { c: 8, h: 9, w: 7, k: 3, stride: 2 },
+            PoolDims { c: 5, h: 6, w: 6, k: 2, stride: 1 },
+        ] {
+            let n = 12;
+            let (oh, ow) = d.out_hw().unwrap();
+            let mut x = vec![0.0; n * d.c * d.h * d.w];
+            r.fill(&mut x);
+            // Quantise for ties, and sprinkle NaNs.
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = if i % 37 == 0 { f32::NAN } else { (*v * 4.0).round() };
+            }
+            let mut want = vec![0.0f32; n * d.c * oh * ow];
+            let mut want_at = vec![0.0f32; want.len()];
+            for (p, plane) in x.chunks_exact(d.h * d.w).enumerate() {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut best = plane[oy * d.stride * d.w + ox * d.stride];
+                        let mut at = 0;
+                        for i in 0..d.k * d.k {
+                            let v =
+                                plane[(oy * d.stride + i / d.k) * d.w + ox * d.stride + i % d.k];
+                            if v > best {
+                                (best, at) = (v, i);
+                            }
+                        }
+                        want[p * oh * ow + oy * ow + ox] = best;
+                        want_at[p * oh * ow + oy * ow + ox] = at as f32;
+                    }
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for exec in [&Serial as &dyn Exec, &Threads(3), &Twice] {
+                let mut out = vec![0.0; want.len()];
+                let mut arg = vec![0.0; want.len()];
+                maxpool2d_forward(&mut out, Some(&mut arg), &x, n, &d, exec).unwrap();
+                assert_eq!((bits(&out), bits(&arg)), (bits(&want), bits(&want_at)), "{d:?}");
+                let mut out = vec![0.0; want.len()];
+                maxpool2d_forward(&mut out, None, &x, n, &d, exec).unwrap();
+                assert_eq!(bits(&out), bits(&want));
+            }
+        }
+    }
+
     #[test]
     fn rejects_bad_input() {
         let d = PoolDims { c: 1, h: 2, w: 2, k: 3, stride: 1 };
-        assert!(maxpool2d_forward(&mut [0.0], None, &[0.0; 4], 1, &d).is_err());
+        assert!(maxpool2d_forward(&mut [0.0], None, &[0.0; 4], 1, &d, &Serial).is_err());
         let d = PoolDims { k: 2, ..d };
-        assert_eq!(maxpool2d_forward(&mut [0.0], None, &[0.0; 4], 0, &d), Err(CoreError::ZeroSize));
+        assert_eq!(
+            maxpool2d_forward(&mut [0.0], None, &[0.0; 4], 0, &d, &Serial),
+            Err(CoreError::ZeroSize)
+        );
         assert!(matches!(
-            maxpool2d_forward(&mut [0.0; 2], None, &[0.0; 4], 1, &d),
+            maxpool2d_forward(&mut [0.0; 2], None, &[0.0; 4], 1, &d, &Serial),
             Err(CoreError::BufferLen { what: "out", .. })
         ));
         // A corrupted argmax is rejected, not followed.
