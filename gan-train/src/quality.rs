@@ -270,9 +270,10 @@ impl Tracker {
         Ok(Some(Tracker { clf, reference, z, labels, rows }))
     }
 
-    /// Whether the epoch just done (1-based) is scored.
+    /// Whether the epoch just done (1-based) is scored: every `quality_every`-th, and the
+    /// last one.
     pub fn due(cfg: &TrainConfig, epoch: u32) -> bool {
-        cfg.quality_every > 0 && epoch.is_multiple_of(cfg.quality_every)
+        cfg.quality_every > 0 && (epoch.is_multiple_of(cfg.quality_every) || epoch == cfg.epochs)
     }
 
     /// Scores the generator as it would be exported.
@@ -375,6 +376,15 @@ mod tests {
         let mut q2 = q.clone();
         assert!(matches!(judge(&mut q2, &score(10.0, 0.4, 0.5), 4, &[]), Verdict::Collapse(_)));
         assert_eq!(q2.best_fid, 60.0);
+    }
+
+    #[test]
+    fn every_nth_epoch_and_the_last_are_scored() {
+        let cfg = TrainConfig { epochs: 12, quality_every: 5, ..TrainConfig::default() };
+        let due: Vec<u32> = (1..=12).filter(|&e| Tracker::due(&cfg, e)).collect();
+        assert_eq!(due, [5, 10, 12]);
+        let never = TrainConfig { quality_every: 0, ..cfg };
+        assert!((1..=12).all(|e| !Tracker::due(&never, e)));
     }
 
     #[test]

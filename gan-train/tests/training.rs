@@ -42,6 +42,7 @@ fn tiny() -> TrainConfig {
         grid: 4,
         seed: 7,
         // Scores every epoch, on few samples so that the tests stay quick.
+        quality_every: 1,
         quality_samples: 64,
         ..TrainConfig::default()
     }
@@ -1202,6 +1203,7 @@ fn quality_is_tracked_and_a_collapse_is_rolled_back() {
         epochs: 4,
         seed: 3,
         grid: 4,
+        quality_every: 1,
         quality_samples: 200,
         ..TrainConfig::default()
     };
