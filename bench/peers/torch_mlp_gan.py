@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""PyTorch peer of `gan-train bench`: the same MLP GANs, measured the same way.
+"""PyTorch peer of `gan-train bench`: the same GANs, measured the same way.
 
 Models (identical shapes to gan-train's presets):
   classic  G: z100 -> 256 -> 512 -> 1024 -> 784, LeakyReLU(0.2) hidden, Tanh out
            D: 784 -> 512 -> 256 -> 1, LeakyReLU(0.2) hidden, one logit out
   mcu      G: z64 -> 128 -> 192 -> 784,           D: 784 -> 256 -> 128 -> 1
+  dcgan    the DCGAN of torch_dcgan.py (G z100 -> dense 128x7x7 -> BN -> ReLU -> ConvT 64 ->
+           BN -> ReLU -> ConvT 1 -> Tanh; D Conv 64 -> LReLU -> Conv 128 -> BN -> LReLU ->
+           dense 1), PyTorch's default initialisation (speed does not depend on it)
 
 Workloads:
   training   one full step per call: Gaussian noise, G forward, D forward on the real batch
@@ -42,7 +45,21 @@ PIXELS = 28 * 28
 ARCHS = {
     "classic": {"latent": 100, "g_hidden": [256, 512, 1024], "d_hidden": [512, 256]},
     "mcu": {"latent": 64, "g_hidden": [128, 192], "d_hidden": [256, 128]},
+    "dcgan": {"latent": 100},
 }
+
+
+def networks(name):
+    """(G, D, shape of one real image) of an architecture."""
+    if name == "dcgan":
+        import sys
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from torch_dcgan import Discriminator, Generator
+
+        return Generator(), Discriminator(), (1, 28, 28)
+    a = ARCHS[name]
+    return generator(a["latent"], a["g_hidden"]), discriminator(a["d_hidden"]), (PIXELS,)
 
 
 def generator(latent, hidden):
@@ -93,16 +110,15 @@ def summary(rate):
 
 
 def bench_arch(name, batch, policy):
-    a = ARCHS[name]
-    latent = a["latent"]
-    g = generator(latent, a["g_hidden"])
-    d = discriminator(a["d_hidden"])
+    latent = ARCHS[name]["latent"]
+    g, d, shape = networks(name)
     g_opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     bce = nn.BCEWithLogitsLoss()
-    real = torch.rand(batch, PIXELS) * 2 - 1  # synthetic images in [-1, 1)
-    ones = torch.ones(batch, 1)
-    zeros = torch.zeros(batch, 1)
+    real = torch.rand(batch, *shape) * 2 - 1  # synthetic images in [-1, 1)
+    # One logit per sample: (batch, 1) from the MLPs, (batch,) from the DCGAN.
+    ones = torch.ones(d(real).shape)
+    zeros = torch.zeros(d(real).shape)
     d_params = list(d.parameters())
 
     def train_step():
@@ -157,7 +173,7 @@ def fmt(x):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="classic,mcu", help="comma-separated: classic, mcu")
+    ap.add_argument("--arch", default="classic,mcu", help="comma-separated: classic, mcu, dcgan")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--warmup-secs", type=float, default=1.0)

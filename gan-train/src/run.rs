@@ -44,6 +44,42 @@ pub struct RunDir {
     root: PathBuf,
 }
 
+/// The accessors of the files directly in a run directory: `name => "file"`.
+macro_rules! run_files {
+    ($($(#[$doc:meta])* $name:ident => $file:literal;)*) => {
+        impl RunDir {
+            $($(#[$doc])* pub fn $name(&self) -> PathBuf {
+                self.root.join($file)
+            })*
+        }
+    };
+}
+
+run_files! {
+    /// `config.toml`.
+    config => "config.toml";
+    /// `checkpoint.bin`.
+    checkpoint => "checkpoint.bin";
+    /// `losses.csv`.
+    csv => "losses.csv";
+    /// `losses.png`.
+    plot => "losses.png";
+    /// `samples/`.
+    samples => "samples";
+    /// `progress.gif`.
+    gif => "progress.gif";
+    /// `generator.ganw`.
+    generator => "generator.ganw";
+    /// `quality.csv`: the scores during training.
+    quality_csv => "quality.csv";
+    /// `quality.png`.
+    quality_plot => "quality.png";
+    /// `best.ganw`: the best-scoring generator.
+    best => "best.ganw";
+    /// `best.bin`: the training state of the best-scoring generator (for rollbacks).
+    best_checkpoint => "best.bin";
+}
+
 impl RunDir {
     /// A run directory at `root` (not created yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -53,53 +89,9 @@ impl RunDir {
     pub fn root(&self) -> &Path {
         &self.root
     }
-    /// `config.toml`.
-    pub fn config(&self) -> PathBuf {
-        self.root.join("config.toml")
-    }
-    /// `checkpoint.bin`.
-    pub fn checkpoint(&self) -> PathBuf {
-        self.root.join("checkpoint.bin")
-    }
-    /// `losses.csv`.
-    pub fn csv(&self) -> PathBuf {
-        self.root.join("losses.csv")
-    }
-    /// `losses.png`.
-    pub fn plot(&self) -> PathBuf {
-        self.root.join("losses.png")
-    }
-    /// `samples/`.
-    pub fn samples(&self) -> PathBuf {
-        self.root.join("samples")
-    }
     /// The grid after epoch `e` (1-based).
     pub fn grid(&self, e: u32) -> PathBuf {
         self.samples().join(format!("epoch_{e:04}.png"))
-    }
-    /// `progress.gif`.
-    pub fn gif(&self) -> PathBuf {
-        self.root.join("progress.gif")
-    }
-    /// `generator.ganw`.
-    pub fn generator(&self) -> PathBuf {
-        self.root.join("generator.ganw")
-    }
-    /// `quality.csv`: the scores during training.
-    pub fn quality_csv(&self) -> PathBuf {
-        self.root.join("quality.csv")
-    }
-    /// `quality.png`.
-    pub fn quality_plot(&self) -> PathBuf {
-        self.root.join("quality.png")
-    }
-    /// `best.ganw`: the best-scoring generator.
-    pub fn best(&self) -> PathBuf {
-        self.root.join("best.ganw")
-    }
-    /// `best.bin`: the training state of the best-scoring generator (for rollbacks).
-    pub fn best_checkpoint(&self) -> PathBuf {
-        self.root.join("best.bin")
     }
 }
 

@@ -571,30 +571,21 @@ impl Gan {
         let mut stats = score_stats(self.state.config.loss, sr, sf);
 
         self.d.grads.fill(0.0);
-        let gr = output_grad(gr, labels, proj, &mut w.out_grad);
-        model::backward(
-            &ds,
-            &self.state.d.params,
-            &w.d_real,
-            gr,
-            Some(&mut self.d.grads),
-            None,
-            &mut w.d_scratch,
-            n,
-            exec,
-        )?;
-        let gf = output_grad(gf, labels, proj, &mut w.out_grad);
-        model::backward(
-            &ds,
-            &self.state.d.params,
-            &w.d_fake,
-            gf,
-            Some(&mut self.d.grads),
-            None,
-            &mut w.d_scratch,
-            n,
-            exec,
-        )?;
+        for (acts, g) in [(&w.d_real, &*gr), (&w.d_fake, &*gf)] {
+            let g = output_grad(g, labels, proj, &mut w.out_grad);
+            let grads = Some(&mut self.d.grads[..]);
+            model::backward(
+                &ds,
+                &self.state.d.params,
+                acts,
+                g,
+                grads,
+                None,
+                &mut w.d_scratch,
+                n,
+                exec,
+            )?;
+        }
         if self.state.config.loss == LossKind::WganGp {
             for e in w.eps.iter_mut() {
                 *e = noise::unit(&mut self.state.rng);

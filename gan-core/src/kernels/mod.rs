@@ -297,29 +297,24 @@ mod tests {
 
     /// Every instruction set this machine can run.
     fn train_isas() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
-        if x86::has_avx2_fma() {
-            v.push(Isa::Avx2Fma);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if x86::has_avx512() {
-            v.push(Isa::Avx512);
-        }
-        v
+        let more = [(Isa::Avx2Fma, x86::has_avx2_fma()), (Isa::Avx512, x86::has_avx512())];
+        #[cfg(not(target_arch = "x86_64"))]
+        let more = [];
+        [Isa::Portable]
+            .into_iter()
+            .chain(more.into_iter().filter_map(|(i, ok)| ok.then_some(i)))
+            .collect()
     }
 
+    /// Every exact kernel this machine can run.
     fn exact_isas() -> Vec<ExactIsa> {
-        let mut v = vec![ExactIsa::Portable];
         #[cfg(target_arch = "x86_64")]
-        if x86::has_avx() {
-            v.push(ExactIsa::Avx);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if x86::has_avx512() {
-            v.push(ExactIsa::Avx512);
-        }
-        v
+        let more = [(ExactIsa::Avx, x86::has_avx()), (ExactIsa::Avx512, x86::has_avx512())];
+        #[cfg(not(target_arch = "x86_64"))]
+        let more = [];
+        let more = more.into_iter().filter_map(|(i, ok)| ok.then_some(i));
+        [ExactIsa::Portable].into_iter().chain(more).collect()
     }
 
     /// (m, k, n): degenerate, odd, tile-edge and the MNIST GAN shapes (cut to keep tests fast).

@@ -401,6 +401,8 @@ pub(crate) struct Geom {
     pub(crate) grid: usize,
     /// `cg·rows`.
     pub(crate) w: usize,
+    /// The transposed convolution (the grid is the input).
+    pub(crate) transposed: bool,
 }
 
 impl Geom {
@@ -429,7 +431,43 @@ impl Geom {
             img: m(m(ci, ih)?, iw)?,
             grid: m(cg, cols)?,
             w: m(cg, rows)?,
+            transposed: false,
         })
+    }
+
+    /// Per sample: (output, input) elements, and the bias length (output channels).
+    fn io(&self) -> (usize, usize, usize) {
+        if self.transposed {
+            (self.img, self.grid, self.ci)
+        } else {
+            (self.grid, self.img, self.cg)
+        }
+    }
+
+    /// Checks a forward pass's buffers: `out` and `inp` of `n` samples, `w` and `b` of the
+    /// layer.
+    pub(crate) fn check_forward(
+        &self, n: usize, out: &[f32], inp: &[f32], w: &[f32], b: &[f32],
+    ) -> Result<(), CoreError> {
+        let (o, i, c) = self.io();
+        check_len("out", out.len(), batch(n, o)?)?;
+        check_len("inp", inp.len(), batch(n, i)?)?;
+        check_len("w", w.len(), self.w)?;
+        check_len("b", b.len(), c)
+    }
+
+    /// Checks what every backward pass takes: `dout` of `n` samples, `w`, and the gradients
+    /// asked for (`dinp` of `n` samples, `dw`, `db`).
+    pub(crate) fn check_backward(
+        &self, n: usize, dout: &[f32], w: &[f32], dinp: Option<&[f32]>, dw: Option<&[f32]>,
+        db: Option<&[f32]>,
+    ) -> Result<(), CoreError> {
+        let (o, i, c) = self.io();
+        check_len("dout", dout.len(), batch(n, o)?)?;
+        check_len("w", w.len(), self.w)?;
+        check_opt_len("dw", dw, self.w)?;
+        check_opt_len("db", db, c)?;
+        check_opt_len("dinp", dinp, batch(n, i)?)
     }
 
     fn check_nonzero(d: &ConvDims) -> Result<(), CoreError> {
@@ -451,7 +489,8 @@ impl Geom {
     pub(crate) fn transpose(d: &ConvDims) -> Result<Self, CoreError> {
         Self::check_nonzero(d)?;
         let (oh, ow) = d.transpose_out_hw().ok_or(bad_geometry())?;
-        Self::new((d.out_c, oh, ow), (d.in_c, d.in_h, d.in_w), d.k, d.stride, d.pad)
+        let g = Self::new((d.out_c, oh, ow), (d.in_c, d.in_h, d.in_w), d.k, d.stride, d.pad)?;
+        Ok(Geom { transposed: true, ..g })
     }
 }
 
@@ -567,11 +606,8 @@ pub fn conv2d_forward(
     exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let g = Geom::conv(d)?;
-    check_len("out", out.len(), batch(n, g.grid)?)?;
+    g.check_forward(n, out, inp, w, b)?;
     check_len("col", col.len(), batch(n, g.col)?)?;
-    check_len("inp", inp.len(), batch(n, g.img)?)?;
-    check_len("w", w.len(), g.w)?;
-    check_len("b", b.len(), g.cg)?;
     // Samples are independent: spread them over the threads (each product then runs on one).
     let tasks = par::sample_tasks(exec, n, 2 * g.w * g.cols);
     let inner = if tasks > 1 { &Serial as &dyn Exec } else { exec };
@@ -601,13 +637,9 @@ pub fn conv2d_backward(
     dout: &[f32], col: &[f32], w: &[f32], n: usize, d: &ConvDims, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let g = Geom::conv(d)?;
-    check_len("dout", dout.len(), batch(n, g.grid)?)?;
+    g.check_backward(n, dout, w, dinp.as_deref(), dw.as_deref(), db.as_deref())?;
     check_len("col", col.len(), batch(n, g.col)?)?;
-    check_len("w", w.len(), g.w)?;
-    check_opt_len("dw", dw.as_deref(), g.w)?;
-    check_opt_len("db", db.as_deref(), g.cg)?;
-    if let Some(dinp) = &dinp {
-        check_len("dinp", dinp.len(), batch(n, g.img)?)?;
+    if dinp.is_some() {
         check_min_len("scratch", scratch.len(), g.col)?;
     }
     if let Some(db) = db {
@@ -641,10 +673,7 @@ pub fn conv2d_forward_exact(
     out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims,
 ) -> Result<(), CoreError> {
     let g = Geom::conv(d)?;
-    check_len("out", out.len(), batch(n, g.grid)?)?;
-    check_len("inp", inp.len(), batch(n, g.img)?)?;
-    check_len("w", w.len(), g.w)?;
-    check_len("b", b.len(), g.cg)?;
+    g.check_forward(n, out, inp, w, b)?;
     let plane = g.ih * g.iw;
     for (o, x) in out.chunks_exact_mut(g.grid).zip(inp.chunks_exact(g.img)) {
         for ((oplane, wrow), &bias) in o.chunks_exact_mut(g.cols).zip(w.chunks_exact(g.rows)).zip(b)

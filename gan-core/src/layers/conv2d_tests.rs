@@ -157,47 +157,67 @@ fn conv_int8_is_the_integer_definition_scaled() {
     check_int8_kernel(conv2d_forward_i8, naive_conv, ConvDims::out_hw, Direct::channels, 23);
 }
 
+/// Both convolutions' backward passes against finite differences of `⟨forward(x, w, b), g⟩`;
+/// the input gradient alone (no parameter buffers) gives the same values.
 #[test]
-fn conv_backward_matches_finite_differences() {
+fn backward_matches_finite_differences() {
+    use crate::layers::conv_transpose2d::conv_transpose2d_backward;
     let mut r = Lcg::new(24);
     let n = 2;
-    for &(ci, h, wd, co, k, s, p) in &[(2, 6, 5, 3, 4, 2, 1), (2, 5, 5, 2, 3, 1, 1)] {
+    let cases = [
+        (false, (2, 6, 5, 3, 4, 2, 1)),
+        (false, (2, 5, 5, 2, 3, 1, 1)),
+        (true, (3, 3, 4, 2, 4, 2, 1)),
+        (true, (2, 4, 3, 2, 3, 1, 1)),
+    ];
+    for (transposed, (ci, h, wd, co, k, s, p)) in cases {
         let d = dims(ci, h, wd, co, k, s, p);
-        let (oh, ow) = d.out_hw().unwrap();
+        let (oh, ow) = if transposed { d.transpose_out_hw() } else { d.out_hw() }.unwrap();
+        let cl = if transposed { d.transpose_col_len() } else { d.col_len() }.unwrap();
         let x = rand(&mut r, n * ci * h * wd);
         let w = rand(&mut r, co * ci * k * k);
         let b = rand(&mut r, co);
         let g = rand(&mut r, n * co * oh * ow);
-        let cl = d.col_len().unwrap();
-        let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
-            let mut out = vec![0.0; g.len()];
-            let mut col = vec![0.0; n * cl];
-            conv2d_forward(&mut out, &mut col, x, w, b, n, &d, &Serial).unwrap();
-            out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
+        // The output and the column buffer (every sample's matrix).
+        let forward = |x: &[f32], w: &[f32], b: &[f32]| {
+            let (mut out, mut col) = (vec![0.0; g.len()], vec![0.0; n * cl]);
+            let f = if transposed { conv_transpose2d_forward } else { conv2d_forward };
+            f(&mut out, &mut col, x, w, b, n, &d, &Serial).unwrap();
+            (out, col)
         };
-        let mut out = vec![0.0; g.len()];
-        let mut col = vec![0.0; n * cl];
-        conv2d_forward(&mut out, &mut col, &x, &w, &b, n, &d, &Serial).unwrap();
+        let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+            forward(x, w, b).0.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
+        };
+        let col = forward(&x, &w, &b).1;
+        let back = |dx: &mut [f32], dw: Option<&mut [f32]>, db: Option<&mut [f32]>| {
+            let mut scratch = vec![0.0; n * cl];
+            if transposed {
+                conv_transpose2d_backward(
+                    Some(dx),
+                    dw,
+                    db,
+                    &mut scratch,
+                    &g,
+                    &x,
+                    &w,
+                    n,
+                    &d,
+                    &Serial,
+                )
+            } else {
+                conv2d_backward(Some(dx), dw, db, &mut scratch, &g, &col, &w, n, &d, &Serial)
+            }
+            .unwrap();
+        };
         let mut dx = vec![f32::NAN; x.len()];
-        let mut dw = vec![0.0; w.len()];
-        let mut db = vec![0.0; b.len()];
-        let mut scratch = vec![0.0; cl];
-        conv2d_backward(
-            Some(&mut dx),
-            Some(&mut dw),
-            Some(&mut db),
-            &mut scratch,
-            &g,
-            &col,
-            &w,
-            n,
-            &d,
-            &Serial,
-        )
-        .unwrap();
+        let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; b.len()]);
+        back(&mut dx, Some(&mut dw), Some(&mut db));
         grad_check(&x, &dx, |xp| loss(xp, &w, &b), 1e-2, 1e-3);
         grad_check(&w, &dw, |wp| loss(&x, wp, &b), 1e-2, 1e-3);
         grad_check(&b, &db, |bp| loss(&x, &w, bp), 1e-2, 1e-3);
+        let mut dx2 = vec![0.0; x.len()];
+        back(&mut dx2, None, None);
+        assert_eq!(dx, dx2, "transposed {transposed}");
     }
 }
 

@@ -5,7 +5,7 @@
 //! Shapes (one sample): `inp` C_in×H×W, `w` C_in×C_out×k×k, `b` C_out, `out` C_out×OH×OW with
 //! `OH = (H − 1)·stride − 2·pad + k` ([`conv_transpose_out_len`](crate::layers::conv2d::conv_transpose_out_len)).
 
-use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
+use crate::error::{CoreError, SpecError, check_len, check_min_len};
 use crate::kernels::{self, Exec, Serial, par};
 use crate::layers::Channels;
 use crate::layers::Rules;
@@ -62,10 +62,7 @@ pub fn conv_transpose2d_forward(
     d: &ConvDims, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let g = Geom::transpose(d)?;
-    check_len("out", out.len(), batch(n, g.img)?)?;
-    check_len("inp", inp.len(), batch(n, g.grid)?)?;
-    check_len("w", w.len(), g.w)?;
-    check_len("b", b.len(), g.ci)?;
+    g.check_forward(n, out, inp, w, b)?;
     check_min_len("scratch", scratch.len(), g.col)?;
     // Samples are independent: spread them over the threads, one column matrix per task (as
     // many tasks as `scratch` holds matrices); each product then runs on one thread.
@@ -100,17 +97,12 @@ pub fn conv_transpose2d_forward(
 /// matrix) when `dinp` or `dw` is given.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_backward(
-    dinp: Option<&mut [f32]>, dw: Option<&mut [f32]>, db: Option<&mut [f32]>,
-    scratch: &mut [f32], dout: &[f32], inp: &[f32], w: &[f32], n: usize, d: &ConvDims,
-    exec: &dyn Exec,
+    dinp: Option<&mut [f32]>, dw: Option<&mut [f32]>, db: Option<&mut [f32]>, scratch: &mut [f32],
+    dout: &[f32], inp: &[f32], w: &[f32], n: usize, d: &ConvDims, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
     let g = Geom::transpose(d)?;
-    check_len("dout", dout.len(), batch(n, g.img)?)?;
+    g.check_backward(n, dout, w, dinp.as_deref(), dw.as_deref(), db.as_deref())?;
     check_len("inp", inp.len(), batch(n, g.grid)?)?;
-    check_len("w", w.len(), g.w)?;
-    check_opt_len("dw", dw.as_deref(), g.w)?;
-    check_opt_len("db", db.as_deref(), g.ci)?;
-    check_opt_len("dinp", dinp.as_deref(), batch(n, g.grid)?)?;
     if dinp.is_some() || dw.is_some() {
         check_min_len("scratch", scratch.len(), batch(n, g.col)?)?;
     }
@@ -167,10 +159,7 @@ pub fn conv_transpose2d_forward_exact(
     out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims,
 ) -> Result<(), CoreError> {
     let g = Geom::transpose(d)?;
-    check_len("out", out.len(), batch(n, g.img)?)?;
-    check_len("inp", inp.len(), batch(n, g.grid)?)?;
-    check_len("w", w.len(), g.w)?;
-    check_len("b", b.len(), g.ci)?;
+    g.check_forward(n, out, inp, w, b)?;
     let plane = g.ih * g.iw;
     for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
         for (co, (oplane, &bias)) in o.chunks_exact_mut(plane).zip(b).enumerate() {
@@ -228,7 +217,7 @@ mod tests {
     use crate::kernels::Serial;
     use crate::layers::conv2d::conv2d_forward;
     use crate::layers::conv2d::tests::{CASES, assert_close, check_int8_kernel, dims, rand};
-    use crate::testutil::{Lcg, grad_check};
+    use crate::testutil::Lcg;
     use std::vec;
     use std::vec::Vec;
 
@@ -345,63 +334,6 @@ mod tests {
             for (a, b) in ex.iter().zip(&ty) {
                 assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()));
             }
-        }
-    }
-
-    #[test]
-    fn conv_transpose_backward_matches_finite_differences() {
-        let mut r = Lcg::new(25);
-        let n = 2;
-        for &(ci, h, wd, co, k, s, p) in &[(3, 3, 4, 2, 4, 2, 1), (2, 4, 3, 2, 3, 1, 1)] {
-            let d = dims(ci, h, wd, co, k, s, p);
-            let (oh, ow) = d.transpose_out_hw().unwrap();
-            let x = rand(&mut r, n * ci * h * wd);
-            let w = rand(&mut r, ci * co * k * k);
-            let b = rand(&mut r, co);
-            let g = rand(&mut r, n * co * oh * ow);
-            let cl = d.transpose_col_len().unwrap();
-            let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
-                let mut out = vec![0.0; g.len()];
-                let mut scratch = vec![0.0; cl];
-                conv_transpose2d_forward(&mut out, &mut scratch, x, w, b, n, &d, &Serial).unwrap();
-                out.iter().zip(&g).map(|(&o, &g)| o as f64 * g as f64).sum()
-            };
-            let mut dx = vec![f32::NAN; x.len()];
-            let mut dw = vec![0.0; w.len()];
-            let mut db = vec![0.0; b.len()];
-            let mut scratch = vec![0.0; n * cl];
-            conv_transpose2d_backward(
-                Some(&mut dx),
-                Some(&mut dw),
-                Some(&mut db),
-                &mut scratch,
-                &g,
-                &x,
-                &w,
-                n,
-                &d,
-                &Serial,
-            )
-            .unwrap();
-            grad_check(&x, &dx, |xp| loss(xp, &w, &b), 1e-2, 1e-3);
-            grad_check(&w, &dw, |wp| loss(&x, wp, &b), 1e-2, 1e-3);
-            grad_check(&b, &db, |bp| loss(&x, &w, bp), 1e-2, 1e-3);
-            // Only the input gradient: same values, parameter buffers untouched.
-            let mut dx2 = vec![0.0; x.len()];
-            conv_transpose2d_backward(
-                Some(&mut dx2),
-                None,
-                None,
-                &mut scratch,
-                &g,
-                &x,
-                &w,
-                n,
-                &d,
-                &Serial,
-            )
-            .unwrap();
-            assert_eq!(dx, dx2);
         }
     }
 }
