@@ -846,28 +846,31 @@ fn divergence_before_the_first_checkpoint_does_not_claim_one() {
 // Export and sampling
 
 /// Exact inference by hand, the way the firmware does it: noise from `noise::rng(seed)`,
-/// one sample at a time.
-fn infer_by_hand(
+/// one sample at a time, pixels through `pixel`.
+fn infer_by_hand_with(
     w: &WeightsFile<'_>, seed: u64, n: usize, class_of: impl Fn(usize) -> usize,
+    pixel: fn(f32) -> u8,
 ) -> Vec<u8> {
     let spec = w.spec();
     let mut rng = noise::rng(seed);
     let mut out = Vec::new();
     for i in 0..n {
         let mut z = vec![0.0f32; spec.input().len()];
-        noise::generator_input(
-            w.header.noise,
-            &mut rng,
-            w.header.latent as usize,
-            class_of(i),
-            &mut z,
-        );
+        let latent = w.header.latent as usize;
+        noise::generator_input(w.header.noise, &mut rng, latent, class_of(i), &mut z);
         let mut y = vec![0.0f32; spec.output().len()];
         let mut scratch = vec![0.0f32; spec.infer_scratch_len(1)];
         model::infer(&spec, w.params().unwrap(), &z, &mut y, &mut scratch, 1).unwrap();
-        out.extend(y.iter().map(|&v| gan_core::to_pixel(v)));
+        out.extend(y.iter().map(|&v| pixel(v)));
     }
     out
+}
+
+/// [`infer_by_hand_with`] with the Tanh pixel map.
+fn infer_by_hand(
+    w: &WeightsFile<'_>, seed: u64, n: usize, class_of: impl Fn(usize) -> usize,
+) -> Vec<u8> {
+    infer_by_hand_with(w, seed, n, class_of, gan_core::to_pixel)
 }
 
 #[test]
@@ -970,20 +973,9 @@ fn worst_diff(a: &[u8], b: &[u8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| (x as i32 - y as i32).abs()).max().unwrap()
 }
 
-/// Like [`infer_by_hand`] with one class for all samples, and the sigmoid pixel map.
+/// [`infer_by_hand`] with one class for all samples, and the sigmoid pixel map.
 fn infer_by_hand_unit(w: &WeightsFile<'_>, seed: u64, n: usize, class: usize) -> Vec<u8> {
-    let spec = w.spec();
-    let mut rng = noise::rng(seed);
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let mut z = vec![0.0f32; spec.input().len()];
-        noise::generator_input(w.header.noise, &mut rng, w.header.latent as usize, class, &mut z);
-        let mut y = vec![0.0f32; spec.output().len()];
-        let mut scratch = vec![0.0f32; spec.infer_scratch_len(1)];
-        model::infer(&spec, w.params().unwrap(), &z, &mut y, &mut scratch, 1).unwrap();
-        out.extend(y.iter().map(|&v| gan_core::to_pixel_unit(v)));
-    }
-    out
+    infer_by_hand_with(w, seed, n, |_| class, gan_core::to_pixel_unit)
 }
 
 #[test]

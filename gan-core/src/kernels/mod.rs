@@ -370,6 +370,20 @@ mod tests {
         }
     }
 
+    /// Calls `f(kind, shape, product, c0)` for every kind of product and every shape of
+    /// [`SHAPES`], with random operands and a random starting `C` (accumulating products).
+    fn each_product(seed: u64, mut f: impl FnMut(Kind, (usize, usize, usize), &Gemm<'_>, &[f32])) {
+        for kind in [Kind::Nn, Kind::Tn, Kind::Nt] {
+            for &s in SHAPES {
+                let (m, k, n) = s;
+                let a = random(m * k, seed);
+                let b = random(k * n, seed + 1);
+                let c0 = random(m * n, seed + 2);
+                f(kind, s, &gemm_of(kind, &a, &b, s, true), &c0);
+            }
+        }
+    }
+
     /// `Σ_p |A(i,p)·B(p,j)|` for every output, in f64: the scale of the rounding error.
     fn abs_sums(kind: Kind, a: &[f32], b: &[f32], s: (usize, usize, usize)) -> Vec<f64> {
         let (m, _, n) = s;
@@ -448,23 +462,16 @@ mod tests {
     fn threads_do_not_change_bits() {
         let pool = Threads(3);
         for isa in train_isas() {
-            for kind in [Kind::Nn, Kind::Tn, Kind::Nt] {
-                for &s in SHAPES {
-                    let (m, k, n) = s;
-                    let a = random(m * k, 20);
-                    let b = random(k * n, 21);
-                    let c0 = random(m * n, 22);
-                    let g = gemm_of(kind, &a, &b, s, true);
-                    let mut one = c0.clone();
-                    gemm_tasks(isa, &g, &mut one, &Serial, 1);
-                    for tasks in [2, 3, 5, 64] {
-                        let mut many = c0.clone();
-                        gemm_tasks(isa, &g, &mut many, &pool, tasks);
-                        let same = one.iter().zip(&many).all(|(x, y)| x.to_bits() == y.to_bits());
-                        assert!(same, "{isa:?} {kind:?} {s:?} with {tasks} tasks");
-                    }
+            each_product(20, |kind, s, g, c0| {
+                let mut one = c0.to_vec();
+                gemm_tasks(isa, g, &mut one, &Serial, 1);
+                for tasks in [2, 3, 5, 64] {
+                    let mut many = c0.to_vec();
+                    gemm_tasks(isa, g, &mut many, &pool, tasks);
+                    let same = one.iter().zip(&many).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{isa:?} {kind:?} {s:?} with {tasks} tasks");
                 }
-            }
+            });
         }
         // The public entry points split large products by themselves.
         let (m, k, n) = (64, 256, 200);
@@ -598,21 +605,13 @@ mod tests {
             std::eprintln!("no AVX-512 here: nothing to compare the AVX2 kernel with");
             return;
         }
-        for kind in [Kind::Nn, Kind::Tn, Kind::Nt] {
-            for &s in SHAPES {
-                let (m, k, n) = s;
-                let a = random(m * k, 90);
-                let b = random(k * n, 91);
-                let c0 = random(m * n, 92);
-                let g = gemm_of(kind, &a, &b, s, true);
-                let mut x = c0.clone();
-                let mut y = c0.clone();
-                gemm(Isa::Avx2Fma, &g, &mut x, &Serial);
-                gemm(Isa::Avx512, &g, &mut y, &Serial);
-                let same = x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
-                assert!(same, "{kind:?} {s:?}");
-            }
-        }
+        each_product(90, |kind, s, g, c0| {
+            let (mut x, mut y) = (c0.to_vec(), c0.to_vec());
+            gemm(Isa::Avx2Fma, g, &mut x, &Serial);
+            gemm(Isa::Avx512, g, &mut y, &Serial);
+            let same = x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "{kind:?} {s:?}");
+        });
     }
 
     #[test]
