@@ -117,8 +117,25 @@ pub const QEMU_M0: Board = Board {
     qemu: Some(Qemu { machine: "mps2-an385", cpu: "cortex-m3" }),
 };
 
+/// The Pico 2's instruction set and sizes (RP2350: Cortex-M33 with FPU and DSP, 520 KiB of
+/// SRAM) on QEMU `mps2-an505`, a Cortex-M33 board. The CPU starts in the secure state with its
+/// vector table at `0x1000_0000`, so everything lives at the secure aliases: SSRAM1 at
+/// `0x1000_0000` (4 MiB: 2 MiB of code, a 2 MiB weights region) and SSRAM2 at `0x3800_0000`.
+pub const QEMU_M33: Board = Board {
+    name: "qemu-m33",
+    description: "QEMU mps2-an505 (Cortex-M33), with the Pico 2's RAM",
+    bin: "qemu",
+    target: "thumbv8m.main-none-eabihf",
+    boot2: None,
+    flash: Region { origin: 0x1000_0000, len: 2 * M },
+    weights: Region { origin: 0x1020_0000, len: 2 * M },
+    ram: Region { origin: 0x3800_0000, len: 520 * K },
+    uf2_family: None,
+    qemu: Some(Qemu { machine: "mps2-an505", cpu: "cortex-m33" }),
+};
+
 /// Every board.
-pub const BOARDS: [Board; 3] = [PICO, QEMU_M4, QEMU_M0];
+pub const BOARDS: [Board; 4] = [PICO, QEMU_M4, QEMU_M0, QEMU_M33];
 
 /// The board called `name`.
 pub fn by_name(name: &str) -> Option<&'static Board> {

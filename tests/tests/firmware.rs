@@ -32,6 +32,10 @@ const M4: &Board = &board::QEMU_M4;
 /// ARMv6-M code (the Pico's instruction set) on the Cortex-M3 board, with the Pico's budgets.
 const M0: &Board = &board::QEMU_M0;
 
+/// ARMv8-M Mainline with FPU and DSP (the Pico 2's instruction set) on the Cortex-M33 board,
+/// thumbv8m.main-none-eabihf build.
+const M33: &Board = &board::QEMU_M33;
+
 /// The QEMU machine of an emulated board.
 fn qemu_of(b: &Board) -> board::Qemu {
     b.qemu.unwrap_or_else(|| panic!("{} is not an emulated board", b.name))
@@ -87,6 +91,7 @@ fn build_firmware() {
     let r = BUILT.get_or_init(|| {
         cargo_build(&["--target", M4.target, "--bin", "qemu"])?;
         cargo_build(&["--target", M0.target, "--bin", "qemu"])?;
+        cargo_build(&["--target", M33.target, "--bin", "qemu"])?;
         cargo_build(&["--target", board::PICO.target, "--features", "pico", "--bin", "pico"])
     });
     if let Err(e) = r {
@@ -362,6 +367,15 @@ fn m0_pico_preset_matches_host() {
 }
 
 #[test]
+fn m33_pico_preset_matches_host() {
+    for (what, w) in pico_variants(53) {
+        let run = check_loaded_weights(M33, &w, 13, None);
+        report_instructions(M33, &format!("pico preset {what}"), &run);
+        check_loaded_weights(M33, &w, 4, Some(2));
+    }
+}
+
+#[test]
 fn m4_digits_match_host_with_loaded_weights() {
     let w = small_conditional();
     check_loaded_weights(M4, &w, 0xDEAD_BEEF_0123_4567, None);
@@ -435,6 +449,11 @@ fn m0_default_weights_and_measurements() {
     check_default_weights(M0, None);
 }
 
+#[test]
+fn m33_default_weights_and_measurements() {
+    check_default_weights(M33, None);
+}
+
 /// The `mcu` generator (`data/weights/mcu.ganw`) as f32 and re-encoded with int8 weights,
 /// loaded into the WEIGHTS region: the device's bytes equal the host's, and the instruction
 /// counts are printed. An int8 table in a version-1 file is refused with the tensor-table code.
@@ -482,6 +501,11 @@ fn m4_mcu_weights_match_host() {
 #[test]
 fn m0_mcu_weights_match_host() {
     check_mcu(M0);
+}
+
+#[test]
+fn m33_mcu_weights_match_host() {
+    check_mcu(M33);
 }
 
 /// Each kind of bad weights file ends QEMU with its own error code.
@@ -589,6 +613,11 @@ fn m4_bad_weights_exit_with_their_codes() {
 #[test]
 fn m0_bad_weights_exit_with_their_codes() {
     check_bad_weights(M0);
+}
+
+#[test]
+fn m33_bad_weights_exit_with_their_codes() {
+    check_bad_weights(M33);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! QEMU firmware (mps2-an386 Cortex-M4F for thumbv7em-none-eabihf, mps2-an385 for thumbv6m):
+//! QEMU firmware (mps2-an386 Cortex-M4F for thumbv7em-none-eabihf, mps2-an385 for thumbv6m,
+//! mps2-an505 Cortex-M33 for thumbv8m.main-none-eabihf):
 //! generates digits and reports them over semihosting.
 //!
 //! Arguments come from the semihosting command line as `key=value` words (QEMU:
