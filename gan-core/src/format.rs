@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "GANW"
-//! 4       2     format version, u16 LE (1 or 2, see below)
+//! 4       2     format version, u16 LE (1 to 3, see below)
 //! 6       2     flags, u16 LE (0; reserved)
 //! 8       4     header length H in bytes, u32 LE
 //! 12      4     CRC-32 (IEEE) of the header bytes, u32 LE
@@ -15,7 +15,7 @@
 //! The data section holds the parameters in one of the encodings of [`crate::encoding`]
 //! (f32: the flat parameter buffer of [`crate::spec`] as it is; int8: i8 weights with f32
 //! scales), and the file's version is the one that introduced its encoding
-//! ([`Encoding::format_version`]: 1 for f32, 2 for int8), so older readers keep accepting the
+//! ([`Encoding::format_version`]: 1 for f32, 2 for int8, 3 for q8), so older readers keep accepting the
 //! files they can read. Every tensor starts on a 16-byte boundary, so a device can use the
 //! weights in place from flash: if the file starts 16-byte aligned, so does every tensor. The
 //! header lists each tensor (kind, dtype, offset, length) so tools can show and check them;
@@ -31,10 +31,11 @@ use crate::spec::{Layer, Shape, Spec};
 
 /// First four bytes of every weights file.
 pub const MAGIC: [u8; 4] = *b"GANW";
-/// The newest format version this build reads and writes: 2 adds int8 tensors. Each file is
+/// The newest format version this build reads and writes: 2 adds int8 tensors, 3 the
+/// all-integer `q8` encoding (i32 tensors, requantisation, output lookup table). Each file is
 /// written with the version of its encoding ([`Encoding::format_version`]), so f32 files are
 /// still version 1 and older readers keep accepting them.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// The oldest format version this build reads.
 pub const MIN_VERSION: u16 = 1;
 /// Bytes before the header.
@@ -81,15 +82,18 @@ pub enum NoiseKind {
 pub enum DType {
     /// IEEE-754 binary32, little-endian.
     F32,
-    /// Signed 8-bit integer with a per-output-column f32 scale (a [`TensorKind::Scale`] tensor).
+    /// Signed 8-bit integer: int8 weights (with a [`TensorKind::Scale`] tensor in the `i8`
+    /// encoding), or bytes of a [`TensorKind::Lut`].
     I8,
+    /// Signed 32-bit integer, little-endian (the `q8` encoding's biases and requantisation).
+    I32,
 }
 
 impl DType {
     /// Bytes per element.
     pub const fn size(self) -> usize {
         match self {
-            DType::F32 => 4,
+            DType::F32 | DType::I32 => 4,
             DType::I8 => 1,
         }
     }
@@ -107,8 +111,14 @@ pub enum TensorKind {
     /// Running statistics of a batch-normalisation layer: per-channel means, then variances
     /// (used by inference instead of batch statistics).
     RunningStats,
-    /// Per-output-column scales of an int8 weight tensor: weight = i8 value × scale.
+    /// Per-output-column scales of an int8 weight tensor: weight = i8 value × scale (and in
+    /// the `q8` encoding, the scale its network input is quantised with).
     Scale,
+    /// The `q8` encoding's fixed-point requantisation of each output channel: multiplier for
+    /// non-negative sums, multiplier for negative ones, right shift.
+    Requant,
+    /// The `q8` encoding's lookup table from the output layer's fixed-point values to pixels.
+    Lut,
 }
 
 impl TensorKind {
@@ -119,6 +129,8 @@ impl TensorKind {
             TensorKind::Bias => "bias",
             TensorKind::RunningStats => "stats",
             TensorKind::Scale => "scale",
+            TensorKind::Requant => "requant",
+            TensorKind::Lut => "lut",
         }
     }
 }
@@ -254,6 +266,12 @@ pub enum FormatError {
         /// The layer whose tensor holds it.
         layer: u16,
     },
+    /// A requantisation of the `q8` encoding is out of range (a negative multiplier or a shift
+    /// outside `1..=62`; checksums intact).
+    BadRequant {
+        /// The layer it belongs to.
+        layer: u16,
+    },
 }
 
 impl FormatError {
@@ -274,13 +292,14 @@ impl FormatError {
             FormatError::BufferTooSmall => 20,
             FormatError::Unsupported => 21,
             FormatError::NonFinite { .. } => 22,
+            FormatError::BadRequant { .. } => 23,
         }
     }
 }
 
 impl FormatError {
-    /// The range of [`FormatError::code`] values (10–22 today).
-    pub const CODES: core::ops::RangeInclusive<u8> = 10..=22;
+    /// The range of [`FormatError::code`] values (10–23 today).
+    pub const CODES: core::ops::RangeInclusive<u8> = 10..=23;
 }
 
 impl core::fmt::Display for FormatError {
@@ -304,11 +323,15 @@ impl core::fmt::Display for FormatError {
             FormatError::TooLarge => write!(f, "model is too large for this target"),
             FormatError::WrongKind => write!(f, "model is not a generator"),
             FormatError::BufferTooSmall => write!(f, "output buffer too small"),
-            FormatError::Unsupported => {
-                write!(f, "int8 weights are only supported in dense and convolution layers")
-            }
+            FormatError::Unsupported => write!(
+                f,
+                "the encoding cannot hold this network (int8: dense and convolution layers only, batch normalisation folded; q8: also a chain of weighted layers and activations ending in Tanh or Sigmoid)"
+            ),
             FormatError::NonFinite { layer } => {
                 write!(f, "weights of layer {layer} hold a NaN or an infinity")
+            }
+            FormatError::BadRequant { layer } => {
+                write!(f, "the q8 requantisation of layer {layer} is out of range")
             }
         }
     }
@@ -432,7 +455,7 @@ impl<'a> WeightsFile<'a> {
     pub fn params(&self) -> Option<&'a [f32]> {
         match self.header.encoding() {
             Encoding::F32 => crate::encoding::f32::view(self.data).ok(),
-            Encoding::I8 => None,
+            Encoding::I8 | Encoding::Q8 => None,
         }
     }
 
@@ -484,6 +507,15 @@ pub fn max_file_len(param_len: usize) -> usize {
 /// architecture (as [`Header::for_spec_as`] builds it). Bytes of `out` after the file are
 /// scratch: they may be left changed.
 pub fn write(out: &mut [u8], header: &Header, params: &[f32]) -> Result<usize, FormatError> {
+    write_calibrated(out, header, params, None)
+}
+
+/// [`write()`] with the activations' calibration an encoding may need (`q8`, see
+/// [`Encoding::encode`]).
+pub fn write_calibrated(
+    out: &mut [u8], header: &Header, params: &[f32],
+    calib: Option<&crate::encoding::q8::Calibration<'_>>,
+) -> Result<usize, FormatError> {
     let spec = header.spec().map_err(FormatError::BadArchitecture)?;
     let encoding = header.encoding();
     let (table, len) = encoding.tensor_table(&spec)?;
@@ -500,7 +532,7 @@ pub fn write(out: &mut [u8], header: &Header, params: &[f32]) -> Result<usize, F
     if out.len() < end {
         return Err(FormatError::BufferTooSmall);
     }
-    encoding.encode(&spec, params, &mut out[widest..end])?;
+    encoding.encode(&spec, params, calib, &mut out[widest..end])?;
     h.data_crc = crc32(&out[widest..end]);
     let data = write_head(out, &h, encoding.format_version())?;
     out.copy_within(widest..end, data.start);
@@ -732,6 +764,7 @@ mod tests {
             FormatError::BufferTooSmall,
             FormatError::Unsupported,
             FormatError::NonFinite { layer: 0 },
+            FormatError::BadRequant { layer: 0 },
         ]
         .map(|e| e.code());
         for (i, a) in codes.iter().enumerate() {

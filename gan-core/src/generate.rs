@@ -115,6 +115,13 @@ impl<'a> Generator<'a> {
             return Err(CoreError::Unsupported { layer: 0 });
         }
         noise::generator_input(self.noise, rng, self.latent, class, input);
+        if let Encoded::Q8 { data, tensors } = self.weights {
+            // All-integer: the pixels come straight from the output table.
+            check_len("output", output.len(), self.output_len())?;
+            check_len("scratch", scratch.len(), self.scratch_len())?;
+            output.fill(0.0);
+            return crate::encoding::q8::run(&self.spec, data, tensors, input, pixels, scratch);
+        }
         model::infer_encoded(&self.spec, &self.weights, input, output, scratch, 1, exec)?;
         let map = if self.sigmoid_out { crate::to_pixel_unit } else { crate::to_pixel };
         for (p, &v) in pixels.iter_mut().zip(output.iter()) {

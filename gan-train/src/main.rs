@@ -234,7 +234,7 @@ struct ExportArgs {
     /// Run directory to export from (uses its checkpoint).
     #[arg(long, required_unless_present_any = ["checkpoint", "weights"])]
     run: Option<PathBuf>,
-    /// An f32 weights file to re-encode instead (with `--dtype i8`), e.g.
+    /// An f32 weights file to re-encode instead (with `--dtype i8` or `q8`), e.g.
     /// data/weights/default.ganw.
     #[arg(long, conflicts_with_all = ["run", "checkpoint"], requires = "out")]
     weights: Option<PathBuf>,
@@ -250,7 +250,7 @@ struct ExportArgs {
     /// Board for --uf2.
     #[arg(long, default_value = "pico", value_parser = gan_train::uf2::parse_board)]
     board: &'static Board,
-    /// Weight type: f32 (exact) or i8 (a quarter of the size, integer math on the device).
+    /// Weight type: f32 (exact), i8 (a quarter of the size, integer products on the device) or q8 (all-integer: int8 activations too, scales calibrated at export).
     #[arg(long, value_parser = run::parse_encoding, default_value = "f32")]
     dtype: Encoding,
 }

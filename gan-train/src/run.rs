@@ -203,10 +203,52 @@ pub fn encode_weights(
                 ),
                 e => anyhow::anyhow!("{e}"),
             })?;
+    let mut maxima = Vec::new();
+    let calib = if encoding.needs_calibration() {
+        Some(calibrate(spec, meta, params, &mut maxima)?)
+    } else {
+        None
+    };
     let mut buf = vec![0u8; header.file_len_bound()];
-    let n = format::write(&mut buf, &header, params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let n = format::write_calibrated(&mut buf, &header, params, calib.as_ref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     buf.truncate(n);
     Ok(buf)
+}
+
+/// Generator inputs the `q8` encoding's scales are calibrated on.
+pub const CALIBRATION_SAMPLES: usize = 512;
+
+/// The activations' scales for the `q8` encoding: the f32 generator run (exact inference) on
+/// [`CALIBRATION_SAMPLES`] inputs drawn like `gan-train sample` draws them (noise from a
+/// fixed seed, classes cycling), the largest magnitudes kept in `maxima`.
+fn calibrate<'m>(
+    spec: &gan_core::spec::Spec<'_>, meta: &WeightsMeta, params: &[f32], maxima: &'m mut Vec<f32>,
+) -> Result<gan_core::encoding::q8::Calibration<'m>> {
+    use gan_core::encoding::q8;
+    ensure!(meta.kind == ModelKind::Generator, "only a generator can be stored as q8");
+    let steps = q8::plan(spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let per = spec.input().len();
+    let mut inputs = vec![0f32; CALIBRATION_SAMPLES * per];
+    let mut rng = gan_core::noise::rng(0xCA11_B8A7);
+    for (i, x) in inputs.chunks_exact_mut(per).enumerate() {
+        let class = if meta.classes > 0 { i % meta.classes as usize } else { 0 };
+        gan_core::noise::generator_input(meta.noise, &mut rng, meta.latent as usize, class, x);
+    }
+    maxima.resize(steps.len(), 0.0);
+    let mut output = vec![0f32; spec.output().len()];
+    let mut scratch = vec![0f32; spec.infer_scratch_len(1)];
+    let input_max = q8::calibrate(
+        spec,
+        params,
+        &inputs,
+        CALIBRATION_SAMPLES,
+        &mut output,
+        &mut scratch,
+        maxima,
+    )
+    .map_err(|e| anyhow::anyhow!("calibrating the q8 scales: {e}"))?;
+    Ok(q8::Calibration { input_max, output_max: maxima })
 }
 
 /// Re-encodes an f32 weights file in `encoding` (its parameters, read back exactly, go through

@@ -95,7 +95,7 @@ fn mcu_generator_int8_inference_is_bit_exact() {
         Header::for_spec_as(ModelKind::Generator, &spec, 64, 0, NoiseKind::Gaussian, Encoding::I8)
             .unwrap();
     let mut data = vec![0u8; h.data_len as usize];
-    Encoding::I8.encode(&spec, &params, &mut data).unwrap();
+    Encoding::I8.encode(&spec, &params, None, &mut data).unwrap();
     // Length and CRC-32 of the 192 KB data section (the section itself is not stored).
     let mut summary = (data.len() as u32).to_le_bytes().to_vec();
     summary.extend_from_slice(&gan_core::format::crc32(&data).to_le_bytes());

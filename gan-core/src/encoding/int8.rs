@@ -36,13 +36,13 @@ pub const QMAX: f32 = 127.0;
 /// which is the same as clamping the float and saves two soft-float compares per value on
 /// cores without an FPU.
 #[inline]
-fn quantize(x: f32, scale: f32) -> i8 {
+pub(crate) fn quantize(x: f32, scale: f32) -> i8 {
     (libm::roundf(x / scale) as i32).clamp(-127, 127) as i8
 }
 
 /// Largest `|x|` (NaN ignored). Compared as bit patterns, which order non-negative floats the
 /// way their values do (no soft-float compare on cores without an FPU).
-fn max_abs(xs: impl Iterator<Item = f32>) -> f32 {
+pub(crate) fn max_abs(xs: impl Iterator<Item = f32>) -> f32 {
     let mut m = 0u32;
     for x in xs {
         let a = x.to_bits() & 0x7FFF_FFFF;
@@ -55,7 +55,7 @@ fn max_abs(xs: impl Iterator<Item = f32>) -> f32 {
 
 /// The scale for values whose largest magnitude is `m`: `m / 127`, or 0 when `m` is 0 or not
 /// finite (then everything quantises to 0).
-fn scale_for(m: f32) -> f32 {
+pub(crate) fn scale_for(m: f32) -> f32 {
     let s = m / QMAX;
     if s > 0.0 && s.is_finite() { s } else { 0.0 }
 }
@@ -374,7 +374,7 @@ mod tests {
         let h = i8_header(&spec).unwrap();
         assert_eq!(h.encoding(), Encoding::I8);
         let mut data = vec![0u8; h.data_len as usize];
-        assert_eq!(Encoding::I8.encode(&spec, &params, &mut data).unwrap(), data.len());
+        assert_eq!(Encoding::I8.encode(&spec, &params, None, &mut data).unwrap(), data.len());
         #[repr(C, align(16))]
         struct Buf([u8; 4096]);
         let mut buf = Buf([0; 4096]);

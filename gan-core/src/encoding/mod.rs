@@ -11,7 +11,8 @@
 //! | encoding | module | tensors per layer | format version |
 //! |---|---|---|---|
 //! | [`Encoding::F32`] | [`mod@f32`] | the flat parameter buffer as it is | 1 |
-//! | [`Encoding::I8`] | [`int8`] | dense layers: i8 weights, f32 scale per output, f32 bias | 2 |
+//! | [`Encoding::I8`] | [`int8`] | dense and convolution layers: i8 weights, f32 scale per output channel, f32 bias | 2 |
+//! | [`Encoding::Q8`] | [`q8`] | all-integer: i8 weights, i32 bias and requantisation per output channel; the input scale; the output lookup table | 3 |
 
 use crate::error::CoreError;
 use crate::format::{FormatError, MAX_TENSORS, TensorEntry};
@@ -20,6 +21,7 @@ use crate::spec::{LayerInfo, Spec};
 
 pub mod f32;
 pub mod int8;
+pub mod q8;
 
 /// A tensor table and the length in bytes of the data section it describes.
 pub type Table = (heapless::Vec<TensorEntry, MAX_TENSORS>, usize);
@@ -30,19 +32,23 @@ pub type Table = (heapless::Vec<TensorEntry, MAX_TENSORS>, usize);
 pub enum Encoding {
     /// IEEE-754 binary32: exactly the trained parameters ([`mod@f32`]).
     F32,
-    /// Int8 weights with one f32 scale per output column ([`int8`]); dense layers only.
+    /// Int8 weights with one f32 scale per output channel ([`int8`]); activations stay f32.
     I8,
+    /// All-integer: int8 weights and activations, fixed-point requantisation, the output
+    /// through a lookup table ([`q8`]). Encoded with a calibration ([`q8::encode`]).
+    Q8,
 }
 
 impl Encoding {
     /// Every encoding.
-    pub const ALL: [Encoding; 2] = [Encoding::F32, Encoding::I8];
+    pub const ALL: [Encoding; 3] = [Encoding::F32, Encoding::I8, Encoding::Q8];
 
     /// Short name (`f32`, `i8`), as the command line spells it.
     pub const fn name(self) -> &'static str {
         match self {
             Encoding::F32 => "f32",
             Encoding::I8 => "i8",
+            Encoding::Q8 => "q8",
         }
     }
 
@@ -51,6 +57,7 @@ impl Encoding {
         match self {
             Encoding::F32 => "f32",
             Encoding::I8 => "int8 weights, f32 scales and biases",
+            Encoding::Q8 => "all-integer: int8 weights and activations, int32 requantisation",
         }
     }
 
@@ -60,6 +67,7 @@ impl Encoding {
         match self {
             Encoding::F32 => 1,
             Encoding::I8 => 2,
+            Encoding::Q8 => 3,
         }
     }
 
@@ -69,13 +77,16 @@ impl Encoding {
         match self {
             Encoding::F32 => f32::table(spec),
             Encoding::I8 => int8::table(spec),
+            Encoding::Q8 => q8::table(spec),
         }
     }
 
     /// Writes the data section of `params` (the f32 parameter buffer of `spec`) into the start
-    /// of `out` and returns its length (that of [`Encoding::tensor_table`]).
+    /// of `out` and returns its length (that of [`Encoding::tensor_table`]). `q8` needs the
+    /// activations' scales too (`calib`, see [`q8::calibrate`]; without them
+    /// [`FormatError::Unsupported`]); the others ignore it.
     pub fn encode(
-        self, spec: &Spec<'_>, params: &[f32], out: &mut [u8],
+        self, spec: &Spec<'_>, params: &[f32], calib: Option<&q8::Calibration<'_>>, out: &mut [u8],
     ) -> Result<usize, FormatError> {
         if params.len() != spec.param_len() {
             return Err(FormatError::BadTensorTable);
@@ -83,6 +94,15 @@ impl Encoding {
         match self {
             Encoding::F32 => f32::encode(spec, params, out),
             Encoding::I8 => int8::encode(spec, params, out),
+            Encoding::Q8 => q8::encode(spec, params, calib.ok_or(FormatError::Unsupported)?, out),
+        }
+    }
+
+    /// Whether [`Encoding::encode`] needs a calibration of the activations.
+    pub const fn needs_calibration(self) -> bool {
+        match self {
+            Encoding::F32 | Encoding::I8 => false,
+            Encoding::Q8 => true,
         }
     }
 
@@ -116,12 +136,17 @@ impl Encoding {
         match self {
             Encoding::F32 => 0,
             Encoding::I8 => int8::extra_scratch_len(max_features),
+            // The sums and two int8 rows fit the two activation buffers.
+            Encoding::Q8 => q8::scratch_len(max_features).saturating_sub(2 * max_features),
         }
     }
 
-    /// The encoding a tensor table describes: int8 if any tensor is i8, else f32.
+    /// The encoding a tensor table describes: q8 if it has a requantisation, else int8 if any
+    /// tensor is i8, else f32.
     pub fn of_table(tensors: &[TensorEntry]) -> Encoding {
-        if tensors.iter().any(|t| t.dtype == crate::format::DType::I8) {
+        if tensors.iter().any(|t| t.kind == crate::format::TensorKind::Requant) {
+            Encoding::Q8
+        } else if tensors.iter().any(|t| t.dtype == crate::format::DType::I8) {
             Encoding::I8
         } else {
             Encoding::F32
@@ -136,6 +161,7 @@ impl Encoding {
         match self {
             Encoding::F32 => Ok(Encoded::F32(f32::view(data)?)),
             Encoding::I8 => int8::view(data, tensors),
+            Encoding::Q8 => q8::view(data, tensors),
         }
     }
 }
@@ -152,6 +178,13 @@ pub enum Encoded<'a> {
         /// Its tensors.
         tensors: &'a [TensorEntry],
     },
+    /// A q8 data section (4-byte aligned, requantisations checked) and its tensor table.
+    Q8 {
+        /// The data section.
+        data: &'a [u8],
+        /// Its tensors.
+        tensors: &'a [TensorEntry],
+    },
 }
 
 impl<'a> Encoded<'a> {
@@ -160,6 +193,7 @@ impl<'a> Encoded<'a> {
         match self {
             Encoded::F32(_) => Encoding::F32,
             Encoded::I8 { .. } => Encoding::I8,
+            Encoded::Q8 { .. } => Encoding::Q8,
         }
     }
 
@@ -168,6 +202,8 @@ impl<'a> Encoded<'a> {
         match *self {
             Encoded::F32(params) => f32::layer(params, l),
             Encoded::I8 { data, tensors } => int8::layer(data, tensors, l),
+            // Its layers run only together, in the integer walk (`q8::run`).
+            Encoded::Q8 { .. } => Err(CoreError::Unsupported { layer: l.index }),
         }
     }
 }

@@ -29,6 +29,31 @@ pub fn matvec_i8(out: &mut [f32], xq: &[i8], q: &[i8], scales: &[f32], bias: &[f
     }
 }
 
+/// The integer sums alone, as i32 bits: `acc[j] = Σ_p xq[p]·q[p·n + j]` for
+/// `j < n = acc.len()` (the all-integer encoding's products, [`crate::encoding::q8`]).
+///
+/// Panics if `q` is shorter than `xq.len() × n`.
+pub fn matvec_i8_sums(acc: &mut [f32], xq: &[i8], q: &[i8]) {
+    let n = acc.len();
+    assert!(q.len() >= xq.len() * n);
+    let bits = |out: &mut [f32], sums: &[i32]| {
+        for (o, &s) in out.iter_mut().zip(sums) {
+            *o = f32::from_bits(s as u32);
+        }
+    };
+    let mut j = 0;
+    while j + TILE <= n {
+        // SAFETY: columns j..j+TILE ≤ n of every row p < xq.len() of `q` (asserted above).
+        bits(&mut acc[j..j + TILE], &unsafe { column_sums::<TILE>(xq, q.as_ptr().add(j), n) });
+        j += TILE;
+    }
+    while j < n {
+        // SAFETY: as above with one column.
+        bits(&mut acc[j..j + 1], &unsafe { column_sums::<1>(xq, q.as_ptr().add(j), n) });
+        j += 1;
+    }
+}
+
 /// Columns summed together, so the accumulators stay in registers: few on ARMv6-M (eight low
 /// registers; no compare-and-swap atomics is how its targets are told apart), more on
 /// ARMv7E-M, a vector's worth elsewhere.
@@ -207,6 +232,12 @@ impl Walk {
 pub(crate) fn conv2d_i8(
     out: &mut [f32], xq: &[i8], q: &[i8], scales: &[f32], bias: &[f32], sx: f32, g: &Geom,
 ) {
+    conv2d_i8_sums(out, xq, q, g);
+    finish_planes(out, g.gh * g.gw, scales, bias, sx);
+}
+
+/// The integer sums of [`conv2d_i8`], left in `out` as bits (see [`finish_planes`]).
+pub(crate) fn conv2d_i8_sums(out: &mut [f32], xq: &[i8], q: &[i8], g: &Geom) {
     let plane = g.gh * g.gw;
     let range = |pos: usize, len: usize| {
         // Taps t with 0 <= pos·s − p + t < len.
@@ -239,7 +270,6 @@ pub(crate) fn conv2d_i8(
             walk.pixel(out, gy * g.gw + gx, plane, g.cg, xq, x0, q, w0);
         }
     }
-    finish_planes(out, plane, scales, bias, sx);
 }
 
 /// Turns the integer sums a kernel left in `out` (the bits of each `f32` hold an `i32`), one
@@ -263,17 +293,21 @@ fn finish_planes(out: &mut [f32], plane: usize, scales: &[f32], bias: &[f32], sx
 pub(crate) fn conv_transpose2d_i8(
     out: &mut [f32], xq: &[i8], q: &[i8], scales: &[f32], bias: &[f32], sx: f32, g: &Geom,
 ) {
+    conv_transpose2d_i8_sums(out, xq, q, g);
+    finish_planes(out, g.ih * g.iw, scales, bias, sx);
+}
+
+/// The integer sums of [`conv_transpose2d_i8`], left in `out` as bits (see [`finish_planes`]).
+pub(crate) fn conv_transpose2d_i8_sums(out: &mut [f32], xq: &[i8], q: &[i8], g: &Geom) {
     if FOUR_BY_FOUR && g.k == 4 && g.s == 2 {
-        conv_transpose2d_i8_4x4(out, xq, q, scales, bias, sx, g);
+        conv_transpose2d_i8_4x4(out, xq, q, g);
     } else {
-        conv_transpose2d_i8_walk(out, xq, q, scales, bias, sx, g);
+        conv_transpose2d_i8_walk(out, xq, q, g);
     }
 }
 
 /// [`conv_transpose2d_i8`] through the general [`Walk`] ([`TILE`] channels in registers).
-fn conv_transpose2d_i8_walk(
-    out: &mut [f32], xq: &[i8], q: &[i8], scales: &[f32], bias: &[f32], sx: f32, g: &Geom,
-) {
+fn conv_transpose2d_i8_walk(out: &mut [f32], xq: &[i8], q: &[i8], g: &Geom) {
     let (s, p, k) = (g.s, g.p, g.k);
     let plane = g.ih * g.iw;
     let kk = k * k;
@@ -314,7 +348,6 @@ fn conv_transpose2d_i8_walk(
             walk.pixel(out, oy * g.iw + ox, plane, g.ci, xq, x0, q, w0);
         }
     }
-    finish_planes(out, plane, scales, bias, sx);
 }
 
 /// [`conv_transpose2d_i8`] for 4×4 kernels with stride 2 (the generators' upsampling layers):
@@ -324,9 +357,7 @@ fn conv_transpose2d_i8_walk(
 /// output channel adds its four products to an accumulator kept in the output buffer (as
 /// integer bits, see [`finish_planes`]). An input channel whose four values are all zero
 /// (common after ReLU) is skipped.
-fn conv_transpose2d_i8_4x4(
-    out: &mut [f32], xq: &[i8], q: &[i8], scales: &[f32], bias: &[f32], sx: f32, g: &Geom,
-) {
+fn conv_transpose2d_i8_4x4(out: &mut [f32], xq: &[i8], q: &[i8], g: &Geom) {
     const KK: usize = 16;
     let (plane, grid, n_out) = (g.ih * g.iw, g.gh * g.gw, g.ci);
     let block = n_out * KK;
@@ -382,7 +413,6 @@ fn conv_transpose2d_i8_4x4(
             }
         }
     }
-    finish_planes(out, plane, scales, bias, sx);
 }
 
 #[cfg(test)]
@@ -412,12 +442,10 @@ mod tests {
             let xq: Vec<i8> =
                 xq.iter().enumerate().map(|(i, &v)| if i % 3 == 0 { 0 } else { v }).collect();
             let q: Vec<i8> = (0..g.w).map(|_| (r.next_f32() * 254.0 - 127.0) as i8).collect();
-            let scales: Vec<f32> = (0..co).map(|_| r.next_f32() * 0.01).collect();
-            let bias: Vec<f32> = (0..co).map(|_| r.next_f32() - 0.5).collect();
             let mut a = vec![f32::NAN; g.img];
             let mut b = vec![f32::NAN; g.img];
-            conv_transpose2d_i8_4x4(&mut a, &xq, &q, &scales, &bias, 0.02, &g);
-            conv_transpose2d_i8_walk(&mut b, &xq, &q, &scales, &bias, 0.02, &g);
+            conv_transpose2d_i8_4x4(&mut a, &xq, &q, &g);
+            conv_transpose2d_i8_walk(&mut b, &xq, &q, &g);
             assert_eq!(
                 a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

@@ -9,7 +9,7 @@ use core::fmt;
 
 use crate::error::{CoreError, SpecError};
 use crate::kernels::par;
-use crate::layers::{Backward, Forward, Infer, Kind, Rules, Tangent};
+use crate::layers::{Backward, Forward, Infer, Kind, Q8Role, Rules, Tangent};
 use crate::spec::{LayerInfo, Shape};
 
 /// Shape rule of `LeakyRelu`: the input shape; `alpha` finite, in `[0, 10⁶]`.
@@ -111,6 +111,9 @@ impl Activation {
 }
 
 impl Kind for Activation {
+    fn q8(&self) -> Q8Role {
+        Q8Role::Act(*self)
+    }
     fn name(&self) -> &'static str {
         match self {
             Activation::Relu => "relu",

@@ -46,7 +46,7 @@ use crate::encoding::int8::quantize_row;
 use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
 use crate::kernels::{self, Exec, Serial, par};
 use crate::layers::{
-    Backward, Channels, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, mul3, size,
+    Backward, Channels, Forward, Infer, Kind, LayerWeights, Q8Role, Rules, Sizes, mul, mul3, size,
 };
 use crate::spec::{LayerInfo, Shape};
 
@@ -108,6 +108,10 @@ pub(crate) trait Direction {
     const EXACT: ExactFn;
     /// Int8 inference ([`conv2d_forward_i8`]'s arguments).
     const INT8: Int8Fn;
+    /// The integer sums of one sample for the all-integer encoding, as i32 bits.
+    const Q8_SUMS: fn(&mut [f32], &[i8], &[i8], &Geom);
+    /// The geometry of a layer with these dimensions.
+    fn geom(d: &ConvDims) -> Result<Geom, CoreError>;
     /// How the weights belong to the output channels: `(out_c, inner)` of [`Channels`] for
     /// `C_in` input channels and `k²` taps.
     fn channels(c_in: usize, c_out: usize, kk: usize) -> Channels;
@@ -171,6 +175,10 @@ impl Direction for Direct {
     const BACKWARD: BackwardFn = conv2d_backward;
     const EXACT: ExactFn = conv2d_forward_exact;
     const INT8: Int8Fn = conv2d_forward_i8;
+    const Q8_SUMS: fn(&mut [f32], &[i8], &[i8], &Geom) = kernels::int8::conv2d_i8_sums;
+    fn geom(d: &ConvDims) -> Result<Geom, CoreError> {
+        Geom::conv(d)
+    }
     /// `w` is C_out × (C_in·k·k): each output channel's weights are one row.
     fn channels(c_in: usize, c_out: usize, kk: usize) -> Channels {
         Channels { n: c_out, inner: c_in * kk }
@@ -271,6 +279,20 @@ impl<D: Direction> Kind for Conv<D> {
                 })
             }
         }
+    }
+    fn q8(&self) -> Q8Role {
+        Q8Role::Weighted
+    }
+    fn q8_sums(
+        &self, l: &LayerInfo, acc: &mut [f32], xq: &[i8], q: &[i8],
+    ) -> Result<(), CoreError> {
+        let g = D::geom(&self.dims(l))?;
+        let (i, o, _) = g.io_lens();
+        check_len("acc", acc.len(), o)?;
+        check_len("xq", xq.len(), i)?;
+        check_len("q", q.len(), g.w)?;
+        (D::Q8_SUMS)(acc, xq, q, &g);
+        Ok(())
     }
     fn channels(&self, l: &LayerInfo) -> Option<Channels> {
         let kk = (self.k as usize).pow(2);
@@ -433,6 +455,12 @@ impl Geom {
             w: m(cg, rows)?,
             transposed: false,
         })
+    }
+
+    /// Per sample: (input, output) elements, and the output channels.
+    pub(crate) fn io_lens(&self) -> (usize, usize, usize) {
+        let (o, i, c) = self.io();
+        (i, o, c)
     }
 
     /// Per sample: (output, input) elements, and the bias length (output channels).

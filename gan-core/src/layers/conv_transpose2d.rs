@@ -45,6 +45,10 @@ impl Direction for Transposed {
     const BACKWARD: BackwardFn = conv_transpose2d_backward;
     const EXACT: ExactFn = conv_transpose2d_forward_exact;
     const INT8: Int8Fn = conv_transpose2d_forward_i8;
+    const Q8_SUMS: fn(&mut [f32], &[i8], &[i8], &Geom) = kernels::int8::conv_transpose2d_i8_sums;
+    fn geom(d: &ConvDims) -> Result<Geom, CoreError> {
+        Geom::transpose(d)
+    }
     /// `w` is C_in × C_out × k × k: output channel `c`'s taps are the `c`-th block of `k²` in
     /// every input channel's row.
     fn channels(_: usize, c_out: usize, kk: usize) -> Channels {

@@ -14,7 +14,8 @@ use crate::encoding::int8::quantize_row;
 use crate::error::{CoreError, SpecError, check_len, check_opt_len};
 use crate::kernels::{self, Exec};
 use crate::layers::{
-    Backward, Channels, Forward, Infer, Kind, LayerWeights, Rules, Sizes, Tangent, mul, size,
+    Backward, Channels, Forward, Infer, Kind, LayerWeights, Q8Role, Rules, Sizes, Tangent, mul,
+    size,
 };
 use crate::spec::{LayerInfo, Shape};
 
@@ -56,6 +57,19 @@ impl Kind for Dense {
     fn channels(&self, _: &LayerInfo) -> Option<Channels> {
         // `w` is C_in × C_out, row-major: element `p·C_out + j` feeds output `j`.
         Some(Channels { n: self.out as usize, inner: 1 })
+    }
+    fn q8(&self) -> Q8Role {
+        Q8Role::Weighted
+    }
+    fn q8_sums(
+        &self, l: &LayerInfo, acc: &mut [f32], xq: &[i8], q: &[i8],
+    ) -> Result<(), CoreError> {
+        let (c_in, c_out) = (l.in_shape.len(), self.out as usize);
+        check_len("acc", acc.len(), c_out)?;
+        check_len("xq", xq.len(), c_in)?;
+        check_len("q", q.len(), c_in * c_out)?;
+        kernels::int8::matvec_i8_sums(acc, xq, q);
+        Ok(())
     }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
         let (c_in, c_out) = (a.l.in_shape.len(), self.out as usize);

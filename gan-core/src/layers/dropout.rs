@@ -19,7 +19,7 @@
 use core::fmt;
 
 use crate::error::{CoreError, SpecError, check_len};
-use crate::layers::{Backward, Forward, Infer, Kind, Rules, Sizes};
+use crate::layers::{Backward, Forward, Infer, Kind, Q8Role, Rules, Sizes};
 use crate::spec::{LayerInfo, Shape};
 
 /// A dropout layer with drop probability `p`.
@@ -41,6 +41,9 @@ pub(crate) const fn rules(p: f32, inp: Shape, index: usize) -> Result<Rules, Spe
 impl Kind for Dropout {
     fn name(&self) -> &'static str {
         "dropout"
+    }
+    fn q8(&self) -> Q8Role {
+        Q8Role::Pass
     }
     fn label(&self, _: &LayerInfo, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "dropout({})", self.p)

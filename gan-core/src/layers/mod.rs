@@ -558,6 +558,43 @@ pub(crate) trait Kind {
     fn tangent(&self) -> Option<Tangent> {
         None
     }
+    /// What the layer is to the all-integer encoding ([`crate::encoding::q8`]).
+    fn q8(&self) -> Q8Role {
+        Q8Role::Unsupported
+    }
+    /// For a [`Q8Role::Weighted`] layer: the integer sums of one sample, `acc` (the output's
+    /// elements, as i32 bits) from the int8 input `xq` and the int8 weights `q`.
+    fn q8_sums(
+        &self, l: &LayerInfo, acc: &mut [f32], xq: &[i8], q: &[i8],
+    ) -> Result<(), CoreError> {
+        let _ = (acc, xq, q);
+        Err(CoreError::Unsupported { layer: l.index })
+    }
+}
+
+/// What a layer is to the all-integer encoding ([`crate::encoding::q8`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Q8Role {
+    /// Passes its input through at inference (views, dropout).
+    Pass,
+    /// Int8 weights per output channel, integer sums ([`Kind::q8_sums`]).
+    Weighted,
+    /// An activation, fused into the weighted layer before it.
+    Act(activation::Activation),
+    /// Not representable.
+    Unsupported,
+}
+
+/// [`Kind::q8`] of a layer of a spec.
+pub(crate) fn q8_role(l: &LayerInfo) -> Q8Role {
+    with_kind!(l.layer, |k| k.q8())
+}
+
+/// [`Kind::q8_sums`] of a layer of a spec.
+pub(crate) fn q8_sums(
+    l: &LayerInfo, acc: &mut [f32], xq: &[i8], q: &[i8],
+) -> Result<(), CoreError> {
+    with_kind!(l.layer, |k| k.q8_sums(l, acc, xq, q))
 }
 
 /// The non-const facts about a layer, through its kind.

@@ -2,7 +2,7 @@
 //! aliases their input in the activation buffer, so no pass does any work for them.
 
 use crate::error::{CoreError, SpecError};
-use crate::layers::{Backward, Forward, Infer, Kind, Rules, Sizes, Tangent};
+use crate::layers::{Backward, Forward, Infer, Kind, Q8Role, Rules, Sizes, Tangent};
 use crate::spec::Shape;
 
 /// A view layer.
@@ -52,5 +52,8 @@ impl Kind for View {
     }
     fn tangent(&self) -> Option<Tangent> {
         Some(Tangent::View)
+    }
+    fn q8(&self) -> Q8Role {
+        Q8Role::Pass
     }
 }

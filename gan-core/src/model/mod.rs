@@ -287,6 +287,16 @@ pub fn infer_encoded(
     spec: &Spec<'_>, weights: &Encoded<'_>, input: &[f32], output: &mut [f32], scratch: &mut [f32],
     n: usize, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
+    infer_observed(spec, weights, input, output, scratch, n, exec, &mut |_, _| {})
+}
+
+/// [`infer_encoded`], calling `seen(layer, activation)` with every non-view layer's output
+/// (`n` samples) as soon as it is computed (what calibration looks at).
+#[allow(clippy::too_many_arguments)]
+pub fn infer_observed(
+    spec: &Spec<'_>, weights: &Encoded<'_>, input: &[f32], output: &mut [f32], scratch: &mut [f32],
+    n: usize, exec: &dyn Exec, seen: &mut dyn FnMut(&LayerInfo, &[f32]),
+) -> Result<(), CoreError> {
     if n == 0 {
         return Err(CoreError::ZeroSize);
     }
@@ -302,6 +312,7 @@ pub fn infer_encoded(
         }
         let a = Infer { l: &info, w: weights.layer(&info)?, pp: &mut pp, xq: &mut *xq, n, exec };
         with_kind!(info.layer, |k| Kind::infer(&k, a))?;
+        seen(&info, pp.current());
     }
     output.copy_from_slice(pp.current());
     Ok(())

@@ -12,7 +12,7 @@
 //! For each digit it prints ASCII art, the instructions it took (SysTick under
 //! `-icount shift=0`) and the MAC count to the console, and appends the raw grey bytes to
 //! `out`. At the end it prints the peak stack use and exits QEMU with status 0, or with the
-//! error's code: `FormatError::CODES` (10–22) for a bad weights file (`FormatError::code`), 2
+//! error's code: `FormatError::CODES` (10–23) for a bad weights file (`FormatError::code`), 2
 //! for bad arguments, 3 if the host file cannot be written, 101 on a panic, 102 on a hard
 //! fault.
 //!
