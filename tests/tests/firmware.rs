@@ -336,14 +336,16 @@ fn pico_weights(seed: u64) -> Vec<u8> {
     )
 }
 
-/// The `pico` generator three ways: as trained (with batch normalisation), folded as `export`
-/// writes it, and folded as int8.
-fn pico_variants(seed: u64) -> [(&'static str, Vec<u8>); 3] {
+/// The `pico` generator four ways: as trained (with batch normalisation), folded as `export`
+/// writes it, folded as int8, and all-integer (q8).
+fn pico_variants(seed: u64) -> [(&'static str, Vec<u8>); 4] {
     let trained = pico_weights(seed);
     let folded = gan_train::run::reencode_weights(&trained, Encoding::F32).unwrap();
     let int8 = gan_train::run::reencode_weights(&trained, Encoding::I8).unwrap();
+    let q8 = gan_train::run::reencode_weights(&trained, Encoding::Q8).unwrap();
     assert!(folded.len() < trained.len() && int8.len() < folded.len() / 3);
-    [("with batch norm", trained), ("folded", folded), ("int8", int8)]
+    assert!(q8.len() < folded.len() / 2);
+    [("with batch norm", trained), ("folded", folded), ("int8", int8), ("q8", q8)]
 }
 
 #[test]
@@ -454,13 +456,17 @@ fn m33_default_weights_and_measurements() {
     check_default_weights(M33, None);
 }
 
-/// The `mcu` generator (`data/weights/mcu.ganw`) as f32 and re-encoded with int8 weights,
-/// loaded into the WEIGHTS region: the device's bytes equal the host's, and the instruction
-/// counts are printed. An int8 table in a version-1 file is refused with the tensor-table code.
+/// The `mcu` generator (`data/weights/mcu.ganw`) as f32, re-encoded with int8 weights and
+/// all-integer (q8), loaded into the WEIGHTS region: the device's bytes equal the host's, and
+/// the instruction counts are printed. An int8 table in a version-1 file is refused with the
+/// tensor-table code.
 fn check_mcu(board: &Board) {
     let mcu = std::fs::read(repo_root().join("data/weights/mcu.ganw")).unwrap();
     let run = check_loaded_weights(board, &mcu, 2026, None);
     report_instructions(board, "mcu preset f32", &run);
+    let q8 = gan_train::run::reencode_weights(&mcu, Encoding::Q8).unwrap();
+    let run = check_loaded_weights(board, &q8, 2027, None);
+    report_instructions(board, "mcu preset q8", &run);
     let q = gan_train::run::reencode_weights(&mcu, Encoding::I8).unwrap();
     assert!(q.len() * 3 < mcu.len(), "int8 file is not smaller");
     let run = run_qemu(board, Some(&q), &["seed=2026", "count=3"]);
@@ -508,6 +514,18 @@ fn m33_mcu_weights_match_host() {
     check_mcu(M33);
 }
 
+/// The default generator as q8 with the shift of its last layer's requantisation set to 0,
+/// checksums repaired.
+fn bad_requant() -> Vec<u8> {
+    let f32 = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
+    let mut q8 = gan_train::run::reencode_weights(&f32, Encoding::Q8).unwrap();
+    let (h, at) = format::parse_header(&q8).unwrap();
+    let t = h.tensors.iter().rfind(|t| t.kind == format::TensorKind::Requant).unwrap();
+    let o = at + t.offset as usize + 8;
+    q8[o..o + 4].fill(0);
+    gan_train::fuzz::repair_weights(&q8)
+}
+
 /// Each kind of bad weights file ends QEMU with its own error code.
 fn check_bad_weights(board: &Board) {
     let good = small_conditional();
@@ -519,7 +537,7 @@ fn check_bad_weights(board: &Board) {
     corrupt[data_at + data_len / 2] ^= 0x40;
     let truncated = good[..data_at + data_len / 2].to_vec();
     let mut version = good.clone();
-    version[4] = 3;
+    version[4] = format::VERSION as u8 + 1;
     let mut bad_header = good.clone();
     bad_header[format::PREAMBLE_LEN + 3] ^= 0x01;
     const WIDE: [Layer; 2] = [Layer::Dense { out: 4 }, Layer::Tanh];
@@ -579,6 +597,7 @@ fn check_bad_weights(board: &Board) {
         ("corrupt int8 convolution data", corrupt_conv.clone(), 16),
         ("truncated int8 convolutions", truncated_conv, 10),
         ("a NaN weight", nan_weight, 22),
+        ("a q8 requantisation out of range", bad_requant(), 23),
         ("a discriminator", disc, 19),
     ];
     if board.weights.len as usize <= 1 << 20 {
