@@ -277,6 +277,20 @@ fn train_resume_export_inspect_and_sample() {
         fails(cwd, &["export", "--weights", "Q.ganw", "--dtype", "i8", "--out", "Q3.ganw"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("already int8"), "{err}");
+
+    // All-integer: the same from the run and from the f32 file, shown and sampled.
+    ok(cwd, &["export", "--run", "R", "--dtype", "q8", "--out", "A.ganw"]);
+    ok(cwd, &["export", "--weights", "X.ganw", "--dtype", "q8", "--out", "A2.ganw"]);
+    assert!(read(cwd.join("A.ganw")) == read(cwd.join("A2.ganw")), "q8 exports differ");
+    let text = stdout(&ok(cwd, &["inspect", "A.ganw"]));
+    assert!(text.contains("GANW v3 (all-integer"), "{text}");
+    assert!(text.contains("requant") && text.contains("lut"), "{text}");
+    assert!(!text.contains("INVALID"), "{text}");
+    ok(cwd, &["sample", "--model", "A.ganw", "--n", "4", "--seed", "3", "--raw", "A.bin"]);
+    let araw = read(cwd.join("A.bin"));
+    let mean_diff = araw.iter().zip(&raw).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>()
+        / raw.len() as f64;
+    assert!(mean_diff < 6.0, "q8 digits are {mean_diff} grey levels off");
 }
 
 #[test]
