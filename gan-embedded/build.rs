@@ -1,7 +1,7 @@
 //! Build script: picks the memory map for each binary and target, passes the linker flags, and
 //! copies (after validating it) the weights file that gets linked into the firmware.
 //!
-//! - `GAN_WEIGHTS`: path of the weights file to link (default `../data/weights/default-i8.ganw`,
+//! - `GAN_WEIGHTS`: path of the weights file to link (default `../data/weights/default-q8.ganw`,
 //!   the default `pico` generator as int8;
 //!   a relative path is taken from this package's folder).
 //! - memory maps: each binary's `memory.x` is written from the board table
@@ -95,7 +95,7 @@ fn linked_weights(out: &Path, manifest: &Path) {
     println!("cargo:rerun-if-env-changed=GAN_WEIGHTS");
     let path = match env::var_os("GAN_WEIGHTS") {
         Some(p) if !p.is_empty() => manifest.join(PathBuf::from(p)),
-        _ => manifest.join("../data/weights/default-i8.ganw"),
+        _ => manifest.join("../data/weights/default-q8.ganw"),
     };
     println!("cargo:rerun-if-changed={}", path.display());
     let bytes = fs::read(&path).unwrap_or_else(|e| {

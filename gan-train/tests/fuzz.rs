@@ -95,10 +95,14 @@ fn iterations() -> usize {
 #[test]
 fn weights_files() {
     let n = iterations();
-    for (i, file) in
-        ["data/weights/default-i8.ganw", "data/weights/default.ganw", "data/weights/mcu.ganw"]
-            .iter()
-            .enumerate()
+    for (i, file) in [
+        "data/weights/default-q8.ganw",
+        "data/weights/default-i8.ganw",
+        "data/weights/default.ganw",
+        "data/weights/mcu.ganw",
+    ]
+    .iter()
+    .enumerate()
     {
         let bytes = repo(file);
         // Of the big f32 files, fewer mutations: each copies the whole file.

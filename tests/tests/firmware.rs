@@ -391,14 +391,17 @@ fn m0_digits_match_host_with_loaded_weights() {
 }
 
 /// The weights every firmware links unless told otherwise: the default `pico` generator as
-/// int8 (`data/weights/default-i8.ganw`), checked to be exactly the int8 export of the f32
-/// default (`data/weights/default.ganw`).
+/// all-integer q8 (`data/weights/default-q8.ganw`), checked to be exactly the q8 export of the
+/// f32 default (`data/weights/default.ganw`), as `default-i8.ganw` is its int8 export.
 fn linked_default() -> Vec<u8> {
     let f32 = std::fs::read(repo_root().join("data/weights/default.ganw")).unwrap();
     let int8 = std::fs::read(repo_root().join("data/weights/default-i8.ganw")).unwrap();
+    let q8 = std::fs::read(repo_root().join("data/weights/default-q8.ganw")).unwrap();
+    let again_q8 = gan_train::run::reencode_weights(&f32, Encoding::Q8).unwrap();
+    assert!(again_q8 == q8, "default-q8.ganw is not `export --dtype q8` of default.ganw");
     let again = gan_train::run::reencode_weights(&f32, Encoding::I8).unwrap();
     assert!(again == int8, "default-i8.ganw is not `export --dtype i8` of default.ganw");
-    int8
+    q8
 }
 
 /// Runs the linked default weights (one digit of every class), compares with the host, and
@@ -711,9 +714,12 @@ mod firmware_limits {
 #[test]
 fn shipped_weights_fit_the_firmware() {
     let widest = firmware_limits::MAX_FEATURES;
-    for (name, limit) in
-        [("default-i8.ganw", 200 * 1024), ("default.ganw", 400 * 1024), ("mcu.ganw", 900 * 1024)]
-    {
+    for (name, limit) in [
+        ("default-q8.ganw", 200 * 1024),
+        ("default-i8.ganw", 200 * 1024),
+        ("default.ganw", 400 * 1024),
+        ("mcu.ganw", 900 * 1024),
+    ] {
         let bytes = std::fs::read(repo_root().join("data/weights").join(name)).unwrap();
         let aligned = AlignedBytes::new(&bytes);
         let w = aligned.weights().unwrap();
