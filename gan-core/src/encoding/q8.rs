@@ -371,23 +371,26 @@ pub(crate) fn run(
         let bias = i32_view(data, find(l.index, TensorKind::Bias)?).ok_or(bad)?;
         let rq = i32_view(data, find(l.index, TensorKind::Requant)?).ok_or(bad)?;
         let (n_in, n_out) = (l.in_shape.len(), l.out_shape.len());
-        let plane = (l.out_shape.h as usize) * (l.out_shape.w as usize);
+        // Output channel `c` is the `c`-th plane of `plane` values (one value for a dense layer).
+        let plane = ((l.out_shape.h as usize) * (l.out_shape.w as usize)).max(1);
         layers::q8_sums(l, &mut acc[..n_out], &x[..n_in], q)?;
-        let channel = |o: usize| o / plane.max(1);
+        let planes = acc[..n_out].chunks_exact(plane).zip(bias).zip(rq.chunks_exact(3));
         if i + 1 < steps.len() {
-            for (o, (yo, a)) in y[..n_out].iter_mut().zip(acc.iter()).enumerate() {
-                let c = channel(o);
-                let sum = (a.to_bits() as i32).saturating_add(bias[c]);
-                *yo = requant(sum, &rq[3 * c..3 * c + 3], -127, 127) as i8;
+            for (((a, &b), r), out) in planes.zip(y[..n_out].chunks_exact_mut(plane)) {
+                for (yo, v) in out.iter_mut().zip(a) {
+                    let sum = (v.to_bits() as i32).saturating_add(b);
+                    *yo = requant(sum, r, -127, 127) as i8;
+                }
             }
             core::mem::swap(&mut x, &mut y);
         } else {
             let lut = i8_view(data, find(l.index, TensorKind::Lut)?).ok_or(bad)?;
-            for (o, (p, a)) in pixels.iter_mut().zip(acc.iter()).enumerate() {
-                let c = channel(o);
-                let sum = (a.to_bits() as i32).saturating_add(bias[c]);
-                let idx = requant(sum, &rq[3 * c..3 * c + 3], -LUT_HALF, LUT_HALF - 1);
-                *p = lut[(idx + LUT_HALF) as usize] as u8;
+            for (((a, &b), r), out) in planes.zip(pixels.chunks_exact_mut(plane)) {
+                for (p, v) in out.iter_mut().zip(a) {
+                    let sum = (v.to_bits() as i32).saturating_add(b);
+                    let idx = requant(sum, r, -LUT_HALF, LUT_HALF - 1);
+                    *p = lut[(idx + LUT_HALF) as usize] as u8;
+                }
             }
         }
     }
