@@ -24,7 +24,8 @@
 //! multiply-accumulate or per activation: only the noise and its quantisation (one division
 //! per input value) are float.
 //!
-//! Tensors per step: `weight` (i8, per-channel symmetric like [`super::int8`]), `bias` (i32),
+//! Tensors per step: `weight` (int8 per-channel symmetric like [`super::int8`], stored as bytes
+//! offset by 128 in the layout the kernels want, see [`crate::kernels::q8`]), `bias` (i32),
 //! `requant` (i32 triples `m_pos, m_neg, sh`); the first step also owns the input `scale` (one
 //! f32), the last the `lut` (2,048 bytes). Everything is integer and fixed at export, so host
 //! and firmware produce the same bytes.
@@ -265,7 +266,8 @@ pub fn encode(
         for c in 0..s.ch.n {
             let sw = scale_for(max_abs((0..w.len()).filter(|&k| s.ch.of(k) == c).map(|k| w[k])));
             for k in (0..w.len()).filter(|&k| s.ch.of(k) == c) {
-                out[wo + k] = if sw == 0.0 { 0 } else { quantize(w[k], sw) as u8 };
+                let q = if sw == 0.0 { 0 } else { i32::from(quantize(w[k], sw)) };
+                out[wo + layers::q8_index(&s.info, k)] = (q + crate::kernels::q8::OFFSET) as u8;
             }
             // The accumulator's scale (any positive one for an all-zero channel).
             let acc_scale = if sw == 0.0 { s_y / 256.0 } else { s_x * f64::from(sw) };
@@ -367,13 +369,14 @@ pub(crate) fn run(
     }
     for (i, s) in steps.iter().enumerate() {
         let l = &s.info;
-        let q = i8_view(data, find(l.index, TensorKind::Weight)?).ok_or(bad)?;
+        let t = find(l.index, TensorKind::Weight)?;
+        let u = data.get(t.offset as usize..t.offset as usize + t.len as usize).ok_or(bad)?;
         let bias = i32_view(data, find(l.index, TensorKind::Bias)?).ok_or(bad)?;
         let rq = i32_view(data, find(l.index, TensorKind::Requant)?).ok_or(bad)?;
         let (n_in, n_out) = (l.in_shape.len(), l.out_shape.len());
         // Output channel `c` is the `c`-th plane of `plane` values (one value for a dense layer).
         let plane = ((l.out_shape.h as usize) * (l.out_shape.w as usize)).max(1);
-        layers::q8_sums(l, &mut acc[..n_out], &x[..n_in], q)?;
+        layers::q8_sums(l, &mut acc[..n_out], &x[..n_in], u)?;
         let planes = acc[..n_out].chunks_exact(plane).zip(bias).zip(rq.chunks_exact(3));
         if i + 1 < steps.len() {
             for (((a, &b), r), out) in planes.zip(y[..n_out].chunks_exact_mut(plane)) {
@@ -536,7 +539,7 @@ mod tests {
             let mut y = Vec::new();
             for j in 0..n_out {
                 let acc: i64 =
-                    b[j] + (0..n_in).map(|p| x[p] * (w[p * n_out + j] as i8) as i64).sum::<i64>();
+                    b[j] + (0..n_in).map(|p| x[p] * (w[p * n_out + j] as i64 - 128)).sum::<i64>();
                 let m = if acc < 0 { r[3 * j + 1] } else { r[3 * j] };
                 let v = (acc * m + (1 << (r[3 * j + 2] - 1))) >> r[3 * j + 2];
                 if last {

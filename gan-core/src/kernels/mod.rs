@@ -72,6 +72,7 @@ mod exact;
 mod gemm;
 pub mod int8;
 pub mod par;
+pub mod q8;
 pub mod reference;
 pub(crate) mod split;
 pub mod vtanh;

@@ -109,7 +109,9 @@ pub(crate) trait Direction {
     /// Int8 inference ([`conv2d_forward_i8`]'s arguments).
     const INT8: Int8Fn;
     /// The integer sums of one sample for the all-integer encoding, as i32 bits.
-    const Q8_SUMS: fn(&mut [f32], &[i8], &[i8], &Geom);
+    const Q8_SUMS: fn(&mut [f32], &[i8], &[u8], &Geom);
+    /// Where the all-integer encoding stores weight `i` of the layer's own layout.
+    const Q8_INDEX: fn(&Geom, usize) -> usize;
     /// The geometry of a layer with these dimensions.
     fn geom(d: &ConvDims) -> Result<Geom, CoreError>;
     /// How the weights belong to the output channels: `(out_c, inner)` of [`Channels`] for
@@ -175,7 +177,8 @@ impl Direction for Direct {
     const BACKWARD: BackwardFn = conv2d_backward;
     const EXACT: ExactFn = conv2d_forward_exact;
     const INT8: Int8Fn = conv2d_forward_i8;
-    const Q8_SUMS: fn(&mut [f32], &[i8], &[i8], &Geom) = kernels::int8::conv2d_i8_sums;
+    const Q8_SUMS: fn(&mut [f32], &[i8], &[u8], &Geom) = kernels::q8::reference::conv;
+    const Q8_INDEX: fn(&Geom, usize) -> usize = |_, i| i;
     fn geom(d: &ConvDims) -> Result<Geom, CoreError> {
         Geom::conv(d)
     }
@@ -284,15 +287,21 @@ impl<D: Direction> Kind for Conv<D> {
         Q8Role::Weighted
     }
     fn q8_sums(
-        &self, l: &LayerInfo, acc: &mut [f32], xq: &[i8], q: &[i8],
+        &self, l: &LayerInfo, acc: &mut [f32], xq: &[i8], u: &[u8],
     ) -> Result<(), CoreError> {
         let g = D::geom(&self.dims(l))?;
         let (i, o, _) = g.io_lens();
         check_len("acc", acc.len(), o)?;
         check_len("xq", xq.len(), i)?;
-        check_len("q", q.len(), g.w)?;
-        (D::Q8_SUMS)(acc, xq, q, &g);
+        check_len("u", u.len(), g.w)?;
+        (D::Q8_SUMS)(acc, xq, u, &g);
         Ok(())
+    }
+    fn q8_index(&self, l: &LayerInfo, i: usize) -> usize {
+        match D::geom(&self.dims(l)) {
+            Ok(g) => (D::Q8_INDEX)(&g, i),
+            Err(_) => i,
+        }
     }
     fn channels(&self, l: &LayerInfo) -> Option<Channels> {
         let kk = (self.k as usize).pow(2);

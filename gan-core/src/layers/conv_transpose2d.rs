@@ -45,7 +45,8 @@ impl Direction for Transposed {
     const BACKWARD: BackwardFn = conv_transpose2d_backward;
     const EXACT: ExactFn = conv_transpose2d_forward_exact;
     const INT8: Int8Fn = conv_transpose2d_forward_i8;
-    const Q8_SUMS: fn(&mut [f32], &[i8], &[i8], &Geom) = kernels::int8::conv_transpose2d_i8_sums;
+    const Q8_SUMS: fn(&mut [f32], &[i8], &[u8], &Geom) = q8_sums;
+    const Q8_INDEX: fn(&Geom, usize) -> usize = q8_index;
     fn geom(d: &ConvDims) -> Result<Geom, CoreError> {
         Geom::transpose(d)
     }
@@ -155,6 +156,21 @@ pub fn conv_transpose2d_backward(
         );
     }
     Ok(())
+}
+
+/// The all-integer sums: the 4×4, stride-2 kernel where it applies, else the plain scatter
+/// ([`kernels::q8`]).
+fn q8_sums(acc: &mut [f32], xq: &[i8], u: &[u8], g: &Geom) {
+    if kernels::q8::is_convt4(g) {
+        kernels::q8::conv_transpose_4x4(acc, xq, u, g);
+    } else {
+        kernels::q8::reference::conv_transpose(acc, xq, u, g);
+    }
+}
+
+/// The all-integer layout: per output parity for the 4×4, stride-2 kernel, else the layer's own.
+fn q8_index(g: &Geom, i: usize) -> usize {
+    if kernels::q8::is_convt4(g) { kernels::q8::convt4_index(i, g.cg, g.ci) } else { i }
 }
 
 /// Exact inference forward of a transposed convolution: same shapes as

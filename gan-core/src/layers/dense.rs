@@ -62,13 +62,13 @@ impl Kind for Dense {
         Q8Role::Weighted
     }
     fn q8_sums(
-        &self, l: &LayerInfo, acc: &mut [f32], xq: &[i8], q: &[i8],
+        &self, l: &LayerInfo, acc: &mut [f32], xq: &[i8], u: &[u8],
     ) -> Result<(), CoreError> {
         let (c_in, c_out) = (l.in_shape.len(), self.out as usize);
         check_len("acc", acc.len(), c_out)?;
         check_len("xq", xq.len(), c_in)?;
-        check_len("q", q.len(), c_in * c_out)?;
-        kernels::int8::matvec_i8_sums(acc, xq, q);
+        check_len("u", u.len(), c_in * c_out)?;
+        kernels::q8::dense(acc, xq, u);
         Ok(())
     }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {

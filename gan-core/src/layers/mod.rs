@@ -563,12 +563,19 @@ pub(crate) trait Kind {
         Q8Role::Unsupported
     }
     /// For a [`Q8Role::Weighted`] layer: the integer sums of one sample, `acc` (the output's
-    /// elements, as i32 bits) from the int8 input `xq` and the int8 weights `q`.
+    /// elements, as i32 bits) from the int8 input `xq` and the weights `u` (offset by 128, in
+    /// the [`Kind::q8_index`] layout; see [`crate::kernels::q8`]).
     fn q8_sums(
-        &self, l: &LayerInfo, acc: &mut [f32], xq: &[i8], q: &[i8],
+        &self, l: &LayerInfo, acc: &mut [f32], xq: &[i8], u: &[u8],
     ) -> Result<(), CoreError> {
-        let _ = (acc, xq, q);
+        let _ = (acc, xq, u);
         Err(CoreError::Unsupported { layer: l.index })
+    }
+    /// Where the q8 encoding stores the weight the layer's own layout has at `i` (the
+    /// kernels' order; the same place by default).
+    fn q8_index(&self, l: &LayerInfo, i: usize) -> usize {
+        let _ = l;
+        i
     }
 }
 
@@ -592,9 +599,14 @@ pub(crate) fn q8_role(l: &LayerInfo) -> Q8Role {
 
 /// [`Kind::q8_sums`] of a layer of a spec.
 pub(crate) fn q8_sums(
-    l: &LayerInfo, acc: &mut [f32], xq: &[i8], q: &[i8],
+    l: &LayerInfo, acc: &mut [f32], xq: &[i8], u: &[u8],
 ) -> Result<(), CoreError> {
-    with_kind!(l.layer, |k| k.q8_sums(l, acc, xq, q))
+    with_kind!(l.layer, |k| k.q8_sums(l, acc, xq, u))
+}
+
+/// [`Kind::q8_index`] of a layer of a spec.
+pub(crate) fn q8_index(l: &LayerInfo, i: usize) -> usize {
+    with_kind!(l.layer, |k| k.q8_index(l, i))
 }
 
 /// The non-const facts about a layer, through its kind.
