@@ -211,13 +211,49 @@ pub fn fixed_point(mult: f64) -> Option<(i32, i32)> {
     (m <= top).then_some((m as i32, sh))
 }
 
-/// `(acc·m + 2^(sh−1)) >> sh` for the sum's sign, clamped to `±limit`.
+/// `(acc·m + 2^(sh−1)) >> sh` (the exact 64-bit value, shifted arithmetically) for the sum's
+/// sign, clamped to `lo..=hi`.
 #[inline]
 fn requant(acc: i32, r: &[i32], lo: i32, hi: i32) -> i32 {
     let m = if acc < 0 { r[1] } else { r[0] };
-    let sh = r[2];
-    let v = (i64::from(acc) * i64::from(m) + (1i64 << (sh - 1))) >> sh;
+    let v = mul_round_shift(acc, m as u32, r[2] as u32);
     v.clamp(i64::from(lo), i64::from(hi)) as i32
+}
+
+/// `(a·m + 2^(sh−1)) >> sh` for `m < 2^31`, `1 <= sh <= 62`, with the product built from four
+/// 16 × 16-bit products and the shift done on the two words: the same value as the i64
+/// formula, without the 64-bit multiply and shift routines a core without a 32 × 32 → 64
+/// multiplier (ARMv6-M) would call.
+#[inline]
+fn mul_round_shift(a: i32, m: u32, sh: u32) -> i64 {
+    let ua = a.unsigned_abs();
+    let (a0, a1, m0, m1) = (ua & 0xFFFF, ua >> 16, m & 0xFFFF, m >> 16);
+    // |a|·m as (hi, lo): a0·m0 + (a0·m1 + a1·m0)·2^16 + a1·m1·2^32.
+    let (p0, p1, p2, p3) = (a0 * m0, a0 * m1, a1 * m0, a1 * m1);
+    let (mid, carry_mid) = p1.overflowing_add(p2);
+    let (lo, carry_lo) = p0.overflowing_add(mid << 16);
+    let hi = p3 + (mid >> 16) + (u32::from(carry_mid) << 16) + u32::from(carry_lo);
+    // Negate for a negative sum (two's complement of the 64-bit pair).
+    let (hi, lo) = if a < 0 {
+        let lo_n = (!lo).wrapping_add(1);
+        ((!hi).wrapping_add(u32::from(lo_n == 0)), lo_n)
+    } else {
+        (hi, lo)
+    };
+    // + 2^(sh−1).
+    let (hi, lo) = if sh <= 32 {
+        let (l, c) = lo.overflowing_add(1u32.wrapping_shl(sh - 1));
+        (hi.wrapping_add(u32::from(c)), l)
+    } else {
+        (hi.wrapping_add(1 << (sh - 33)), lo)
+    };
+    // Arithmetic shift of the pair by sh.
+    let hi = hi as i32;
+    if sh < 32 {
+        i64::from(hi >> sh) << 32 | i64::from((hi << (32 - sh)) as u32 | (lo >> sh))
+    } else {
+        i64::from(hi >> (sh - 32))
+    }
 }
 
 /// The output table's scale: index `i` stands for `i · range / 1024`.
@@ -467,6 +503,31 @@ mod tests {
 
     fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
         a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.len() as f64
+    }
+
+    /// The word-wise product and shift is the i64 formula, edges included.
+    #[test]
+    fn mul_round_shift_is_the_64_bit_formula() {
+        let mut r = Lcg::new(9);
+        let mut cases: Vec<(i32, u32, u32)> = Vec::new();
+        for &a in &[0, 1, -1, 2, -2, 65535, -65536, i32::MAX, i32::MIN, i32::MIN + 1, 12345, -98765]
+        {
+            for &m in &[0u32, 1, 65535, 65536, 1 << 30, (1 << 31) - 1, 1_234_567_890] {
+                for sh in [1, 2, 15, 16, 31, 32, 33, 40, 61, 62] {
+                    cases.push((a, m, sh));
+                }
+            }
+        }
+        for _ in 0..20_000 {
+            let a = (r.next_f32() * 2.0e9) as i32 >> ((r.next_f32().abs() * 24.0) as u32);
+            let m = ((r.next_f32().abs() * 2.1e9) as u32).min((1 << 31) - 1);
+            let sh = 1 + (r.next_f32().abs() * 61.9) as u32;
+            cases.push((a, m, sh));
+        }
+        for (a, m, sh) in cases {
+            let want = (i64::from(a) * i64::from(m) + (1i64 << (sh - 1))) >> sh;
+            assert_eq!(mul_round_shift(a, m, sh), want, "{a} {m} {sh}");
+        }
     }
 
     #[test]

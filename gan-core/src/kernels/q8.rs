@@ -210,14 +210,25 @@ pub(crate) fn conv_transpose_4x4(acc: &mut [f32], x: &[i8], u: &[u8], g: &Geom) 
         for ox in 0..g.iw {
             let (rx, xs) = axis(ox, g.gw);
             let mut sum = 0i32;
-            for (ci, vc) in v[..taps].chunks_exact_mut(4).enumerate() {
-                let xc = &x[ci * grid..(ci + 1) * grid];
-                for (t, slot) in vc.iter_mut().enumerate() {
-                    *slot = match (ys[t >> 1], xs[t & 1]) {
-                        (Some(y), Some(xx)) => xc[y * g.gw + xx],
-                        _ => 0,
-                    };
-                    sum += i32::from(*slot);
+            if let ([Some(y), Some(_)], [Some(xx), Some(_)]) = (ys, xs) {
+                // Inside: the four taps are the input at (y, x), (y, x − 1), (y − 1, x) and
+                // (y − 1, x − 1).
+                let (at, row) = (y * g.gw + xx, g.gw);
+                for (vc, xc) in v[..taps].chunks_exact_mut(4).zip(x.chunks_exact(grid)) {
+                    let t = [xc[at], xc[at - 1], xc[at - row], xc[at - row - 1]];
+                    vc.copy_from_slice(&t);
+                    sum += t.iter().map(|&v| i32::from(v)).sum::<i32>();
+                }
+            } else {
+                for (ci, vc) in v[..taps].chunks_exact_mut(4).enumerate() {
+                    let xc = &x[ci * grid..(ci + 1) * grid];
+                    for (t, slot) in vc.iter_mut().enumerate() {
+                        *slot = match (ys[t >> 1], xs[t & 1]) {
+                            (Some(y), Some(xx)) => xc[y * g.gw + xx],
+                            _ => 0,
+                        };
+                        sum += i32::from(*slot);
+                    }
                 }
             }
             let w = &u[(ry * 2 + rx) * taps * c_out..];
