@@ -69,6 +69,12 @@ fn memory_x(b: &board::Board) -> String {
         // The second-stage bootloader must be the first bytes of flash.
         s += "SECTIONS {\n  .boot2 ORIGIN(BOOT2) :\n  {\n    KEEP(*(.boot2));\n  } > BOOT2\n} INSERT BEFORE .text;\n\n";
     }
+    if b.image_def {
+        // The boot ROM's IMAGE_DEF block, within the first 4 KiB of flash: right after the
+        // vector table, code after it.
+        s += "SECTIONS {\n  .start_block : ALIGN(4)\n  {\n    KEEP(*(.start_block));\n  } > FLASH\n} INSERT AFTER .vector_table;\n";
+        s += "_stext = ALIGN(ADDR(.start_block) + SIZEOF(.start_block), 8);\n\n";
+    }
     s += "INCLUDE gan-sections.x\n";
     s
 }
@@ -83,6 +89,9 @@ fn linker_flags() {
     // for binaries that log with defmt.
     if env::var_os("CARGO_FEATURE_PICO").is_some() {
         println!("cargo:rustc-link-arg-bin=pico=-Tdefmt.x");
+    }
+    if env::var_os("CARGO_FEATURE_PICO2").is_some() {
+        println!("cargo:rustc-link-arg-bin=pico2=-Tdefmt.x");
     }
     if env::var_os("CARGO_FEATURE_QEMU_DEFMT").is_some() {
         println!("cargo:rustc-link-arg-bin=qemu=-Tdefmt.x");

@@ -50,6 +50,10 @@ pub struct Board {
     /// A second-stage bootloader at the start of flash, if the board has one (RP2040: 256
     /// bytes the boot ROM copies to SRAM and runs).
     pub boot2: Option<Region>,
+    /// Whether the boot ROM looks for an `IMAGE_DEF` block in the first 4 KiB of flash
+    /// (RP2350): the memory map then places the binary's `.start_block` section right after
+    /// the vector table.
+    pub image_def: bool,
     /// Vector table, code, read-only data and the weights linked at build time.
     pub flash: Region,
     /// A weights file flashed on its own; the firmware uses it if it starts with `GANW`.
@@ -64,6 +68,8 @@ pub struct Board {
 
 /// UF2 family id of the RP2040.
 pub const RP2040_FAMILY_ID: u32 = 0xE48B_FF56;
+/// UF2 family id of the RP2350 running Arm code in the secure state.
+pub const RP2350_ARM_S_FAMILY_ID: u32 = 0xE48B_FF59;
 
 /// KiB.
 const K: u32 = 1024;
@@ -79,10 +85,30 @@ pub const PICO: Board = Board {
     bin: "pico",
     target: "thumbv6m-none-eabi",
     boot2: Some(Region { origin: 0x1000_0000, len: 0x100 }),
+    image_def: false,
     flash: Region { origin: 0x1000_0100, len: M - 0x100 },
     weights: Region { origin: 0x1010_0000, len: M },
     ram: Region { origin: 0x2000_0000, len: 264 * K },
     uf2_family: Some(RP2040_FAMILY_ID),
+    qemu: None,
+};
+
+/// Raspberry Pi Pico 2 (RP2350: Cortex-M33 with FPU and DSP, 4 MiB of QSPI flash executed in
+/// place at `0x1000_0000`, 520 KiB of SRAM of which the 512 KiB at `0x2000_0000` are used). The
+/// first 2 MiB of flash hold the firmware and its linked weights; the second a weights file
+/// flashed on its own. No second-stage bootloader: the boot ROM finds the image by its
+/// `IMAGE_DEF` block.
+pub const PICO2: Board = Board {
+    name: "pico2",
+    description: "Raspberry Pi Pico 2 (RP2350, Cortex-M33)",
+    bin: "pico2",
+    target: "thumbv8m.main-none-eabihf",
+    boot2: None,
+    image_def: true,
+    flash: Region { origin: 0x1000_0000, len: 2 * M },
+    weights: Region { origin: 0x1020_0000, len: 2 * M },
+    ram: Region { origin: 0x2000_0000, len: 512 * K },
+    uf2_family: Some(RP2350_ARM_S_FAMILY_ID),
     qemu: None,
 };
 
@@ -94,6 +120,7 @@ pub const QEMU_M4: Board = Board {
     bin: "qemu",
     target: "thumbv7em-none-eabihf",
     boot2: None,
+    image_def: false,
     flash: Region { origin: 0, len: 2 * M },
     weights: Region { origin: 0x0020_0000, len: 2 * M },
     ram: Region { origin: 0x2000_0000, len: 4 * M },
@@ -110,6 +137,7 @@ pub const QEMU_M0: Board = Board {
     bin: "qemu",
     target: "thumbv6m-none-eabi",
     boot2: None,
+    image_def: false,
     flash: Region { origin: 0, len: M },
     weights: Region { origin: 0x0010_0000, len: M },
     ram: Region { origin: 0x2000_0000, len: 264 * K },
@@ -127,6 +155,7 @@ pub const QEMU_M33: Board = Board {
     bin: "qemu",
     target: "thumbv8m.main-none-eabihf",
     boot2: None,
+    image_def: false,
     flash: Region { origin: 0x1000_0000, len: 2 * M },
     weights: Region { origin: 0x1020_0000, len: 2 * M },
     ram: Region { origin: 0x3800_0000, len: 520 * K },
@@ -135,7 +164,7 @@ pub const QEMU_M33: Board = Board {
 };
 
 /// Every board.
-pub const BOARDS: [Board; 4] = [PICO, QEMU_M4, QEMU_M0, QEMU_M33];
+pub const BOARDS: [Board; 5] = [PICO, PICO2, QEMU_M4, QEMU_M0, QEMU_M33];
 
 /// The board called `name`.
 pub fn by_name(name: &str) -> Option<&'static Board> {

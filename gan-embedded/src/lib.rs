@@ -28,6 +28,8 @@ pub mod console;
 pub mod semihosting;
 pub mod stack;
 pub mod ticks;
+#[cfg(feature = "usb")]
+pub mod usb_console;
 
 include!("limits.rs");
 

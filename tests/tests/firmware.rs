@@ -92,7 +92,8 @@ fn build_firmware() {
         cargo_build(&["--target", M4.target, "--bin", "qemu"])?;
         cargo_build(&["--target", M0.target, "--bin", "qemu"])?;
         cargo_build(&["--target", M33.target, "--bin", "qemu"])?;
-        cargo_build(&["--target", board::PICO.target, "--features", "pico", "--bin", "pico"])
+        cargo_build(&["--target", board::PICO.target, "--features", "pico", "--bin", "pico"])?;
+        cargo_build(&["--target", board::PICO2.target, "--features", "pico2", "--bin", "pico2"])
     });
     if let Err(e) = r {
         panic!("{e}");
@@ -654,37 +655,58 @@ fn bad_arguments_and_panics_exit_with_failure() {
 #[test]
 fn pico_firmware_builds_and_converts_to_uf2() {
     build_firmware();
-    let elf = std::fs::read(elf_path(board::PICO.target, "pico")).unwrap();
-    let image = uf2::elf_to_uf2(&elf, uf2::RP2040_FAMILY_ID).unwrap();
+    for (b, first_is) in [(&board::PICO, "boot2"), (&board::PICO2, "the vector table")] {
+        check_uf2(b, first_is);
+    }
+}
+
+/// A Pico board's firmware as a UF2 (its family id, every byte of the ELF's segments, all of
+/// it below the WEIGHTS region, `first_is` at the start of flash) and a weights-only UF2 for
+/// its WEIGHTS region; the firmware fits the board's flash and RAM.
+fn check_uf2(b: &Board, first_is: &str) {
+    let family = b.uf2_family.unwrap();
+    let elf = std::fs::read(elf_path(b.target, b.bin)).unwrap();
+    let image = uf2::elf_to_uf2(&elf, family).unwrap();
     let blocks = uf2::read_uf2(&image).unwrap();
     assert!(!blocks.is_empty());
-    for b in &blocks {
-        assert_eq!(b.flags, uf2::FLAG_FAMILY_ID_PRESENT);
-        assert_eq!(b.family_id, uf2::RP2040_FAMILY_ID);
-        assert_eq!(b.addr % 256, 0);
-        assert_eq!(b.data.len(), 256);
+    let flash_start = b.boot2.map_or(b.flash.origin, |r| r.origin);
+    for blk in &blocks {
+        assert_eq!(blk.flags, uf2::FLAG_FAMILY_ID_PRESENT);
+        assert_eq!(blk.family_id, family);
+        assert_eq!(blk.addr % 256, 0);
+        assert_eq!(blk.data.len(), 256);
         // Everything goes to the code half of the flash, below the WEIGHTS region.
-        assert!((0x1000_0000..0x1010_0000).contains(&b.addr), "block at {:#x}", b.addr);
+        let code = flash_start..b.weights.origin;
+        assert!(code.contains(&blk.addr), "{}: block at {:#x}", b.name, blk.addr);
     }
-    // boot2 comes first, at the start of flash.
-    assert_eq!(blocks[0].addr, 0x1000_0000);
+    assert_eq!(blocks[0].addr, flash_start, "{}: {first_is} comes first", b.name);
     let memory: std::collections::HashMap<u32, u8> = blocks
         .iter()
-        .flat_map(|b| b.data.iter().enumerate().map(move |(i, &v)| (b.addr + i as u32, v)))
+        .flat_map(|blk| blk.data.iter().enumerate().map(move |(i, &v)| (blk.addr + i as u32, v)))
         .collect();
     let segments = uf2::load_segments(&elf).unwrap();
-    assert!(segments.len() >= 3, "expected boot2, vector table, code and data segments");
+    assert!(segments.len() >= 3, "expected vector table, code and data segments");
     for seg in &segments {
         for (i, &v) in seg.data.iter().enumerate() {
             let addr = seg.addr + i as u32;
-            assert_eq!(memory.get(&addr), Some(&v), "UF2 byte at {addr:#x}");
+            assert_eq!(memory.get(&addr), Some(&v), "{}: UF2 byte at {addr:#x}", b.name);
         }
     }
+    if b.image_def {
+        // The RP2350 boot ROM finds the image by its IMAGE_DEF block (marker 0xffffded3) in
+        // the first 4 KiB of flash.
+        let marker = (b.flash.origin..b.flash.origin + 4096).step_by(4).find(|a| {
+            (0..4).all(|i| memory.get(&(a + i)) == Some(&0xffff_ded3u32.to_le_bytes()[i as usize]))
+        });
+        assert!(marker.is_some(), "{}: no IMAGE_DEF block in the first 4 KiB", b.name);
+    }
     let size = gan_tests::firmware_size(&elf).unwrap();
-    assert!(size.code_flash + size.weights_flash <= 1 << 20);
-    assert!(size.static_ram < 264 * 1024);
+    assert!(size.code_flash + size.weights_flash <= b.flash.len);
+    assert!(size.static_ram < b.ram.len);
     eprintln!(
-        "firmware pico (thumbv6m-none-eabi): code flash {} B, linked weights {} B, static RAM {} B, UF2 {} blocks",
+        "firmware {} ({}): code flash {} B, linked weights {} B, static RAM {} B, UF2 {} blocks",
+        b.name,
+        b.target,
         size.code_flash,
         size.weights_flash,
         size.static_ram,
@@ -692,15 +714,13 @@ fn pico_firmware_builds_and_converts_to_uf2() {
     );
 
     // A weights-only UF2 for the WEIGHTS region, as users flash to swap models.
-    let default = std::fs::read(repo_root().join("data/weights/mcu.ganw")).unwrap();
-    let wblocks =
-        uf2::read_uf2(&uf2::bin_to_uf2(&default, uf2::PICO_WEIGHTS_ADDR, uf2::RP2040_FAMILY_ID))
-            .unwrap();
-    assert_eq!(wblocks.len(), default.len().div_ceil(256));
-    assert_eq!(wblocks[0].addr, 0x1010_0000);
-    let back: Vec<u8> = wblocks.iter().flat_map(|b| b.data.iter().copied()).collect();
-    assert_eq!(&back[..default.len()], &default[..]);
-    assert!(wblocks.last().unwrap().addr + 256 <= 0x1020_0000);
+    let weights = std::fs::read(repo_root().join("data/weights/mcu.ganw")).unwrap();
+    let wblocks = uf2::read_uf2(&uf2::bin_to_uf2(&weights, b.weights.origin, family)).unwrap();
+    assert_eq!(wblocks.len(), weights.len().div_ceil(256));
+    assert_eq!(wblocks[0].addr, b.weights.origin);
+    let back: Vec<u8> = wblocks.iter().flat_map(|blk| blk.data.iter().copied()).collect();
+    assert_eq!(&back[..weights.len()], &weights[..]);
+    assert!(wblocks.last().unwrap().addr + 256 <= b.weights.end());
 }
 
 /// The firmware's capacities, as `gan-embedded/build.rs` reads them.

@@ -1,0 +1,73 @@
+//! Raspberry Pi Pico 2 (RP2350, Cortex-M33 in the secure state) firmware: the same
+//! USB-serial digit console as the Pico's ([`gan_embedded::usb_console`]).
+//!
+//! The LED is GPIO25. Logs go out with defmt over RTT (`probe-rs run --chip RP235x`). Weights:
+//! the 2 MiB WEIGHTS region at 0x1020_0000 (the second half of the 4 MiB flash) if it holds a
+//! `GANW` file, else the file linked at build time. The boot ROM starts the image through the
+//! `IMAGE_DEF` block below, which the memory map places right after the vector table (within
+//! the first 4 KiB of flash, where the ROM looks).
+//!
+//! The Cortex-M33 has a single-precision FPU: the f32 encodings run on it (`thumbv8m.main-none-
+//! eabihf`), with the same bytes as the desktop, like the Cortex-M4F build in QEMU.
+//!
+//! Not run on hardware yet: it builds, and its instruction set runs in QEMU (`mps2-an505`,
+//! the `qemu` binary), but no Pico 2 has run this binary.
+#![no_std]
+#![no_main]
+
+use defmt_rtt as _;
+use gan_embedded::{stack, ticks, usb_console};
+use rp235x_hal::{self as hal, pac};
+use usb_device::class_prelude::UsbBusAllocator;
+
+/// Tells the boot ROM this is a secure Arm executable.
+#[unsafe(link_section = ".start_block")]
+#[used]
+static IMAGE_DEF: hal::block::ImageDef = hal::block::ImageDef::secure_exe();
+
+/// The Pico 2's crystal.
+const XOSC_HZ: u32 = 12_000_000;
+/// Core clock set up by `init_clocks_and_plls`; one SysTick tick is one cycle.
+const SYS_HZ: u64 = 150_000_000;
+
+#[hal::entry]
+fn main() -> ! {
+    stack::paint();
+    let (Some(mut pac), Some(mut core)) = (pac::Peripherals::take(), cortex_m::Peripherals::take())
+    else {
+        usb_console::halt()
+    };
+    let mut watchdog = hal::Watchdog::new(pac.WATCHDOG);
+    let Ok(clocks) = hal::clocks::init_clocks_and_plls(
+        XOSC_HZ,
+        pac.XOSC,
+        pac.CLOCKS,
+        pac.PLL_SYS,
+        pac.PLL_USB,
+        &mut pac.RESETS,
+        &mut watchdog,
+    ) else {
+        usb_console::halt()
+    };
+    let sio = hal::Sio::new(pac.SIO);
+    let pins = hal::gpio::Pins::new(pac.IO_BANK0, pac.PADS_BANK0, sio.gpio_bank0, &mut pac.RESETS);
+    let Some(led) = cortex_m::singleton!(: hal::gpio::Pin<hal::gpio::bank0::Gpio25, hal::gpio::FunctionSioOutput, hal::gpio::PullDown> = pins.gpio25.into_push_pull_output())
+    else {
+        usb_console::halt()
+    };
+    ticks::start(&mut core.SYST);
+    let bus = UsbBusAllocator::new(hal::usb::UsbBus::new(
+        pac.USB,
+        pac.USB_DPRAM,
+        clocks.usb_clock,
+        true,
+        &mut pac.RESETS,
+    ));
+    usb_console::run(led, &bus, SYS_HZ)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    defmt::error!("panic: {}", defmt::Display2Format(info));
+    usb_console::halt()
+}
