@@ -134,7 +134,7 @@ pub(crate) fn table(spec: &Spec<'_>) -> Result<Table, FormatError> {
         let first = (i == 0).then_some((TensorKind::Scale, DType::F32, 1));
         let last = (i + 1 == steps.len()).then_some((TensorKind::Lut, DType::I8, LUT_LEN));
         let mid = [
-            (TensorKind::Weight, DType::I8, s.info.weight_len),
+            (TensorKind::Weight, DType::I8, layers::q8_len(&s.info)),
             (TensorKind::Bias, DType::I32, s.ch.n),
             (TensorKind::Requant, DType::I32, 3 * s.ch.n),
         ];
@@ -294,11 +294,11 @@ pub fn encode(
         let s_y = if last { lut_scale(s.act) } else { scale_of(calib.output_max[i]) };
         let w = &params[s.info.weight_range()];
         let bias = &params[s.info.bias_range()];
-        let (wo, bo, ro) = (
-            at(s.info.index, TensorKind::Weight)?,
-            at(s.info.index, TensorKind::Bias)?,
-            at(s.info.index, TensorKind::Requant)?,
-        );
+        let wo = at(s.info.index, TensorKind::Weight)?;
+        // Padding of the layout: zero weights.
+        out[wo..wo + layers::q8_len(&s.info)].fill(crate::kernels::q8::OFFSET as u8);
+        let (wo, bo, ro) =
+            (wo, at(s.info.index, TensorKind::Bias)?, at(s.info.index, TensorKind::Requant)?);
         for c in 0..s.ch.n {
             let sw = scale_for(max_abs((0..w.len()).filter(|&k| s.ch.of(k) == c).map(|k| w[k])));
             for k in (0..w.len()).filter(|&k| s.ch.of(k) == c) {
@@ -599,8 +599,12 @@ mod tests {
             let r = i32s(tensor(layer, TensorKind::Requant), 3 * n_out);
             let mut y = Vec::new();
             for j in 0..n_out {
-                let acc: i64 =
-                    b[j] + (0..n_in).map(|p| x[p] * (w[p * n_out + j] as i64 - 128)).sum::<i64>();
+                let acc: i64 = b[j]
+                    + (0..n_in)
+                        .map(|p| {
+                            x[p] * (w[crate::kernels::q8::pair_index(p, j, n_out)] as i64 - 128)
+                        })
+                        .sum::<i64>();
                 let m = if acc < 0 { r[3 * j + 1] } else { r[3 * j] };
                 let v = (acc * m + (1 << (r[3 * j + 2] - 1))) >> r[3 * j + 2];
                 if last {

@@ -112,6 +112,8 @@ pub(crate) trait Direction {
     const Q8_SUMS: fn(&mut [f32], &[i8], &[u8], &Geom);
     /// Where the all-integer encoding stores weight `i` of the layer's own layout.
     const Q8_INDEX: fn(&Geom, usize) -> usize;
+    /// Bytes of the weights in the all-integer encoding.
+    const Q8_LEN: fn(&Geom) -> usize;
     /// The geometry of a layer with these dimensions.
     fn geom(d: &ConvDims) -> Result<Geom, CoreError>;
     /// How the weights belong to the output channels: `(out_c, inner)` of [`Channels`] for
@@ -179,6 +181,7 @@ impl Direction for Direct {
     const INT8: Int8Fn = conv2d_forward_i8;
     const Q8_SUMS: fn(&mut [f32], &[i8], &[u8], &Geom) = kernels::q8::reference::conv;
     const Q8_INDEX: fn(&Geom, usize) -> usize = |_, i| i;
+    const Q8_LEN: fn(&Geom) -> usize = |g| g.w;
     fn geom(d: &ConvDims) -> Result<Geom, CoreError> {
         Geom::conv(d)
     }
@@ -293,9 +296,12 @@ impl<D: Direction> Kind for Conv<D> {
         let (i, o, _) = g.io_lens();
         check_len("acc", acc.len(), o)?;
         check_len("xq", xq.len(), i)?;
-        check_len("u", u.len(), g.w)?;
+        check_len("u", u.len(), (D::Q8_LEN)(&g))?;
         (D::Q8_SUMS)(acc, xq, u, &g);
         Ok(())
+    }
+    fn q8_len(&self, l: &LayerInfo) -> usize {
+        D::geom(&self.dims(l)).map_or(l.weight_len, |g| (D::Q8_LEN)(&g))
     }
     fn q8_index(&self, l: &LayerInfo, i: usize) -> usize {
         match D::geom(&self.dims(l)) {

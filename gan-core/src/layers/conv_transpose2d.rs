@@ -47,6 +47,7 @@ impl Direction for Transposed {
     const INT8: Int8Fn = conv_transpose2d_forward_i8;
     const Q8_SUMS: fn(&mut [f32], &[i8], &[u8], &Geom) = q8_sums;
     const Q8_INDEX: fn(&Geom, usize) -> usize = q8_index;
+    const Q8_LEN: fn(&Geom) -> usize = q8_len;
     fn geom(d: &ConvDims) -> Result<Geom, CoreError> {
         Geom::transpose(d)
     }
@@ -166,6 +167,11 @@ fn q8_sums(acc: &mut [f32], xq: &[i8], u: &[u8], g: &Geom) {
     } else {
         kernels::q8::reference::conv_transpose(acc, xq, u, g);
     }
+}
+
+/// Bytes of the all-integer layout.
+fn q8_len(g: &Geom) -> usize {
+    if kernels::q8::is_convt4(g) { kernels::q8::convt4_len(g.cg, g.ci) } else { g.w }
 }
 
 /// The all-integer layout: per output parity for the 4×4, stride-2 kernel, else the layer's own.

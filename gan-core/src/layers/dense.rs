@@ -67,9 +67,16 @@ impl Kind for Dense {
         let (c_in, c_out) = (l.in_shape.len(), self.out as usize);
         check_len("acc", acc.len(), c_out)?;
         check_len("xq", xq.len(), c_in)?;
-        check_len("u", u.len(), c_in * c_out)?;
+        check_len("u", u.len(), kernels::q8::pair_len(c_in, c_out))?;
         kernels::q8::dense(acc, xq, u);
         Ok(())
+    }
+    fn q8_index(&self, _: &LayerInfo, i: usize) -> usize {
+        let n = self.out as usize;
+        kernels::q8::pair_index(i / n, i % n, n)
+    }
+    fn q8_len(&self, l: &LayerInfo) -> usize {
+        kernels::q8::pair_len(l.in_shape.len(), self.out as usize)
     }
     fn forward(&self, a: Forward<'_>) -> Result<(), CoreError> {
         let (c_in, c_out) = (a.l.in_shape.len(), self.out as usize);

@@ -577,6 +577,11 @@ pub(crate) trait Kind {
         let _ = l;
         i
     }
+    /// Bytes of the layer's weights in the q8 encoding (its layout may pad; the layer's
+    /// weight count by default).
+    fn q8_len(&self, l: &LayerInfo) -> usize {
+        l.weight_len
+    }
 }
 
 /// What a layer is to the all-integer encoding ([`crate::encoding::q8`]).
@@ -602,6 +607,11 @@ pub(crate) fn q8_sums(
     l: &LayerInfo, acc: &mut [f32], xq: &[i8], u: &[u8],
 ) -> Result<(), CoreError> {
     with_kind!(l.layer, |k| k.q8_sums(l, acc, xq, u))
+}
+
+/// [`Kind::q8_len`] of a layer of a spec.
+pub(crate) fn q8_len(l: &LayerInfo) -> usize {
+    with_kind!(l.layer, |k| k.q8_len(l))
 }
 
 /// [`Kind::q8_index`] of a layer of a spec.
