@@ -400,17 +400,27 @@ pub(crate) fn conv_transpose_4x4(acc: &mut [f32], x: &[i8], u: &[u8], g: &Geom) 
     let block = pair_len(taps, c_out);
     let mut v = [0i8; MAX_TAPS];
     let mut sums = [0f32; TILE];
-    // Along one axis, output coordinate `o` takes kernel row `(o + p) mod 2` from input
-    // position `(o + p) div 2`, and row + 2 from the position before, where those exist.
-    let axis = |o: usize, n: usize| {
-        let t = o + g.p;
-        let pos = t >> 1;
-        (t & 1, [(pos < n).then_some(pos), pos.checked_sub(1).filter(|&q| q < n)])
+    // Output coordinates 2·pos − p and 2·pos − p + 1 (parities 0 and 1) read the same input
+    // positions pos and pos − 1: gather once per such 2 × 2 block of output pixels.
+    let block_of = |pos: usize, n_out: usize| {
+        let first = (2 * pos).checked_sub(g.p);
+        let second = (2 * pos + 1).checked_sub(g.p);
+        [first, second].map(|o| o.filter(|&o| o < n_out))
     };
-    for oy in 0..g.ih {
-        let (ry, ys) = axis(oy, g.gh);
-        for ox in 0..g.iw {
-            let (rx, xs) = axis(ox, g.gw);
+    let valid =
+        |pos: usize, n: usize| [(pos < n).then_some(pos), pos.checked_sub(1).filter(|&q| q < n)];
+    for py in 0..=g.gh {
+        let oys = block_of(py, g.ih);
+        if oys == [None, None] {
+            continue;
+        }
+        let ys = valid(py, g.gh);
+        for px in 0..=g.gw {
+            let oxs = block_of(px, g.iw);
+            if oxs == [None, None] {
+                continue;
+            }
+            let xs = valid(px, g.gw);
             let mut sum = 0i32;
             if let ([Some(y), Some(_)], [Some(xx), Some(_)]) = (ys, xs) {
                 // Inside: the four taps are the input at (y, x), (y, x − 1), (y − 1, x) and
@@ -433,13 +443,21 @@ pub(crate) fn conv_transpose_4x4(acc: &mut [f32], x: &[i8], u: &[u8], g: &Geom) 
                     }
                 }
             }
-            let w = &u[(ry * 2 + rx) * block..(ry * 2 + rx + 1) * block];
-            let pixel = oy * g.iw + ox;
-            for c in (0..c_out).step_by(TILE) {
-                let out = &mut sums[..TILE.min(c_out - c)];
-                channels(out, &v[..taps], w, c_out, c, -OFFSET * sum);
-                for (l, &s) in out.iter().enumerate() {
-                    acc[(c + l) * plane + pixel] = s;
+            for (ry, oy) in oys.iter().enumerate() {
+                let Some(oy) = *oy else { continue };
+                for (rx, ox) in oxs.iter().enumerate() {
+                    let Some(ox) = *ox else { continue };
+                    // oy + p = 2·py + ry: the parity is the place in the block.
+                    let par = ry * 2 + rx;
+                    let w = &u[par * block..(par + 1) * block];
+                    let pixel = oy * g.iw + ox;
+                    for c in (0..c_out).step_by(TILE) {
+                        let out = &mut sums[..TILE.min(c_out - c)];
+                        channels(out, &v[..taps], w, c_out, c, -OFFSET * sum);
+                        for (l, &s) in out.iter().enumerate() {
+                            acc[(c + l) * plane + pixel] = s;
+                        }
+                    }
                 }
             }
         }
