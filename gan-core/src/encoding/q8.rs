@@ -216,7 +216,13 @@ pub fn fixed_point(mult: f64) -> Option<(i32, i32)> {
 #[inline]
 fn requant(acc: i32, r: &[i32], lo: i32, hi: i32) -> i32 {
     let m = if acc < 0 { r[1] } else { r[0] };
-    let v = mul_round_shift(acc, m as u32, r[2] as u32);
+    // Cores with a 32 × 32 → 64 multiplier (all but ARMv6-M, told apart by their atomics) do
+    // the i64 formula in a few instructions; the word-wise version gives the same value.
+    let v = if cfg!(all(target_arch = "arm", not(target_has_atomic = "32"))) {
+        mul_round_shift(acc, m as u32, r[2] as u32)
+    } else {
+        (i64::from(acc) * i64::from(m) + (1i64 << (r[2] - 1))) >> r[2]
+    };
     v.clamp(i64::from(lo), i64::from(hi)) as i32
 }
 
