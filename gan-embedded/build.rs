@@ -22,8 +22,17 @@ fn main() {
     let target = env::var("TARGET").expect("TARGET is set by cargo");
 
     memory_maps(&out, &manifest, &target);
+    qemu_clock(&target);
     linker_flags();
     linked_weights(&out, &manifest);
+}
+
+/// The system clock of the QEMU board this target's `qemu` binary runs on, for the
+/// instruction counts (`src/ticks.rs`); 25 MHz for a target without one.
+fn qemu_clock(target: &str) {
+    let hz =
+        board::for_build("qemu", target).and_then(|b| b.qemu).map_or(25_000_000, |q| q.sysclk_hz);
+    println!("cargo:rustc-env=GAN_QEMU_SYSCLK_HZ={hz}");
 }
 
 /// Writes one `memory.x` per binary into its own folder and points that binary's linker there.

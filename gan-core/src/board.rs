@@ -34,6 +34,9 @@ pub struct Qemu {
     pub machine: &'static str,
     /// `-cpu` value.
     pub cpu: &'static str,
+    /// The board's system clock, which QEMU's SysTick counts (with `-icount shift=0`, one
+    /// tick is `10⁹ / sysclk_hz` instructions).
+    pub sysclk_hz: u32,
 }
 
 /// One board.
@@ -125,7 +128,7 @@ pub const QEMU_M4: Board = Board {
     weights: Region { origin: 0x0020_0000, len: 2 * M },
     ram: Region { origin: 0x2000_0000, len: 4 * M },
     uf2_family: None,
-    qemu: Some(Qemu { machine: "mps2-an386", cpu: "cortex-m4" }),
+    qemu: Some(Qemu { machine: "mps2-an386", cpu: "cortex-m4", sysclk_hz: 25_000_000 }),
 };
 
 /// ARMv6-M code (the Pico's instruction set) on QEMU `mps2-an385` (a Cortex-M3 board, which
@@ -142,7 +145,7 @@ pub const QEMU_M0: Board = Board {
     weights: Region { origin: 0x0010_0000, len: M },
     ram: Region { origin: 0x2000_0000, len: 264 * K },
     uf2_family: None,
-    qemu: Some(Qemu { machine: "mps2-an385", cpu: "cortex-m3" }),
+    qemu: Some(Qemu { machine: "mps2-an385", cpu: "cortex-m3", sysclk_hz: 25_000_000 }),
 };
 
 /// The Pico 2's instruction set and sizes (RP2350: Cortex-M33 with FPU and DSP, 520 KiB of
@@ -160,7 +163,7 @@ pub const QEMU_M33: Board = Board {
     weights: Region { origin: 0x1020_0000, len: 2 * M },
     ram: Region { origin: 0x3800_0000, len: 520 * K },
     uf2_family: None,
-    qemu: Some(Qemu { machine: "mps2-an505", cpu: "cortex-m33" }),
+    qemu: Some(Qemu { machine: "mps2-an505", cpu: "cortex-m33", sysclk_hz: 20_000_000 }),
 };
 
 /// Every board.

@@ -6,8 +6,10 @@
 //!
 //! - On the Pico (and any real Cortex-M) one tick is one core clock cycle.
 //! - In QEMU with `-icount shift=0` every instruction advances virtual time by 1 ns and SysTick
-//!   runs from the board's 25 MHz system clock, so one tick is 40 instructions
-//!   ([`QEMU_INSTRUCTIONS_PER_TICK`]). QEMU does not model the DWT cycle counter, hence SysTick.
+//!   runs from the board's system clock (25 MHz on the mps2-an385/386, 20 MHz on the
+//!   mps2-an505; `build.rs` takes it from the board table), so one tick is 40 or 50
+//!   instructions ([`QEMU_INSTRUCTIONS_PER_TICK`]). QEMU does not model the DWT cycle counter,
+//!   hence SysTick.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -17,9 +19,23 @@ use cortex_m::peripheral::syst::SystClkSource;
 /// The largest 24-bit reload value: one wrap every 2^24 ticks.
 pub const RELOAD: u32 = 0x00FF_FFFF;
 
-/// Instructions per SysTick tick in QEMU's mps2 boards under `-icount shift=0`: 1 ns per
-/// instruction and a 25 MHz SysTick clock.
-pub const QEMU_INSTRUCTIONS_PER_TICK: u64 = 1_000_000_000 / 25_000_000;
+/// Instructions per SysTick tick on the QEMU board of this build's target under `-icount
+/// shift=0`: 1 ns per instruction over the board's system clock.
+pub const QEMU_INSTRUCTIONS_PER_TICK: u64 = 1_000_000_000 / parse_hz(env!("GAN_QEMU_SYSCLK_HZ"));
+
+/// A decimal number at compile time.
+const fn parse_hz(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit(), "GAN_QEMU_SYSCLK_HZ is not a number");
+        v = v * 10 + (b[i] - b'0') as u64;
+        i += 1;
+    }
+    assert!(v > 0, "GAN_QEMU_SYSCLK_HZ is zero");
+    v
+}
 
 /// Wraps counted so far. Written only by the SysTick handler (through [`on_wrap`]); plain
 /// load/store is enough and exists on ARMv6-M, which has no atomic read-modify-write.

@@ -4,7 +4,7 @@
 //! unsigned byte load with an immediate offset (ARMv6-M has no immediate form of the signed
 //! load), a multiply and an add; the offset comes back out once per output:
 //! `Σ x·w = Σ x·u − 128·Σ x`. The sums are exact integers, so every kernel here gives the same
-//! bits as the plain loops in [`reference`], whatever its order.
+//! bits as the plain loops in [`mod@reference`], whatever its order.
 //!
 //! A product `k × n` (inputs × output channels) is stored in **pairs of input rows**, the two
 //! rows interleaved by channel pairs ([`pair_index`]): for inputs `p, p + 1` and channels
