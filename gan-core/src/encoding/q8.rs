@@ -221,9 +221,24 @@ fn requant(acc: i32, r: &[i32], lo: i32, hi: i32) -> i32 {
     let v = if cfg!(all(target_arch = "arm", not(target_has_atomic = "32"))) {
         mul_round_shift(acc, m as u32, r[2] as u32)
     } else {
-        (i64::from(acc) * i64::from(m) + (1i64 << (r[2] - 1))) >> r[2]
+        mul_round_shift_wide(acc, m, r[2] as u32)
     };
     v.clamp(i64::from(lo), i64::from(hi)) as i32
+}
+
+/// `(a·m + 2^(sh−1)) >> sh` with the 64-bit product; for `sh >= 33` (the usual case: the
+/// multiplier is below 1/2) from its high word alone: with `a·m = hi·2^32 + lo`, adding
+/// `lo < 2^32` to `hi·2^32 + 2^(sh−1)` cannot carry past a multiple of `2^sh`, so the result is
+/// `(hi + 2^(sh−33)) >> (sh − 32)`: one `SMULL`, an add and a shift.
+#[inline]
+fn mul_round_shift_wide(a: i32, m: i32, sh: u32) -> i64 {
+    let p = i64::from(a) * i64::from(m);
+    if sh >= 33 {
+        let hi = (p >> 32) as i32;
+        i64::from((hi + (1 << (sh - 33))) >> (sh - 32))
+    } else {
+        (p + (1i64 << (sh - 1))) >> sh
+    }
 }
 
 /// `(a·m + 2^(sh−1)) >> sh` for `m < 2^31`, `1 <= sh <= 62`, with the product built from four
@@ -533,6 +548,7 @@ mod tests {
         for (a, m, sh) in cases {
             let want = (i64::from(a) * i64::from(m) + (1i64 << (sh - 1))) >> sh;
             assert_eq!(mul_round_shift(a, m, sh), want, "{a} {m} {sh}");
+            assert_eq!(mul_round_shift_wide(a, m as i32, sh), want, "wide: {a} {m} {sh}");
         }
     }
 
