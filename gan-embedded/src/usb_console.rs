@@ -119,6 +119,57 @@ impl<B: UsbBus> Usb<'_, B> {
     }
 }
 
+/// The `main` of a Pico board: takes the peripherals, starts the clocks from the 12 MHz crystal
+/// (`init_clocks_and_plls`, which leaves the core at `$sys_hz`), the LED on GPIO25, SysTick and
+/// the USB peripheral (`$usb`, `$dpram`: its register blocks' names in the HAL's PAC), then
+/// [`run`]s the console. `$hal` is the board's HAL crate (rp2040-hal, rp235x-hal: the same
+/// API for all of this).
+#[macro_export]
+macro_rules! pico_main {
+    ($hal:ident, $sys_hz:expr, $usb:ident, $dpram:ident) => {{
+        use $crate::usb_console::halt;
+        use $hal as hal;
+        $crate::stack::paint();
+        let (Some(mut pac), Some(mut core)) =
+            (hal::pac::Peripherals::take(), cortex_m::Peripherals::take())
+        else {
+            halt()
+        };
+        let mut watchdog = hal::Watchdog::new(pac.WATCHDOG);
+        let Ok(clocks) = hal::clocks::init_clocks_and_plls(
+            12_000_000,
+            pac.XOSC,
+            pac.CLOCKS,
+            pac.PLL_SYS,
+            pac.PLL_USB,
+            &mut pac.RESETS,
+            &mut watchdog,
+        ) else {
+            halt()
+        };
+        let sio = hal::Sio::new(pac.SIO);
+        let pins =
+            hal::gpio::Pins::new(pac.IO_BANK0, pac.PADS_BANK0, sio.gpio_bank0, &mut pac.RESETS);
+        type Led = hal::gpio::Pin<
+            hal::gpio::bank0::Gpio25,
+            hal::gpio::FunctionSioOutput,
+            hal::gpio::PullDown,
+        >;
+        let Some(led) = cortex_m::singleton!(: Led = pins.gpio25.into_push_pull_output()) else {
+            halt()
+        };
+        $crate::ticks::start(&mut core.SYST);
+        let bus = usb_device::class_prelude::UsbBusAllocator::new(hal::usb::UsbBus::new(
+            pac.$usb,
+            pac.$dpram,
+            clocks.usb_clock,
+            true,
+            &mut pac.RESETS,
+        ));
+        $crate::usb_console::run(led, &bus, $sys_hz)
+    }};
+}
+
 /// Runs the console forever: `led` blinks while generating, `bus` is the board's USB
 /// peripheral, `sys_hz` the core clock (one SysTick tick per cycle; [`ticks::start`] must have
 /// been called).

@@ -89,11 +89,6 @@ pub fn quantize_columns(
     Ok(())
 }
 
-/// `x` rounded up to a multiple of [`crate::format::DATA_ALIGN`].
-const fn align_data(x: usize) -> usize {
-    x.div_ceil(crate::format::DATA_ALIGN) * crate::format::DATA_ALIGN
-}
-
 /// Per dense or convolution layer an i8 weight tensor, an f32 [`TensorKind::Scale`] tensor of
 /// one scale per output channel and an f32 bias, each 16-byte aligned. A network with other
 /// parameters is [`FormatError::Unsupported`].
@@ -116,19 +111,7 @@ pub(crate) fn table(spec: &Spec<'_>) -> Result<Table, FormatError> {
             (TensorKind::Scale, DType::F32, n),
             (TensorKind::Bias, DType::F32, n),
         ] {
-            t.push(TensorEntry {
-                layer,
-                kind,
-                dtype,
-                offset: u32::try_from(off).map_err(|_| FormatError::TooLarge)?,
-                len: u32::try_from(len).map_err(|_| FormatError::TooLarge)?,
-            })
-            .map_err(|_| FormatError::TooLarge)?;
-            off = len
-                .checked_mul(dtype.size())
-                .and_then(|b| off.checked_add(b))
-                .map(align_data)
-                .ok_or(FormatError::TooLarge)?;
+            super::push_tensor(&mut t, &mut off, layer, kind, dtype, len)?;
         }
     }
     Ok((t, off))

@@ -26,6 +26,24 @@ pub mod q8;
 /// A tensor table and the length in bytes of the data section it describes.
 pub type Table = (heapless::Vec<TensorEntry, MAX_TENSORS>, usize);
 
+/// Appends a tensor of `len` elements at `*off` and moves `*off` past it, to the next
+/// [`crate::format::DATA_ALIGN`] boundary: how every encoding lays out its tensors.
+pub(crate) fn push_tensor(
+    t: &mut heapless::Vec<TensorEntry, MAX_TENSORS>, off: &mut usize, layer: u16,
+    kind: crate::format::TensorKind, dtype: crate::format::DType, len: usize,
+) -> Result<(), FormatError> {
+    let u32_of = |v: usize| u32::try_from(v).map_err(|_| FormatError::TooLarge);
+    let entry = TensorEntry { layer, kind, dtype, offset: u32_of(*off)?, len: u32_of(len)? };
+    t.push(entry).map_err(|_| FormatError::TooLarge)?;
+    let align = crate::format::DATA_ALIGN;
+    *off = len
+        .checked_mul(dtype.size())
+        .and_then(|b| off.checked_add(b))
+        .and_then(|e| e.checked_next_multiple_of(align))
+        .ok_or(FormatError::TooLarge)?;
+    Ok(())
+}
+
 /// How the parameters are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

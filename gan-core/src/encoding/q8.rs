@@ -118,11 +118,6 @@ pub fn plan(spec: &Spec<'_>) -> Result<heapless::Vec<Step, MAX_FILE_LAYERS>, For
     }
 }
 
-/// `x` rounded up to a multiple of [`crate::format::DATA_ALIGN`].
-const fn align_data(x: usize) -> usize {
-    x.div_ceil(crate::format::DATA_ALIGN) * crate::format::DATA_ALIGN
-}
-
 /// The tensor table: per step (in layer order) the input scale (first step only), weight,
 /// bias, requant and lookup table (last step only).
 pub(crate) fn table(spec: &Spec<'_>) -> Result<Table, FormatError> {
@@ -139,19 +134,7 @@ pub(crate) fn table(spec: &Spec<'_>) -> Result<Table, FormatError> {
             (TensorKind::Requant, DType::I32, 3 * s.ch.n),
         ];
         for (kind, dtype, len) in first.into_iter().chain(mid).chain(last) {
-            t.push(TensorEntry {
-                layer,
-                kind,
-                dtype,
-                offset: u32::try_from(off).map_err(|_| FormatError::TooLarge)?,
-                len: u32::try_from(len).map_err(|_| FormatError::TooLarge)?,
-            })
-            .map_err(|_| FormatError::TooLarge)?;
-            off = len
-                .checked_mul(dtype.size())
-                .and_then(|b| off.checked_add(b))
-                .map(align_data)
-                .ok_or(FormatError::TooLarge)?;
+            super::push_tensor(&mut t, &mut off, layer, kind, dtype, len)?;
         }
     }
     Ok((t, off))

@@ -66,6 +66,55 @@ unsafe fn columns(x: &[i8], u: *const u8, stride: usize, base: i32) -> [i32; TIL
     acc
 }
 
+/// The ARMv6-M tile's eight channels for one input (in `r3`): from the pair-row at `r2`, bytes
+/// `b, b + 1, b + 4, b + 5, …` (`b` = 0 for the pair's first input, 2 for its second), each an
+/// `LDRB`, a `MULS` and an add into its accumulator (r5–r7, r8–r12).
+#[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
+macro_rules! v6m_lanes {
+    ($b:literal) => {
+        concat!(
+            v6m_lane!($b, 0, "adds r5, r5,"),
+            v6m_lane!($b, 1, "adds r6, r6,"),
+            v6m_lane!($b, 4, "adds r7, r7,"),
+            v6m_lane!($b, 5, "add r8,"),
+            v6m_lane!($b, 8, "add r9,"),
+            v6m_lane!($b, 9, "add r10,"),
+            v6m_lane!($b, 12, "add r11,"),
+            v6m_lane!($b, 13, "add r12,"),
+        )
+    };
+}
+
+/// One channel of [`v6m_lanes`]: byte `b + at`, times `r3`, added by `add … r4`.
+#[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
+macro_rules! v6m_lane {
+    ($b:literal, $at:literal, $add:literal) => {
+        concat!("ldrb r4, [r2, #", $b, " + ", $at, "]\n", "muls r4, r3, r4\n", $add, " r4\n")
+    };
+}
+
+/// The DSP tile's two channels of one word (at byte `off` of the pair-row at `r1`): `UXTB16`
+/// unpacks each channel's two weights into halfwords and its `SMLAD` (the encodings given)
+/// adds both products with the input pair in `r12`.
+#[cfg(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf"))]
+macro_rules! dsp_pair {
+    ($off:literal, $smlad_a:literal, $smlad_b:literal) => {
+        concat!(
+            "ldr lr, [r1, #",
+            $off,
+            "]\n",
+            ".inst.w 0xFA3FF38E\n", // uxtb16 r3, lr
+            ".inst.w ",
+            $smlad_a,
+            "\n",
+            ".inst.w 0xFA3FF39E\n", // uxtb16 r3, lr, ror #8
+            ".inst.w ",
+            $smlad_b,
+            "\n"
+        )
+    };
+}
+
 /// [`columns`] in assembly where there is a kernel for the core:
 /// - ARMv6-M (no atomics is how its targets are told apart): the eight accumulators, the
 ///   input value and the pointers in registers; per input one signed load, then per channel
@@ -105,57 +154,11 @@ unsafe fn tile(x: &[i8], u: *const u8, stride: usize, base: i32) -> [i32; TILE] 
                 "2:",
                 // The first input of the pair: channel bytes at 0, 1, 4, 5, 8, 9, 12, 13.
                 "ldrsb r3, [r0, r1]",
-                "ldrb r4, [r2, #0]",
-                "muls r4, r3, r4",
-                "adds r5, r5, r4",
-                "ldrb r4, [r2, #1]",
-                "muls r4, r3, r4",
-                "adds r6, r6, r4",
-                "ldrb r4, [r2, #4]",
-                "muls r4, r3, r4",
-                "adds r7, r7, r4",
-                "ldrb r4, [r2, #5]",
-                "muls r4, r3, r4",
-                "add r8, r4",
-                "ldrb r4, [r2, #8]",
-                "muls r4, r3, r4",
-                "add r9, r4",
-                "ldrb r4, [r2, #9]",
-                "muls r4, r3, r4",
-                "add r10, r4",
-                "ldrb r4, [r2, #12]",
-                "muls r4, r3, r4",
-                "add r11, r4",
-                "ldrb r4, [r2, #13]",
-                "muls r4, r3, r4",
-                "add r12, r4",
+                v6m_lanes!(0),
                 // The second: two bytes further.
                 "adds r1, r1, #1",
                 "ldrsb r3, [r0, r1]",
-                "ldrb r4, [r2, #2]",
-                "muls r4, r3, r4",
-                "adds r5, r5, r4",
-                "ldrb r4, [r2, #3]",
-                "muls r4, r3, r4",
-                "adds r6, r6, r4",
-                "ldrb r4, [r2, #6]",
-                "muls r4, r3, r4",
-                "adds r7, r7, r4",
-                "ldrb r4, [r2, #7]",
-                "muls r4, r3, r4",
-                "add r8, r4",
-                "ldrb r4, [r2, #10]",
-                "muls r4, r3, r4",
-                "add r9, r4",
-                "ldrb r4, [r2, #11]",
-                "muls r4, r3, r4",
-                "add r10, r4",
-                "ldrb r4, [r2, #14]",
-                "muls r4, r3, r4",
-                "add r11, r4",
-                "ldrb r4, [r2, #15]",
-                "muls r4, r3, r4",
-                "add r12, r4",
+                v6m_lanes!(2),
                 "add r2, lr",
                 "adds r1, r1, #1",
                 "bne 2b",
@@ -208,26 +211,10 @@ unsafe fn tile(x: &[i8], u: *const u8, stride: usize, base: i32) -> [i32; TILE] 
                 // pkhbt r12, r3, r12, lsl #16 (the DSP instructions are spelled as their
                 // encodings: not every assembler configuration for these targets enables them)
                 ".inst.w 0xEAC34C0C",
-                "ldr lr, [r1, #0]",
-                ".inst.w 0xFA3FF38E", // uxtb16 r3, lr
-                ".inst.w 0xFB23440C", // smlad r4, r3, r12, r4
-                ".inst.w 0xFA3FF39E", // uxtb16 r3, lr, ror #8
-                ".inst.w 0xFB23550C", // smlad r5, r3, r12, r5
-                "ldr lr, [r1, #4]",
-                ".inst.w 0xFA3FF38E", // uxtb16 r3, lr
-                ".inst.w 0xFB23660C", // smlad r6, r3, r12, r6
-                ".inst.w 0xFA3FF39E", // uxtb16 r3, lr, ror #8
-                ".inst.w 0xFB23770C", // smlad r7, r3, r12, r7
-                "ldr lr, [r1, #8]",
-                ".inst.w 0xFA3FF38E", // uxtb16 r3, lr
-                ".inst.w 0xFB23880C", // smlad r8, r3, r12, r8
-                ".inst.w 0xFA3FF39E", // uxtb16 r3, lr, ror #8
-                ".inst.w 0xFB23990C", // smlad r9, r3, r12, r9
-                "ldr lr, [r1, #12]",
-                ".inst.w 0xFA3FF38E", // uxtb16 r3, lr
-                ".inst.w 0xFB23AA0C", // smlad r10, r3, r12, r10
-                ".inst.w 0xFA3FF39E", // uxtb16 r3, lr, ror #8
-                ".inst.w 0xFB23BB0C", // smlad r11, r3, r12, r11
+                dsp_pair!(0, "0xFB23440C", "0xFB23550C"),
+                dsp_pair!(4, "0xFB23660C", "0xFB23770C"),
+                dsp_pair!(8, "0xFB23880C", "0xFB23990C"),
+                dsp_pair!(12, "0xFB23AA0C", "0xFB23BB0C"),
                 "ldr r3, [sp, #0]",
                 "add r1, r3",
                 "cmp r0, r2",

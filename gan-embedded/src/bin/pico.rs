@@ -17,9 +17,8 @@
 #![no_main]
 
 use defmt_rtt as _;
-use gan_embedded::{stack, ticks, usb_console};
-use rp2040_hal::{self as hal, pac};
-use usb_device::class_prelude::UsbBusAllocator;
+use gan_embedded::usb_console;
+use rp2040_hal as hal;
 
 /// Second-stage bootloader for the Pico's W25Q16 flash (placed first in flash by the memory map
 /// `build.rs` writes from the board table).
@@ -27,45 +26,12 @@ use usb_device::class_prelude::UsbBusAllocator;
 #[used]
 static BOOT2: [u8; 256] = rp2040_boot2::BOOT_LOADER_W25Q080;
 
-/// The Pico's crystal.
-const XOSC_HZ: u32 = 12_000_000;
 /// Core clock set up by `init_clocks_and_plls`; one SysTick tick is one cycle.
 const SYS_HZ: u64 = 125_000_000;
 
 #[hal::entry]
 fn main() -> ! {
-    stack::paint();
-    let (Some(mut pac), Some(mut core)) = (pac::Peripherals::take(), pac::CorePeripherals::take())
-    else {
-        usb_console::halt()
-    };
-    let mut watchdog = hal::Watchdog::new(pac.WATCHDOG);
-    let Ok(clocks) = hal::clocks::init_clocks_and_plls(
-        XOSC_HZ,
-        pac.XOSC,
-        pac.CLOCKS,
-        pac.PLL_SYS,
-        pac.PLL_USB,
-        &mut pac.RESETS,
-        &mut watchdog,
-    ) else {
-        usb_console::halt()
-    };
-    let sio = hal::Sio::new(pac.SIO);
-    let pins = hal::gpio::Pins::new(pac.IO_BANK0, pac.PADS_BANK0, sio.gpio_bank0, &mut pac.RESETS);
-    let Some(led) = cortex_m::singleton!(: hal::gpio::Pin<hal::gpio::bank0::Gpio25, hal::gpio::FunctionSioOutput, hal::gpio::PullDown> = pins.gpio25.into_push_pull_output())
-    else {
-        usb_console::halt()
-    };
-    ticks::start(&mut core.SYST);
-    let bus = UsbBusAllocator::new(hal::usb::UsbBus::new(
-        pac.USBCTRL_REGS,
-        pac.USBCTRL_DPRAM,
-        clocks.usb_clock,
-        true,
-        &mut pac.RESETS,
-    ));
-    usb_console::run(led, &bus, SYS_HZ)
+    gan_embedded::pico_main!(rp2040_hal, SYS_HZ, USBCTRL_REGS, USBCTRL_DPRAM)
 }
 
 #[panic_handler]

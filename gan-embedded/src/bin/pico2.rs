@@ -16,54 +16,20 @@
 #![no_main]
 
 use defmt_rtt as _;
-use gan_embedded::{stack, ticks, usb_console};
-use rp235x_hal::{self as hal, pac};
-use usb_device::class_prelude::UsbBusAllocator;
+use gan_embedded::usb_console;
+use rp235x_hal as hal;
 
 /// Tells the boot ROM this is a secure Arm executable.
 #[unsafe(link_section = ".start_block")]
 #[used]
 static IMAGE_DEF: hal::block::ImageDef = hal::block::ImageDef::secure_exe();
 
-/// The Pico 2's crystal.
-const XOSC_HZ: u32 = 12_000_000;
 /// Core clock set up by `init_clocks_and_plls`; one SysTick tick is one cycle.
 const SYS_HZ: u64 = 150_000_000;
 
 #[hal::entry]
 fn main() -> ! {
-    stack::paint();
-    let (Some(mut pac), Some(mut core)) = (pac::Peripherals::take(), cortex_m::Peripherals::take())
-    else {
-        usb_console::halt()
-    };
-    let mut watchdog = hal::Watchdog::new(pac.WATCHDOG);
-    let Ok(clocks) = hal::clocks::init_clocks_and_plls(
-        XOSC_HZ,
-        pac.XOSC,
-        pac.CLOCKS,
-        pac.PLL_SYS,
-        pac.PLL_USB,
-        &mut pac.RESETS,
-        &mut watchdog,
-    ) else {
-        usb_console::halt()
-    };
-    let sio = hal::Sio::new(pac.SIO);
-    let pins = hal::gpio::Pins::new(pac.IO_BANK0, pac.PADS_BANK0, sio.gpio_bank0, &mut pac.RESETS);
-    let Some(led) = cortex_m::singleton!(: hal::gpio::Pin<hal::gpio::bank0::Gpio25, hal::gpio::FunctionSioOutput, hal::gpio::PullDown> = pins.gpio25.into_push_pull_output())
-    else {
-        usb_console::halt()
-    };
-    ticks::start(&mut core.SYST);
-    let bus = UsbBusAllocator::new(hal::usb::UsbBus::new(
-        pac.USB,
-        pac.USB_DPRAM,
-        clocks.usb_clock,
-        true,
-        &mut pac.RESETS,
-    ));
-    usb_console::run(led, &bus, SYS_HZ)
+    gan_embedded::pico_main!(rp235x_hal, SYS_HZ, USB, USB_DPRAM)
 }
 
 #[panic_handler]
