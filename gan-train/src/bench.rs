@@ -172,6 +172,9 @@ pub struct ArchResult {
     pub g_macs: usize,
     /// Training images per second (full D + G step).
     pub train: Rate,
+    /// Images per second if a training step were only its matrix products: the products one
+    /// step ran ([`kernels::set_trace`]), replayed alone on the same threads.
+    pub gemm_bound: Rate,
     /// Generator samples per second, batch 1, exact inference path.
     pub gen_b1: Rate,
     /// Generator samples per second, batch N, training forward on the pool.
@@ -216,6 +219,9 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
     let train =
         measure(policy, batch as f64, || gan.train_step(&real, &labels, &team).map(|_| ()))?;
 
+    eprintln!("{name}: the training step's matrix products alone");
+    let gemm_bound = measure_gemm_bound(&mut gan, &real, &labels, &team, policy, batch)?;
+
     // Batch 1 through the exported weights file, exactly as `gan-train sample` runs it.
     eprintln!("{name}: generator, batch 1, exact inference path");
     let bytes = crate::run::export_bytes(&gan.checkpoint())?;
@@ -248,8 +254,82 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
         d_params,
         g_macs: gs.macs(),
         train,
+        gemm_bound,
         gen_b1,
         gen_bn,
+    })
+}
+
+/// `A`, `B` and `C` of one replayed product.
+type Operands = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// The products of one training step, recorded by [`record`].
+static STEP_PRODUCTS: std::sync::Mutex<Vec<kernels::Traced>> = std::sync::Mutex::new(Vec::new());
+
+fn record(t: kernels::Traced) {
+    if let Ok(mut v) = STEP_PRODUCTS.lock() {
+        v.push(t);
+    }
+}
+
+/// Records the products of one training step, then times them alone (random operands of the
+/// same shapes, the same entry points, the same executor) as images per second. Products a
+/// convolution runs one sample at a time inside its own split over the samples (on one
+/// thread each) are replayed the same way: each run of them split over the threads.
+fn measure_gemm_bound(
+    gan: &mut Gan, real: &[f32], labels: &[u8], team: &Team, policy: Policy, batch: usize,
+) -> Result<Rate> {
+    kernels::set_trace(Some(record));
+    let step = gan.train_step(real, labels, team);
+    kernels::set_trace(None);
+    step?;
+    let calls = std::mem::take(&mut *STEP_PRODUCTS.lock().map_err(|_| anyhow::anyhow!("lock"))?);
+    ensure!(!calls.is_empty(), "the training step ran no matrix products");
+    let mut rng = noise::rng(0x6E44);
+    let bufs: Vec<std::sync::Mutex<Operands>> = calls
+        .iter()
+        .map(|t| {
+            let mut r = |len: usize| {
+                let mut v = vec![0.0f32; len];
+                noise::fill_uniform(&mut rng, &mut v);
+                v
+            };
+            std::sync::Mutex::new((r(t.count * t.m * t.k), r(t.count * t.k * t.n), r(t.m * t.n)))
+        })
+        .collect();
+    let run = |i: usize, exec: &dyn kernels::Exec| {
+        let t = calls[i];
+        let Ok(mut guard) = bufs[i].lock() else { return };
+        let (a, b, c) = &mut *guard;
+        let (m, k, n) = (t.m, t.k, t.n);
+        match t.kind {
+            0 => kernels::matmul(c, a, b, m, k, n, t.accumulate, exec),
+            1 => kernels::matmul_tn(c, a, b, m, k, n, t.accumulate, exec),
+            _ if t.count > 1 => {
+                kernels::matmul_nt_sum(c, a, m * k, b, n * k, t.count, m, k, n, exec);
+            }
+            _ => kernels::matmul_nt(c, a, b, m, k, n, t.accumulate, exec),
+        }
+    };
+    let threads = kernels::Exec::threads(team).max(1);
+    measure(policy, batch as f64, || {
+        let mut i = 0;
+        while i < calls.len() {
+            if !calls[i].serial {
+                run(i, team);
+                i += 1;
+                continue;
+            }
+            // A run of one-thread products: contiguous shares, one per thread.
+            let end = (i..calls.len()).find(|&j| !calls[j].serial).unwrap_or(calls.len());
+            let (start, len) = (i, end - i);
+            kernels::Exec::for_each(team, threads, &|task| {
+                let (lo, hi) = (start + task * len / threads, start + (task + 1) * len / threads);
+                (lo..hi).for_each(|j| run(j, &kernels::Serial));
+            });
+            i = end;
+        }
+        Ok(())
     })
 }
 
@@ -268,6 +348,7 @@ pub fn table(results: &[ArchResult], batch: usize) -> String {
     for r in results {
         let rows = [
             ("training (images/s, D+G step)".to_string(), &r.train),
+            ("  its products alone (images/s)".to_string(), &r.gemm_bound),
             ("generator batch 1 (samples/s)".to_string(), &r.gen_b1),
             (format!("generator batch {batch} (samples/s)"), &r.gen_bn),
         ];
@@ -283,6 +364,13 @@ pub fn table(results: &[ArchResult], batch: usize) -> String {
                 100.0 * rate.spread()
             );
         }
+        let _ = writeln!(
+            s,
+            "{:<8} {:<34} {:>9.0}%",
+            r.arch,
+            "  share of that bound (medians)",
+            100.0 * r.train.median() / r.gemm_bound.median()
+        );
     }
     s
 }
@@ -317,6 +405,8 @@ pub fn to_json(results: &[ArchResult], batch: usize, threads: usize, policy: Pol
         let _ = writeln!(s, "      \"g_params\": {},", r.g_params);
         let _ = writeln!(s, "      \"d_params\": {},", r.d_params);
         let _ = writeln!(s, "      \"train_images_per_sec\": {},", json_rate(&r.train));
+        let _ =
+            writeln!(s, "      \"train_gemm_bound_images_per_sec\": {},", json_rate(&r.gemm_bound));
         let _ = writeln!(s, "      \"gen_b1_samples_per_sec\": {},", json_rate(&r.gen_b1));
         let _ = writeln!(s, "      \"gen_bn_samples_per_sec\": {}", json_rate(&r.gen_bn));
         let comma = if i + 1 < results.len() { "," } else { "" };
@@ -397,7 +487,7 @@ mod tests {
     fn bench_runs_on_the_small_model() {
         let policy = Policy { warmup: Duration::ZERO, rep: Duration::from_millis(1), reps: 2 };
         let r = bench_arch(Arch::Mcu, 4, 1, policy).unwrap();
-        for rate in [&r.train, &r.gen_b1, &r.gen_bn] {
+        for rate in [&r.train, &r.gemm_bound, &r.gen_b1, &r.gen_bn] {
             assert_eq!(rate.reps.len(), 2);
             assert!(rate.median() > 0.0 && rate.median().is_finite());
         }

@@ -108,10 +108,59 @@ impl Exec for Serial {
     }
 }
 
+/// One training product as [`set_trace`] reports it: which entry point, the shape, whether it
+/// accumulated, and how many products it summed ([`matmul_nt_sum`]; 1 otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Traced {
+    /// 0: [`matmul`], 1: [`matmul_tn`], 2: [`matmul_nt`] (and [`matmul_nt_sum`]).
+    pub kind: u8,
+    /// Rows of `C`.
+    pub m: usize,
+    /// The summation length.
+    pub k: usize,
+    /// Columns of `C`.
+    pub n: usize,
+    /// `C +=` rather than `C =`.
+    pub accumulate: bool,
+    /// Products summed into `C`.
+    pub count: usize,
+    /// Run on one thread (`exec.threads() == 1`): a product of one sample inside a layer's own
+    /// split over the samples.
+    pub serial: bool,
+}
+
+#[cfg(target_has_atomic = "ptr")]
+static TRACE: core::sync::atomic::AtomicPtr<()> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// Calls `f` with every training product from now on (from any thread), or stops with `None`:
+/// how `gan-train bench` finds the products a training step runs, to time them alone.
+#[cfg(target_has_atomic = "ptr")]
+pub fn set_trace(f: Option<fn(Traced)>) {
+    let p = f.map_or(core::ptr::null_mut(), |f| f as *mut ());
+    TRACE.store(p, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// Reports a product to the trace, if one is set.
+#[inline]
+fn trace(t: Traced) {
+    #[cfg(target_has_atomic = "ptr")]
+    {
+        let p = TRACE.load(core::sync::atomic::Ordering::Relaxed);
+        if !p.is_null() {
+            // SAFETY: only `set_trace` stores a non-null pointer, and it stores a `fn(Traced)`.
+            let f: fn(Traced) = unsafe { core::mem::transmute::<*mut (), fn(Traced)>(p) };
+            f(t);
+        }
+    }
+    #[cfg(not(target_has_atomic = "ptr"))]
+    let _ = t;
+}
+
 /// The three training products, one blocked driver ([`gemm`]) seeing the operands through
 /// (row, column) strides: `A(i, p) = a[i·ars + p·acs]`, `B(p, j) = b[p·brs + j·bcs]`.
 macro_rules! training_products {
-    ($($(#[$doc:meta])* $name:ident: a $a:expr, b $b:expr;)*) => {$(
+    ($($(#[$doc:meta])* $name:ident = $kind:literal: a $a:expr, b $b:expr;)*) => {$(
         $(#[$doc])*
         ///
         /// Panics if a slice is shorter than its shape needs (callers check lengths once at the
@@ -124,6 +173,7 @@ macro_rules! training_products {
             let strides: [fn(usize, usize, usize) -> (usize, usize); 2] = [$a, $b];
             let (sa, sb) = (strides[0](m, k, n), strides[1](m, k, n));
             let g = Gemm::new(a, sa, b, sb, (m, k, n), accumulate);
+            trace(Traced { kind: $kind, m, k, n, accumulate, count: 1, serial: exec.threads() <= 1 });
             gemm(train_isa(), &g, c, exec);
         }
     )*};
@@ -131,11 +181,11 @@ macro_rules! training_products {
 
 training_products! {
     /// `C (m×n) = A (m×k) · B (k×n)`, or `C += A·B` when `accumulate`.
-    matmul: a |_, k, _| (k, 1), b |_, _, n| (n, 1);
+    matmul = 0: a |_, k, _| (k, 1), b |_, _, n| (n, 1);
     /// `C (m×n) = Aᵀ · B` with `A` stored `k×m` and `B` stored `k×n` (`+=` when `accumulate`).
-    matmul_tn: a |m, _, _| (1, m), b |_, _, n| (n, 1);
+    matmul_tn = 1: a |m, _, _| (1, m), b |_, _, n| (n, 1);
     /// `C (m×n) = A · Bᵀ` with `A` stored `m×k` and `B` stored `n×k` (`+=` when `accumulate`).
-    matmul_nt: a |_, k, _| (k, 1), b |_, k, _| (1, k);
+    matmul_nt = 2: a |_, k, _| (k, 1), b |_, k, _| (1, k);
 }
 
 /// `C (m×n) += Σ_s A_s · B_sᵀ` for `s < count`, with `A_s` (`m×k`) at `a[s·a_step..]` and
@@ -159,6 +209,7 @@ pub fn matmul_nt_sum(
         let (a, b) = (&a[s * a_step..][..la], &b[s * b_step..][..lb]);
         Gemm::new(a, (k, 1), b, (1, k), (m, k, n), true)
     };
+    trace(Traced { kind: 2, m, k, n, accumulate: true, count, serial: exec.threads() <= 1 });
     gemm::gemm_sum(train_isa(), count, &gs, c, exec);
 }
 
