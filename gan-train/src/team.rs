@@ -1,8 +1,8 @@
-//! A team of helper threads that wait for work by spinning: the executor for latency-bound
-//! work such as batch-1 inference.
+//! A team of helper threads that wait for work by spinning: the executor of every command that
+//! runs gan-core's kernels (training, scoring, sampling, the benchmarks).
 //!
 //! Generating one digit runs four small matrix products back to back, each worth a few tens of
-//! microseconds. Handing such a product to a pool whose workers have gone to sleep costs about as
+//! microseconds, and a training step of a small network hundreds of such jobs. Handing such a product to a pool whose workers have gone to sleep costs about as
 //! much as the product itself (waking a thread takes tens of microseconds), so rayon's pool makes
 //! batch-1 inference slower, not faster. The helpers here keep polling for a new job for
 //! [`SPIN`] after their last one (what OpenMP runtimes do by default) and only then park; the
