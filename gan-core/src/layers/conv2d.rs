@@ -145,9 +145,26 @@ pub(crate) type BackwardFn = fn(
     &dyn Exec,
 ) -> Res;
 
-/// The exact inference of a convolution: `(out, inp, w, b, n, dims)`.
+/// The exact inference of a convolution: `(out, inp, w, b, n, dims, exec)`.
 pub(crate) type ExactFn =
-    fn(&mut [f32], &[f32], &[f32], &[f32], usize, &ConvDims) -> Result<(), CoreError>;
+    fn(&mut [f32], &[f32], &[f32], &[f32], usize, &ConvDims, &dyn Exec) -> Result<(), CoreError>;
+
+/// Calls `f(sample, channel, plane)` for every output plane of `out` (`n` samples of `c_out`
+/// planes of `plane` values), the planes spread over the threads of `exec` when the layer's
+/// `macs` (per sample) are worth it. Each plane is computed on its own in a fixed order, so the
+/// bits do not depend on `exec`.
+pub(crate) fn for_each_plane(
+    out: &mut [f32], n: usize, c_out: usize, plane: usize, macs: usize, exec: &dyn Exec,
+    f: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) {
+    let planes = n * c_out;
+    let tasks = par::sample_tasks(exec, planes, 2 * macs / c_out.max(1));
+    par::for_each_sample(exec, planes, tasks, [(out, plane)], (&mut [], 0), &|_, range, [o]| {
+        for (i, p) in range.zip(o.chunks_exact_mut(plane)) {
+            f(i / c_out, i % c_out, p);
+        }
+    });
+}
 
 /// The int8 inference of a convolution: `(out, xq, inp, q, scales, b, n, dims)`.
 pub(crate) type Int8Fn = fn(
@@ -177,7 +194,7 @@ impl Direction for Direct {
     }
     const FORWARD: ForwardFn = conv2d_forward;
     const BACKWARD: BackwardFn = conv2d_backward;
-    const EXACT: ExactFn = conv2d_forward_exact;
+    const EXACT: ExactFn = conv2d_forward_exact_with;
     const INT8: Int8Fn = conv2d_forward_i8;
     const Q8_SUMS: fn(&mut [f32], &[i8], &[u8], &Geom) = kernels::q8::reference::conv;
     const Q8_INDEX: fn(&Geom, usize) -> usize = |_, i| i;
@@ -276,7 +293,10 @@ impl<D: Direction> Kind for Conv<D> {
         let (n, d) = (a.n, self.dims(a.l));
         match a.w {
             LayerWeights::F32 { w, b, .. } => {
-                a.pp.map(n * a.l.out_shape.len(), |out, inp| (D::EXACT)(out, inp, w, b, n, &d))
+                let exec = a.exec;
+                a.pp.map(n * a.l.out_shape.len(), |out, inp| {
+                    (D::EXACT)(out, inp, w, b, n, &d, exec)
+                })
             }
             LayerWeights::I8 { q, scales, b } => {
                 let xq = a.xq;
@@ -715,11 +735,21 @@ pub fn conv2d_backward(
 pub fn conv2d_forward_exact(
     out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims,
 ) -> Result<(), CoreError> {
+    conv2d_forward_exact_with(out, inp, w, b, n, d, &Serial)
+}
+
+/// [`conv2d_forward_exact`] with the output planes spread over the threads of `exec` (the
+/// same bits for every `exec`).
+pub fn conv2d_forward_exact_with(
+    out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims, exec: &dyn Exec,
+) -> Result<(), CoreError> {
     let g = Geom::conv(d)?;
     g.check_forward(n, out, inp, w, b)?;
     let plane = g.ih * g.iw;
-    for (o, x) in out.chunks_exact_mut(g.grid).zip(inp.chunks_exact(g.img)) {
-        for ((oplane, wrow), &bias) in o.chunks_exact_mut(g.cols).zip(w.chunks_exact(g.rows)).zip(b)
+    let macs = g.w * g.cols;
+    for_each_plane(out, n, g.cg, g.cols, macs, exec, &|sample, co, oplane| {
+        let x = &inp[sample * g.img..(sample + 1) * g.img];
+        let (wrow, bias) = (&w[co * g.rows..(co + 1) * g.rows], b[co]);
         {
             for (gy, orow) in oplane.chunks_exact_mut(g.gw).enumerate() {
                 orow.fill(0.0);
@@ -748,7 +778,7 @@ pub fn conv2d_forward_exact(
                 }
             }
         }
-    }
+    });
     Ok(())
 }
 

@@ -346,3 +346,35 @@ fn threads_and_scratch_do_not_change_bits() {
         }
     }
 }
+
+/// The exact kernels spread their output planes over the threads without changing a bit.
+#[test]
+fn exact_kernels_keep_their_bits_on_threads() {
+    use crate::layers::conv_transpose2d::conv_transpose2d_forward_exact_with;
+    use crate::testutil::{Threads, Twice};
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut r = Lcg::new(27);
+    for (n, transposed, d) in [
+        (1, true, dims(128, 7, 7, 64, 4, 2, 1)),
+        (2, true, dims(16, 14, 14, 3, 4, 2, 1)),
+        (1, false, dims(64, 14, 14, 32, 4, 2, 1)),
+    ] {
+        let (oh, ow) = if transposed { d.transpose_out_hw() } else { d.out_hw() }.unwrap();
+        let x = rand(&mut r, n * d.in_c * d.in_h * d.in_w);
+        let w = rand(&mut r, d.in_c * d.out_c * d.k * d.k);
+        let b = rand(&mut r, d.out_c);
+        let run = |exec: &dyn Exec| {
+            let mut out = vec![f32::NAN; n * d.out_c * oh * ow];
+            if transposed {
+                conv_transpose2d_forward_exact_with(&mut out, &x, &w, &b, n, &d, exec).unwrap();
+            } else {
+                conv2d_forward_exact_with(&mut out, &x, &w, &b, n, &d, exec).unwrap();
+            }
+            bits(&out)
+        };
+        let want = run(&Serial);
+        for exec in [&Threads(2) as &dyn Exec, &Threads(3), &Twice] {
+            assert_eq!(run(exec), want, "{d:?}");
+        }
+    }
+}

@@ -43,7 +43,7 @@ impl Direction for Transposed {
     }
     const FORWARD: ForwardFn = conv_transpose2d_forward;
     const BACKWARD: BackwardFn = conv_transpose2d_backward;
-    const EXACT: ExactFn = conv_transpose2d_forward_exact;
+    const EXACT: ExactFn = conv_transpose2d_forward_exact_with;
     const INT8: Int8Fn = conv_transpose2d_forward_i8;
     const Q8_SUMS: fn(&mut [f32], &[i8], &[u8], &Geom) = q8_sums;
     const Q8_INDEX: fn(&Geom, usize) -> usize = q8_index;
@@ -184,11 +184,22 @@ fn q8_index(g: &Geom, i: usize) -> usize {
 pub fn conv_transpose2d_forward_exact(
     out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims,
 ) -> Result<(), CoreError> {
+    conv_transpose2d_forward_exact_with(out, inp, w, b, n, d, &Serial)
+}
+
+/// [`conv_transpose2d_forward_exact`] with the output planes spread over the threads of `exec`
+/// (the same bits for every `exec`).
+pub fn conv_transpose2d_forward_exact_with(
+    out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims, exec: &dyn Exec,
+) -> Result<(), CoreError> {
     let g = Geom::transpose(d)?;
     g.check_forward(n, out, inp, w, b)?;
     let plane = g.ih * g.iw;
-    for (o, x) in out.chunks_exact_mut(g.img).zip(inp.chunks_exact(g.grid)) {
-        for (co, (oplane, &bias)) in o.chunks_exact_mut(plane).zip(b).enumerate() {
+    let macs = g.w * g.cols;
+    conv2d::for_each_plane(out, n, g.ci, plane, macs, exec, &|sample, co, oplane| {
+        let x = &inp[sample * g.grid..(sample + 1) * g.grid];
+        let bias = b[co];
+        {
             for (oy, orow) in oplane.chunks_exact_mut(g.iw).enumerate() {
                 orow.fill(0.0);
                 for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
@@ -219,7 +230,7 @@ pub fn conv_transpose2d_forward_exact(
                 }
             }
         }
-    }
+    });
     Ok(())
 }
 
