@@ -57,8 +57,15 @@ fn SysTick() {
     }
 }
 
+/// The Pico boards' panic handler: logs the panic and [`halt`]s.
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    defmt::error!("panic: {}", defmt::Display2Format(info));
+    halt()
+}
+
 /// Leaves the LED on (a steady light without USB output means the firmware stopped) and
-/// waits; for the binaries' panic handlers.
+/// waits.
 pub fn halt() -> ! {
     set_led(true);
     loop {

@@ -79,6 +79,11 @@ pub const CSV_HEADER: &str =
     "epoch,step,fid,precision,recall,entropy,confidence,class_match,rollbacks";
 
 impl QualityRow {
+    /// The requested-class share formatted by `f`, or empty for an unconditional model.
+    pub fn class_share(&self, f: impl Fn(f64) -> String) -> String {
+        if self.class_match.is_nan() { String::new() } else { f(self.class_match) }
+    }
+
     fn to_csv(self) -> String {
         format!(
             "{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{},{}",
@@ -89,11 +94,7 @@ impl QualityRow {
             self.recall,
             self.entropy,
             self.confidence,
-            if self.class_match.is_nan() {
-                String::new()
-            } else {
-                format!("{:.4}", self.class_match)
-            },
+            self.class_share(|m| format!("{m:.4}")),
             self.rollbacks
         )
     }

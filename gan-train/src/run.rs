@@ -783,11 +783,7 @@ fn run_loop(
                     q.fid,
                     q.precision,
                     q.recall,
-                    if q.class_match.is_nan() {
-                        String::new()
-                    } else {
-                        format!(" class {:.0}%", 100.0 * q.class_match)
-                    }
+                    q.class_share(|m| format!(" class {:.0}%", 100.0 * m))
                 )
             });
             eprintln!(

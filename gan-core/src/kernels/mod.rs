@@ -559,30 +559,16 @@ mod tests {
                 let a = random(a_step * count, 50);
                 let b = random(b_step * count, 51);
                 let c0 = random(m * n, 52);
+                let gs = |s: usize| {
+                    let (a, b) = (&a[s * a_step..], &b[s * b_step..]);
+                    Gemm::new(a, (k, 1), b, (1, k), (m, k, n), true)
+                };
                 let mut want = c0.clone();
                 for s in 0..count {
-                    let g = Gemm::new(
-                        &a[s * a_step..],
-                        (k, 1),
-                        &b[s * b_step..],
-                        (1, k),
-                        (m, k, n),
-                        true,
-                    );
-                    gemm_tasks(isa, &g, &mut want, &Serial, 1);
+                    gemm_tasks(isa, &gs(s), &mut want, &Serial, 1);
                 }
                 for exec in execs {
                     let mut got = c0.clone();
-                    let gs = |s: usize| {
-                        Gemm::new(
-                            &a[s * a_step..],
-                            (k, 1),
-                            &b[s * b_step..],
-                            (1, k),
-                            (m, k, n),
-                            true,
-                        )
-                    };
                     gemm::gemm_sum(isa, count, &gs, &mut got, exec);
                     let same = got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
                     assert!(same, "{isa:?} {:?}", (m, k, n, count));

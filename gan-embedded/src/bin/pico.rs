@@ -17,7 +17,6 @@
 #![no_main]
 
 use defmt_rtt as _;
-use gan_embedded::usb_console;
 use rp2040_hal as hal;
 
 /// Second-stage bootloader for the Pico's W25Q16 flash (placed first in flash by the memory map
@@ -32,10 +31,4 @@ const SYS_HZ: u64 = 125_000_000;
 #[hal::entry]
 fn main() -> ! {
     gan_embedded::pico_main!(rp2040_hal, SYS_HZ, USBCTRL_REGS, USBCTRL_DPRAM)
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
-    usb_console::halt()
 }

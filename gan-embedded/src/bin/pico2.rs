@@ -16,7 +16,6 @@
 #![no_main]
 
 use defmt_rtt as _;
-use gan_embedded::usb_console;
 use rp235x_hal as hal;
 
 /// Tells the boot ROM this is a secure Arm executable.
@@ -30,10 +29,4 @@ const SYS_HZ: u64 = 150_000_000;
 #[hal::entry]
 fn main() -> ! {
     gan_embedded::pico_main!(rp235x_hal, SYS_HZ, USB, USB_DPRAM)
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
-    usb_console::halt()
 }
