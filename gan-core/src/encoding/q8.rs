@@ -303,12 +303,28 @@ pub fn encode(
         out[wo..wo + layers::q8_len(&s.info)].fill(crate::kernels::q8::OFFSET as u8);
         let (wo, bo, ro) =
             (wo, at(s.info.index, TensorKind::Bias)?, at(s.info.index, TensorKind::Requant)?);
+        // Each channel's weight scale, in one pass over the weights, kept (as f32 bits) in the
+        // bias tensor until the biases are written below.
+        let scale_slot = |out: &[u8], c: usize| {
+            let o = bo + 4 * c;
+            f32::from_le_bytes([out[o], out[o + 1], out[o + 2], out[o + 3]])
+        };
+        for (k, &v) in w.iter().enumerate() {
+            let c = s.ch.of(k);
+            let m = max_abs([scale_slot(out, c), v].into_iter());
+            out[bo + 4 * c..bo + 4 * c + 4].copy_from_slice(&m.to_le_bytes());
+        }
         for c in 0..s.ch.n {
-            let sw = scale_for(max_abs((0..w.len()).filter(|&k| s.ch.of(k) == c).map(|k| w[k])));
-            for k in (0..w.len()).filter(|&k| s.ch.of(k) == c) {
-                let q = if sw == 0.0 { 0 } else { i32::from(quantize(w[k], sw)) };
-                out[wo + layers::q8_index(&s.info, k)] = (q + crate::kernels::q8::OFFSET) as u8;
-            }
+            let sw = scale_for(scale_slot(out, c));
+            out[bo + 4 * c..bo + 4 * c + 4].copy_from_slice(&sw.to_le_bytes());
+        }
+        for (k, &v) in w.iter().enumerate() {
+            let sw = scale_slot(out, s.ch.of(k));
+            let q = if sw == 0.0 { 0 } else { i32::from(quantize(v, sw)) };
+            out[wo + layers::q8_index(&s.info, k)] = (q + crate::kernels::q8::OFFSET) as u8;
+        }
+        for c in 0..s.ch.n {
+            let sw = scale_slot(out, c);
             // The accumulator's scale (any positive one for an all-zero channel).
             let acc_scale = if sw == 0.0 { s_y / 256.0 } else { s_x * f64::from(sw) };
             let b = libm::round(f64::from(bias[c]) / acc_scale).clamp(-MAX_BIAS, MAX_BIAS);

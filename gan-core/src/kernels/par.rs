@@ -22,20 +22,11 @@ pub fn for_each_chunk_min(
     exec: &dyn Exec, out: &mut [f32], min_elems: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
     let tasks = exec.threads().clamp(1, MAX_TASKS).min(out.len() / min_elems.max(1)).max(1);
-    #[cfg(target_has_atomic = "8")]
-    if tasks > 1 {
-        let len = out.len();
-        let base = OutPtr::new(out);
-        split_ranges(exec, len, len.div_ceil(tasks), &|start, end| {
-            // SAFETY: `split_ranges` hands out disjoint ranges of `out`, each once (see
-            // `OutPtr`); `out` stays mutably borrowed until it returns.
-            let part = unsafe { base.range(start, end) };
-            f(start, part);
-        });
-        return;
-    }
-    let _ = (exec, tasks);
-    f(0, out);
+    let len = out.len();
+    // Elements as "samples" of one value each: the same consecutive ranges, handed out once.
+    for_each_sample(exec, len, tasks, [(out, 1)], (&mut [], 0), &|_, range, [part]| {
+        f(range.start, part);
+    });
 }
 
 /// Calls `f(start, end)` for at most `tasks` consecutive, disjoint ranges covering `0..n`, as
