@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "GANW"
-//! 4       2     format version, u16 LE (1 to 3, see below)
+//! 4       2     format version, u16 LE (1, 2 or 4, see below)
 //! 6       2     flags, u16 LE (0; reserved)
 //! 8       4     header length H in bytes, u32 LE
 //! 12      4     CRC-32 (IEEE) of the header bytes, u32 LE
@@ -15,8 +15,8 @@
 //! The data section holds the parameters in one of the encodings of [`crate::encoding`]
 //! (f32: the flat parameter buffer of [`crate::spec`] as it is; int8: i8 weights with f32
 //! scales), and the file's version is the one that introduced its encoding
-//! ([`Encoding::format_version`]: 1 for f32, 2 for int8, 3 for q8), so older readers keep accepting the
-//! files they can read. Every tensor starts on a 16-byte boundary, so a device can use the
+//! ([`Encoding::format_version`]: 1 for f32, 2 for int8, 4 for q8), so older readers keep accepting the
+//! files they can read. Version 3 held the first q8 weight layout, which this build no longer reads. Every tensor starts on a 16-byte boundary, so a device can use the
 //! weights in place from flash: if the file starts 16-byte aligned, so does every tensor. The
 //! header lists each tensor (kind, dtype, offset, length) so tools can show and check them;
 //! [`WeightsFile::parse`] verifies that the list is exactly the encoding's table for the
@@ -32,10 +32,12 @@ use crate::spec::{Layer, Shape, Spec};
 /// First four bytes of every weights file.
 pub const MAGIC: [u8; 4] = *b"GANW";
 /// The newest format version this build reads and writes: 2 adds int8 tensors, 3 the
-/// all-integer `q8` encoding (i32 tensors, requantisation, output lookup table). Each file is
+/// all-integer `q8` encoding (i32 tensors, requantisation, output lookup table), 4 its weights
+/// in blocks of eight output channels (version 3 files are refused: their layout was the
+/// paired rows without blocks, see [`crate::kernels::q8`]). Each file is
 /// written with the version of its encoding ([`Encoding::format_version`]), so f32 files are
 /// still version 1 and older readers keep accepting them.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// The oldest format version this build reads.
 pub const MIN_VERSION: u16 = 1;
 /// Bytes before the header.
@@ -307,6 +309,11 @@ impl core::fmt::Display for FormatError {
         match self {
             FormatError::Truncated => write!(f, "weights file is truncated"),
             FormatError::BadMagic => write!(f, "not a weights file (magic is not GANW)"),
+            FormatError::UnsupportedVersion(3) => write!(
+                f,
+                "weights format version 3 (the first q8 weight layout) is no longer read: \
+                 export the model again (gan-train export --dtype q8)"
+            ),
             FormatError::UnsupportedVersion(v) => {
                 write!(
                     f,
@@ -376,7 +383,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<(Header, usize), FormatError> {
         return Err(FormatError::BadMagic);
     }
     let version = read_u16(bytes, 4);
-    if !(MIN_VERSION..=VERSION).contains(&version) {
+    if !(MIN_VERSION..=VERSION).contains(&version) || version == 3 {
         return Err(FormatError::UnsupportedVersion(version));
     }
     let header_len = read_u32(bytes, 8) as usize;
@@ -743,6 +750,10 @@ mod tests {
         }
         assert_eq!(parse_mod(&|b| b[0] = b'X'), Err(FormatError::BadMagic));
         assert_eq!(parse_mod(&|b| b[4] = 9), Err(FormatError::UnsupportedVersion(9)));
+        // Version 3 held the first q8 layout: refused, with what to do about it.
+        assert_eq!(parse_mod(&|b| b[4] = 3), Err(FormatError::UnsupportedVersion(3)));
+        let text = std::format!("{}", FormatError::UnsupportedVersion(3));
+        assert!(text.contains("export the model again"), "{text}");
         assert_eq!(parse_mod(&|b| b[20] ^= 1), Err(FormatError::CorruptHeader));
         assert_eq!(parse_mod(&|b| b[n - 3] ^= 0x10), Err(FormatError::DataChecksum));
         // Misaligned in memory: the same bytes one byte later.

@@ -287,7 +287,7 @@ fn train_resume_export_inspect_and_sample() {
     ok(cwd, &["export", "--weights", "X.ganw", "--dtype", "q8", "--out", "A2.ganw"]);
     assert!(read(cwd.join("A.ganw")) == read(cwd.join("A2.ganw")), "q8 exports differ");
     let text = stdout(&ok(cwd, &["inspect", "A.ganw"]));
-    assert!(text.contains("GANW v3 (all-integer"), "{text}");
+    assert!(text.contains("GANW v4 (all-integer"), "{text}");
     assert!(text.contains("requant") && text.contains("lut"), "{text}");
     assert!(!text.contains("INVALID"), "{text}");
     let mean_diff = off_f32("A.ganw", "A.bin");

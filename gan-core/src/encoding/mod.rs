@@ -85,7 +85,7 @@ impl Encoding {
         match self {
             Encoding::F32 => 1,
             Encoding::I8 => 2,
-            Encoding::Q8 => 3,
+            Encoding::Q8 => 4,
         }
     }
 

@@ -623,7 +623,8 @@ mod tests {
                 let acc: i64 = b[j]
                     + (0..n_in)
                         .map(|p| {
-                            x[p] * (w[crate::kernels::q8::pair_index(p, j, n_out)] as i64 - 128)
+                            x[p] * (w[crate::kernels::q8::pair_index(p, j, n_in, n_out)] as i64
+                                - 128)
                         })
                         .sum::<i64>();
                 let m = if acc < 0 { r[3 * j + 1] } else { r[3 * j] };
@@ -674,7 +675,7 @@ mod tests {
         let hl = postcard::to_slice(&h, &mut head).unwrap().len();
         let mut bad = Buf([0; 1 << 16]);
         bad.0[..4].copy_from_slice(&format::MAGIC);
-        bad.0[4..6].copy_from_slice(&3u16.to_le_bytes());
+        bad.0[4..6].copy_from_slice(&Encoding::Q8.format_version().to_le_bytes());
         bad.0[8..12].copy_from_slice(&(hl as u32).to_le_bytes());
         bad.0[12..16].copy_from_slice(&format::crc32(&head[..hl]).to_le_bytes());
         bad.0[16..16 + hl].copy_from_slice(&head[..hl]);

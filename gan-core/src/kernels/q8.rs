@@ -6,67 +6,83 @@
 //! `Σ x·w = Σ x·u − 128·Σ x`. The sums are exact integers, so every kernel here gives the same
 //! bits as the plain loops in [`mod@reference`], whatever its order.
 //!
-//! A product `k × n` (inputs × output channels) is stored in **pairs of input rows**, the two
-//! rows interleaved by channel pairs ([`pair_index`]): for inputs `p, p + 1` and channels
-//! `c, c + 1` the four bytes `u[p][c], u[p][c+1], u[p+1][c], u[p+1][c+1]` form one word. On
-//! ARMv6-M every channel's byte of a row is still at an immediate offset; with the DSP
-//! extension (Cortex-M4F, Cortex-M33) one `UXTB16` of that word gives a channel's two weights
-//! as halfwords, and one `SMLAD` adds both of its products. Odd `k` or `n` are padded with
-//! zero weights. Dense layers store their `in × out` matrix this way; 4×4 transposed
-//! convolutions with stride 2 store, per output parity, the `taps × out` matrix of one output
-//! pixel (see [`convt4_index`]), so a pixel's input taps form one contiguous vector.
+//! A product `k × n` (inputs × output channels) is stored in **blocks of eight channels**
+//! ([`pair_index`]): block `b` holds channels `8b .. 8b + 8` (the last block fewer, rounded
+//! up to even) for every input, as consecutive **pair rows**. For inputs `p, p + 1` and
+//! channels `c, c + 1` the four bytes `u[p][c], u[p][c+1], u[p+1][c], u[p+1][c+1]` form one
+//! word, and a block's pair row is its channel pairs' words in order (16 bytes in a full
+//! block), so a kernel walks one block from its start to its end. On ARMv6-M every channel's
+//! byte of a pair row is at an immediate offset from one pointer; with the DSP extension
+//! (Cortex-M4F, Cortex-M33) one post-incremented load fetches a channel pair's word, one
+//! `UXTB16` gives a channel's two weights as halfwords and one `SMLAD` adds both of its
+//! products. Inputs are widened to halfwords first (a dense layer's in chunks, a
+//! convolution's when its taps are gathered), so that an input pair is one word too. Odd `k`
+//! or `n` are padded with zero weights. Dense layers store their `in × out` matrix this way;
+//! 4×4 transposed convolutions with stride 2 store, per output parity, the `taps × out` matrix
+//! of one output pixel ([`convt4_index`]), so a pixel's input taps form one contiguous vector.
 
 use crate::layers::conv2d::Geom;
 
 /// The weight offset.
 pub const OFFSET: i32 = 128;
 
-/// Output channels summed together, their accumulators kept in registers.
+/// Output channels of a full block, their accumulators kept in registers.
 const TILE: usize = 8;
 
-/// Longest gathered input vector of [`conv_transpose_4x4`] (4 taps × input channels).
+/// Longest widened input vector: the taps of [`conv_transpose_4x4`] (4 × input channels), a
+/// chunk of a dense layer's inputs.
 const MAX_TAPS: usize = 512;
 
-/// Where the paired layout of a `k × n` matrix keeps element `(p, c)`.
+/// Inputs widened to halfwords, word-aligned so that a pair of them is one aligned word.
+#[repr(C, align(4))]
+struct Wide([i16; MAX_TAPS]);
+
+/// Where the blocked layout of a `k × n` matrix keeps element `(p, c)`.
 #[inline(always)]
-pub const fn pair_index(p: usize, c: usize, n: usize) -> usize {
-    (p / 2) * pair_row(n) + (c / 2) * 4 + (p % 2) * 2 + c % 2
+pub const fn pair_index(p: usize, c: usize, k: usize, n: usize) -> usize {
+    let b = c / TILE;
+    block_at(b, k) + (p / 2) * 2 * block_width(b, n) + (c % TILE / 2) * 4 + (p % 2) * 2 + c % 2
 }
 
-/// Bytes of one pair of input rows: `n` rounded up to even, twice.
+/// Where block `b` of a matrix of `k` inputs starts (every block before it is full).
 #[inline(always)]
-pub const fn pair_row(n: usize) -> usize {
-    2 * (2 * n.div_ceil(2))
+const fn block_at(b: usize, k: usize) -> usize {
+    b * TILE * 2 * k.div_ceil(2)
 }
 
-/// Bytes of a `k × n` matrix in the paired layout (`k` and `n` rounded up to even).
+/// Channels in block `b` of `n`, rounded up to even.
+#[inline(always)]
+const fn block_width(b: usize, n: usize) -> usize {
+    let w = 2 * n.div_ceil(2) - b * TILE;
+    if w < TILE { w } else { TILE }
+}
+
+/// Bytes of a `k × n` matrix in the blocked layout (`k` and `n` rounded up to even).
 pub const fn pair_len(k: usize, n: usize) -> usize {
-    k.div_ceil(2) * pair_row(n)
+    k.div_ceil(2) * 2 * (2 * n.div_ceil(2))
 }
 
-/// `Σ_p x[p]·u(p, l) + base` for the `TILE` channels whose pair-row bytes start at `u`, in
-/// portable Rust (the definition the assembly tiles follow).
+/// `init[l] + Σ_p x[p]·u(p, l)` for the eight channels of a full block whose pair rows start
+/// at `u`, in portable Rust (the definition the assembly tiles follow).
 ///
 /// # Safety
-/// `u` points into a paired matrix of `x.len()` (even) inputs with `TILE` channels readable
-/// from it in every pair of rows, pair rows `stride` bytes apart.
+/// `x.len()` is even and `u` is readable for its `x.len() / 2` pair rows of 16 bytes.
 #[inline(always)]
-unsafe fn columns(x: &[i8], u: *const u8, stride: usize, base: i32) -> [i32; TILE] {
-    let mut acc = [base; TILE];
-    let mut row = u;
-    for pair in x.chunks_exact(2) {
+unsafe fn columns(x: &[i16], u: *const u8, init: [i32; TILE]) -> [i32; TILE] {
+    let mut acc = init;
+    for (i, pair) in x.chunks_exact(2).enumerate() {
+        let row = u.wrapping_add(i * 2 * TILE);
         for (l, a) in acc.iter_mut().enumerate() {
             let at = (l / 2) * 4 + l % 2;
-            // SAFETY: both rows of this pair, channel l < TILE (contract).
+            // SAFETY: both bytes of channel l < TILE in pair row i (contract).
             let (w0, w1) = unsafe { (*row.add(at), *row.add(at + 2)) };
             *a += i32::from(pair[0]) * i32::from(w0) + i32::from(pair[1]) * i32::from(w1);
         }
-        row = row.wrapping_add(stride);
     }
     acc
 }
 
-/// The ARMv6-M tile's eight channels for one input (in `r3`): from the pair-row at `r2`, bytes
+/// The ARMv6-M tile's eight channels for one input (in `r3`): from the pair row at `r2`, bytes
 /// `b, b + 1, b + 4, b + 5, …` (`b` = 0 for the pair's first input, 2 for its second), each an
 /// `LDRB`, a `MULS` and an add into its accumulator (r5–r7, r8–r12).
 #[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
@@ -93,16 +109,14 @@ macro_rules! v6m_lane {
     };
 }
 
-/// The DSP tile's two channels of one word (at byte `off` of the pair-row at `r1`): `UXTB16`
-/// unpacks each channel's two weights into halfwords and its `SMLAD` (the encodings given)
-/// adds both products with the input pair in `r12`.
+/// The DSP tile's two channels of the next word of the pair row at `r1` (post-incremented):
+/// `UXTB16` unpacks each channel's two weights into halfwords and its `SMLAD` (the encodings
+/// given) adds both products with the input pair in `r12`.
 #[cfg(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf"))]
-macro_rules! dsp_pair {
-    ($off:literal, $smlad_a:literal, $smlad_b:literal) => {
+macro_rules! dsp_word {
+    ($smlad_a:literal, $smlad_b:literal) => {
         concat!(
-            "ldr lr, [r1, #",
-            $off,
-            "]\n",
+            "ldr lr, [r1], #4\n",
             ".inst.w 0xFA3FF38E\n", // uxtb16 r3, lr
             ".inst.w ",
             $smlad_a,
@@ -115,29 +129,43 @@ macro_rules! dsp_pair {
     };
 }
 
+/// One input pair (the next word at `r0`, post-incremented, into `r12`) against a full pair
+/// row: `smlad r4, r3, r12, r4` … `smlad r11, r3, r12, r11`.
+#[cfg(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf"))]
+macro_rules! dsp_row {
+    () => {
+        concat!(
+            "ldr r12, [r0], #4\n",
+            dsp_word!("0xFB23440C", "0xFB23550C"),
+            dsp_word!("0xFB23660C", "0xFB23770C"),
+            dsp_word!("0xFB23880C", "0xFB23990C"),
+            dsp_word!("0xFB23AA0C", "0xFB23BB0C"),
+        )
+    };
+}
+
 /// [`columns`] in assembly where there is a kernel for the core:
 /// - ARMv6-M (no atomics is how its targets are told apart): the eight accumulators, the
-///   input value and the pointers in registers; per input one signed load, then per channel
-///   an unsigned load with an immediate offset, a multiply and an add: 54 instructions per
-///   two inputs × eight channels, 3.4 per multiply-accumulate;
+///   input value and the pointers in registers; per input one signed halfword load, then per
+///   channel an unsigned byte load with an immediate offset, a multiply and an add: 54
+///   instructions per two inputs × eight channels, 3.4 per multiply-accumulate;
 /// - ARMv7E-M and ARMv8-M Mainline with an FPU (`eabihf`: Cortex-M4F, M7, M33, all with the
-///   DSP extension): the two inputs as one halfword pair, then per channel pair one word,
-///   two `UXTB16` and two `SMLAD`: 27 instructions per 16 multiply-accumulates, 1.7 each.
+///   DSP extension): per input pair one word, per channel pair one word, two `UXTB16` and two
+///   `SMLAD`, two pair rows per turn: 44 instructions per 32 multiply-accumulates, 1.4 each.
 ///
 /// # Safety
 /// As [`columns`].
 #[inline(always)]
-unsafe fn tile(x: &[i8], u: *const u8, stride: usize, base: i32) -> [i32; TILE] {
+unsafe fn tile(x: &[i16], u: *const u8, init: [i32; TILE]) -> [i32; TILE] {
     #[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
     if !x.is_empty() {
-        let mut acc = [base; TILE];
-        // SAFETY: `x` has at least two elements; every byte read lies in the pairs of rows
-        // the contract makes readable. The block saves and restores r6 and r7 (which Rust
+        let mut acc = init;
+        // SAFETY: `x` has at least two elements; every byte read lies in the pair rows the
+        // contract makes readable. The block saves and restores r6 and r7 (which Rust
         // reserves) on the stack, writes only `acc` and the registers it declares.
         unsafe {
             core::arch::asm!(
                 "push {{r3, r6, r7}}",
-                "mov lr, r4",
                 "ldr r5, [r3, #0]",
                 "ldr r6, [r3, #4]",
                 "ldr r7, [r3, #8]",
@@ -153,14 +181,14 @@ unsafe fn tile(x: &[i8], u: *const u8, stride: usize, base: i32) -> [i32; TILE] 
                 "mov r12, r4",
                 "2:",
                 // The first input of the pair: channel bytes at 0, 1, 4, 5, 8, 9, 12, 13.
-                "ldrsb r3, [r0, r1]",
+                "ldrsh r3, [r0, r1]",
                 v6m_lanes!(0),
                 // The second: two bytes further.
-                "adds r1, r1, #1",
-                "ldrsb r3, [r0, r1]",
+                "adds r1, r1, #2",
+                "ldrsh r3, [r0, r1]",
                 v6m_lanes!(2),
-                "add r2, lr",
-                "adds r1, r1, #1",
+                "adds r2, r2, #16",
+                "adds r1, r1, #2",
                 "bne 2b",
                 "pop {{r3}}",
                 "str r5, [r3, #0]",
@@ -178,56 +206,46 @@ unsafe fn tile(x: &[i8], u: *const u8, stride: usize, base: i32) -> [i32; TILE] 
                 "str r4, [r3, #28]",
                 "pop {{r6, r7}}",
                 in("r0") x.as_ptr().add(x.len()),
-                inout("r1") (x.len() as isize).wrapping_neg() => _,
+                inout("r1") (2 * x.len() as isize).wrapping_neg() => _,
                 inout("r2") u => _,
                 inout("r3") acc.as_mut_ptr() => _,
-                inout("r4") stride => _,
+                out("r4") _,
                 out("r5") _,
                 out("r8") _,
                 out("r9") _,
                 out("r10") _,
                 out("r11") _,
                 out("r12") _,
-                out("lr") _,
             );
         }
         return acc;
     }
     #[cfg(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf"))]
-    if !x.is_empty() {
-        let mut acc = [base; TILE];
-        // SAFETY: as above: `x` has at least two elements, the words read lie in the readable
-        // pairs of rows; r6, r7 (reserved by Rust) are saved and restored on the stack, the
-        // stride is kept there too.
+    if x.len() >= 4 {
+        // Two pair rows per turn; an odd last one after the loop.
+        let both = x.len() & !3;
+        let mut acc = init;
+        // SAFETY: as above: the words read lie in the first `both / 2` pair rows of the
+        // readable ones and in `x`; r6, r7 (reserved by Rust) are saved and restored on the
+        // stack, and so is the pointer to `acc`.
         unsafe {
             core::arch::asm!(
                 "push {{r6, r7}}",
                 "push {{r3}}",
-                "push {{r4}}",
                 "ldm r3, {{r4, r5, r6, r7, r8, r9, r10, r11}}",
                 "2:",
-                "ldrsb r3, [r0], #1",
-                "ldrsb r12, [r0], #1",
-                // pkhbt r12, r3, r12, lsl #16 (the DSP instructions are spelled as their
-                // encodings: not every assembler configuration for these targets enables them)
-                ".inst.w 0xEAC34C0C",
-                dsp_pair!(0, "0xFB23440C", "0xFB23550C"),
-                dsp_pair!(4, "0xFB23660C", "0xFB23770C"),
-                dsp_pair!(8, "0xFB23880C", "0xFB23990C"),
-                dsp_pair!(12, "0xFB23AA0C", "0xFB23BB0C"),
-                "ldr r3, [sp, #0]",
-                "add r1, r3",
+                dsp_row!(),
+                dsp_row!(),
                 "cmp r0, r2",
                 "bne 2b",
-                "add sp, #4",
                 "pop {{r3}}",
                 "stm r3, {{r4, r5, r6, r7, r8, r9, r10, r11}}",
                 "pop {{r6, r7}}",
                 inout("r0") x.as_ptr() => _,
                 inout("r1") u => _,
-                in("r2") x.as_ptr().add(x.len()),
+                in("r2") x.as_ptr().add(both),
                 inout("r3") acc.as_mut_ptr() => _,
-                inout("r4") stride => _,
+                out("r4") _,
                 out("r5") _,
                 out("r8") _,
                 out("r9") _,
@@ -237,50 +255,61 @@ unsafe fn tile(x: &[i8], u: *const u8, stride: usize, base: i32) -> [i32; TILE] 
                 out("lr") _,
             );
         }
-        return acc;
+        if both == x.len() {
+            return acc;
+        }
+        // SAFETY: the remaining pair row, after the `both / 2` done.
+        return unsafe { columns(&x[both..], u.add(both * TILE), acc) };
     }
     // SAFETY: forwarded.
-    unsafe { columns(x, u, stride, base) }
+    unsafe { columns(x, u, init) }
 }
 
-/// Writes sums as i32 bits.
-#[inline(always)]
-fn store(out: &mut [f32], sums: &[i32]) {
-    for (o, &s) in out.iter_mut().zip(sums) {
-        *o = f32::from_bits(s as u32);
-    }
+/// Four pair rows of a two-channel block against four input pairs (`LDM` of four words each):
+/// `UXTB16` of each weight word (the encodings given: `ror #8` for the block's odd channel)
+/// and an `SMLAD` into `r3`.
+#[cfg(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf"))]
+macro_rules! dsp_two_wide {
+    ($u10:literal, $u11:literal, $u12:literal, $ulr:literal) => {
+        concat!(
+            "2:\n",
+            "ldm r0!, {{r4, r5, r8, r9}}\n",
+            "ldm r1!, {{r10, r11, r12, lr}}\n",
+            ".inst.w ",
+            $u10,
+            "\n",
+            ".inst.w 0xFB2A3304\n", // smlad r3, r10, r4, r3
+            ".inst.w ",
+            $u11,
+            "\n",
+            ".inst.w 0xFB2B3305\n", // smlad r3, r11, r5, r3
+            ".inst.w ",
+            $u12,
+            "\n",
+            ".inst.w 0xFB2C3308\n", // smlad r3, r12, r8, r3
+            ".inst.w ",
+            $ulr,
+            "\n",
+            ".inst.w 0xFB2E3309\n", // smlad r3, lr, r9, r3
+            "cmp r0, r2\n",
+            "bne 2b\n",
+        )
+    };
 }
 
-/// The sums of output channels `c..c + TILE` (or to the end) of a paired `k × n` matrix at
-/// `u` for the input `x` (`k` of them, even), plus `base`.
-#[inline(always)]
-fn channels(out: &mut [f32], x: &[i8], u: &[u8], n: usize, c: usize, base: i32) {
-    let stride = pair_row(n);
-    if c + TILE <= n {
-        // SAFETY: channels c..c+TILE < n of every pair of rows of the k × n matrix, which
-        // the callers check `u` holds.
-        store(out, &unsafe { tile(x, u.as_ptr().add((c / 2) * 4), stride, base) });
-        return;
-    }
-    // Fewer than a tile: one channel at a time.
-    for (l, o) in out.iter_mut().enumerate() {
-        let cc = c + l;
-        let at = (cc / 2) * 4 + cc % 2;
-        assert!(u.len() >= at + (x.len() / 2).saturating_sub(1) * stride + 3 || x.is_empty());
-        // SAFETY: pair row `i < x.len() / 2` of channel `cc` is at `at + i·stride` (+2 for the
-        // second input), inside `u` (asserted).
-        *o = f32::from_bits((unsafe { one_channel(x, u.as_ptr().add(at), stride) } + base) as u32);
-    }
-}
-
-/// `Σ_p x[p]·u(p, c)` for one channel whose first pair-row byte is at `u` (`x.len()` even):
-/// on ARMv6-M a loop in assembly (12 instructions per two multiply-accumulates), elsewhere
-/// portable.
+/// `Σ_p x[p]·u(p, c)` for channel `c` of a block `w` channels wide (`w` even) whose pair rows
+/// start at `u`: on ARMv6-M a loop in assembly (12 instructions per two multiply-accumulates);
+/// with the DSP extension, for two-channel blocks (a layer with one or two output channels,
+/// such as a grey-scale image's), four pair rows per `LDM` (12 instructions per eight);
+/// elsewhere portable.
 ///
 /// # Safety
-/// Bytes `u[i·stride]` and `u[i·stride + 2]` are readable for every `i < x.len() / 2`.
+/// `x.len()` is even, `c < w`, and `u` is readable for the `x.len() / 2` pair rows of `2·w`
+/// bytes.
 #[inline(always)]
-unsafe fn one_channel(x: &[i8], u: *const u8, stride: usize) -> i32 {
+unsafe fn one_channel(x: &[i16], u: *const u8, w: usize, c: usize) -> i32 {
+    let stride = 2 * w;
+    let u = u.wrapping_add((c / 2) * 4 + c % 2);
     #[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
     if !x.is_empty() {
         let acc: i32;
@@ -290,20 +319,20 @@ unsafe fn one_channel(x: &[i8], u: *const u8, stride: usize) -> i32 {
             core::arch::asm!(
                 "movs {acc}, #0",
                 "2:",
-                "ldrsb {t}, [{end}, {i}]",
+                "ldrsh {t}, [{end}, {i}]",
                 "ldrb {w}, [{u}, #0]",
                 "muls {w}, {t}, {w}",
                 "adds {acc}, {acc}, {w}",
-                "adds {i}, {i}, #1",
-                "ldrsb {t}, [{end}, {i}]",
+                "adds {i}, {i}, #2",
+                "ldrsh {t}, [{end}, {i}]",
                 "ldrb {w}, [{u}, #2]",
                 "muls {w}, {t}, {w}",
                 "adds {acc}, {acc}, {w}",
                 "adds {u}, {u}, {stride}",
-                "adds {i}, {i}, #1",
+                "adds {i}, {i}, #2",
                 "bne 2b",
                 end = in(reg) x.as_ptr().add(x.len()),
-                i = inout(reg) (x.len() as isize).wrapping_neg() => _,
+                i = inout(reg) (2 * x.len() as isize).wrapping_neg() => _,
                 u = inout(reg) u => _,
                 stride = in(reg) stride,
                 t = out(reg) _,
@@ -314,10 +343,14 @@ unsafe fn one_channel(x: &[i8], u: *const u8, stride: usize) -> i32 {
         }
         return acc;
     }
-    let mut acc = 0i32;
-    let mut row = u;
-    for xp in x.chunks_exact(2) {
-        // SAFETY: this pair's two bytes (contract).
+    #[cfg(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf"))]
+    // SAFETY: forwarded.
+    let (mut acc, done) = unsafe { two_wide(x, u, w, c) };
+    #[cfg(not(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf")))]
+    let (mut acc, done) = (0i32, 0usize);
+    let mut row = u.wrapping_add(done / 2 * stride);
+    for xp in x[done..].chunks_exact(2) {
+        // SAFETY: this pair row's two bytes of the channel (contract).
         let (w0, w1) = unsafe { (*row, *row.add(2)) };
         acc += i32::from(xp[0]) * i32::from(w0) + i32::from(xp[1]) * i32::from(w1);
         row = row.wrapping_add(stride);
@@ -325,24 +358,115 @@ unsafe fn one_channel(x: &[i8], u: *const u8, stride: usize) -> i32 {
     acc
 }
 
+/// The DSP part of [`one_channel`] for two-channel blocks: the sum over the first inputs, a
+/// multiple of eight, four pair rows per `LDM` (12 instructions per eight multiply-accumulates),
+/// and how many inputs that was (none when the block is wider or the words are not aligned).
+///
+/// # Safety
+/// As [`one_channel`].
+#[cfg(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf"))]
+#[inline(always)]
+unsafe fn two_wide(x: &[i16], u: *const u8, w: usize, c: usize) -> (i32, usize) {
+    let mut acc = 0i32;
+    let mut done = 0;
+    if w == 2 && x.len() >= 8 {
+        // The block starts at `u − c` (w = 2: c is 0 or 1); `LDM` needs its words aligned.
+        let (x_end, block) = (x.len() & !7, u.wrapping_sub(c));
+        if (x.as_ptr() as usize | block as usize) % 4 == 0 {
+            done = x_end;
+            // SAFETY: the `x_end / 2` pair rows of 4 bytes read lie in the readable ones, the
+            // `x_end` inputs in `x`; both are word-aligned (checked). Only the declared
+            // registers are written.
+            unsafe {
+                if c == 0 {
+                    core::arch::asm!(
+                        dsp_two_wide!("0xFA3FFA8A", "0xFA3FFB8B", "0xFA3FFC8C", "0xFA3FFE8E"),
+                        inout("r0") x.as_ptr() => _,
+                        inout("r1") block => _,
+                        in("r2") x.as_ptr().add(x_end),
+                        inout("r3") 0i32 => acc,
+                        out("r4") _, out("r5") _, out("r8") _, out("r9") _,
+                        out("r10") _, out("r11") _, out("r12") _, out("lr") _,
+                        options(nostack, readonly),
+                    );
+                } else {
+                    core::arch::asm!(
+                        dsp_two_wide!("0xFA3FFA9A", "0xFA3FFB9B", "0xFA3FFC9C", "0xFA3FFE9E"),
+                        inout("r0") x.as_ptr() => _,
+                        inout("r1") block => _,
+                        in("r2") x.as_ptr().add(x_end),
+                        inout("r3") 0i32 => acc,
+                        out("r4") _, out("r5") _, out("r8") _, out("r9") _,
+                        out("r10") _, out("r11") _, out("r12") _, out("lr") _,
+                        options(nostack, readonly),
+                    );
+                }
+            }
+        }
+    }
+    (acc, done)
+}
+
+/// Adds `Σ_p x[p]·u(2·row0 + p, c)` to `init(c)` for every channel `c < n` of the blocked
+/// `k × n` matrix `u` and stores it (as i32 bits) at `out[c·step]`: `x` (even length) is the
+/// part of the input that starts at pair row `row0`. `init` is `base` for every channel, or,
+/// without one, what `out` holds.
+///
+/// Panics if `x` does not fit the matrix or a slice is too short.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn accumulate(
+    out: &mut [f32], step: usize, x: &[i16], u: &[u8], k: usize, n: usize, row0: usize,
+    base: Option<i32>,
+) {
+    let pairs = k.div_ceil(2);
+    assert!(x.len().is_multiple_of(2) && row0 + x.len() / 2 <= pairs && u.len() >= pair_len(k, n));
+    assert!(n == 0 || out.len() > (n - 1) * step);
+    let init = |out: &[f32], c: usize| base.unwrap_or_else(|| out[c * step].to_bits() as i32);
+    for b in 0..n.div_ceil(TILE) {
+        let (c0, w) = (b * TILE, block_width(b, n));
+        // Block b's pair rows from row0: inside the matrix (asserted above).
+        let rows = block_at(b, k) + row0 * 2 * w;
+        if w == TILE {
+            // The block's last channel may be padding (n odd).
+            let real = (n - c0).min(TILE);
+            let start = core::array::from_fn(|l| if l < real { init(out, c0 + l) } else { 0 });
+            // SAFETY: x.len() / 2 pair rows of 16 bytes from `rows` lie in block b.
+            let sums = unsafe { tile(x, u.as_ptr().add(rows), start) };
+            for (l, &s) in sums[..real].iter().enumerate() {
+                out[(c0 + l) * step] = f32::from_bits(s as u32);
+            }
+        } else {
+            for c in c0..n {
+                // SAFETY: as above, pair rows of 2·w bytes, channel c − c0 < w.
+                let s = unsafe { one_channel(x, u.as_ptr().add(rows), w, c - c0) };
+                out[c * step] = f32::from_bits((init(out, c) + s) as u32);
+            }
+        }
+    }
+}
+
 /// A dense layer: `acc[j] = Σ_p x[p]·(u(p, j) − 128)` for `j < n = acc.len()`, as i32 bits,
-/// with `u` the paired `k × n` matrix ([`pair_index`]).
+/// with `u` the blocked `k × n` matrix ([`pair_index`]).
 ///
 /// Panics if `u` is shorter than [`pair_len`]`(x.len(), n)`.
 pub fn dense(acc: &mut [f32], x: &[i8], u: &[u8]) {
     let (k, n) = (x.len(), acc.len());
     assert!(u.len() >= pair_len(k, n));
     let base = -OFFSET * x.iter().map(|&v| i32::from(v)).sum::<i32>();
-    // An odd last input goes through the portable loop after the even part.
-    let even = k & !1;
-    for (c, out) in (0..n).step_by(TILE).zip(acc.chunks_mut(TILE)) {
-        channels(out, &x[..even], u, n, c, base);
-        if even < k {
-            for (l, o) in out.iter_mut().enumerate() {
-                let s = i32::from(x[even]) * i32::from(u[pair_index(even, c + l, n)]);
-                *o = f32::from_bits((o.to_bits() as i32 + s) as u32);
-            }
+    if x.is_empty() {
+        acc.fill(f32::from_bits(0));
+    }
+    let mut wide = Wide([0; MAX_TAPS]);
+    for (i, chunk) in x.chunks(MAX_TAPS).enumerate() {
+        for (d, &s) in wide.0.iter_mut().zip(chunk) {
+            *d = i16::from(s);
         }
+        // An odd last input meets the zero-weight padding row with a zero.
+        let len = chunk.len().next_multiple_of(2);
+        wide.0[chunk.len()..len].fill(0);
+        let first = (i == 0).then_some(base);
+        accumulate(acc, 1, &wide.0[..len], u, k, n, i * MAX_TAPS / 2, first);
     }
 }
 
@@ -350,7 +474,7 @@ pub fn dense(acc: &mut [f32], x: &[i8], u: &[u8]) {
 /// `c_out` output channels) keeps the weight that the layer's own layout
 /// (`c_in × c_out × 4 × 4`, [`crate::layers::conv_transpose2d`]) has at `spec`: per output
 /// parity `(ry, rx)` (which picks kernel rows `ry, ry + 2` and columns `rx, rx + 2`) the
-/// paired `taps × c_out` matrix, tap `4·ci + 2i + j` being row `ry + 2i`, column `rx + 2j` of
+/// blocked `taps × c_out` matrix, tap `4·ci + 2i + j` being row `ry + 2i`, column `rx + 2j` of
 /// input channel `ci`.
 pub const fn convt4_index(spec: usize, c_in: usize, c_out: usize) -> usize {
     let (kx, ky) = (spec % 4, (spec / 4) % 4);
@@ -358,7 +482,7 @@ pub const fn convt4_index(spec: usize, c_in: usize, c_out: usize) -> usize {
     let ci = spec / (16 * c_out);
     let parity = (ky % 2) * 2 + kx % 2;
     let tap = ci * 4 + (ky / 2) * 2 + kx / 2;
-    parity * pair_len(4 * c_in, c_out) + pair_index(tap, co, c_out)
+    parity * pair_len(4 * c_in, c_out) + pair_index(tap, co, 4 * c_in, c_out)
 }
 
 /// Bytes of a 4×4, stride-2 transposed convolution's weights in the q8 layout.
@@ -373,9 +497,10 @@ pub(crate) fn is_convt4(g: &Geom) -> bool {
 
 /// A 4×4, stride-2 transposed convolution of one sample ([`is_convt4`]): `acc` (`C_out × OH ×
 /// OW`, as i32 bits) from `x` (`C_in × H × W`) and the weights `u` in the [`convt4_index`]
-/// layout. Per output pixel the four input taps of every input channel are gathered into one
-/// vector (zero where a tap falls outside the input), then every output channel is that
-/// vector's dot product with its weights.
+/// layout. Per 2 × 2 block of output pixels the four input taps of every input channel are
+/// gathered into one vector of halfwords (zero where a tap falls outside the input), then
+/// every output channel of each of the four pixels is that vector's dot product with its
+/// parity's weights.
 ///
 /// Panics if a slice is shorter than the geometry needs or `is_convt4(g)` does not hold.
 pub(crate) fn conv_transpose_4x4(acc: &mut [f32], x: &[i8], u: &[u8], g: &Geom) {
@@ -385,8 +510,7 @@ pub(crate) fn conv_transpose_4x4(acc: &mut [f32], x: &[i8], u: &[u8], g: &Geom) 
     assert!(u.len() >= convt4_len(c_in, c_out));
     let taps = 4 * c_in;
     let block = pair_len(taps, c_out);
-    let mut v = [0i8; MAX_TAPS];
-    let mut sums = [0f32; TILE];
+    let mut v = Wide([0; MAX_TAPS]);
     // Output coordinates 2·pos − p and 2·pos − p + 1 (parities 0 and 1) read the same input
     // positions pos and pos − 1: gather once per such 2 × 2 block of output pixels.
     let block_of = |pos: usize, n_out: usize| {
@@ -409,21 +533,22 @@ pub(crate) fn conv_transpose_4x4(acc: &mut [f32], x: &[i8], u: &[u8], g: &Geom) 
             }
             let xs = valid(px, g.gw);
             let mut sum = 0i32;
+            let vt = &mut v.0[..taps];
             if let ([Some(y), Some(_)], [Some(xx), Some(_)]) = (ys, xs) {
                 // Inside: the four taps are the input at (y, x), (y, x − 1), (y − 1, x) and
                 // (y − 1, x − 1).
                 let (at, row) = (y * g.gw + xx, g.gw);
-                for (vc, xc) in v[..taps].chunks_exact_mut(4).zip(x.chunks_exact(grid)) {
-                    let t = [xc[at], xc[at - 1], xc[at - row], xc[at - row - 1]];
+                for (vc, xc) in vt.chunks_exact_mut(4).zip(x.chunks_exact(grid)) {
+                    let t = [xc[at], xc[at - 1], xc[at - row], xc[at - row - 1]].map(i16::from);
                     vc.copy_from_slice(&t);
-                    sum += t.iter().map(|&v| i32::from(v)).sum::<i32>();
+                    sum += i32::from(t[0] + t[1] + t[2] + t[3]);
                 }
             } else {
-                for (ci, vc) in v[..taps].chunks_exact_mut(4).enumerate() {
+                for (ci, vc) in vt.chunks_exact_mut(4).enumerate() {
                     let xc = &x[ci * grid..(ci + 1) * grid];
                     for (t, slot) in vc.iter_mut().enumerate() {
                         *slot = match (ys[t >> 1], xs[t & 1]) {
-                            (Some(y), Some(xx)) => xc[y * g.gw + xx],
+                            (Some(y), Some(xx)) => i16::from(xc[y * g.gw + xx]),
                             _ => 0,
                         };
                         sum += i32::from(*slot);
@@ -437,14 +562,8 @@ pub(crate) fn conv_transpose_4x4(acc: &mut [f32], x: &[i8], u: &[u8], g: &Geom) 
                     // oy + p = 2·py + ry: the parity is the place in the block.
                     let par = ry * 2 + rx;
                     let w = &u[par * block..(par + 1) * block];
-                    let pixel = oy * g.iw + ox;
-                    for c in (0..c_out).step_by(TILE) {
-                        let out = &mut sums[..TILE.min(c_out - c)];
-                        channels(out, &v[..taps], w, c_out, c, -OFFSET * sum);
-                        for (l, &s) in out.iter().enumerate() {
-                            acc[(c + l) * plane + pixel] = s;
-                        }
-                    }
+                    let out = &mut acc[oy * g.iw + ox..];
+                    accumulate(out, plane, &v.0[..taps], w, taps, c_out, 0, Some(-OFFSET * sum));
                 }
             }
         }
@@ -553,13 +672,15 @@ mod tests {
     #[test]
     fn dense_is_the_definition() {
         let mut r = Lcg::new(1);
-        for (k, n) in [(1, 1), (3, 7), (42, 1568), (17, 9), (192, 784), (2, 8), (6, 17)] {
+        for (k, n) in
+            [(1, 1), (3, 7), (42, 1568), (17, 9), (192, 784), (2, 8), (6, 17), (1100, 11), (513, 2)]
+        {
             let (x, u) = (inputs(&mut r, k), bytes(&mut r, k * n));
             // The paired layout, padding bytes random too (they must not count).
             let mut paired = bytes(&mut r, pair_len(k, n));
             for p in 0..k {
                 for c in 0..n {
-                    paired[pair_index(p, c, n)] = u[p * n + c];
+                    paired[pair_index(p, c, k, n)] = u[p * n + c];
                 }
             }
             let mut got = vec![f32::NAN; n];

@@ -71,9 +71,9 @@ impl Kind for Dense {
         kernels::q8::dense(acc, xq, u);
         Ok(())
     }
-    fn q8_index(&self, _: &LayerInfo, i: usize) -> usize {
+    fn q8_index(&self, l: &LayerInfo, i: usize) -> usize {
         let n = self.out as usize;
-        kernels::q8::pair_index(i / n, i % n, n)
+        kernels::q8::pair_index(i / n, i % n, l.in_shape.len(), n)
     }
     fn q8_len(&self, l: &LayerInfo) -> usize {
         kernels::q8::pair_len(l.in_shape.len(), self.out as usize)
