@@ -196,17 +196,49 @@ pub fn fixed_point(mult: f64) -> Option<(i32, i32)> {
 
 /// `(acc·m + 2^(sh−1)) >> sh` (the exact 64-bit value, shifted arithmetically) for the sum's
 /// sign, clamped to `lo..=hi`.
-#[inline]
+#[cfg(test)]
 fn requant(acc: i32, r: &[i32], lo: i32, hi: i32) -> i32 {
-    let m = if acc < 0 { r[1] } else { r[0] };
-    // Cores with a 32 × 32 → 64 multiplier (all but ARMv6-M, told apart by their atomics) do
-    // the i64 formula in a few instructions; the word-wise version gives the same value.
-    let v = if cfg!(all(target_arch = "arm", not(target_has_atomic = "32"))) {
-        mul_round_shift(acc, m as u32, r[2] as u32)
-    } else {
-        mul_round_shift_wide(acc, m, r[2] as u32)
-    };
-    v.clamp(i64::from(lo), i64::from(hi)) as i32
+    Rescale::of(r).apply(acc, lo, hi)
+}
+
+/// One output channel's requantisation (a `requant` triple: multipliers for sums `>= 0` and
+/// `< 0`, the shift), read once per channel.
+#[derive(Clone, Copy)]
+struct Rescale {
+    pos: i32,
+    neg: i32,
+    sh: u32,
+}
+
+impl Rescale {
+    #[inline(always)]
+    fn of(r: &[i32]) -> Self {
+        Rescale { pos: r[0], neg: r[1], sh: r[2] as u32 }
+    }
+
+    /// [`requant`] of one sum.
+    #[inline(always)]
+    fn apply(self, acc: i32, lo: i32, hi: i32) -> i32 {
+        let m = if acc < 0 { self.neg } else { self.pos };
+        // Cores with a 32 × 32 → 64 multiplier (all but ARMv6-M, told apart by their atomics)
+        // do the i64 formula in a few instructions, from the product's high word in the usual
+        // case; the word-wise version gives the same value.
+        if cfg!(all(target_arch = "arm", not(target_has_atomic = "32"))) {
+            let v = mul_round_shift(acc, m as u32, self.sh);
+            return v.clamp(i64::from(lo), i64::from(hi)) as i32;
+        }
+        if self.sh >= 33 {
+            return high_word_round_shift(acc, m, self.sh).clamp(lo, hi);
+        }
+        mul_round_shift_wide(acc, m, self.sh).clamp(i64::from(lo), i64::from(hi)) as i32
+    }
+}
+
+/// [`mul_round_shift_wide`] for `33 <= sh <= 62`, as an i32 (it fits: `|a·m| < 2^62`).
+#[inline(always)]
+fn high_word_round_shift(a: i32, m: i32, sh: u32) -> i32 {
+    let hi = ((i64::from(a) * i64::from(m)) >> 32) as i32;
+    (hi + (1 << (sh - 33))) >> (sh - 32)
 }
 
 /// `(a·m + 2^(sh−1)) >> sh` with the 64-bit product; for `sh >= 33` (the usual case: the
@@ -215,12 +247,10 @@ fn requant(acc: i32, r: &[i32], lo: i32, hi: i32) -> i32 {
 /// `(hi + 2^(sh−33)) >> (sh − 32)`: one `SMULL`, an add and a shift.
 #[inline]
 fn mul_round_shift_wide(a: i32, m: i32, sh: u32) -> i64 {
-    let p = i64::from(a) * i64::from(m);
     if sh >= 33 {
-        let hi = (p >> 32) as i32;
-        i64::from((hi + (1 << (sh - 33))) >> (sh - 32))
+        i64::from(high_word_round_shift(a, m, sh))
     } else {
-        (p + (1i64 << (sh - 1))) >> sh
+        (i64::from(a) * i64::from(m) + (1i64 << (sh - 1))) >> sh
     }
 }
 
@@ -396,6 +426,30 @@ pub(crate) const fn scratch_len(max_features: usize) -> usize {
     max_features + max_features.div_ceil(2)
 }
 
+/// Requantises a layer's sums: channel `c` is the `c`-th plane of `plane` sums in `acc` (one
+/// sum for a dense layer), plus `bias[c]`, rescaled by its `requant` triple, clamped to
+/// `lo..=hi` and written through `put`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rescale<T>(
+    acc: &[f32], bias: &[i32], rq: &[i32], plane: usize, out: &mut [T], lo: i32, hi: i32,
+    put: impl Fn(i32) -> T,
+) {
+    let channels = bias.iter().zip(rq.chunks_exact(3)).map(|(&b, r)| (b, Rescale::of(r)));
+    let one = |v: &f32, b: i32, r: Rescale| r.apply((v.to_bits() as i32).saturating_add(b), lo, hi);
+    if plane == 1 {
+        for ((o, v), (b, r)) in out.iter_mut().zip(acc).zip(channels) {
+            *o = put(one(v, b, r));
+        }
+        return;
+    }
+    for ((o, a), (b, r)) in out.chunks_exact_mut(plane).zip(acc.chunks_exact(plane)).zip(channels) {
+        for (o, v) in o.iter_mut().zip(a) {
+            *o = put(one(v, b, r));
+        }
+    }
+}
+
 /// Runs the network on `input` (one sample) and writes the grey bytes to `pixels`.
 /// `scratch` has at least [`scratch_len`] of the widest activation.
 pub(crate) fn run(
@@ -433,24 +487,15 @@ pub(crate) fn run(
         // Output channel `c` is the `c`-th plane of `plane` values (one value for a dense layer).
         let plane = ((l.out_shape.h as usize) * (l.out_shape.w as usize)).max(1);
         layers::q8_sums(l, &mut acc[..n_out], &x[..n_in], u)?;
-        let planes = acc[..n_out].chunks_exact(plane).zip(bias).zip(rq.chunks_exact(3));
         if i + 1 < steps.len() {
-            for (((a, &b), r), out) in planes.zip(y[..n_out].chunks_exact_mut(plane)) {
-                for (yo, v) in out.iter_mut().zip(a) {
-                    let sum = (v.to_bits() as i32).saturating_add(b);
-                    *yo = requant(sum, r, -127, 127) as i8;
-                }
-            }
+            let out = &mut y[..n_out];
+            rescale(&acc[..n_out], bias, rq, plane, out, -127, 127, |v| v as i8);
             core::mem::swap(&mut x, &mut y);
         } else {
             let lut = i8_view(data, find(l.index, TensorKind::Lut)?).ok_or(bad)?;
-            for (((a, &b), r), out) in planes.zip(pixels.chunks_exact_mut(plane)) {
-                for (p, v) in out.iter_mut().zip(a) {
-                    let sum = (v.to_bits() as i32).saturating_add(b);
-                    let idx = requant(sum, r, -LUT_HALF, LUT_HALF - 1);
-                    *p = lut[(idx + LUT_HALF) as usize] as u8;
-                }
-            }
+            let lut = lut.get(..LUT_LEN).ok_or(bad)?;
+            let at = |v: i32| lut[(v + LUT_HALF) as usize] as u8;
+            rescale(&acc[..n_out], bias, rq, plane, pixels, -LUT_HALF, LUT_HALF - 1, at);
         }
     }
     Ok(())

@@ -68,8 +68,7 @@ pub const fn pair_len(k: usize, n: usize) -> usize {
 /// # Safety
 /// `x.len()` is even and `u` is readable for its `x.len() / 2` pair rows of 16 bytes.
 #[inline(always)]
-unsafe fn columns(x: &[i16], u: *const u8, init: [i32; TILE]) -> [i32; TILE] {
-    let mut acc = init;
+unsafe fn columns(x: &[i16], u: *const u8, acc: &mut [i32; TILE]) {
     for (i, pair) in x.chunks_exact(2).enumerate() {
         let row = u.wrapping_add(i * 2 * TILE);
         for (l, a) in acc.iter_mut().enumerate() {
@@ -79,7 +78,6 @@ unsafe fn columns(x: &[i16], u: *const u8, init: [i32; TILE]) -> [i32; TILE] {
             *a += i32::from(pair[0]) * i32::from(w0) + i32::from(pair[1]) * i32::from(w1);
         }
     }
-    acc
 }
 
 /// The ARMv6-M tile's eight channels for one input (in `r3`): from the pair row at `r2`, bytes
@@ -151,15 +149,15 @@ macro_rules! dsp_row {
 ///   instructions per two inputs × eight channels, 3.4 per multiply-accumulate;
 /// - ARMv7E-M and ARMv8-M Mainline with an FPU (`eabihf`: Cortex-M4F, M7, M33, all with the
 ///   DSP extension): per input pair one word, per channel pair one word, two `UXTB16` and two
-///   `SMLAD`, two pair rows per turn: 44 instructions per 32 multiply-accumulates, 1.4 each.
+///   `SMLAD`, two pair rows per turn: 44 instructions per 32 multiply-accumulates, 1.4 each
+///   (an odd last pair row after the loop).
 ///
 /// # Safety
 /// As [`columns`].
 #[inline(always)]
-unsafe fn tile(x: &[i16], u: *const u8, init: [i32; TILE]) -> [i32; TILE] {
+unsafe fn tile(x: &[i16], u: *const u8, acc: &mut [i32; TILE]) {
     #[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
     if !x.is_empty() {
-        let mut acc = init;
         // SAFETY: `x` has at least two elements; every byte read lies in the pair rows the
         // contract makes readable. The block saves and restores r6 and r7 (which Rust
         // reserves) on the stack, writes only `acc` and the registers it declares.
@@ -218,27 +216,34 @@ unsafe fn tile(x: &[i16], u: *const u8, init: [i32; TILE]) -> [i32; TILE] {
                 out("r12") _,
             );
         }
-        return acc;
+        return;
     }
     #[cfg(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf"))]
-    if x.len() >= 4 {
-        // Two pair rows per turn; an odd last one after the loop.
+    if !x.is_empty() {
+        // Two pair rows per turn, then an odd last one.
         let both = x.len() & !3;
-        let mut acc = init;
-        // SAFETY: as above: the words read lie in the first `both / 2` pair rows of the
-        // readable ones and in `x`; r6, r7 (reserved by Rust) are saved and restored on the
-        // stack, and so is the pointer to `acc`.
+        // SAFETY: as above: the words read lie in the `x.len() / 2` readable pair rows and in
+        // `x`; r6, r7 (reserved by Rust) are saved and restored on the stack, and so are the
+        // pointer to `acc` and the end of `x` (r12 on entry).
         unsafe {
             core::arch::asm!(
                 "push {{r6, r7}}",
-                "push {{r3}}",
+                "push {{r3, r12}}",
                 "ldm r3, {{r4, r5, r6, r7, r8, r9, r10, r11}}",
+                "cmp r0, r2",
+                "beq 3f",
                 "2:",
                 dsp_row!(),
                 dsp_row!(),
                 "cmp r0, r2",
                 "bne 2b",
-                "pop {{r3}}",
+                "3:",
+                "ldr r12, [sp, #4]",
+                "cmp r0, r12",
+                "beq 4f",
+                dsp_row!(),
+                "4:",
+                "pop {{r3, r12}}",
                 "stm r3, {{r4, r5, r6, r7, r8, r9, r10, r11}}",
                 "pop {{r6, r7}}",
                 inout("r0") x.as_ptr() => _,
@@ -251,18 +256,14 @@ unsafe fn tile(x: &[i16], u: *const u8, init: [i32; TILE]) -> [i32; TILE] {
                 out("r9") _,
                 out("r10") _,
                 out("r11") _,
-                out("r12") _,
+                inout("r12") x.as_ptr().add(x.len()) => _,
                 out("lr") _,
             );
         }
-        if both == x.len() {
-            return acc;
-        }
-        // SAFETY: the remaining pair row, after the `both / 2` done.
-        return unsafe { columns(&x[both..], u.add(both * TILE), acc) };
+        return;
     }
     // SAFETY: forwarded.
-    unsafe { columns(x, u, init) }
+    unsafe { columns(x, u, acc) }
 }
 
 /// Four pair rows of a two-channel block against four input pairs (`LDM` of four words each):
@@ -422,25 +423,74 @@ fn accumulate(
     let pairs = k.div_ceil(2);
     assert!(x.len().is_multiple_of(2) && row0 + x.len() / 2 <= pairs && u.len() >= pair_len(k, n));
     assert!(n == 0 || out.len() > (n - 1) * step);
-    let init = |out: &[f32], c: usize| base.unwrap_or_else(|| out[c * step].to_bits() as i32);
+    let o = out.as_mut_ptr();
     for b in 0..n.div_ceil(TILE) {
         let (c0, w) = (b * TILE, block_width(b, n));
-        // Block b's pair rows from row0: inside the matrix (asserted above).
-        let rows = block_at(b, k) + row0 * 2 * w;
+        // The block's last channel may be padding (n odd).
+        let real = (n - c0).min(TILE);
+        let mut sums = [0i32; TILE];
+        for (l, s) in sums[..real].iter_mut().enumerate() {
+            // SAFETY: (c0 + l)·step <= (n − 1)·step < out.len() (asserted).
+            *s = base.unwrap_or_else(|| unsafe { (*o.add((c0 + l) * step)).to_bits() as i32 });
+        }
+        // Block b's pair rows from row0: inside the matrix (asserted above), x.len() / 2 of
+        // them, 2·w bytes each.
+        let rows = u[block_at(b, k) + row0 * 2 * w..].as_ptr();
         if w == TILE {
-            // The block's last channel may be padding (n odd).
-            let real = (n - c0).min(TILE);
-            let start = core::array::from_fn(|l| if l < real { init(out, c0 + l) } else { 0 });
-            // SAFETY: x.len() / 2 pair rows of 16 bytes from `rows` lie in block b.
-            let sums = unsafe { tile(x, u.as_ptr().add(rows), start) };
-            for (l, &s) in sums[..real].iter().enumerate() {
-                out[(c0 + l) * step] = f32::from_bits(s as u32);
+            // SAFETY: the rows just described, 16 bytes each.
+            unsafe { tile(x, rows, &mut sums) };
+        } else {
+            for (l, s) in sums[..real].iter_mut().enumerate() {
+                // SAFETY: the rows just described; channel l < real <= w.
+                *s += unsafe { one_channel(x, rows, w, l) };
+            }
+        }
+        for (l, &s) in sums[..real].iter().enumerate() {
+            // SAFETY: as above.
+            unsafe { *o.add((c0 + l) * step) = f32::from_bits(s as u32) };
+        }
+    }
+}
+
+/// Every output channel of one pixel: `out[c·step] = base + Σ_p x[p]·u(p, c)` (as i32 bits)
+/// for `c < n`, `u` the blocked `x.len() × n` matrix: [`accumulate`] for one whole input
+/// vector and one base, without its generality (the transposed convolution's inner loop).
+///
+/// # Safety
+/// `x.len()` is even, `u` is readable for [`pair_len`]`(x.len(), n)` bytes and `out` writable
+/// at `c·step` for every `c < n`.
+#[inline(always)]
+unsafe fn pixel(out: *mut f32, step: usize, x: &[i16], u: *const u8, n: usize, base: i32) {
+    // Bytes of a full block: x.len() / 2 pair rows of 16.
+    let blk = TILE * x.len();
+    let full = n / TILE;
+    for b in 0..full {
+        // SAFETY: block b lies in the matrix; channels below n (contract).
+        unsafe {
+            let mut sums = [base; TILE];
+            tile(x, u.add(b * blk), &mut sums);
+            for (l, &s) in sums.iter().enumerate() {
+                *out.add((b * TILE + l) * step) = f32::from_bits(s as u32);
+            }
+        }
+    }
+    let (c0, w) = (full * TILE, block_width(full, n));
+    if c0 == n {
+        return;
+    }
+    // SAFETY: as above, for the last block (w channels wide, n − c0 of them real).
+    unsafe {
+        let rows = u.add(full * blk);
+        if w == TILE {
+            let mut sums = [base; TILE];
+            tile(x, rows, &mut sums);
+            for (l, &s) in sums[..n - c0].iter().enumerate() {
+                *out.add((c0 + l) * step) = f32::from_bits(s as u32);
             }
         } else {
-            for c in c0..n {
-                // SAFETY: as above, pair rows of 2·w bytes, channel c − c0 < w.
-                let s = unsafe { one_channel(x, u.as_ptr().add(rows), w, c - c0) };
-                out[c * step] = f32::from_bits((init(out, c) + s) as u32);
+            for l in 0..n - c0 {
+                let s = base + one_channel(x, rows, w, l);
+                *out.add((c0 + l) * step) = f32::from_bits(s as u32);
             }
         }
     }
@@ -511,6 +561,7 @@ pub(crate) fn conv_transpose_4x4(acc: &mut [f32], x: &[i8], u: &[u8], g: &Geom) 
     let taps = 4 * c_in;
     let block = pair_len(taps, c_out);
     let mut v = Wide([0; MAX_TAPS]);
+    let (acc_at, u_at) = (acc.as_mut_ptr(), u.as_ptr());
     // Output coordinates 2·pos − p and 2·pos − p + 1 (parities 0 and 1) read the same input
     // positions pos and pos − 1: gather once per such 2 × 2 block of output pixels.
     let block_of = |pos: usize, n_out: usize| {
@@ -538,32 +589,49 @@ pub(crate) fn conv_transpose_4x4(acc: &mut [f32], x: &[i8], u: &[u8], g: &Geom) 
                 // Inside: the four taps are the input at (y, x), (y, x − 1), (y − 1, x) and
                 // (y − 1, x − 1).
                 let (at, row) = (y * g.gw + xx, g.gw);
-                for (vc, xc) in vt.chunks_exact_mut(4).zip(x.chunks_exact(grid)) {
-                    let t = [xc[at], xc[at - 1], xc[at - row], xc[at - row - 1]].map(i16::from);
+                assert!(at > row && at < grid);
+                for (ci, vc) in vt.chunks_exact_mut(4).enumerate() {
+                    // SAFETY: ci·grid + at − row − 1 >= 0 and ci·grid + at < c_in·grid <=
+                    // x.len() (asserted).
+                    let t = unsafe {
+                        let p = x.as_ptr().add(ci * grid + at);
+                        [*p, *p.sub(1), *p.sub(row), *p.sub(row + 1)]
+                    };
+                    let t = t.map(i16::from);
                     vc.copy_from_slice(&t);
                     sum += i32::from(t[0] + t[1] + t[2] + t[3]);
                 }
             } else {
-                for (ci, vc) in vt.chunks_exact_mut(4).enumerate() {
-                    let xc = &x[ci * grid..(ci + 1) * grid];
-                    for (t, slot) in vc.iter_mut().enumerate() {
-                        *slot = match (ys[t >> 1], xs[t & 1]) {
-                            (Some(y), Some(xx)) => i16::from(xc[y * g.gw + xx]),
-                            _ => 0,
-                        };
-                        sum += i32::from(*slot);
+                // At an edge: zeros, then the taps that fall inside.
+                vt.fill(0);
+                for t in 0..4 {
+                    let (Some(y), Some(xx)) = (ys[t >> 1], xs[t & 1]) else { continue };
+                    let at = y * g.gw + xx;
+                    for (vc, xc) in vt.chunks_exact_mut(4).zip(x.chunks_exact(grid)) {
+                        vc[t] = i16::from(xc[at]);
+                        sum += i32::from(xc[at]);
                     }
                 }
             }
+            // The block's output pixels, each with its parity's weights (oy + p = 2·py + ry:
+            // the parity is the place in the block).
+            let x_taps = &v.0[..taps];
+            let emit = |par: usize, oy: usize, ox: usize| {
+                // SAFETY: oy < OH and ox < OW (block_of), so every channel's pixel is inside
+                // `acc` (c_out planes, asserted); the parity's taps × c_out matrix is inside
+                // `u` (asserted); `taps` is even.
+                unsafe {
+                    let out = acc_at.add(oy * g.iw + ox);
+                    pixel(out, plane, x_taps, u_at.add(par * block), c_out, -OFFSET * sum);
+                }
+            };
             for (ry, oy) in oys.iter().enumerate() {
                 let Some(oy) = *oy else { continue };
-                for (rx, ox) in oxs.iter().enumerate() {
-                    let Some(ox) = *ox else { continue };
-                    // oy + p = 2·py + ry: the parity is the place in the block.
-                    let par = ry * 2 + rx;
-                    let w = &u[par * block..(par + 1) * block];
-                    let out = &mut acc[oy * g.iw + ox..];
-                    accumulate(out, plane, &v.0[..taps], w, taps, c_out, 0, Some(-OFFSET * sum));
+                if let Some(ox) = oxs[0] {
+                    emit(2 * ry, oy, ox);
+                }
+                if let Some(ox) = oxs[1] {
+                    emit(2 * ry + 1, oy, ox);
                 }
             }
         }
