@@ -223,7 +223,15 @@ impl Rescale {
         // Cores with a 32 × 32 → 64 multiplier (all but ARMv6-M, told apart by their atomics)
         // do the i64 formula in a few instructions, from the product's high word in the usual
         // case; the word-wise version gives the same value.
+        // A zero multiplier (ReLU's, for negative sums) gives zero whatever the shift.
+        if m == 0 {
+            return 0.clamp(lo, hi);
+        }
         if cfg!(all(target_arch = "arm", not(target_has_atomic = "32"))) {
+            if self.sh >= 33 {
+                return ((high_word(acc, m as u32) + (1 << (self.sh - 33))) >> (self.sh - 32))
+                    .clamp(lo, hi);
+            }
             let v = mul_round_shift(acc, m as u32, self.sh);
             return v.clamp(i64::from(lo), i64::from(hi)) as i32;
         }
@@ -252,6 +260,21 @@ fn mul_round_shift_wide(a: i32, m: i32, sh: u32) -> i64 {
     } else {
         (i64::from(a) * i64::from(m) + (1i64 << (sh - 1))) >> sh
     }
+}
+
+/// `(a·m) >> 32` (the high word of the exact product, floored) for `m < 2^31`, from four
+/// 16 × 16-bit products: [`mul_round_shift`] for the usual shifts (`>= 33`) without the low
+/// word's shifting, for cores without a 32 × 32 → 64 multiplier.
+#[inline(always)]
+fn high_word(a: i32, m: u32) -> i32 {
+    let ua = a.unsigned_abs();
+    let (a0, a1, m0, m1) = (ua & 0xFFFF, ua >> 16, m & 0xFFFF, m >> 16);
+    // Both middle products are below 2^31 (a1 <= 2^15, m1 < 2^15), so their sum fits.
+    let mid = a1 * m0 + a0 * m1;
+    let (lo, carry) = (a0 * m0).overflowing_add(mid << 16);
+    let hi = a1 * m1 + (mid >> 16) + u32::from(carry);
+    // −(hi·2^32 + lo) = (!hi + [lo == 0])·2^32 + (2^32 − lo).
+    if a < 0 { (!hi).wrapping_add(u32::from(lo == 0)) as i32 } else { hi as i32 }
 }
 
 /// `(a·m + 2^(sh−1)) >> sh` for `m < 2^31`, `1 <= sh <= 62`, with the product built from four
@@ -593,6 +616,12 @@ mod tests {
             let want = (i64::from(a) * i64::from(m) + (1i64 << (sh - 1))) >> sh;
             assert_eq!(mul_round_shift(a, m, sh), want, "{a} {m} {sh}");
             assert_eq!(mul_round_shift_wide(a, m as i32, sh), want, "wide: {a} {m} {sh}");
+            let hi = (i64::from(a) * i64::from(m)) >> 32;
+            assert_eq!(i64::from(high_word(a, m)), hi, "high word: {a} {m}");
+            if sh >= 33 && m > 0 {
+                let r = Rescale { pos: m as i32, neg: m as i32, sh };
+                assert_eq!(i64::from(r.apply(a, i32::MIN, i32::MAX)), want, "{a} {m} {sh}");
+            }
         }
     }
 
