@@ -207,12 +207,7 @@ unsafe fn tile(x: &[i16], u: *const u8, acc: &mut [i32; TILE]) {
                 inout("r1") (2 * x.len() as isize).wrapping_neg() => _,
                 inout("r2") u => _,
                 inout("r3") acc.as_mut_ptr() => _,
-                out("r4") _,
-                out("r5") _,
-                out("r8") _,
-                out("r9") _,
-                out("r10") _,
-                out("r11") _,
+                out("r4") _, out("r5") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _,
                 out("r12") _,
             );
         }
@@ -250,12 +245,7 @@ unsafe fn tile(x: &[i16], u: *const u8, acc: &mut [i32; TILE]) {
                 inout("r1") u => _,
                 in("r2") x.as_ptr().add(both),
                 inout("r3") acc.as_mut_ptr() => _,
-                out("r4") _,
-                out("r5") _,
-                out("r8") _,
-                out("r9") _,
-                out("r10") _,
-                out("r11") _,
+                out("r4") _, out("r5") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _,
                 inout("r12") x.as_ptr().add(x.len()) => _,
                 out("lr") _,
             );
@@ -266,34 +256,35 @@ unsafe fn tile(x: &[i16], u: *const u8, acc: &mut [i32; TILE]) {
     unsafe { columns(x, u, acc) }
 }
 
-/// Four pair rows of a two-channel block against four input pairs (`LDM` of four words each):
-/// `UXTB16` of each weight word (the encodings given: `ror #8` for the block's odd channel)
-/// and an `SMLAD` into `r3`.
+/// Four pair rows of a two-channel block against four input pairs per turn (`LDM` of four
+/// words each) from `x` to `end`, weights from `block`, summed into `acc`: `UXTB16` of each
+/// weight word (the encodings given: `ror #8` for the block's odd channel) and an `SMLAD`.
 #[cfg(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf"))]
 macro_rules! dsp_two_wide {
-    ($u10:literal, $u11:literal, $u12:literal, $ulr:literal) => {
-        concat!(
-            "2:\n",
-            "ldm r0!, {{r4, r5, r8, r9}}\n",
-            "ldm r1!, {{r10, r11, r12, lr}}\n",
-            ".inst.w ",
-            $u10,
-            "\n",
-            ".inst.w 0xFB2A3304\n", // smlad r3, r10, r4, r3
-            ".inst.w ",
-            $u11,
-            "\n",
-            ".inst.w 0xFB2B3305\n", // smlad r3, r11, r5, r3
-            ".inst.w ",
-            $u12,
-            "\n",
-            ".inst.w 0xFB2C3308\n", // smlad r3, r12, r8, r3
-            ".inst.w ",
-            $ulr,
-            "\n",
-            ".inst.w 0xFB2E3309\n", // smlad r3, lr, r9, r3
-            "cmp r0, r2\n",
-            "bne 2b\n",
+    ($x:expr, $block:expr, $end:expr, $acc:ident, $u10:literal, $u11:literal, $u12:literal, $ulr:literal) => {
+        core::arch::asm!(
+            concat!(
+                "2:\n",
+                "ldm r0!, {{r4, r5, r8, r9}}\n",
+                "ldm r1!, {{r10, r11, r12, lr}}\n",
+                ".inst.w ", $u10, "\n",
+                ".inst.w 0xFB2A3304\n", // smlad r3, r10, r4, r3
+                ".inst.w ", $u11, "\n",
+                ".inst.w 0xFB2B3305\n", // smlad r3, r11, r5, r3
+                ".inst.w ", $u12, "\n",
+                ".inst.w 0xFB2C3308\n", // smlad r3, r12, r8, r3
+                ".inst.w ", $ulr, "\n",
+                ".inst.w 0xFB2E3309\n", // smlad r3, lr, r9, r3
+                "cmp r0, r2\n",
+                "bne 2b\n",
+            ),
+            inout("r0") $x => _,
+            inout("r1") $block => _,
+            in("r2") $end,
+            inout("r3") 0i32 => $acc,
+            out("r4") _, out("r5") _, out("r8") _, out("r9") _,
+            out("r10") _, out("r11") _, out("r12") _, out("lr") _,
+            options(nostack, readonly),
         )
     };
 }
@@ -379,27 +370,28 @@ unsafe fn two_wide(x: &[i16], u: *const u8, w: usize, c: usize) -> (i32, usize) 
             // `x_end` inputs in `x`; both are word-aligned (checked). Only the declared
             // registers are written.
             unsafe {
+                let (xs, end) = (x.as_ptr(), x.as_ptr().add(x_end));
                 if c == 0 {
-                    core::arch::asm!(
-                        dsp_two_wide!("0xFA3FFA8A", "0xFA3FFB8B", "0xFA3FFC8C", "0xFA3FFE8E"),
-                        inout("r0") x.as_ptr() => _,
-                        inout("r1") block => _,
-                        in("r2") x.as_ptr().add(x_end),
-                        inout("r3") 0i32 => acc,
-                        out("r4") _, out("r5") _, out("r8") _, out("r9") _,
-                        out("r10") _, out("r11") _, out("r12") _, out("lr") _,
-                        options(nostack, readonly),
+                    dsp_two_wide!(
+                        xs,
+                        block,
+                        end,
+                        acc,
+                        "0xFA3FFA8A",
+                        "0xFA3FFB8B",
+                        "0xFA3FFC8C",
+                        "0xFA3FFE8E"
                     );
                 } else {
-                    core::arch::asm!(
-                        dsp_two_wide!("0xFA3FFA9A", "0xFA3FFB9B", "0xFA3FFC9C", "0xFA3FFE9E"),
-                        inout("r0") x.as_ptr() => _,
-                        inout("r1") block => _,
-                        in("r2") x.as_ptr().add(x_end),
-                        inout("r3") 0i32 => acc,
-                        out("r4") _, out("r5") _, out("r8") _, out("r9") _,
-                        out("r10") _, out("r11") _, out("r12") _, out("lr") _,
-                        options(nostack, readonly),
+                    dsp_two_wide!(
+                        xs,
+                        block,
+                        end,
+                        acc,
+                        "0xFA3FFA9A",
+                        "0xFA3FFB9B",
+                        "0xFA3FFC9C",
+                        "0xFA3FFE9E"
                     );
                 }
             }
