@@ -196,6 +196,35 @@ pub fn conv_transpose2d_forward_exact_with(
     g.check_forward(n, out, inp, w, b)?;
     let plane = g.ih * g.iw;
     let macs = g.w * g.cols;
+    // On the host, output channels in blocks (the same sums in the same order, see
+    // `exact_block`); the device keeps the loops below, which need no stack for a block.
+    let fits = g.ih * g.s * ((g.iw - 1 + g.p) / g.s + 1) <= BLOCK_SLOTS;
+    if cfg!(not(target_arch = "arm"))
+        && fits
+        && let Some(per) = block_width(g.ci)
+    {
+        let items = n * (g.ci / per);
+        let tasks = par::sample_tasks(exec, items, 2 * macs * per / g.ci.max(1));
+        let bufs = [(&mut out[..items * per * plane], per * plane)];
+        par::for_each_sample(exec, items, tasks, bufs, (&mut [], 0), &|_, range, [o]| {
+            for (item, planes) in range.zip(o.chunks_exact_mut(per * plane)) {
+                let (sample, co0) = (item / (g.ci / per), item % (g.ci / per) * per);
+                let x = &inp[sample * g.grid..(sample + 1) * g.grid];
+                exact_block(planes, x, w, b, co0, per, &g);
+            }
+        });
+        return Ok(());
+    }
+    exact_by_plane(out, inp, w, b, n, &g, exec);
+    Ok(())
+}
+
+/// The exact kernel one output plane at a time (the definition [`exact_block`] follows).
+fn exact_by_plane(
+    out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, g: &Geom, exec: &dyn Exec,
+) {
+    let plane = g.ih * g.iw;
+    let macs = g.w * g.cols;
     conv2d::for_each_plane(out, n, g.ci, plane, macs, exec, &|sample, co, oplane| {
         let x = &inp[sample * g.grid..(sample + 1) * g.grid];
         let bias = b[co];
@@ -207,7 +236,7 @@ pub fn conv_transpose2d_forward_exact_with(
                     for ky in 0..g.k {
                         // The input row gy with gy·s + ky − p = oy, if any.
                         let t = oy + g.p;
-                        if t < ky || (t - ky) % g.s != 0 || (t - ky) / g.s >= g.gh {
+                        if t < ky || !(t - ky).is_multiple_of(g.s) || (t - ky) / g.s >= g.gh {
                             continue;
                         }
                         let gy = (t - ky) / g.s;
@@ -231,7 +260,164 @@ pub fn conv_transpose2d_forward_exact_with(
             }
         }
     });
-    Ok(())
+}
+
+/// Output channels computed together by [`exact_block`].
+const BLOCK: usize = 8;
+/// Output channels of a block on CPUs with AVX-512F.
+const WIDE: usize = 16;
+
+/// Channels per [`exact_block`] for `c_out` output channels: sixteen with AVX-512F when they
+/// divide it, else eight when they do, else all of them when there are at most eight; `None`
+/// for the plane-by-plane loops.
+fn block_width(c_out: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if c_out.is_multiple_of(WIDE) && kernels::exact_isa() == kernels::ExactIsa::Avx512 {
+        return Some(WIDE);
+    }
+    if c_out.is_multiple_of(BLOCK) { Some(BLOCK) } else { (c_out <= BLOCK).then_some(c_out) }
+}
+/// Accumulator slots of one output plane in [`exact_block`] (`OH · stride ·
+/// ⌈(OW + pad)/stride⌉`, about `OH · (OW + pad + stride)`): 32 KiB of stack.
+const BLOCK_SLOTS: usize = 1024;
+
+/// Output channels `co0 .. co0 + per` (`per <= BLOCK`, or `WIDE`) of one sample, into their `per` planes:
+/// the exact kernel's sums, each output still the fixed-order sum over (input channel, ky, kx)
+/// of separately rounded products and additions, then the bias, so the bits are the
+/// plane-by-plane loops' exactly. What changes is the loop nest: one weight per channel of
+/// the block is loaded once per (input channel, ky, kx) and applied to every input it meets
+/// for all the block's channels at once (the block is the vector), and the output plane is
+/// kept deinterleaved by column parity (`ox + p = q·s + r` at slot `(oy·s + r)·Q + q`) so a
+/// tap's contributions to a row are contiguous.
+fn exact_block(
+    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], co0: usize, per: usize, g: &Geom,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if per == WIDE {
+        // SAFETY: blocks are this wide only on CPUs with AVX-512F (`block_width`).
+        return unsafe { exact_block_avx512(planes, x, w, b, co0, per, g) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernels::exact_isa() != kernels::ExactIsa::Portable {
+        // SAFETY: the exact kernels run above the portable level only on CPUs with AVX.
+        return unsafe { exact_block_avx(planes, x, w, b, co0, per, g) };
+    }
+    exact_block_body(planes, x, w, b, co0, per, g, row_portable);
+}
+
+/// `row[i][c] += wv[c] · xs[i]` (each product rounded, then the sum): the inner loop of
+/// [`exact_block_body`].
+#[inline(always)]
+fn row_portable(row: &mut [[f32; BLOCK]], xs: &[f32], wv: &[f32; BLOCK]) {
+    for (a, &xv) in row.iter_mut().zip(xs) {
+        for (a, &wc) in a.iter_mut().zip(wv) {
+            *a += wc * xv;
+        }
+    }
+}
+
+/// [`row_portable`] with one AVX multiply and one add per input (no FMA: the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+fn row_avx(row: &mut [[f32; BLOCK]], xs: &[f32], wv: &[f32; BLOCK]) {
+    use core::arch::x86_64::*;
+    // SAFETY: each `[f32; 8]` is 32 readable and writable bytes (unaligned access).
+    unsafe {
+        let wv = _mm256_loadu_ps(wv.as_ptr());
+        for (a, &xv) in row.iter_mut().zip(xs) {
+            let p = a.as_mut_ptr();
+            _mm256_storeu_ps(
+                p,
+                _mm256_add_ps(_mm256_loadu_ps(p), _mm256_mul_ps(wv, _mm256_set1_ps(xv))),
+            );
+        }
+    }
+}
+
+/// [`exact_block`] compiled with AVX (the block one 8-wide multiply and one add per input).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn exact_block_avx(
+    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], co0: usize, per: usize, g: &Geom,
+) {
+    exact_block_body(planes, x, w, b, co0, per, g, |r, xs, wv| row_avx(r, xs, wv));
+}
+
+/// [`exact_block`] for blocks of sixteen channels, compiled with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exact_block_avx512(
+    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], co0: usize, per: usize, g: &Geom,
+) {
+    exact_block_body(planes, x, w, b, co0, per, g, |r, xs, wv| row_avx512(r, xs, wv));
+}
+
+/// [`row_portable`] sixteen channels wide with one AVX-512 multiply and one add per input.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn row_avx512(row: &mut [[f32; WIDE]], xs: &[f32], wv: &[f32; WIDE]) {
+    use core::arch::x86_64::*;
+    // SAFETY: each `[f32; 16]` is 64 readable and writable bytes (unaligned access).
+    unsafe {
+        let wv = _mm512_loadu_ps(wv.as_ptr());
+        for (a, &xv) in row.iter_mut().zip(xs) {
+            let p = a.as_mut_ptr();
+            let sum = _mm512_add_ps(_mm512_loadu_ps(p), _mm512_mul_ps(wv, _mm512_set1_ps(xv)));
+            _mm512_storeu_ps(p, sum);
+        }
+    }
+}
+
+/// The body of [`exact_block`], for every instruction set (`row`: its inner loop).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn exact_block_body<const B: usize>(
+    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], co0: usize, per: usize, g: &Geom,
+    row_op: impl Fn(&mut [[f32; B]], &[f32], &[f32; B]),
+) {
+    let (k, s, p) = (g.k, g.s, g.p);
+    let (oh, ow, plane) = (g.ih, g.iw, g.ih * g.iw);
+    let q_len = (ow - 1 + p) / s + 1;
+    let row_slots = s * q_len;
+    let mut acc = [[0f32; B]; BLOCK_SLOTS];
+    let acc = &mut acc[..oh * row_slots];
+    for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
+        for ky in 0..k {
+            // Input rows gy with oy = gy·s + ky − p inside the output.
+            let (ylo, yhi) = span(g.gh, oh, s, ky, p);
+            for kx in 0..k {
+                let (lo, hi) = span(g.gw, ow, s, kx, p);
+                if lo == hi || ylo == yhi {
+                    continue;
+                }
+                let mut wv = [0f32; B];
+                for (c, v) in wv[..per].iter_mut().enumerate() {
+                    *v = w[((cin * g.ci + co0 + c) * k + ky) * k + kx];
+                }
+                // ox + p = gx·s + kx = (gx + kx / s)·s + kx % s.
+                let (r, m) = (kx % s, kx / s);
+                for gy in ylo..yhi {
+                    let oy = gy * s + ky - p;
+                    let at = oy * row_slots + r * q_len + m;
+                    row_op(
+                        &mut acc[at + lo..at + hi],
+                        &xplane[gy * g.gw + lo..gy * g.gw + hi],
+                        &wv,
+                    );
+                }
+            }
+        }
+    }
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let slot = &acc[oy * row_slots + (ox + p) % s * q_len + (ox + p) / s];
+            for (c, &v) in slot[..per].iter().enumerate() {
+                planes[c * plane + oy * ow + ox] = v + b[co0 + c];
+            }
+        }
+    }
 }
 
 /// Int8 inference of a transposed convolution: same shapes as
@@ -370,6 +556,45 @@ mod tests {
             conv_transpose2d_forward_exact(&mut ex, &y, &w, &vec![0.0; ci], n, &dt).unwrap();
             for (a, b) in ex.iter().zip(&ty) {
                 assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()));
+            }
+        }
+    }
+
+    /// The blocked host kernel gives the plane-by-plane loops' bits, for whole blocks, a
+    /// block narrower than eight, strides 1 to 3 and odd sizes.
+    #[test]
+    fn blocked_exact_kernel_is_the_plane_loops() {
+        let mut r = crate::testutil::Lcg::new(17);
+        for (in_c, in_h, in_w, out_c, k, stride, pad, n) in [
+            (16, 7, 7, 16, 4, 2, 1, 2),
+            (3, 6, 5, 32, 4, 2, 1, 1),
+            (5, 7, 7, 1, 4, 2, 1, 3),
+            (3, 5, 6, 8, 3, 2, 0, 1),
+            (4, 4, 3, 3, 3, 1, 1, 2),
+            (2, 3, 5, 8, 5, 3, 2, 1),
+        ] {
+            let d = ConvDims { in_c, in_h, in_w, out_c, k, stride, pad };
+            let g = Geom::transpose(&d).unwrap();
+            let inp: std::vec::Vec<f32> = (0..n * g.grid).map(|_| r.next_f32()).collect();
+            let w: std::vec::Vec<f32> = (0..g.w).map(|_| r.next_f32()).collect();
+            let b: std::vec::Vec<f32> = (0..out_c).map(|_| r.next_f32()).collect();
+            let mut want = std::vec![f32::NAN; n * g.img];
+            exact_by_plane(&mut want, &inp, &w, &b, n, &g, &Serial);
+            // The portable body too, whatever this CPU has.
+            let per = if out_c % BLOCK == 0 { BLOCK } else { out_c };
+            assert!(per <= BLOCK);
+            let mut body = std::vec![f32::NAN; n * g.img];
+            for (item, planes) in body.chunks_exact_mut(per * g.ih * g.iw).enumerate() {
+                let (sample, co0) = (item / (out_c / per), item % (out_c / per) * per);
+                let x = &inp[sample * g.grid..(sample + 1) * g.grid];
+                exact_block_body(planes, x, &w, &b, co0, per, &g, row_portable);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<std::vec::Vec<_>>();
+            assert_eq!(bits(&body), bits(&want), "portable {d:?}");
+            for exec in [&Serial as &dyn Exec, &crate::testutil::Threads(3)] {
+                let mut got = std::vec![f32::NAN; n * g.img];
+                conv_transpose2d_forward_exact_with(&mut got, &inp, &w, &b, n, &d, exec).unwrap();
+                assert_eq!(bits(&got), bits(&want), "{d:?}");
             }
         }
     }
