@@ -107,6 +107,23 @@ macro_rules! v6m_lane {
     };
 }
 
+/// One input of the ARMv6-M two-channel loop: the halfword `extract`ed into `r6`, times the
+/// weight byte at `off` from `r1`, added into `r3`.
+#[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
+macro_rules! v6m_tap {
+    ($extract:literal, $off:literal) => {
+        concat!(
+            $extract,
+            "\n",
+            "ldrb r7, [r1, #",
+            $off,
+            "]\n",
+            "muls r7, r6, r7\n",
+            "adds r3, r3, r7\n"
+        )
+    };
+}
+
 /// The DSP tile's two channels of the next word of the pair row at `r1` (post-incremented):
 /// `UXTB16` unpacks each channel's two weights into halfwords and its `SMLAD` (the encodings
 /// given) adds both products with the input pair in `r12`.
@@ -318,32 +335,16 @@ unsafe fn one_channel(x: &[i16], u: *const u8, w: usize, c: usize) -> i32 {
                 "movs r3, #0",
                 "2:",
                 "ldm r0!, {{r4, r5}}",
-                "sxth r6, r4",
-                "ldrb r7, [r1, #0]",
-                "muls r7, r6, r7",
-                "adds r3, r3, r7",
-                "asrs r6, r4, #16",
-                "ldrb r7, [r1, #2]",
-                "muls r7, r6, r7",
-                "adds r3, r3, r7",
-                "sxth r6, r5",
-                "ldrb r7, [r1, #4]",
-                "muls r7, r6, r7",
-                "adds r3, r3, r7",
-                "asrs r6, r5, #16",
-                "ldrb r7, [r1, #6]",
-                "muls r7, r6, r7",
-                "adds r3, r3, r7",
+                v6m_tap!("sxth r6, r4", 0),
+                v6m_tap!("asrs r6, r4, #16", 2),
+                v6m_tap!("sxth r6, r5", 4),
+                v6m_tap!("asrs r6, r5, #16", 6),
                 "adds r1, r1, #8",
                 "cmp r0, r2",
                 "bne 2b",
                 "pop {{r6, r7}}",
-                inout("r0") x.as_ptr() => _,
-                inout("r1") u => _,
-                in("r2") x.as_ptr().add(x.len()),
-                out("r3") acc,
-                out("r4") _,
-                out("r5") _,
+                inout("r0") x.as_ptr() => _, inout("r1") u => _, in("r2") x.as_ptr().add(x.len()),
+                out("r3") acc, out("r4") _, out("r5") _,
             );
         }
         return acc;

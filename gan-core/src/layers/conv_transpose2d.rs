@@ -265,6 +265,7 @@ fn exact_by_plane(
 /// Output channels computed together by [`exact_block`].
 const BLOCK: usize = 8;
 /// Output channels of a block on CPUs with AVX-512F.
+#[cfg(target_arch = "x86_64")]
 const WIDE: usize = 16;
 
 /// Channels per [`exact_block`] for `c_out` output channels: sixteen with AVX-512F when they
@@ -281,7 +282,7 @@ fn block_width(c_out: usize) -> Option<usize> {
 /// ⌈(OW + pad)/stride⌉`, about `OH · (OW + pad + stride)`): 32 KiB of stack.
 const BLOCK_SLOTS: usize = 1024;
 
-/// Output channels `co0 .. co0 + per` (`per <= BLOCK`, or `WIDE`) of one sample, into their `per` planes:
+/// Output channels `co0 .. co0 + per` (`per <= BLOCK`, or sixteen with AVX-512F) of one sample, into their `per` planes:
 /// the exact kernel's sums, each output still the fixed-order sum over (input channel, ky, kx)
 /// of separately rounded products and additions, then the bias, so the bits are the
 /// plane-by-plane loops' exactly. What changes is the loop nest: one weight per channel of
@@ -316,24 +317,35 @@ fn row_portable(row: &mut [[f32; BLOCK]], xs: &[f32], wv: &[f32; BLOCK]) {
     }
 }
 
-/// [`row_portable`] with one AVX multiply and one add per input (no FMA: the same bits).
+/// [`row_portable`] in one vector instruction set: `$name` over `$lanes` channels with one
+/// multiply and one add per input (no FMA: the same bits).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-#[inline]
-fn row_avx(row: &mut [[f32; BLOCK]], xs: &[f32], wv: &[f32; BLOCK]) {
-    use core::arch::x86_64::*;
-    // SAFETY: each `[f32; 8]` is 32 readable and writable bytes (unaligned access).
-    unsafe {
-        let wv = _mm256_loadu_ps(wv.as_ptr());
-        for (a, &xv) in row.iter_mut().zip(xs) {
-            let p = a.as_mut_ptr();
-            _mm256_storeu_ps(
-                p,
-                _mm256_add_ps(_mm256_loadu_ps(p), _mm256_mul_ps(wv, _mm256_set1_ps(xv))),
-            );
+macro_rules! vector_row {
+    ($name:ident, $feature:literal, $lanes:expr,
+     $load:ident, $store:ident, $add:ident, $mul:ident, $set1:ident) => {
+        #[target_feature(enable = $feature)]
+        #[inline]
+        fn $name(row: &mut [[f32; $lanes]], xs: &[f32], wv: &[f32; $lanes]) {
+            use core::arch::x86_64::*;
+            // SAFETY: each `[f32; lanes]` is that many readable and writable floats (unaligned
+            // access).
+            unsafe {
+                let wv = $load(wv.as_ptr());
+                for (a, &xv) in row.iter_mut().zip(xs) {
+                    let p = a.as_mut_ptr();
+                    $store(p, $add($load(p), $mul(wv, $set1(xv))));
+                }
+            }
         }
-    }
+    };
 }
+
+#[cfg(target_arch = "x86_64")]
+vector_row! { row_avx, "avx", BLOCK,
+_mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps }
+#[cfg(target_arch = "x86_64")]
+vector_row! { row_avx512, "avx512f", WIDE,
+_mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps }
 
 /// [`exact_block`] compiled with AVX (the block one 8-wide multiply and one add per input).
 #[cfg(target_arch = "x86_64")]
@@ -351,23 +363,6 @@ unsafe fn exact_block_avx512(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], co0: usize, per: usize, g: &Geom,
 ) {
     exact_block_body(planes, x, w, b, co0, per, g, |r, xs, wv| row_avx512(r, xs, wv));
-}
-
-/// [`row_portable`] sixteen channels wide with one AVX-512 multiply and one add per input.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn row_avx512(row: &mut [[f32; WIDE]], xs: &[f32], wv: &[f32; WIDE]) {
-    use core::arch::x86_64::*;
-    // SAFETY: each `[f32; 16]` is 64 readable and writable bytes (unaligned access).
-    unsafe {
-        let wv = _mm512_loadu_ps(wv.as_ptr());
-        for (a, &xv) in row.iter_mut().zip(xs) {
-            let p = a.as_mut_ptr();
-            let sum = _mm512_add_ps(_mm512_loadu_ps(p), _mm512_mul_ps(wv, _mm512_set1_ps(xv)));
-            _mm512_storeu_ps(p, sum);
-        }
-    }
 }
 
 /// The body of [`exact_block`], for every instruction set (`row`: its inner loop).
