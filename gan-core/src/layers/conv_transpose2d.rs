@@ -194,7 +194,6 @@ pub fn conv_transpose2d_forward_exact_with(
 ) -> Result<(), CoreError> {
     let g = Geom::transpose(d)?;
     g.check_forward(n, out, inp, w, b)?;
-    let plane = g.ih * g.iw;
     let macs = g.w * g.cols;
     // On the host, output channels in blocks (the same sums in the same order, see
     // `exact_block`); the device keeps the loops below, which need no stack for a block.
@@ -203,14 +202,27 @@ pub fn conv_transpose2d_forward_exact_with(
         && fits
         && let Some(per) = block_width(g.ci)
     {
-        let items = n * (g.ci / per);
-        let tasks = par::sample_tasks(exec, items, 2 * macs * per / g.ci.max(1));
-        let bufs = [(&mut out[..items * per * plane], per * plane)];
+        let blocks = g.ci / per;
+        // A one-channel layer (a grey-scale output) splits its rows over the threads too, into
+        // as many equal parts as there are threads when they divide the height.
+        let parts = match (g.ci, exec.threads()) {
+            (1, t) if n < t => {
+                (1..=t.min(g.ih)).rev().find(|c| g.ih.is_multiple_of(*c)).unwrap_or(1)
+            }
+            _ => 1,
+        };
+        let (items, rows) = (n * blocks * parts, g.ih / parts);
+        let part = per * rows * g.iw;
+        // (The rows are split to use the threads: at least one task per part.)
+        let tasks = par::sample_tasks(exec, items, 2 * macs * per / g.ci.max(1) / parts).max(parts);
+        let bufs = [(&mut out[..items * part], part)];
         par::for_each_sample(exec, items, tasks, bufs, (&mut [], 0), &|_, range, [o]| {
-            for (item, planes) in range.zip(o.chunks_exact_mut(per * plane)) {
-                let (sample, co0) = (item / (g.ci / per), item % (g.ci / per) * per);
+            for (item, planes) in range.zip(o.chunks_exact_mut(part)) {
+                let (sample, rest) = (item / (blocks * parts), item % (blocks * parts));
                 let x = &inp[sample * g.grid..(sample + 1) * g.grid];
-                exact_block(planes, x, w, b, co0, per, &g);
+                let oy0 = rest % parts * rows;
+                let blk = Block { co0: rest / parts * per, per, oy0, oy1: oy0 + rows };
+                exact_block(planes, x, w, b, &blk, &g);
             }
         });
         return Ok(());
@@ -290,26 +302,38 @@ const BLOCK_SLOTS: usize = 1024;
 /// for all the block's channels at once (the block is the vector), and the output plane is
 /// kept deinterleaved by column parity (`ox + p = q·s + r` at slot `(oy·s + r)·Q + q`) so a
 /// tap's contributions to a row are contiguous.
-fn exact_block(
-    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], co0: usize, per: usize, g: &Geom,
-) {
+fn exact_block(planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom) {
     #[cfg(target_arch = "x86_64")]
-    if per == WIDE {
+    if blk.per == WIDE {
         // SAFETY: blocks are this wide only on CPUs with AVX-512F (`block_width`).
-        return unsafe { exact_block_avx512(planes, x, w, b, co0, per, g) };
+        return unsafe { exact_block_avx512(planes, x, w, b, blk, g) };
     }
     #[cfg(target_arch = "x86_64")]
     if kernels::exact_isa() != kernels::ExactIsa::Portable {
         // SAFETY: the exact kernels run above the portable level only on CPUs with AVX.
-        return unsafe { exact_block_avx(planes, x, w, b, co0, per, g) };
+        return unsafe { exact_block_avx(planes, x, w, b, blk, g) };
     }
-    exact_block_body(planes, x, w, b, co0, per, g, row_portable);
+    if blk.per == 1 {
+        exact_block_body(planes, x, w, b, blk, g, row_portable::<1>);
+    } else {
+        exact_block_body(planes, x, w, b, blk, g, row_portable::<BLOCK>);
+    }
+}
+
+/// What one call of [`exact_block`] computes: output channels `co0 .. co0 + per`, rows
+/// `oy0 .. oy1`.
+#[derive(Clone, Copy)]
+struct Block {
+    co0: usize,
+    per: usize,
+    oy0: usize,
+    oy1: usize,
 }
 
 /// `row[i][c] += wv[c] · xs[i]` (each product rounded, then the sum): the inner loop of
 /// [`exact_block_body`].
 #[inline(always)]
-fn row_portable(row: &mut [[f32; BLOCK]], xs: &[f32], wv: &[f32; BLOCK]) {
+fn row_portable<const B: usize>(row: &mut [[f32; B]], xs: &[f32], wv: &[f32; B]) {
     for (a, &xv) in row.iter_mut().zip(xs) {
         for (a, &wc) in a.iter_mut().zip(wv) {
             *a += wc * xv;
@@ -347,44 +371,52 @@ _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps 
 vector_row! { row_avx512, "avx512f", WIDE,
 _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps }
 
-/// [`exact_block`] compiled with AVX (the block one 8-wide multiply and one add per input).
+/// [`exact_block`] compiled with AVX (the block one 8-wide multiply and one add per input;
+/// a one-channel block vectorised by the compiler along the row instead).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn exact_block_avx(
-    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], co0: usize, per: usize, g: &Geom,
+    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
 ) {
-    exact_block_body(planes, x, w, b, co0, per, g, |r, xs, wv| row_avx(r, xs, wv));
+    if blk.per == 1 {
+        exact_block_body(planes, x, w, b, blk, g, row_portable::<1>);
+    } else {
+        exact_block_body(planes, x, w, b, blk, g, |r, xs, wv| row_avx(r, xs, wv));
+    }
 }
 
 /// [`exact_block`] for blocks of sixteen channels, compiled with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exact_block_avx512(
-    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], co0: usize, per: usize, g: &Geom,
+    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
 ) {
-    exact_block_body(planes, x, w, b, co0, per, g, |r, xs, wv| row_avx512(r, xs, wv));
+    exact_block_body(planes, x, w, b, blk, g, |r, xs, wv| row_avx512(r, xs, wv));
 }
 
 /// The body of [`exact_block`], for every instruction set (`row`: its inner loop).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn exact_block_body<const B: usize>(
-    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], co0: usize, per: usize, g: &Geom,
+    planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
     row_op: impl Fn(&mut [[f32; B]], &[f32], &[f32; B]),
 ) {
     let (k, s, p) = (g.k, g.s, g.p);
-    let (oh, ow, plane) = (g.ih, g.iw, g.ih * g.iw);
+    let (ow, Block { co0, per, oy0, oy1 }) = (g.iw, *blk);
+    let part = (oy1 - oy0) * ow;
     let q_len = (ow - 1 + p) / s + 1;
     let row_slots = s * q_len;
     let mut acc = [[0f32; B]; BLOCK_SLOTS];
-    let acc = &mut acc[..oh * row_slots];
+    let acc = &mut acc[..(oy1 - oy0) * row_slots];
     for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
         for ky in 0..k {
-            // Input rows gy with oy = gy·s + ky − p inside the output.
-            let (ylo, yhi) = span(g.gh, oh, s, ky, p);
+            // Input rows gy with oy = gy·s + ky − p in oy0..oy1 (`span`'s upper end counts
+            // the rows below a height).
+            let ylo = span(g.gh, oy1, s, ky, p).0.max(span(g.gh, oy0, s, ky, p).1);
+            let yhi = span(g.gh, oy1, s, ky, p).1;
             for kx in 0..k {
                 let (lo, hi) = span(g.gw, ow, s, kx, p);
-                if lo == hi || ylo == yhi {
+                if lo == hi || ylo >= yhi {
                     continue;
                 }
                 let mut wv = [0f32; B];
@@ -394,22 +426,18 @@ fn exact_block_body<const B: usize>(
                 // ox + p = gx·s + kx = (gx + kx / s)·s + kx % s.
                 let (r, m) = (kx % s, kx / s);
                 for gy in ylo..yhi {
-                    let oy = gy * s + ky - p;
-                    let at = oy * row_slots + r * q_len + m;
-                    row_op(
-                        &mut acc[at + lo..at + hi],
-                        &xplane[gy * g.gw + lo..gy * g.gw + hi],
-                        &wv,
-                    );
+                    let at = (gy * s + ky - p - oy0) * row_slots + r * q_len + m;
+                    let xs = &xplane[gy * g.gw + lo..gy * g.gw + hi];
+                    row_op(&mut acc[at + lo..at + hi], xs, &wv);
                 }
             }
         }
     }
-    for oy in 0..oh {
+    for oy in 0..oy1 - oy0 {
         for ox in 0..ow {
             let slot = &acc[oy * row_slots + (ox + p) % s * q_len + (ox + p) / s];
             for (c, &v) in slot[..per].iter().enumerate() {
-                planes[c * plane + oy * ow + ox] = v + b[co0 + c];
+                planes[c * part + oy * ow + ox] = v + b[co0 + c];
             }
         }
     }
@@ -564,6 +592,8 @@ mod tests {
             (16, 7, 7, 16, 4, 2, 1, 2),
             (3, 6, 5, 32, 4, 2, 1, 1),
             (5, 7, 7, 1, 4, 2, 1, 3),
+            (4, 7, 7, 1, 4, 2, 1, 1),
+            (3, 9, 4, 1, 3, 1, 1, 2),
             (3, 5, 6, 8, 3, 2, 0, 1),
             (4, 4, 3, 3, 3, 1, 1, 2),
             (2, 3, 5, 8, 5, 3, 2, 1),
@@ -582,7 +612,12 @@ mod tests {
             for (item, planes) in body.chunks_exact_mut(per * g.ih * g.iw).enumerate() {
                 let (sample, co0) = (item / (out_c / per), item % (out_c / per) * per);
                 let x = &inp[sample * g.grid..(sample + 1) * g.grid];
-                exact_block_body(planes, x, &w, &b, co0, per, &g, row_portable);
+                let blk = Block { co0, per, oy0: 0, oy1: g.ih };
+                if per == 1 {
+                    exact_block_body(planes, x, &w, &b, &blk, &g, row_portable::<1>);
+                } else {
+                    exact_block_body(planes, x, &w, &b, &blk, &g, row_portable::<BLOCK>);
+                }
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<std::vec::Vec<_>>();
             assert_eq!(bits(&body), bits(&want), "portable {d:?}");
