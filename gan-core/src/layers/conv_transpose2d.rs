@@ -314,9 +314,9 @@ fn exact_block(planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block,
         return unsafe { exact_block_avx(planes, x, w, b, blk, g) };
     }
     if blk.per == 1 {
-        exact_block_body(planes, x, w, b, blk, g, row_portable::<1>);
+        exact_block_body(planes, x, w, b, blk, g, strip_portable::<1>);
     } else {
-        exact_block_body(planes, x, w, b, blk, g, row_portable::<BLOCK>);
+        exact_block_body(planes, x, w, b, blk, g, strip_portable::<BLOCK>);
     }
 }
 
@@ -330,34 +330,67 @@ struct Block {
     oy1: usize,
 }
 
-/// `row[i][c] += wv[c] · xs[i]` (each product rounded, then the sum): the inner loop of
-/// [`exact_block_body`].
-#[inline(always)]
-fn row_portable<const B: usize>(row: &mut [[f32; B]], xs: &[f32], wv: &[f32; B]) {
-    for (a, &xv) in row.iter_mut().zip(xs) {
-        for (a, &wc) in a.iter_mut().zip(wv) {
-            *a += wc * xv;
+/// The inputs one tap meets in a block: `rows` rows of `len` slots from slot `a0` of the
+/// accumulators and element `x0` of the input plane, rows `a_step` slots and `x_step`
+/// elements apart.
+#[derive(Clone, Copy)]
+struct Strip {
+    a0: usize,
+    a_step: usize,
+    x0: usize,
+    x_step: usize,
+    rows: usize,
+    len: usize,
+}
+
+impl Strip {
+    /// Panics unless every slot and input of the strip lies in `acc` resp. `x`.
+    fn check<T>(&self, acc: &[T], x: &[f32]) {
+        if self.rows > 0 && self.len > 0 {
+            let last = |at: usize, step: usize| at + (self.rows - 1) * step + self.len;
+            assert!(
+                last(self.a0, self.a_step) <= acc.len() && last(self.x0, self.x_step) <= x.len()
+            );
         }
     }
 }
 
-/// [`row_portable`] in one vector instruction set: `$name` over `$lanes` channels with one
-/// multiply and one add per input (no FMA: the same bits).
+/// `acc[slot][c] += wv[c] · x[i]` over a strip (each product rounded, then the sum): the
+/// inner loop of [`exact_block_body`].
+#[inline(always)]
+fn strip_portable<const B: usize>(acc: &mut [[f32; B]], x: &[f32], st: &Strip, wv: &[f32; B]) {
+    for r in 0..st.rows {
+        let (a, xs) = (st.a0 + r * st.a_step, st.x0 + r * st.x_step);
+        for (a, &xv) in acc[a..a + st.len].iter_mut().zip(&x[xs..xs + st.len]) {
+            for (a, &wc) in a.iter_mut().zip(wv) {
+                *a += wc * xv;
+            }
+        }
+    }
+}
+
+/// [`strip_portable`] in one vector instruction set: `$name` over `$lanes` channels with one
+/// multiply and one add per input (no FMA: the same bits), without per-row bounds checks.
 #[cfg(target_arch = "x86_64")]
-macro_rules! vector_row {
+macro_rules! vector_strip {
     ($name:ident, $feature:literal, $lanes:expr,
      $load:ident, $store:ident, $add:ident, $mul:ident, $set1:ident) => {
         #[target_feature(enable = $feature)]
         #[inline]
-        fn $name(row: &mut [[f32; $lanes]], xs: &[f32], wv: &[f32; $lanes]) {
+        fn $name(acc: &mut [[f32; $lanes]], x: &[f32], st: &Strip, wv: &[f32; $lanes]) {
             use core::arch::x86_64::*;
-            // SAFETY: each `[f32; lanes]` is that many readable and writable floats (unaligned
-            // access).
+            st.check(acc, x);
+            // SAFETY: every slot and input read lies in `acc` resp. `x` (checked); each slot
+            // is `lanes` floats (unaligned access).
             unsafe {
                 let wv = $load(wv.as_ptr());
-                for (a, &xv) in row.iter_mut().zip(xs) {
-                    let p = a.as_mut_ptr();
-                    $store(p, $add($load(p), $mul(wv, $set1(xv))));
+                for r in 0..st.rows {
+                    let a = acc.as_mut_ptr().add(st.a0 + r * st.a_step).cast::<f32>();
+                    let xs = x.as_ptr().add(st.x0 + r * st.x_step);
+                    for i in 0..st.len {
+                        let p = a.add(i * $lanes);
+                        $store(p, $add($load(p), $mul(wv, $set1(*xs.add(i)))));
+                    }
                 }
             }
         }
@@ -365,10 +398,10 @@ macro_rules! vector_row {
 }
 
 #[cfg(target_arch = "x86_64")]
-vector_row! { row_avx, "avx", BLOCK,
+vector_strip! { strip_avx, "avx", BLOCK,
 _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps }
 #[cfg(target_arch = "x86_64")]
-vector_row! { row_avx512, "avx512f", WIDE,
+vector_strip! { strip_avx512, "avx512f", WIDE,
 _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps }
 
 /// [`exact_block`] compiled with AVX (the block one 8-wide multiply and one add per input;
@@ -379,9 +412,9 @@ unsafe fn exact_block_avx(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
 ) {
     if blk.per == 1 {
-        exact_block_body(planes, x, w, b, blk, g, row_portable::<1>);
+        exact_block_body(planes, x, w, b, blk, g, strip_portable::<1>);
     } else {
-        exact_block_body(planes, x, w, b, blk, g, |r, xs, wv| row_avx(r, xs, wv));
+        exact_block_body(planes, x, w, b, blk, g, |a, x, st, wv| strip_avx(a, x, st, wv));
     }
 }
 
@@ -391,7 +424,7 @@ unsafe fn exact_block_avx(
 unsafe fn exact_block_avx512(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
 ) {
-    exact_block_body(planes, x, w, b, blk, g, |r, xs, wv| row_avx512(r, xs, wv));
+    exact_block_body(planes, x, w, b, blk, g, |a, x, st, wv| strip_avx512(a, x, st, wv));
 }
 
 /// The body of [`exact_block`], for every instruction set (`row`: its inner loop).
@@ -399,7 +432,7 @@ unsafe fn exact_block_avx512(
 #[allow(clippy::too_many_arguments)]
 fn exact_block_body<const B: usize>(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
-    row_op: impl Fn(&mut [[f32; B]], &[f32], &[f32; B]),
+    strip_op: impl Fn(&mut [[f32; B]], &[f32], &Strip, &[f32; B]),
 ) {
     let (k, s, p) = (g.k, g.s, g.p);
     let (ow, Block { co0, per, oy0, oy1 }) = (g.iw, *blk);
@@ -425,11 +458,16 @@ fn exact_block_body<const B: usize>(
                 }
                 // ox + p = gx·s + kx = (gx + kx / s)·s + kx % s.
                 let (r, m) = (kx % s, kx / s);
-                for gy in ylo..yhi {
-                    let at = (gy * s + ky - p - oy0) * row_slots + r * q_len + m;
-                    let xs = &xplane[gy * g.gw + lo..gy * g.gw + hi];
-                    row_op(&mut acc[at + lo..at + hi], xs, &wv);
-                }
+                // Input rows ylo..yhi land on output rows s apart.
+                let st = Strip {
+                    a0: (ylo * s + ky - p - oy0) * row_slots + r * q_len + m + lo,
+                    a_step: s * row_slots,
+                    x0: ylo * g.gw + lo,
+                    x_step: g.gw,
+                    rows: yhi - ylo,
+                    len: hi - lo,
+                };
+                strip_op(acc, xplane, &st, &wv);
             }
         }
     }
@@ -614,9 +652,9 @@ mod tests {
                 let x = &inp[sample * g.grid..(sample + 1) * g.grid];
                 let blk = Block { co0, per, oy0: 0, oy1: g.ih };
                 if per == 1 {
-                    exact_block_body(planes, x, &w, &b, &blk, &g, row_portable::<1>);
+                    exact_block_body(planes, x, &w, &b, &blk, &g, strip_portable::<1>);
                 } else {
-                    exact_block_body(planes, x, &w, &b, &blk, &g, row_portable::<BLOCK>);
+                    exact_block_body(planes, x, &w, &b, &blk, &g, strip_portable::<BLOCK>);
                 }
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<std::vec::Vec<_>>();
