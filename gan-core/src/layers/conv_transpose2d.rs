@@ -290,6 +290,8 @@ fn block_width(c_out: usize) -> Option<usize> {
     }
     if c_out.is_multiple_of(BLOCK) { Some(BLOCK) } else { (c_out <= BLOCK).then_some(c_out) }
 }
+/// Elements of [`exact_block`]'s zero-padded input plane (4×4 kernels with stride 2).
+const MAX_PADDED: usize = 1024;
 /// Accumulator slots of one output plane in [`exact_block`] (`OH · stride ·
 /// ⌈(OW + pad)/stride⌉`, about `OH · (OW + pad + stride)`): 32 KiB of stack.
 const BLOCK_SLOTS: usize = 1024;
@@ -314,9 +316,9 @@ fn exact_block(planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block,
         return unsafe { exact_block_avx(planes, x, w, b, blk, g) };
     }
     if blk.per == 1 {
-        exact_block_body(planes, x, w, b, blk, g, strip_portable::<1>);
+        exact_block_body(planes, x, w, b, blk, g, strip_portable::<1>, quad_portable::<1>);
     } else {
-        exact_block_body(planes, x, w, b, blk, g, strip_portable::<BLOCK>);
+        exact_block_body(planes, x, w, b, blk, g, strip_portable::<BLOCK>, quad_portable::<BLOCK>);
     }
 }
 
@@ -359,6 +361,7 @@ impl Strip {
 /// inner loop of [`exact_block_body`].
 #[inline(always)]
 fn strip_portable<const B: usize>(acc: &mut [[f32; B]], x: &[f32], st: &Strip, wv: &[f32; B]) {
+    st.check(acc, x);
     for r in 0..st.rows {
         let (a, xs) = (st.a0 + r * st.a_step, st.x0 + r * st.x_step);
         for (a, &xv) in acc[a..a + st.len].iter_mut().zip(&x[xs..xs + st.len]) {
@@ -404,6 +407,89 @@ _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps 
 vector_strip! { strip_avx512, "avx512f", WIDE,
 _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps }
 
+/// For 4×4 kernels with stride 2, the slots of one output parity over a zero-padded input
+/// plane (`xp`, rows `x_step` apart): `rows` rows of `len` slots from slot `a0` (rows
+/// `a_step` apart), each getting its four taps of one input channel at once, in (ky, kx)
+/// order: `xp[xa + q + 1]`, `xp[xa + q]` (its input row), then the same one row up.
+#[derive(Clone, Copy)]
+struct Quad {
+    a0: usize,
+    a_step: usize,
+    xa: usize,
+    x_step: usize,
+    rows: usize,
+    len: usize,
+}
+
+impl Quad {
+    /// Panics unless every slot and input of the quad strip lies in `acc` resp. `xp`.
+    fn check<T>(&self, acc: &[T], xp: &[f32]) {
+        if self.rows > 0 && self.len > 0 {
+            let last = (self.rows - 1) * self.x_step + self.xa + self.len + 1;
+            assert!(self.a0 + (self.rows - 1) * self.a_step + self.len <= acc.len());
+            assert!(self.xa >= self.x_step && last <= xp.len());
+        }
+    }
+}
+
+/// [`Quad`]'s sums in plain Rust: `acc[slot] += w[0]·a1 + w[1]·a0 + w[2]·b1 + w[3]·b0`, each
+/// product rounded and added in that order.
+#[inline(always)]
+fn quad_portable<const B: usize>(acc: &mut [[f32; B]], xp: &[f32], q: &Quad, w: &[[f32; B]; 4]) {
+    q.check(acc, xp);
+    for r in 0..q.rows {
+        let (a, xa) = (q.a0 + r * q.a_step, q.xa + r * q.x_step);
+        for (i, slot) in acc[a..a + q.len].iter_mut().enumerate() {
+            let x = [xp[xa + i + 1], xp[xa + i], xp[xa - q.x_step + i + 1], xp[xa - q.x_step + i]];
+            for (t, &xv) in x.iter().enumerate() {
+                for (a, &wc) in slot.iter_mut().zip(&w[t]) {
+                    *a += wc * xv;
+                }
+            }
+        }
+    }
+}
+
+/// [`quad_portable`] in one vector instruction set (`$name`, `$lanes` channels).
+#[cfg(target_arch = "x86_64")]
+macro_rules! vector_quad {
+    ($name:ident, $feature:literal, $lanes:expr,
+     $load:ident, $store:ident, $add:ident, $mul:ident, $set1:ident) => {
+        #[target_feature(enable = $feature)]
+        #[inline]
+        fn $name(acc: &mut [[f32; $lanes]], xp: &[f32], q: &Quad, w: &[[f32; $lanes]; 4]) {
+            use core::arch::x86_64::*;
+            q.check(acc, xp);
+            // SAFETY: every slot and input read lies in `acc` resp. `xp` (checked); each slot
+            // and weight vector is `lanes` floats (unaligned access).
+            unsafe {
+                let w = w.each_ref().map(|v| $load(v.as_ptr()));
+                for r in 0..q.rows {
+                    let a = acc.as_mut_ptr().add(q.a0 + r * q.a_step).cast::<f32>();
+                    let xa = xp.as_ptr().add(q.xa + r * q.x_step);
+                    let xb = xa.sub(q.x_step);
+                    for i in 0..q.len {
+                        let p = a.add(i * $lanes);
+                        let mut v = $load(p);
+                        v = $add(v, $mul(w[0], $set1(*xa.add(i + 1))));
+                        v = $add(v, $mul(w[1], $set1(*xa.add(i))));
+                        v = $add(v, $mul(w[2], $set1(*xb.add(i + 1))));
+                        v = $add(v, $mul(w[3], $set1(*xb.add(i))));
+                        $store(p, v);
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+vector_quad! { quad_avx, "avx", BLOCK,
+_mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps }
+#[cfg(target_arch = "x86_64")]
+vector_quad! { quad_avx512, "avx512f", WIDE,
+_mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps }
+
 /// [`exact_block`] compiled with AVX (the block one 8-wide multiply and one add per input;
 /// a one-channel block vectorised by the compiler along the row instead).
 #[cfg(target_arch = "x86_64")]
@@ -412,9 +498,18 @@ unsafe fn exact_block_avx(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
 ) {
     if blk.per == 1 {
-        exact_block_body(planes, x, w, b, blk, g, strip_portable::<1>);
+        exact_block_body(planes, x, w, b, blk, g, strip_portable::<1>, quad_portable::<1>);
     } else {
-        exact_block_body(planes, x, w, b, blk, g, |a, x, st, wv| strip_avx(a, x, st, wv));
+        exact_block_body(
+            planes,
+            x,
+            w,
+            b,
+            blk,
+            g,
+            |a, x, st, wv| strip_avx(a, x, st, wv),
+            |a, x, q, w| quad_avx(a, x, q, w),
+        );
     }
 }
 
@@ -424,7 +519,16 @@ unsafe fn exact_block_avx(
 unsafe fn exact_block_avx512(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
 ) {
-    exact_block_body(planes, x, w, b, blk, g, |a, x, st, wv| strip_avx512(a, x, st, wv));
+    exact_block_body(
+        planes,
+        x,
+        w,
+        b,
+        blk,
+        g,
+        |a, x, st, wv| strip_avx512(a, x, st, wv),
+        |a, x, q, w| quad_avx512(a, x, q, w),
+    );
 }
 
 /// The body of [`exact_block`], for every instruction set (`row`: its inner loop).
@@ -433,6 +537,7 @@ unsafe fn exact_block_avx512(
 fn exact_block_body<const B: usize>(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
     strip_op: impl Fn(&mut [[f32; B]], &[f32], &Strip, &[f32; B]),
+    quad_op: impl Fn(&mut [[f32; B]], &[f32], &Quad, &[[f32; B]; 4]),
 ) {
     let (k, s, p) = (g.k, g.s, g.p);
     let (ow, Block { co0, per, oy0, oy1 }) = (g.iw, *blk);
@@ -441,7 +546,55 @@ fn exact_block_body<const B: usize>(
     let row_slots = s * q_len;
     let mut acc = [[0f32; B]; BLOCK_SLOTS];
     let acc = &mut acc[..(oy1 - oy0) * row_slots];
+    // 4×4 kernels with stride 2: every output parity meets two kernel rows and two columns,
+    // so with the input zero-padded each slot takes its four taps of an input channel at
+    // once. Adding the padding's products changes no bit while the weights are finite (a
+    // finite weight times zero is ±0, and a sum that starts at +0 never becomes −0, so adding
+    // ±0 leaves it as it is); an input channel with a non-finite weight goes tap by tap.
+    let (qy_len, px) = ((g.ih - 1 + p) / s + 1, q_len + 1);
+    let quads = k == 4 && s == 2 && (qy_len + 1) * px <= MAX_PADDED;
+    let mut xp = [0f32; MAX_PADDED];
+    let mut wq = [[0f32; B]; 16];
     for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
+        if quads {
+            let mut finite = true;
+            for (t, v) in wq.iter_mut().enumerate() {
+                for (c, v) in v[..per].iter_mut().enumerate() {
+                    *v = w[(cin * g.ci + co0 + c) * 16 + t];
+                    finite &= v.is_finite();
+                }
+            }
+            if finite {
+                // Row gy + 1, column gx + 1 of the padded plane hold the input at (gy, gx).
+                let xp = &mut xp[..(qy_len + 1) * px];
+                xp.fill(0.0);
+                for gy in 0..g.gh.min(qy_len) {
+                    let n = g.gw.min(q_len);
+                    xp[(gy + 1) * px + 1..(gy + 1) * px + 1 + n]
+                        .copy_from_slice(&xplane[gy * g.gw..gy * g.gw + n]);
+                }
+                for (ry, rx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                    let taps = [(ry, rx), (ry, rx + 2), (ry + 2, rx), (ry + 2, rx + 2)];
+                    let w4 = taps.map(|(ky, kx)| wq[ky * 4 + kx]);
+                    // Output rows of this parity in oy0..oy1: oy + p = 2·qy + ry.
+                    let first = oy0 + (ry + 2 - (oy0 + p) % 2) % 2;
+                    if first >= oy1 {
+                        continue;
+                    }
+                    let qy = (first + p) / 2;
+                    let q = Quad {
+                        a0: (first - oy0) * row_slots + rx * q_len,
+                        a_step: 2 * row_slots,
+                        xa: (qy + 1) * px,
+                        x_step: px,
+                        rows: (oy1 - first).div_ceil(2),
+                        len: q_len,
+                    };
+                    quad_op(acc, xp, &q, &w4);
+                }
+                continue;
+            }
+        }
         for ky in 0..k {
             // Input rows gy with oy = gy·s + ky − p in oy0..oy1 (`span`'s upper end counts
             // the rows below a height).
@@ -638,8 +791,14 @@ mod tests {
         ] {
             let d = ConvDims { in_c, in_h, in_w, out_c, k, stride, pad };
             let g = Geom::transpose(&d).unwrap();
-            let inp: std::vec::Vec<f32> = (0..n * g.grid).map(|_| r.next_f32()).collect();
-            let w: std::vec::Vec<f32> = (0..g.w).map(|_| r.next_f32()).collect();
+            let inp: std::vec::Vec<f32> =
+                (0..n * g.grid).map(|i| if i % 7 == 0 { 0.0 } else { r.next_f32() }).collect();
+            let mut w: std::vec::Vec<f32> = (0..g.w).map(|_| r.next_f32()).collect();
+            // A non-finite weight in the second input channel (the tap-by-tap fallback for
+            // that channel only), and exact zeros among the inputs.
+            if in_c > 1 && out_c == 16 {
+                w[g.w / in_c + 5] = f32::INFINITY;
+            }
             let b: std::vec::Vec<f32> = (0..out_c).map(|_| r.next_f32()).collect();
             let mut want = std::vec![f32::NAN; n * g.img];
             exact_by_plane(&mut want, &inp, &w, &b, n, &g, &Serial);
@@ -652,9 +811,27 @@ mod tests {
                 let x = &inp[sample * g.grid..(sample + 1) * g.grid];
                 let blk = Block { co0, per, oy0: 0, oy1: g.ih };
                 if per == 1 {
-                    exact_block_body(planes, x, &w, &b, &blk, &g, strip_portable::<1>);
+                    exact_block_body(
+                        planes,
+                        x,
+                        &w,
+                        &b,
+                        &blk,
+                        &g,
+                        strip_portable::<1>,
+                        quad_portable::<1>,
+                    );
                 } else {
-                    exact_block_body(planes, x, &w, &b, &blk, &g, strip_portable::<BLOCK>);
+                    exact_block_body(
+                        planes,
+                        x,
+                        &w,
+                        &b,
+                        &blk,
+                        &g,
+                        strip_portable::<BLOCK>,
+                        quad_portable::<BLOCK>,
+                    );
                 }
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<std::vec::Vec<_>>();
