@@ -278,7 +278,8 @@ unsafe fn tile(x: &[i16], u: *const u8, acc: &mut [i32; TILE]) {
 /// weight word (the encodings given: `ror #8` for the block's odd channel) and an `SMLAD`.
 #[cfg(all(target_arch = "arm", target_has_atomic = "32", target_abi = "eabihf"))]
 macro_rules! dsp_two_wide {
-    ($x:expr, $block:expr, $end:expr, $acc:ident, $u10:literal, $u11:literal, $u12:literal, $ulr:literal) => {
+    ($x:expr, $block:expr, $end:expr, $acc:ident,
+     $u10:literal, $u11:literal, $u12:literal, $ulr:literal) => {
         core::arch::asm!(
             concat!(
                 "2:\n",

@@ -296,14 +296,15 @@ const MAX_PADDED: usize = 1024;
 /// ⌈(OW + pad)/stride⌉`, about `OH · (OW + pad + stride)`): 32 KiB of stack.
 const BLOCK_SLOTS: usize = 1024;
 
-/// Output channels `co0 .. co0 + per` (`per <= BLOCK`, or sixteen with AVX-512F) of one sample, into their `per` planes:
-/// the exact kernel's sums, each output still the fixed-order sum over (input channel, ky, kx)
-/// of separately rounded products and additions, then the bias, so the bits are the
-/// plane-by-plane loops' exactly. What changes is the loop nest: one weight per channel of
-/// the block is loaded once per (input channel, ky, kx) and applied to every input it meets
-/// for all the block's channels at once (the block is the vector), and the output plane is
-/// kept deinterleaved by column parity (`ox + p = q·s + r` at slot `(oy·s + r)·Q + q`) so a
-/// tap's contributions to a row are contiguous.
+/// Output channels `co0 .. co0 + per` (`per <= BLOCK`, or sixteen with AVX-512F), rows
+/// `oy0 .. oy1` of one sample, into their `per` planes: the exact kernel's sums, each output
+/// still the fixed-order sum over (input channel, ky, kx) of separately rounded products and
+/// additions, then the bias, so the bits are the plane-by-plane loops' exactly. What changes
+/// is the loop nest: one weight per channel of the block is loaded once per (input channel,
+/// ky, kx) and applied to every input it meets for all the block's channels at once (the
+/// block is the vector), and the output is kept deinterleaved by column parity (`ox + p =
+/// q·s + r` at slot `(oy·s + r)·Q + q`) so a tap's contributions to a row are contiguous; for
+/// 4×4 kernels with stride 2 each slot takes its four taps of an input channel in one pass.
 fn exact_block(planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom) {
     #[cfg(target_arch = "x86_64")]
     if blk.per == WIDE {
@@ -355,6 +356,16 @@ impl Strip {
             );
         }
     }
+
+    /// [`Strip::check`] for a quad strip (4×4 kernels with stride 2, over the zero-padded
+    /// input plane `xp`, rows `x_step` apart): each slot `q` of a row also reads the input one
+    /// further (`x0 + q + 1`) and both one row up, so those must lie in `xp` too.
+    fn check_quad<T>(&self, acc: &[T], xp: &[f32]) {
+        if self.rows > 0 && self.len > 0 {
+            self.check(acc, &xp[..xp.len().saturating_sub(1)]);
+            assert!(self.x0 >= self.x_step);
+        }
+    }
 }
 
 /// `acc[slot][c] += wv[c] · x[i]` over a strip (each product rounded, then the sum): the
@@ -372,15 +383,16 @@ fn strip_portable<const B: usize>(acc: &mut [[f32; B]], x: &[f32], st: &Strip, w
     }
 }
 
-/// [`strip_portable`] in one vector instruction set: `$name` over `$lanes` channels with one
-/// multiply and one add per input (no FMA: the same bits), without per-row bounds checks.
+/// [`strip_portable`] and [`quad_portable`] in one vector instruction set (`$strip`, `$quad`
+/// over `$lanes` channels): one multiply and one add per product (no FMA: the same bits),
+/// without per-row bounds checks.
 #[cfg(target_arch = "x86_64")]
-macro_rules! vector_strip {
-    ($name:ident, $feature:literal, $lanes:expr,
+macro_rules! vector_strips {
+    ($strip:ident, $quad:ident, $feature:literal, $lanes:expr,
      $load:ident, $store:ident, $add:ident, $mul:ident, $set1:ident) => {
         #[target_feature(enable = $feature)]
         #[inline]
-        fn $name(acc: &mut [[f32; $lanes]], x: &[f32], st: &Strip, wv: &[f32; $lanes]) {
+        fn $strip(acc: &mut [[f32; $lanes]], x: &[f32], st: &Strip, wv: &[f32; $lanes]) {
             use core::arch::x86_64::*;
             st.check(acc, x);
             // SAFETY: every slot and input read lies in `acc` resp. `x` (checked); each slot
@@ -397,76 +409,18 @@ macro_rules! vector_strip {
                 }
             }
         }
-    };
-}
 
-#[cfg(target_arch = "x86_64")]
-vector_strip! { strip_avx, "avx", BLOCK,
-_mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps }
-#[cfg(target_arch = "x86_64")]
-vector_strip! { strip_avx512, "avx512f", WIDE,
-_mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps }
-
-/// For 4×4 kernels with stride 2, the slots of one output parity over a zero-padded input
-/// plane (`xp`, rows `x_step` apart): `rows` rows of `len` slots from slot `a0` (rows
-/// `a_step` apart), each getting its four taps of one input channel at once, in (ky, kx)
-/// order: `xp[xa + q + 1]`, `xp[xa + q]` (its input row), then the same one row up.
-#[derive(Clone, Copy)]
-struct Quad {
-    a0: usize,
-    a_step: usize,
-    xa: usize,
-    x_step: usize,
-    rows: usize,
-    len: usize,
-}
-
-impl Quad {
-    /// Panics unless every slot and input of the quad strip lies in `acc` resp. `xp`.
-    fn check<T>(&self, acc: &[T], xp: &[f32]) {
-        if self.rows > 0 && self.len > 0 {
-            let last = (self.rows - 1) * self.x_step + self.xa + self.len + 1;
-            assert!(self.a0 + (self.rows - 1) * self.a_step + self.len <= acc.len());
-            assert!(self.xa >= self.x_step && last <= xp.len());
-        }
-    }
-}
-
-/// [`Quad`]'s sums in plain Rust: `acc[slot] += w[0]·a1 + w[1]·a0 + w[2]·b1 + w[3]·b0`, each
-/// product rounded and added in that order.
-#[inline(always)]
-fn quad_portable<const B: usize>(acc: &mut [[f32; B]], xp: &[f32], q: &Quad, w: &[[f32; B]; 4]) {
-    q.check(acc, xp);
-    for r in 0..q.rows {
-        let (a, xa) = (q.a0 + r * q.a_step, q.xa + r * q.x_step);
-        for (i, slot) in acc[a..a + q.len].iter_mut().enumerate() {
-            let x = [xp[xa + i + 1], xp[xa + i], xp[xa - q.x_step + i + 1], xp[xa - q.x_step + i]];
-            for (t, &xv) in x.iter().enumerate() {
-                for (a, &wc) in slot.iter_mut().zip(&w[t]) {
-                    *a += wc * xv;
-                }
-            }
-        }
-    }
-}
-
-/// [`quad_portable`] in one vector instruction set (`$name`, `$lanes` channels).
-#[cfg(target_arch = "x86_64")]
-macro_rules! vector_quad {
-    ($name:ident, $feature:literal, $lanes:expr,
-     $load:ident, $store:ident, $add:ident, $mul:ident, $set1:ident) => {
         #[target_feature(enable = $feature)]
         #[inline]
-        fn $name(acc: &mut [[f32; $lanes]], xp: &[f32], q: &Quad, w: &[[f32; $lanes]; 4]) {
+        fn $quad(acc: &mut [[f32; $lanes]], xp: &[f32], q: &Strip, w: &[[f32; $lanes]; 4]) {
             use core::arch::x86_64::*;
-            q.check(acc, xp);
-            // SAFETY: every slot and input read lies in `acc` resp. `xp` (checked); each slot
-            // and weight vector is `lanes` floats (unaligned access).
+            q.check_quad(acc, xp);
+            // SAFETY: as above, with the quad strip's reads (checked).
             unsafe {
                 let w = w.each_ref().map(|v| $load(v.as_ptr()));
                 for r in 0..q.rows {
                     let a = acc.as_mut_ptr().add(q.a0 + r * q.a_step).cast::<f32>();
-                    let xa = xp.as_ptr().add(q.xa + r * q.x_step);
+                    let xa = xp.as_ptr().add(q.x0 + r * q.x_step);
                     let xb = xa.sub(q.x_step);
                     for i in 0..q.len {
                         let p = a.add(i * $lanes);
@@ -484,11 +438,30 @@ macro_rules! vector_quad {
 }
 
 #[cfg(target_arch = "x86_64")]
-vector_quad! { quad_avx, "avx", BLOCK,
+vector_strips! { strip_avx, quad_avx, "avx", BLOCK,
 _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps }
 #[cfg(target_arch = "x86_64")]
-vector_quad! { quad_avx512, "avx512f", WIDE,
+vector_strips! { strip_avx512, quad_avx512, "avx512f", WIDE,
 _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps }
+
+/// A quad strip's sums in plain Rust (see [`Strip::check_quad`]): `acc[slot] += w[0]·a1 +
+/// w[1]·a0 + w[2]·b1 + w[3]·b0` (`a1`, `a0` the inputs at and before the slot's column in its
+/// row, `b1`, `b0` one row up), each product rounded and added in that order.
+#[inline(always)]
+fn quad_portable<const B: usize>(acc: &mut [[f32; B]], xp: &[f32], q: &Strip, w: &[[f32; B]; 4]) {
+    q.check_quad(acc, xp);
+    for r in 0..q.rows {
+        let (a, xa) = (q.a0 + r * q.a_step, q.x0 + r * q.x_step);
+        for (i, slot) in acc[a..a + q.len].iter_mut().enumerate() {
+            let x = [xp[xa + i + 1], xp[xa + i], xp[xa - q.x_step + i + 1], xp[xa - q.x_step + i]];
+            for (t, &xv) in x.iter().enumerate() {
+                for (a, &wc) in slot.iter_mut().zip(&w[t]) {
+                    *a += wc * xv;
+                }
+            }
+        }
+    }
+}
 
 /// [`exact_block`] compiled with AVX (the block one 8-wide multiply and one add per input;
 /// a one-channel block vectorised by the compiler along the row instead).
@@ -537,7 +510,7 @@ unsafe fn exact_block_avx512(
 fn exact_block_body<const B: usize>(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
     strip_op: impl Fn(&mut [[f32; B]], &[f32], &Strip, &[f32; B]),
-    quad_op: impl Fn(&mut [[f32; B]], &[f32], &Quad, &[[f32; B]; 4]),
+    quad_op: impl Fn(&mut [[f32; B]], &[f32], &Strip, &[[f32; B]; 4]),
 ) {
     let (k, s, p) = (g.k, g.s, g.p);
     let (ow, Block { co0, per, oy0, oy1 }) = (g.iw, *blk);
@@ -582,10 +555,10 @@ fn exact_block_body<const B: usize>(
                         continue;
                     }
                     let qy = (first + p) / 2;
-                    let q = Quad {
+                    let q = Strip {
                         a0: (first - oy0) * row_slots + rx * q_len,
                         a_step: 2 * row_slots,
-                        xa: (qy + 1) * px,
+                        x0: (qy + 1) * px,
                         x_step: px,
                         rows: (oy1 - first).div_ceil(2),
                         len: q_len,
@@ -810,29 +783,8 @@ mod tests {
                 let (sample, co0) = (item / (out_c / per), item % (out_c / per) * per);
                 let x = &inp[sample * g.grid..(sample + 1) * g.grid];
                 let blk = Block { co0, per, oy0: 0, oy1: g.ih };
-                if per == 1 {
-                    exact_block_body(
-                        planes,
-                        x,
-                        &w,
-                        &b,
-                        &blk,
-                        &g,
-                        strip_portable::<1>,
-                        quad_portable::<1>,
-                    );
-                } else {
-                    exact_block_body(
-                        planes,
-                        x,
-                        &w,
-                        &b,
-                        &blk,
-                        &g,
-                        strip_portable::<BLOCK>,
-                        quad_portable::<BLOCK>,
-                    );
-                }
+                let (strip, quad) = (strip_portable::<BLOCK>, quad_portable::<BLOCK>);
+                exact_block_body(planes, x, &w, &b, &blk, &g, strip, quad);
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<std::vec::Vec<_>>();
             assert_eq!(bits(&body), bits(&want), "portable {d:?}");
