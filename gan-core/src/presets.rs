@@ -118,8 +118,9 @@ pub fn mlp_discriminator(
 /// ReLU, a transposed convolution to one channel (the full size), the output activation `out`.
 pub const fn conv_generator_layers(h: u32, w: u32, c0: u32, c1: u32, out: Layer) -> [Layer; 9] {
     let (h4, w4) = (h / 4, w / 4);
+    // Saturated, not wrapped: a size past u32 gives a network that fails its shape checks.
     [
-        Layer::Dense { out: c0 * h4 * w4 },
+        Layer::Dense { out: c0.saturating_mul(h4).saturating_mul(w4) },
         Layer::Reshape { to: Shape::image(c0, h4, w4) },
         BN,
         Layer::Relu,
@@ -231,5 +232,10 @@ mod tests {
         // The widest activation: the 16 × 14 × 14 map.
         assert_eq!(PICO_SPEC.max_features(), 16 * 14 * 14);
         assert_eq!(MCU_SPEC.max_features(), 784);
+        // Sizes past u32 (huge images and widths) neither wrap nor panic: the network is
+        // refused by its shape checks.
+        let huge = conv_generator(1 << 20, 1 << 20, 1 << 16, 16, Layer::Tanh);
+        assert_eq!(huge[0], Layer::Dense { out: u32::MAX });
+        assert!(Spec::new(Shape::flat(32), &huge).is_err());
     }
 }
