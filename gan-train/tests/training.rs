@@ -205,15 +205,21 @@ fn version_1_checkpoints_still_load() {
         ck.source.clone(),
     );
     let payload = postcard::to_stdvec(&v1).unwrap();
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(b"GANC");
-    bytes.extend_from_slice(&1u32.to_le_bytes());
-    bytes.extend_from_slice(&gan_core::format::crc32(&payload).to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&payload);
+    let bytes = container(1, &payload);
     let back = checkpoint::decode(&bytes).unwrap();
     assert_same_state(&ck, &back);
     assert_eq!(back.log_window, Default::default());
+}
+
+/// A checkpoint file around `payload`: magic, `version`, CRC-32 and length, as the encoder
+/// frames it.
+fn container(version: u32, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = b"GANC".to_vec();
+    bytes.extend_from_slice(&version.to_le_bytes());
+    bytes.extend_from_slice(&gan_core::format::crc32(payload).to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
 }
 
 /// `ck` as far as a version 1 or 2 checkpoint can describe it: the options added since at
@@ -244,12 +250,7 @@ fn version_2_checkpoints_still_load() {
         (ck.last_g_loss, ck.source.clone(), ck.log_window),
     );
     let payload = postcard::to_stdvec(&v2).unwrap();
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(b"GANC");
-    bytes.extend_from_slice(&2u32.to_le_bytes());
-    bytes.extend_from_slice(&gan_core::format::crc32(&payload).to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&payload);
+    let bytes = container(2, &payload);
     let back = checkpoint::decode(&bytes).unwrap();
     assert_same_state(&ck, &back);
     assert_eq!(back.g_ema, None);
@@ -307,13 +308,7 @@ fn damaged_checkpoints_are_rejected_with_clear_errors() {
 
     // A well-formed container whose payload is not a checkpoint.
     let payload = [0xffu8; 40];
-    let mut container = Vec::new();
-    container.extend_from_slice(b"GANC");
-    container.extend_from_slice(&2u32.to_le_bytes());
-    container.extend_from_slice(&gan_core::format::crc32(&payload).to_le_bytes());
-    container.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    container.extend_from_slice(&payload);
-    assert!(decode(&container).contains("does not decode"));
+    assert!(decode(&container(2, &payload)).contains("does not decode"));
 
     // Loading a file names the file.
     let dir = tempfile::tempdir().unwrap();
@@ -333,11 +328,7 @@ fn write_atomic_replaces_content_and_leaves_no_temp_file() {
     assert_eq!(read(&path), b"first version, longer than the second");
     run::write_atomic(&path, b"second").unwrap();
     assert_eq!(read(&path), b"second");
-    let names: Vec<String> = fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["file.bin"], "only the target remains");
+    assert_eq!(names_in(path.parent().unwrap()), ["file.bin"], "only the target remains");
 }
 
 #[test]
@@ -350,11 +341,13 @@ fn failed_write_atomic_cleans_up() {
     let msg = err_text(run::write_atomic(&target, b"new content"));
     assert!(msg.contains("taken"), "{msg}");
     assert_eq!(read(target.join("inside")), b"keep");
-    let names: Vec<String> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["taken"], "no temporary file is left behind");
+    assert_eq!(names_in(dir.path()), ["taken"], "no temporary file is left behind");
+}
+
+/// The names of the entries of `dir`.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let entries = fs::read_dir(dir).unwrap();
+    entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
 
 #[test]
