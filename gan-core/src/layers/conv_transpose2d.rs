@@ -5,6 +5,8 @@
 //! Shapes (one sample): `inp` C_in×H×W, `w` C_in×C_out×k×k, `b` C_out, `out` C_out×OH×OW with
 //! `OH = (H − 1)·stride − 2·pad + k` ([`conv_transpose_out_len`](crate::layers::conv2d::conv_transpose_out_len)).
 
+use core::mem::MaybeUninit;
+
 use crate::error::{CoreError, SpecError, check_len, check_min_len};
 use crate::kernels::{self, Exec, Serial, par};
 use crate::layers::Channels;
@@ -504,6 +506,28 @@ unsafe fn exact_block_avx512(
     );
 }
 
+/// `slots` set to zero (every bit pattern of zeros is a valid `T`: floats and arrays of them).
+fn zeroed<T: Zeroed>(slots: &mut [MaybeUninit<T>]) -> &mut [T] {
+    for s in slots.iter_mut() {
+        s.write(T::ZERO);
+    }
+    // SAFETY: every element was just initialised; `MaybeUninit<T>` has `T`'s layout.
+    unsafe { &mut *(slots as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// A value that is all zeros, for [`zeroed`].
+trait Zeroed: Copy {
+    const ZERO: Self;
+}
+
+impl Zeroed for f32 {
+    const ZERO: f32 = 0.0;
+}
+
+impl<const B: usize> Zeroed for [f32; B] {
+    const ZERO: [f32; B] = [0.0; B];
+}
+
 /// The body of [`exact_block`], for every instruction set (`row`: its inner loop).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -517,8 +541,9 @@ fn exact_block_body<const B: usize>(
     let part = (oy1 - oy0) * ow;
     let q_len = (ow - 1 + p) / s + 1;
     let row_slots = s * q_len;
-    let mut acc = [[0f32; B]; BLOCK_SLOTS];
-    let acc = &mut acc[..(oy1 - oy0) * row_slots];
+    // Only the slots used are zeroed (the whole array is 64 KiB for sixteen lanes).
+    let mut acc_store = [const { MaybeUninit::<[f32; B]>::uninit() }; BLOCK_SLOTS];
+    let acc = zeroed(&mut acc_store[..(oy1 - oy0) * row_slots]);
     // 4×4 kernels with stride 2: every output parity meets two kernel rows and two columns,
     // so with the input zero-padded each slot takes its four taps of an input channel at
     // once. Adding the padding's products changes no bit while the weights are finite (a
@@ -526,7 +551,7 @@ fn exact_block_body<const B: usize>(
     // ±0 leaves it as it is); an input channel with a non-finite weight goes tap by tap.
     let (qy_len, px) = ((g.ih - 1 + p) / s + 1, q_len + 1);
     let quads = k == 4 && s == 2 && (qy_len + 1) * px <= MAX_PADDED;
-    let mut xp = [0f32; MAX_PADDED];
+    let mut xp_store = [const { MaybeUninit::<f32>::uninit() }; MAX_PADDED];
     let mut wq = [[0f32; B]; 16];
     for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
         if quads {
@@ -539,8 +564,7 @@ fn exact_block_body<const B: usize>(
             }
             if finite {
                 // Row gy + 1, column gx + 1 of the padded plane hold the input at (gy, gx).
-                let xp = &mut xp[..(qy_len + 1) * px];
-                xp.fill(0.0);
+                let xp = zeroed(&mut xp_store[..(qy_len + 1) * px]);
                 for gy in 0..g.gh.min(qy_len) {
                     let n = g.gw.min(q_len);
                     xp[(gy + 1) * px + 1..(gy + 1) * px + 1 + n]
