@@ -414,24 +414,44 @@ macro_rules! vector_strips {
 
         #[target_feature(enable = $feature)]
         #[inline]
-        fn $quad(acc: &mut [[f32; $lanes]], xp: &[f32], q: &Strip, w: &[[f32; $lanes]; 4]) {
+        fn $quad(
+            acc: &mut [[f32; $lanes]], xp: &[f32], q: &Strip, w: &[[f32; $lanes]], plane: usize,
+        ) {
             use core::arch::x86_64::*;
+            // One input channel (four weights) or two (eight, the second plane `plane` later).
+            let two = w.len() == 8;
+            assert!(w.len() == 4 || two);
             q.check_quad(acc, xp);
-            // SAFETY: as above, with the quad strip's reads (checked).
+            if two {
+                q.check_quad(acc, &xp[plane..]);
+            }
+            // SAFETY: as above, with the quad strip's reads (checked for both planes).
             unsafe {
-                let w = w.each_ref().map(|v| $load(v.as_ptr()));
+                let ld = |t: usize| $load(w[t.min(w.len() - 1)].as_ptr());
+                let w0 = [ld(0), ld(1), ld(2), ld(3)];
+                let w1 = [ld(4), ld(5), ld(6), ld(7)];
+                let taps = |v, xa: *const f32, xb: *const f32, w: &[_; 4], i: usize| {
+                    let v = $add(v, $mul(w[0], $set1(*xa.add(i + 1))));
+                    let v = $add(v, $mul(w[1], $set1(*xa.add(i))));
+                    let v = $add(v, $mul(w[2], $set1(*xb.add(i + 1))));
+                    $add(v, $mul(w[3], $set1(*xb.add(i))))
+                };
                 for r in 0..q.rows {
                     let a = acc.as_mut_ptr().add(q.a0 + r * q.a_step).cast::<f32>();
                     let xa = xp.as_ptr().add(q.x0 + r * q.x_step);
                     let xb = xa.sub(q.x_step);
-                    for i in 0..q.len {
-                        let p = a.add(i * $lanes);
-                        let mut v = $load(p);
-                        v = $add(v, $mul(w[0], $set1(*xa.add(i + 1))));
-                        v = $add(v, $mul(w[1], $set1(*xa.add(i))));
-                        v = $add(v, $mul(w[2], $set1(*xb.add(i + 1))));
-                        v = $add(v, $mul(w[3], $set1(*xb.add(i))));
-                        $store(p, v);
+                    if two {
+                        let (xa2, xb2) = (xa.add(plane), xb.add(plane));
+                        for i in 0..q.len {
+                            let p = a.add(i * $lanes);
+                            let v = taps($load(p), xa, xb, &w0, i);
+                            $store(p, taps(v, xa2, xb2, &w1, i));
+                        }
+                    } else {
+                        for i in 0..q.len {
+                            let p = a.add(i * $lanes);
+                            $store(p, taps($load(p), xa, xb, &w0, i));
+                        }
                     }
                 }
             }
@@ -446,19 +466,28 @@ _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps 
 vector_strips! { strip_avx512, quad_avx512, "avx512f", WIDE,
 _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps }
 
-/// A quad strip's sums in plain Rust (see [`Strip::check_quad`]): `acc[slot] += w[0]·a1 +
+/// A quad strip's sums in plain Rust (see [`Strip::check_quad`]), for one input channel per
+/// four weights in `w` (their padded planes `plane` apart): per channel `acc[slot] += w[0]·a1 +
 /// w[1]·a0 + w[2]·b1 + w[3]·b0` (`a1`, `a0` the inputs at and before the slot's column in its
 /// row, `b1`, `b0` one row up), each product rounded and added in that order.
 #[inline(always)]
-fn quad_portable<const B: usize>(acc: &mut [[f32; B]], xp: &[f32], q: &Strip, w: &[[f32; B]; 4]) {
-    q.check_quad(acc, xp);
+fn quad_portable<const B: usize>(
+    acc: &mut [[f32; B]], xp: &[f32], q: &Strip, w: &[[f32; B]], plane: usize,
+) {
+    for c in 0..w.len() / 4 {
+        q.check_quad(acc, &xp[c * plane..]);
+    }
     for r in 0..q.rows {
         let (a, xa) = (q.a0 + r * q.a_step, q.x0 + r * q.x_step);
         for (i, slot) in acc[a..a + q.len].iter_mut().enumerate() {
-            let x = [xp[xa + i + 1], xp[xa + i], xp[xa - q.x_step + i + 1], xp[xa - q.x_step + i]];
-            for (t, &xv) in x.iter().enumerate() {
-                for (a, &wc) in slot.iter_mut().zip(&w[t]) {
-                    *a += wc * xv;
+            // Channel by channel, each one's four taps in (ky, kx) order.
+            for (c, w) in w.chunks_exact(4).enumerate() {
+                let (xa, xb) = (xa + c * plane, xa + c * plane - q.x_step);
+                let x = [xp[xa + i + 1], xp[xa + i], xp[xb + i + 1], xp[xb + i]];
+                for (t, &xv) in x.iter().enumerate() {
+                    for (a, &wc) in slot.iter_mut().zip(&w[t]) {
+                        *a += wc * xv;
+                    }
                 }
             }
         }
@@ -483,7 +512,7 @@ unsafe fn exact_block_avx(
             blk,
             g,
             |a, x, st, wv| strip_avx(a, x, st, wv),
-            |a, x, q, w| quad_avx(a, x, q, w),
+            |a, x, q, w, n| quad_avx(a, x, q, w, n),
         );
     }
 }
@@ -502,7 +531,7 @@ unsafe fn exact_block_avx512(
         blk,
         g,
         |a, x, st, wv| strip_avx512(a, x, st, wv),
-        |a, x, q, w| quad_avx512(a, x, q, w),
+        |a, x, q, w, n| quad_avx512(a, x, q, w, n),
     );
 }
 
@@ -534,7 +563,7 @@ impl<const B: usize> Zeroed for [f32; B] {
 fn exact_block_body<const B: usize>(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
     strip_op: impl Fn(&mut [[f32; B]], &[f32], &Strip, &[f32; B]),
-    quad_op: impl Fn(&mut [[f32; B]], &[f32], &Strip, &[[f32; B]; 4]),
+    quad_op: impl Fn(&mut [[f32; B]], &[f32], &Strip, &[[f32; B]], usize),
 ) {
     let (k, s, p) = (g.k, g.s, g.p);
     let (ow, Block { co0, per, oy0, oy1 }) = (g.iw, *blk);
@@ -552,45 +581,62 @@ fn exact_block_body<const B: usize>(
     let (qy_len, px) = ((g.ih - 1 + p) / s + 1, q_len + 1);
     let quads = k == 4 && s == 2 && (qy_len + 1) * px <= MAX_PADDED;
     let mut xp_store = [const { MaybeUninit::<f32>::uninit() }; MAX_PADDED];
-    let mut wq = [[0f32; B]; 16];
-    for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
-        if quads {
-            let mut finite = true;
-            for (t, v) in wq.iter_mut().enumerate() {
-                for (c, v) in v[..per].iter_mut().enumerate() {
-                    *v = w[(cin * g.ci + co0 + c) * 16 + t];
-                    finite &= v.is_finite();
-                }
+    let mut wq = [[0f32; B]; 32];
+    let plane_len = (qy_len + 1) * px;
+    // Input channels whose weights are all finite, two at a time where possible.
+    let finite_weights = |cin: usize, wq: &mut [[f32; B]]| {
+        let mut finite = true;
+        for (t, v) in wq.iter_mut().enumerate() {
+            for (c, v) in v[..per].iter_mut().enumerate() {
+                *v = w[(cin * g.ci + co0 + c) * 16 + t];
+                finite &= v.is_finite();
             }
-            if finite {
-                // Row gy + 1, column gx + 1 of the padded plane hold the input at (gy, gx).
-                let xp = zeroed(&mut xp_store[..(qy_len + 1) * px]);
+        }
+        finite
+    };
+    let mut cin = 0;
+    while cin < g.cg {
+        let xplane = &x[cin * g.cols..(cin + 1) * g.cols];
+        if quads && finite_weights(cin, &mut wq[..16]) {
+            let two = cin + 1 < g.cg
+                && 2 * plane_len <= MAX_PADDED
+                && finite_weights(cin + 1, &mut wq[16..]);
+            let n = if two { 2 } else { 1 };
+            // Row gy + 1, column gx + 1 of a padded plane hold the input at (gy, gx).
+            let xp = zeroed(&mut xp_store[..n * plane_len]);
+            for c in 0..n {
+                let src = &x[(cin + c) * g.cols..(cin + c + 1) * g.cols];
                 for gy in 0..g.gh.min(qy_len) {
-                    let n = g.gw.min(q_len);
-                    xp[(gy + 1) * px + 1..(gy + 1) * px + 1 + n]
-                        .copy_from_slice(&xplane[gy * g.gw..gy * g.gw + n]);
+                    let (m, at) = (g.gw.min(q_len), c * plane_len + (gy + 1) * px + 1);
+                    xp[at..at + m].copy_from_slice(&src[gy * g.gw..gy * g.gw + m]);
                 }
-                for (ry, rx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                    let taps = [(ry, rx), (ry, rx + 2), (ry + 2, rx), (ry + 2, rx + 2)];
-                    let w4 = taps.map(|(ky, kx)| wq[ky * 4 + kx]);
-                    // Output rows of this parity in oy0..oy1: oy + p = 2·qy + ry.
-                    let first = oy0 + (ry + 2 - (oy0 + p) % 2) % 2;
-                    if first >= oy1 {
-                        continue;
-                    }
-                    let qy = (first + p) / 2;
-                    let q = Strip {
-                        a0: (first - oy0) * row_slots + rx * q_len,
-                        a_step: 2 * row_slots,
-                        x0: (qy + 1) * px,
-                        x_step: px,
-                        rows: (oy1 - first).div_ceil(2),
-                        len: q_len,
-                    };
-                    quad_op(acc, xp, &q, &w4);
-                }
-                continue;
             }
+            for (ry, rx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                let taps = [(ry, rx), (ry, rx + 2), (ry + 2, rx), (ry + 2, rx + 2)];
+                let mut w8 = [[0f32; B]; 8];
+                for (c, chunk) in w8.chunks_exact_mut(4).enumerate().take(n) {
+                    for (slot, (ky, kx)) in chunk.iter_mut().zip(taps) {
+                        *slot = wq[c * 16 + ky * 4 + kx];
+                    }
+                }
+                // Output rows of this parity in oy0..oy1: oy + p = 2·qy + ry.
+                let first = oy0 + (ry + 2 - (oy0 + p) % 2) % 2;
+                if first >= oy1 {
+                    continue;
+                }
+                let qy = (first + p) / 2;
+                let q = Strip {
+                    a0: (first - oy0) * row_slots + rx * q_len,
+                    a_step: 2 * row_slots,
+                    x0: (qy + 1) * px,
+                    x_step: px,
+                    rows: (oy1 - first).div_ceil(2),
+                    len: q_len,
+                };
+                quad_op(acc, xp, &q, &w8[..4 * n], plane_len);
+            }
+            cin += n;
+            continue;
         }
         for ky in 0..k {
             // Input rows gy with oy = gy·s + ky − p in oy0..oy1 (`span`'s upper end counts
@@ -620,6 +666,7 @@ fn exact_block_body<const B: usize>(
                 strip_op(acc, xplane, &st, &wv);
             }
         }
+        cin += 1;
     }
     for oy in 0..oy1 - oy0 {
         for ox in 0..ow {
