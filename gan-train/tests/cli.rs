@@ -688,3 +688,52 @@ fn a_run_killed_at_any_write_resumes_to_the_same_files() {
     eprintln!("{kills} kills, each resumed to the uninterrupted run's files");
     assert!(kills >= 20, "only {kills} kills");
 }
+
+/// The corrupt-weights matrix: each damage to a real weights file (the q8 default and its f32
+/// twin) makes `sample` fail with exit code 1 and the parser's message, and `inspect` report
+/// it as invalid with the firmware's error code; the damaged file is left as it was and no
+/// output file appears.
+#[test]
+fn corrupt_weights_files_are_refused_with_their_codes_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/weights");
+    let q8 = read(weights.join("default-q8.ganw"));
+    let f32 = read(weights.join("default.ganw"));
+    let with = |bytes: &[u8], at: usize, new: &[u8]| {
+        let mut b = bytes.to_vec();
+        b[at..at + new.len()].copy_from_slice(new);
+        b
+    };
+    // A NaN weight in the f32 file's data (at byte 112, past the header), checksums repaired.
+    let nan = gan_train::fuzz::repair_weights(&with(&f32, 112 + 40, &f32::NAN.to_le_bytes()));
+    let cases: Vec<(&str, Vec<u8>, &str, u8)> = vec![
+        ("truncated", q8[..q8.len() / 2].to_vec(), "weights file is truncated", 10),
+        ("ten bytes", q8[..10].to_vec(), "weights file is truncated", 10),
+        ("magic", with(&q8, 0, b"XANW"), "not a weights file (magic is not GANW)", 11),
+        ("future", with(&q8, 4, &9u16.to_le_bytes()), "version 9 is not supported", 12),
+        ("version 3", with(&q8, 4, &3u16.to_le_bytes()), "export the model again", 12),
+        ("header", with(&q8, 20, &[q8[20] ^ 1]), "weights header is corrupt", 13),
+        ("data", with(&q8, q8.len() - 3, &[q8[q8.len() - 3] ^ 0x10]), "checksum mismatch", 16),
+        ("nan", nan, "hold a NaN or an infinity", 22),
+    ];
+    for (name, bytes, message, code) in cases {
+        let file = cwd.join(format!("{}.ganw", name.replace(' ', "-")));
+        fs::write(&file, &bytes).unwrap();
+        let model = file.to_string_lossy().into_owned();
+        let (exit, err) =
+            fails(cwd, &["sample", "--model", &model, "--n", "2", "--raw", "out.bin"]);
+        assert_eq!(exit, Some(1), "{name}: {err}");
+        assert!(err.contains("invalid weights file") && err.contains(message), "{name}: {err}");
+        assert!(!cwd.join("out.bin").exists(), "{name}: no output");
+        let o = gan(cwd, &["inspect", &model]);
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        let text = stdout(&o);
+        let coded = format!("(error code {code})");
+        assert!(
+            text.contains("INVALID") && text.contains(message) && text.contains(&coded),
+            "{name}: {text}"
+        );
+        assert_eq!(read(&file), bytes, "{name}: the file is left as it was");
+    }
+}
