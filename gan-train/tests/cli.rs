@@ -737,3 +737,55 @@ fn corrupt_weights_files_are_refused_with_their_codes_and_nothing_changes() {
         assert_eq!(read(&file), bytes, "{name}: the file is left as it was");
     }
 }
+
+/// Every file of a run directory (sub-folders included), with its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { todo.push(p) } else { out.push((p.clone(), read(&p))) }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The corrupt-checkpoint matrix: each damage to a run's checkpoint makes `train --resume`
+/// and `export --run` fail with exit code 1 and a message naming the file and the damage;
+/// nothing in the run directory changes and no weights file appears.
+#[test]
+fn corrupt_checkpoints_are_refused_and_the_run_is_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    ok(cwd, &train_args(&["--epochs", "1", "--run", "R"]));
+    let r = RunDir::new(cwd.join("R"));
+    let good = read(r.checkpoint());
+    let with = |at: usize, new: &[u8]| {
+        let mut b = good.clone();
+        b[at..at + new.len()].copy_from_slice(new);
+        b
+    };
+    let mut garbage = good.clone();
+    garbage[40..200].fill(0xff);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", good[..good.len() / 2].to_vec(), "truncated or has trailing bytes"),
+        ("magic", with(0, b"XANC"), "not a checkpoint file (bad magic)"),
+        ("future", with(4, &99u32.to_le_bytes()), "checkpoint version 99 is not supported"),
+        ("checksum", with(good.len() - 3, &[good[good.len() - 3] ^ 1]), "CRC mismatch"),
+        ("payload", gan_train::fuzz::repair_checkpoint(&garbage), "payload does not decode"),
+    ];
+    for (name, bytes, message) in cases {
+        fs::write(r.checkpoint(), &bytes).unwrap();
+        let before = snapshot(&cwd.join("R"));
+        let (code, err) = fails(cwd, &["train", "--resume", "R", "--quiet"]);
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains("checkpoint.bin") && err.contains(message), "{name}: {err}");
+        let (code, err) = fails(cwd, &["export", "--run", "R", "--out", "X.ganw"]);
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains("checkpoint.bin") && err.contains(message), "{name}: {err}");
+        assert!(!cwd.join("X.ganw").exists(), "{name}: no weights written");
+        assert!(snapshot(&cwd.join("R")) == before, "{name}: the run directory changed");
+    }
+}
