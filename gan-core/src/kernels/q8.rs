@@ -784,7 +784,7 @@ mod tests {
             [(1, 1), (3, 7), (42, 1568), (17, 9), (192, 784), (2, 8), (6, 17), (1100, 11), (513, 2)]
         {
             let (x, u) = (inputs(&mut r, k), bytes(&mut r, k * n));
-            // The paired layout, padding bytes random too (they must not count).
+            // The blocked layout, padding bytes random too (they must not count).
             let mut paired = bytes(&mut r, pair_len(k, n));
             for p in 0..k {
                 for c in 0..n {
