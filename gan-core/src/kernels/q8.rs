@@ -448,30 +448,22 @@ unsafe fn two_wide(x: &[i16], u: *const u8, w: usize, c: usize) -> (i32, usize) 
     (acc, done)
 }
 
-/// Adds `Σ_p x[p]·u(2·row0 + p, c)` to `init(c)` for every channel `c < n` of the blocked
-/// `k × n` matrix `u` and stores it (as i32 bits) at `out[c·step]`: `x` (even length) is the
-/// part of the input that starts at pair row `row0`. `init` is `base` for every channel, or,
-/// without one, what `out` holds.
+/// Adds `Σ_p x[p]·u(2·row0 + p, c)` to `init(c)` for every channel `c < n = out.len()` of the
+/// blocked `k × n` matrix `u` and stores it (as i32 bits) in `out[c]`: `x` (even length) is the
+/// part of a dense layer's input that starts at pair row `row0`. `init` is `base` for every
+/// channel, or, without one, what `out` holds.
 ///
-/// Panics if `x` does not fit the matrix or a slice is too short.
+/// Panics if `x` does not fit the matrix or `u` is too short.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn accumulate(
-    out: &mut [f32], step: usize, x: &[i16], u: &[u8], k: usize, n: usize, row0: usize,
-    base: Option<i32>,
-) {
-    let pairs = k.div_ceil(2);
+fn accumulate(out: &mut [f32], x: &[i16], u: &[u8], k: usize, row0: usize, base: Option<i32>) {
+    let (pairs, n) = (k.div_ceil(2), out.len());
     assert!(x.len().is_multiple_of(2) && row0 + x.len() / 2 <= pairs && u.len() >= pair_len(k, n));
-    assert!(n == 0 || out.len() > (n - 1) * step);
-    let o = out.as_mut_ptr();
-    for b in 0..n.div_ceil(TILE) {
-        let (c0, w) = (b * TILE, block_width(b, n));
-        // The block's last channel may be padding (n odd).
-        let real = (n - c0).min(TILE);
+    for (b, out) in out.chunks_mut(TILE).enumerate() {
+        let w = block_width(b, n);
+        // The block's last channel may be padding (n odd): `out` holds the real ones.
         let mut sums = [0i32; TILE];
-        for (l, s) in sums[..real].iter_mut().enumerate() {
-            // SAFETY: (c0 + l)·step <= (n − 1)·step < out.len() (asserted).
-            *s = base.unwrap_or_else(|| unsafe { (*o.add((c0 + l) * step)).to_bits() as i32 });
+        for (s, o) in sums.iter_mut().zip(out.iter()) {
+            *s = base.unwrap_or(o.to_bits() as i32);
         }
         // Block b's pair rows from row0: inside the matrix (asserted above), x.len() / 2 of
         // them, 2·w bytes each.
@@ -480,14 +472,13 @@ fn accumulate(
             // SAFETY: the rows just described, 16 bytes each.
             unsafe { tile(x, rows, &mut sums) };
         } else {
-            for (l, s) in sums[..real].iter_mut().enumerate() {
-                // SAFETY: the rows just described; channel l < real <= w.
+            for (l, s) in sums[..out.len()].iter_mut().enumerate() {
+                // SAFETY: the rows just described; channel l < out.len() <= w.
                 *s += unsafe { one_channel(x, rows, w, l) };
             }
         }
-        for (l, &s) in sums[..real].iter().enumerate() {
-            // SAFETY: as above.
-            unsafe { *o.add((c0 + l) * step) = f32::from_bits(s as u32) };
+        for (o, &s) in out.iter_mut().zip(&sums) {
+            *o = f32::from_bits(s as u32);
         }
     }
 }
@@ -556,7 +547,7 @@ pub fn dense(acc: &mut [f32], x: &[i8], u: &[u8]) {
         let len = chunk.len().next_multiple_of(2);
         wide.0[chunk.len()..len].fill(0);
         let first = (i == 0).then_some(base);
-        accumulate(acc, 1, &wide.0[..len], u, k, n, i * MAX_TAPS / 2, first);
+        accumulate(acc, &wide.0[..len], u, k, i * MAX_TAPS / 2, first);
     }
 }
 

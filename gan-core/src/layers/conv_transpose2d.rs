@@ -242,35 +242,33 @@ fn exact_by_plane(
     conv2d::for_each_plane(out, n, g.ci, plane, macs, exec, &|sample, co, oplane| {
         let x = &inp[sample * g.grid..(sample + 1) * g.grid];
         let bias = b[co];
-        {
-            for (oy, orow) in oplane.chunks_exact_mut(g.iw).enumerate() {
-                orow.fill(0.0);
-                for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
-                    let wbase = (cin * g.ci + co) * g.k * g.k;
-                    for ky in 0..g.k {
-                        // The input row gy with gy·s + ky − p = oy, if any.
-                        let t = oy + g.p;
-                        if t < ky || !(t - ky).is_multiple_of(g.s) || (t - ky) / g.s >= g.gh {
+        for (oy, orow) in oplane.chunks_exact_mut(g.iw).enumerate() {
+            orow.fill(0.0);
+            for (cin, xplane) in x.chunks_exact(g.cols).enumerate() {
+                let wbase = (cin * g.ci + co) * g.k * g.k;
+                for ky in 0..g.k {
+                    // The input row gy with gy·s + ky − p = oy, if any.
+                    let t = oy + g.p;
+                    if t < ky || !(t - ky).is_multiple_of(g.s) || (t - ky) / g.s >= g.gh {
+                        continue;
+                    }
+                    let gy = (t - ky) / g.s;
+                    let xrow = &xplane[gy * g.gw..(gy + 1) * g.gw];
+                    for kx in 0..g.k {
+                        let (lo, hi) = span(g.gw, g.iw, g.s, kx, g.p);
+                        if lo == hi {
                             continue;
                         }
-                        let gy = (t - ky) / g.s;
-                        let xrow = &xplane[gy * g.gw..(gy + 1) * g.gw];
-                        for kx in 0..g.k {
-                            let (lo, hi) = span(g.gw, g.iw, g.s, kx, g.p);
-                            if lo == hi {
-                                continue;
-                            }
-                            let wv = w[wbase + ky * g.k + kx];
-                            let accs = orow[lo * g.s + kx - g.p..].iter_mut().step_by(g.s);
-                            for (acc, &xv) in accs.zip(&xrow[lo..hi]) {
-                                *acc += wv * xv;
-                            }
+                        let wv = w[wbase + ky * g.k + kx];
+                        let accs = orow[lo * g.s + kx - g.p..].iter_mut().step_by(g.s);
+                        for (acc, &xv) in accs.zip(&xrow[lo..hi]) {
+                            *acc += wv * xv;
                         }
                     }
                 }
-                for acc in orow.iter_mut() {
-                    *acc += bias;
-                }
+            }
+            for acc in orow.iter_mut() {
+                *acc += bias;
             }
         }
     });
@@ -295,7 +293,8 @@ fn block_width(c_out: usize) -> Option<usize> {
 /// Elements of [`exact_block`]'s zero-padded input plane (4×4 kernels with stride 2).
 const MAX_PADDED: usize = 1024;
 /// Accumulator slots of one output plane in [`exact_block`] (`OH · stride ·
-/// ⌈(OW + pad)/stride⌉`, about `OH · (OW + pad + stride)`): 32 KiB of stack.
+/// ⌈(OW + pad)/stride⌉`, about `OH · (OW + pad + stride)`): 32 KiB of stack for blocks of
+/// eight channels, 64 KiB for sixteen.
 const BLOCK_SLOTS: usize = 1024;
 
 /// Output channels `co0 .. co0 + per` (`per <= BLOCK`, or sixteen with AVX-512F), rows
@@ -535,29 +534,17 @@ unsafe fn exact_block_avx512(
     );
 }
 
-/// `slots` set to zero (every bit pattern of zeros is a valid `T`: floats and arrays of them).
-fn zeroed<T: Zeroed>(slots: &mut [MaybeUninit<T>]) -> &mut [T] {
+/// `slots`, each set to `zero`, as initialised values.
+fn zeroed<T: Copy>(slots: &mut [MaybeUninit<T>], zero: T) -> &mut [T] {
     for s in slots.iter_mut() {
-        s.write(T::ZERO);
+        s.write(zero);
     }
     // SAFETY: every element was just initialised; `MaybeUninit<T>` has `T`'s layout.
     unsafe { &mut *(slots as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
-/// A value that is all zeros, for [`zeroed`].
-trait Zeroed: Copy {
-    const ZERO: Self;
-}
-
-impl Zeroed for f32 {
-    const ZERO: f32 = 0.0;
-}
-
-impl<const B: usize> Zeroed for [f32; B] {
-    const ZERO: [f32; B] = [0.0; B];
-}
-
-/// The body of [`exact_block`], for every instruction set (`row`: its inner loop).
+/// The body of [`exact_block`], for every instruction set (`strip_op`, `quad_op`: its inner
+/// loops, see [`strip_portable`] and [`quad_portable`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn exact_block_body<const B: usize>(
@@ -572,7 +559,7 @@ fn exact_block_body<const B: usize>(
     let row_slots = s * q_len;
     // Only the slots used are zeroed (the whole array is 64 KiB for sixteen lanes).
     let mut acc_store = [const { MaybeUninit::<[f32; B]>::uninit() }; BLOCK_SLOTS];
-    let acc = zeroed(&mut acc_store[..(oy1 - oy0) * row_slots]);
+    let acc = zeroed(&mut acc_store[..(oy1 - oy0) * row_slots], [0.0; B]);
     // 4×4 kernels with stride 2: every output parity meets two kernel rows and two columns,
     // so with the input zero-padded each slot takes its four taps of an input channel at
     // once. Adding the padding's products changes no bit while the weights are finite (a
@@ -603,7 +590,7 @@ fn exact_block_body<const B: usize>(
                 && finite_weights(cin + 1, &mut wq[16..]);
             let n = if two { 2 } else { 1 };
             // Row gy + 1, column gx + 1 of a padded plane hold the input at (gy, gx).
-            let xp = zeroed(&mut xp_store[..n * plane_len]);
+            let xp = zeroed(&mut xp_store[..n * plane_len], 0.0);
             for c in 0..n {
                 let src = &x[(cin + c) * g.cols..(cin + c + 1) * g.cols];
                 for gy in 0..g.gh.min(qy_len) {
