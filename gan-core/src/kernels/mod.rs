@@ -78,6 +78,8 @@ pub(crate) mod split;
 pub mod vtanh;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{transpose8, transpose16};
 
 use exact::exact;
 use gemm::{Gemm, gemm};

@@ -318,9 +318,11 @@ fn exact_block(planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block,
         return unsafe { exact_block_avx(planes, x, w, b, blk, g) };
     }
     if blk.per == 1 {
-        exact_block_body(planes, x, w, b, blk, g, strip_portable::<1>, quad_portable::<1>);
+        let (strip, quad) = (strip_portable::<1>, quad_portable::<1>);
+        exact_block_body(planes, x, w, b, blk, g, strip, quad, taps_portable::<1>);
     } else {
-        exact_block_body(planes, x, w, b, blk, g, strip_portable::<BLOCK>, quad_portable::<BLOCK>);
+        let (strip, quad) = (strip_portable::<BLOCK>, quad_portable::<BLOCK>);
+        exact_block_body(planes, x, w, b, blk, g, strip, quad, taps_portable::<BLOCK>);
     }
 }
 
@@ -389,7 +391,7 @@ fn strip_portable<const B: usize>(acc: &mut [[f32; B]], x: &[f32], st: &Strip, w
 /// without per-row bounds checks.
 #[cfg(target_arch = "x86_64")]
 macro_rules! vector_strips {
-    ($strip:ident, $quad:ident, $feature:literal, $lanes:expr,
+    ($strip:ident, $quad:ident, $feature:literal, $lanes:expr, $vt:ty,
      $load:ident, $store:ident, $add:ident, $mul:ident, $set1:ident) => {
         #[target_feature(enable = $feature)]
         #[inline]
@@ -429,27 +431,36 @@ macro_rules! vector_strips {
                 let ld = |t: usize| $load(w[t.min(w.len() - 1)].as_ptr());
                 let w0 = [ld(0), ld(1), ld(2), ld(3)];
                 let w1 = [ld(4), ld(5), ld(6), ld(7)];
-                let taps = |v, xa: *const f32, xb: *const f32, w: &[_; 4], i: usize| {
-                    let v = $add(v, $mul(w[0], $set1(*xa.add(i + 1))));
-                    let v = $add(v, $mul(w[1], $set1(*xa.add(i))));
-                    let v = $add(v, $mul(w[2], $set1(*xb.add(i + 1))));
-                    $add(v, $mul(w[3], $set1(*xb.add(i))))
+                // The inputs at a slot's column (`a1`, `b1`) are the next slot's inputs before
+                // its column (`a0`, `b0`): each is broadcast once and carried over.
+                let taps = |v, [a1, a0, b1, b0]: [$vt; 4], w: &[$vt; 4]| {
+                    let v = $add(v, $mul(w[0], a1));
+                    let v = $add(v, $mul(w[1], a0));
+                    let v = $add(v, $mul(w[2], b1));
+                    $add(v, $mul(w[3], b0))
                 };
                 for r in 0..q.rows {
                     let a = acc.as_mut_ptr().add(q.a0 + r * q.a_step).cast::<f32>();
                     let xa = xp.as_ptr().add(q.x0 + r * q.x_step);
                     let xb = xa.sub(q.x_step);
+                    let (mut a0, mut b0) = ($set1(*xa), $set1(*xb));
                     if two {
                         let (xa2, xb2) = (xa.add(plane), xb.add(plane));
+                        let (mut a02, mut b02) = ($set1(*xa2), $set1(*xb2));
                         for i in 0..q.len {
                             let p = a.add(i * $lanes);
-                            let v = taps($load(p), xa, xb, &w0, i);
-                            $store(p, taps(v, xa2, xb2, &w1, i));
+                            let (a1, b1) = ($set1(*xa.add(i + 1)), $set1(*xb.add(i + 1)));
+                            let (a12, b12) = ($set1(*xa2.add(i + 1)), $set1(*xb2.add(i + 1)));
+                            let v = taps($load(p), [a1, a0, b1, b0], &w0);
+                            $store(p, taps(v, [a12, a02, b12, b02], &w1));
+                            (a0, b0, a02, b02) = (a1, b1, a12, b12);
                         }
                     } else {
                         for i in 0..q.len {
                             let p = a.add(i * $lanes);
-                            $store(p, taps($load(p), xa, xb, &w0, i));
+                            let (a1, b1) = ($set1(*xa.add(i + 1)), $set1(*xb.add(i + 1)));
+                            $store(p, taps($load(p), [a1, a0, b1, b0], &w0));
+                            (a0, b0) = (a1, b1);
                         }
                     }
                 }
@@ -458,11 +469,70 @@ macro_rules! vector_strips {
     };
 }
 
+/// [`quad_portable`] for one-channel blocks in one vector instruction set (`$row`, over
+/// `$lanes` slots).
 #[cfg(target_arch = "x86_64")]
-vector_strips! { strip_avx, quad_avx, "avx", BLOCK,
+macro_rules! vector_row {
+    ($row:ident, $feature:literal, $lanes:expr,
+     $load:ident, $store:ident, $add:ident, $mul:ident, $set1:ident) => {
+        /// [`quad_portable`] for a one-channel block, vectorised along the row instead: `$lanes`
+        /// slots at a time, the last (possibly overlapping) vector of a row computed from the
+        /// slots as they were before the row's stores, so an overlapped slot gets the same
+        /// value twice.
+        #[target_feature(enable = $feature)]
+        #[inline]
+        fn $row(acc: &mut [[f32; 1]], xp: &[f32], q: &Strip, w: &[[f32; 1]], plane: usize) {
+            use core::arch::x86_64::*;
+            let two = w.len() == 8;
+            assert!(w.len() == 4 || two);
+            if q.len < $lanes {
+                return quad_portable::<1>(acc, xp, q, w, plane);
+            }
+            q.check_quad(acc, xp);
+            if two {
+                q.check_quad(acc, &xp[plane..]);
+            }
+            // SAFETY: slots `i .. i + lanes` with `i + lanes ≤ len` and the inputs they read
+            // (up to `x0 + (rows − 1)·x_step + len`, and `x_step` before) lie in `acc` resp.
+            // `xp` (checked, for both planes); unaligned loads and stores.
+            unsafe {
+                let wv: [_; 8] = core::array::from_fn(|t| $set1(w[t.min(w.len() - 1)][0]));
+                let taps = |v, xa: *const f32, xb: *const f32, w: &[_], i: usize| {
+                    let v = $add(v, $mul(w[0], $load(xa.add(i + 1))));
+                    let v = $add(v, $mul(w[1], $load(xa.add(i))));
+                    let v = $add(v, $mul(w[2], $load(xb.add(i + 1))));
+                    $add(v, $mul(w[3], $load(xb.add(i))))
+                };
+                let slots = |v, xa: *const f32, xb: *const f32, i: usize| {
+                    let v = taps(v, xa, xb, &wv[..4], i);
+                    if two { taps(v, xa.add(plane), xb.add(plane), &wv[4..], i) } else { v }
+                };
+                let last = q.len - $lanes;
+                for r in 0..q.rows {
+                    let a = acc.as_mut_ptr().add(q.a0 + r * q.a_step).cast::<f32>();
+                    let xa = xp.as_ptr().add(q.x0 + r * q.x_step);
+                    let xb = xa.sub(q.x_step);
+                    let tail = slots($load(a.add(last)), xa, xb, last);
+                    let mut i = 0;
+                    while i < last {
+                        $store(a.add(i), slots($load(a.add(i)), xa, xb, i));
+                        i += $lanes;
+                    }
+                    $store(a.add(last), tail);
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+vector_strips! { strip_avx, quad_avx, "avx", BLOCK, core::arch::x86_64::__m256,
 _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps }
 #[cfg(target_arch = "x86_64")]
-vector_strips! { strip_avx512, quad_avx512, "avx512f", WIDE,
+vector_row! { row_avx, "avx", BLOCK,
+_mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps }
+#[cfg(target_arch = "x86_64")]
+vector_strips! { strip_avx512, quad_avx512, "avx512f", WIDE, core::arch::x86_64::__m512,
 _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps }
 
 /// A quad strip's sums in plain Rust (see [`Strip::check_quad`]), for one input channel per
@@ -493,15 +563,84 @@ fn quad_portable<const B: usize>(
     }
 }
 
+/// The sixteen taps of a 4×4 kernel for the block's channels from one input channel's
+/// weights `src` (channel `c`'s taps at `16·c ..`): `wq[t][c] = src[16·c + t]`. Returns
+/// whether they are all finite.
+#[inline(always)]
+fn taps_portable<const B: usize>(src: &[f32], wq: &mut [[f32; B]]) -> bool {
+    let mut finite = true;
+    for (t, v) in wq[..16].iter_mut().enumerate() {
+        for (v, &x) in v.iter_mut().zip(src.iter().skip(t).step_by(16)) {
+            *v = x;
+            finite &= x.is_finite();
+        }
+    }
+    finite
+}
+
+/// [`taps_portable`] for a whole block of eight channels: two 8×8 transposes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+fn taps_avx(src: &[f32], wq: &mut [[f32; BLOCK]]) -> bool {
+    use core::arch::x86_64::*;
+    if src.len() != 16 * BLOCK {
+        return taps_portable(src, wq);
+    }
+    assert!(wq.len() >= 16);
+    // SAFETY: 128 floats read from `src` (checked), sixteen rows of eight written to `wq`.
+    unsafe {
+        let mut finite = 0xFF;
+        for half in 0..2 {
+            let r: [__m256; 8] =
+                core::array::from_fn(|c| _mm256_loadu_ps(src.as_ptr().add(16 * c + 8 * half)));
+            for v in r {
+                // x − x is 0 exactly when x is finite.
+                let d = _mm256_sub_ps(v, v);
+                finite &= _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(d, _mm256_setzero_ps()));
+            }
+            for (t, row) in kernels::transpose8(r).into_iter().enumerate() {
+                _mm256_storeu_ps(wq[8 * half + t].as_mut_ptr(), row);
+            }
+        }
+        finite == 0xFF
+    }
+}
+
+/// [`taps_portable`] for a whole block of sixteen channels: one 16×16 transpose.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn taps_avx512(src: &[f32], wq: &mut [[f32; WIDE]]) -> bool {
+    use core::arch::x86_64::*;
+    assert!(src.len() == 16 * WIDE && wq.len() >= 16);
+    // SAFETY: 256 floats read from `src` (checked), sixteen rows of sixteen written to `wq`.
+    unsafe {
+        let r: [__m512; 16] = core::array::from_fn(|c| _mm512_loadu_ps(src.as_ptr().add(16 * c)));
+        let mut finite = 0xFFFF;
+        for v in r {
+            // x − x is 0 exactly when x is finite.
+            let d = _mm512_sub_ps(v, v);
+            finite &= _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(d, _mm512_setzero_ps());
+        }
+        for (t, row) in kernels::transpose16(r).into_iter().enumerate() {
+            _mm512_storeu_ps(wq[t].as_mut_ptr(), row);
+        }
+        finite == 0xFFFF
+    }
+}
+
 /// [`exact_block`] compiled with AVX (the block one 8-wide multiply and one add per input;
-/// a one-channel block vectorised by the compiler along the row instead).
+/// a one-channel block eight slots of a row at a time instead).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn exact_block_avx(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
 ) {
     if blk.per == 1 {
-        exact_block_body(planes, x, w, b, blk, g, strip_portable::<1>, quad_portable::<1>);
+        let row =
+            |a: &mut [[f32; 1]], x: &[f32], q: &Strip, w: &[[f32; 1]], n| row_avx(a, x, q, w, n);
+        exact_block_body(planes, x, w, b, blk, g, strip_portable::<1>, row, taps_portable::<1>);
     } else {
         exact_block_body(
             planes,
@@ -512,6 +651,7 @@ unsafe fn exact_block_avx(
             g,
             |a, x, st, wv| strip_avx(a, x, st, wv),
             |a, x, q, w, n| quad_avx(a, x, q, w, n),
+            |src, wq| taps_avx(src, wq),
         );
     }
 }
@@ -531,6 +671,7 @@ unsafe fn exact_block_avx512(
         g,
         |a, x, st, wv| strip_avx512(a, x, st, wv),
         |a, x, q, w, n| quad_avx512(a, x, q, w, n),
+        |src, wq| taps_avx512(src, wq),
     );
 }
 
@@ -551,6 +692,7 @@ fn exact_block_body<const B: usize>(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
     strip_op: impl Fn(&mut [[f32; B]], &[f32], &Strip, &[f32; B]),
     quad_op: impl Fn(&mut [[f32; B]], &[f32], &Strip, &[[f32; B]], usize),
+    taps_op: impl Fn(&[f32], &mut [[f32; B]]) -> bool,
 ) {
     let (k, s, p) = (g.k, g.s, g.p);
     let (ow, Block { co0, per, oy0, oy1 }) = (g.iw, *blk);
@@ -572,14 +714,8 @@ fn exact_block_body<const B: usize>(
     let plane_len = (qy_len + 1) * px;
     // Input channels whose weights are all finite, two at a time where possible.
     let finite_weights = |cin: usize, wq: &mut [[f32; B]]| {
-        let mut finite = true;
-        for (t, v) in wq.iter_mut().enumerate() {
-            for (c, v) in v[..per].iter_mut().enumerate() {
-                *v = w[(cin * g.ci + co0 + c) * 16 + t];
-                finite &= v.is_finite();
-            }
-        }
-        finite
+        let at = (cin * g.ci + co0) * 16;
+        taps_op(&w[at..at + per * 16], wq)
     };
     let mut cin = 0;
     while cin < g.cg {
@@ -815,8 +951,11 @@ mod tests {
             (3, 6, 5, 32, 4, 2, 1, 1),
             (5, 7, 7, 1, 4, 2, 1, 3),
             (4, 7, 7, 1, 4, 2, 1, 1),
+            (5, 14, 14, 1, 4, 2, 1, 2),
+            (3, 13, 11, 1, 4, 2, 1, 1),
             (3, 9, 4, 1, 3, 1, 1, 2),
             (3, 5, 6, 8, 3, 2, 0, 1),
+            (3, 6, 6, 8, 4, 2, 1, 2),
             (4, 4, 3, 3, 3, 1, 1, 2),
             (2, 3, 5, 8, 5, 3, 2, 1),
         ] {
@@ -827,7 +966,7 @@ mod tests {
             let mut w: std::vec::Vec<f32> = (0..g.w).map(|_| r.next_f32()).collect();
             // A non-finite weight in the second input channel (the tap-by-tap fallback for
             // that channel only), and exact zeros among the inputs.
-            if in_c > 1 && out_c == 16 {
+            if in_c > 1 && (out_c == 16 || in_h == 14 || (out_c, k) == (8, 4)) {
                 w[g.w / in_c + 5] = f32::INFINITY;
             }
             let b: std::vec::Vec<f32> = (0..out_c).map(|_| r.next_f32()).collect();
@@ -842,10 +981,24 @@ mod tests {
                 let x = &inp[sample * g.grid..(sample + 1) * g.grid];
                 let blk = Block { co0, per, oy0: 0, oy1: g.ih };
                 let (strip, quad) = (strip_portable::<BLOCK>, quad_portable::<BLOCK>);
-                exact_block_body(planes, x, &w, &b, &blk, &g, strip, quad);
+                exact_block_body(planes, x, &w, &b, &blk, &g, strip, quad, taps_portable::<BLOCK>);
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<std::vec::Vec<_>>();
             assert_eq!(bits(&body), bits(&want), "portable {d:?}");
+            // The AVX body too (blocks of eight, one channel) on CPUs that have it, even where
+            // AVX-512 would be chosen.
+            #[cfg(target_arch = "x86_64")]
+            if kernels::exact_isa() != kernels::ExactIsa::Portable && (per == BLOCK || per == 1) {
+                let mut avx = std::vec![f32::NAN; n * g.img];
+                for (item, planes) in avx.chunks_exact_mut(per * g.ih * g.iw).enumerate() {
+                    let (sample, co0) = (item / (out_c / per), item % (out_c / per) * per);
+                    let x = &inp[sample * g.grid..(sample + 1) * g.grid];
+                    let blk = Block { co0, per, oy0: 0, oy1: g.ih };
+                    // SAFETY: the CPU has AVX (checked).
+                    unsafe { exact_block_avx(planes, x, &w, &b, &blk, &g) };
+                }
+                assert_eq!(bits(&avx), bits(&want), "AVX {d:?}");
+            }
             for exec in [&Serial as &dyn Exec, &crate::testutil::Threads(3)] {
                 let mut got = std::vec![f32::NAN; n * g.img];
                 conv_transpose2d_forward_exact_with(&mut got, &inp, &w, &b, n, &d, exec).unwrap();

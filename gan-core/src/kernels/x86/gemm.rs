@@ -154,32 +154,8 @@ unsafe fn pack_b_transposed<const NR: usize>(
             let col = |q: usize| src.add((jc + jj + q) * g.bcs + pc);
             for pp in (0..kc8).step_by(8) {
                 let r: [__m256; 8] = core::array::from_fn(|q| _mm256_loadu_ps(col(q).add(pp)));
-                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-                // u[x]: element x (low lane) and x + 4 (high lane) of columns 0–3 / 4–7.
-                let lo = [
-                    _mm256_shuffle_ps::<0x44>(t0, t2),
-                    _mm256_shuffle_ps::<0xEE>(t0, t2),
-                    _mm256_shuffle_ps::<0x44>(t1, t3),
-                    _mm256_shuffle_ps::<0xEE>(t1, t3),
-                ];
-                let hi = [
-                    _mm256_shuffle_ps::<0x44>(t4, t6),
-                    _mm256_shuffle_ps::<0xEE>(t4, t6),
-                    _mm256_shuffle_ps::<0x44>(t5, t7),
-                    _mm256_shuffle_ps::<0xEE>(t5, t7),
-                ];
-                for x in 0..4 {
-                    let row_x = _mm256_permute2f128_ps::<0x20>(lo[x], hi[x]);
-                    let row_x4 = _mm256_permute2f128_ps::<0x31>(lo[x], hi[x]);
-                    _mm256_store_ps(dst.add((pp + x) * NR + jj), row_x);
-                    _mm256_store_ps(dst.add((pp + x + 4) * NR + jj), row_x4);
+                for (x, row) in super::transpose8(r).into_iter().enumerate() {
+                    _mm256_store_ps(dst.add((pp + x) * NR + jj), row);
                 }
             }
             for pp in kc8..kc {

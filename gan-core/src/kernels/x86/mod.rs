@@ -11,6 +11,7 @@ mod simd;
 
 pub(crate) use exact::{exact_avx, exact_avx512};
 pub(crate) use gemm::{Avx2Kernel, Avx512Kernel};
+pub(crate) use simd::{transpose8, transpose16};
 
 const DETECTED: u8 = 1;
 const AVX: u8 = 2;

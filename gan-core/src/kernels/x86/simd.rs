@@ -197,3 +197,79 @@ impl Simd for Avx512 {
         unsafe { _mm512_mask_storeu_ps(p, lanes(w), v) }
     }
 }
+
+/// The 8×8 transpose of eight AVX rows: lane `j` of result `i` is lane `i` of row `j`.
+///
+/// # Safety
+/// The CPU supports AVX (the caller runs with it).
+#[inline(always)]
+pub(crate) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // SAFETY: AVX (contract); register operations only.
+    unsafe {
+        // Pairs of rows interleaved within each 128-bit half: [a0 b0 a1 b1 | a4 b4 a5 b5] …
+        let t: [__m256; 8] = core::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 { _mm256_unpacklo_ps(a, b) } else { _mm256_unpackhi_ps(a, b) }
+        });
+        // Four rows per column within each half: u[4g + j] holds column j (low half) and
+        // j + 4 (high half) of rows 4g .. 4g + 4.
+        let u: [__m256; 8] = core::array::from_fn(|i| {
+            let (g, j) = (i / 4, i % 4);
+            let (x, y) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+            if j % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(x, y)
+            } else {
+                _mm256_shuffle_ps::<0xEE>(x, y)
+            }
+        });
+        core::array::from_fn(|i| {
+            let (j, high) = (i % 4, i >= 4);
+            if high {
+                _mm256_permute2f128_ps::<0x31>(u[j], u[4 + j])
+            } else {
+                _mm256_permute2f128_ps::<0x20>(u[j], u[4 + j])
+            }
+        })
+    }
+}
+
+/// The 16×16 transpose of sixteen AVX-512 rows: lane `j` of result `i` is lane `i` of row `j`.
+///
+/// # Safety
+/// The CPU supports AVX-512F (the caller runs with it).
+#[inline(always)]
+pub(crate) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // SAFETY: AVX-512F (contract); register operations only.
+    unsafe {
+        // As in `transpose8`, within each 128-bit lane: u[4g + j] holds, in lane L, rows
+        // 4g .. 4g + 4 of column 4L + j.
+        let t: [__m512; 16] = core::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+        });
+        let u: [__m512; 16] = core::array::from_fn(|i| {
+            let (g, j) = (i / 4, i % 4);
+            let (x, y) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+            if j % 2 == 0 {
+                _mm512_shuffle_ps::<0x44>(x, y)
+            } else {
+                _mm512_shuffle_ps::<0xEE>(x, y)
+            }
+        });
+        // Then the 4×4 transpose of 128-bit lanes among u[j], u[4 + j], u[8 + j], u[12 + j]:
+        // column 4L + j is lane L of each of them, in that order.
+        let mut out = [_mm512_setzero_ps(); 16];
+        for j in 0..4 {
+            let (a, b, c, d) = (u[j], u[4 + j], u[8 + j], u[12 + j]);
+            let v0 = _mm512_shuffle_f32x4::<0x44>(a, b);
+            let v1 = _mm512_shuffle_f32x4::<0xEE>(a, b);
+            let v2 = _mm512_shuffle_f32x4::<0x44>(c, d);
+            let v3 = _mm512_shuffle_f32x4::<0xEE>(c, d);
+            out[j] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+            out[4 + j] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
+            out[8 + j] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+            out[12 + j] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
+        }
+        out
+    }
+}
