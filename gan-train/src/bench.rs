@@ -175,6 +175,8 @@ pub struct ArchResult {
     /// Images per second if a training step were only its matrix products: the products one
     /// step ran ([`kernels::set_trace`]), replayed alone on the same threads.
     pub gemm_bound: Rate,
+    /// Floating-point operations per image in those products (2·m·k·n each).
+    pub step_flops: f64,
     /// Generator samples per second, batch 1, exact inference path.
     pub gen_b1: Rate,
     /// Generator samples per second, batch N, training forward on the pool.
@@ -220,7 +222,8 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
         measure(policy, batch as f64, || gan.train_step(&real, &labels, &team).map(|_| ()))?;
 
     eprintln!("{name}: the training step's matrix products alone");
-    let gemm_bound = measure_gemm_bound(&mut gan, &real, &labels, &team, policy, batch)?;
+    let (gemm_bound, step_flops) =
+        measure_gemm_bound(&mut gan, &real, &labels, &team, policy, batch)?;
 
     // Batch 1 through the exported weights file, exactly as `gan-train sample` runs it.
     eprintln!("{name}: generator, batch 1, exact inference path");
@@ -255,6 +258,7 @@ pub fn bench_arch(arch: Arch, batch: usize, seed: u64, policy: Policy) -> Result
         g_macs: gs.macs(),
         train,
         gemm_bound,
+        step_flops,
         gen_b1,
         gen_bn,
     })
@@ -275,16 +279,18 @@ fn record(t: kernels::Traced) {
 /// Records the products of one training step, then times them alone (random operands of the
 /// same shapes, the same entry points, the same executor) as images per second. Products a
 /// convolution runs one sample at a time inside its own split over the samples (on one
-/// thread each) are replayed the same way: each run of them split over the threads.
+/// thread each) are replayed the same way: each run of them split over the threads. Also
+/// returns the products' flops per image.
 fn measure_gemm_bound(
     gan: &mut Gan, real: &[f32], labels: &[u8], team: &Team, policy: Policy, batch: usize,
-) -> Result<Rate> {
+) -> Result<(Rate, f64)> {
     kernels::set_trace(Some(record));
     let step = gan.train_step(real, labels, team);
     kernels::set_trace(None);
     step?;
     let calls = std::mem::take(&mut *STEP_PRODUCTS.lock().map_err(|_| anyhow::anyhow!("lock"))?);
     ensure!(!calls.is_empty(), "the training step ran no matrix products");
+    let flops: f64 = calls.iter().map(|t| 2.0 * (t.count * t.m * t.k * t.n) as f64).sum();
     let mut rng = noise::rng(0x6E44);
     let bufs: Vec<std::sync::Mutex<Operands>> = calls
         .iter()
@@ -312,7 +318,7 @@ fn measure_gemm_bound(
         }
     };
     let threads = kernels::Exec::threads(team).max(1);
-    measure(policy, batch as f64, || {
+    let rate = measure(policy, batch as f64, || {
         let mut i = 0;
         while i < calls.len() {
             if !calls[i].serial {
@@ -330,7 +336,8 @@ fn measure_gemm_bound(
             i = end;
         }
         Ok(())
-    })
+    })?;
+    Ok((rate, flops / batch as f64))
 }
 
 fn fmt_rate(x: f64) -> String {
@@ -371,6 +378,16 @@ pub fn table(results: &[ArchResult], batch: usize) -> String {
             "  share of that bound (medians)",
             100.0 * r.train.median() / r.gemm_bound.median()
         );
+        let gflops = |rate: &Rate| rate.median() * r.step_flops / 1e9;
+        let _ = writeln!(
+            s,
+            "{:<8} {:<34} {:>10.1} Mflop/image; {:.0} GFLOP/s in training, {:.0} alone",
+            r.arch,
+            "  the step's products",
+            r.step_flops / 1e6,
+            gflops(&r.train),
+            gflops(&r.gemm_bound)
+        );
     }
     s
 }
@@ -407,6 +424,7 @@ pub fn to_json(results: &[ArchResult], batch: usize, threads: usize, policy: Pol
         let _ = writeln!(s, "      \"train_images_per_sec\": {},", json_rate(&r.train));
         let _ =
             writeln!(s, "      \"train_gemm_bound_images_per_sec\": {},", json_rate(&r.gemm_bound));
+        let _ = writeln!(s, "      \"step_flops_per_image\": {:.0},", r.step_flops);
         let _ = writeln!(s, "      \"gen_b1_samples_per_sec\": {},", json_rate(&r.gen_b1));
         let _ = writeln!(s, "      \"gen_bn_samples_per_sec\": {}", json_rate(&r.gen_bn));
         let comma = if i + 1 < results.len() { "," } else { "" };

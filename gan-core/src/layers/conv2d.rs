@@ -579,6 +579,66 @@ pub(crate) fn span(n_grid: usize, n_img: usize, s: usize, tap: usize, p: usize) 
 /// Writes the column matrix of one image (see the module docs). `col` has `g.col` elements,
 /// `img` has `g.img`.
 pub(crate) fn im2col(col: &mut [f32], img: &[f32], g: &Geom) {
+    if g.s == 2 && g.k.is_multiple_of(2) {
+        im2col_s2(col, img, g);
+    } else {
+        im2col_rows(col, img, g);
+    }
+}
+
+/// The grid positions `lo..hi` where both kernel columns `kx` and `kx + 1` (stride 2) meet
+/// the image, and for each of the two the columns of its own span outside that range.
+fn pair_spans(g: &Geom, kx: usize) -> ((usize, usize), [(usize, usize); 2]) {
+    let s0 = span(g.gw, g.iw, 2, kx, g.p);
+    let s1 = span(g.gw, g.iw, 2, kx + 1, g.p);
+    let (lo, hi) = (s0.0.max(s1.0), s0.1.min(s1.1));
+    ((lo, hi.max(lo)), [s0, s1])
+}
+
+/// [`im2col`] for stride 2 and an even kernel: kernel columns `kx`, `kx + 1` read the two
+/// halves of one run of the image row, so each pair of rows of the column matrix is one
+/// de-interleaving pass.
+fn im2col_s2(col: &mut [f32], img: &[f32], g: &Geom) {
+    let plane = g.ih * g.iw;
+    for (c, src) in img.chunks_exact(plane).enumerate().take(g.ci) {
+        for ky in 0..g.k {
+            let (ylo, yhi) = span(g.gh, g.ih, 2, ky, g.p);
+            for kx in (0..g.k).step_by(2) {
+                let ((lo, hi), spans) = pair_spans(g, kx);
+                let r = (c * g.k + ky) * g.k + kx;
+                let (d0, d1) = col[r * g.cols..(r + 2) * g.cols].split_at_mut(g.cols);
+                for (gy, (d0, d1)) in
+                    d0.chunks_exact_mut(g.gw).zip(d1.chunks_exact_mut(g.gw)).enumerate()
+                {
+                    d0.fill(0.0);
+                    d1.fill(0.0);
+                    if gy < ylo || gy >= yhi {
+                        continue;
+                    }
+                    let srow = &src[(gy * 2 + ky - g.p) * g.iw..][..g.iw];
+                    // Each row's own edges, then the shared run.
+                    for (j, (d, (a, b))) in [&mut *d0, &mut *d1].into_iter().zip(spans).enumerate()
+                    {
+                        for gx in (a..b).filter(|&gx| gx < lo || gx >= hi) {
+                            d[gx] = srow[2 * gx + kx + j - g.p];
+                        }
+                    }
+                    if lo < hi {
+                        let run = &srow[2 * lo + kx - g.p..][..2 * (hi - lo)];
+                        for ((pair, u), v) in
+                            run.chunks_exact(2).zip(&mut d0[lo..hi]).zip(&mut d1[lo..hi])
+                        {
+                            (*u, *v) = (pair[0], pair[1]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for any stride, row by row.
+fn im2col_rows(col: &mut [f32], img: &[f32], g: &Geom) {
     let plane = g.ih * g.iw;
     for (c, src) in img.chunks_exact(plane).enumerate().take(g.ci) {
         for ky in 0..g.k {
@@ -610,8 +670,54 @@ pub(crate) fn im2col(col: &mut [f32], img: &[f32], g: &Geom) {
     }
 }
 
-/// Adds every entry of a column matrix onto its image pixel (the adjoint of [`im2col`]).
+/// Adds every entry of a column matrix onto its image pixel (the adjoint of [`im2col`]): each
+/// pixel in the order of its (ky, kx).
 pub(crate) fn col2im_add(img: &mut [f32], col: &[f32], g: &Geom) {
+    if g.s == 2 && g.k.is_multiple_of(2) {
+        col2im_add_s2(img, col, g);
+    } else {
+        col2im_add_rows(img, col, g);
+    }
+}
+
+/// [`col2im_add`] for stride 2 and an even kernel: kernel columns `kx`, `kx + 1` reach the
+/// two parities of one run of the image row, so they are added in one interleaving pass; a
+/// pixel still gets its contributions in (ky, kx) order (the pairs go in order of `kx`, and
+/// the two columns of a pair never reach the same pixel).
+fn col2im_add_s2(img: &mut [f32], col: &[f32], g: &Geom) {
+    let plane = g.ih * g.iw;
+    for (c, dst) in img.chunks_exact_mut(plane).enumerate().take(g.ci) {
+        for ky in 0..g.k {
+            let (ylo, yhi) = span(g.gh, g.ih, 2, ky, g.p);
+            for kx in (0..g.k).step_by(2) {
+                let ((lo, hi), spans) = pair_spans(g, kx);
+                let r = (c * g.k + ky) * g.k + kx;
+                for gy in ylo..yhi {
+                    let drow = &mut dst[(gy * 2 + ky - g.p) * g.iw..][..g.iw];
+                    let at = |j: usize| &col[(r + j) * g.cols + gy * g.gw..][..g.gw];
+                    let (a0, a1) = (at(0), at(1));
+                    for (j, (row, (a, b))) in [a0, a1].into_iter().zip(spans).enumerate() {
+                        for gx in (a..b).filter(|&gx| gx < lo || gx >= hi) {
+                            drow[2 * gx + kx + j - g.p] += row[gx];
+                        }
+                    }
+                    if lo < hi {
+                        let run = &mut drow[2 * lo + kx - g.p..][..2 * (hi - lo)];
+                        for ((pair, &u), &v) in
+                            run.chunks_exact_mut(2).zip(&a0[lo..hi]).zip(&a1[lo..hi])
+                        {
+                            pair[0] += u;
+                            pair[1] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`col2im_add`] for any stride, row by row.
+fn col2im_add_rows(img: &mut [f32], col: &[f32], g: &Geom) {
     let plane = g.ih * g.iw;
     for (c, dst) in img.chunks_exact_mut(plane).enumerate().take(g.ci) {
         for ky in 0..g.k {
