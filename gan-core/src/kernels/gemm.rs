@@ -48,13 +48,15 @@ impl<'s> Gemm<'s> {
 /// One `MR × NR` tile of work for a micro-kernel.
 ///
 /// The micro-kernel computes `C(r, c) (+)= Σ_{p < kc} Ap(p, r)·Bp(p, c)` for `r < rows`,
-/// `c < cols`, where `Ap(p, r) = a[p·MR + r]` is a packed micro-panel of `A`,
+/// `c < cols`, where `Ap(p, r) = a[p·lda + r]` is a micro-panel of `A` (packed, `lda = MR`,
+/// or read in place from an `A` stored transposed),
 /// `Bp(p, c) = b[p·NR + c]` a packed panel of `B` (zero-padded to `NR` columns) and
 /// `C(r, c) = c[r·ldc + c]`. With `add` the sum is added to the existing `C`, otherwise it
 /// overwrites it.
 pub(crate) struct Tile {
     pub(crate) kc: usize,
     pub(crate) a: *const f32,
+    pub(crate) lda: usize,
     pub(crate) b: *const f32,
     pub(crate) c: *mut f32,
     pub(crate) ldc: usize,
@@ -81,9 +83,9 @@ pub(crate) trait Micro {
     ///
     /// # Safety
     /// Every `Ap`, `Bp` and `C` element described in [`Tile`] must be in bounds of its
-    /// allocation, `C` elements must not be accessed by anyone else meanwhile, `Ap` and `Bp`
-    /// must be 64-byte aligned (as [`Aligned`] makes them) and hold the elements packing wrote,
-    /// and the CPU must support the kernel's instructions.
+    /// allocation, `C` elements must not be accessed by anyone else meanwhile, `Bp` (and `Ap`
+    /// when packed) must be 64-byte aligned (as [`Aligned`] makes them) and hold the elements
+    /// packing wrote, and the CPU must support the kernel's instructions.
     unsafe fn tile(t: &Tile);
     /// Packs a block of rows of `A`, as [`pack_a`] does.
     fn pack_a(
@@ -260,12 +262,17 @@ unsafe fn drive<K: Micro>(g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
         let kc = K::KC.min(g.k - pc);
         // The first block overwrites C unless the caller accumulates; later blocks add to it.
         let add = g.accumulate || pc > 0;
-        // As many whole micro-panels of A as the buffer holds at this block length.
-        let mc_max = pa.len() / kc / K::MR * K::MR;
+        // As many whole micro-panels of A as the buffer holds at this block length. An A
+        // stored transposed (`ars == 1`) already has each micro-panel's values of one `p`
+        // side by side: the tiles read it in place, `acs` apart, and nothing is packed.
+        let in_place = g.ars == 1;
+        let mc_max = if in_place { g.m } else { pa.len() / kc / K::MR * K::MR };
         let mut ic = 0;
         while ic < g.m {
             let mc = mc_max.min(g.m - ic);
-            K::pack_a(pa, g, ic, mc, pc, kc);
+            if !in_place {
+                K::pack_a(pa, g, ic, mc, pc, kc);
+            }
             let mut jc = j0;
             while jc < j1 {
                 let cols = K::NR.min(j1 - jc);
@@ -275,11 +282,21 @@ unsafe fn drive<K: Micro>(g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
                 while ir < mc {
                     let rows = K::MR.min(mc - ir);
                     // SAFETY: (offsets)  micro-panel `ir / MR` starts at `ir·kc` in `pa` (it
-                    // holds `mc·kc` floats); (ic + ir, jc) is inside the m×n matrix at `out`.
+                    // holds `mc·kc` floats), or in place at A(ic + ir, pc), inside `a` (Gemm
+                    // invariant); (ic + ir, jc) is inside the m×n matrix at `out`.
+                    let (a, lda) = unsafe {
+                        if in_place {
+                            (g.a.as_ptr().add(pc * g.acs + ic + ir), g.acs)
+                        } else {
+                            (pa.as_ptr().cast::<f32>().add(ir * kc), K::MR)
+                        }
+                    };
+                    // SAFETY: as above.
                     let t = unsafe {
                         Tile {
                             kc,
-                            a: pa.as_ptr().cast::<f32>().add(ir * kc),
+                            a,
+                            lda,
                             b: pb.as_ptr().cast::<f32>(),
                             c: out.ptr.add((ic + ir) * g.n + jc),
                             ldc: g.n,
@@ -289,7 +306,8 @@ unsafe fn drive<K: Micro>(g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
                         }
                     };
                     // SAFETY: the packed panels hold kc rows (kc ≤ KC) of MR resp. NR floats
-                    // and are aligned by `Aligned`; rows/cols stay inside this call's columns
+                    // and are aligned by `Aligned` (an in-place A has its `rows` values of
+                    // each of the kc steps in `a`); rows/cols stay inside this call's columns
                     // of C; the caller vouches for the CPU features and for exclusive access.
                     unsafe { K::tile(&t) };
                     ir += rows;
@@ -461,21 +479,21 @@ impl Micro for PortableKernel {
 /// See [`Micro::tile`]; `t.rows == R`.
 #[inline(always)]
 unsafe fn portable_tile<const R: usize>(t: &Tile) {
-    const MR: usize = 4;
     const NR: usize = 8;
     let mut acc = [[0.0f32; NR]; R];
     let mut a = t.a;
     let mut b = t.b;
     for _ in 0..t.kc {
-        // SAFETY: `a` and `b` walk the packed panels, kc rows of MR resp. NR floats, aligned.
-        let (av, bv) = unsafe { (*(a as *const [f32; MR]), *(b as *const [f32; NR])) };
+        // SAFETY: `a` walks the micro-panel (R ≤ MR floats per step, `lda` apart), `b` the
+        // packed panel (kc rows of NR floats, aligned).
+        let (av, bv) = unsafe { (*(a as *const [f32; R]), *(b as *const [f32; NR])) };
         for (acc_r, &x) in acc.iter_mut().zip(&av) {
             for (s, &y) in acc_r.iter_mut().zip(&bv) {
                 *s += x * y;
             }
         }
         // Wrapping: after the last step these may point past the end of the buffers (unused).
-        a = a.wrapping_add(MR);
+        a = a.wrapping_add(t.lda);
         b = b.wrapping_add(NR);
     }
     for (r, acc_r) in acc.iter().enumerate() {

@@ -15,15 +15,15 @@ use crate::kernels::gemm::{Aligned, Gemm, Micro, Tile, pack_a, pack_b};
 /// while the tiles stream the packed rows of `A` from L2.
 const KC: usize = 256;
 
-/// `R × V·LANES` tile over panels of `MR` rows of `A` and `2·LANES` columns of `B`.
+/// `R × V·LANES` tile over a micro-panel of `A` and a panel of `2·LANES` columns of `B`.
 ///
 /// # Safety
 /// See [`Micro::tile`]; `t.rows == R`; `LANES·(V − 1) < t.cols ≤ LANES·V`; the caller runs
 /// with `S`'s instruction set (and FMA).
 #[inline(always)]
-unsafe fn tile<S: Simd, const R: usize, const V: usize, const MR: usize>(t: &Tile) {
+unsafe fn tile<S: Simd, const R: usize, const V: usize>(t: &Tile) {
     let l = S::LANES;
-    // SAFETY: (whole body)  `a` walks the packed micro-panel (MR floats per step, r < R ≤ MR),
+    // SAFETY: (whole body)  `a` walks the micro-panel (`lda` floats per step, r < R ≤ MR),
     // `b` the 64-byte-aligned packed panel (2·LANES floats per step); row r < rows and the
     // `cols − LANES·v ≥ 1` columns of vector v are inside this tile's C (contract).
     unsafe {
@@ -41,7 +41,7 @@ unsafe fn tile<S: Simd, const R: usize, const V: usize, const MR: usize>(t: &Til
                     *s = S::fmadd(av, y, *s);
                 }
             }
-            a = a.wrapping_add(MR);
+            a = a.wrapping_add(t.lda);
             b = b.wrapping_add(2 * l);
         }
         for (r, acc_r) in acc.iter().enumerate() {
@@ -60,7 +60,7 @@ unsafe fn tile<S: Simd, const R: usize, const V: usize, const MR: usize>(t: &Til
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2<const R: usize, const V: usize>(t: &Tile) {
     // SAFETY: forwarded; the features are enabled here.
-    unsafe { tile::<Avx, R, V, 6>(t) }
+    unsafe { tile::<Avx, R, V>(t) }
 }
 
 /// # Safety
@@ -68,7 +68,7 @@ unsafe fn tile_avx2<const R: usize, const V: usize>(t: &Tile) {
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512<const R: usize, const V: usize>(t: &Tile) {
     // SAFETY: forwarded; the feature is enabled here.
-    unsafe { tile::<Avx512, R, V, 8>(t) }
+    unsafe { tile::<Avx512, R, V>(t) }
 }
 
 /// One [`Micro`] kernel over `$tile`: `MR × NR` tiles, a `$rows_a`-row buffer of `A` at
