@@ -860,8 +860,8 @@ pub struct ScoreArgs {
     /// often each sample is the class it was drawn for).
     #[arg(long)]
     pub class: Option<u32>,
-    /// Draw the samples through the exact path (what `sample` and the firmware produce, slow for
-    /// convolutional generators) instead of the fast batched one.
+    /// Draw the samples through the exact path (what `sample` and the firmware produce) instead
+    /// of the batched training forward.
     #[arg(long)]
     pub exact: bool,
     /// Real digits to compare with (a directory of MNIST-format files; default: the bundled 10k).
