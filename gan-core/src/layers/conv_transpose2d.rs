@@ -630,6 +630,26 @@ fn taps_avx512(src: &[f32], wq: &mut [[f32; WIDE]]) -> bool {
     }
 }
 
+/// [`exact_block_body`] over one instruction set's strip, quad and taps functions (closures,
+/// so they are compiled with the calling function's target features).
+#[cfg(target_arch = "x86_64")]
+macro_rules! vector_block {
+    ($planes:expr, $x:expr, $w:expr, $b:expr, $blk:expr, $g:expr, $strip:ident, $quad:ident,
+     $taps:ident) => {
+        exact_block_body(
+            $planes,
+            $x,
+            $w,
+            $b,
+            $blk,
+            $g,
+            |a, x, st, wv| $strip(a, x, st, wv),
+            |a, x, q, w, n| $quad(a, x, q, w, n),
+            |src, wq| $taps(src, wq),
+        )
+    };
+}
+
 /// [`exact_block`] compiled with AVX (the block one 8-wide multiply and one add per input;
 /// a one-channel block eight slots of a row at a time instead).
 #[cfg(target_arch = "x86_64")]
@@ -642,17 +662,7 @@ unsafe fn exact_block_avx(
             |a: &mut [[f32; 1]], x: &[f32], q: &Strip, w: &[[f32; 1]], n| row_avx(a, x, q, w, n);
         exact_block_body(planes, x, w, b, blk, g, strip_portable::<1>, row, taps_portable::<1>);
     } else {
-        exact_block_body(
-            planes,
-            x,
-            w,
-            b,
-            blk,
-            g,
-            |a, x, st, wv| strip_avx(a, x, st, wv),
-            |a, x, q, w, n| quad_avx(a, x, q, w, n),
-            |src, wq| taps_avx(src, wq),
-        );
+        vector_block!(planes, x, w, b, blk, g, strip_avx, quad_avx, taps_avx);
     }
 }
 
@@ -662,17 +672,7 @@ unsafe fn exact_block_avx(
 unsafe fn exact_block_avx512(
     planes: &mut [f32], x: &[f32], w: &[f32], b: &[f32], blk: &Block, g: &Geom,
 ) {
-    exact_block_body(
-        planes,
-        x,
-        w,
-        b,
-        blk,
-        g,
-        |a, x, st, wv| strip_avx512(a, x, st, wv),
-        |a, x, q, w, n| quad_avx512(a, x, q, w, n),
-        |src, wq| taps_avx512(src, wq),
-    );
+    vector_block!(planes, x, w, b, blk, g, strip_avx512, quad_avx512, taps_avx512);
 }
 
 /// `slots`, each set to `zero`, as initialised values.
