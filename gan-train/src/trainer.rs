@@ -329,12 +329,18 @@ pub struct Gan {
 impl Gan {
     /// A fresh GAN with initialised weights.
     pub fn new(cfg: &TrainConfig, data: DataShape) -> Result<Self> {
+        let (cfg, g, d) = Self::checked_nets(cfg, data)?;
+        Gan::with_nets(cfg, data, g, d)
+    }
+
+    /// The validated, resolved configuration and its two networks, within the host's limits.
+    fn checked_nets(cfg: &TrainConfig, data: DataShape) -> Result<(TrainConfig, NetDef, NetDef)> {
         cfg.validate()?;
         let cfg = cfg.resolved();
         let (g, d) = (cfg.generator(data)?, cfg.discriminator(data)?);
         crate::limits::check_network(&g.spec(), "the generator")?;
         crate::limits::check_network(&d.spec(), "the discriminator")?;
-        Gan::with_nets(cfg, data, g, d)
+        Ok((cfg, g, d))
     }
 
     /// A fresh GAN with the given networks (the configuration supplies the objective, the
@@ -366,7 +372,17 @@ impl Gan {
 
     /// Restores a GAN from a checkpoint, checking every buffer length.
     pub fn from_checkpoint(ck: Checkpoint) -> Result<Self> {
-        let mut gan = Gan::new(&ck.config, ck.data)?;
+        // The parameter counts first: a small damaged checkpoint whose configuration describes
+        // large networks is refused before their buffers are allocated and initialised.
+        let (cfg, g, d) = Self::checked_nets(&ck.config, ck.data)?;
+        for (what, def, p) in [("generator", &g, &ck.g), ("discriminator", &d, &ck.d)] {
+            let (got, want) = (p.params.len(), def.spec().param_len());
+            ensure!(
+                got == want,
+                "checkpoint {what} parameters has {got} values, the configuration needs {want}"
+            );
+        }
+        let mut gan = Gan::with_nets(cfg, ck.data, g, d)?;
         gan.g.check(&ck.g, "generator")?;
         gan.d.check(&ck.d, "discriminator")?;
         if let Some(avg) = &ck.g_ema {
@@ -821,6 +837,30 @@ pub struct NonFinite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A checkpoint whose parameters do not fit its configuration (here: the `mcu` networks'
+    /// parameters under the much larger `classic` configuration) is refused on the counts,
+    /// naming both; a checkpoint that fits loads back to the same state.
+    #[test]
+    fn checkpoints_are_checked_against_their_configuration() {
+        use crate::config::Arch;
+        let shape = DataShape::MNIST;
+        let small = TrainConfig::classic_recipe(Arch::Mcu);
+        let ck = Gan::new(&small, shape).unwrap().checkpoint();
+        let again = Gan::from_checkpoint(ck.clone()).unwrap().checkpoint();
+        assert_eq!(postcard::to_allocvec(&again).unwrap(), postcard::to_allocvec(&ck).unwrap());
+        let big = TrainConfig::classic_recipe(Arch::Classic).resolved();
+        let want = big.generator(shape).unwrap().spec().param_len();
+        let foreign = Checkpoint { config: big, ..ck.clone() };
+        let Err(err) = Gan::from_checkpoint(foreign) else { panic!("a foreign checkpoint loaded") };
+        let got = ck.g.params.len();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "checkpoint generator parameters has {got} values, the configuration needs {want}"
+            )
+        );
+    }
 
     /// The projection's output gradient is the derivative of `Σ g·score` with respect to each
     /// output (the map is linear, so the check is exact).
