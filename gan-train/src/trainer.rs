@@ -65,21 +65,6 @@ impl Net {
         Ok((Net { grads: vec![0.0; n], def, opt }, state))
     }
 
-    /// Checks that `p` has the sizes this network and optimizer need (`what` names it in the
-    /// error).
-    pub fn check(&self, p: &NetParams, what: &str) -> Result<()> {
-        let n = self.grads.len();
-        for (part, got, want) in [
-            ("parameters", p.params.len(), n),
-            ("optimizer state", p.opt_state.len(), self.opt.state_len(n)),
-        ] {
-            if got != want {
-                bail!("checkpoint {what} {part} has {got} values, the configuration needs {want}");
-            }
-        }
-        Ok(())
-    }
-
     /// One optimizer step on `p` with the gradients in the buffer, split over `exec` (the
     /// update is element-wise, so the bits do not depend on the split).
     fn step(&self, p: &mut NetParams, exec: &dyn Exec) -> Result<()> {
@@ -375,16 +360,23 @@ impl Gan {
         // The parameter counts first: a small damaged checkpoint whose configuration describes
         // large networks is refused before their buffers are allocated and initialised.
         let (cfg, g, d) = Self::checked_nets(&ck.config, ck.data)?;
-        for (what, def, p) in [("generator", &g, &ck.g), ("discriminator", &d, &ck.d)] {
-            let (got, want) = (p.params.len(), def.spec().param_len());
-            ensure!(
-                got == want,
-                "checkpoint {what} parameters has {got} values, the configuration needs {want}"
-            );
+        let nets = [
+            ("generator", &g, &ck.g, cfg.optimizer(cfg.g_opt, cfg.g_lr)),
+            ("discriminator", &d, &ck.d, cfg.optimizer(cfg.d_opt, cfg.d_lr)),
+        ];
+        for (what, def, p, opt) in nets {
+            let n = def.spec().param_len();
+            for (part, got, want) in [
+                ("parameters", p.params.len(), n),
+                ("optimizer state", p.opt_state.len(), opt.state_len(n)),
+            ] {
+                ensure!(
+                    got == want,
+                    "checkpoint {what} {part} has {got} values, the configuration needs {want}"
+                );
+            }
         }
         let mut gan = Gan::with_nets(cfg, ck.data, g, d)?;
-        gan.g.check(&ck.g, "generator")?;
-        gan.d.check(&ck.d, "discriminator")?;
         if let Some(avg) = &ck.g_ema {
             ensure!(
                 avg.len() == ck.g.params.len(),

@@ -322,7 +322,8 @@ unsafe fn drive<K: Micro>(g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
 
 /// Packs `A(ic..ic+mc, pc..pc+kc)` into `panel` as micro-panels of `MR` rows: row `ic + ir + r`
 /// (`ir` a multiple of `MR`) and column `pc + p` go to `panel[ir·kc + p·MR + r]`. Rows past `mc`
-/// in the last micro-panel stay unwritten: a tile with `rows < MR` never reads them.
+/// in the last micro-panel stay unwritten: a tile with `rows < MR` never reads them. Only a
+/// row-major `A` is packed: one stored transposed is read in place (see [`drive`]).
 pub(crate) fn pack_a<const MR: usize>(
     panel: &mut [MaybeUninit<f32>], g: &Gemm<'_>, ic: usize, mc: usize, pc: usize, kc: usize,
 ) {
@@ -338,24 +339,11 @@ pub(crate) fn pack_a<const MR: usize>(
         // destinations ir·kc + p·mr + r < mc.div_ceil(mr)·mr·kc ≤ panel.len().
         unsafe {
             let d = dst.add(ir * kc);
-            if g.ars == 1 {
-                // Aᵀ stored row-major: the `rows` values of one column are contiguous.
+            // Read each row contiguously, scatter it.
+            for r in 0..rows {
+                let s = src.add((ic + ir + r) * g.ars + pc * g.acs);
                 for p in 0..kc {
-                    let s = src.add((pc + p) * g.acs + ic + ir);
-                    if rows == MR {
-                        // Fixed size: a few vector moves instead of a `memcpy` call.
-                        *(d.add(p * mr) as *mut [f32; MR]) = *(s as *const [f32; MR]);
-                    } else {
-                        core::ptr::copy_nonoverlapping(s, d.add(p * mr), rows);
-                    }
-                }
-            } else {
-                // Row-major A: read each row contiguously, scatter it.
-                for r in 0..rows {
-                    let s = src.add((ic + ir + r) * g.ars + pc * g.acs);
-                    for p in 0..kc {
-                        *d.add(p * mr + r) = *s.add(p * g.acs);
-                    }
+                    *d.add(p * mr + r) = *s.add(p * g.acs);
                 }
             }
         }

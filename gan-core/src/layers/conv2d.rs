@@ -595,6 +595,11 @@ fn pair_spans(g: &Geom, kx: usize) -> ((usize, usize), [(usize, usize); 2]) {
     ((lo, hi.max(lo)), [s0, s1])
 }
 
+/// The positions of the span `a..b` outside the shared run `lo..hi` (inside it, or empty).
+fn edges((a, b): (usize, usize), (lo, hi): (usize, usize)) -> impl Iterator<Item = usize> {
+    if lo < hi { (a..lo).chain(hi..b) } else { (a..b).chain(0..0) }
+}
+
 /// [`im2col`] for stride 2 and an even kernel: kernel columns `kx`, `kx + 1` read the two
 /// halves of one run of the image row, so each pair of rows of the column matrix is one
 /// de-interleaving pass.
@@ -610,16 +615,18 @@ fn im2col_s2(col: &mut [f32], img: &[f32], g: &Geom) {
                 for (gy, (d0, d1)) in
                     d0.chunks_exact_mut(g.gw).zip(d1.chunks_exact_mut(g.gw)).enumerate()
                 {
-                    d0.fill(0.0);
-                    d1.fill(0.0);
                     if gy < ylo || gy >= yhi {
+                        d0.fill(0.0);
+                        d1.fill(0.0);
                         continue;
                     }
                     let srow = &src[(gy * 2 + ky - g.p) * g.iw..][..g.iw];
-                    // Each row's own edges, then the shared run.
+                    // Each row: zeros outside its span, its own edges, then the shared run.
                     for (j, (d, (a, b))) in [&mut *d0, &mut *d1].into_iter().zip(spans).enumerate()
                     {
-                        for gx in (a..b).filter(|&gx| gx < lo || gx >= hi) {
+                        d[..a].fill(0.0);
+                        d[b..].fill(0.0);
+                        for gx in edges((a, b), (lo, hi)) {
                             d[gx] = srow[2 * gx + kx + j - g.p];
                         }
                     }
@@ -697,7 +704,7 @@ fn col2im_add_s2(img: &mut [f32], col: &[f32], g: &Geom) {
                     let at = |j: usize| &col[(r + j) * g.cols + gy * g.gw..][..g.gw];
                     let (a0, a1) = (at(0), at(1));
                     for (j, (row, (a, b))) in [a0, a1].into_iter().zip(spans).enumerate() {
-                        for gx in (a..b).filter(|&gx| gx < lo || gx >= hi) {
+                        for gx in edges((a, b), (lo, hi)) {
                             drow[2 * gx + kx + j - g.p] += row[gx];
                         }
                     }
