@@ -636,6 +636,36 @@ mod tests {
         gemm_tasks(Isa::Portable, &g, &mut c, &Lazy, 4);
     }
 
+    /// An `A` stored transposed is read in place, or packed when its stride is a multiple of
+    /// 1 KiB and the product is wide (see `drive`); either way each output is the same sum as
+    /// for the row-major `A`, bit for bit, on every kernel.
+    #[test]
+    fn transposed_a_packed_or_in_place_is_the_row_major_product() {
+        // (m, k, n): packed (256 and 512 rows, ≥ 4 panels, a short last micro-panel), and in
+        // place (narrow, or a stride that is no multiple of 256).
+        let shapes = [(256, 40, 160), (512, 300, 140), (256, 33, 40), (250, 40, 160)];
+        for isa in train_isas() {
+            for &(m, k, n) in &shapes {
+                let at = random(k * m, 5 + m as u64);
+                let b = random(k * n, 6 + n as u64);
+                let mut a = vec![0.0; m * k];
+                for p in 0..k {
+                    for i in 0..m {
+                        a[i * k + p] = at[p * m + i];
+                    }
+                }
+                for acc in [false, true] {
+                    let c0 = random(m * n, 7 + k as u64);
+                    let (mut x, mut y) = (c0.clone(), c0.clone());
+                    gemm(isa, &gemm_of(Kind::Tn, &at, &b, (m, k, n), acc), &mut x, &Serial);
+                    gemm(isa, &gemm_of(Kind::Nn, &a, &b, (m, k, n), acc), &mut y, &Serial);
+                    let same = x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same, "{isa:?} {:?} acc={acc}", (m, k, n));
+                }
+            }
+        }
+    }
+
     /// Both x86 training kernels sum each output the same way (one FMA per step over the same
     /// summation blocks), so they agree bit for bit; only the tiling differs.
     #[cfg(target_arch = "x86_64")]

@@ -27,6 +27,13 @@ unsafe fn tile<S: Simd, const R: usize, const V: usize>(t: &Tile) {
     // `b` the 64-byte-aligned packed panel (2·LANES floats per step); row r < rows and the
     // `cols − LANES·v ≥ 1` columns of vector v are inside this tile's C (contract).
     unsafe {
+        // The tile's rows of C, wanted after the last step: fetched meanwhile (a weight
+        // gradient of a short batch has only `kc = 64` steps to hide an L3 miss behind).
+        for r in 0..R {
+            let cp = t.c.wrapping_add(r * t.ldc);
+            _mm_prefetch::<_MM_HINT_T0>(cp.cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(t.cols - 1).cast::<i8>());
+        }
         let mut acc = [[S::zero(); V]; R];
         let mut a = t.a;
         let mut b = t.b;
