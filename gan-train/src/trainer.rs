@@ -491,7 +491,9 @@ impl Gan {
         if !(stats.d_loss.is_finite() && stats.g_loss.is_finite()) {
             bail!(NonFinite { step, what: "loss" });
         }
-        if !optim::all_finite(&st.g.params) || !optim::all_finite(&st.d.params) {
+        if !optim::all_finite_with(&st.g.params, exec)
+            || !optim::all_finite_with(&st.d.params, exec)
+        {
             bail!(NonFinite { step, what: "weights" });
         }
         st.pos.batch_in_epoch += 1;
@@ -578,7 +580,7 @@ impl Gan {
         };
         let mut stats = score_stats(self.state.config.loss, sr, sf);
 
-        self.d.grads.fill(0.0);
+        zero(&mut self.d.grads, exec);
         for (acts, g) in [(&w.d_real, &*gr), (&w.d_fake, &*gf)] {
             let g = output_grad(g, labels, proj, &mut w.out_grad);
             let grads = Some(&mut self.d.grads[..]);
@@ -712,7 +714,7 @@ impl Gan {
         for (dst, src) in w.g_dout.chunks_exact_mut(px).zip(w.d_dx.chunks_exact(px + classes)) {
             dst.copy_from_slice(&src[..px]);
         }
-        self.g.grads.fill(0.0);
+        zero(&mut self.g.grads, exec);
         model::backward(
             &gs,
             &self.state.g.params,
@@ -727,6 +729,11 @@ impl Gan {
         self.g.step(&mut self.state.g, exec)?;
         Ok(g_loss)
     }
+}
+
+/// Zeroes a gradient buffer over the tasks of `exec` (millions of values for the MLPs).
+fn zero(buf: &mut [f32], exec: &dyn Exec) {
+    gan_core::kernels::par::for_each_chunk(exec, buf, &|_, part| part.fill(0.0));
 }
 
 /// D's score of each sample from its outputs `out`: the outputs themselves, or with a

@@ -135,6 +135,15 @@ fn panel_width(isa: Isa) -> usize {
 /// Picks the number of tasks: one per thread of `exec` (at most one per panel) for products of
 /// at least [`PAR_MIN_FLOPS`], otherwise one.
 pub(crate) fn gemm(isa: Isa, g: &Gemm<'_>, c: &mut [f32], exec: &dyn Exec) {
+    if g.n == 1 && g.m > 1 {
+        // A matrix times a vector (a one-logit layer) as its transpose: `C (m×1)` is the row
+        // `Cᵀ = Bᵀ·Aᵀ (1×m)` in the same memory. Each output is the same sum of the same
+        // products over the same summation blocks (only the two factors of each product trade
+        // places), so the bits are the same, but `A` is packed as a panel of `B` (no scatter)
+        // and the tiles run along `m` instead of 16-wide panels with one useful column.
+        let t = Gemm::new(g.b, (g.k, 1), g.a, (g.acs, g.ars), (1, g.k, g.m), g.accumulate);
+        return gemm(isa, &t, c, exec);
+    }
     let nr = panel_width(isa);
     let threads = exec.threads().clamp(1, MAX_TASKS);
     let flops = g.m.saturating_mul(g.k).saturating_mul(g.n).saturating_mul(2);

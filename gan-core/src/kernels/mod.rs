@@ -387,6 +387,8 @@ mod tests {
         (1, 100, 256),
         (64, 100, 256),
         (64, 257, 40),
+        (64, 257, 1),
+        (300, 64, 1),
         (100, 64, 24),
         (7, 513, 19),
         (130, 300, 20),
@@ -634,6 +636,29 @@ mod tests {
         let mut c = vec![0.0; m * n];
         let g = Gemm::new(&a, (k, 1), &b, (n, 1), (m, k, n), false);
         gemm_tasks(Isa::Portable, &g, &mut c, &Lazy, 4);
+    }
+
+    /// A product with one column runs as its transpose (see `gemm`): the bits of the direct
+    /// tiling, for every kind of operand layout, kernel and summation-block count.
+    #[test]
+    fn one_column_products_are_the_direct_tiling() {
+        for isa in train_isas() {
+            for kind in [Kind::Nn, Kind::Tn, Kind::Nt] {
+                for (m, k) in [(2, 1), (7, 5), (64, 256), (300, 64), (33, 700)] {
+                    let s = (m, k, 1);
+                    let (a, b) = (random(m * k, 8 + m as u64), random(k, 9 + k as u64));
+                    for acc in [false, true] {
+                        let c0 = random(m, 10);
+                        let (mut x, mut y) = (c0.clone(), c0.clone());
+                        let g = gemm_of(kind, &a, &b, s, acc);
+                        gemm(isa, &g, &mut x, &Serial);
+                        gemm::gemm_tasks(isa, &g, &mut y, &Serial, 1);
+                        let same = x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
+                        assert!(same, "{isa:?} {kind:?} {s:?} acc={acc}");
+                    }
+                }
+            }
+        }
     }
 
     /// An `A` stored transposed is read in place, or packed when its stride is a multiple of

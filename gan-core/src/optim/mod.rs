@@ -217,6 +217,20 @@ pub fn all_finite(x: &[f32]) -> bool {
     })
 }
 
+/// [`all_finite`] over `exec`: consecutive ranges checked by its tasks (one task below
+/// [`crate::kernels::par::PAR_MIN_ELEMS`] values). The answer does not depend on the split.
+pub fn all_finite_with(x: &[f32], exec: &dyn Exec) -> bool {
+    use crate::kernels::par;
+    let finite = core::sync::atomic::AtomicBool::new(true);
+    let tasks = par::elem_tasks(exec, x.len(), x.len());
+    par::for_each_range(exec, x.len(), tasks, &|a, b| {
+        if !all_finite(&x[a..b]) {
+            finite.store(false, core::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    finite.into_inner()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +382,19 @@ mod tests {
                 y[pos] = bad;
                 assert!(!all_finite(&y), "{bad} at {pos}");
             }
+        }
+    }
+
+    #[test]
+    fn split_finiteness_check_finds_every_bad_value() {
+        use crate::kernels::par::PAR_MIN_ELEMS;
+        let x = vec![0.5f32; 2 * PAR_MIN_ELEMS + 3];
+        assert!(all_finite_with(&x, &Twice) && all_finite_with(&[], &Twice));
+        for pos in [0, PAR_MIN_ELEMS - 1, PAR_MIN_ELEMS, PAR_MIN_ELEMS + 1, x.len() - 1] {
+            let mut y = x.clone();
+            y[pos] = f32::NAN;
+            assert!(!all_finite_with(&y, &Twice), "at {pos}");
+            assert!(!all_finite_with(&y[..pos + 1], &crate::kernels::Serial), "at {pos}");
         }
     }
 }
