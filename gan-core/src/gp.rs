@@ -222,10 +222,8 @@ mod tests {
         let n = 3;
         let spec = Spec::new(Shape::flat(4), &CRITIC).unwrap();
         let mut r = Lcg::new(21);
-        let mut p = vec![0.0; spec.param_len()];
-        r.fill(&mut p);
-        let mut x = vec![0.0; n * 4];
-        r.fill(&mut x);
+        let p = r.filled(spec.param_len());
+        let x = r.filled(n * 4);
         let mut grads = vec![0.0; spec.param_len()];
         let mut s = vec![0.0; gp_scratch_len(&spec, n)];
         let (pen, _) =

@@ -517,19 +517,25 @@ mod tests {
         core::array::from_fn(|_| lo + (r.next_f32() + 1.0) * 0.5 * (hi - lo))
     }
 
+    /// Checks the gradient `f` writes for `x` (its return value the loss) against central
+    /// differences of step `h`, within `tol`.
+    fn loss_grad_ok<const N: usize>(
+        x: &[f32; N], h: f32, tol: f64, f: impl Fn(&mut [f32], &[f32]) -> f32,
+    ) {
+        let mut g = [0.0f32; N];
+        f(&mut g, x);
+        grad_check(x, &g, |xp| f(&mut [0.0; N], xp) as f64, h, tol);
+    }
+
     #[test]
     fn bce_gradients() {
         let mut r = Lcg::new(21);
         let p = uniform::<8>(&mut r, 0.1, 0.9);
         let t = uniform::<8>(&mut r, 0.0, 1.0);
         for target in [0.0, 1.0, 0.9] {
-            let mut g = [0.0f32; 8];
-            bce(&mut g, &p, target).unwrap();
-            grad_check(&p, &g, |pp| bce(&mut [0.0; 8], pp, target).unwrap() as f64, 1e-3, 1e-3);
+            loss_grad_ok(&p, 1e-3, 1e-3, |g, p| bce(g, p, target).unwrap());
         }
-        let mut g = [0.0f32; 8];
-        bce_targets(&mut g, &p, &t).unwrap();
-        grad_check(&p, &g, |pp| bce_targets(&mut [0.0; 8], pp, &t).unwrap() as f64, 1e-3, 1e-3);
+        loss_grad_ok(&p, 1e-3, 1e-3, |g, p| bce_targets(g, p, &t).unwrap());
     }
 
     #[test]
@@ -538,27 +544,10 @@ mod tests {
         let x = uniform::<8>(&mut r, -4.0, 4.0);
         let t = uniform::<8>(&mut r, 0.0, 1.0);
         for target in [0.0, 1.0, 0.1] {
-            let mut g = [0.0f32; 8];
-            bce_logits(&mut g, &x, target).unwrap();
-            grad_check(
-                &x,
-                &g,
-                |xp| bce_logits(&mut [0.0; 8], xp, target).unwrap() as f64,
-                1e-2,
-                1e-3,
-            );
+            loss_grad_ok(&x, 1e-2, 1e-3, |g, x| bce_logits(g, x, target).unwrap());
         }
-        let mut g = [0.0f32; 8];
-        bce_logits_targets(&mut g, &x, &t).unwrap();
-        grad_check(
-            &x,
-            &g,
-            |xp| bce_logits_targets(&mut [0.0; 8], xp, &t).unwrap() as f64,
-            1e-2,
-            1e-3,
-        );
-        ns_generator_logits(&mut g, &x).unwrap();
-        grad_check(&x, &g, |xp| ns_generator_logits(&mut [0.0; 8], xp).unwrap() as f64, 1e-2, 1e-3);
+        loss_grad_ok(&x, 1e-2, 1e-3, |g, x| bce_logits_targets(g, x, &t).unwrap());
+        loss_grad_ok(&x, 1e-2, 1e-3, |g, x| ns_generator_logits(g, x).unwrap());
     }
 
     #[test]
@@ -566,9 +555,7 @@ mod tests {
         let mut r = Lcg::new(23);
         let x = r.vec::<8>();
         for target in [0.0, 1.0, -1.0] {
-            let mut g = [0.0f32; 8];
-            lsgan(&mut g, &x, target).unwrap();
-            grad_check(&x, &g, |xp| lsgan(&mut [0.0; 8], xp, target).unwrap() as f64, 1e-2, 1e-4);
+            loss_grad_ok(&x, 1e-2, 1e-4, |g, x| lsgan(g, x, target).unwrap());
         }
     }
 
@@ -602,17 +589,8 @@ mod tests {
         grad_check(&real, &gr, |rp| hc(rp, &fake), 1e-2, 1e-4);
         grad_check(&fake, &gf, |fp| hc(&real, fp), 1e-2, 1e-4);
 
-        let mut g = [0.0f32; 5];
-        wasserstein_generator(&mut g, &fake).unwrap();
-        grad_check(
-            &fake,
-            &g,
-            |fp| wasserstein_generator(&mut [0.0; 5], fp).unwrap() as f64,
-            1e-2,
-            1e-4,
-        );
-        hinge_generator(&mut g, &fake).unwrap();
-        grad_check(&fake, &g, |fp| hinge_generator(&mut [0.0; 5], fp).unwrap() as f64, 1e-2, 1e-4);
+        loss_grad_ok(&fake, 1e-2, 1e-4, |g, f| wasserstein_generator(g, f).unwrap());
+        loss_grad_ok(&fake, 1e-2, 1e-4, |g, f| hinge_generator(g, f).unwrap());
     }
 
     #[test]

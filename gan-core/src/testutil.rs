@@ -1,6 +1,9 @@
 //! Test helpers: a tiny deterministic generator and a central finite-difference checker.
 
 /// Linear congruential generator for test data (no dependency on the noise module).
+use std::vec;
+use std::vec::Vec;
+
 pub struct Lcg(u64);
 
 impl Lcg {
@@ -14,6 +17,12 @@ impl Lcg {
     }
     pub fn vec<const N: usize>(&mut self) -> [f32; N] {
         core::array::from_fn(|_| self.next_f32())
+    }
+    /// `len` values from [`Lcg::fill`].
+    pub fn filled(&mut self, len: usize) -> Vec<f32> {
+        let mut v = vec![0.0; len];
+        self.fill(&mut v);
+        v
     }
     pub fn fill(&mut self, v: &mut [f32]) {
         for x in v {

@@ -324,8 +324,7 @@ mod tests {
     use std::vec::Vec;
 
     fn rand(r: &mut Lcg, len: usize) -> Vec<f32> {
-        let mut v = vec![0.0; len];
-        r.fill(&mut v);
+        let v = r.filled(len);
         v
     }
 

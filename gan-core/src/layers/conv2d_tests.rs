@@ -9,8 +9,7 @@ use std::vec;
 use std::vec::Vec;
 
 pub(crate) fn rand(r: &mut Lcg, len: usize) -> Vec<f32> {
-    let mut v = vec![0.0; len];
-    r.fill(&mut v);
+    let v = r.filled(len);
     v
 }
 

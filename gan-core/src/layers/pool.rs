@@ -304,8 +304,7 @@ mod tests {
             let n = 2;
             let (oh, ow) = d.out_hw().unwrap();
             let x = distinct(&mut r, n * d.c * d.h * d.w);
-            let mut g = vec![0.0; n * d.c * oh * ow];
-            r.fill(&mut g);
+            let g = r.filled(n * d.c * oh * ow);
             let loss = |x: &[f32]| -> f64 {
                 let mut out = vec![0.0; g.len()];
                 maxpool2d_forward(&mut out, None, x, n, &d, &Serial).unwrap();
@@ -333,8 +332,7 @@ mod tests {
         ] {
             let n = 12;
             let (oh, ow) = d.out_hw().unwrap();
-            let mut x = vec![0.0; n * d.c * d.h * d.w];
-            r.fill(&mut x);
+            let mut x = r.filled(n * d.c * d.h * d.w);
             // Quantise for ties, and sprinkle NaNs.
             for (i, v) in x.iter_mut().enumerate() {
                 *v = if i % 37 == 0 { f32::NAN } else { (*v * 4.0).round() };

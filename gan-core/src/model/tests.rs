@@ -6,6 +6,7 @@ use crate::kernels::Serial;
 use crate::spec::{Layer, Shape};
 use crate::testutil::{Lcg, grad_check};
 use std::vec;
+use std::vec::Vec;
 
 const LAYERS: [Layer; 7] = [
     Layer::Dense { out: 6 },
@@ -20,10 +21,8 @@ const LAYERS: [Layer; 7] = [
 fn setup(n: usize) -> (Spec<'static>, vec::Vec<f32>, vec::Vec<f32>) {
     let spec = Spec::new(Shape::flat(3), &LAYERS).unwrap();
     let mut r = Lcg::new(5);
-    let mut p = vec![0.0; spec.param_len()];
-    r.fill(&mut p);
-    let mut x = vec![0.0; n * 3];
-    r.fill(&mut x);
+    let p = r.filled(spec.param_len());
+    let x = r.filled(n * 3);
     (spec, p, x)
 }
 
@@ -52,17 +51,41 @@ fn weighted(spec: &Spec<'_>, p: &[f32], x: &[f32], g: &[f32], n: usize) -> f64 {
     weighted_output(spec, p, x, g, n, 0)
 }
 
+/// Runs [`infer`] on `x` and checks it against the training forward's output in `acts`
+/// (within `tol`); returns the inferred outputs.
+fn infer_is_forward(
+    spec: &Spec<'_>, p: &[f32], x: &[f32], acts: &[f32], n: usize, tol: f32,
+) -> Vec<f32> {
+    let want = output(spec, acts, n);
+    let mut out = vec![0.0; want.len()];
+    let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
+    infer(spec, p, x, &mut out, &mut scratch, n).unwrap();
+    for (a, b) in want.iter().zip(&out) {
+        assert!((a - b).abs() < tol, "{a} vs {b}");
+    }
+    out
+}
+
 #[test]
 fn infer_matches_forward() {
     let n = 4;
     let (spec, p, x) = setup(n);
     let acts = run_forward(&spec, &p, &x, n);
-    let mut out = vec![0.0; n * 2];
-    let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
-    infer(&spec, &p, &x, &mut out, &mut scratch, n).unwrap();
-    for (a, b) in output(&spec, &acts, n).iter().zip(&out) {
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-    }
+    infer_is_forward(&spec, &p, &x, &acts, n, 1e-5);
+}
+
+/// Runs the training forward and backward with output gradient `g` and checks the parameter
+/// and input gradients against central differences of `Σ output ⊙ g` (tolerance `tol`);
+/// returns the activations and both gradients.
+fn checked_gradients(
+    spec: &Spec<'_>, p: &[f32], x: &[f32], g: &[f32], n: usize, tol: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let loss = |p: &[f32], x: &[f32]| weighted(spec, p, x, g, n);
+    let acts = run_forward(spec, p, x, n);
+    let (grads, dx) = back(spec, p, &acts, g, n, (true, true));
+    grad_check(p, &grads, |pp| loss(pp, x), 1e-3, tol);
+    grad_check(x, &dx, |xp| loss(p, xp), 1e-3, tol);
+    (acts, grads, dx)
 }
 
 #[test]
@@ -70,13 +93,8 @@ fn backward_matches_finite_differences() {
     let n = 3;
     let (spec, p, x) = setup(n);
     let mut r = Lcg::new(9);
-    let mut g = vec![0.0; n * 2];
-    r.fill(&mut g);
-    let loss = |p: &[f32], x: &[f32]| weighted(&spec, p, x, &g, n);
-    let acts = run_forward(&spec, &p, &x, n);
-    let (grads, dx) = back(&spec, &p, &acts, &g, n, (true, true));
-    grad_check(&p, &grads, |pp| loss(pp, &x), 1e-3, 2e-3);
-    grad_check(&x, &dx, |xp| loss(&p, xp), 1e-3, 2e-3);
+    let g = r.filled(n * 2);
+    let (acts, grads, dx) = checked_gradients(&spec, &p, &x, &g, n, 2e-3);
 
     // Without an input gradient the parameter gradients are the same.
     let (grads2, _) = back(&spec, &p, &acts, &g, n, (true, false));
@@ -93,8 +111,7 @@ fn partial_backward_matches_truncated_network() {
     let (spec, p, x) = setup(n);
     let upto = 5; // through the ReLU after the second dense layer: output 4 features
     let mut r = Lcg::new(4);
-    let mut g = vec![0.0; n * 4];
-    r.fill(&mut g);
+    let g = r.filled(n * 4);
     let acts = run_forward(&spec, &p, &x, n);
     let mut grads = vec![0.0; spec.param_len()];
     let mut dx = vec![0.0; n * 3];
@@ -134,17 +151,10 @@ fn minibatch_disc_network_gradients() {
     let spec = Spec::new(Shape::flat(3), &layers).unwrap();
     assert_eq!(spec.layer(2).unwrap().out_shape, Shape::flat(7));
     let mut r = Lcg::new(8);
-    let mut p = vec![0.0; spec.param_len()];
-    r.fill(&mut p);
-    let mut x = vec![0.0; n * 3];
-    r.fill(&mut x);
-    let mut g = vec![0.0; n];
-    r.fill(&mut g);
-    let loss = |p: &[f32], x: &[f32]| weighted(&spec, p, x, &g, n);
-    let acts = run_forward(&spec, &p, &x, n);
-    let (grads, dx) = back(&spec, &p, &acts, &g, n, (true, true));
-    grad_check(&p, &grads, |pp| loss(pp, &x), 1e-3, 3e-3);
-    grad_check(&x, &dx, |xp| loss(&p, xp), 1e-3, 3e-3);
+    let p = r.filled(spec.param_len());
+    let x = r.filled(n * 3);
+    let g = r.filled(n);
+    let (acts, _, dx) = checked_gradients(&spec, &p, &x, &g, n, 3e-3);
     // The input gradient alone (generator step through a frozen D) is the same.
     let (_, dx2) = back(&spec, &p, &acts, &g, n, (false, true));
     assert_eq!(dx, dx2);
@@ -177,12 +187,9 @@ fn weighted_output(spec: &Spec<'_>, p: &[f32], x: &[f32], g: &[f32], n: usize, s
 fn check_network(layers: &[Layer], input: Shape, n: usize, seed: u64, atol: f64) {
     let spec = Spec::new(input, layers).unwrap();
     let mut r = Lcg::new(seed);
-    let mut p = vec![0.0; spec.param_len()];
-    r.fill(&mut p);
-    let mut x = vec![0.0; n * input.len()];
-    r.fill(&mut x);
-    let mut g = vec![0.0; n * spec.output().len()];
-    r.fill(&mut g);
+    let p = r.filled(spec.param_len());
+    let x = r.filled(n * input.len());
+    let g = r.filled(n * spec.output().len());
     let ctx = ForwardCtx::with_seed(seed);
     let mut acts = vec![0.0; spec.act_len(n)];
     input_mut(&spec, &mut acts, n).copy_from_slice(&x);
@@ -232,10 +239,8 @@ const CONV_G: [Layer; 10] = [
 /// of layer `layer`, for the parameters and input `check_network` draws from `seed`.
 fn min_pool_gap(spec: &Spec<'_>, layer: usize, n: usize, seed: u64) -> f32 {
     let mut r = Lcg::new(seed);
-    let mut p = vec![0.0; spec.param_len()];
-    r.fill(&mut p);
-    let mut x = vec![0.0; n * spec.input().len()];
-    r.fill(&mut x);
+    let p = r.filled(spec.param_len());
+    let x = r.filled(n * spec.input().len());
     let mut acts = vec![0.0; spec.act_len(n)];
     input_mut(spec, &mut acts, n).copy_from_slice(&x);
     forward_with(spec, &p, &mut acts, n, &Serial, &ForwardCtx::with_seed(seed)).unwrap();
@@ -304,20 +309,14 @@ fn infer_of_conv_batchnorm_network_matches_forward() {
     let n = 4;
     let spec = Spec::new(Shape::image(2, 6, 6), &layers).unwrap();
     let mut r = Lcg::new(63);
-    let mut p = vec![0.0; spec.param_len()];
-    r.fill(&mut p);
-    let mut x = vec![0.0; n * spec.input().len()];
-    r.fill(&mut x);
+    let mut p = r.filled(spec.param_len());
+    let x = r.filled(n * spec.input().len());
     let acts = acts_for(&spec, &p, &x, n);
     set_running_to_batch(&spec, &mut p, &acts, n);
-    let mut out = vec![0.0; n];
-    let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
-    infer(&spec, &p, &x, &mut out, &mut scratch, n).unwrap();
-    for (a, b) in output(&spec, &acts, n).iter().zip(&out) {
-        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
-    }
+    let out = infer_is_forward(&spec, &p, &x, &acts, n, 1e-4);
     // Deterministic, and each sample independent of its batch.
     let mut again = vec![0.0; n];
+    let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
     infer(&spec, &p, &x, &mut again, &mut scratch, n).unwrap();
     assert_eq!(out.map_bits(), again.map_bits());
     let in_len = spec.input().len();
@@ -347,15 +346,13 @@ fn inference_mode_forward_matches_infer() {
     let n = 5;
     let spec = Spec::new(Shape::image(2, 6, 6), &layers).unwrap();
     let mut r = Lcg::new(66);
-    let mut p = vec![0.0; spec.param_len()];
-    r.fill(&mut p);
+    let mut p = r.filled(spec.param_len());
     for info in spec.iter().filter(|l| l.stats_len > 0) {
         // Positive running variances, far from this batch's statistics.
         let c = info.stats_len / 2;
         p[info.stats_range()][c..].iter_mut().for_each(|v| *v = v.abs() + 0.5);
     }
-    let mut x = vec![0.0; n * spec.input().len()];
-    r.fill(&mut x);
+    let x = r.filled(n * spec.input().len());
     let mut want = vec![0.0; n];
     infer(&spec, &p, &x, &mut want, &mut vec![0.0; spec.infer_scratch_len(n)], n).unwrap();
     let mut acts = vec![0.0; spec.act_len(n)];
@@ -376,18 +373,11 @@ fn infer_of_generator_matches_forward() {
     let n = 3;
     let spec = Spec::new(Shape::flat(3), &layers).unwrap();
     let mut r = Lcg::new(64);
-    let mut p = vec![0.0; spec.param_len()];
-    r.fill(&mut p);
-    let mut x = vec![0.0; n * 3];
-    r.fill(&mut x);
+    let mut p = r.filled(spec.param_len());
+    let x = r.filled(n * 3);
     let acts = acts_for(&spec, &p, &x, n);
     set_running_to_batch(&spec, &mut p, &acts, n);
-    let mut out = vec![0.0; n * 16];
-    let mut scratch = vec![0.0; spec.infer_scratch_len(n)];
-    infer(&spec, &p, &x, &mut out, &mut scratch, n).unwrap();
-    for (a, b) in output(&spec, &acts, n).iter().zip(&out) {
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-    }
+    infer_is_forward(&spec, &p, &x, &acts, n, 1e-5);
 }
 
 /// Pins the inference bits of a conv network, so any change of the fixed summation order
@@ -396,8 +386,7 @@ fn infer_of_generator_matches_forward() {
 fn conv_infer_bits_are_pinned() {
     let spec = Spec::new(Shape::flat(3), &CONV_G).unwrap();
     let mut r = Lcg::new(65);
-    let mut p = vec![0.0; spec.param_len()];
-    r.fill(&mut p);
+    let mut p = r.filled(spec.param_len());
     for info in spec.iter() {
         if info.stats_len > 0 {
             // Positive running variances (batch normalisation's).
@@ -408,8 +397,7 @@ fn conv_infer_bits_are_pinned() {
             }
         }
     }
-    let mut x = vec![0.0; 2 * 3];
-    r.fill(&mut x);
+    let x = r.filled(2 * 3);
     let mut out = vec![0.0; 2 * 16];
     let mut scratch = vec![0.0; spec.infer_scratch_len(2)];
     infer(&spec, &p, &x, &mut out, &mut scratch, 2).unwrap();
@@ -433,8 +421,7 @@ fn running_statistics_follow_the_batch() {
     let mut p = vec![0.0; spec.param_len()];
     crate::init::init_params(&spec, &mut p, crate::init::Init::HeNormal, &mut crate::noise::rng(1))
         .unwrap();
-    let mut x = vec![0.0; n * spec.input().len()];
-    r.fill(&mut x);
+    let x = r.filled(n * spec.input().len());
     let acts = acts_for(&spec, &p, &x, n);
     let bn = spec.layer(1).unwrap();
     let before = p.clone();
@@ -467,8 +454,7 @@ fn dropout_masks_follow_the_seed() {
     let layers = [Layer::Dense { out: 64 }, Layer::Dropout { p: 0.5 }];
     let spec = Spec::new(Shape::flat(2), &layers).unwrap();
     let mut r = Lcg::new(67);
-    let mut p = vec![0.0; spec.param_len()];
-    r.fill(&mut p);
+    let p = r.filled(spec.param_len());
     let x = [0.5f32, -0.25];
     let run = |seed| {
         let mut acts = vec![0.0; spec.act_len(1)];

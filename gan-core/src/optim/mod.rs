@@ -357,8 +357,7 @@ mod tests {
         assert_eq!(sum_squares(&[3.0]), 9.0);
         assert_eq!(sum_squares(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]), 285.0);
         for n in [7usize, 8, 9, 1023, 1024, 1025, 5000, 100_003] {
-            let mut x = vec![0.0f32; n];
-            rng.fill(&mut x);
+            let x = rng.filled(n);
             let exact: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
             let got = sum_squares(&x) as f64;
             assert!((got - exact).abs() <= 1e-6 * exact, "n {n}: {got} vs {exact}");
