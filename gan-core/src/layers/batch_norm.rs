@@ -323,16 +323,11 @@ mod tests {
     use std::vec;
     use std::vec::Vec;
 
-    fn rand(r: &mut Lcg, len: usize) -> Vec<f32> {
-        let v = r.filled(len);
-        v
-    }
-
     #[test]
     fn forward_normalises_each_channel() {
         let mut r = Lcg::new(41);
         let (n, c, s) = (3, 2, 4);
-        let x: Vec<f32> = rand(&mut r, n * c * s).iter().map(|v| 3.0 * v + 1.5).collect();
+        let x: Vec<f32> = r.filled(n * c * s).iter().map(|v| 3.0 * v + 1.5).collect();
         let gamma = [1.0, 1.0];
         let beta = [0.0, 0.0];
         let mut out = vec![0.0; x.len()];
@@ -358,10 +353,10 @@ mod tests {
     fn check_gradients(n: usize, c: usize, s: usize, seed: u64) {
         let mut r = Lcg::new(seed);
         let len = n * c * s;
-        let x = rand(&mut r, len);
-        let gamma: Vec<f32> = rand(&mut r, c).iter().map(|v| 1.0 + 0.5 * v).collect();
-        let beta = rand(&mut r, c);
-        let g = rand(&mut r, len);
+        let x = r.filled(len);
+        let gamma: Vec<f32> = r.filled(c).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let beta = r.filled(c);
+        let g = r.filled(len);
         let eps = 1e-3;
         let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
             let mut out = vec![0.0; len];
@@ -406,9 +401,9 @@ mod tests {
     fn exact_inference_with_batch_statistics_equals_training_forward() {
         let mut r = Lcg::new(44);
         let (n, c, s) = (4, 3, 5);
-        let x = rand(&mut r, n * c * s);
-        let gamma = rand(&mut r, c);
-        let beta = rand(&mut r, c);
+        let x = r.filled(n * c * s);
+        let gamma = r.filled(c);
+        let beta = r.filled(c);
         let mut out = vec![0.0; x.len()];
         let mut stats = vec![0.0; 2 * c];
         batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5, &Serial).unwrap();
@@ -443,8 +438,8 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for (n, c, s) in [(32, 32, 49), (32, 1568, 1), (3, 5, 7)] {
             let len = n * c * s;
-            let (x, g) = (rand(&mut r, len), rand(&mut r, len));
-            let (gamma, beta) = (rand(&mut r, c), rand(&mut r, c));
+            let (x, g) = (r.filled(len), r.filled(len));
+            let (gamma, beta) = (r.filled(c), r.filled(c));
             let run = |exec: &dyn Exec| {
                 let (mut out, mut stats) = (vec![0.0; len], vec![0.0; 2 * c]);
                 batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5, exec)

@@ -8,11 +8,6 @@ use crate::testutil::{Lcg, grad_check};
 use std::vec;
 use std::vec::Vec;
 
-pub(crate) fn rand(r: &mut Lcg, len: usize) -> Vec<f32> {
-    let v = r.filled(len);
-    v
-}
-
 pub(crate) fn dims(
     in_c: usize, in_h: usize, in_w: usize, out_c: usize, k: usize, s: usize, p: usize,
 ) -> ConvDims {
@@ -81,9 +76,9 @@ fn conv_forward_matches_definition() {
     for &(ci, h, wd, co, k, s, p) in &CASES {
         let d = dims(ci, h, wd, co, k, s, p);
         let (oh, ow) = d.out_hw().unwrap();
-        let x = rand(&mut r, n * ci * h * wd);
-        let w = rand(&mut r, co * ci * k * k);
-        let b = rand(&mut r, co);
+        let x = r.filled(n * ci * h * wd);
+        let w = r.filled(co * ci * k * k);
+        let b = r.filled(co);
         let want = naive_conv(&x, &w, &b, n, &d);
         let mut out = vec![0.0; n * co * oh * ow];
         let mut col = vec![0.0; n * d.col_len().unwrap()];
@@ -124,9 +119,9 @@ pub(crate) fn check_int8_kernel(
     for &(ci, h, wd, co, k, s, p) in &CASES {
         let d = dims(ci, h, wd, co, k, s, p);
         let Some((oh, ow)) = out_hw(&d) else { continue };
-        let x = rand(&mut r, n * ci * h * wd);
-        let w = rand(&mut r, co * ci * k * k);
-        let b = rand(&mut r, co);
+        let x = r.filled(n * ci * h * wd);
+        let w = r.filled(co * ci * k * k);
+        let b = r.filled(co);
         let (q, sc) = quantize_channels(&w, ch(ci, co, k * k));
         let plane = co * oh * ow;
         let mut out = vec![f32::NAN; n * plane];
@@ -173,10 +168,10 @@ fn backward_matches_finite_differences() {
         let d = dims(ci, h, wd, co, k, s, p);
         let (oh, ow) = if transposed { d.transpose_out_hw() } else { d.out_hw() }.unwrap();
         let cl = if transposed { d.transpose_col_len() } else { d.col_len() }.unwrap();
-        let x = rand(&mut r, n * ci * h * wd);
-        let w = rand(&mut r, co * ci * k * k);
-        let b = rand(&mut r, co);
-        let g = rand(&mut r, n * co * oh * ow);
+        let x = r.filled(n * ci * h * wd);
+        let w = r.filled(co * ci * k * k);
+        let b = r.filled(co);
+        let g = r.filled(n * co * oh * ow);
         // The output and the column buffer (every sample's matrix).
         let forward = |x: &[f32], w: &[f32], b: &[f32]| {
             let (mut out, mut col) = (vec![0.0; g.len()], vec![0.0; n * cl]);
@@ -304,10 +299,10 @@ fn threads_and_scratch_do_not_change_bits() {
         let (ci, co, k) = (d.in_c, d.out_c, d.k);
         let (oh, ow) = if transposed { d.transpose_out_hw() } else { d.out_hw() }.unwrap();
         let cl = if transposed { d.transpose_col_len() } else { d.col_len() }.unwrap();
-        let x = rand(&mut r, n * ci * d.in_h * d.in_w);
-        let w = rand(&mut r, ci * co * k * k);
-        let b = rand(&mut r, co);
-        let g = rand(&mut r, n * co * oh * ow);
+        let x = r.filled(n * ci * d.in_h * d.in_w);
+        let w = r.filled(ci * co * k * k);
+        let b = r.filled(co);
+        let g = r.filled(n * co * oh * ow);
         // (out, col, dx, dw, db) for one executor and one scratch size.
         let run = |exec: &dyn Exec, scratch_len: usize| {
             let mut out = vec![0.0; g.len()];
@@ -359,9 +354,9 @@ fn exact_kernels_keep_their_bits_on_threads() {
         (1, false, dims(64, 14, 14, 32, 4, 2, 1)),
     ] {
         let (oh, ow) = if transposed { d.transpose_out_hw() } else { d.out_hw() }.unwrap();
-        let x = rand(&mut r, n * d.in_c * d.in_h * d.in_w);
-        let w = rand(&mut r, d.in_c * d.out_c * d.k * d.k);
-        let b = rand(&mut r, d.out_c);
+        let x = r.filled(n * d.in_c * d.in_h * d.in_w);
+        let w = r.filled(d.in_c * d.out_c * d.k * d.k);
+        let b = r.filled(d.out_c);
         let run = |exec: &dyn Exec| {
             let mut out = vec![f32::NAN; n * d.out_c * oh * ow];
             if transposed {

@@ -820,7 +820,7 @@ mod tests {
     use super::*;
     use crate::kernels::Serial;
     use crate::layers::conv2d::conv2d_forward;
-    use crate::layers::conv2d::tests::{CASES, assert_close, check_int8_kernel, dims, rand};
+    use crate::layers::conv2d::tests::{CASES, assert_close, check_int8_kernel, dims};
     use crate::testutil::Lcg;
     use std::vec;
     use std::vec::Vec;
@@ -870,9 +870,9 @@ mod tests {
         for &(ci, h, wd, co, k, s, p) in &CASES {
             let d = dims(ci, h, wd, co, k, s, p);
             let (oh, ow) = d.transpose_out_hw().unwrap();
-            let x = rand(&mut r, n * ci * h * wd);
-            let w = rand(&mut r, ci * co * k * k);
-            let b = rand(&mut r, co);
+            let x = r.filled(n * ci * h * wd);
+            let w = r.filled(ci * co * k * k);
+            let b = r.filled(co);
             let want = naive_conv_t(&x, &w, &b, n, &d);
             let mut out = vec![0.0; n * co * oh * ow];
             let mut scratch = vec![0.0; d.transpose_col_len().unwrap()];
@@ -908,9 +908,9 @@ mod tests {
             let (oh, ow) = d.out_hw().unwrap();
             let dt = dims(co, oh, ow, ci, k, s, p);
             assert_eq!(dt.transpose_out_hw(), Some((h, wd)));
-            let x = rand(&mut r, n * ci * h * wd);
-            let y = rand(&mut r, n * co * oh * ow);
-            let w = rand(&mut r, co * ci * k * k);
+            let x = r.filled(n * ci * h * wd);
+            let y = r.filled(n * co * oh * ow);
+            let w = r.filled(co * ci * k * k);
             let mut cx = vec![0.0; y.len()];
             let mut col = vec![0.0; n * d.col_len().unwrap()];
             conv2d_forward(&mut cx, &mut col, &x, &w, &vec![0.0; co], n, &d, &Serial).unwrap();
