@@ -93,7 +93,13 @@ macro_rules! micro_kernel {
                 (Aligned::uninit(), Aligned::uninit())
             }
             fn pack_a(p: &mut [MaybeUninit<f32>], g: &Gemm<'_>, ic: usize, mc: usize, pc: usize, kc: usize) {
-                pack_a::<$mr>(p, g, ic, mc, pc, kc);
+                if g.acs == 1 {
+                    // SAFETY: both instruction sets include AVX, and the kernels only run
+                    // after their own (wider) detection.
+                    unsafe { pack_a_rows::<$mr>(p, g, ic, mc, pc, kc) };
+                } else {
+                    pack_a::<$mr>(p, g, ic, mc, pc, kc);
+                }
             }
             unsafe fn tile(t: &Tile) {
                 // SAFETY: forwarded (the caller checked the instruction set); each
@@ -137,6 +143,62 @@ micro_kernel!(Avx2Kernel, mr: 6, nr: 16, rows_a: 96, tile: tile_avx2, rows: [1, 
 /// per step of `p`; 64 rows of `A` at `KC` (64 KiB on the stack).
 pub(crate) struct Avx512Kernel;
 micro_kernel!(Avx512Kernel, mr: 8, nr: 32, rows_a: 64, tile: tile_avx512, rows: [1, 2, 3, 4, 5, 6, 7]);
+
+/// [`pack_a`] for row-major `A` (`A(i, p) = a[i·ars + p]`): each full micro-panel of
+/// `4 ≤ MR ≤ 8` rows in blocks of 8 steps, transposed in registers (rows past `MR` zero), every
+/// step's `MR` values stored at once. For `MR < 8` a store also covers the first lanes of the
+/// next step, which the next store rewrites; the micro-panel's last step is stored lane by
+/// lane. Short micro-panels and the steps after the last whole block take the scalar loops of
+/// [`pack_a`], so the packed panel holds exactly what [`pack_a`] writes.
+///
+/// # Safety
+/// The CPU supports AVX.
+#[target_feature(enable = "avx")]
+unsafe fn pack_a_rows<const MR: usize>(
+    panel: &mut [MaybeUninit<f32>], g: &Gemm<'_>, ic: usize, mc: usize, pc: usize, kc: usize,
+) {
+    const { assert!(MR >= 4 && MR <= 8) };
+    assert!(g.acs == 1 && panel.len() >= mc.div_ceil(MR) * MR * kc && kc >= 1);
+    assert!(ic + mc <= g.m && pc + kc <= g.k);
+    let dst = panel.as_mut_ptr().cast::<f32>();
+    let src = g.a.as_ptr();
+    let full = mc / MR * MR;
+    let kc8 = kc / 8 * 8;
+    for ir in (0..full).step_by(MR) {
+        // SAFETY: (whole loop)  rows ic+ir..ic+ir+MR ≤ m and columns pc..pc+kc ≤ k of A are
+        // in `a` (Gemm invariant, asserted ranges); the micro-panel's kc·MR floats start at
+        // ir·kc in `panel`, and a whole-vector store at step p < kc − 1 ends at
+        // (p + 1)·MR + (8 − MR) ≤ (p + 2)·MR ≤ kc·MR when MR ≥ 4, or inside the next step's
+        // slots (rewritten next) — the last step is stored lane by lane.
+        unsafe {
+            let d = dst.add(ir * kc);
+            let row = |r: usize| src.add((ic + ir + r) * g.ars + pc);
+            for pp in (0..kc8).step_by(8) {
+                let r: [__m256; 8] = core::array::from_fn(|q| {
+                    if q < MR { _mm256_loadu_ps(row(q).add(pp)) } else { _mm256_setzero_ps() }
+                });
+                for (x, v) in super::transpose8(r).into_iter().enumerate() {
+                    let p = pp + x;
+                    if MR == 8 || p + 1 < kc {
+                        _mm256_storeu_ps(d.add(p * MR), v);
+                    } else {
+                        let mut lanes = [0.0f32; 8];
+                        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+                        core::ptr::copy_nonoverlapping(lanes.as_ptr(), d.add(p * MR), MR);
+                    }
+                }
+            }
+            for r in 0..MR {
+                for p in kc8..kc {
+                    *d.add(p * MR + r) = *row(r).add(p);
+                }
+            }
+        }
+    }
+    if full < mc {
+        pack_a::<MR>(&mut panel[full * kc..], g, ic + full, mc - full, pc, kc);
+    }
+}
 
 /// [`pack_b`] for column-major `B` (`B(p, j) = b[j·bcs + p]`) into `NR`-wide panel
 /// rows, transposing 8×8 blocks in registers; edges fall back to the scalar loops.
@@ -186,5 +248,51 @@ unsafe fn pack_b_transposed<const NR: usize>(
             // SAFETY: row pp of the panel is in bounds.
             unsafe { core::ptr::write_bytes(dst.add(pp * NR + cols), 0, NR - cols) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Lcg;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Packs with `f` into a buffer of sentinels and returns every float's bits.
+    fn packed(f: impl Fn(&mut [MaybeUninit<f32>]), len: usize) -> Vec<u32> {
+        let mut buf = vec![MaybeUninit::new(f32::from_bits(0x7FC0_1234)); len];
+        f(&mut buf);
+        // SAFETY: every element was initialised above (packing only overwrites).
+        buf.iter().map(|v| unsafe { v.assume_init() }.to_bits()).collect()
+    }
+
+    fn check<const MR: usize>() {
+        let mut r = Lcg::new(77);
+        for (m, k) in [(1, 1), (5, 9), (6, 8), (8, 8), (13, 17), (24, 64), (30, 33), (64, 256)] {
+            let (a, b) = (r.filled(m * k), vec![0.0; k]);
+            let g = Gemm::new(&a, (k, 1), &b, (1, 1), (m, k, 1), false);
+            // Whole and partial row blocks and summation blocks.
+            for (ic, mc, pc, kc) in [(0, m, 0, k), (m / 3, m - m / 3, k / 2, k - k / 2)] {
+                if mc == 0 || kc == 0 {
+                    continue;
+                }
+                let len = mc.div_ceil(MR) * MR * kc + 8;
+                let want = packed(|p| pack_a::<MR>(p, &g, ic, mc, pc, kc), len);
+                // SAFETY: the test only runs where the CPU has AVX.
+                let got = packed(|p| unsafe { pack_a_rows::<MR>(p, &g, ic, mc, pc, kc) }, len);
+                assert_eq!(got, want, "MR {MR}, m {m}, k {k}, block {:?}", (ic, mc, pc, kc));
+            }
+        }
+    }
+
+    #[test]
+    fn vector_packing_of_a_is_the_scalar_packing() {
+        if !super::super::has_avx() {
+            std::eprintln!("no AVX here: nothing to compare");
+            return;
+        }
+        check::<6>();
+        check::<8>();
+        check::<4>();
     }
 }
