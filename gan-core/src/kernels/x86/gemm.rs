@@ -167,9 +167,9 @@ unsafe fn pack_a_rows<const MR: usize>(
     for ir in (0..full).step_by(MR) {
         // SAFETY: (whole loop)  rows ic+ir..ic+ir+MR ≤ m and columns pc..pc+kc ≤ k of A are
         // in `a` (Gemm invariant, asserted ranges); the micro-panel's kc·MR floats start at
-        // ir·kc in `panel`, and a whole-vector store at step p < kc − 1 ends at
-        // (p + 1)·MR + (8 − MR) ≤ (p + 2)·MR ≤ kc·MR when MR ≥ 4, or inside the next step's
-        // slots (rewritten next) — the last step is stored lane by lane.
+        // ir·kc in `panel`. A whole-vector store at step p < kc − 1 writes slot p and, for
+        // MR < 8, the first 8 − MR ≤ MR lanes of slot p + 1 (inside the micro-panel, and
+        // rewritten later); the last step is stored lane by lane.
         unsafe {
             let d = dst.add(ir * kc);
             let row = |r: usize| src.add((ic + ir + r) * g.ars + pc);
