@@ -147,6 +147,46 @@ fn planes(x: &[f32], c: usize, s: usize, ch: usize) -> impl Iterator<Item = &[f3
     x.chunks_exact(c * s).map(move |sample| &sample[ch * s..(ch + 1) * s])
 }
 
+/// Channels whose sums [`channel_sums`] runs side by side.
+const LANES: usize = 8;
+
+/// For each of the `L` channels `ch0 + l`, the `K` sums `Σ f(l, at)[k]` over its elements
+/// (`at` their index in the N×C×S buffer) in the order of [`planes`]: sample by sample, each
+/// plane from its start, one f64 addition after the other — the bits of a loop over that one
+/// channel. The `L` channels run in the same loop so that their addition chains overlap (one
+/// chain waits on every addition's latency).
+#[inline(always)]
+fn channel_sums<const L: usize, const K: usize>(
+    n: usize, c: usize, s: usize, ch0: usize, f: impl Fn(usize, usize) -> [f64; K],
+) -> [[f64; K]; L] {
+    let mut acc = [[0.0f64; K]; L];
+    for i in 0..n {
+        for j in 0..s {
+            for (l, a) in acc.iter_mut().enumerate() {
+                let v = f(l, (i * c + ch0 + l) * s + j);
+                for (a, v) in a.iter_mut().zip(v) {
+                    *a += v;
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Calls `run(ch, wide)` for the channels `c0..c1`: `wide` for each group of [`LANES`] from
+/// `c0` on, then one by one for the rest.
+#[inline(always)]
+fn channel_groups(c0: usize, c1: usize, mut run: impl FnMut(usize, bool)) {
+    let mut ch = c0;
+    while ch + LANES <= c1 {
+        run(ch, true);
+        ch += LANES;
+    }
+    for ch in ch..c1 {
+        run(ch, false);
+    }
+}
+
 /// `1/√(var + eps)`, shared by forward and backward so both see the same bits.
 #[inline]
 fn inv_std(var: f32, eps: f32) -> f32 {
@@ -169,34 +209,59 @@ pub fn batchnorm_forward(
     let (outs, st) = (OutPtr::new(out), OutPtr::new(stats));
     // Channels are independent: spread them over the threads.
     par::for_each_range(exec, c, par::elem_tasks(exec, len, c), &|c0, c1| {
-        for ch in c0..c1 {
-            let sum: f64 = planes(inp, c, s, ch).flat_map(|p| p.iter()).map(|&v| v as f64).sum();
-            let mean = sum / m as f64;
-            let sq: f64 = planes(inp, c, s, ch)
-                .flat_map(|p| p.iter())
-                .map(|&v| (v as f64 - mean) * (v as f64 - mean))
-                .sum();
-            let (mean, var) = (mean as f32, (sq / m as f64) as f32);
-            // SAFETY: channel `ch` (its two statistics and its plane in every sample) belongs
-            // to this task alone: the ranges handed out are disjoint (see `OutPtr`), and
-            // `out` and `stats` were checked to hold `N·C·S` and `2·C` elements.
+        channel_groups(c0, c1, |ch, wide| {
+            // SAFETY: the channels `ch..ch + L` (their statistics and their planes in every
+            // sample) belong to this task alone: the ranges handed out are disjoint (see
+            // `OutPtr`), and `out` and `stats` were checked to hold `N·C·S` and `2·C` elements.
             unsafe {
-                st.range(ch, ch + 1)[0] = mean;
-                st.range(c + ch, c + ch + 1)[0] = var;
-            }
-            let (scale, shift) = (inv_std(var, eps), beta[ch]);
-            let g = gamma[ch];
-            for (i, x) in planes(inp, c, s, ch).enumerate() {
-                let at = (i * c + ch) * s;
-                // SAFETY: as above.
-                let o = unsafe { outs.range(at, at + s) };
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = g * ((x - mean) * scale) + shift;
+                if wide {
+                    forward_group::<LANES>(&outs, &st, inp, gamma, beta, (n, c, s, m), ch, eps);
+                } else {
+                    forward_group::<1>(&outs, &st, inp, gamma, beta, (n, c, s, m), ch, eps);
                 }
             }
-        }
+        });
     });
     Ok(())
+}
+
+/// [`batchnorm_forward`] of the channels `ch..ch + L`: their mean, then their variance about
+/// it (each a sequential f64 sum, see [`channel_sums`]), then their output planes.
+///
+/// # Safety
+/// Those channels' statistics in `st` (`2·C` floats) and planes in `outs` (`N·C·S` floats)
+/// are accessed by nobody else during the call.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn forward_group<const L: usize>(
+    outs: &OutPtr, st: &OutPtr, inp: &[f32], gamma: &[f32], beta: &[f32],
+    (n, c, s, m): (usize, usize, usize, usize), ch: usize, eps: f32,
+) {
+    let sums = channel_sums::<L, 1>(n, c, s, ch, |_, at| [inp[at] as f64]);
+    let mean: [f64; L] = core::array::from_fn(|l| sums[l][0] / m as f64);
+    let sq = channel_sums::<L, 1>(n, c, s, ch, |l, at| {
+        let d = inp[at] as f64 - mean[l];
+        [d * d]
+    });
+    for l in 0..L {
+        let ch = ch + l;
+        let (mean, var) = (mean[l] as f32, (sq[l][0] / m as f64) as f32);
+        // SAFETY: channel `ch` is this call's (contract).
+        unsafe {
+            st.range(ch, ch + 1)[0] = mean;
+            st.range(c + ch, c + ch + 1)[0] = var;
+        }
+        let (scale, shift) = (inv_std(var, eps), beta[ch]);
+        let g = gamma[ch];
+        for (i, x) in planes(inp, c, s, ch).enumerate() {
+            let at = (i * c + ch) * s;
+            // SAFETY: as above.
+            let o = unsafe { outs.range(at, at + s) };
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = g * ((x - mean) * scale) + shift;
+            }
+        }
+    }
 }
 
 /// Backward of [`batchnorm_forward`], from `dout` (N×C×S), the forward input and its `stats`.
@@ -222,44 +287,73 @@ pub fn batchnorm_backward(
     let (dinp, dgamma, dbeta) = (ptr(dinp), ptr(dgamma), ptr(dbeta));
     // Channels are independent: spread them over the threads.
     par::for_each_range(exec, c, par::elem_tasks(exec, len, c), &|c0, c1| {
-        for ch in c0..c1 {
-            let (mu, is) = (mean[ch], inv_std(var[ch], eps));
-            let mut sum_g = 0.0f64;
-            let mut sum_gx = 0.0f64;
-            for (g, x) in planes(dout, c, s, ch).zip(planes(inp, c, s, ch)) {
-                for (&g, &x) in g.iter().zip(x) {
-                    sum_g += g as f64;
-                    sum_gx += g as f64 * ((x - mu) * is) as f64;
+        let outs = (dinp.as_ref(), dgamma.as_ref(), dbeta.as_ref());
+        let args = (dout, inp, mean, var, gamma);
+        channel_groups(c0, c1, |ch, wide| {
+            // SAFETY: channels `ch..ch + L` — their entries of `dgamma` and `dbeta` and their
+            // planes of `dinp` in every sample — belong to this task alone (the ranges handed
+            // out are disjoint, see `OutPtr`); the lengths were checked above.
+            unsafe {
+                if wide {
+                    backward_group::<LANES>(outs, args, (n, c, s, m), ch, eps);
+                } else {
+                    backward_group::<1>(outs, args, (n, c, s, m), ch, eps);
                 }
             }
-            // SAFETY (every access below): channel `ch` — its entry of `dgamma` and `dbeta`
-            // and its plane of `dinp` in every sample — belongs to this task alone (the
-            // ranges handed out are disjoint, see `OutPtr`); the lengths were checked above.
-            if let Some(d) = &dgamma {
-                // SAFETY: see above.
-                unsafe { d.range(ch, ch + 1)[0] += sum_gx as f32 };
-            }
-            if let Some(d) = &dbeta {
-                // SAFETY: see above.
-                unsafe { d.range(ch, ch + 1)[0] += sum_g as f32 };
-            }
-            if let Some(dinp) = &dinp {
-                let mean_g = (sum_g / m as f64) as f32;
-                let mean_gx = (sum_gx / m as f64) as f32;
-                let k = gamma[ch] * is;
-                for (i, (g, x)) in planes(dout, c, s, ch).zip(planes(inp, c, s, ch)).enumerate() {
-                    let at = (i * c + ch) * s;
-                    // SAFETY: see above.
-                    let d = unsafe { dinp.range(at, at + s) };
-                    for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
-                        let xh = (x - mu) * is;
-                        *d = k * (g - mean_g - xh * mean_gx);
-                    }
+        });
+    });
+    Ok(())
+}
+
+/// The outputs of [`batchnorm_backward`]: `dinp`, `dgamma`, `dbeta`.
+type Grads<'p> = (Option<&'p OutPtr>, Option<&'p OutPtr>, Option<&'p OutPtr>);
+/// Its inputs: `dout`, `inp`, the batch means and variances, `gamma`.
+type BackIn<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32], &'a [f32]);
+
+/// [`batchnorm_backward`] of the channels `ch..ch + L`: the sums of the gradient and of the
+/// gradient times the normalised input (sequential f64 sums, see [`channel_sums`]), then each
+/// channel's parameter gradients and input-gradient planes.
+///
+/// # Safety
+/// Those channels' entries of `dgamma`/`dbeta` (`C` floats) and planes of `dinp` (`N·C·S`)
+/// are accessed by nobody else during the call.
+#[inline(always)]
+unsafe fn backward_group<const L: usize>(
+    (dinp, dgamma, dbeta): Grads<'_>, (dout, inp, mean, var, gamma): BackIn<'_>,
+    (n, c, s, m): (usize, usize, usize, usize), ch: usize, eps: f32,
+) {
+    let mu: [f32; L] = core::array::from_fn(|l| mean[ch + l]);
+    let is: [f32; L] = core::array::from_fn(|l| inv_std(var[ch + l], eps));
+    let sums = channel_sums::<L, 2>(n, c, s, ch, |l, at| {
+        let g = dout[at] as f64;
+        [g, g * ((inp[at] - mu[l]) * is[l]) as f64]
+    });
+    for l in 0..L {
+        let (ch, mu, is) = (ch + l, mu[l], is[l]);
+        let [sum_g, sum_gx] = sums[l];
+        if let Some(d) = dgamma {
+            // SAFETY: channel `ch` is this call's (contract).
+            unsafe { d.range(ch, ch + 1)[0] += sum_gx as f32 };
+        }
+        if let Some(d) = dbeta {
+            // SAFETY: as above.
+            unsafe { d.range(ch, ch + 1)[0] += sum_g as f32 };
+        }
+        if let Some(dinp) = dinp {
+            let mean_g = (sum_g / m as f64) as f32;
+            let mean_gx = (sum_gx / m as f64) as f32;
+            let k = gamma[ch] * is;
+            for (i, (g, x)) in planes(dout, c, s, ch).zip(planes(inp, c, s, ch)).enumerate() {
+                let at = (i * c + ch) * s;
+                // SAFETY: as above.
+                let d = unsafe { dinp.range(at, at + s) };
+                for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
+                    let xh = (x - mu) * is;
+                    *d = k * (g - mean_g - xh * mean_gx);
                 }
             }
         }
-    });
-    Ok(())
+    }
 }
 
 /// Exact inference, in place: `x` (N×C×S) `← x·a + b` per channel with
@@ -453,6 +547,69 @@ mod tests {
             let want = run(&Serial);
             for exec in [&Threads(2) as &dyn Exec, &Threads(3), &Twice] {
                 assert_eq!(run(exec), want, "{:?}", (n, c, s));
+            }
+        }
+    }
+
+    /// The one-channel-at-a-time definition of the training passes, every sum a plain
+    /// sequential f64 loop: `(out, stats, dx, dgamma, dbeta)`.
+    fn reference(
+        x: &[f32], g: &[f32], gamma: &[f32], beta: &[f32], (n, c, s): (usize, usize, usize),
+    ) -> [Vec<f32>; 5] {
+        let (m, eps) = ((n * s) as f64, 1e-5);
+        let at = |i: usize, ch: usize, j: usize| (i * c + ch) * s + j;
+        let mut out = [vec![0.0f32; n * c * s], vec![0.0; 2 * c], vec![0.0; n * c * s]];
+        let (mut dg, mut db) = (vec![0.0f32; c], vec![0.0f32; c]);
+        for ch in 0..c {
+            let idx: Vec<usize> = (0..n).flat_map(|i| (0..s).map(move |j| at(i, ch, j))).collect();
+            let mut sum = 0.0f64;
+            idx.iter().for_each(|&k| sum += x[k] as f64);
+            let mean = sum / m;
+            let mut sq = 0.0f64;
+            idx.iter().for_each(|&k| sq += (x[k] as f64 - mean) * (x[k] as f64 - mean));
+            let (mu, var) = (mean as f32, (sq / m) as f32);
+            let is = inv_std(var, eps);
+            out[1][ch] = mu;
+            out[1][c + ch] = var;
+            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+            for &k in &idx {
+                out[0][k] = gamma[ch] * ((x[k] - mu) * is) + beta[ch];
+                sg += g[k] as f64;
+                sgx += g[k] as f64 * ((x[k] - mu) * is) as f64;
+            }
+            dg[ch] = 0.5 + sgx as f32;
+            db[ch] = 0.25 + sg as f32;
+            let (mg, mgx, k2) = ((sg / m) as f32, (sgx / m) as f32, gamma[ch] * is);
+            for &k in &idx {
+                out[2][k] = k2 * (g[k] - mg - (x[k] - mu) * is * mgx);
+            }
+        }
+        let [o, st, dx] = out;
+        [o, st, dx, dg, db]
+    }
+
+    /// Channels summed side by side, in groups of eight from any starting channel (as the
+    /// threads split them), give the bits of the one-channel definition.
+    #[test]
+    fn grouped_channels_are_the_one_channel_definition() {
+        let mut r = Lcg::new(33);
+        for (n, c, s) in [(3, 19, 7), (4, 8, 5), (5, 27, 1), (2, 3, 9)] {
+            let len = n * c * s;
+            let (x, g) = (r.filled(len), r.filled(len));
+            let (gamma, beta) = (r.filled(c), r.filled(c));
+            let want = reference(&x, &g, &gamma, &beta, (n, c, s));
+            for exec in [&Serial as &dyn Exec, &Threads(3), &Twice] {
+                let (mut out, mut stats) = (vec![0.0; len], vec![0.0; 2 * c]);
+                batchnorm_forward(&mut out, &mut stats, &x, &gamma, &beta, n, c, s, 1e-5, exec)
+                    .unwrap();
+                let (mut dx, mut dg, mut db) = (vec![0.0; len], vec![0.5; c], vec![0.25; c]);
+                let (gx, gg, gb) = (Some(&mut dx[..]), Some(&mut dg[..]), Some(&mut db[..]));
+                batchnorm_backward(gx, gg, gb, &g, &x, &stats, &gamma, n, c, s, 1e-5, exec)
+                    .unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                for (k, got) in [out, stats, dx, dg, db].iter().enumerate() {
+                    assert_eq!(bits(got), bits(&want[k]), "output {k} of {:?}", (n, c, s));
+                }
             }
         }
     }
