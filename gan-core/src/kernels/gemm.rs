@@ -362,14 +362,13 @@ pub(crate) fn pack_a<const MR: usize>(
                         core::ptr::copy_nonoverlapping(s, d.add(p * mr), rows);
                     }
                 }
-                ir += rows;
-                continue;
-            }
-            // Read each row contiguously, scatter it.
-            for r in 0..rows {
-                let s = src.add((ic + ir + r) * g.ars + pc * g.acs);
-                for p in 0..kc {
-                    *d.add(p * mr + r) = *s.add(p * g.acs);
+            } else {
+                // Read each row contiguously, scatter it.
+                for r in 0..rows {
+                    let s = src.add((ic + ir + r) * g.ars + pc * g.acs);
+                    for p in 0..kc {
+                        *d.add(p * mr + r) = *s.add(p * g.acs);
+                    }
                 }
             }
         }
