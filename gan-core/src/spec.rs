@@ -34,9 +34,11 @@
 //! Auxiliary activation storage ([`Layer::aux_len`], per sample, right after a layer's output in
 //! the activation buffer; `P = out_h·out_w` of a `Conv2d`, `Q = H·W` of a `ConvTranspose2d`):
 //! - `MinibatchDisc`: `2·B·C` (the similarity tensor `M` and its gradient);
-//! - `Conv2d`: `C·k·k·P`, the sample's im2col matrix, written by forward and read by backward
-//!   for the weight gradient;
-//! - `ConvTranspose2d`: `out_c·k·k·Q`, forward's column buffer (`Wᵀ·x` before col2im);
+//! - `Conv2d`: `C·k·k·P + out_c·P`, the sample's im2col matrix (written by forward and read by
+//!   backward for the weight gradient) and its share of the staging grid, laid out in groups
+//!   of samples (see [`crate::layers::conv2d`]);
+//! - `ConvTranspose2d`: `out_c·k·k·Q + C·Q`, forward's column buffer (`Wᵀ·x` before col2im)
+//!   and staging grid, likewise;
 //! - `MaxPool2d`: one per output element: the argmax's position inside its window, as f32;
 //! - `BatchNorm`: `2·C`; the first `2·C` of the batch's region hold the batch mean and biased
 //!   variance of every channel (the rest is unused);
@@ -356,8 +358,8 @@ impl<'a> Spec<'a> {
     /// Scratch length for [`crate::model::backward`] with batch `n`: two ping-pong gradient
     /// buffers plus the largest auxiliary buffer of any layer (`max aux_len · n`).
     ///
-    /// The auxiliary part is also the column buffer of the convolutions' backward pass: they
-    /// need one sample's column matrix (their `aux_len`), which is at most that.
+    /// The auxiliary part is also the training buffer of the convolutions' backward pass:
+    /// they need their `aux_len` for every sample (or for a group of them), at most that.
     pub const fn backward_scratch_len(&self, n: usize) -> usize {
         (2 * self.max_features + self.max_aux) * n
     }
@@ -553,10 +555,11 @@ pub(crate) mod tests {
         assert_eq!(G.output(), Shape::image(1, 28, 28));
         let convt1 = G.layer(4).unwrap();
         assert_eq!((convt1.weight_len, convt1.bias_len), (128 * 64 * 16, 64));
-        assert_eq!(convt1.layer.aux_len(convt1.in_shape), 64 * 16 * 49);
+        // The column matrix and the staging grid (the input's 128 × 7 × 7).
+        assert_eq!(convt1.layer.aux_len(convt1.in_shape), 64 * 16 * 49 + 128 * 49);
         let convt2 = G.layer(7).unwrap();
         assert_eq!((convt2.weight_len, convt2.bias_len), (64 * 16, 1));
-        assert_eq!(convt2.layer.aux_len(convt2.in_shape), 16 * 196);
+        assert_eq!(convt2.layer.aux_len(convt2.in_shape), 16 * 196 + 64 * 196);
         let bn1 = G.layer(2).unwrap();
         assert_eq!((bn1.weight_len, bn1.bias_len, bn1.stats_len), (128, 128, 256));
         // Dense 627200 + 6272; BN 128 + 128 + 256; ConvT 131072 + 64; BN 64 + 64 + 128;
@@ -568,14 +571,14 @@ pub(crate) mod tests {
             + 6272
             + (6272 + 256)
             + 6272
-            + (12_544 + 50_176)
+            + (12_544 + 50_176 + 6272)
             + (12_544 + 128)
             + 12_544
-            + (784 + 3136)
+            + (784 + 3136 + 12_544)
             + 784;
         assert_eq!(G.act_len(1), act);
         assert_eq!(G.max_features(), 12_544);
-        assert_eq!(G.backward_scratch_len(2), 2 * (2 * 12_544 + 50_176));
+        assert_eq!(G.backward_scratch_len(2), 2 * (2 * 12_544 + 50_176 + 6272));
         assert_eq!(G.macs(), 627_200 + 6272 + 128 * 64 * 16 * 49 + 12_544 + 64 * 16 * 196);
     }
 
@@ -597,10 +600,11 @@ pub(crate) mod tests {
         );
         let c1 = d.layer(0).unwrap();
         assert_eq!((c1.weight_len, c1.bias_len), (64 * 16, 64));
-        assert_eq!(c1.layer.aux_len(c1.in_shape), 16 * 196);
+        // The column matrix and the staging grid (the output's 64 × 14 × 14).
+        assert_eq!(c1.layer.aux_len(c1.in_shape), 16 * 196 + 64 * 196);
         let c2 = d.layer(2).unwrap();
         assert_eq!((c2.weight_len, c2.bias_len), (128 * 64 * 16, 128));
-        assert_eq!(c2.layer.aux_len(c2.in_shape), 64 * 16 * 49);
+        assert_eq!(c2.layer.aux_len(c2.in_shape), 64 * 16 * 49 + 128 * 49);
         assert_eq!(c2.param_offset, 1024 + 64);
         assert_eq!(d.macs(), 1024 * 196 + 131_072 * 49 + 6272 + 6272);
         // The flatten aliases the LeakyReLU's output.

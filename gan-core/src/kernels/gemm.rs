@@ -31,18 +31,29 @@ pub(crate) struct Gemm<'s> {
 
 impl<'s> Gemm<'s> {
     /// `a_strides`/`b_strides` are (row, column) strides; every layout used here is one of the
-    /// two contiguous orders of an `m×k` (resp. `k×n`) matrix, so the length checks below cover
-    /// every index the strides can form.
+    /// two orders of an `m×k` (resp. `k×n`) matrix, each line contiguous and the lines at
+    /// least a line apart (a leading dimension, as a matrix inside a wider one has), so the
+    /// length checks below cover every index the strides can form.
     pub(crate) fn new(
         a: &'s [f32], (ars, acs): (usize, usize), b: &'s [f32], (brs, bcs): (usize, usize),
         (m, k, n): (usize, usize, usize), accumulate: bool,
     ) -> Self {
-        assert!((ars == k && acs == 1) || (ars == 1 && acs == m));
-        assert!((brs == n && bcs == 1) || (brs == 1 && bcs == k));
-        assert!(a.len() >= len_of(m, k), "A is shorter than m×k");
-        assert!(b.len() >= len_of(k, n), "B is shorter than k×n");
+        assert!(a.len() >= strided_len(m, k, ars, acs), "A is shorter than m×k");
+        assert!(b.len() >= strided_len(k, n, brs, bcs), "B is shorter than k×n");
         Gemm { a, ars, acs, b, brs, bcs, m, k, n, accumulate }
     }
+}
+
+/// Elements a `rows × cols` matrix with (row, column) strides `(rs, cs)` spans: one past its
+/// last element. Panics unless one stride is 1 and the other at least the length of the
+/// lines it separates (rows of `cols`, or columns of `rows`), or on overflow.
+fn strided_len(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    assert!((cs == 1 && rs >= cols) || (rs == 1 && cs >= rows), "unsupported matrix strides");
+    if rows == 0 || cols == 0 {
+        return 0;
+    }
+    let last = len_of(rows - 1, rs).checked_add(len_of(cols - 1, cs));
+    last.and_then(|l| l.checked_add(1)).expect("matrix size overflows usize")
 }
 
 /// One `MR × NR` tile of work for a micro-kernel.
@@ -141,7 +152,9 @@ pub(crate) fn gemm(isa: Isa, g: &Gemm<'_>, c: &mut [f32], exec: &dyn Exec) {
         // products over the same summation blocks (only the two factors of each product trade
         // places), so the bits are the same, but `A` is packed as a panel of `B` (no scatter)
         // and the tiles run along `m` instead of 16-wide panels with one useful column.
-        let t = Gemm::new(g.b, (g.k, 1), g.a, (g.acs, g.ars), (1, g.k, g.m), g.accumulate);
+        // `B`'s one column is `b[p·brs]` (contiguous unless it sits in a wider matrix).
+        let bt = if g.brs == 1 { (g.k, 1) } else { (1, g.brs) };
+        let t = Gemm::new(g.b, bt, g.a, (g.acs, g.ars), (1, g.k, g.m), g.accumulate);
         return gemm(isa, &t, c, exec);
     }
     let nr = panel_width(isa);

@@ -204,12 +204,32 @@ pub fn matmul_nt_sum(
     if count == 0 {
         return;
     }
-    let (la, lb) = (len_of(m, k), len_of(n, k));
+    assert!(
+        b.len() >= len_of(count - 1, b_step) + len_of(n, k),
+        "B is shorter than count products"
+    );
+    matmul_nt_sum_in(c, a, a_step, b, &|s| (s * b_step, k), count, m, k, n, exec);
+}
+
+/// [`matmul_nt_sum`] with each `B_s` inside a wider matrix: `b_at(s) = (offset, ld)` puts
+/// `B_s(j, p)` at `b[offset + j·ld + p]` (`ld ≥ k`): the column matrices of a group of samples
+/// side by side (see [`crate::layers::conv2d`]).
+///
+/// Panics if a slice is shorter than its shapes need.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_nt_sum_in(
+    c: &mut [f32], a: &[f32], a_step: usize, b: &[f32],
+    b_at: &(dyn Fn(usize) -> (usize, usize) + Sync), count: usize, m: usize, k: usize, n: usize,
+    exec: &dyn Exec,
+) {
+    if count == 0 {
+        return;
+    }
+    let la = len_of(m, k);
     assert!(a.len() >= len_of(count - 1, a_step) + la, "A is shorter than count products");
-    assert!(b.len() >= len_of(count - 1, b_step) + lb, "B is shorter than count products");
     let gs = |s: usize| {
-        let (a, b) = (&a[s * a_step..][..la], &b[s * b_step..][..lb]);
-        Gemm::new(a, (k, 1), b, (1, k), (m, k, n), true)
+        let (at, ld) = b_at(s);
+        Gemm::new(&a[s * a_step..][..la], (k, 1), &b[at..], (1, ld), (m, k, n), true)
     };
     trace(Traced { kind: 2, m, k, n, accumulate: true, count, serial: exec.threads() <= 1 });
     gemm::gemm_sum(train_isa(), count, &gs, c, exec);

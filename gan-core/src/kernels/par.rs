@@ -74,16 +74,26 @@ pub type SampleFn<'f, const B: usize> =
 /// Panics if a buffer is shorter than `n` samples or `slots` than `tasks` slots.
 pub fn for_each_sample<const B: usize>(
     exec: &dyn Exec, n: usize, tasks: usize, bufs: [(&mut [f32], usize); B],
+    slots: (&mut [f32], usize), f: &SampleFn<'_, B>,
+) {
+    for_each_sample_aligned(exec, n, tasks, 1, bufs, slots, f);
+}
+
+/// [`for_each_sample`] with every range but the last a multiple of `align` samples long, so
+/// each starts at a multiple of `align` (ranges of whole groups of samples).
+pub fn for_each_sample_aligned<const B: usize>(
+    exec: &dyn Exec, n: usize, tasks: usize, align: usize, bufs: [(&mut [f32], usize); B],
     (slots, slot_len): (&mut [f32], usize), f: &SampleFn<'_, B>,
 ) {
-    let tasks = tasks.clamp(1, MAX_TASKS).min(n.max(1));
+    let align = align.max(1);
+    let tasks = tasks.clamp(1, MAX_TASKS).min(n.div_ceil(align).max(1));
     for (buf, per) in &bufs {
         assert!(buf.len() >= n * per, "a buffer is shorter than its samples");
     }
     assert!(slots.len() >= tasks * slot_len, "too few slots for the tasks");
     #[cfg(target_has_atomic = "8")]
     if tasks > 1 {
-        let chunk = n.div_ceil(tasks);
+        let chunk = n.div_ceil(align).div_ceil(tasks) * align;
         let pers = bufs.each_ref().map(|b| b.1);
         let ptrs = bufs.map(|(b, _)| OutPtr::new(b));
         let slot_ptr = OutPtr::new(slots);

@@ -18,7 +18,8 @@
 //! `(c·k + ky)·k + kx`, column `gy·gw + gx`, holding the image pixel that tap sees (zero in the
 //! padding). `col2im` is its adjoint: it adds every column entry back onto its pixel.
 //!
-//! # Training kernels (per sample, through [`crate::kernels`])
+//! # Training kernels (through [`crate::kernels`])
+//! Per sample the passes are:
 //! - conv forward: `col = im2col(x)`, `out = W · col + b` ([`kernels::matmul`]);
 //! - conv backward: `dW += dout · colᵀ` ([`kernels::matmul_nt`]), `db += Σ dout`,
 //!   `dcol = Wᵀ · dout` ([`kernels::matmul_tn`]), `dx = col2im(dcol)`;
@@ -26,11 +27,24 @@
 //! - transposed backward: `dcol = im2col(dout)`, `dx = W · dcol` ([`kernels::matmul`]),
 //!   `dW += x · dcolᵀ` ([`kernels::matmul_nt`]), `db += Σ dout`.
 //!
-//! Column buffers: [`conv2d_forward`] writes the column matrix of every sample into `col`
-//! (`N × col_len`) and [`conv2d_backward`] reads it back for the weight gradient, so im2col runs
-//! once per step; in a network that buffer is the layer's auxiliary activation storage. The
-//! other three passes need one sample's column matrix as `scratch` ([`ConvDims::col_len`] or
-//! [`ConvDims::transpose_col_len`] elements, more is fine).
+//! One sample's grid has few positions (49 for a 7 × 7 map), too few columns for the blocked
+//! product to reach its speed, so the samples go in *groups* of about 400 grid
+//! positions (`group_size`): a group's column matrices lie side by side in one
+//! `rows × (count·cols)` matrix, the grids it multiplies or produces are gathered into (or
+//! scattered from) a *staging grid* of `c_grid × (count·cols)`, and one product serves the
+//! group. Every output still sums the same terms in the same order as the per-sample product
+//! (a product's sums do not depend on its column count), and the weight gradient stays one
+//! product per sample, added in sample order (its sums run along the grid positions): the bits
+//! are those of the per-sample passes, whatever the group size or the thread count.
+//!
+//! Training buffers: each sample has [`ConvDims::train_len`] (or
+//! [`ConvDims::transpose_train_len`]) elements, its column matrix and its share of the
+//! staging grid, laid out group after group (column matrices first, then the staging grid).
+//! [`conv2d_forward`] fills the buffer of every sample (`col`) and [`conv2d_backward`] reads
+//! the column matrices back for the weight gradient, so im2col runs once per step; in a
+//! network that buffer is the layer's auxiliary activation storage. The transposed backward
+//! needs every sample's buffer as `scratch`; the other two passes need one group's (more
+//! makes room for more threads).
 //!
 //! # Exact inference kernels
 //! [`conv2d_forward_exact`] and [`conv_transpose2d_forward_exact`](crate::layers::conv_transpose2d::conv_transpose2d_forward_exact) are direct loops with no
@@ -41,6 +55,7 @@
 //! set of accumulators, so the innermost loop runs along a row.
 
 use core::fmt;
+use core::ops::Range;
 
 use crate::encoding::int8::quantize_row;
 use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
@@ -227,9 +242,9 @@ const fn out_side(len: u32, k: usize, s: usize, p: usize, transposed: bool) -> O
 
 /// Shape rule of both convolutions: `out_c × OH × OW` ([`conv_out_len`], or
 /// [`conv_transpose_out_len`] when `transposed`); the `c_grid × (c_img·k·k)` weight matrix of
-/// the module docs (`out_c × C·k·k`, transposed `C × out_c·k·k`), a bias of `out_c`, and a
-/// column matrix of one sample as auxiliary storage (forward's `im2col` for the convolution,
-/// its `Wᵀ·x` for the transposed one).
+/// the module docs (`out_c × C·k·k`, transposed `C × out_c·k·k`), a bias of `out_c`, and the
+/// training buffer of the module docs as auxiliary storage (forward's `im2col` for the
+/// convolution, its `Wᵀ·x` for the transposed one, each with its staging grid).
 pub(crate) const fn rules(
     out_c: u32, k: u32, stride: u32, pad: u32, inp: Shape, index: usize, transposed: bool,
 ) -> Result<Rules, SpecError> {
@@ -252,12 +267,17 @@ pub(crate) const fn rules(
         (out_c, inp.c, h as usize * w as usize)
     };
     let rows = size!(mul3(c_img as usize, kk, kk), index);
+    // Per sample: its column matrix and a grid-sized staging area (see `group_size`).
+    let aux = match (mul(rows, grid), mul(c_grid as usize, grid)) {
+        (Some(col), Some(stage)) => col.checked_add(stage),
+        _ => None,
+    };
     Ok(Rules::new(
         Shape::image(out_c, h, w),
         Sizes {
             weight: size!(mul(c_grid as usize, rows), index),
             bias: out_c as usize,
-            aux: size!(mul(rows, grid), index),
+            aux: size!(aux, index),
             stats: 0,
         },
     ))
@@ -415,15 +435,16 @@ impl ConvDims {
         }
     }
 
-    /// Elements of one sample's column matrix for the convolution: `in_c·k·k·OH·OW`.
-    pub fn col_len(&self) -> Result<usize, CoreError> {
-        Ok(Geom::conv(self)?.col)
+    /// Elements per sample of the convolution's training buffer (module docs): its column
+    /// matrix, `in_c·k·k·OH·OW`, and its staging grid, `out_c·OH·OW`.
+    pub fn train_len(&self) -> Result<usize, CoreError> {
+        Ok(Geom::conv(self)?.aux)
     }
 
-    /// Elements of one sample's column matrix for the transposed convolution:
-    /// `out_c·k·k·in_h·in_w`.
-    pub fn transpose_col_len(&self) -> Result<usize, CoreError> {
-        Ok(Geom::transpose(self)?.col)
+    /// Elements per sample of the transposed convolution's training buffer: its column
+    /// matrix, `out_c·k·k·in_h·in_w`, and its staging grid, `in_c·in_h·in_w`.
+    pub fn transpose_train_len(&self) -> Result<usize, CoreError> {
+        Ok(Geom::transpose(self)?.aux)
     }
 }
 
@@ -458,6 +479,8 @@ pub(crate) struct Geom {
     pub(crate) grid: usize,
     /// `cg·rows`.
     pub(crate) w: usize,
+    /// `col + grid`: one sample's share of a training buffer (column matrix and staging grid).
+    pub(crate) aux: usize,
     /// The transposed convolution (the grid is the input).
     pub(crate) transposed: bool,
 }
@@ -472,6 +495,7 @@ impl Geom {
         let m = |a: usize, b: usize| a.checked_mul(b).ok_or(bad_geometry());
         let rows = m(m(ci, k)?, k)?;
         let cols = m(gh, gw)?;
+        let (col, grid) = (m(rows, cols)?, m(cg, cols)?);
         Ok(Geom {
             ci,
             ih,
@@ -484,10 +508,11 @@ impl Geom {
             p,
             rows,
             cols,
-            col: m(rows, cols)?,
+            col,
             img: m(m(ci, ih)?, iw)?,
-            grid: m(cg, cols)?,
+            grid,
             w: m(cg, rows)?,
+            aux: col.checked_add(grid).ok_or(bad_geometry())?,
             transposed: false,
         })
     }
@@ -576,67 +601,100 @@ pub(crate) fn span(n_grid: usize, n_img: usize, s: usize, tap: usize, p: usize) 
     (lo.min(hi), hi)
 }
 
-/// Writes the column matrix of one image (see the module docs). `col` has `g.col` elements,
+/// Writes the column matrix of one image (see the module docs), its rows `ld ≥ g.cols` apart
+/// in `col` (`g.cols` for a matrix of its own, wider when it is one sample of a group; the
+/// columns between are left alone). `col` holds `(g.rows − 1)·ld + g.cols` elements or more,
 /// `img` has `g.img`.
-pub(crate) fn im2col(col: &mut [f32], img: &[f32], g: &Geom) {
-    if g.s == 2 && g.k.is_multiple_of(2) {
-        im2col_s2(col, img, g);
-    } else {
-        im2col_rows(col, img, g);
+#[cfg(test)]
+pub(crate) fn im2col(col: &mut [f32], img: &[f32], g: &Geom, ld: usize) {
+    im2col_channels(col, img, g, ld, 0..g.ci);
+}
+
+/// [`im2col`] for the image channels `chans` only (their rows of `col`).
+fn im2col_channels(col: &mut [f32], img: &[f32], g: &Geom, ld: usize, chans: Range<usize>) {
+    match padded_row(g) {
+        Some(len) => im2col_buffered(col, img, g, ld, chans, len),
+        None => im2col_rows(col, img, g, ld, chans),
     }
 }
 
-/// The grid positions `lo..hi` where both kernel columns `kx` and `kx + 1` (stride 2) meet
-/// the image, and for each of the two the columns of its own span outside that range.
-fn pair_spans(g: &Geom, kx: usize) -> ((usize, usize), [(usize, usize); 2]) {
-    let s0 = span(g.gw, g.iw, 2, kx, g.p);
-    let s1 = span(g.gw, g.iw, 2, kx + 1, g.p);
-    let (lo, hi) = (s0.0.max(s1.0), s0.1.min(s1.1));
-    ((lo, hi.max(lo)), [s0, s1])
+/// The column matrices of `count` images (`imgs`, one after another) side by side in `col`
+/// (`g.rows × count·g.cols`), written channel by channel: each channel's rows for every image
+/// before the next channel's, so the writes move through `col` in order and each image
+/// channel is read while it is in the cache.
+pub(crate) fn im2col_group(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom) {
+    let ld = count * g.cols;
+    for c in 0..g.ci {
+        for (j, img) in imgs.chunks_exact(g.img).take(count).enumerate() {
+            im2col_channels(&mut col[j * g.cols..], img, g, ld, c..c + 1);
+        }
+    }
 }
 
-/// The positions of the span `a..b` outside the shared run `lo..hi` (inside it, or empty).
-fn edges((a, b): (usize, usize), (lo, hi): (usize, usize)) -> impl Iterator<Item = usize> {
-    if lo < hi { (a..lo).chain(hi..b) } else { (a..b).chain(0..0) }
+/// The adjoint of [`im2col_group`]: adds each image's columns of `col` onto it, channel by
+/// channel (each pixel still gets its terms in the order of [`col2im_add`]).
+pub(crate) fn col2im_add_group(imgs: &mut [f32], col: &[f32], count: usize, g: &Geom) {
+    let ld = count * g.cols;
+    for c in 0..g.ci {
+        for (j, img) in imgs.chunks_exact_mut(g.img).take(count).enumerate() {
+            col2im_add_channels(img, &col[j * g.cols..], g, ld, c..c + 1);
+        }
+    }
 }
 
-/// [`im2col`] for stride 2 and an even kernel: kernel columns `kx`, `kx + 1` read the two
-/// halves of one run of the image row, so each pair of rows of the column matrix is one
-/// de-interleaving pass.
-fn im2col_s2(col: &mut [f32], img: &[f32], g: &Geom) {
+/// Longest padded image row the row-buffer passes take (a stack buffer); wider rows go
+/// through the plain row loops.
+const ROW_BUF: usize = 256;
+
+/// `dst.copy_from_slice(src)` for the short rows of small images, in blocks of eight without a
+/// library call (a `memcpy` call per row of 7 to 28 values cost more than the copy).
+#[inline]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    let (d8, dr) = dst.as_chunks_mut::<8>();
+    let (s8, sr) = src.as_chunks::<8>();
+    for (d, s) in d8.iter_mut().zip(s8) {
+        *d = *s;
+    }
+    for (d, &s) in dr.iter_mut().zip(sr) {
+        *d = s;
+    }
+}
+
+/// Length of the padded row buffer: every tap of every grid column, and the whole image row
+/// after its left padding. `None` when it would not fit in [`ROW_BUF`].
+fn padded_row(g: &Geom) -> Option<usize> {
+    let len = ((g.gw - 1) * g.s + g.k).max(g.p + g.iw);
+    (len <= ROW_BUF).then_some(len)
+}
+
+/// [`im2col`] through one padded copy of each image row: every kernel column then reads its
+/// grid row as one strided run with no bounds to test (zeros come from the padding).
+fn im2col_buffered(
+    col: &mut [f32], img: &[f32], g: &Geom, ld: usize, chans: Range<usize>, len: usize,
+) {
+    let mut buf = [0.0f32; ROW_BUF];
+    // The padding stays zero: only the image part is ever written.
+    let pad = &mut buf[..len];
     let plane = g.ih * g.iw;
-    for (c, src) in img.chunks_exact(plane).enumerate().take(g.ci) {
+    for c in chans {
+        let src = &img[c * plane..][..plane];
         for ky in 0..g.k {
-            let (ylo, yhi) = span(g.gh, g.ih, 2, ky, g.p);
-            for kx in (0..g.k).step_by(2) {
-                let ((lo, hi), spans) = pair_spans(g, kx);
-                let r = (c * g.k + ky) * g.k + kx;
-                let (d0, d1) = col[r * g.cols..(r + 2) * g.cols].split_at_mut(g.cols);
-                for (gy, (d0, d1)) in
-                    d0.chunks_exact_mut(g.gw).zip(d1.chunks_exact_mut(g.gw)).enumerate()
-                {
-                    if gy < ylo || gy >= yhi {
-                        d0.fill(0.0);
-                        d1.fill(0.0);
-                        continue;
+            let r0 = (c * g.k + ky) * g.k;
+            for gy in 0..g.gh {
+                let at = |kx: usize| (r0 + kx) * ld + gy * g.gw;
+                let iy = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih);
+                let Some(iy) = iy else {
+                    for kx in 0..g.k {
+                        col[at(kx)..][..g.gw].fill(0.0);
                     }
-                    let srow = &src[(gy * 2 + ky - g.p) * g.iw..][..g.iw];
-                    // Each row: zeros outside its span, its own edges, then the shared run.
-                    for (j, (d, (a, b))) in [&mut *d0, &mut *d1].into_iter().zip(spans).enumerate()
-                    {
-                        d[..a].fill(0.0);
-                        d[b..].fill(0.0);
-                        for gx in edges((a, b), (lo, hi)) {
-                            d[gx] = srow[2 * gx + kx + j - g.p];
-                        }
-                    }
-                    if lo < hi {
-                        let run = &srow[2 * lo + kx - g.p..][..2 * (hi - lo)];
-                        for ((pair, u), v) in
-                            run.chunks_exact(2).zip(&mut d0[lo..hi]).zip(&mut d1[lo..hi])
-                        {
-                            (*u, *v) = (pair[0], pair[1]);
-                        }
+                    continue;
+                };
+                copy_row(&mut pad[g.p..g.p + g.iw], &src[iy * g.iw..][..g.iw]);
+                for kx in 0..g.k {
+                    let dst = &mut col[at(kx)..][..g.gw];
+                    for (d, &v) in dst.iter_mut().zip(pad[kx..].iter().step_by(g.s)) {
+                        *d = v;
                     }
                 }
             }
@@ -645,15 +703,15 @@ fn im2col_s2(col: &mut [f32], img: &[f32], g: &Geom) {
 }
 
 /// [`im2col`] for any stride, row by row.
-fn im2col_rows(col: &mut [f32], img: &[f32], g: &Geom) {
+fn im2col_rows(col: &mut [f32], img: &[f32], g: &Geom, ld: usize, chans: Range<usize>) {
     let plane = g.ih * g.iw;
-    for (c, src) in img.chunks_exact(plane).enumerate().take(g.ci) {
+    for (c, src) in img.chunks_exact(plane).enumerate().take(chans.end).skip(chans.start) {
         for ky in 0..g.k {
             let (ylo, yhi) = span(g.gh, g.ih, g.s, ky, g.p);
             for kx in 0..g.k {
                 let (xlo, xhi) = span(g.gw, g.iw, g.s, kx, g.p);
                 let r = (c * g.k + ky) * g.k + kx;
-                let row = &mut col[r * g.cols..(r + 1) * g.cols];
+                let row = &mut col[r * ld..][..g.cols];
                 for (gy, dst) in row.chunks_exact_mut(g.gw).enumerate() {
                     if gy < ylo || gy >= yhi || xlo == xhi {
                         dst.fill(0.0);
@@ -677,56 +735,57 @@ fn im2col_rows(col: &mut [f32], img: &[f32], g: &Geom) {
     }
 }
 
-/// Adds every entry of a column matrix onto its image pixel (the adjoint of [`im2col`]): each
-/// pixel in the order of its (ky, kx).
-pub(crate) fn col2im_add(img: &mut [f32], col: &[f32], g: &Geom) {
-    if g.s == 2 && g.k.is_multiple_of(2) {
-        col2im_add_s2(img, col, g);
-    } else {
-        col2im_add_rows(img, col, g);
+/// Adds every entry of a column matrix (rows `ld` apart, as [`im2col`] writes them) onto its
+/// image pixel (the adjoint of [`im2col`]): each pixel in the order of its (ky, kx).
+#[cfg(test)]
+pub(crate) fn col2im_add(img: &mut [f32], col: &[f32], g: &Geom, ld: usize) {
+    col2im_add_channels(img, col, g, ld, 0..g.ci);
+}
+
+/// [`col2im_add`] for the image channels `chans` only.
+fn col2im_add_channels(img: &mut [f32], col: &[f32], g: &Geom, ld: usize, chans: Range<usize>) {
+    match padded_row(g) {
+        Some(len) => col2im_add_buffered(img, col, g, ld, chans, len),
+        None => col2im_add_rows(img, col, g, ld, chans),
     }
 }
 
-/// [`col2im_add`] for stride 2 and an even kernel: kernel columns `kx`, `kx + 1` reach the
-/// two parities of one run of the image row, so they are added in one interleaving pass; a
-/// pixel still gets its contributions in (ky, kx) order (the pairs go in order of `kx`, and
-/// the two columns of a pair never reach the same pixel).
-fn col2im_add_s2(img: &mut [f32], col: &[f32], g: &Geom) {
+/// [`col2im_add`] through one padded copy of each image row: the kernel columns of one
+/// kernel row add their grid row onto it in order of `kx` (each pixel gets its terms in the
+/// same (ky, kx) order as the row loops), then the image part is copied back. What lands in
+/// the padding is never read back.
+fn col2im_add_buffered(
+    img: &mut [f32], col: &[f32], g: &Geom, ld: usize, chans: Range<usize>, len: usize,
+) {
+    let mut buf = [0.0f32; ROW_BUF];
+    let pad = &mut buf[..len];
     let plane = g.ih * g.iw;
-    for (c, dst) in img.chunks_exact_mut(plane).enumerate().take(g.ci) {
+    for c in chans {
+        let dst = &mut img[c * plane..][..plane];
         for ky in 0..g.k {
-            let (ylo, yhi) = span(g.gh, g.ih, 2, ky, g.p);
-            for kx in (0..g.k).step_by(2) {
-                let ((lo, hi), spans) = pair_spans(g, kx);
-                let r = (c * g.k + ky) * g.k + kx;
-                for gy in ylo..yhi {
-                    let drow = &mut dst[(gy * 2 + ky - g.p) * g.iw..][..g.iw];
-                    let at = |j: usize| &col[(r + j) * g.cols + gy * g.gw..][..g.gw];
-                    let (a0, a1) = (at(0), at(1));
-                    for (j, (row, (a, b))) in [a0, a1].into_iter().zip(spans).enumerate() {
-                        for gx in edges((a, b), (lo, hi)) {
-                            drow[2 * gx + kx + j - g.p] += row[gx];
-                        }
-                    }
-                    if lo < hi {
-                        let run = &mut drow[2 * lo + kx - g.p..][..2 * (hi - lo)];
-                        for ((pair, &u), &v) in
-                            run.chunks_exact_mut(2).zip(&a0[lo..hi]).zip(&a1[lo..hi])
-                        {
-                            pair[0] += u;
-                            pair[1] += v;
-                        }
+            let r0 = (c * g.k + ky) * g.k;
+            for gy in 0..g.gh {
+                let Some(iy) = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih) else {
+                    continue;
+                };
+                let drow = &mut dst[iy * g.iw..][..g.iw];
+                copy_row(&mut pad[g.p..g.p + g.iw], drow);
+                for kx in 0..g.k {
+                    let src = &col[(r0 + kx) * ld + gy * g.gw..][..g.gw];
+                    for (d, &v) in pad[kx..].iter_mut().step_by(g.s).zip(src) {
+                        *d += v;
                     }
                 }
+                copy_row(drow, &pad[g.p..g.p + g.iw]);
             }
         }
     }
 }
 
 /// [`col2im_add`] for any stride, row by row.
-fn col2im_add_rows(img: &mut [f32], col: &[f32], g: &Geom) {
+fn col2im_add_rows(img: &mut [f32], col: &[f32], g: &Geom, ld: usize, chans: Range<usize>) {
     let plane = g.ih * g.iw;
-    for (c, dst) in img.chunks_exact_mut(plane).enumerate().take(g.ci) {
+    for (c, dst) in img.chunks_exact_mut(plane).enumerate().take(chans.end).skip(chans.start) {
         for ky in 0..g.k {
             let (ylo, yhi) = span(g.gh, g.ih, g.s, ky, g.p);
             for kx in 0..g.k {
@@ -735,7 +794,7 @@ fn col2im_add_rows(img: &mut [f32], col: &[f32], g: &Geom) {
                     continue;
                 }
                 let r = (c * g.k + ky) * g.k + kx;
-                let row = &col[r * g.cols..(r + 1) * g.cols];
+                let row = &col[r * ld..][..g.cols];
                 for gy in ylo..yhi {
                     let iy = gy * g.s + ky - g.p;
                     let x0 = xlo * g.s + kx - g.p;
@@ -772,9 +831,79 @@ pub(crate) fn add_bias_grad(db: &mut [f32], dout: &[f32], plane: usize) {
     }
 }
 
+/// Columns a training product should have. Timed alone on DCGAN's 1024-deep products
+/// (AVX-512, one core), the product runs at ≈ 150 GFLOP/s on one sample's 49 columns, ≈ 200
+/// from 196 to 784 columns and ≈ 140 at 3,136 (its column matrices no longer in the cache);
+/// whole training steps with groups of 100 to 768 columns were alike within the noise.
+const GROUP_COLS: usize = 400;
+
+/// Samples per group of the training passes (module docs) for `n` samples of `cols` grid
+/// positions: about [`GROUP_COLS`] columns, at least one sample, at most `n`.
+pub(crate) fn group_size(n: usize, cols: usize) -> usize {
+    GROUP_COLS.div_ceil(cols.max(1)).clamp(1, n.max(1))
+}
+
+/// The body of [`for_each_group`]: `(first, count, col, stage)`.
+pub(crate) type GroupFn<'f> = dyn FnMut(usize, usize, &mut [f32], &mut [f32]) + 'f;
+
+/// Calls `f(first, count, col, stage)` for the groups of `group` samples (the last one may be
+/// shorter) of `count_all` samples whose training buffers fill `buf` one group after another:
+/// `first` is the group's first sample (from 0), `col` its column matrices side by side
+/// (`g.rows × count·g.cols`) and `stage` its staging grid (`g.cg × count·g.cols`).
+pub(crate) fn for_each_group(
+    buf: &mut [f32], count_all: usize, group: usize, g: &Geom, f: &mut GroupFn<'_>,
+) {
+    let mut rest = buf;
+    for first in (0..count_all).step_by(group.max(1)) {
+        let count = group.min(count_all - first);
+        let (this, tail) = rest.split_at_mut(count * g.aux);
+        let (col, stage) = this.split_at_mut(count * g.col);
+        f(first, count, col, stage);
+        rest = tail;
+    }
+}
+
+/// Where sample `s` of `n` (in groups of `group`) has its column matrix in a training buffer:
+/// `(offset, ld)`, its first element and the distance between its rows.
+pub(crate) fn group_col(s: usize, n: usize, group: usize, g: &Geom) -> (usize, usize) {
+    let first = s / group * group;
+    let count = group.min(n - first);
+    (first * g.aux + (s - first) * g.cols, count * g.cols)
+}
+
+/// Copies each sample's grid (`count` samples of `g.cg × g.cols`, one after another) into the
+/// columns of `stage` (`g.cg × count·g.cols`) that belong to it.
+pub(crate) fn gather(stage: &mut [f32], grids: &[f32], count: usize, g: &Geom) {
+    let ld = count * g.cols;
+    for (j, grid) in grids.chunks_exact(g.grid).take(count).enumerate() {
+        for (dst, src) in stage.chunks_exact_mut(ld).zip(grid.chunks_exact(g.cols)) {
+            copy_row(&mut dst[j * g.cols..][..g.cols], src);
+        }
+    }
+}
+
+/// The inverse of [`gather`]: each sample's grid out of `stage`.
+pub(crate) fn scatter(grids: &mut [f32], stage: &[f32], count: usize, g: &Geom) {
+    let ld = count * g.cols;
+    for (j, grid) in grids.chunks_exact_mut(g.grid).take(count).enumerate() {
+        for (dst, src) in grid.chunks_exact_mut(g.cols).zip(stage.chunks_exact(ld)) {
+            copy_row(dst, &src[j * g.cols..][..g.cols]);
+        }
+    }
+}
+
+/// How many tasks the groups of a training pass are worth (at most `slots` when each needs
+/// one), and the executor each group's product then runs on.
+pub(crate) fn group_tasks<'e>(
+    exec: &'e dyn Exec, n: usize, group: usize, g: &Geom, slots: usize,
+) -> (usize, &'e dyn Exec) {
+    let tasks = par::sample_tasks(exec, n.div_ceil(group), 2 * g.w * g.cols * group).min(slots);
+    (tasks, if tasks > 1 { &Serial } else { exec })
+}
+
 /// Training forward of a convolution (see the module docs for shapes).
 ///
-/// `out` N×C_out×OH×OW; `col` N×[`ConvDims::col_len`] receives every sample's column matrix
+/// `out` N×C_out×OH×OW; `col` N×[`ConvDims::train_len`] receives every sample's column matrix
 /// (keep it for [`conv2d_backward`]); `inp` N×C_in×H×W; `w` C_out×C_in×k×k; `b` C_out.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
@@ -783,22 +912,30 @@ pub fn conv2d_forward(
 ) -> Result<(), CoreError> {
     let g = Geom::conv(d)?;
     g.check_forward(n, out, inp, w, b)?;
-    check_len("col", col.len(), batch(n, g.col)?)?;
-    // Samples are independent: spread them over the threads (each product then runs on one).
-    let tasks = par::sample_tasks(exec, n, 2 * g.w * g.cols);
-    let inner = if tasks > 1 { &Serial as &dyn Exec } else { exec };
-    let bufs = [(out, g.grid), (col, g.col)];
-    par::for_each_sample(exec, n, tasks, bufs, (&mut [], 0), &|_, samples, [out, col]| {
-        let x = &inp[samples.start * g.img..samples.end * g.img];
-        for ((o, c), x) in
-            out.chunks_exact_mut(g.grid).zip(col.chunks_exact_mut(g.col)).zip(x.chunks_exact(g.img))
-        {
-            im2col(c, x, &g);
-            fill_bias(o, b, g.cols);
-            // out (C_out × P) += W (C_out × C_in·k·k) · col (C_in·k·k × P)
-            kernels::matmul(o, w, c, g.cg, g.rows, g.cols, true, inner);
-        }
-    });
+    check_len("col", col.len(), batch(n, g.aux)?)?;
+    // Groups are independent: spread them over the threads (each product then runs on one).
+    let group = group_size(n, g.cols);
+    let (tasks, inner) = group_tasks(exec, n, group, &g, usize::MAX);
+    let bufs = [(out, g.grid), (col, g.aux)];
+    par::for_each_sample_aligned(
+        exec,
+        n,
+        tasks,
+        group,
+        bufs,
+        (&mut [], 0),
+        &|_, samples, [out, buf]| {
+            let x = &inp[samples.start * g.img..samples.end * g.img];
+            for_each_group(buf, samples.len(), group, &g, &mut |first, count, col, stage| {
+                let ld = count * g.cols;
+                im2col_group(col, &x[first * g.img..], count, &g);
+                fill_bias(stage, b, ld);
+                // stage (C_out × count·P) += W (C_out × C_in·k·k) · col (C_in·k·k × count·P)
+                kernels::matmul(stage, w, col, g.cg, g.rows, ld, true, inner);
+                scatter(&mut out[first * g.grid..], stage, count, &g);
+            });
+        },
+    );
     Ok(())
 }
 
@@ -806,7 +943,8 @@ pub fn conv2d_forward(
 ///
 /// - `dw` (C_out×C_in×k×k) `+= Σₙ doutₙ · colₙᵀ`, `db` (C_out) `+= Σ dout`: skipped when `None`;
 /// - `dinp` (N×C_in×H×W) `= col2im(Wᵀ · doutₙ)`, overwritten; skipped when `None`. Needs
-///   `scratch` of at least [`ConvDims::col_len`] elements (ignored otherwise).
+///   `scratch` of at least one group's training buffer ([`ConvDims::train_len`] times the
+///   group's samples, at most N; more makes room for more threads; ignored otherwise).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     dinp: Option<&mut [f32]>, dw: Option<&mut [f32]>, db: Option<&mut [f32]>, scratch: &mut [f32],
@@ -814,31 +952,46 @@ pub fn conv2d_backward(
 ) -> Result<(), CoreError> {
     let g = Geom::conv(d)?;
     g.check_backward(n, dout, w, dinp.as_deref(), dw.as_deref(), db.as_deref())?;
-    check_len("col", col.len(), batch(n, g.col)?)?;
+    check_len("col", col.len(), batch(n, g.aux)?)?;
+    let group = group_size(n, g.cols);
     if dinp.is_some() {
-        check_min_len("scratch", scratch.len(), g.col)?;
+        check_min_len("scratch", scratch.len(), batch(group, g.aux)?)?;
     }
     if let Some(db) = db {
         add_bias_grad(db, dout, g.cols);
     }
     if let Some(dw) = dw {
-        // dW (C_out × C_in·k·k) += Σₙ doutₙ (C_out × P) · colₙᵀ (P × C_in·k·k)
-        kernels::matmul_nt_sum(dw, dout, g.grid, col, g.col, n, g.cg, g.cols, g.rows, exec);
+        // dW (C_out × C_in·k·k) += Σₙ doutₙ (C_out × P) · colₙᵀ (P × C_in·k·k), sample by sample
+        let at = |s: usize| group_col(s, n, group, &g);
+        kernels::matmul_nt_sum_in(dw, dout, g.grid, col, &at, n, g.cg, g.cols, g.rows, exec);
     }
     if let Some(dinp) = dinp {
-        // One column matrix per task, as many tasks as `scratch` holds matrices.
-        let tasks = par::sample_tasks(exec, n, 2 * g.w * g.cols).min(scratch.len() / g.col);
-        let inner = if tasks > 1 { &Serial as &dyn Exec } else { exec };
+        // One group's buffer per task, as many tasks as `scratch` holds buffers.
+        let slot = group * g.aux;
+        let (tasks, inner) = group_tasks(exec, n, group, &g, scratch.len() / slot);
         let bufs = [(dinp, g.img)];
-        par::for_each_sample(exec, n, tasks, bufs, (scratch, g.col), &|dcol, samples, [dinp]| {
-            let o = &dout[samples.start * g.grid..samples.end * g.grid];
-            for (dx, o) in dinp.chunks_exact_mut(g.img).zip(o.chunks_exact(g.grid)) {
-                // dcol (C_in·k·k × P) = Wᵀ · dout
-                kernels::matmul_tn(dcol, w, o, g.rows, g.cg, g.cols, false, inner);
-                dx.fill(0.0);
-                col2im_add(dx, dcol, &g);
-            }
-        });
+        par::for_each_sample_aligned(
+            exec,
+            n,
+            tasks,
+            group,
+            bufs,
+            (scratch, slot),
+            &|buf, samples, [dinp]| {
+                let o = &dout[samples.start * g.grid..samples.end * g.grid];
+                for first in (0..samples.len()).step_by(group) {
+                    let count = group.min(samples.len() - first);
+                    let ld = count * g.cols;
+                    let (dcol, dstage) = buf[..count * g.aux].split_at_mut(count * g.col);
+                    gather(dstage, &o[first * g.grid..], count, &g);
+                    // dcol (C_in·k·k × count·P) = Wᵀ · dout
+                    kernels::matmul_tn(dcol, w, dstage, g.rows, g.cg, ld, false, inner);
+                    let dx = &mut dinp[first * g.img..(first + count) * g.img];
+                    dx.fill(0.0);
+                    col2im_add_group(dx, dcol, count, &g);
+                }
+            },
+        );
     }
     Ok(())
 }

@@ -81,7 +81,7 @@ fn conv_forward_matches_definition() {
         let b = r.filled(co);
         let want = naive_conv(&x, &w, &b, n, &d);
         let mut out = vec![0.0; n * co * oh * ow];
-        let mut col = vec![0.0; n * d.col_len().unwrap()];
+        let mut col = vec![0.0; n * d.train_len().unwrap()];
         conv2d_forward(&mut out, &mut col, &x, &w, &b, n, &d, &Serial).unwrap();
         assert_close(&out, &want, 1e-5);
         let mut exact = vec![f32::NAN; out.len()];
@@ -167,7 +167,7 @@ fn backward_matches_finite_differences() {
     for (transposed, (ci, h, wd, co, k, s, p)) in cases {
         let d = dims(ci, h, wd, co, k, s, p);
         let (oh, ow) = if transposed { d.transpose_out_hw() } else { d.out_hw() }.unwrap();
-        let cl = if transposed { d.transpose_col_len() } else { d.col_len() }.unwrap();
+        let cl = if transposed { d.transpose_train_len() } else { d.train_len() }.unwrap();
         let x = r.filled(n * ci * h * wd);
         let w = r.filled(co * ci * k * k);
         let b = r.filled(co);
@@ -239,7 +239,8 @@ fn rejects_bad_buffers_and_geometry() {
     let w = [0.0f32; 18];
     let b = [0.0f32; 2];
     let mut out = [0.0f32; 32];
-    let mut col = [0.0f32; 9 * 16];
+    // The column matrix (9 × 16) and the staging grid (2 × 16).
+    let mut col = [0.0f32; 9 * 16 + 2 * 16];
     assert!(conv2d_forward(&mut out, &mut col, &x, &w, &b, 1, &d, &Serial).is_ok());
     assert!(matches!(
         conv2d_forward(&mut out[1..], &mut col, &x, &w, &b, 1, &d, &Serial),
@@ -298,7 +299,7 @@ fn threads_and_scratch_do_not_change_bits() {
         let d = if transposed { dt } else { dc };
         let (ci, co, k) = (d.in_c, d.out_c, d.k);
         let (oh, ow) = if transposed { d.transpose_out_hw() } else { d.out_hw() }.unwrap();
-        let cl = if transposed { d.transpose_col_len() } else { d.col_len() }.unwrap();
+        let cl = if transposed { d.transpose_train_len() } else { d.train_len() }.unwrap();
         let x = r.filled(n * ci * d.in_h * d.in_w);
         let w = r.filled(ci * co * k * k);
         let b = r.filled(co);
@@ -332,10 +333,13 @@ fn threads_and_scratch_do_not_change_bits() {
             }
             [bits(&out), bits(&col), bits(&dx), bits(&dw), bits(&db)]
         };
-        let want = run(&Serial, cl);
+        // Scratch comes in slots of one group's buffers.
+        let group = super::group_size(n, if transposed { 49 } else { 196 });
+        let want = run(&Serial, group * cl);
         for exec in execs {
-            for slots in [1, 2, n] {
-                assert_eq!(run(exec, slots * cl), want, "transposed {transposed}, {slots} slots");
+            for slots in [1, 2, n.div_ceil(group)] {
+                let len = (slots * group * cl).min(n * cl);
+                assert_eq!(run(exec, len), want, "transposed {transposed}, {slots} slots");
             }
         }
     }
@@ -373,36 +377,141 @@ fn exact_kernels_keep_their_bits_on_threads() {
     }
 }
 
-/// The stride-2 column passes write and add exactly what the row-by-row loops do (the same
-/// bits, −0.0 included), for both convolutions' geometries, even kernels, every padding that
-/// is allowed and odd sizes.
+/// The row-buffer column passes write and add exactly what the row-by-row loops do (the same
+/// bits, −0.0 included), for both convolutions' geometries, strides 1 to 3, even and odd
+/// kernels, every padding that is allowed and odd sizes.
 #[test]
-fn stride_two_column_passes_are_the_row_loops() {
+fn buffered_column_passes_are_the_row_loops() {
     let mut r = Lcg::new(23);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let mut cases = 0;
-    for (c, h, w, k) in [(2, 7, 9, 4), (1, 28, 28, 4), (3, 14, 14, 4), (2, 5, 4, 2), (1, 9, 8, 6)] {
+    let shapes =
+        [(2, 7, 9, 4), (1, 28, 28, 4), (3, 14, 14, 4), (2, 5, 4, 2), (1, 9, 8, 6), (2, 8, 7, 3)];
+    for ((c, h, w, k), s) in shapes.into_iter().flat_map(|x| [1, 2, 3].map(|s| (x, s))) {
         for p in 0..k {
-            let d = dims(c, h, w, 3, k, 2, p);
+            let d = dims(c, h, w, 3, k, s, p);
             for g in [Geom::conv(&d), Geom::transpose(&d)].into_iter().flatten() {
                 // Inputs with signed zeros in both operands of the additions.
                 let mut val = |i: usize| if i.is_multiple_of(5) { -0.0 } else { r.next_f32() };
                 let img: Vec<f32> = (0..g.img).map(&mut val).collect();
-                let mut fast = vec![f32::NAN; g.col];
-                let mut rows = vec![f32::NAN; g.col];
-                im2col(&mut fast, &img, &g);
-                im2col_rows(&mut rows, &img, &g);
-                assert_eq!(bits(&fast), bits(&rows), "im2col {g:?}");
-                let col: Vec<f32> = (0..g.col).map(&mut val).collect();
-                let start: Vec<f32> =
-                    (0..g.img).map(|i| if i.is_multiple_of(3) { -0.0 } else { 0.5 }).collect();
-                let (mut fast, mut rows) = (start.clone(), start);
-                col2im_add(&mut fast, &col, &g);
-                col2im_add_rows(&mut rows, &col, &g);
-                assert_eq!(bits(&fast), bits(&rows), "col2im {g:?}");
-                cases += 1;
+                let mut compact = vec![f32::NAN; g.col];
+                im2col_rows(&mut compact, &img, &g, g.cols, 0..g.ci);
+                // A matrix of its own, and one sample of a group (rows wider than it).
+                for ld in [g.cols, 2 * g.cols + 3] {
+                    let len = (g.rows - 1) * ld + g.cols;
+                    let mut fast = vec![f32::NAN; len];
+                    let mut rows = vec![f32::NAN; len];
+                    im2col(&mut fast, &img, &g, ld);
+                    im2col_rows(&mut rows, &img, &g, ld, 0..g.ci);
+                    assert_eq!(bits(&fast), bits(&rows), "im2col {g:?} {ld}");
+                    // The columns between the rows are the other samples': left alone.
+                    let gaps = fast.iter().enumerate().filter(|&(i, _)| i % ld >= g.cols);
+                    assert!(gaps.clone().all(|(_, v)| v.is_nan()), "im2col {g:?} {ld}");
+                    let placed = (0..g.rows).all(|r| {
+                        bits(&fast[r * ld..][..g.cols]) == bits(&compact[r * g.cols..][..g.cols])
+                    });
+                    assert!(
+                        placed,
+                        "im2col {g:?} {ld}: rows not where the compact matrix has them"
+                    );
+                    let col: Vec<f32> = (0..len).map(&mut val).collect();
+                    let start: Vec<f32> =
+                        (0..g.img).map(|i| if i.is_multiple_of(3) { -0.0 } else { 0.5 }).collect();
+                    let (mut fast, mut rows) = (start.clone(), start);
+                    col2im_add(&mut fast, &col, &g, ld);
+                    col2im_add_rows(&mut rows, &col, &g, ld, 0..g.ci);
+                    assert_eq!(bits(&fast), bits(&rows), "col2im {g:?} {ld}");
+                    cases += 1;
+                }
             }
         }
     }
-    assert!(cases > 20);
+    assert!(cases > 100, "{cases}");
+}
+
+/// The grouped products (module docs) give each output the bits of one product per sample:
+/// both convolutions' forward outputs, input gradients and weight gradients against the
+/// per-sample passes written out with the same kernels, for batches of one partial group, of
+/// several whole groups and of groups with a partial last one, on one and several threads.
+#[test]
+fn grouped_products_are_the_per_sample_products() {
+    use crate::layers::conv_transpose2d::conv_transpose2d_backward;
+    use crate::testutil::Threads;
+    let mut r = Lcg::new(28);
+    // 7 × 7 grids (groups of 16) and 14 × 14 grids (groups of 4), both directions; the first
+    // sums over 384 rows, more than one summation block.
+    let cases = [
+        (false, dims(24, 14, 14, 16, 4, 2, 1)),
+        (false, dims(3, 14, 14, 8, 3, 1, 1)),
+        (true, dims(24, 7, 7, 16, 4, 2, 1)),
+        (true, dims(8, 14, 14, 2, 3, 1, 1)),
+    ];
+    for (transposed, d) in cases {
+        let g = if transposed { Geom::transpose(&d) } else { Geom::conv(&d) }.unwrap();
+        let (inp_len, out_len, _) = g.io_lens();
+        let (c_out, plane) = if transposed { (g.ci, g.ih * g.iw) } else { (g.cg, g.cols) };
+        let w = r.filled(g.w);
+        let b = r.filled(c_out);
+        for n in [3, 32, 37] {
+            let x = r.filled(n * inp_len);
+            let dout = r.filled(n * out_len);
+            // The per-sample passes: (out, dx, dw).
+            let mut want = (vec![0.0; n * out_len], vec![0.0; n * inp_len], vec![0.5; g.w]);
+            let mut col = vec![0.0; g.col];
+            for s in 0..n {
+                let (xs, ds) = (&x[s * inp_len..][..inp_len], &dout[s * out_len..][..out_len]);
+                let o = &mut want.0[s * out_len..][..out_len];
+                let dx = &mut want.1[s * inp_len..][..inp_len];
+                fill_bias(o, &b, plane);
+                if transposed {
+                    kernels::matmul_tn(&mut col, &w, xs, g.rows, g.cg, g.cols, false, &Serial);
+                    col2im_add(o, &col, &g, g.cols);
+                    im2col(&mut col, ds, &g, g.cols);
+                    kernels::matmul_nt(&mut want.2, xs, &col, g.cg, g.cols, g.rows, true, &Serial);
+                    kernels::matmul(dx, &w, &col, g.cg, g.rows, g.cols, false, &Serial);
+                } else {
+                    im2col(&mut col, xs, &g, g.cols);
+                    kernels::matmul(o, &w, &col, g.cg, g.rows, g.cols, true, &Serial);
+                    kernels::matmul_nt(&mut want.2, ds, &col, g.cg, g.cols, g.rows, true, &Serial);
+                    kernels::matmul_tn(&mut col, &w, ds, g.rows, g.cg, g.cols, false, &Serial);
+                    dx.fill(0.0);
+                    col2im_add(dx, &col, &g, g.cols);
+                }
+            }
+            for exec in [&Serial as &dyn Exec, &Threads(2), &Threads(3)] {
+                let mut got = (vec![0.0; n * out_len], vec![f32::NAN; n * inp_len], vec![0.5; g.w]);
+                let mut buf = vec![f32::NAN; n * g.aux];
+                let mut scratch = vec![f32::NAN; n * g.aux];
+                let (dx, dw) = (Some(&mut got.1[..]), Some(&mut got.2[..]));
+                if transposed {
+                    conv_transpose2d_forward(&mut got.0, &mut buf, &x, &w, &b, n, &d, exec)
+                        .unwrap();
+                    conv_transpose2d_backward(
+                        dx,
+                        dw,
+                        None,
+                        &mut scratch,
+                        &dout,
+                        &x,
+                        &w,
+                        n,
+                        &d,
+                        exec,
+                    )
+                } else {
+                    conv2d_forward(&mut got.0, &mut buf, &x, &w, &b, n, &d, exec).unwrap();
+                    conv2d_backward(dx, dw, None, &mut scratch, &dout, &buf, &w, n, &d, exec)
+                }
+                .unwrap();
+                let what =
+                    std::format!("transposed {transposed}, n {n}, {} threads", exec.threads());
+                // The first element whose bits differ, if any.
+                let diff =
+                    |a: &[f32], b: &[f32]| (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits());
+                assert_eq!(diff(&got.0, &want.0), None, "out: {what}");
+                assert_eq!(diff(&got.1, &want.1), None, "dx: {what}");
+                assert_eq!(diff(&got.2, &want.2), None, "dw: {what}");
+            }
+        }
+    }
 }

@@ -13,7 +13,8 @@ use crate::layers::Channels;
 use crate::layers::Rules;
 use crate::layers::conv2d::{
     self, BackwardFn, Conv, ConvDims, Direction, ExactFn, ForwardFn, Geom, Int8Fn, add_bias_grad,
-    batch, col2im_add, fill_bias, im2col, span,
+    batch, col2im_add_group, fill_bias, for_each_group, gather, group_col, group_size, group_tasks,
+    im2col_group, scatter, span,
 };
 use crate::spec::{LayerInfo, Shape};
 
@@ -63,7 +64,8 @@ impl Direction for Transposed {
 /// Training forward of a transposed convolution (see the module docs for shapes).
 ///
 /// `out` N×C_out×OH×OW; `inp` N×C_in×H×W; `w` C_in×C_out×k×k; `b` C_out; `scratch` at least
-/// [`ConvDims::transpose_col_len`] elements (one sample's column matrix).
+/// one group's training buffer ([`ConvDims::transpose_train_len`] times the group's samples,
+/// at most N; more makes room for more threads).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_forward(
     out: &mut [f32], scratch: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize,
@@ -71,24 +73,34 @@ pub fn conv_transpose2d_forward(
 ) -> Result<(), CoreError> {
     let g = Geom::transpose(d)?;
     g.check_forward(n, out, inp, w, b)?;
-    check_min_len("scratch", scratch.len(), g.col)?;
-    // Samples are independent: spread them over the threads, one column matrix per task (as
-    // many tasks as `scratch` holds matrices); each product then runs on one thread.
-    let tasks = par::sample_tasks(exec, n, 2 * g.w * g.cols).min(scratch.len() / g.col);
-    let inner = if tasks > 1 { &Serial as &dyn Exec } else { exec };
-    par::for_each_sample(
+    let group = group_size(n, g.cols);
+    check_min_len("scratch", scratch.len(), batch(group, g.aux)?)?;
+    // Groups are independent: spread them over the threads, one group's buffer per task (as
+    // many tasks as `scratch` holds buffers); each product then runs on one thread.
+    let slot = group * g.aux;
+    let (tasks, inner) = group_tasks(exec, n, group, &g, scratch.len() / slot);
+    let bufs = [(out, g.img)];
+    par::for_each_sample_aligned(
         exec,
         n,
         tasks,
-        [(out, g.img)],
-        (scratch, g.col),
-        &|col, samples, [out]| {
+        group,
+        bufs,
+        (scratch, slot),
+        &|buf, samples, [out]| {
             let x = &inp[samples.start * g.grid..samples.end * g.grid];
-            for (o, x) in out.chunks_exact_mut(g.img).zip(x.chunks_exact(g.grid)) {
-                // col (C_out·k·k × H·W) = Wᵀ · x (C_in × H·W)
-                kernels::matmul_tn(col, w, x, g.rows, g.cg, g.cols, false, inner);
-                fill_bias(o, b, g.ih * g.iw);
-                col2im_add(o, col, &g);
+            for first in (0..samples.len()).step_by(group) {
+                let count = group.min(samples.len() - first);
+                let ld = count * g.cols;
+                let (col, stage) = buf[..count * g.aux].split_at_mut(count * g.col);
+                gather(stage, &x[first * g.grid..], count, &g);
+                // col (C_out·k·k × count·H·W) = Wᵀ · x (C_in × count·H·W)
+                kernels::matmul_tn(col, w, stage, g.rows, g.cg, ld, false, inner);
+                let o = &mut out[first * g.img..(first + count) * g.img];
+                for o in o.chunks_exact_mut(g.img) {
+                    fill_bias(o, b, g.ih * g.iw);
+                }
+                col2im_add_group(o, col, count, &g);
             }
         },
     );
@@ -101,8 +113,8 @@ pub fn conv_transpose2d_forward(
 ///   `None`;
 /// - `dinp` (N×C_in×H×W) `= W · im2col(doutₙ)`, overwritten; skipped when `None`.
 ///
-/// `scratch` has at least `n ·` [`ConvDims::transpose_col_len`] elements (every sample's column
-/// matrix) when `dinp` or `dw` is given.
+/// `scratch` has at least `n ·` [`ConvDims::transpose_train_len`] elements (every sample's
+/// training buffer) when `dinp` or `dw` is given.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_backward(
     dinp: Option<&mut [f32]>, dw: Option<&mut [f32]>, db: Option<&mut [f32]>, scratch: &mut [f32],
@@ -112,7 +124,7 @@ pub fn conv_transpose2d_backward(
     g.check_backward(n, dout, w, dinp.as_deref(), dw.as_deref(), db.as_deref())?;
     check_len("inp", inp.len(), batch(n, g.grid)?)?;
     if dinp.is_some() || dw.is_some() {
-        check_min_len("scratch", scratch.len(), batch(n, g.col)?)?;
+        check_min_len("scratch", scratch.len(), batch(n, g.aux)?)?;
     }
     if let Some(db) = db {
         add_bias_grad(db, dout, g.ih * g.iw);
@@ -120,41 +132,44 @@ pub fn conv_transpose2d_backward(
     if dinp.is_none() && dw.is_none() {
         return Ok(());
     }
-    // Every sample's column matrix of `dout`, in parallel (samples are independent).
-    let dcols = &mut scratch[..n * g.col];
-    let tasks = par::sample_tasks(exec, n, 2 * g.w * g.cols);
-    par::for_each_sample(
+    // Every sample's column matrix of `dout`, group by group, in parallel.
+    let bufs = &mut scratch[..n * g.aux];
+    let group = group_size(n, g.cols);
+    let (tasks, inner) = group_tasks(exec, n, group, &g, usize::MAX);
+    par::for_each_sample_aligned(
         exec,
         n,
         tasks,
-        [(&mut *dcols, g.col)],
+        group,
+        [(&mut *bufs, g.aux)],
         (&mut [], 0),
-        &|_, samples, [c]| {
+        &|_, samples, [buf]| {
             let o = &dout[samples.start * g.img..samples.end * g.img];
-            for (c, o) in c.chunks_exact_mut(g.col).zip(o.chunks_exact(g.img)) {
-                im2col(c, o, &g);
-            }
+            for_each_group(buf, samples.len(), group, &g, &mut |first, count, col, _| {
+                im2col_group(col, &o[first * g.img..], count, &g);
+            });
         },
     );
-    let dcols = &*dcols;
     if let Some(dw) = dw {
-        // dW (C_in × C_out·k·k) += Σₙ xₙ (C_in × H·W) · dcolₙᵀ (H·W × C_out·k·k)
-        kernels::matmul_nt_sum(dw, inp, g.grid, dcols, g.col, n, g.cg, g.cols, g.rows, exec);
+        // dW (C_in × C_out·k·k) += Σₙ xₙ (C_in × H·W) · dcolₙᵀ (H·W × C_out·k·k), sample by sample
+        let at = |s: usize| group_col(s, n, group, &g);
+        kernels::matmul_nt_sum_in(dw, inp, g.grid, bufs, &at, n, g.cg, g.cols, g.rows, exec);
     }
     if let Some(dinp) = dinp {
-        let inner = if tasks > 1 { &Serial as &dyn Exec } else { exec };
-        par::for_each_sample(
+        let bufs = [(dinp, g.grid), (bufs, g.aux)];
+        par::for_each_sample_aligned(
             exec,
             n,
             tasks,
-            [(dinp, g.grid)],
+            group,
+            bufs,
             (&mut [], 0),
-            &|_, samples, [dx]| {
-                let c = &dcols[samples.start * g.col..samples.end * g.col];
-                for (dx, c) in dx.chunks_exact_mut(g.grid).zip(c.chunks_exact(g.col)) {
-                    // dx (C_in × H·W) = W (C_in × C_out·k·k) · dcol
-                    kernels::matmul(dx, w, c, g.cg, g.rows, g.cols, false, inner);
-                }
+            &|_, samples, [dx, buf]| {
+                for_each_group(buf, samples.len(), group, &g, &mut |first, count, dcol, stage| {
+                    // dx (C_in × count·H·W) = W (C_in × C_out·k·k) · dcol
+                    kernels::matmul(stage, w, dcol, g.cg, g.rows, count * g.cols, false, inner);
+                    scatter(&mut dx[first * g.grid..], stage, count, &g);
+                });
             },
         );
     }
@@ -875,7 +890,7 @@ mod tests {
             let b = r.filled(co);
             let want = naive_conv_t(&x, &w, &b, n, &d);
             let mut out = vec![0.0; n * co * oh * ow];
-            let mut scratch = vec![0.0; d.transpose_col_len().unwrap()];
+            let mut scratch = vec![0.0; n * d.transpose_train_len().unwrap()];
             conv_transpose2d_forward(&mut out, &mut scratch, &x, &w, &b, n, &d, &Serial).unwrap();
             assert_close(&out, &want, 1e-5);
             let mut exact = vec![f32::NAN; out.len()];
@@ -912,10 +927,10 @@ mod tests {
             let y = r.filled(n * co * oh * ow);
             let w = r.filled(co * ci * k * k);
             let mut cx = vec![0.0; y.len()];
-            let mut col = vec![0.0; n * d.col_len().unwrap()];
+            let mut col = vec![0.0; n * d.train_len().unwrap()];
             conv2d_forward(&mut cx, &mut col, &x, &w, &vec![0.0; co], n, &d, &Serial).unwrap();
             let mut ty = vec![0.0; x.len()];
-            let mut scratch = vec![0.0; dt.transpose_col_len().unwrap()];
+            let mut scratch = vec![0.0; n * dt.transpose_train_len().unwrap()];
             conv_transpose2d_forward(
                 &mut ty,
                 &mut scratch,
