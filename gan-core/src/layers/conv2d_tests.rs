@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::kernels::Serial;
+use crate::layers::columns::{col2im_add, group_size, im2col};
 use crate::layers::conv_transpose2d::conv_transpose2d_forward;
 use crate::testutil::{Lcg, grad_check};
 use std::vec;
@@ -334,7 +335,7 @@ fn threads_and_scratch_do_not_change_bits() {
             [bits(&out), bits(&col), bits(&dx), bits(&dw), bits(&db)]
         };
         // Scratch comes in slots of one group's buffers.
-        let group = super::group_size(n, if transposed { 49 } else { 196 });
+        let group = group_size(n, if transposed { 49 } else { 196 });
         let want = run(&Serial, group * cl);
         for exec in execs {
             for slots in [1, 2, n.div_ceil(group)] {
@@ -375,58 +376,6 @@ fn exact_kernels_keep_their_bits_on_threads() {
             assert_eq!(run(exec), want, "{d:?}");
         }
     }
-}
-
-/// The row-buffer column passes write and add exactly what the row-by-row loops do (the same
-/// bits, −0.0 included), for both convolutions' geometries, strides 1 to 3, even and odd
-/// kernels, every padding that is allowed and odd sizes.
-#[test]
-fn buffered_column_passes_are_the_row_loops() {
-    let mut r = Lcg::new(23);
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    let mut cases = 0;
-    let shapes =
-        [(2, 7, 9, 4), (1, 28, 28, 4), (3, 14, 14, 4), (2, 5, 4, 2), (1, 9, 8, 6), (2, 8, 7, 3)];
-    for ((c, h, w, k), s) in shapes.into_iter().flat_map(|x| [1, 2, 3].map(|s| (x, s))) {
-        for p in 0..k {
-            let d = dims(c, h, w, 3, k, s, p);
-            for g in [Geom::conv(&d), Geom::transpose(&d)].into_iter().flatten() {
-                // Inputs with signed zeros in both operands of the additions.
-                let mut val = |i: usize| if i.is_multiple_of(5) { -0.0 } else { r.next_f32() };
-                let img: Vec<f32> = (0..g.img).map(&mut val).collect();
-                let mut compact = vec![f32::NAN; g.col];
-                im2col_rows(&mut compact, &img, &g, g.cols, 0..g.ci);
-                // A matrix of its own, and one sample of a group (rows wider than it).
-                for ld in [g.cols, 2 * g.cols + 3] {
-                    let len = (g.rows - 1) * ld + g.cols;
-                    let mut fast = vec![f32::NAN; len];
-                    let mut rows = vec![f32::NAN; len];
-                    im2col(&mut fast, &img, &g, ld);
-                    im2col_rows(&mut rows, &img, &g, ld, 0..g.ci);
-                    assert_eq!(bits(&fast), bits(&rows), "im2col {g:?} {ld}");
-                    // The columns between the rows are the other samples': left alone.
-                    let gaps = fast.iter().enumerate().filter(|&(i, _)| i % ld >= g.cols);
-                    assert!(gaps.clone().all(|(_, v)| v.is_nan()), "im2col {g:?} {ld}");
-                    let placed = (0..g.rows).all(|r| {
-                        bits(&fast[r * ld..][..g.cols]) == bits(&compact[r * g.cols..][..g.cols])
-                    });
-                    assert!(
-                        placed,
-                        "im2col {g:?} {ld}: rows not where the compact matrix has them"
-                    );
-                    let col: Vec<f32> = (0..len).map(&mut val).collect();
-                    let start: Vec<f32> =
-                        (0..g.img).map(|i| if i.is_multiple_of(3) { -0.0 } else { 0.5 }).collect();
-                    let (mut fast, mut rows) = (start.clone(), start);
-                    col2im_add(&mut fast, &col, &g, ld);
-                    col2im_add_rows(&mut rows, &col, &g, ld, 0..g.ci);
-                    assert_eq!(bits(&fast), bits(&rows), "col2im {g:?} {ld}");
-                    cases += 1;
-                }
-            }
-        }
-    }
-    assert!(cases > 100, "{cases}");
 }
 
 /// The grouped products (module docs) give each output the bits of one product per sample:

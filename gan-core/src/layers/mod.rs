@@ -121,6 +121,7 @@ pub enum Layer {
 
 pub mod activation;
 pub mod batch_norm;
+mod columns;
 pub mod conv2d;
 pub mod conv_transpose2d;
 pub mod dense;
