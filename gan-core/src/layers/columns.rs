@@ -99,6 +99,11 @@ fn im2col_channels(col: &mut [f32], img: &[f32], g: &Geom, ld: usize, chans: Ran
 /// before the next channel's, so the writes move through `col` in order and each image
 /// channel is read while it is in the cache.
 pub(crate) fn im2col_group(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom) {
+    #[cfg(target_arch = "x86_64")]
+    if fits_zmm(g) {
+        // SAFETY: `fits_zmm` checked the instruction set and the row and grid widths.
+        return unsafe { x86::im2col_group(col, imgs, count, g) };
+    }
     let ld = count * g.cols;
     for c in 0..g.ci {
         for (j, img) in imgs.chunks_exact(g.img).take(count).enumerate() {
@@ -110,6 +115,11 @@ pub(crate) fn im2col_group(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom
 /// The adjoint of [`im2col_group`]: adds each image's columns of `col` onto it, channel by
 /// channel (each pixel still gets its terms in the order of [`col2im_add`]).
 pub(crate) fn col2im_add_group(imgs: &mut [f32], col: &[f32], count: usize, g: &Geom) {
+    #[cfg(target_arch = "x86_64")]
+    if fits_zmm(g) {
+        // SAFETY: as in `im2col_group`.
+        return unsafe { x86::col2im_add_group(imgs, col, count, g) };
+    }
     let ld = count * g.cols;
     for c in 0..g.ci {
         for (j, img) in imgs.chunks_exact_mut(g.img).take(count).enumerate() {
@@ -291,6 +301,207 @@ fn col2im_add_rows(img: &mut [f32], col: &[f32], g: &Geom, ld: usize, chans: Ran
     }
 }
 
+/// Whether the AVX-512 passes apply: the training kernels use AVX-512, a padded image row
+/// fits two `zmm` registers and a grid row one.
+#[cfg(target_arch = "x86_64")]
+fn fits_zmm(g: &Geom) -> bool {
+    use crate::kernels::{Isa, train_isa};
+    train_isa() == Isa::Avx512 && g.gw <= 16 && padded_row(g).is_some_and(|len| len <= 32)
+}
+
+/// The group passes with AVX-512: an image row is two `zmm` registers (masked loads, so
+/// nothing past it is read); each kernel column's grid row is one two-register permute of it
+/// with the padding's lanes zeroed (`im2col`), or is permuted back onto the pixels it feeds and
+/// added there under a mask (`col2im`). Each value is moved, or added, exactly as the
+/// row-buffer passes do it, in the same order.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use core::arch::x86_64::*;
+
+    use super::{Geom, padded_row};
+
+    /// Checks what the passes index: `count` images and their `count·cols`-wide column
+    /// matrix, and the widths `fits_zmm` promises (so `iw ≤ 32`, `gw ≤ 16`, `k ≤ 32`).
+    fn check(col: usize, imgs: usize, count: usize, g: &Geom) {
+        let ld = count * g.cols;
+        assert!(count >= 1 && g.gw <= 16 && padded_row(g).is_some_and(|l| l <= 32));
+        assert!(col >= (g.rows - 1) * ld + g.cols && imgs >= count * g.img);
+    }
+
+    /// Lanes `lo..hi` (clipped to 16) of a 16-lane mask.
+    fn lanes(lo: usize, hi: usize) -> __mmask16 {
+        let (lo, hi) = (lo.min(16), hi.min(16));
+        if lo >= hi { 0 } else { (((1u32 << (hi - lo)) - 1) << lo) as u16 }
+    }
+
+    /// Loads image row `iy` (`iw ≤ 32` values) as two registers, zero past its end.
+    ///
+    /// # Safety
+    /// AVX-512F; `src` holds row `iy` (checked by the slice).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_row(src: &[f32], iy: usize, g: &Geom) -> (__m512, __m512) {
+        let row = &src[iy * g.iw..][..g.iw];
+        // SAFETY: the masks cover lanes inside `row` only (masked lanes are not accessed);
+        // a row of at most 16 skips the second load (an all-masked load is not free).
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(lanes(0, g.iw), row.as_ptr());
+            if g.iw <= 16 {
+                return (lo, _mm512_setzero_ps());
+            }
+            (lo, _mm512_maskz_loadu_ps(lanes(0, g.iw - 16), row.as_ptr().add(16)))
+        }
+    }
+
+    /// Prefetches channel `c` of every image (while the passes work on the channel before):
+    /// the planes of one channel are a whole image apart, too short a run each for the
+    /// hardware prefetchers to pick up.
+    #[inline]
+    fn prefetch_channel(imgs: &[f32], count: usize, g: &Geom, c: usize) {
+        if c >= g.ci {
+            return;
+        }
+        let plane = g.ih * g.iw;
+        for img in imgs.chunks_exact(g.img).take(count) {
+            let p = &img[c * plane..][..plane];
+            for line in (0..plane).step_by(16) {
+                // SAFETY: a prefetch only hints; the address is inside `imgs`.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.as_ptr().add(line).cast()) };
+            }
+        }
+    }
+
+    /// [`super::im2col_group`].
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn im2col_group(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom) {
+        check(col.len(), imgs.len(), count, g);
+        let ld = count * g.cols;
+        let plane = g.ih * g.iw;
+        let store: __mmask16 = lanes(0, g.gw);
+        // Kernel column kx: lane i reads pixel x = i·s + kx − p of the row, zero where that
+        // falls in the padding.
+        let mut taps = [(0u16, [0i32; 16]); 32];
+        for (kx, (m, idx)) in taps.iter_mut().enumerate().take(g.k) {
+            for (i, ix) in idx.iter_mut().enumerate().take(g.gw) {
+                if let Some(x) = (i * g.s + kx).checked_sub(g.p).filter(|&x| x < g.iw) {
+                    *m |= 1 << i;
+                    *ix = x as i32;
+                }
+            }
+        }
+        let out = col.as_mut_ptr();
+        for c in 0..g.ci {
+            prefetch_channel(imgs, count, g, c + 1);
+            // Kernel row by kernel row, so each of its `k` rows of `col` is written in order.
+            for ky in 0..g.k {
+                let r0 = (c * g.k + ky) * g.k;
+                for (j, img) in imgs.chunks_exact(g.img).take(count).enumerate() {
+                    let src = &img[c * plane..][..plane];
+                    for gy in 0..g.gh {
+                        let at = |kx: usize| (r0 + kx) * ld + j * g.cols + gy * g.gw;
+                        // Values of the row after this grid row's (they come later).
+                        let spare = ld - (j * g.cols + (gy + 1) * g.gw) >= 16 - g.gw;
+                        let iy = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih);
+                        let (lo, hi, rows) = match iy {
+                            // SAFETY: AVX-512F (this function's own feature).
+                            Some(iy) => {
+                                let (lo, hi) = unsafe { load_row(src, iy, g) };
+                                (lo, hi, true)
+                            }
+                            None => (_mm512_setzero_ps(), _mm512_setzero_ps(), false),
+                        };
+                        for (kx, (m, idx)) in taps.iter().enumerate().take(g.k) {
+                            let v = if rows {
+                                // SAFETY: `idx` holds 16 lanes.
+                                let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+                                _mm512_maskz_permutex2var_ps(*m, lo, idx, hi)
+                            } else {
+                                _mm512_setzero_ps()
+                            };
+                            // SAFETY: row r0 + kx < rows, and its `gw` values at grid row `gy`
+                            // of image `j` end inside `col` (`check`); a full store only
+                            // where 16 lanes stay inside the row, spilling into values of it
+                            // that are written later (a masked store costs more).
+                            unsafe {
+                                if spare {
+                                    _mm512_storeu_ps(out.add(at(kx)), v);
+                                } else {
+                                    _mm512_mask_storeu_ps(out.add(at(kx)), store, v);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`super::col2im_add_group`].
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn col2im_add_group(imgs: &mut [f32], col: &[f32], count: usize, g: &Geom) {
+        check(col.len(), imgs.len(), count, g);
+        let ld = count * g.cols;
+        let plane = g.ih * g.iw;
+        let load: __mmask16 = lanes(0, g.gw);
+        // Kernel column kx: pixel x = i·s + kx − p of the row takes grid value i; per half of
+        // the row, the lanes that take one, and which.
+        let mut takes = [[(0u16, [0i32; 16]); 2]; 32];
+        for (kx, t) in takes.iter_mut().enumerate().take(g.k) {
+            for i in 0..g.gw {
+                if let Some(x) = (i * g.s + kx).checked_sub(g.p).filter(|&x| x < g.iw) {
+                    t[x / 16].0 |= 1 << (x % 16);
+                    t[x / 16].1[x % 16] = i as i32;
+                }
+            }
+        }
+        let src = col.as_ptr();
+        for c in 0..g.ci {
+            prefetch_channel(imgs, count, g, c + 1);
+            for ky in 0..g.k {
+                let r0 = (c * g.k + ky) * g.k;
+                for (j, img) in imgs.chunks_exact_mut(g.img).take(count).enumerate() {
+                    let dst = &mut img[c * plane..][..plane];
+                    for gy in 0..g.gh {
+                        let iy = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih);
+                        let Some(iy) = iy else { continue };
+                        // SAFETY: AVX-512F (this function's own feature).
+                        let (mut lo, mut hi) = unsafe { load_row(dst, iy, g) };
+                        for (kx, [(mlo, ilo), (mhi, ihi)]) in takes.iter().enumerate().take(g.k) {
+                            let at = (r0 + kx) * ld + j * g.cols + gy * g.gw;
+                            // SAFETY: the `gw` values of row r0 + kx at grid row `gy` of image
+                            // `j` end inside `col` (`check`); the index arrays hold 16 lanes.
+                            let (v, ilo, ihi) = unsafe {
+                                (
+                                    _mm512_maskz_loadu_ps(load, src.add(at)),
+                                    _mm512_loadu_si512(ilo.as_ptr().cast()),
+                                    _mm512_loadu_si512(ihi.as_ptr().cast()),
+                                )
+                            };
+                            lo = _mm512_mask_add_ps(lo, *mlo, lo, _mm512_permutexvar_ps(ilo, v));
+                            hi = _mm512_mask_add_ps(hi, *mhi, hi, _mm512_permutexvar_ps(ihi, v));
+                        }
+                        let row = &mut dst[iy * g.iw..][..g.iw];
+                        // SAFETY: the masks cover lanes inside `row` only.
+                        unsafe {
+                            _mm512_mask_storeu_ps(row.as_mut_ptr(), lanes(0, g.iw), lo);
+                            if g.iw > 16 {
+                                let rest = lanes(0, g.iw - 16);
+                                _mm512_mask_storeu_ps(row.as_mut_ptr().add(16), rest, hi);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +568,70 @@ mod tests {
             }
         }
         assert!(cases > 100, "{cases}");
+    }
+
+    /// The group passes (with AVX-512 where the CPU has it, and the row-buffer ones) write
+    /// and add what the row-by-row loops do image by image: same bits, −0.0 included, for
+    /// groups of one and three images, strides 1 to 3, every allowed padding, rows that fit
+    /// the registers and rows that do not.
+    #[test]
+    fn group_passes_are_the_row_loops() {
+        let mut r = Lcg::new(31);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let mut simd = 0;
+        for (c, h, w, k) in
+            [(2, 14, 14, 4), (1, 28, 28, 4), (3, 7, 9, 3), (2, 30, 5, 2), (1, 9, 40, 5)]
+        {
+            for (s, p, count) in
+                [1, 2, 3].into_iter().flat_map(|s| (0..k).map(move |p| (s, p, 1 + 2 * (p % 2))))
+            {
+                let d = dims(c, h, w, 3, k, s, p);
+                for g in [Geom::conv(&d), Geom::transpose(&d)].into_iter().flatten() {
+                    let ld = count * g.cols;
+                    let mut val = |i: usize| if i.is_multiple_of(5) { -0.0 } else { r.next_f32() };
+                    let imgs: Vec<f32> = (0..count * g.img).map(&mut val).collect();
+                    let mut want = vec![f32::NAN; g.rows * ld];
+                    for (j, img) in imgs.chunks_exact(g.img).enumerate() {
+                        im2col_rows(&mut want[j * g.cols..], img, &g, ld, 0..g.ci);
+                    }
+                    let col: Vec<f32> = (0..g.rows * ld).map(&mut val).collect();
+                    let start: Vec<f32> =
+                        (0..count * g.img).map(|i| if i % 3 == 0 { -0.0 } else { 0.5 }).collect();
+                    let mut want_img = start.clone();
+                    for (j, img) in want_img.chunks_exact_mut(g.img).enumerate() {
+                        col2im_add_rows(img, &col[j * g.cols..], &g, ld, 0..g.ci);
+                    }
+                    let mut got = vec![f32::NAN; g.rows * ld];
+                    im2col_group(&mut got, &imgs, count, &g);
+                    assert_eq!(bits(&got), bits(&want), "im2col {g:?} × {count}");
+                    let mut got_img = start.clone();
+                    col2im_add_group(&mut got_img, &col, count, &g);
+                    assert_eq!(bits(&got_img), bits(&want_img), "col2im {g:?} × {count}");
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::kernels::cpu_has_avx512()
+                        && g.gw <= 16
+                        && padded_row(&g).is_some_and(|l| l <= 32)
+                    {
+                        let mut got = vec![f32::NAN; g.rows * ld];
+                        // SAFETY: the CPU has AVX-512F; the widths were just checked.
+                        unsafe { x86::im2col_group(&mut got, &imgs, count, &g) };
+                        assert_eq!(bits(&got), bits(&want), "avx512 im2col {g:?} × {count}");
+                        let mut got_img = start.clone();
+                        // SAFETY: as above.
+                        unsafe { x86::col2im_add_group(&mut got_img, &col, count, &g) };
+                        assert_eq!(
+                            bits(&got_img),
+                            bits(&want_img),
+                            "avx512 col2im {g:?} × {count}"
+                        );
+                        simd += 1;
+                    }
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::cpu_has_avx512() {
+            assert!(simd > 40, "{simd}");
+        }
     }
 }
