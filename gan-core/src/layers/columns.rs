@@ -406,8 +406,8 @@ mod x86 {
                         let spare = ld - (j * g.cols + (gy + 1) * g.gw) >= 16 - g.gw;
                         let iy = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih);
                         let (lo, hi, rows) = match iy {
-                            // SAFETY: AVX-512F (this function's own feature).
                             Some(iy) => {
+                                // SAFETY: AVX-512F (this function's own feature).
                                 let (lo, hi) = unsafe { load_row(src, iy, g) };
                                 (lo, hi, true)
                             }
