@@ -100,9 +100,12 @@ fn im2col_channels(col: &mut [f32], img: &[f32], g: &Geom, ld: usize, chans: Ran
 /// channel is read while it is in the cache.
 pub(crate) fn im2col_group(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom) {
     #[cfg(target_arch = "x86_64")]
-    if fits_zmm(g) {
-        // SAFETY: `fits_zmm` checked the instruction set and the row and grid widths.
-        return unsafe { x86::im2col_group(col, imgs, count, g) };
+    match vector_path(g) {
+        // SAFETY: `vector_path` checked the instruction set and the row and grid widths.
+        Some(Path::Zmm) => return unsafe { x86::im2col_group(col, imgs, count, g) },
+        // SAFETY: as above.
+        Some(Path::Ymm) => return unsafe { x86::im2col_group_avx2(col, imgs, count, g) },
+        None => {}
     }
     let ld = count * g.cols;
     for c in 0..g.ci {
@@ -116,9 +119,12 @@ pub(crate) fn im2col_group(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom
 /// channel (each pixel still gets its terms in the order of [`col2im_add`]).
 pub(crate) fn col2im_add_group(imgs: &mut [f32], col: &[f32], count: usize, g: &Geom) {
     #[cfg(target_arch = "x86_64")]
-    if fits_zmm(g) {
+    match vector_path(g) {
         // SAFETY: as in `im2col_group`.
-        return unsafe { x86::col2im_add_group(imgs, col, count, g) };
+        Some(Path::Zmm) => return unsafe { x86::col2im_add_group(imgs, col, count, g) },
+        // SAFETY: as in `im2col_group`.
+        Some(Path::Ymm) => return unsafe { x86::col2im_add_group_avx2(imgs, col, count, g) },
+        None => {}
     }
     let ld = count * g.cols;
     for c in 0..g.ci {
@@ -301,12 +307,32 @@ fn col2im_add_rows(img: &mut [f32], col: &[f32], g: &Geom, ld: usize, chans: Ran
     }
 }
 
-/// Whether the AVX-512 passes apply: the training kernels use AVX-512, a padded image row
-/// fits two `zmm` registers and a grid row one.
+/// Which vector form of the group passes applies.
 #[cfg(target_arch = "x86_64")]
-fn fits_zmm(g: &Geom) -> bool {
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    /// AVX-512: an image row of up to 32 values is two `zmm` registers, a grid row of up to 16
+    /// one.
+    Zmm,
+    /// AVX2: an image row of up to 16 values is two `ymm` registers, a grid row of up to 8
+    /// one.
+    Ymm,
+}
+
+/// The vector form for the training kernels' instruction set, if the image and grid rows fit
+/// it (and the kernel fits the tap tables: a padded row of at most 32).
+#[cfg(target_arch = "x86_64")]
+fn vector_path(g: &Geom) -> Option<Path> {
     use crate::kernels::{Isa, train_isa};
-    train_isa() == Isa::Avx512 && g.gw <= 16 && padded_row(g).is_some_and(|len| len <= 32)
+    let fits = |row: usize, grid: usize| g.iw <= row && g.gw <= grid;
+    if padded_row(g).is_none_or(|len| len > 32) {
+        return None;
+    }
+    match train_isa() {
+        Isa::Avx512 if fits(32, 16) => Some(Path::Zmm),
+        Isa::Avx2Fma if fits(16, 8) => Some(Path::Ymm),
+        _ => None,
+    }
 }
 
 /// The group passes with AVX-512: an image row is two `zmm` registers (masked loads, so
@@ -321,11 +347,42 @@ mod x86 {
     use super::{Geom, padded_row};
 
     /// Checks what the passes index: `count` images and their `count·cols`-wide column
-    /// matrix, and the widths `fits_zmm` promises (so `iw ≤ 32`, `gw ≤ 16`, `k ≤ 32`).
-    fn check(col: usize, imgs: usize, count: usize, g: &Geom) {
+    /// matrix, and the widths `vector_path` promises (`iw ≤ row`, `gw ≤ grid`, `k ≤ 32`).
+    fn check(col: usize, imgs: usize, count: usize, g: &Geom, (row, grid): (usize, usize)) {
         let ld = count * g.cols;
-        assert!(count >= 1 && g.gw <= 16 && padded_row(g).is_some_and(|l| l <= 32));
+        assert!(count >= 1 && g.iw <= row && g.gw <= grid);
+        assert!(padded_row(g).is_some_and(|l| l <= 32));
         assert!(col >= (g.rows - 1) * ld + g.cols && imgs >= count * g.img);
+    }
+
+    /// Per kernel column `kx`: the grid lanes `i` that read a pixel (`x = i·s + kx − p` inside
+    /// the row, the rest being padding) as a mask, and that pixel's index.
+    fn taps(g: &Geom) -> [(u16, [i32; 16]); 32] {
+        let mut taps = [(0u16, [0i32; 16]); 32];
+        for (kx, (m, idx)) in taps.iter_mut().enumerate().take(g.k) {
+            for (i, ix) in idx.iter_mut().enumerate().take(g.gw) {
+                if let Some(x) = (i * g.s + kx).checked_sub(g.p).filter(|&x| x < g.iw) {
+                    *m |= 1 << i;
+                    *ix = x as i32;
+                }
+            }
+        }
+        taps
+    }
+
+    /// The inverse of [`taps`]: per kernel column, for each `L`-lane half of the row, the
+    /// pixels that take a grid value (a mask) and which grid lane.
+    fn takes<const L: usize>(g: &Geom) -> [[(u16, [i32; 16]); 2]; 32] {
+        let mut takes = [[(0u16, [0i32; 16]); 2]; 32];
+        for (kx, t) in takes.iter_mut().enumerate().take(g.k) {
+            for i in 0..g.gw {
+                if let Some(x) = (i * g.s + kx).checked_sub(g.p).filter(|&x| x < g.iw) {
+                    t[x / L].0 |= 1 << (x % L);
+                    t[x / L].1[x % L] = i as i32;
+                }
+            }
+        }
+        takes
     }
 
     /// Lanes `lo..hi` (clipped to 16) of a 16-lane mask.
@@ -377,21 +434,11 @@ mod x86 {
     /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn im2col_group(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom) {
-        check(col.len(), imgs.len(), count, g);
+        check(col.len(), imgs.len(), count, g, (32, 16));
         let ld = count * g.cols;
         let plane = g.ih * g.iw;
         let store: __mmask16 = lanes(0, g.gw);
-        // Kernel column kx: lane i reads pixel x = i·s + kx − p of the row, zero where that
-        // falls in the padding.
-        let mut taps = [(0u16, [0i32; 16]); 32];
-        for (kx, (m, idx)) in taps.iter_mut().enumerate().take(g.k) {
-            for (i, ix) in idx.iter_mut().enumerate().take(g.gw) {
-                if let Some(x) = (i * g.s + kx).checked_sub(g.p).filter(|&x| x < g.iw) {
-                    *m |= 1 << i;
-                    *ix = x as i32;
-                }
-            }
-        }
+        let taps = taps(g);
         let out = col.as_mut_ptr();
         for c in 0..g.ci {
             prefetch_channel(imgs, count, g, c + 1);
@@ -445,21 +492,11 @@ mod x86 {
     /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn col2im_add_group(imgs: &mut [f32], col: &[f32], count: usize, g: &Geom) {
-        check(col.len(), imgs.len(), count, g);
+        check(col.len(), imgs.len(), count, g, (32, 16));
         let ld = count * g.cols;
         let plane = g.ih * g.iw;
         let load: __mmask16 = lanes(0, g.gw);
-        // Kernel column kx: pixel x = i·s + kx − p of the row takes grid value i; per half of
-        // the row, the lanes that take one, and which.
-        let mut takes = [[(0u16, [0i32; 16]); 2]; 32];
-        for (kx, t) in takes.iter_mut().enumerate().take(g.k) {
-            for i in 0..g.gw {
-                if let Some(x) = (i * g.s + kx).checked_sub(g.p).filter(|&x| x < g.iw) {
-                    t[x / 16].0 |= 1 << (x % 16);
-                    t[x / 16].1[x % 16] = i as i32;
-                }
-            }
-        }
+        let takes = takes::<16>(g);
         let src = col.as_ptr();
         for c in 0..g.ci {
             prefetch_channel(imgs, count, g, c + 1);
@@ -493,6 +530,163 @@ mod x86 {
                             if g.iw > 16 {
                                 let rest = lanes(0, g.iw - 16);
                                 _mm512_mask_storeu_ps(row.as_mut_ptr().add(16), rest, hi);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// An AVX2 lane mask: all ones in the lanes of `bits`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lane_mask(bits: u16) -> __m256i {
+        let b = _mm256_set1_epi32(bits as i32);
+        let lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        _mm256_cmpeq_epi32(_mm256_and_si256(b, lane), lane)
+    }
+
+    /// Loads the 16 values from `at` as two `ymm` registers: plainly when they lie inside
+    /// `v`, else only the first `n` (the rest zero).
+    ///
+    /// # Safety
+    /// AVX2; `at + n ≤ v.len()`, `n ≤ 16`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load16(v: &[f32], at: usize, n: usize) -> (__m256, __m256) {
+        debug_assert!(at + n <= v.len() && n <= 16);
+        let p = v.as_ptr().wrapping_add(at);
+        // SAFETY: a plain load only when all 16 values are inside `v`; the masked loads touch
+        // only lanes below `n` (masked lanes are not accessed).
+        unsafe {
+            if at + 16 <= v.len() {
+                (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+            } else {
+                let m = |lo: usize| lane_mask(((1u32 << n.saturating_sub(lo).min(8)) - 1) as u16);
+                (_mm256_maskload_ps(p, m(0)), _mm256_maskload_ps(p.wrapping_add(8), m(8)))
+            }
+        }
+    }
+
+    /// [`super::im2col_group`] with AVX2 (rows of up to 16 values, grid rows of up to 8).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn im2col_group_avx2(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom) {
+        check(col.len(), imgs.len(), count, g, (16, 8));
+        let ld = count * g.cols;
+        let plane = g.ih * g.iw;
+        let store = lane_mask(((1u32 << g.gw) - 1) as u16);
+        let taps = taps(g);
+        let out = col.as_mut_ptr();
+        for c in 0..g.ci {
+            for ky in 0..g.k {
+                let r0 = (c * g.k + ky) * g.k;
+                for (j, img) in imgs.chunks_exact(g.img).take(count).enumerate() {
+                    let src = &img[c * plane..][..plane];
+                    for gy in 0..g.gh {
+                        let at = |kx: usize| (r0 + kx) * ld + j * g.cols + gy * g.gw;
+                        let spare = ld - (j * g.cols + (gy + 1) * g.gw) >= 8 - g.gw;
+                        let iy = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih);
+                        let (lo, hi) = match iy {
+                            // SAFETY: AVX2; row `iy` is inside `src`.
+                            Some(iy) => unsafe { load16(src, iy * g.iw, g.iw) },
+                            None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+                        };
+                        for (kx, (m, idx)) in taps.iter().enumerate().take(g.k) {
+                            // SAFETY: `idx` holds 16 lanes (the first 8 are used).
+                            let idx = unsafe { _mm256_loadu_si256(idx.as_ptr().cast()) };
+                            let upper =
+                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
+                            let v = _mm256_blendv_ps(
+                                _mm256_permutevar8x32_ps(lo, idx),
+                                _mm256_permutevar8x32_ps(hi, idx),
+                                upper,
+                            );
+                            let valid = if iy.is_some() { *m } else { 0 };
+                            let v = _mm256_and_ps(v, _mm256_castsi256_ps(lane_mask(valid)));
+                            // SAFETY: as in the AVX-512 pass (8 lanes).
+                            unsafe {
+                                if spare {
+                                    _mm256_storeu_ps(out.add(at(kx)), v);
+                                } else {
+                                    _mm256_maskstore_ps(out.add(at(kx)), store, v);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`super::col2im_add_group`] with AVX2.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn col2im_add_group_avx2(
+        imgs: &mut [f32], col: &[f32], count: usize, g: &Geom,
+    ) {
+        check(col.len(), imgs.len(), count, g, (16, 8));
+        let ld = count * g.cols;
+        let plane = g.ih * g.iw;
+        let takes = takes::<8>(g);
+        for c in 0..g.ci {
+            for ky in 0..g.k {
+                let r0 = (c * g.k + ky) * g.k;
+                for (j, img) in imgs.chunks_exact_mut(g.img).take(count).enumerate() {
+                    let dst = &mut img[c * plane..][..plane];
+                    for gy in 0..g.gh {
+                        let iy = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih);
+                        let Some(iy) = iy else { continue };
+                        // SAFETY: AVX2; row `iy` is inside `dst`. Values past the row (the next
+                        // rows of this plane, loaded plainly) get no terms and go back as read.
+                        let (mut lo, mut hi) = unsafe { load16(dst, iy * g.iw, g.iw) };
+                        for (kx, [(mlo, ilo), (mhi, ihi)]) in takes.iter().enumerate().take(g.k) {
+                            let at = (r0 + kx) * ld + j * g.cols + gy * g.gw;
+                            // SAFETY: the `gw` values at `at` are inside `col` (`check`); the
+                            // index arrays hold 16 lanes (the first 8 are used).
+                            let (v, ilo, ihi) = unsafe {
+                                (
+                                    load16(col, at, g.gw).0,
+                                    _mm256_loadu_si256(ilo.as_ptr().cast()),
+                                    _mm256_loadu_si256(ihi.as_ptr().cast()),
+                                )
+                            };
+                            // Blend, not a masked-out zero: `-0.0 + 0.0` would be `+0.0`.
+                            let (tlo, thi) = (
+                                _mm256_permutevar8x32_ps(v, ilo),
+                                _mm256_permutevar8x32_ps(v, ihi),
+                            );
+                            let (klo, khi) = (lane_mask(*mlo), lane_mask(*mhi));
+                            lo = _mm256_blendv_ps(
+                                lo,
+                                _mm256_add_ps(lo, tlo),
+                                _mm256_castsi256_ps(klo),
+                            );
+                            hi = _mm256_blendv_ps(
+                                hi,
+                                _mm256_add_ps(hi, thi),
+                                _mm256_castsi256_ps(khi),
+                            );
+                        }
+                        let p = dst.as_mut_ptr().wrapping_add(iy * g.iw);
+                        // SAFETY: plain stores only where `load16` loaded plainly (all 16
+                        // values inside this plane, which only this task touches), masked
+                        // stores of the row's own values otherwise.
+                        unsafe {
+                            if iy * g.iw + 16 <= plane {
+                                _mm256_storeu_ps(p, lo);
+                                _mm256_storeu_ps(p.add(8), hi);
+                            } else {
+                                let m = |lo: usize| {
+                                    lane_mask(((1u32 << g.iw.saturating_sub(lo).min(8)) - 1) as u16)
+                                };
+                                _mm256_maskstore_ps(p, m(0), lo);
+                                _mm256_maskstore_ps(p.wrapping_add(8), m(8), hi);
                             }
                         }
                     }
@@ -608,22 +802,36 @@ mod tests {
                     col2im_add_group(&mut got_img, &col, count, &g);
                     assert_eq!(bits(&got_img), bits(&want_img), "col2im {g:?} × {count}");
                     #[cfg(target_arch = "x86_64")]
-                    if crate::kernels::cpu_has_avx512()
-                        && g.gw <= 16
-                        && padded_row(&g).is_some_and(|l| l <= 32)
-                    {
+                    // Each vector form the CPU has, called directly, where the rows fit it.
+                    let fits = |row: usize, grid: usize| {
+                        g.iw <= row && g.gw <= grid && padded_row(&g).is_some_and(|l| l <= 32)
+                    };
+                    type Im = unsafe fn(&mut [f32], &[f32], usize, &Geom);
+                    type Col = unsafe fn(&mut [f32], &[f32], usize, &Geom);
+                    let forms: [(bool, Im, Col, &str); 2] = [
+                        (
+                            crate::kernels::cpu_has_avx512() && fits(32, 16),
+                            x86::im2col_group,
+                            x86::col2im_add_group,
+                            "avx512",
+                        ),
+                        (
+                            crate::kernels::cpu_has_avx2_fma() && fits(16, 8),
+                            x86::im2col_group_avx2,
+                            x86::col2im_add_group_avx2,
+                            "avx2",
+                        ),
+                    ];
+                    for (_, im, c2, name) in forms.into_iter().filter(|f| f.0) {
                         let mut got = vec![f32::NAN; g.rows * ld];
-                        // SAFETY: the CPU has AVX-512F; the widths were just checked.
-                        unsafe { x86::im2col_group(&mut got, &imgs, count, &g) };
-                        assert_eq!(bits(&got), bits(&want), "avx512 im2col {g:?} × {count}");
+                        // SAFETY: the CPU has the instruction set; the widths were checked.
+                        unsafe { im(&mut got, &imgs, count, &g) };
+                        assert_eq!(bits(&got), bits(&want), "{name} im2col {g:?} × {count}");
                         let mut got_img = start.clone();
                         // SAFETY: as above.
-                        unsafe { x86::col2im_add_group(&mut got_img, &col, count, &g) };
-                        assert_eq!(
-                            bits(&got_img),
-                            bits(&want_img),
-                            "avx512 col2im {g:?} × {count}"
-                        );
+                        unsafe { c2(&mut got_img, &col, count, &g) };
+                        let same = bits(&got_img) == bits(&want_img);
+                        assert!(same, "{name} col2im {g:?} × {count}");
                         simd += 1;
                     }
                 }
@@ -631,7 +839,7 @@ mod tests {
         }
         #[cfg(target_arch = "x86_64")]
         if crate::kernels::cpu_has_avx512() {
-            assert!(simd > 40, "{simd}");
+            assert!(simd > 70, "{simd}");
         }
     }
 }
