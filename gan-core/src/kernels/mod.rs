@@ -79,7 +79,9 @@ pub mod vtanh;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{transpose8, transpose16};
+pub(crate) use x86::{
+    col2im_add_avx2, col2im_add_avx512, im2col_avx2, im2col_avx512, transpose8, transpose16,
+};
 
 use exact::exact;
 use gemm::{Gemm, gemm};

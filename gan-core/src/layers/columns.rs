@@ -4,8 +4,8 @@
 
 use core::ops::Range;
 
-use crate::kernels::{Exec, Serial, par};
-use crate::layers::conv2d::{Geom, span};
+use crate::kernels::{self, Exec, Serial, par};
+use crate::layers::conv2d::{Geom, fill_bias, span};
 
 /// Columns a training product should have. Timed alone on DCGAN's 1024-deep products
 /// (AVX-512, one core), the product runs at ≈ 150 GFLOP/s on one sample's 49 columns, ≈ 200
@@ -102,9 +102,9 @@ pub(crate) fn im2col_group(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom
     #[cfg(target_arch = "x86_64")]
     match vector_path(g) {
         // SAFETY: `vector_path` checked the instruction set and the row and grid widths.
-        Some(Path::Zmm) => return unsafe { x86::im2col_group(col, imgs, count, g) },
+        Some(Path::Zmm) => return unsafe { kernels::im2col_avx512(col, imgs, count, g) },
         // SAFETY: as above.
-        Some(Path::Ymm) => return unsafe { x86::im2col_group_avx2(col, imgs, count, g) },
+        Some(Path::Ymm) => return unsafe { kernels::im2col_avx2(col, imgs, count, g) },
         None => {}
     }
     let ld = count * g.cols;
@@ -121,9 +121,9 @@ pub(crate) fn col2im_add_group(imgs: &mut [f32], col: &[f32], count: usize, g: &
     #[cfg(target_arch = "x86_64")]
     match vector_path(g) {
         // SAFETY: as in `im2col_group`.
-        Some(Path::Zmm) => return unsafe { x86::col2im_add_group(imgs, col, count, g) },
+        Some(Path::Zmm) => return unsafe { kernels::col2im_add_avx512(imgs, col, count, g) },
         // SAFETY: as in `im2col_group`.
-        Some(Path::Ymm) => return unsafe { x86::col2im_add_group_avx2(imgs, col, count, g) },
+        Some(Path::Ymm) => return unsafe { kernels::col2im_add_avx2(imgs, col, count, g) },
         None => {}
     }
     let ld = count * g.cols;
@@ -307,6 +307,68 @@ fn col2im_add_rows(img: &mut [f32], col: &[f32], g: &Geom, ld: usize, chans: Ran
     }
 }
 
+/// `grids = W · im2col(images)` for `n` samples, group by group, over the threads of
+/// `exec`. Every sample's column matrix is written into `buf` (its training buffer, `n·g.aux`,
+/// kept for the weight gradient); when `grids` is given, the group's product with `w`
+/// (`g.cg × g.rows`) goes through the staging grid into it: added onto each channel's `bias`
+/// when there is one, else overwriting. (The convolution's forward pass, the transposed one's
+/// input gradient.)
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn image_to_grid(
+    grids: Option<&mut [f32]>, buf: &mut [f32], images: &[f32], w: &[f32], bias: Option<&[f32]>,
+    n: usize, g: &Geom, exec: &dyn Exec,
+) {
+    let group = group_size(n, g.cols);
+    let (tasks, inner) = group_tasks(exec, n, group, g, usize::MAX);
+    let product = grids.is_some();
+    let per = if product { g.grid } else { 0 };
+    let bufs = [(grids.unwrap_or(&mut []), per), (buf, g.aux)];
+    let body = |_: &mut [f32], samples: Range<usize>, [out, buf]: [&mut [f32]; 2]| {
+        let x = &images[samples.start * g.img..samples.end * g.img];
+        for_each_group(buf, samples.len(), group, g, &mut |first, count, col, stage| {
+            im2col_group(col, &x[first * g.img..], count, g);
+            if product {
+                let ld = count * g.cols;
+                if let Some(b) = bias {
+                    fill_bias(stage, b, ld);
+                }
+                // stage (c_grid × count·P) (+)= W (c_grid × c_img·k·k) · col
+                kernels::matmul(stage, w, col, g.cg, g.rows, ld, bias.is_some(), inner);
+                scatter(&mut out[first * g.grid..], stage, count, g);
+            }
+        });
+    };
+    par::for_each_sample_aligned(exec, n, tasks, group, bufs, (&mut [], 0), &body);
+}
+
+/// `images = col2im(Wᵀ · grids)` added onto what `init` writes into each image (zeros, or its
+/// bias) for `n` samples, group by group: each task works in one group's training buffer of
+/// `scratch` (which holds at least one; more make room for more threads). (The transposed
+/// convolution's forward pass, the convolution's input gradient.)
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn grid_to_image(
+    images: &mut [f32], scratch: &mut [f32], grids: &[f32], w: &[f32],
+    init: &(dyn Fn(&mut [f32]) + Sync), n: usize, g: &Geom, exec: &dyn Exec,
+) {
+    let group = group_size(n, g.cols);
+    let slot = group * g.aux;
+    let (tasks, inner) = group_tasks(exec, n, group, g, scratch.len() / slot);
+    let body = |buf: &mut [f32], samples: Range<usize>, [out]: [&mut [f32]; 1]| {
+        let x = &grids[samples.start * g.grid..samples.end * g.grid];
+        for first in (0..samples.len()).step_by(group) {
+            let count = group.min(samples.len() - first);
+            let (col, stage) = buf[..count * g.aux].split_at_mut(count * g.col);
+            gather(stage, &x[first * g.grid..], count, g);
+            // col (c_img·k·k × count·P) = Wᵀ · stage (c_grid × count·P)
+            kernels::matmul_tn(col, w, stage, g.rows, g.cg, count * g.cols, false, inner);
+            let out = &mut out[first * g.img..(first + count) * g.img];
+            out.chunks_exact_mut(g.img).for_each(init);
+            col2im_add_group(out, col, count, g);
+        }
+    };
+    par::for_each_sample_aligned(exec, n, tasks, group, [(images, g.img)], (scratch, slot), &body);
+}
+
 /// Which vector form of the group passes applies.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -332,367 +394,6 @@ fn vector_path(g: &Geom) -> Option<Path> {
         Isa::Avx512 if fits(32, 16) => Some(Path::Zmm),
         Isa::Avx2Fma if fits(16, 8) => Some(Path::Ymm),
         _ => None,
-    }
-}
-
-/// The group passes with AVX-512: an image row is two `zmm` registers (masked loads, so
-/// nothing past it is read); each kernel column's grid row is one two-register permute of it
-/// with the padding's lanes zeroed (`im2col`), or is permuted back onto the pixels it feeds and
-/// added there under a mask (`col2im`). Each value is moved, or added, exactly as the
-/// row-buffer passes do it, in the same order.
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use core::arch::x86_64::*;
-
-    use super::{Geom, padded_row};
-
-    /// Checks what the passes index: `count` images and their `count·cols`-wide column
-    /// matrix, and the widths `vector_path` promises (`iw ≤ row`, `gw ≤ grid`, `k ≤ 32`).
-    fn check(col: usize, imgs: usize, count: usize, g: &Geom, (row, grid): (usize, usize)) {
-        let ld = count * g.cols;
-        assert!(count >= 1 && g.iw <= row && g.gw <= grid);
-        assert!(padded_row(g).is_some_and(|l| l <= 32));
-        assert!(col >= (g.rows - 1) * ld + g.cols && imgs >= count * g.img);
-    }
-
-    /// Per kernel column `kx`: the grid lanes `i` that read a pixel (`x = i·s + kx − p` inside
-    /// the row, the rest being padding) as a mask, and that pixel's index.
-    fn taps(g: &Geom) -> [(u16, [i32; 16]); 32] {
-        let mut taps = [(0u16, [0i32; 16]); 32];
-        for (kx, (m, idx)) in taps.iter_mut().enumerate().take(g.k) {
-            for (i, ix) in idx.iter_mut().enumerate().take(g.gw) {
-                if let Some(x) = (i * g.s + kx).checked_sub(g.p).filter(|&x| x < g.iw) {
-                    *m |= 1 << i;
-                    *ix = x as i32;
-                }
-            }
-        }
-        taps
-    }
-
-    /// The inverse of [`taps`]: per kernel column, for each `L`-lane half of the row, the
-    /// pixels that take a grid value (a mask) and which grid lane.
-    fn takes<const L: usize>(g: &Geom) -> [[(u16, [i32; 16]); 2]; 32] {
-        let mut takes = [[(0u16, [0i32; 16]); 2]; 32];
-        for (kx, t) in takes.iter_mut().enumerate().take(g.k) {
-            for i in 0..g.gw {
-                if let Some(x) = (i * g.s + kx).checked_sub(g.p).filter(|&x| x < g.iw) {
-                    t[x / L].0 |= 1 << (x % L);
-                    t[x / L].1[x % L] = i as i32;
-                }
-            }
-        }
-        takes
-    }
-
-    /// Lanes `lo..hi` (clipped to 16) of a 16-lane mask.
-    fn lanes(lo: usize, hi: usize) -> __mmask16 {
-        let (lo, hi) = (lo.min(16), hi.min(16));
-        if lo >= hi { 0 } else { (((1u32 << (hi - lo)) - 1) << lo) as u16 }
-    }
-
-    /// Loads image row `iy` (`iw ≤ 32` values) as two registers, zero past its end.
-    ///
-    /// # Safety
-    /// AVX-512F; `src` holds row `iy` (checked by the slice).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load_row(src: &[f32], iy: usize, g: &Geom) -> (__m512, __m512) {
-        let row = &src[iy * g.iw..][..g.iw];
-        // SAFETY: the masks cover lanes inside `row` only (masked lanes are not accessed);
-        // a row of at most 16 skips the second load (an all-masked load is not free).
-        unsafe {
-            let lo = _mm512_maskz_loadu_ps(lanes(0, g.iw), row.as_ptr());
-            if g.iw <= 16 {
-                return (lo, _mm512_setzero_ps());
-            }
-            (lo, _mm512_maskz_loadu_ps(lanes(0, g.iw - 16), row.as_ptr().add(16)))
-        }
-    }
-
-    /// Prefetches channel `c` of every image (while the passes work on the channel before):
-    /// the planes of one channel are a whole image apart, too short a run each for the
-    /// hardware prefetchers to pick up.
-    #[inline]
-    fn prefetch_channel(imgs: &[f32], count: usize, g: &Geom, c: usize) {
-        if c >= g.ci {
-            return;
-        }
-        let plane = g.ih * g.iw;
-        for img in imgs.chunks_exact(g.img).take(count) {
-            let p = &img[c * plane..][..plane];
-            for line in (0..plane).step_by(16) {
-                // SAFETY: a prefetch only hints; the address is inside `imgs`.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.as_ptr().add(line).cast()) };
-            }
-        }
-    }
-
-    /// [`super::im2col_group`].
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn im2col_group(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom) {
-        check(col.len(), imgs.len(), count, g, (32, 16));
-        let ld = count * g.cols;
-        let plane = g.ih * g.iw;
-        let store: __mmask16 = lanes(0, g.gw);
-        let taps = taps(g);
-        let out = col.as_mut_ptr();
-        for c in 0..g.ci {
-            prefetch_channel(imgs, count, g, c + 1);
-            // Kernel row by kernel row, so each of its `k` rows of `col` is written in order.
-            for ky in 0..g.k {
-                let r0 = (c * g.k + ky) * g.k;
-                for (j, img) in imgs.chunks_exact(g.img).take(count).enumerate() {
-                    let src = &img[c * plane..][..plane];
-                    for gy in 0..g.gh {
-                        let at = |kx: usize| (r0 + kx) * ld + j * g.cols + gy * g.gw;
-                        // Values of the row after this grid row's (they come later).
-                        let spare = ld - (j * g.cols + (gy + 1) * g.gw) >= 16 - g.gw;
-                        let iy = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih);
-                        let (lo, hi, rows) = match iy {
-                            Some(iy) => {
-                                // SAFETY: AVX-512F (this function's own feature).
-                                let (lo, hi) = unsafe { load_row(src, iy, g) };
-                                (lo, hi, true)
-                            }
-                            None => (_mm512_setzero_ps(), _mm512_setzero_ps(), false),
-                        };
-                        for (kx, (m, idx)) in taps.iter().enumerate().take(g.k) {
-                            let v = if rows {
-                                // SAFETY: `idx` holds 16 lanes.
-                                let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
-                                _mm512_maskz_permutex2var_ps(*m, lo, idx, hi)
-                            } else {
-                                _mm512_setzero_ps()
-                            };
-                            // SAFETY: row r0 + kx < rows, and its `gw` values at grid row `gy`
-                            // of image `j` end inside `col` (`check`); a full store only
-                            // where 16 lanes stay inside the row, spilling into values of it
-                            // that are written later (a masked store costs more).
-                            unsafe {
-                                if spare {
-                                    _mm512_storeu_ps(out.add(at(kx)), v);
-                                } else {
-                                    _mm512_mask_storeu_ps(out.add(at(kx)), store, v);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// [`super::col2im_add_group`].
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn col2im_add_group(imgs: &mut [f32], col: &[f32], count: usize, g: &Geom) {
-        check(col.len(), imgs.len(), count, g, (32, 16));
-        let ld = count * g.cols;
-        let plane = g.ih * g.iw;
-        let load: __mmask16 = lanes(0, g.gw);
-        let takes = takes::<16>(g);
-        let src = col.as_ptr();
-        for c in 0..g.ci {
-            prefetch_channel(imgs, count, g, c + 1);
-            for ky in 0..g.k {
-                let r0 = (c * g.k + ky) * g.k;
-                for (j, img) in imgs.chunks_exact_mut(g.img).take(count).enumerate() {
-                    let dst = &mut img[c * plane..][..plane];
-                    for gy in 0..g.gh {
-                        let iy = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih);
-                        let Some(iy) = iy else { continue };
-                        // SAFETY: AVX-512F (this function's own feature).
-                        let (mut lo, mut hi) = unsafe { load_row(dst, iy, g) };
-                        for (kx, [(mlo, ilo), (mhi, ihi)]) in takes.iter().enumerate().take(g.k) {
-                            let at = (r0 + kx) * ld + j * g.cols + gy * g.gw;
-                            // SAFETY: the `gw` values of row r0 + kx at grid row `gy` of image
-                            // `j` end inside `col` (`check`); the index arrays hold 16 lanes.
-                            let (v, ilo, ihi) = unsafe {
-                                (
-                                    _mm512_maskz_loadu_ps(load, src.add(at)),
-                                    _mm512_loadu_si512(ilo.as_ptr().cast()),
-                                    _mm512_loadu_si512(ihi.as_ptr().cast()),
-                                )
-                            };
-                            lo = _mm512_mask_add_ps(lo, *mlo, lo, _mm512_permutexvar_ps(ilo, v));
-                            hi = _mm512_mask_add_ps(hi, *mhi, hi, _mm512_permutexvar_ps(ihi, v));
-                        }
-                        let row = &mut dst[iy * g.iw..][..g.iw];
-                        // SAFETY: the masks cover lanes inside `row` only.
-                        unsafe {
-                            _mm512_mask_storeu_ps(row.as_mut_ptr(), lanes(0, g.iw), lo);
-                            if g.iw > 16 {
-                                let rest = lanes(0, g.iw - 16);
-                                _mm512_mask_storeu_ps(row.as_mut_ptr().add(16), rest, hi);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// An AVX2 lane mask: all ones in the lanes of `bits`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn lane_mask(bits: u16) -> __m256i {
-        let b = _mm256_set1_epi32(bits as i32);
-        let lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-        _mm256_cmpeq_epi32(_mm256_and_si256(b, lane), lane)
-    }
-
-    /// Loads the 16 values from `at` as two `ymm` registers: plainly when they lie inside
-    /// `v`, else only the first `n` (the rest zero).
-    ///
-    /// # Safety
-    /// AVX2; `at + n ≤ v.len()`, `n ≤ 16`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn load16(v: &[f32], at: usize, n: usize) -> (__m256, __m256) {
-        debug_assert!(at + n <= v.len() && n <= 16);
-        let p = v.as_ptr().wrapping_add(at);
-        // SAFETY: a plain load only when all 16 values are inside `v`; the masked loads touch
-        // only lanes below `n` (masked lanes are not accessed).
-        unsafe {
-            if at + 16 <= v.len() {
-                (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
-            } else {
-                let m = |lo: usize| lane_mask(((1u32 << n.saturating_sub(lo).min(8)) - 1) as u16);
-                (_mm256_maskload_ps(p, m(0)), _mm256_maskload_ps(p.wrapping_add(8), m(8)))
-            }
-        }
-    }
-
-    /// [`super::im2col_group`] with AVX2 (rows of up to 16 values, grid rows of up to 8).
-    ///
-    /// # Safety
-    /// The CPU supports AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn im2col_group_avx2(col: &mut [f32], imgs: &[f32], count: usize, g: &Geom) {
-        check(col.len(), imgs.len(), count, g, (16, 8));
-        let ld = count * g.cols;
-        let plane = g.ih * g.iw;
-        let store = lane_mask(((1u32 << g.gw) - 1) as u16);
-        let taps = taps(g);
-        let out = col.as_mut_ptr();
-        for c in 0..g.ci {
-            for ky in 0..g.k {
-                let r0 = (c * g.k + ky) * g.k;
-                for (j, img) in imgs.chunks_exact(g.img).take(count).enumerate() {
-                    let src = &img[c * plane..][..plane];
-                    for gy in 0..g.gh {
-                        let at = |kx: usize| (r0 + kx) * ld + j * g.cols + gy * g.gw;
-                        let spare = ld - (j * g.cols + (gy + 1) * g.gw) >= 8 - g.gw;
-                        let iy = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih);
-                        let (lo, hi) = match iy {
-                            // SAFETY: AVX2; row `iy` is inside `src`.
-                            Some(iy) => unsafe { load16(src, iy * g.iw, g.iw) },
-                            None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
-                        };
-                        for (kx, (m, idx)) in taps.iter().enumerate().take(g.k) {
-                            // SAFETY: `idx` holds 16 lanes (the first 8 are used).
-                            let idx = unsafe { _mm256_loadu_si256(idx.as_ptr().cast()) };
-                            let upper =
-                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
-                            let v = _mm256_blendv_ps(
-                                _mm256_permutevar8x32_ps(lo, idx),
-                                _mm256_permutevar8x32_ps(hi, idx),
-                                upper,
-                            );
-                            let valid = if iy.is_some() { *m } else { 0 };
-                            let v = _mm256_and_ps(v, _mm256_castsi256_ps(lane_mask(valid)));
-                            // SAFETY: as in the AVX-512 pass (8 lanes).
-                            unsafe {
-                                if spare {
-                                    _mm256_storeu_ps(out.add(at(kx)), v);
-                                } else {
-                                    _mm256_maskstore_ps(out.add(at(kx)), store, v);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// [`super::col2im_add_group`] with AVX2.
-    ///
-    /// # Safety
-    /// The CPU supports AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn col2im_add_group_avx2(
-        imgs: &mut [f32], col: &[f32], count: usize, g: &Geom,
-    ) {
-        check(col.len(), imgs.len(), count, g, (16, 8));
-        let ld = count * g.cols;
-        let plane = g.ih * g.iw;
-        let takes = takes::<8>(g);
-        for c in 0..g.ci {
-            for ky in 0..g.k {
-                let r0 = (c * g.k + ky) * g.k;
-                for (j, img) in imgs.chunks_exact_mut(g.img).take(count).enumerate() {
-                    let dst = &mut img[c * plane..][..plane];
-                    for gy in 0..g.gh {
-                        let iy = (gy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.ih);
-                        let Some(iy) = iy else { continue };
-                        // SAFETY: AVX2; row `iy` is inside `dst`. Values past the row (the next
-                        // rows of this plane, loaded plainly) get no terms and go back as read.
-                        let (mut lo, mut hi) = unsafe { load16(dst, iy * g.iw, g.iw) };
-                        for (kx, [(mlo, ilo), (mhi, ihi)]) in takes.iter().enumerate().take(g.k) {
-                            let at = (r0 + kx) * ld + j * g.cols + gy * g.gw;
-                            // SAFETY: the `gw` values at `at` are inside `col` (`check`); the
-                            // index arrays hold 16 lanes (the first 8 are used).
-                            let (v, ilo, ihi) = unsafe {
-                                (
-                                    load16(col, at, g.gw).0,
-                                    _mm256_loadu_si256(ilo.as_ptr().cast()),
-                                    _mm256_loadu_si256(ihi.as_ptr().cast()),
-                                )
-                            };
-                            // Blend, not a masked-out zero: `-0.0 + 0.0` would be `+0.0`.
-                            let (tlo, thi) = (
-                                _mm256_permutevar8x32_ps(v, ilo),
-                                _mm256_permutevar8x32_ps(v, ihi),
-                            );
-                            let (klo, khi) = (lane_mask(*mlo), lane_mask(*mhi));
-                            lo = _mm256_blendv_ps(
-                                lo,
-                                _mm256_add_ps(lo, tlo),
-                                _mm256_castsi256_ps(klo),
-                            );
-                            hi = _mm256_blendv_ps(
-                                hi,
-                                _mm256_add_ps(hi, thi),
-                                _mm256_castsi256_ps(khi),
-                            );
-                        }
-                        let p = dst.as_mut_ptr().wrapping_add(iy * g.iw);
-                        // SAFETY: plain stores only where `load16` loaded plainly (all 16
-                        // values inside this plane, which only this task touches), masked
-                        // stores of the row's own values otherwise.
-                        unsafe {
-                            if iy * g.iw + 16 <= plane {
-                                _mm256_storeu_ps(p, lo);
-                                _mm256_storeu_ps(p.add(8), hi);
-                            } else {
-                                let m = |lo: usize| {
-                                    lane_mask(((1u32 << g.iw.saturating_sub(lo).min(8)) - 1) as u16)
-                                };
-                                _mm256_maskstore_ps(p, m(0), lo);
-                                _mm256_maskstore_ps(p.wrapping_add(8), m(8), hi);
-                            }
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -811,14 +512,14 @@ mod tests {
                     let forms: [(bool, Im, Col, &str); 2] = [
                         (
                             crate::kernels::cpu_has_avx512() && fits(32, 16),
-                            x86::im2col_group,
-                            x86::col2im_add_group,
+                            crate::kernels::im2col_avx512,
+                            crate::kernels::col2im_add_avx512,
                             "avx512",
                         ),
                         (
                             crate::kernels::cpu_has_avx2_fma() && fits(16, 8),
-                            x86::im2col_group_avx2,
-                            x86::col2im_add_group_avx2,
+                            crate::kernels::im2col_avx2,
+                            crate::kernels::col2im_add_avx2,
                             "avx2",
                         ),
                     ];

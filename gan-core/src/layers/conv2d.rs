@@ -59,10 +59,7 @@ use core::fmt;
 use crate::encoding::int8::quantize_row;
 use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
 use crate::kernels::{self, Exec, Serial, par};
-use crate::layers::columns::{
-    col2im_add_group, for_each_group, gather, group_col, group_size, group_tasks, im2col_group,
-    scatter,
-};
+use crate::layers::columns::{grid_to_image, group_col, group_size, image_to_grid};
 use crate::layers::{
     Backward, Channels, Forward, Infer, Kind, LayerWeights, Q8Role, Rules, Sizes, mul, mul3, size,
 };
@@ -633,28 +630,7 @@ pub fn conv2d_forward(
     g.check_forward(n, out, inp, w, b)?;
     check_len("col", col.len(), batch(n, g.aux)?)?;
     // Groups are independent: spread them over the threads (each product then runs on one).
-    let group = group_size(n, g.cols);
-    let (tasks, inner) = group_tasks(exec, n, group, &g, usize::MAX);
-    let bufs = [(out, g.grid), (col, g.aux)];
-    par::for_each_sample_aligned(
-        exec,
-        n,
-        tasks,
-        group,
-        bufs,
-        (&mut [], 0),
-        &|_, samples, [out, buf]| {
-            let x = &inp[samples.start * g.img..samples.end * g.img];
-            for_each_group(buf, samples.len(), group, &g, &mut |first, count, col, stage| {
-                let ld = count * g.cols;
-                im2col_group(col, &x[first * g.img..], count, &g);
-                fill_bias(stage, b, ld);
-                // stage (C_out × count·P) += W (C_out × C_in·k·k) · col (C_in·k·k × count·P)
-                kernels::matmul(stage, w, col, g.cg, g.rows, ld, true, inner);
-                scatter(&mut out[first * g.grid..], stage, count, &g);
-            });
-        },
-    );
+    image_to_grid(Some(out), col, inp, w, Some(b), n, &g, exec);
     Ok(())
 }
 
@@ -686,31 +662,7 @@ pub fn conv2d_backward(
     }
     if let Some(dinp) = dinp {
         // One group's buffer per task, as many tasks as `scratch` holds buffers.
-        let slot = group * g.aux;
-        let (tasks, inner) = group_tasks(exec, n, group, &g, scratch.len() / slot);
-        let bufs = [(dinp, g.img)];
-        par::for_each_sample_aligned(
-            exec,
-            n,
-            tasks,
-            group,
-            bufs,
-            (scratch, slot),
-            &|buf, samples, [dinp]| {
-                let o = &dout[samples.start * g.grid..samples.end * g.grid];
-                for first in (0..samples.len()).step_by(group) {
-                    let count = group.min(samples.len() - first);
-                    let ld = count * g.cols;
-                    let (dcol, dstage) = buf[..count * g.aux].split_at_mut(count * g.col);
-                    gather(dstage, &o[first * g.grid..], count, &g);
-                    // dcol (C_in·k·k × count·P) = Wᵀ · dout
-                    kernels::matmul_tn(dcol, w, dstage, g.rows, g.cg, ld, false, inner);
-                    let dx = &mut dinp[first * g.img..(first + count) * g.img];
-                    dx.fill(0.0);
-                    col2im_add_group(dx, dcol, count, &g);
-                }
-            },
-        );
+        grid_to_image(dinp, scratch, dout, w, &|dx| dx.fill(0.0), n, &g, exec);
     }
     Ok(())
 }

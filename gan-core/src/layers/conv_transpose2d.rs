@@ -11,10 +11,7 @@ use crate::error::{CoreError, SpecError, check_len, check_min_len};
 use crate::kernels::{self, Exec, Serial, par};
 use crate::layers::Channels;
 use crate::layers::Rules;
-use crate::layers::columns::{
-    col2im_add_group, for_each_group, gather, group_col, group_size, group_tasks, im2col_group,
-    scatter,
-};
+use crate::layers::columns::{grid_to_image, group_col, group_size, image_to_grid};
 use crate::layers::conv2d::{
     self, BackwardFn, Conv, ConvDims, Direction, ExactFn, ForwardFn, Geom, Int8Fn, add_bias_grad,
     batch, fill_bias, span,
@@ -80,33 +77,8 @@ pub fn conv_transpose2d_forward(
     check_min_len("scratch", scratch.len(), batch(group, g.aux)?)?;
     // Groups are independent: spread them over the threads, one group's buffer per task (as
     // many tasks as `scratch` holds buffers); each product then runs on one thread.
-    let slot = group * g.aux;
-    let (tasks, inner) = group_tasks(exec, n, group, &g, scratch.len() / slot);
-    let bufs = [(out, g.img)];
-    par::for_each_sample_aligned(
-        exec,
-        n,
-        tasks,
-        group,
-        bufs,
-        (scratch, slot),
-        &|buf, samples, [out]| {
-            let x = &inp[samples.start * g.grid..samples.end * g.grid];
-            for first in (0..samples.len()).step_by(group) {
-                let count = group.min(samples.len() - first);
-                let ld = count * g.cols;
-                let (col, stage) = buf[..count * g.aux].split_at_mut(count * g.col);
-                gather(stage, &x[first * g.grid..], count, &g);
-                // col (C_out·k·k × count·H·W) = Wᵀ · x (C_in × count·H·W)
-                kernels::matmul_tn(col, w, stage, g.rows, g.cg, ld, false, inner);
-                let o = &mut out[first * g.img..(first + count) * g.img];
-                for o in o.chunks_exact_mut(g.img) {
-                    fill_bias(o, b, g.ih * g.iw);
-                }
-                col2im_add_group(o, col, count, &g);
-            }
-        },
-    );
+    let plane = g.ih * g.iw;
+    grid_to_image(out, scratch, inp, w, &|o| fill_bias(o, b, plane), n, &g, exec);
     Ok(())
 }
 
@@ -135,46 +107,15 @@ pub fn conv_transpose2d_backward(
     if dinp.is_none() && dw.is_none() {
         return Ok(());
     }
-    // Every sample's column matrix of `dout`, group by group, in parallel.
+    // Every sample's column matrix of `dout` (kept for the weight gradient) and, when asked
+    // for, `dx (C_in × H·W) = W (C_in × C_out·k·k) · dcol`, group by group, in parallel.
     let bufs = &mut scratch[..n * g.aux];
-    let group = group_size(n, g.cols);
-    let (tasks, inner) = group_tasks(exec, n, group, &g, usize::MAX);
-    par::for_each_sample_aligned(
-        exec,
-        n,
-        tasks,
-        group,
-        [(&mut *bufs, g.aux)],
-        (&mut [], 0),
-        &|_, samples, [buf]| {
-            let o = &dout[samples.start * g.img..samples.end * g.img];
-            for_each_group(buf, samples.len(), group, &g, &mut |first, count, col, _| {
-                im2col_group(col, &o[first * g.img..], count, &g);
-            });
-        },
-    );
+    image_to_grid(dinp, bufs, dout, w, None, n, &g, exec);
     if let Some(dw) = dw {
         // dW (C_in × C_out·k·k) += Σₙ xₙ (C_in × H·W) · dcolₙᵀ (H·W × C_out·k·k), sample by sample
+        let group = group_size(n, g.cols);
         let at = |s: usize| group_col(s, n, group, &g);
         kernels::matmul_nt_sum_in(dw, inp, g.grid, bufs, &at, n, g.cg, g.cols, g.rows, exec);
-    }
-    if let Some(dinp) = dinp {
-        let bufs = [(dinp, g.grid), (bufs, g.aux)];
-        par::for_each_sample_aligned(
-            exec,
-            n,
-            tasks,
-            group,
-            bufs,
-            (&mut [], 0),
-            &|_, samples, [dx, buf]| {
-                for_each_group(buf, samples.len(), group, &g, &mut |first, count, dcol, stage| {
-                    // dx (C_in × count·H·W) = W (C_in × C_out·k·k) · dcol
-                    kernels::matmul(stage, w, dcol, g.cg, g.rows, count * g.cols, false, inner);
-                    scatter(&mut dx[first * g.grid..], stage, count, &g);
-                });
-            },
-        );
     }
     Ok(())
 }

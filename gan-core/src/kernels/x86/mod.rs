@@ -5,10 +5,12 @@
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
+mod cols;
 mod exact;
 mod gemm;
 mod simd;
 
+pub(crate) use cols::{col2im_add_avx2, col2im_add_avx512, im2col_avx2, im2col_avx512};
 pub(crate) use exact::{exact_avx, exact_avx512};
 pub(crate) use gemm::{Avx2Kernel, Avx512Kernel};
 pub(crate) use simd::{transpose8, transpose16};
