@@ -415,24 +415,26 @@ pub struct ConvDims {
 impl ConvDims {
     /// Output `(height, width)` of the convolution, `None` if the geometry is invalid.
     pub const fn out_hw(&self) -> Option<(usize, usize)> {
-        match (
-            conv_out_len(self.in_h, self.k, self.stride, self.pad),
-            conv_out_len(self.in_w, self.k, self.stride, self.pad),
-        ) {
+        self.hw(false)
+    }
+
+    /// Output `(height, width)` of the transposed convolution, `None` if invalid.
+    pub const fn transpose_out_hw(&self) -> Option<(usize, usize)> {
+        self.hw(true)
+    }
+
+    /// [`Self::out_hw`] or, `transposed`, [`Self::transpose_out_hw`].
+    const fn hw(&self, transposed: bool) -> Option<(usize, usize)> {
+        match (self.side(self.in_h, transposed), self.side(self.in_w, transposed)) {
             (Some(h), Some(w)) => Some((h, w)),
             _ => None,
         }
     }
 
-    /// Output `(height, width)` of the transposed convolution, `None` if invalid.
-    pub const fn transpose_out_hw(&self) -> Option<(usize, usize)> {
-        match (
-            conv_transpose_out_len(self.in_h, self.k, self.stride, self.pad),
-            conv_transpose_out_len(self.in_w, self.k, self.stride, self.pad),
-        ) {
-            (Some(h), Some(w)) => Some((h, w)),
-            _ => None,
-        }
+    /// One output side for an input side of `len`.
+    const fn side(&self, len: usize, transposed: bool) -> Option<usize> {
+        let (k, s, p) = (self.k, self.stride, self.pad);
+        if transposed { conv_transpose_out_len(len, k, s, p) } else { conv_out_len(len, k, s, p) }
     }
 
     /// Elements per sample of the convolution's training buffer (module docs): its column
