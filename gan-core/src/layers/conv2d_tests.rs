@@ -70,25 +70,30 @@ pub(crate) const CASES: [(usize, usize, usize, usize, usize, usize, usize); 6] =
     (2, 9, 6, 3, 4, 3, 2),
 ];
 
-#[test]
-fn conv_forward_matches_definition() {
-    let mut r = Lcg::new(21);
+/// Both forward passes of direction `D` (training and exact) against `naive` (its definition
+/// in f64) over [`CASES`].
+pub(crate) fn check_forwards<D: Direction>(seed: u64, naive: Definition) {
+    let mut r = Lcg::new(seed);
     let n = 2;
     for &(ci, h, wd, co, k, s, p) in &CASES {
         let d = dims(ci, h, wd, co, k, s, p);
-        let (oh, ow) = d.out_hw().unwrap();
-        let x = r.filled(n * ci * h * wd);
-        let w = r.filled(co * ci * k * k);
-        let b = r.filled(co);
-        let want = naive_conv(&x, &w, &b, n, &d);
-        let mut out = vec![0.0; n * co * oh * ow];
-        let mut col = vec![0.0; n * d.train_len().unwrap()];
-        conv2d_forward(&mut out, &mut col, &x, &w, &b, n, &d, &Serial).unwrap();
-        assert_close(&out, &want, 1e-5);
-        let mut exact = vec![f32::NAN; out.len()];
-        conv2d_forward_exact(&mut exact, &x, &w, &b, n, &d).unwrap();
+        let g = D::geom(&d).unwrap();
+        let (inp, out, c_out) = g.io_lens();
+        let (x, w, b) = (r.filled(n * inp), r.filled(g.w), r.filled(c_out));
+        let want = naive(&x, &w, &b, n, &d);
+        let mut got = vec![0.0; n * out];
+        let mut buf = vec![0.0; n * g.aux];
+        (D::FORWARD)(&mut got, &mut buf, &x, &w, &b, n, &d, &Serial).unwrap();
+        assert_close(&got, &want, 1e-5);
+        let mut exact = vec![f32::NAN; got.len()];
+        (D::EXACT)(&mut exact, &x, &w, &b, n, &d, &Serial).unwrap();
         assert_close(&exact, &want, 1e-5);
     }
+}
+
+#[test]
+fn conv_forward_matches_definition() {
+    check_forwards::<Direct>(21, naive_conv);
 }
 
 /// Per-channel int8 weights of a `w` whose channels are `ch`, as the int8 encoding writes

@@ -4,7 +4,7 @@
 use super::*;
 use crate::kernels::Serial;
 use crate::layers::conv2d::conv2d_forward;
-use crate::layers::conv2d::tests::{CASES, assert_close, check_int8_kernel, dims};
+use crate::layers::conv2d::tests::{check_forwards, check_int8_kernel, dims};
 use crate::testutil::Lcg;
 use std::vec;
 use std::vec::Vec;
@@ -49,23 +49,7 @@ fn naive_conv_t(x: &[f32], w: &[f32], b: &[f32], n: usize, d: &ConvDims) -> Vec<
 
 #[test]
 fn conv_transpose_forward_matches_definition() {
-    let mut r = Lcg::new(22);
-    let n = 2;
-    for &(ci, h, wd, co, k, s, p) in &CASES {
-        let d = dims(ci, h, wd, co, k, s, p);
-        let (oh, ow) = d.transpose_out_hw().unwrap();
-        let x = r.filled(n * ci * h * wd);
-        let w = r.filled(ci * co * k * k);
-        let b = r.filled(co);
-        let want = naive_conv_t(&x, &w, &b, n, &d);
-        let mut out = vec![0.0; n * co * oh * ow];
-        let mut scratch = vec![0.0; n * d.transpose_train_len().unwrap()];
-        conv_transpose2d_forward(&mut out, &mut scratch, &x, &w, &b, n, &d, &Serial).unwrap();
-        assert_close(&out, &want, 1e-5);
-        let mut exact = vec![f32::NAN; out.len()];
-        conv_transpose2d_forward_exact(&mut exact, &x, &w, &b, n, &d).unwrap();
-        assert_close(&exact, &want, 1e-5);
-    }
+    check_forwards::<Transposed>(22, naive_conv_t);
 }
 
 /// ⟨conv(x), y⟩ = ⟨x, convT(y)⟩ with one shared weight buffer and no bias.
