@@ -24,15 +24,13 @@ pub(crate) fn group_size(n: usize, cols: usize) -> usize {
 }
 
 /// The body of [`for_each_group`]: `(first, count, col, stage)`.
-pub(crate) type GroupFn<'f> = dyn FnMut(usize, usize, &mut [f32], &mut [f32]) + 'f;
+type GroupFn<'f> = dyn FnMut(usize, usize, &mut [f32], &mut [f32]) + 'f;
 
 /// Calls `f(first, count, col, stage)` for the groups of `group` samples (the last one may be
 /// shorter) of `count_all` samples whose training buffers fill `buf` one group after another:
 /// `first` is the group's first sample (from 0), `col` its column matrices side by side
 /// (`g.rows × count·g.cols`) and `stage` its staging grid (`g.cg × count·g.cols`).
-pub(crate) fn for_each_group(
-    buf: &mut [f32], count_all: usize, group: usize, g: &Geom, f: &mut GroupFn<'_>,
-) {
+fn for_each_group(buf: &mut [f32], count_all: usize, group: usize, g: &Geom, f: &mut GroupFn<'_>) {
     let mut rest = buf;
     for first in (0..count_all).step_by(group.max(1)) {
         let count = group.min(count_all - first);
@@ -53,7 +51,7 @@ pub(crate) fn group_col(s: usize, n: usize, group: usize, g: &Geom) -> (usize, u
 
 /// Copies each sample's grid (`count` samples of `g.cg × g.cols`, one after another) into the
 /// columns of `stage` (`g.cg × count·g.cols`) that belong to it.
-pub(crate) fn gather(stage: &mut [f32], grids: &[f32], count: usize, g: &Geom) {
+fn gather(stage: &mut [f32], grids: &[f32], count: usize, g: &Geom) {
     let ld = count * g.cols;
     for (j, grid) in grids.chunks_exact(g.grid).take(count).enumerate() {
         for (dst, src) in stage.chunks_exact_mut(ld).zip(grid.chunks_exact(g.cols)) {
@@ -63,7 +61,7 @@ pub(crate) fn gather(stage: &mut [f32], grids: &[f32], count: usize, g: &Geom) {
 }
 
 /// The inverse of [`gather`]: each sample's grid out of `stage`.
-pub(crate) fn scatter(grids: &mut [f32], stage: &[f32], count: usize, g: &Geom) {
+fn scatter(grids: &mut [f32], stage: &[f32], count: usize, g: &Geom) {
     let ld = count * g.cols;
     for (j, grid) in grids.chunks_exact_mut(g.grid).take(count).enumerate() {
         for (dst, src) in grid.chunks_exact_mut(g.cols).zip(stage.chunks_exact(ld)) {
@@ -74,7 +72,7 @@ pub(crate) fn scatter(grids: &mut [f32], stage: &[f32], count: usize, g: &Geom) 
 
 /// How many tasks the groups of a training pass are worth (at most `slots` when each needs
 /// one), and the executor each group's product then runs on.
-pub(crate) fn group_tasks<'e>(
+fn group_tasks<'e>(
     exec: &'e dyn Exec, n: usize, group: usize, g: &Geom, slots: usize,
 ) -> (usize, &'e dyn Exec) {
     let tasks = par::sample_tasks(exec, n.div_ceil(group), 2 * g.w * g.cols * group).min(slots);

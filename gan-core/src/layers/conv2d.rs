@@ -631,7 +631,7 @@ pub fn conv2d_forward(
     let g = Geom::conv(d)?;
     g.check_forward(n, out, inp, w, b)?;
     check_len("col", col.len(), batch(n, g.aux)?)?;
-    // Groups are independent: spread them over the threads (each product then runs on one).
+    // Groups are independent: spread over the threads (see `image_to_grid`).
     image_to_grid(Some(out), col, inp, w, Some(b), n, &g, exec);
     Ok(())
 }
