@@ -279,18 +279,22 @@ unsafe fn drive<K: Micro>(g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
     let (mut pa, mut pb) = K::panels();
     let (pa, pb) = (pa.as_mut(), pb.as_mut());
     assert!(pa.len() >= K::MR * K::KC && pb.len() >= K::KC * K::NR);
+    // An A stored transposed (`ars == 1`) already has each micro-panel's values of one `p`
+    // side by side: the tiles read it in place, `acs` apart, and nothing is packed — unless
+    // `acs` is a multiple of 1 KiB and many panels reread it: then the `kc` steps of a tile
+    // fall into a few L1 sets and evict each other (a weight gradient of a 1024-wide layer ran
+    // at 75 % of the packed speed), and packing it once is cheaper.
+    let in_place = g.ars == 1 && !(g.acs.is_multiple_of(256) && j1 - j0 >= 4 * K::NR);
+    if !in_place && blocked_pays::<K>(g, pa.len(), j1 - j0) {
+        // SAFETY: forwarded.
+        return unsafe { drive_blocked::<K>(g, pa, out, j0, j1) };
+    }
     let mut pc = 0;
     while pc < g.k {
         let kc = K::KC.min(g.k - pc);
         // The first block overwrites C unless the caller accumulates; later blocks add to it.
         let add = g.accumulate || pc > 0;
-        // As many whole micro-panels of A as the buffer holds at this block length. An A
-        // stored transposed (`ars == 1`) already has each micro-panel's values of one `p`
-        // side by side: the tiles read it in place, `acs` apart, and nothing is packed —
-        // unless `acs` is a multiple of 1 KiB and many panels reread it: then the `kc` steps
-        // of a tile fall into a few L1 sets and evict each other (a weight gradient of a
-        // 1024-wide layer ran at 75 % of the packed speed), and packing it once is cheaper.
-        let in_place = g.ars == 1 && !(g.acs.is_multiple_of(256) && j1 - j0 >= 4 * K::NR);
+        // As many whole micro-panels of A as the buffer holds at this block length.
         let mc_max = if in_place { g.m } else { pa.len() / kc / K::MR * K::MR };
         let mut ic = 0;
         while ic < g.m {
@@ -303,45 +307,144 @@ unsafe fn drive<K: Micro>(g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
                 let cols = K::NR.min(j1 - jc);
                 // SAFETY: the caller vouches for the CPU features.
                 unsafe { K::pack_b(pb, g, pc, kc, jc, cols) };
-                let mut ir = 0;
-                while ir < mc {
-                    let rows = K::MR.min(mc - ir);
-                    // SAFETY: (offsets)  micro-panel `ir / MR` starts at `ir·kc` in `pa` (it
-                    // holds `mc·kc` floats), or in place at A(ic + ir, pc), inside `a` (Gemm
-                    // invariant); (ic + ir, jc) is inside the m×n matrix at `out`.
-                    let (a, lda) = unsafe {
-                        if in_place {
-                            (g.a.as_ptr().add(pc * g.acs + ic + ir), g.acs)
-                        } else {
-                            (pa.as_ptr().cast::<f32>().add(ir * kc), K::MR)
-                        }
-                    };
-                    // SAFETY: as above.
-                    let t = unsafe {
-                        Tile {
-                            kc,
-                            a,
-                            lda,
-                            b: pb.as_ptr().cast::<f32>(),
-                            c: out.ptr.add((ic + ir) * g.n + jc),
-                            ldc: g.n,
-                            rows,
-                            cols,
-                            add,
-                        }
-                    };
-                    // SAFETY: the packed panels hold kc rows (kc ≤ KC) of MR resp. NR floats
-                    // and are aligned by `Aligned` (an in-place A has its `rows` values of
-                    // each of the kc steps in `a`); rows/cols stay inside this call's columns
-                    // of C; the caller vouches for the CPU features and for exclusive access.
-                    unsafe { K::tile(&t) };
-                    ir += rows;
-                }
+                // SAFETY: the panel holds kc rows of NR floats, packed just above, aligned by
+                // `Aligned`; the rest is forwarded.
+                unsafe {
+                    tiles::<K>(g, pa, in_place, pb, out, (pc, kc), (ic, mc), (jc, cols), add);
+                };
                 jc += cols;
             }
             ic += mc;
         }
         pc += kc;
+    }
+}
+
+/// Floats of packed `B` that [`drive_blocked`] keeps at once (256 KiB: a summation block of a
+/// few hundred columns, which stays in L2 while every block of rows of `A` runs over it; 8 KiB
+/// on 32-bit targets, whose stacks are small).
+#[cfg(target_pointer_width = "64")]
+const BLOCK_B: usize = 1 << 16;
+#[cfg(not(target_pointer_width = "64"))]
+const BLOCK_B: usize = 1 << 11;
+
+/// Whether packing blocks of `B` once, for all blocks of rows of `A`, moves fewer floats than
+/// packing each panel of `B` again for every block of rows of `A` (`pa_len`: floats of the
+/// `A` buffer, `cols`: this call's columns). Blocks of `B` of this call's width may in turn
+/// need `A` packed again for each of them; both counts are per summation block.
+fn blocked_pays<K: Micro>(g: &Gemm<'_>, pa_len: usize, cols: usize) -> bool {
+    let kc = K::KC.min(g.k);
+    let row_blocks = g.m.div_ceil(pa_len / kc / K::MR * K::MR);
+    if row_blocks < 2 || BLOCK_B < K::KC * K::NR {
+        return false;
+    }
+    let col_blocks = cols.div_ceil(BLOCK_B / (kc * K::NR) * K::NR);
+    (row_blocks - 1) * cols > (col_blocks - 1) * g.m
+}
+
+/// [`drive`] for products whose `A` takes several blocks of rows: summation blocks, then
+/// blocks of columns whose panels of `B` are packed once into a 256 KiB buffer, then blocks
+/// of rows of `A` (packed), then the panels of the block and their tiles. Every output sees
+/// the same tiles over the same summation blocks in the same order as in [`drive`]: the bits
+/// are the same.
+///
+/// # Safety
+/// As [`drive`]; `pa` is `K`'s buffer for `A`.
+#[inline(never)]
+unsafe fn drive_blocked<K: Micro>(
+    g: &Gemm<'_>, pa: &mut [MaybeUninit<f32>], out: &OutPtr, j0: usize, j1: usize,
+) {
+    let mut block = Aligned::<BLOCK_B>::uninit();
+    let block = block.as_mut();
+    let mut pc = 0;
+    while pc < g.k {
+        let kc = K::KC.min(g.k - pc);
+        let add = g.accumulate || pc > 0;
+        let panel = kc * K::NR;
+        let block_cols = block.len() / panel * K::NR;
+        let mc_max = pa.len() / kc / K::MR * K::MR;
+        let mut jb = j0;
+        while jb < j1 {
+            let jb_end = j1.min(jb + block_cols);
+            let mut jc = jb;
+            while jc < jb_end {
+                let cols = K::NR.min(jb_end - jc);
+                let at = (jc - jb) / K::NR * panel;
+                // SAFETY: the caller vouches for the CPU features; panel `(jc − jb) / NR` of
+                // the block fits it (`block_cols` columns in whole panels).
+                unsafe { K::pack_b(&mut block[at..at + panel], g, pc, kc, jc, cols) };
+                jc += cols;
+            }
+            let mut ic = 0;
+            while ic < g.m {
+                let mc = mc_max.min(g.m - ic);
+                K::pack_a(pa, g, ic, mc, pc, kc);
+                let mut jc = jb;
+                while jc < jb_end {
+                    let cols = K::NR.min(jb_end - jc);
+                    let pb = &block[(jc - jb) / K::NR * panel..];
+                    // SAFETY: the block's panel at `(jc − jb) / NR` holds kc rows of NR
+                    // floats packed above, 64-byte aligned (`Aligned`, and `panel` is a
+                    // multiple of 16 floats); the rest is forwarded.
+                    unsafe {
+                        tiles::<K>(g, pa, false, pb, out, (pc, kc), (ic, mc), (jc, cols), add);
+                    };
+                    jc += cols;
+                }
+                ic += mc;
+            }
+            jb = jb_end;
+        }
+        pc += kc;
+    }
+}
+
+/// The tiles of one block of rows `(ic, mc)` of `A` (packed in `pa`, or in place) against one
+/// packed panel `pb` of `B` (columns `(jc, cols)`), over the summation block `(pc, kc)`.
+///
+/// # Safety
+/// As [`drive`]; `pb` holds the panel of `B(pc..pc+kc, jc..jc+cols)` as [`Micro::pack_b`]
+/// writes it, 64-byte aligned; `pa` holds rows `ic..ic+mc` as [`Micro::pack_a`] writes them
+/// unless `in_place`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles<K: Micro>(
+    g: &Gemm<'_>, pa: &[MaybeUninit<f32>], in_place: bool, pb: &[MaybeUninit<f32>], out: &OutPtr,
+    (pc, kc): (usize, usize), (ic, mc): (usize, usize), (jc, cols): (usize, usize), add: bool,
+) {
+    let mut ir = 0;
+    while ir < mc {
+        let rows = K::MR.min(mc - ir);
+        // SAFETY: (offsets)  micro-panel `ir / MR` starts at `ir·kc` in `pa` (it holds `mc·kc`
+        // floats), or in place at A(ic + ir, pc), inside `a` (Gemm invariant); (ic + ir, jc)
+        // is inside the m×n matrix at `out`.
+        let (a, lda) = unsafe {
+            if in_place {
+                (g.a.as_ptr().add(pc * g.acs + ic + ir), g.acs)
+            } else {
+                (pa.as_ptr().cast::<f32>().add(ir * kc), K::MR)
+            }
+        };
+        // SAFETY: as above.
+        let t = unsafe {
+            Tile {
+                kc,
+                a,
+                lda,
+                b: pb.as_ptr().cast::<f32>(),
+                c: out.ptr.add((ic + ir) * g.n + jc),
+                ldc: g.n,
+                rows,
+                cols,
+                add,
+            }
+        };
+        // SAFETY: the packed panels hold kc rows (kc ≤ KC) of MR resp. NR floats and are
+        // aligned (an in-place A has its `rows` values of each of the kc steps in `a`);
+        // rows/cols stay inside this call's columns of C; the caller vouches for the CPU
+        // features and for exclusive access.
+        unsafe { K::tile(&t) };
+        ir += rows;
     }
 }
 

@@ -713,6 +713,39 @@ mod tests {
         }
     }
 
+    /// A product whose `A` takes several blocks of rows packs blocks of `B` once for all of
+    /// them (`gemm::drive_blocked`); each output is still the sum it is in a product of that
+    /// row alone (one block of rows, panels of `B` packed as they are used), bit for bit.
+    #[test]
+    fn blocks_of_b_packed_once_give_the_bits_of_one_row_at_a_time() {
+        // (m, k, n): two blocks of rows and one of columns; three of rows, two of columns and
+        // three summation blocks; the shape of a DCGAN layer's input gradient.
+        let shapes = [(130, 300, 20), (200, 600, 300), (1024, 128, 392)];
+        for isa in train_isas() {
+            for &(m, k, n) in &shapes {
+                for kind in [Kind::Nn, Kind::Tn, Kind::Nt] {
+                    let a = random(m * k, 40 + m as u64);
+                    let b = random(k * n, 41 + n as u64);
+                    let c0 = random(m * n, 42 + k as u64);
+                    let mut whole = c0.clone();
+                    gemm(isa, &gemm_of(kind, &a, &b, (m, k, n), true), &mut whole, &Serial);
+                    for i in 0..m {
+                        // Row i of A alone, in the same layout as a one-row matrix.
+                        let row: Vec<f32> = match kind {
+                            Kind::Tn => (0..k).map(|p| a[p * m + i]).collect(),
+                            _ => a[i * k..(i + 1) * k].to_vec(),
+                        };
+                        let mut c = c0[i * n..(i + 1) * n].to_vec();
+                        gemm(isa, &gemm_of(kind, &row, &b, (1, k, n), true), &mut c, &Serial);
+                        let same =
+                            c.iter().zip(&whole[i * n..]).all(|(p, q)| p.to_bits() == q.to_bits());
+                        assert!(same, "{isa:?} {kind:?} {:?} row {i}", (m, k, n));
+                    }
+                }
+            }
+        }
+    }
+
     /// Both x86 training kernels sum each output the same way (one FMA per step over the same
     /// summation blocks), so they agree bit for bit; only the tiling differs.
     #[cfg(target_arch = "x86_64")]
