@@ -294,8 +294,7 @@ unsafe fn drive<K: Micro>(g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
         let kc = K::KC.min(g.k - pc);
         // The first block overwrites C unless the caller accumulates; later blocks add to it.
         let add = g.accumulate || pc > 0;
-        // As many whole micro-panels of A as the buffer holds at this block length.
-        let mc_max = if in_place { g.m } else { pa.len() / kc / K::MR * K::MR };
+        let mc_max = if in_place { g.m } else { rows_per_block::<K>(pa.len(), kc) };
         let mut ic = 0;
         while ic < g.m {
             let mc = mc_max.min(g.m - ic);
@@ -320,6 +319,12 @@ unsafe fn drive<K: Micro>(g: &Gemm<'_>, out: &OutPtr, j0: usize, j1: usize) {
     }
 }
 
+/// Rows of `A` packed at once: as many whole micro-panels as a buffer of `pa_len` floats holds
+/// at the summation block length `kc`.
+fn rows_per_block<K: Micro>(pa_len: usize, kc: usize) -> usize {
+    pa_len / kc / K::MR * K::MR
+}
+
 /// Floats of packed `B` that [`drive_blocked`] keeps at once (256 KiB: a summation block of a
 /// few hundred columns, which stays in L2 while every block of rows of `A` runs over it; 8 KiB
 /// on 32-bit targets, whose stacks are small).
@@ -334,7 +339,7 @@ const BLOCK_B: usize = 1 << 11;
 /// need `A` packed again for each of them; both counts are per summation block.
 fn blocked_pays<K: Micro>(g: &Gemm<'_>, pa_len: usize, cols: usize) -> bool {
     let kc = K::KC.min(g.k);
-    let row_blocks = g.m.div_ceil(pa_len / kc / K::MR * K::MR);
+    let row_blocks = g.m.div_ceil(rows_per_block::<K>(pa_len, kc));
     if row_blocks < 2 || BLOCK_B < K::KC * K::NR {
         return false;
     }
@@ -343,7 +348,7 @@ fn blocked_pays<K: Micro>(g: &Gemm<'_>, pa_len: usize, cols: usize) -> bool {
 }
 
 /// [`drive`] for products whose `A` takes several blocks of rows: summation blocks, then
-/// blocks of columns whose panels of `B` are packed once into a 256 KiB buffer, then blocks
+/// blocks of columns whose panels of `B` are packed once into a [`BLOCK_B`] buffer, then blocks
 /// of rows of `A` (packed), then the panels of the block and their tiles. Every output sees
 /// the same tiles over the same summation blocks in the same order as in [`drive`]: the bits
 /// are the same.
@@ -362,7 +367,7 @@ unsafe fn drive_blocked<K: Micro>(
         let add = g.accumulate || pc > 0;
         let panel = kc * K::NR;
         let block_cols = block.len() / panel * K::NR;
-        let mc_max = pa.len() / kc / K::MR * K::MR;
+        let mc_max = rows_per_block::<K>(pa.len(), kc);
         let mut jb = j0;
         while jb < j1 {
             let jb_end = j1.min(jb + block_cols);
