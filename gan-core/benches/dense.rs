@@ -12,7 +12,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use gan_core::kernels::{self, Serial};
 
 /// Batch size of the training steps measured here.
@@ -63,6 +64,11 @@ fn sgemm(
     }
 }
 
+/// Times `f` writing into `out` as the benchmark `name` of group `g`.
+fn time(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, out: &mut [f32], f: impl Fn(&mut [f32])) {
+    g.bench_function(name, |bn| bn.iter(|| f(black_box(&mut *out))));
+}
+
 fn dense(cr: &mut Criterion) {
     for (c_in, c_out) in LAYERS {
         let n = BATCH;
@@ -79,119 +85,37 @@ fn dense(cr: &mut Criterion) {
         g.throughput(Throughput::Elements(flops));
 
         // (a) forward: out (N×C_out) += x (N×C_in) · w (C_in×C_out), as dense_forward does.
-        g.bench_function("fwd/gan-core", |bn| {
-            bn.iter(|| {
-                kernels::matmul(
-                    &mut out,
-                    black_box(&x),
-                    black_box(&w),
-                    n,
-                    c_in,
-                    c_out,
-                    true,
-                    &Serial,
-                );
-            });
+        let (xb, wb, db) = (black_box(&x[..]), black_box(&w[..]), black_box(&dout[..]));
+        time(&mut g, "fwd/gan-core", &mut out, |o| {
+            kernels::matmul(o, xb, wb, n, c_in, c_out, true, &Serial);
         });
-        g.bench_function("fwd/matrixmultiply", |bn| {
-            bn.iter(|| {
-                sgemm(
-                    &mut out,
-                    black_box(&x),
-                    (c_in, 1),
-                    black_box(&w),
-                    (c_out, 1),
-                    (n, c_in, c_out),
-                    1.0,
-                );
-            });
+        time(&mut g, "fwd/matrixmultiply", &mut out, |o| {
+            sgemm(o, xb, (c_in, 1), wb, (c_out, 1), (n, c_in, c_out), 1.0);
         });
 
         // (b) weight gradient: dw (C_in×C_out) += xᵀ · dout, x stored N×C_in.
-        g.bench_function("dw/gan-core", |bn| {
-            bn.iter(|| {
-                kernels::matmul_tn(
-                    &mut dw,
-                    black_box(&x),
-                    black_box(&dout),
-                    c_in,
-                    n,
-                    c_out,
-                    true,
-                    &Serial,
-                );
-            });
+        time(&mut g, "dw/gan-core", &mut dw, |o| {
+            kernels::matmul_tn(o, xb, db, c_in, n, c_out, true, &Serial);
         });
-        g.bench_function("dw/matrixmultiply", |bn| {
-            bn.iter(|| {
-                sgemm(
-                    &mut dw,
-                    black_box(&x),
-                    (1, c_in),
-                    black_box(&dout),
-                    (c_out, 1),
-                    (c_in, n, c_out),
-                    1.0,
-                );
-            });
+        time(&mut g, "dw/matrixmultiply", &mut dw, |o| {
+            sgemm(o, xb, (1, c_in), db, (c_out, 1), (c_in, n, c_out), 1.0);
         });
 
         // (c) input gradient: dx (N×C_in) = dout · wᵀ, w stored C_in×C_out.
-        g.bench_function("dx/gan-core", |bn| {
-            bn.iter(|| {
-                kernels::matmul_nt(
-                    &mut dx,
-                    black_box(&dout),
-                    black_box(&w),
-                    n,
-                    c_out,
-                    c_in,
-                    false,
-                    &Serial,
-                );
-            });
+        time(&mut g, "dx/gan-core", &mut dx, |o| {
+            kernels::matmul_nt(o, db, wb, n, c_out, c_in, false, &Serial);
         });
-        g.bench_function("dx/matrixmultiply", |bn| {
-            bn.iter(|| {
-                sgemm(
-                    &mut dx,
-                    black_box(&dout),
-                    (c_out, 1),
-                    black_box(&w),
-                    (1, c_out),
-                    (n, c_out, c_in),
-                    0.0,
-                );
-            });
+        time(&mut g, "dx/matrixmultiply", &mut dx, |o| {
+            sgemm(o, db, (c_out, 1), wb, (1, c_out), (n, c_out, c_in), 0.0);
         });
 
-        // (e) the exact inference kernel at batch 64 and at batch 1.
-        g.bench_function("exact/b64", |bn| {
-            bn.iter(|| {
-                kernels::matmul_exact(
-                    &mut out,
-                    black_box(&x),
-                    black_box(&w),
-                    &bias,
-                    n,
-                    c_in,
-                    c_out,
-                );
-            });
+        // (d) the exact inference kernel at batch 64 and at batch 1.
+        time(&mut g, "exact/b64", &mut out, |o| {
+            kernels::matmul_exact(o, xb, wb, &bias, n, c_in, c_out);
         });
         g.throughput(Throughput::Elements(flops / BATCH as u64));
-        g.bench_function("exact/b1", |bn| {
-            bn.iter(|| {
-                kernels::matmul_exact(
-                    &mut out[..c_out],
-                    black_box(&x[..c_in]),
-                    black_box(&w),
-                    &bias,
-                    1,
-                    c_in,
-                    c_out,
-                );
-            });
+        time(&mut g, "exact/b1", &mut out[..c_out], |o| {
+            kernels::matmul_exact(o, &xb[..c_in], wb, &bias, 1, c_in, c_out);
         });
         g.finish();
     }

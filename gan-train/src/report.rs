@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{Context, bail, ensure};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -442,6 +443,22 @@ fn step_range(rows: &[LossRow]) -> (f64, f64) {
     (lo, hi)
 }
 
+/// A chart's legend, in its upper right corner on a light background, in `size`-point type.
+fn draw_legend<'a, 'b: 'a>(
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    size: u32,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT_FAMILY, size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .draw()
+        .map_err(plot_err)?;
+    Ok(())
+}
+
 /// One panel of [`plot_losses`]: for each `(name, values, colour)`, the raw curve (faint) and
 /// its moving average, with a legend.
 #[allow(clippy::too_many_arguments)]
@@ -496,15 +513,7 @@ fn draw_panel(
             .label(label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], color.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FONT_FAMILY, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(180, 180, 180))
-        .draw()
-        .map_err(plot_err)?;
-    Ok(())
+    draw_legend(&mut chart, 15)
 }
 
 /// Plots a run's losses to a PNG (1200 × 900): the upper panel has the discriminator and
@@ -646,15 +655,7 @@ pub fn plot_scatter(
                 .label(format!("{name} ({})", points.len()))
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT_FAMILY, 16))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()
-            .map_err(plot_err)?;
-        Ok(())
+        draw_legend(&mut chart, 16)
     })
 }
 

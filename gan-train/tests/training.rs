@@ -193,22 +193,31 @@ fn version_1_checkpoints_still_load() {
     let mut ck = legacy_state(trained_checkpoint(&tiny(), 2));
     // Version 1 had no partial log window: the state it can describe has an empty one.
     ck.log_window = Default::default();
-    // The version-1 payload spelled out field by field, in its order (postcard writes a
-    // tuple like a struct: its fields one after another).
-    let v1 = (
+    let bytes = legacy_file(1, &ck);
+    let back = checkpoint::decode(&bytes).unwrap();
+    assert_same_state(&ck, &back);
+    assert_eq!(back.log_window, Default::default());
+}
+
+/// A version 1 or 2 checkpoint file of `ck`, its payload spelled out field by field in the
+/// version's order (postcard writes a tuple like a struct, its fields one after another, so
+/// the nesting adds no bytes). The two versions differ only at the end: version 2 added the
+/// loss-log window.
+fn legacy_file(version: u32, ck: &Checkpoint) -> Vec<u8> {
+    let head = (
         (gan_train::config::LegacyConfig::of(&ck.config).unwrap(), ck.data),
         (ck.g.params.clone(), ck.g.opt_state.clone(), ck.g.opt_step),
         (ck.d.params.clone(), ck.d.opt_state.clone(), ck.d.opt_step),
         gan_core::noise::rng_state(&ck.rng),
         (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
-        ck.last_g_loss,
-        ck.source.clone(),
+        (ck.last_g_loss, ck.source.clone()),
     );
-    let payload = postcard::to_stdvec(&v1).unwrap();
-    let bytes = container(1, &payload);
-    let back = checkpoint::decode(&bytes).unwrap();
-    assert_same_state(&ck, &back);
-    assert_eq!(back.log_window, Default::default());
+    let payload = match version {
+        1 => postcard::to_stdvec(&head),
+        2 => postcard::to_stdvec(&(head, ck.log_window)),
+        _ => panic!("no legacy layout for version {version}"),
+    };
+    container(version, &payload.unwrap())
 }
 
 /// A checkpoint file around `payload`: magic, `version`, CRC-32 and length, as the encoder
@@ -241,16 +250,7 @@ fn legacy_state(mut ck: Checkpoint) -> Checkpoint {
 fn version_2_checkpoints_still_load() {
     let ck = legacy_state(trained_checkpoint(&tiny(), 3));
     assert_ne!(ck.log_window, Default::default(), "the test wants a partial window");
-    let v2 = (
-        (gan_train::config::LegacyConfig::of(&ck.config).unwrap(), ck.data),
-        (ck.g.params.clone(), ck.g.opt_state.clone(), ck.g.opt_step),
-        (ck.d.params.clone(), ck.d.opt_state.clone(), ck.d.opt_step),
-        gan_core::noise::rng_state(&ck.rng),
-        (ck.pos.step, ck.pos.epoch, ck.pos.batch_in_epoch),
-        (ck.last_g_loss, ck.source.clone(), ck.log_window),
-    );
-    let payload = postcard::to_stdvec(&v2).unwrap();
-    let bytes = container(2, &payload);
+    let bytes = legacy_file(2, &ck);
     let back = checkpoint::decode(&bytes).unwrap();
     assert_same_state(&ck, &back);
     assert_eq!(back.g_ema, None);

@@ -142,6 +142,20 @@ fn sizes(n: usize, c: usize, s: usize) -> Result<(usize, usize), CoreError> {
     Ok((m.checked_mul(c).ok_or(overflow)?, m))
 }
 
+/// [`sizes`], then the lengths both training passes check: `out` (the output or its gradient,
+/// named), the input, the `2·C` batch statistics and `γ`.
+fn check_training(
+    out: (&'static str, usize), inp: usize, stats: usize, gamma: usize, n: usize, c: usize,
+    s: usize,
+) -> Result<(usize, usize), CoreError> {
+    let (len, m) = sizes(n, c, s)?;
+    check_len(out.0, out.1, len)?;
+    check_len("inp", inp, len)?;
+    check_len("stats", stats, 2 * c)?;
+    check_len("gamma", gamma, c)?;
+    Ok((len, m))
+}
+
 /// The planes of channel `ch` (each `s` long), sample after sample.
 fn planes(x: &[f32], c: usize, s: usize, ch: usize) -> impl Iterator<Item = &[f32]> {
     x.chunks_exact(c * s).map(move |sample| &sample[ch * s..(ch + 1) * s])
@@ -200,11 +214,8 @@ pub fn batchnorm_forward(
     out: &mut [f32], stats: &mut [f32], inp: &[f32], gamma: &[f32], beta: &[f32], n: usize,
     c: usize, s: usize, eps: f32, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
-    let (len, m) = sizes(n, c, s)?;
-    check_len("out", out.len(), len)?;
-    check_len("inp", inp.len(), len)?;
-    check_len("stats", stats.len(), 2 * c)?;
-    check_len("gamma", gamma.len(), c)?;
+    let (len, m) =
+        check_training(("out", out.len()), inp.len(), stats.len(), gamma.len(), n, c, s)?;
     check_len("beta", beta.len(), c)?;
     let (outs, st) = (OutPtr::new(out), OutPtr::new(stats));
     // Channels are independent: spread them over the threads.
@@ -274,11 +285,8 @@ pub fn batchnorm_backward(
     inp: &[f32], stats: &[f32], gamma: &[f32], n: usize, c: usize, s: usize, eps: f32,
     exec: &dyn Exec,
 ) -> Result<(), CoreError> {
-    let (len, m) = sizes(n, c, s)?;
-    check_len("dout", dout.len(), len)?;
-    check_len("inp", inp.len(), len)?;
-    check_len("stats", stats.len(), 2 * c)?;
-    check_len("gamma", gamma.len(), c)?;
+    let (len, m) =
+        check_training(("dout", dout.len()), inp.len(), stats.len(), gamma.len(), n, c, s)?;
     check_opt_len("dinp", dinp.as_deref(), len)?;
     check_opt_len("dgamma", dgamma.as_deref(), c)?;
     check_opt_len("dbeta", dbeta.as_deref(), c)?;

@@ -108,15 +108,25 @@ impl Kind for Dense {
     }
 }
 
-fn check_shapes(
-    out_len: usize, inp_len: usize, w_len: usize, b_len: usize, n: usize, c_in: usize, c_out: usize,
+/// Checks what every dense pass has: nonzero sizes, the `N×C_out` output (or output gradient)
+/// buffer `out`, the `N×C_in` input and the `C_in×C_out` weight matrix `w`, each with its name.
+fn check_dims(
+    out: (&'static str, usize), inp_len: usize, w: (&'static str, usize), n: usize, c_in: usize,
+    c_out: usize,
 ) -> Result<(), CoreError> {
     if n == 0 || c_in == 0 || c_out == 0 {
         return Err(CoreError::ZeroSize);
     }
-    check_len("out", out_len, n * c_out)?;
+    check_len(out.0, out.1, n * c_out)?;
     check_len("inp", inp_len, n * c_in)?;
-    check_len("w", w_len, c_in * c_out)?;
+    check_len(w.0, w.1, c_in * c_out)
+}
+
+/// [`check_dims`] for the float forward passes, with the bias.
+fn check_shapes(
+    out_len: usize, inp_len: usize, w_len: usize, b_len: usize, n: usize, c_in: usize, c_out: usize,
+) -> Result<(), CoreError> {
+    check_dims(("out", out_len), inp_len, ("w", w_len), n, c_in, c_out)?;
     check_len("b", b_len, c_out)
 }
 
@@ -159,12 +169,7 @@ pub fn dense_backward(
     dinp: Option<&mut [f32]>, grads: Option<(&mut [f32], &mut [f32])>, dout: &[f32], inp: &[f32],
     w: &[f32], n: usize, c_in: usize, c_out: usize, exec: &dyn Exec,
 ) -> Result<(), CoreError> {
-    if n == 0 || c_in == 0 || c_out == 0 {
-        return Err(CoreError::ZeroSize);
-    }
-    check_len("dout", dout.len(), n * c_out)?;
-    check_len("inp", inp.len(), n * c_in)?;
-    check_len("w", w.len(), c_in * c_out)?;
+    check_dims(("dout", dout.len()), inp.len(), ("w", w.len()), n, c_in, c_out)?;
     if let Some((dw, db)) = &grads {
         check_len("dw", dw.len(), c_in * c_out)?;
         check_len("db", db.len(), c_out)?;
@@ -196,12 +201,7 @@ pub fn dense_forward_i8(
     out: &mut [f32], xq: &mut [i8], inp: &[f32], q: &[i8], scales: &[f32], bias: &[f32], n: usize,
     c_in: usize, c_out: usize,
 ) -> Result<(), CoreError> {
-    if n == 0 || c_in == 0 || c_out == 0 {
-        return Err(CoreError::ZeroSize);
-    }
-    check_len("out", out.len(), n * c_out)?;
-    check_len("inp", inp.len(), n * c_in)?;
-    check_len("q", q.len(), c_in * c_out)?;
+    check_dims(("out", out.len()), inp.len(), ("q", q.len()), n, c_in, c_out)?;
     check_len("scales", scales.len(), c_out)?;
     check_len("bias", bias.len(), c_out)?;
     if xq.len() < c_in {

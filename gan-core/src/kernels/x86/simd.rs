@@ -37,11 +37,67 @@ pub(super) trait Simd {
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     /// `a · b + c`, lane-wise, with one rounding (a fused multiply-add; training kernels only).
     unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Lanes `0, 1` of each 128-bit block of `a` and `b`, interleaved: `a0 b0 a1 b1` per block.
+    unsafe fn unpacklo(a: Self::V, b: Self::V) -> Self::V;
+    /// Lanes `2, 3` of each 128-bit block of `a` and `b`, interleaved: `a2 b2 a3 b3` per block.
+    unsafe fn unpackhi(a: Self::V, b: Self::V) -> Self::V;
+    /// Per 128-bit block, the low lane pairs of `a` then of `b`: `a0 a1 b0 b1`.
+    unsafe fn low_pairs(a: Self::V, b: Self::V) -> Self::V;
+    /// Per 128-bit block, the high lane pairs of `a` then of `b`: `a2 a3 b2 b3`.
+    unsafe fn high_pairs(a: Self::V, b: Self::V) -> Self::V;
     /// The first `min(w, LANES)` floats from `p`, zero in the other lanes, which are not read.
     /// `w ≥ 1`.
     unsafe fn load_n(p: *const f32, w: usize) -> Self::V;
     /// Stores the first `min(w, LANES)` lanes of `v` at `p`; nothing else is written. `w ≥ 1`.
     unsafe fn store_n(p: *mut f32, v: Self::V, w: usize);
+}
+
+/// The [`Simd`] operations that are one intrinsic each, for the vector type `$v`: loads and
+/// stores (`LANES` floats at `p`, aligned for `load`/`store`: the caller's contract), and
+/// lane-wise operations on registers. Every intrinsic needs the instruction set the caller
+/// runs with (module docs); `fmadd` also needs FMA, which only the training kernels use and
+/// are compiled with.
+macro_rules! one_intrinsic_each {
+    ($v:ty, zero: $zero:ident, splat: $set1:ident, fmadd: $fmadd:ident,
+     loads { $($load:ident: $lf:ident),* }, stores { $($store:ident: $sf:ident),* },
+     binary { $($op:ident: $f:ident $(::<$imm:literal>)?),* }) => {
+        #[inline(always)]
+        unsafe fn zero() -> $v {
+            // SAFETY: the instruction set (above); no memory is touched.
+            unsafe { $zero() }
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> $v {
+            // SAFETY: `p` is readable (caller); the instruction set as above.
+            unsafe { $set1(*p) }
+        }
+        $(
+            #[inline(always)]
+            unsafe fn $load(p: *const f32) -> $v {
+                // SAFETY: `LANES` floats readable at `p`, aligned if asked (caller).
+                unsafe { $lf(p) }
+            }
+        )*
+        $(
+            #[inline(always)]
+            unsafe fn $store(p: *mut f32, v: $v) {
+                // SAFETY: `LANES` floats writable at `p`, aligned if asked (caller).
+                unsafe { $sf(p, v) }
+            }
+        )*
+        $(
+            #[inline(always)]
+            unsafe fn $op(a: $v, b: $v) -> $v {
+                // SAFETY: the instruction set (above); registers only.
+                unsafe { $f $(::<$imm>)? (a, b) }
+            }
+        )*
+        #[inline(always)]
+        unsafe fn fmadd(a: $v, b: $v, c: $v) -> $v {
+            // SAFETY: the instruction set and FMA (above); registers only.
+            unsafe { $fmadd(a, b, c) }
+        }
+    };
 }
 
 /// 256-bit AVX vectors (8 lanes). The FMA is AVX2+FMA's.
@@ -54,50 +110,13 @@ impl Simd for Avx {
     const LANES: usize = 8;
     type V = __m256;
 
-    #[inline(always)]
-    unsafe fn zero() -> __m256 {
-        // SAFETY: the caller runs with AVX (module docs).
-        unsafe { _mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn splat(p: *const f32) -> __m256 {
-        // SAFETY: `p` is readable (caller); AVX as above.
-        unsafe { _mm256_broadcast_ss(&*p) }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m256 {
-        // SAFETY: forwarded from the caller.
-        unsafe { _mm256_load_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn loadu(p: *const f32) -> __m256 {
-        // SAFETY: forwarded from the caller.
-        unsafe { _mm256_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m256) {
-        // SAFETY: forwarded from the caller.
-        unsafe { _mm256_store_ps(p, v) }
-    }
-    #[inline(always)]
-    unsafe fn storeu(p: *mut f32, v: __m256) {
-        // SAFETY: forwarded from the caller.
-        unsafe { _mm256_storeu_ps(p, v) }
-    }
-    #[inline(always)]
-    unsafe fn add(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX (module docs).
-        unsafe { _mm256_add_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX (module docs).
-        unsafe { _mm256_mul_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-        // SAFETY: only the training kernels call this, compiled with AVX2+FMA.
-        unsafe { _mm256_fmadd_ps(a, b, c) }
+    one_intrinsic_each! {
+        __m256, zero: _mm256_setzero_ps, splat: _mm256_set1_ps, fmadd: _mm256_fmadd_ps,
+        loads { load: _mm256_load_ps, loadu: _mm256_loadu_ps },
+        stores { store: _mm256_store_ps, storeu: _mm256_storeu_ps },
+        binary { add: _mm256_add_ps, mul: _mm256_mul_ps, unpacklo: _mm256_unpacklo_ps,
+            unpackhi: _mm256_unpackhi_ps, low_pairs: _mm256_shuffle_ps::<0x44>,
+            high_pairs: _mm256_shuffle_ps::<0xEE> }
     }
     #[inline(always)]
     unsafe fn load_n(p: *const f32, w: usize) -> __m256 {
@@ -141,50 +160,13 @@ impl Simd for Avx512 {
     const LANES: usize = 16;
     type V = __m512;
 
-    #[inline(always)]
-    unsafe fn zero() -> __m512 {
-        // SAFETY: the caller runs with AVX-512F (module docs).
-        unsafe { _mm512_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn splat(p: *const f32) -> __m512 {
-        // SAFETY: `p` is readable (caller); AVX-512F as above.
-        unsafe { _mm512_set1_ps(*p) }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m512 {
-        // SAFETY: forwarded from the caller.
-        unsafe { _mm512_load_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn loadu(p: *const f32) -> __m512 {
-        // SAFETY: forwarded from the caller.
-        unsafe { _mm512_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m512) {
-        // SAFETY: forwarded from the caller.
-        unsafe { _mm512_store_ps(p, v) }
-    }
-    #[inline(always)]
-    unsafe fn storeu(p: *mut f32, v: __m512) {
-        // SAFETY: forwarded from the caller.
-        unsafe { _mm512_storeu_ps(p, v) }
-    }
-    #[inline(always)]
-    unsafe fn add(a: __m512, b: __m512) -> __m512 {
-        // SAFETY: AVX-512F (module docs).
-        unsafe { _mm512_add_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
-        // SAFETY: AVX-512F (module docs).
-        unsafe { _mm512_mul_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
-        // SAFETY: AVX-512F (module docs).
-        unsafe { _mm512_fmadd_ps(a, b, c) }
+    one_intrinsic_each! {
+        __m512, zero: _mm512_setzero_ps, splat: _mm512_set1_ps, fmadd: _mm512_fmadd_ps,
+        loads { load: _mm512_load_ps, loadu: _mm512_loadu_ps },
+        stores { store: _mm512_store_ps, storeu: _mm512_storeu_ps },
+        binary { add: _mm512_add_ps, mul: _mm512_mul_ps, unpacklo: _mm512_unpacklo_ps,
+            unpackhi: _mm512_unpackhi_ps, low_pairs: _mm512_shuffle_ps::<0x44>,
+            high_pairs: _mm512_shuffle_ps::<0xEE> }
     }
     #[inline(always)]
     unsafe fn load_n(p: *const f32, w: usize) -> __m512 {
@@ -198,6 +180,29 @@ impl Simd for Avx512 {
     }
 }
 
+/// The first two stages of [`transpose8`] and [`transpose16`]: the 4 × 4 transposes within
+/// each 128-bit block. `u[4g + j]` holds, in block `L`, lane `4L + j` of rows `4g .. 4g + 4`.
+///
+/// # Safety
+/// The CPU supports `S`'s instruction set (the caller runs with it).
+#[inline(always)]
+unsafe fn transpose4_blocks<S: Simd, const N: usize>(r: [S::V; N]) -> [S::V; N] {
+    // SAFETY: the instruction set (contract); register operations only.
+    unsafe {
+        // Pairs of rows interleaved within each block: [a0 b0 a1 b1 | a4 b4 a5 b5] …
+        let t: [S::V; N] = core::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 { S::unpacklo(a, b) } else { S::unpackhi(a, b) }
+        });
+        // Then two pairs of those per block: four rows of one column.
+        core::array::from_fn(|i| {
+            let (g, j) = (i / 4, i % 4);
+            let (x, y) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+            if j % 2 == 0 { S::low_pairs(x, y) } else { S::high_pairs(x, y) }
+        })
+    }
+}
+
 /// The 8×8 transpose of eight AVX rows: lane `j` of result `i` is lane `i` of row `j`.
 ///
 /// # Safety
@@ -206,22 +211,9 @@ impl Simd for Avx512 {
 pub(crate) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     // SAFETY: AVX (contract); register operations only.
     unsafe {
-        // Pairs of rows interleaved within each 128-bit half: [a0 b0 a1 b1 | a4 b4 a5 b5] …
-        let t: [__m256; 8] = core::array::from_fn(|i| {
-            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-            if i % 2 == 0 { _mm256_unpacklo_ps(a, b) } else { _mm256_unpackhi_ps(a, b) }
-        });
-        // Four rows per column within each half: u[4g + j] holds column j (low half) and
-        // j + 4 (high half) of rows 4g .. 4g + 4.
-        let u: [__m256; 8] = core::array::from_fn(|i| {
-            let (g, j) = (i / 4, i % 4);
-            let (x, y) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
-            if j % 2 == 0 {
-                _mm256_shuffle_ps::<0x44>(x, y)
-            } else {
-                _mm256_shuffle_ps::<0xEE>(x, y)
-            }
-        });
+        let u = transpose4_blocks::<Avx, 8>(r);
+        // Then the halves: column j is the low halves of u[j] and u[4 + j], column j + 4 their
+        // high halves.
         core::array::from_fn(|i| {
             let (j, high) = (i % 4, i >= 4);
             if high {
@@ -241,21 +233,7 @@ pub(crate) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
 pub(crate) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // SAFETY: AVX-512F (contract); register operations only.
     unsafe {
-        // As in `transpose8`, within each 128-bit lane: u[4g + j] holds, in lane L, rows
-        // 4g .. 4g + 4 of column 4L + j.
-        let t: [__m512; 16] = core::array::from_fn(|i| {
-            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-            if i % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
-        });
-        let u: [__m512; 16] = core::array::from_fn(|i| {
-            let (g, j) = (i / 4, i % 4);
-            let (x, y) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
-            if j % 2 == 0 {
-                _mm512_shuffle_ps::<0x44>(x, y)
-            } else {
-                _mm512_shuffle_ps::<0xEE>(x, y)
-            }
-        });
+        let u = transpose4_blocks::<Avx512, 16>(r);
         // Then the 4×4 transpose of 128-bit lanes among u[j], u[4 + j], u[8 + j], u[12 + j]:
         // column 4L + j is lane L of each of them, in that order.
         let mut out = [_mm512_setzero_ps(); 16];
