@@ -132,7 +132,7 @@ impl<const N: usize> AsMut<[MaybeUninit<f32>]> for Aligned<N> {
 /// Products smaller than this many flops run as one task: spreading them costs more than it saves.
 pub(crate) const PAR_MIN_FLOPS: usize = 1 << 21;
 
-/// Columns per packed panel of `B` (tasks split the columns in whole panels).
+/// Columns per packed panel of `B` (tasks split the columns in half panels).
 fn panel_width(isa: Isa) -> usize {
     match isa {
         Isa::Portable => PortableKernel::NR,
@@ -187,7 +187,7 @@ pub(crate) fn gemm_tasks(isa: Isa, g: &Gemm<'_>, c: &mut [f32], exec: &dyn Exec,
     // threads to spread the work over anyway.
     #[cfg(target_has_atomic = "8")]
     if tasks > 1 {
-        run_tasks(isa, g, &out, exec, panels.div_ceil(tasks) * nr);
+        run_tasks(isa, g, &out, exec, share(n, tasks, nr));
         return;
     }
     let _ = (exec, tasks);
@@ -196,8 +196,18 @@ pub(crate) fn gemm_tasks(isa: Isa, g: &Gemm<'_>, c: &mut [f32], exec: &dyn Exec,
     unsafe { run_cols(isa, g, &out, 0, n) };
 }
 
+/// Columns per task when `tasks` share `n` columns of `nr`-wide panels: equal shares in half
+/// panels (the narrowest tile that still fills its vectors). In whole panels, 392 columns of
+/// 32-wide panels went as 224 + 168: the first task ran 14 % longer than an even share while
+/// the other thread waited. Where a column falls does not change its sums, so neither does the
+/// split.
+fn share(n: usize, tasks: usize, nr: usize) -> usize {
+    let half = (nr / 2).max(1);
+    n.div_ceil(tasks.max(1) * half) * half
+}
+
 /// `C (m×n) += Σ_s G_s` over the products `gs[s]` (all `m×n`, all accumulating), added in order
-/// `s = 0, 1, …`. Tasks split the output columns (whole panels); each one runs every product on
+/// `s = 0, 1, …`. Tasks split the output columns (see [`share`]); each one runs every product on
 /// its columns in turn, so every output sees the same operations as it would from one call of
 /// [`gemm`] per product: the bits do not depend on how the products are grouped or on `exec`.
 pub(crate) fn gemm_sum<'s>(
@@ -234,15 +244,15 @@ pub(crate) fn gemm_sum<'s>(
     #[cfg(target_has_atomic = "8")]
     if tasks > 1 {
         // SAFETY of the writes inside `run`: `split_ranges` hands each column range out once.
-        split_ranges(exec, n, panels.div_ceil(tasks) * nr, &run);
+        split_ranges(exec, n, share(n, tasks, nr), &run);
         return;
     }
     let _ = (exec, tasks);
     run(0, n);
 }
 
-/// Runs the product as tasks over blocks of `chunk` output columns (a multiple of the panel
-/// width, so only the last panel of the matrix can be narrow).
+/// Runs the product as tasks over blocks of `chunk` output columns (from [`share`]: a multiple
+/// of half the panel width, so a task's last panel can be narrow).
 #[cfg(target_has_atomic = "8")]
 fn run_tasks(isa: Isa, g: &Gemm<'_>, out: &OutPtr, exec: &dyn Exec, chunk: usize) {
     // SAFETY: `split_ranges` hands each column range to one call only, see `OutPtr`; the
