@@ -15,6 +15,7 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use gan_core::kernels::{self, Serial};
+use gan_core::noise;
 
 /// Batch size of the training steps measured here.
 const BATCH: usize = 64;
@@ -22,17 +23,11 @@ const BATCH: usize = 64;
 /// The generator's dense layers (`c_in`, `c_out`).
 const LAYERS: [(usize, usize); 4] = [(100, 256), (256, 512), (512, 1024), (1024, 784)];
 
-/// Deterministic values in `[-1, 1)`.
-fn filled(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
+/// Seeded values uniform on `[-1, 1)`.
+fn filled(len: usize, seed: u64) -> Vec<f32> {
+    let mut v = vec![0.0; len];
+    noise::fill_uniform(&mut noise::rng(seed), &mut v);
+    v
 }
 
 /// `C (m×n) = beta·C + A·B` with `matrixmultiply`, operands described by (row, column) strides.

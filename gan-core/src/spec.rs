@@ -98,6 +98,11 @@ impl Shape {
     pub const fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Channels, height and width as indices.
+    pub const fn chw(&self) -> (usize, usize, usize) {
+        (self.c as usize, self.h as usize, self.w as usize)
+    }
 }
 
 impl core::fmt::Display for Shape {

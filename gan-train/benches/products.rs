@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use gan_core::kernels::{self, Exec, Serial};
+use gan_core::noise;
 use gan_train::team::Team;
 
 /// How a product's operands are laid out.
@@ -33,17 +34,11 @@ const PRODUCTS: [(Kind, usize, usize, usize, usize, &str); 7] = [
     (Kind::Nn, 64, 100, 6272, 1, "dcgan G dense 100 → 6272 forward"),
 ];
 
-/// Deterministic values in `[-1, 1)`.
-fn filled(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
+/// Seeded values uniform on `[-1, 1)`.
+fn filled(len: usize, seed: u64) -> Vec<f32> {
+    let mut v = vec![0.0; len];
+    noise::fill_uniform(&mut noise::rng(seed), &mut v);
+    v
 }
 
 /// Median and best GFLOP/s of one product on `exec`.

@@ -89,10 +89,11 @@ impl<D> Conv<D> {
 
     /// The kernel dimensions of this layer in a spec.
     pub fn dims(&self, l: &LayerInfo) -> ConvDims {
+        let (in_c, in_h, in_w) = l.in_shape.chw();
         ConvDims {
-            in_c: l.in_shape.c as usize,
-            in_h: l.in_shape.h as usize,
-            in_w: l.in_shape.w as usize,
+            in_c,
+            in_h,
+            in_w,
             out_c: self.out_c as usize,
             k: self.k as usize,
             stride: self.stride as usize,

@@ -49,13 +49,8 @@ pub(crate) const fn rules(
 impl MaxPool2d {
     /// The kernel dimensions of this layer in a spec.
     fn dims(&self, l: &LayerInfo) -> PoolDims {
-        PoolDims {
-            c: l.in_shape.c as usize,
-            h: l.in_shape.h as usize,
-            w: l.in_shape.w as usize,
-            k: self.k as usize,
-            stride: self.stride as usize,
-        }
+        let (c, h, w) = l.in_shape.chw();
+        PoolDims { c, h, w, k: self.k as usize, stride: self.stride as usize }
     }
 }
 

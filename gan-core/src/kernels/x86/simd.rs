@@ -52,52 +52,103 @@ pub(super) trait Simd {
     unsafe fn store_n(p: *mut f32, v: Self::V, w: usize);
 }
 
-/// The [`Simd`] operations that are one intrinsic each, for the vector type `$v`: loads and
-/// stores (`LANES` floats at `p`, aligned for `load`/`store`: the caller's contract), and
-/// lane-wise operations on registers. Every intrinsic needs the instruction set the caller
-/// runs with (module docs); `fmadd` also needs FMA, which only the training kernels use and
-/// are compiled with.
-macro_rules! one_intrinsic_each {
-    ($v:ty, zero: $zero:ident, splat: $set1:ident, fmadd: $fmadd:ident,
-     loads { $($load:ident: $lf:ident),* }, stores { $($store:ident: $sf:ident),* },
-     binary { $($op:ident: $f:ident $(::<$imm:literal>)?),* }) => {
-        #[inline(always)]
-        unsafe fn zero() -> $v {
-            // SAFETY: the instruction set (above); no memory is touched.
-            unsafe { $zero() }
-        }
-        #[inline(always)]
-        unsafe fn splat(p: *const f32) -> $v {
-            // SAFETY: `p` is readable (caller); the instruction set as above.
-            unsafe { $set1(*p) }
-        }
-        $(
+/// `impl Simd for $t` (vector type `$v`, `$lanes` lanes): the operations that are one
+/// intrinsic each — loads and stores (`LANES` floats at `p`, aligned for `load`/`store`: the
+/// caller's contract) and lane-wise operations on registers — and the partial loads and stores,
+/// which are the type's own `part_load`/`part_store`. Every intrinsic needs the instruction
+/// set the caller runs with (module docs); `fmadd` also needs FMA, which only the training
+/// kernels use and are compiled with.
+macro_rules! impl_simd {
+    ($t:ident, $v:ty, $lanes:literal, $zero:ident, $set1:ident, $fmadd:ident,
+     [$($load:ident: $lf:ident),*], [$($store:ident: $sf:ident),*],
+     [$($op:ident: $f:ident $(::<$imm:literal>)?),*]) => {
+        impl Simd for $t {
+            const LANES: usize = $lanes;
+            type V = $v;
             #[inline(always)]
-            unsafe fn $load(p: *const f32) -> $v {
-                // SAFETY: `LANES` floats readable at `p`, aligned if asked (caller).
-                unsafe { $lf(p) }
+            unsafe fn zero() -> $v {
+                // SAFETY: the instruction set (above); no memory is touched.
+                unsafe { $zero() }
             }
-        )*
-        $(
             #[inline(always)]
-            unsafe fn $store(p: *mut f32, v: $v) {
-                // SAFETY: `LANES` floats writable at `p`, aligned if asked (caller).
-                unsafe { $sf(p, v) }
+            unsafe fn splat(p: *const f32) -> $v {
+                // SAFETY: `p` is readable (caller); the instruction set as above.
+                unsafe { $set1(*p) }
             }
-        )*
-        $(
             #[inline(always)]
-            unsafe fn $op(a: $v, b: $v) -> $v {
-                // SAFETY: the instruction set (above); registers only.
-                unsafe { $f $(::<$imm>)? (a, b) }
+            unsafe fn fmadd(a: $v, b: $v, c: $v) -> $v {
+                // SAFETY: the instruction set and FMA (above); registers only.
+                unsafe { $fmadd(a, b, c) }
             }
-        )*
-        #[inline(always)]
-        unsafe fn fmadd(a: $v, b: $v, c: $v) -> $v {
-            // SAFETY: the instruction set and FMA (above); registers only.
-            unsafe { $fmadd(a, b, c) }
+            $(
+                #[inline(always)]
+                unsafe fn $load(p: *const f32) -> $v {
+                    // SAFETY: `LANES` floats readable at `p`, aligned if asked (caller).
+                    unsafe { $lf(p) }
+                }
+            )*
+            $(
+                #[inline(always)]
+                unsafe fn $store(p: *mut f32, v: $v) {
+                    // SAFETY: `LANES` floats writable at `p`, aligned if asked (caller).
+                    unsafe { $sf(p, v) }
+                }
+            )*
+            $(
+                #[inline(always)]
+                unsafe fn $op(a: $v, b: $v) -> $v {
+                    // SAFETY: the instruction set (above); registers only.
+                    unsafe { $f $(::<$imm>)? (a, b) }
+                }
+            )*
+            #[inline(always)]
+            unsafe fn load_n(p: *const f32, w: usize) -> $v {
+                // SAFETY: the caller's contract, passed on.
+                unsafe { $t::part_load(p, w) }
+            }
+            #[inline(always)]
+            unsafe fn store_n(p: *mut f32, v: $v, w: usize) {
+                // SAFETY: the caller's contract, passed on.
+                unsafe { $t::part_store(p, v, w) }
+            }
         }
     };
+}
+
+/// Both instruction sets' [`Simd`] implementations from one table: per operation, the AVX
+/// intrinsic, then the AVX-512F one.
+macro_rules! both_widths {
+    (zero: $z8:ident, $z16:ident; splat: $s8:ident, $s16:ident; fmadd: $m8:ident, $m16:ident;
+     loads { $($load:ident: $l8:ident, $l16:ident;)* }
+     stores { $($store:ident: $st8:ident, $st16:ident;)* }
+     binary { $($op:ident: $f8:ident $(::<$i8:literal>)?, $f16:ident $(::<$i16:literal>)?;)* }) => {
+        impl_simd!(Avx, __m256, 8, $z8, $s8, $m8, [$($load: $l8),*], [$($store: $st8),*],
+            [$($op: $f8 $(::<$i8>)?),*]);
+        impl_simd!(Avx512, __m512, 16, $z16, $s16, $m16, [$($load: $l16),*],
+            [$($store: $st16),*], [$($op: $f16 $(::<$i16>)?),*]);
+    };
+}
+
+both_widths! {
+    zero: _mm256_setzero_ps, _mm512_setzero_ps;
+    splat: _mm256_set1_ps, _mm512_set1_ps;
+    fmadd: _mm256_fmadd_ps, _mm512_fmadd_ps;
+    loads {
+        load: _mm256_load_ps, _mm512_load_ps;
+        loadu: _mm256_loadu_ps, _mm512_loadu_ps;
+    }
+    stores {
+        store: _mm256_store_ps, _mm512_store_ps;
+        storeu: _mm256_storeu_ps, _mm512_storeu_ps;
+    }
+    binary {
+        add: _mm256_add_ps, _mm512_add_ps;
+        mul: _mm256_mul_ps, _mm512_mul_ps;
+        unpacklo: _mm256_unpacklo_ps, _mm512_unpacklo_ps;
+        unpackhi: _mm256_unpackhi_ps, _mm512_unpackhi_ps;
+        low_pairs: _mm256_shuffle_ps::<0x44>, _mm512_shuffle_ps::<0x44>;
+        high_pairs: _mm256_shuffle_ps::<0xEE>, _mm512_shuffle_ps::<0xEE>;
+    }
 }
 
 /// 256-bit AVX vectors (8 lanes). The FMA is AVX2+FMA's.
@@ -106,20 +157,10 @@ pub(super) struct Avx;
 /// `MASKS[8 - w..16 - w]` has its first `w` lanes set: the masks of `_mm256_maskload_ps`.
 static MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
 
-impl Simd for Avx {
-    const LANES: usize = 8;
-    type V = __m256;
-
-    one_intrinsic_each! {
-        __m256, zero: _mm256_setzero_ps, splat: _mm256_set1_ps, fmadd: _mm256_fmadd_ps,
-        loads { load: _mm256_load_ps, loadu: _mm256_loadu_ps },
-        stores { store: _mm256_store_ps, storeu: _mm256_storeu_ps },
-        binary { add: _mm256_add_ps, mul: _mm256_mul_ps, unpacklo: _mm256_unpacklo_ps,
-            unpackhi: _mm256_unpackhi_ps, low_pairs: _mm256_shuffle_ps::<0x44>,
-            high_pairs: _mm256_shuffle_ps::<0xEE> }
-    }
+impl Avx {
+    /// [`Simd::load_n`].
     #[inline(always)]
-    unsafe fn load_n(p: *const f32, w: usize) -> __m256 {
+    unsafe fn part_load(p: *const f32, w: usize) -> __m256 {
         if w >= 8 {
             // SAFETY: eight floats readable (caller).
             return unsafe { _mm256_loadu_ps(p) };
@@ -131,8 +172,9 @@ impl Simd for Avx {
             _mm256_maskload_ps(p, mask)
         }
     }
+    /// [`Simd::store_n`].
     #[inline(always)]
-    unsafe fn store_n(p: *mut f32, v: __m256, w: usize) {
+    unsafe fn part_store(p: *mut f32, v: __m256, w: usize) {
         if w >= 8 {
             // SAFETY: eight floats writable (caller).
             return unsafe { _mm256_storeu_ps(p, v) };
@@ -156,25 +198,16 @@ fn lanes(w: usize) -> __mmask16 {
     if w >= 16 { 0xFFFF } else { (1u16 << w) - 1 }
 }
 
-impl Simd for Avx512 {
-    const LANES: usize = 16;
-    type V = __m512;
-
-    one_intrinsic_each! {
-        __m512, zero: _mm512_setzero_ps, splat: _mm512_set1_ps, fmadd: _mm512_fmadd_ps,
-        loads { load: _mm512_load_ps, loadu: _mm512_loadu_ps },
-        stores { store: _mm512_store_ps, storeu: _mm512_storeu_ps },
-        binary { add: _mm512_add_ps, mul: _mm512_mul_ps, unpacklo: _mm512_unpacklo_ps,
-            unpackhi: _mm512_unpackhi_ps, low_pairs: _mm512_shuffle_ps::<0x44>,
-            high_pairs: _mm512_shuffle_ps::<0xEE> }
-    }
+impl Avx512 {
+    /// [`Simd::load_n`].
     #[inline(always)]
-    unsafe fn load_n(p: *const f32, w: usize) -> __m512 {
+    unsafe fn part_load(p: *const f32, w: usize) -> __m512 {
         // SAFETY: the masked lanes are readable (caller); the others are not read.
         unsafe { _mm512_maskz_loadu_ps(lanes(w), p) }
     }
+    /// [`Simd::store_n`].
     #[inline(always)]
-    unsafe fn store_n(p: *mut f32, v: __m512, w: usize) {
+    unsafe fn part_store(p: *mut f32, v: __m512, w: usize) {
         // SAFETY: the masked lanes are writable (caller); the others are not written.
         unsafe { _mm512_mask_storeu_ps(p, lanes(w), v) }
     }
