@@ -2,7 +2,8 @@
 //! the 2-thread team, in GFLOP/s: how near each product runs to the core's FMA rate, and how
 //! much of it two threads keep.
 //!
-//! Run with `cargo bench -p gan-train --bench products` (set `THREADS` for a larger team).
+//! Run with `cargo bench -p gan-train --bench products` (set `THREADS` for a larger team, and
+//! `ISA=avx2` to measure the AVX2 kernels on an AVX-512 machine).
 //! Each product: one warm-up call, then 7 runs of about 0.3 s; the median and the best run
 //! are printed.
 
@@ -70,6 +71,9 @@ fn rate(kind: Kind, (m, k, n, count): (usize, usize, usize, usize), exec: &dyn E
 
 fn main() -> std::io::Result<()> {
     let threads = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    if std::env::var("ISA").is_ok_and(|v| v == "avx2") {
+        kernels::limit_vector_isa(kernels::VectorIsa::Avx2);
+    }
     let team = Team::new(threads)?;
     println!("vector kernels: {:?}; GFLOP/s, median (best) of 7 runs", kernels::vector_isa());
     println!(
