@@ -443,11 +443,49 @@ fn step_range(rows: &[LossRow]) -> (f64, f64) {
     (lo, hi)
 }
 
+/// The frame of a chart: its caption and that caption's size in points, the margin, and the
+/// widths of the x and y label areas, in pixels.
+struct Frame<'t> {
+    caption: (&'t str, u32),
+    margin: u32,
+    label_areas: (u32, u32),
+}
+
+/// A chart of f64 × f64 on a bitmap.
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+impl Frame<'_> {
+    /// A chart in this frame on `area` over `ranges`, with its mesh drawn in the house style:
+    /// axis descriptions `descs`, no light grid lines, x labels through `x_labels` if given.
+    fn chart<'a, 'b>(
+        &self, area: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+        (x, y): (std::ops::Range<f64>, std::ops::Range<f64>), (x_desc, y_desc): (&str, &str),
+        x_labels: Option<&dyn Fn(&f64) -> String>,
+    ) -> anyhow::Result<Chart<'a, 'b>> {
+        let mut chart = ChartBuilder::on(area)
+            .caption(self.caption.0, (FONT_FAMILY, self.caption.1))
+            .margin(self.margin)
+            .x_label_area_size(self.label_areas.0)
+            .y_label_area_size(self.label_areas.1)
+            .build_cartesian_2d(x, y)
+            .map_err(plot_err)?;
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(x_desc)
+            .y_desc(y_desc)
+            .label_style((FONT_FAMILY, 15))
+            .axis_desc_style((FONT_FAMILY, 17))
+            .light_line_style(TRANSPARENT);
+        if let Some(f) = x_labels {
+            mesh.x_label_formatter(f);
+        }
+        mesh.draw().map_err(plot_err)?;
+        Ok(chart)
+    }
+}
+
 /// A chart's legend, in its upper right corner on a light background, in `size`-point type.
-fn draw_legend<'a, 'b: 'a>(
-    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
-    size: u32,
-) -> anyhow::Result<()> {
+fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, size: u32) -> anyhow::Result<()> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -467,23 +505,9 @@ fn draw_panel(
     steps: &[f64], (x0, x1): (f64, f64), (y0, y1): (f64, f64), series: &[(&str, &[f32], RGBColor)],
     window: usize, reference: Option<f64>,
 ) -> anyhow::Result<()> {
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, (FONT_FAMILY, 22))
-        .margin(12)
-        .x_label_area_size(48)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc(y_desc)
-        .label_style((FONT_FAMILY, 15))
-        .axis_desc_style((FONT_FAMILY, 17))
-        .light_line_style(TRANSPARENT)
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .draw()
-        .map_err(plot_err)?;
+    let style = Frame { caption: (caption, 22), margin: 12, label_areas: (48, 70) };
+    let whole = |x: &f64| format!("{x:.0}");
+    let mut chart = style.chart(area, (x0..x1, y0..y1), ("step", y_desc), Some(&whole))?;
     if let Some(y) = reference {
         chart.draw_series(LineSeries::new([(x0, y), (x1, y)], GREY.mix(0.6))).map_err(plot_err)?;
     }
@@ -632,22 +656,8 @@ pub fn plot_scatter(
     };
     let (real, fake) = (pts(real), pts(fake));
     render_png(path, 800, 800, |root| {
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, (FONT_FAMILY, 26))
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("x")
-            .y_desc("y")
-            .label_style((FONT_FAMILY, 15))
-            .axis_desc_style((FONT_FAMILY, 17))
-            .light_line_style(TRANSPARENT)
-            .draw()
-            .map_err(plot_err)?;
+        let style = Frame { caption: (title, 26), margin: 16, label_areas: (44, 60) };
+        let mut chart = style.chart(&root, (x0..x1, y0..y1), ("x", "y"), None)?;
         for (name, points, color) in [("real", &real, BLUE), ("generated", &fake, ORANGE)] {
             chart
                 .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.mix(0.55).filled())))
