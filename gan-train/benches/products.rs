@@ -3,7 +3,7 @@
 //! much of it two threads keep.
 //!
 //! Run with `cargo bench -p gan-train --bench products` (set `THREADS` for a larger team, and
-//! `ISA=avx2` to measure the AVX2 kernels on an AVX-512 machine).
+//! `ISA=avx2` or `ISA=portable` to measure the narrower kernels on an AVX-512 machine).
 //! Each product: one warm-up call, then 7 runs of about 0.3 s; the median and the best run
 //! are printed.
 
@@ -71,8 +71,14 @@ fn rate(kind: Kind, (m, k, n, count): (usize, usize, usize, usize), exec: &dyn E
 
 fn main() -> std::io::Result<()> {
     let threads = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    if std::env::var("ISA").is_ok_and(|v| v == "avx2") {
-        kernels::limit_vector_isa(kernels::VectorIsa::Avx2);
+    match std::env::var("ISA").as_deref() {
+        Ok("avx2") => kernels::limit_vector_isa(kernels::VectorIsa::Avx2),
+        Ok("portable") => kernels::limit_vector_isa(kernels::VectorIsa::Portable),
+        Ok(other) => {
+            let msg = format!("ISA={other}: give avx2 or portable (or leave it unset)");
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
+        }
+        Err(_) => {}
     }
     let team = Team::new(threads)?;
     println!("vector kernels: {:?}; GFLOP/s, median (best) of 7 runs", kernels::vector_isa());

@@ -456,8 +456,9 @@ type Chart<'a, 'b> =
     ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 impl Frame<'_> {
-    /// A chart in this frame on `area` over `ranges`, with its mesh drawn in the house style:
-    /// axis descriptions `descs`, no light grid lines, x labels through `x_labels` if given.
+    /// A chart in this frame on `area` over the x and y ranges, with its mesh drawn in the house
+    /// style: the two axis descriptions, no light grid lines, x labels through `x_labels` if
+    /// given (plotters' own otherwise).
     fn chart<'a, 'b>(
         &self, area: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
         (x, y): (std::ops::Range<f64>, std::ops::Range<f64>), (x_desc, y_desc): (&str, &str),
@@ -505,9 +506,9 @@ fn draw_panel(
     steps: &[f64], (x0, x1): (f64, f64), (y0, y1): (f64, f64), series: &[(&str, &[f32], RGBColor)],
     window: usize, reference: Option<f64>,
 ) -> anyhow::Result<()> {
-    let style = Frame { caption: (caption, 22), margin: 12, label_areas: (48, 70) };
+    let frame = Frame { caption: (caption, 22), margin: 12, label_areas: (48, 70) };
     let whole = |x: &f64| format!("{x:.0}");
-    let mut chart = style.chart(area, (x0..x1, y0..y1), ("step", y_desc), Some(&whole))?;
+    let mut chart = frame.chart(area, (x0..x1, y0..y1), ("step", y_desc), Some(&whole))?;
     if let Some(y) = reference {
         chart.draw_series(LineSeries::new([(x0, y), (x1, y)], GREY.mix(0.6))).map_err(plot_err)?;
     }
@@ -656,8 +657,8 @@ pub fn plot_scatter(
     };
     let (real, fake) = (pts(real), pts(fake));
     render_png(path, 800, 800, |root| {
-        let style = Frame { caption: (title, 26), margin: 16, label_areas: (44, 60) };
-        let mut chart = style.chart(&root, (x0..x1, y0..y1), ("x", "y"), None)?;
+        let frame = Frame { caption: (title, 26), margin: 16, label_areas: (44, 60) };
+        let mut chart = frame.chart(&root, (x0..x1, y0..y1), ("x", "y"), None)?;
         for (name, points, color) in [("real", &real, BLUE), ("generated", &fake, ORANGE)] {
             chart
                 .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.mix(0.55).filled())))
