@@ -201,6 +201,7 @@ pub(crate) fn gemm_tasks(isa: Isa, g: &Gemm<'_>, c: &mut [f32], exec: &dyn Exec,
 /// 32-wide panels went as 224 + 168: the first task ran 14 % longer than an even share while
 /// the other thread waited. Where a column falls does not change its sums, so neither does the
 /// split.
+#[cfg_attr(not(target_has_atomic = "8"), allow(dead_code))]
 fn share(n: usize, tasks: usize, nr: usize) -> usize {
     let half = (nr / 2).max(1);
     n.div_ceil(tasks.max(1) * half) * half

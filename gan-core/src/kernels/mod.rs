@@ -68,6 +68,7 @@
 
 #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
 mod arm;
+pub(crate) mod channels;
 mod exact;
 mod gemm;
 pub mod int8;

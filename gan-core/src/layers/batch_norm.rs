@@ -41,8 +41,9 @@ use rand_core::Rng;
 
 use crate::error::{CoreError, SpecError, check_len, check_opt_len};
 use crate::init::Init;
+use crate::kernels::channels::Terms;
 use crate::kernels::split::OutPtr;
-use crate::kernels::{Exec, par};
+use crate::kernels::{self, Exec, par};
 use crate::layers::{Backward, Forward, Infer, Kind, LayerWeights, Rules, Sizes, mul, size};
 use crate::spec::{LayerInfo, Shape};
 
@@ -162,7 +163,7 @@ fn planes(x: &[f32], c: usize, s: usize, ch: usize) -> impl Iterator<Item = &[f3
 }
 
 /// Channels whose sums [`channel_sums`] runs side by side.
-const LANES: usize = 8;
+const LANES: usize = kernels::channels::GROUP;
 
 /// For each of the `L` channels `ch0 + l`, the `K` sums `Σ f(l, at)[k]` over its elements
 /// (`at` their index in the N×C×S buffer) in the order of [`planes`]: sample by sample, each
@@ -185,6 +186,26 @@ fn channel_sums<const L: usize, const K: usize>(
         }
     }
     acc
+}
+
+/// [`channel_sums`] of a group of [`LANES`] channels from the vector kernel
+/// ([`kernels::channels`]), when the CPU has one; `None` otherwise and for other group sizes.
+#[inline(always)]
+fn vector_sums<'a, const L: usize, const K: usize>(
+    (n, c, s, ch0): (usize, usize, usize, usize), terms: impl FnOnce() -> Terms<'a>,
+) -> Option<[[f64; K]; L]> {
+    if L != LANES {
+        return None;
+    }
+    let v = kernels::channels::channel_sums(terms(), n, c, s, ch0)?;
+    Some(core::array::from_fn(|l| core::array::from_fn(|k| v[l][k])))
+}
+
+/// The first [`LANES`] values of `x`, padded with `pad` (the per-channel constants of a group
+/// as the vector kernel takes them).
+#[inline(always)]
+fn widen_group<T: Copy, const L: usize>(x: &[T; L], pad: T) -> [T; LANES] {
+    core::array::from_fn(|l| if l < L { x[l] } else { pad })
 }
 
 /// Calls `run(ch, wide)` for the channels `c0..c1`: `wide` for each group of [`LANES`] from
@@ -248,12 +269,17 @@ unsafe fn forward_group<const L: usize>(
     outs: &OutPtr, st: &OutPtr, inp: &[f32], gamma: &[f32], beta: &[f32],
     (n, c, s, m): (usize, usize, usize, usize), ch: usize, eps: f32,
 ) {
-    let sums = channel_sums::<L, 1>(n, c, s, ch, |_, at| [inp[at] as f64]);
+    let dims = (n, c, s, ch);
+    let sums = vector_sums::<L, 1>(dims, || Terms::Sum(inp))
+        .unwrap_or_else(|| channel_sums::<L, 1>(n, c, s, ch, |_, at| [inp[at] as f64]));
     let mean: [f64; L] = core::array::from_fn(|l| sums[l][0] / m as f64);
-    let sq = channel_sums::<L, 1>(n, c, s, ch, |l, at| {
-        let d = inp[at] as f64 - mean[l];
-        [d * d]
-    });
+    let sq = vector_sums::<L, 1>(dims, || Terms::SqDev(inp, widen_group(&mean, 0.0)))
+        .unwrap_or_else(|| {
+            channel_sums::<L, 1>(n, c, s, ch, |l, at| {
+                let d = inp[at] as f64 - mean[l];
+                [d * d]
+            })
+        });
     for l in 0..L {
         let ch = ch + l;
         let (mean, var) = (mean[l] as f32, (sq[l][0] / m as f64) as f32);
@@ -332,9 +358,13 @@ unsafe fn backward_group<const L: usize>(
 ) {
     let mu: [f32; L] = core::array::from_fn(|l| mean[ch + l]);
     let is: [f32; L] = core::array::from_fn(|l| inv_std(var[ch + l], eps));
-    let sums = channel_sums::<L, 2>(n, c, s, ch, |l, at| {
-        let g = dout[at] as f64;
-        [g, g * ((inp[at] - mu[l]) * is[l]) as f64]
+    let (mu8, is8) = (widen_group(&mu, 0.0), widen_group(&is, 0.0));
+    let grad = || Terms::Grad { g: dout, x: inp, mu: mu8, inv_std: is8 };
+    let sums = vector_sums::<L, 2>((n, c, s, ch), grad).unwrap_or_else(|| {
+        channel_sums::<L, 2>(n, c, s, ch, |l, at| {
+            let g = dout[at] as f64;
+            [g, g * ((inp[at] - mu[l]) * is[l]) as f64]
+        })
     });
     for l in 0..L {
         let (ch, mu, is) = (ch + l, mu[l], is[l]);
@@ -610,7 +640,7 @@ mod tests {
     #[test]
     fn grouped_channels_are_the_one_channel_definition() {
         let mut r = Lcg::new(33);
-        for (n, c, s) in [(3, 19, 7), (4, 8, 5), (5, 27, 1), (2, 3, 9)] {
+        for (n, c, s) in [(3, 19, 7), (4, 8, 5), (5, 27, 1), (2, 3, 9), (3, 19, 23), (2, 16, 49)] {
             let len = n * c * s;
             let (x, g) = (r.filled(len), r.filled(len));
             let (gamma, beta) = (r.filled(c), r.filled(c));
@@ -623,6 +653,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The vector kernel's sums of a group (where this CPU runs one) are the portable loop's,
+    /// bit for bit, also over infinities, NaN, signed zeros and tiny values, from any first
+    /// channel, with and without a tail of positions that fills no vector.
+    #[test]
+    fn vector_group_sums_are_the_portable_loop() {
+        let mut r = Lcg::new(35);
+        let special = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0, 0.0, 1e-40, -3e38];
+        for (n, c, s, ch) in [(3, 11, 17, 2), (2, 8, 8, 0), (4, 9, 3, 1), (1, 16, 49, 8)] {
+            let len = n * c * s;
+            let (mut x, g) = (r.filled(len), r.filled(len));
+            for (i, v) in special.iter().enumerate() {
+                x[(i * 7) % len] = *v;
+            }
+            let mu: [f32; LANES] = core::array::from_fn(|_| r.next_f32());
+            let is: [f32; LANES] = core::array::from_fn(|_| r.next_f32() + 1.0);
+            let mean: [f64; LANES] = core::array::from_fn(|l| mu[l] as f64 / 3.0);
+            let dims = (n, c, s, ch);
+            let want_sum = channel_sums::<LANES, 1>(n, c, s, ch, |_, at| [x[at] as f64]);
+            let want_sq = channel_sums::<LANES, 1>(n, c, s, ch, |l, at| {
+                let d = x[at] as f64 - mean[l];
+                [d * d]
+            });
+            let want_grad = channel_sums::<LANES, 2>(n, c, s, ch, |l, at| {
+                let gv = g[at] as f64;
+                [gv, gv * ((x[at] - mu[l]) * is[l]) as f64]
+            });
+            let grad = || Terms::Grad { g: &g, x: &x, mu, inv_std: is };
+            let b = |v: &[[f64; 2]]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let b1 = |v: &[[f64; 1]]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let Some(got_sum) = vector_sums::<LANES, 1>(dims, || Terms::Sum(&x)) else {
+                return; // No vector kernel on this CPU: the portable loop is all there is.
+            };
+            assert_eq!(b1(&got_sum), b1(&want_sum), "Σx {dims:?}");
+            let got_sq = vector_sums::<LANES, 1>(dims, || Terms::SqDev(&x, mean)).unwrap();
+            assert_eq!(b1(&got_sq), b1(&want_sq), "Σ(x − μ)² {dims:?}");
+            let got_grad = vector_sums::<LANES, 2>(dims, grad).unwrap();
+            assert_eq!(b(&got_grad), b(&want_grad), "Σg, Σg·x̂ {dims:?}");
+        }
+        // Other group sizes never take the vector kernel.
+        assert!(vector_sums::<1, 1>((1, 8, 8, 0), || Terms::Sum(&[0.0; 64])).is_none());
     }
 
     #[test]

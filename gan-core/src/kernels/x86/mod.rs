@@ -5,11 +5,13 @@
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
+mod channels;
 mod cols;
 mod exact;
 mod gemm;
 mod simd;
 
+pub(crate) use channels::channel_sums_avx;
 pub(crate) use cols::{col2im_add_avx2, col2im_add_avx512, im2col_avx2, im2col_avx512};
 pub(crate) use exact::{exact_avx, exact_avx512};
 pub(crate) use gemm::{Avx2Kernel, Avx512Kernel};
