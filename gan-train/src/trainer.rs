@@ -66,11 +66,11 @@ impl Net {
     }
 
     /// One optimizer step on `p` with the gradients in the buffer, split over `exec` (the
-    /// update is element-wise, so the bits do not depend on the split).
-    fn step(&self, p: &mut NetParams, exec: &dyn Exec) -> Result<()> {
+    /// update is element-wise, so the bits do not depend on the split). Returns whether every
+    /// parameter is finite afterwards (checked as they are written).
+    fn step(&self, p: &mut NetParams, exec: &dyn Exec) -> Result<bool> {
         p.opt_step += 1;
-        self.opt.step_with(&mut p.params, &self.grads, &mut p.opt_state, p.opt_step, exec)?;
-        Ok(())
+        Ok(self.opt.step_with(&mut p.params, &self.grads, &mut p.opt_state, p.opt_step, exec)?)
     }
 }
 
@@ -192,7 +192,7 @@ impl TrainState {
     /// Moves the average towards the parameters after a generator step: `avg ← β·avg +
     /// (1 − β)·params` with `β = min(ema, (1 + t) / (10 + t))` at generator step `t`, so the
     /// average follows closely at first instead of remembering the random initialisation.
-    fn update_ema(&mut self) {
+    fn update_ema(&mut self, exec: &dyn Exec) {
         let decay = self.config.ema;
         if decay <= 0.0 {
             return;
@@ -201,9 +201,12 @@ impl TrainState {
         let beta = decay.min((1.0 + t) / (10.0 + t));
         let params = &self.g.params;
         let avg = self.g_ema.get_or_insert_with(|| params.clone());
-        for (a, &p) in avg.iter_mut().zip(params) {
-            *a = beta * *a + (1.0 - beta) * p;
-        }
+        // Element-wise, so the split over `exec` does not change the bits.
+        gan_core::kernels::par::for_each_chunk(exec, avg, &|at, part| {
+            for (a, &p) in part.iter_mut().zip(&params[at..]) {
+                *a = beta * *a + (1.0 - beta) * p;
+            }
+        });
     }
 }
 
@@ -478,22 +481,26 @@ impl Gan {
             bail!("got {} labels for a batch of {n}", labels.len());
         }
         self.ensure_work(n);
-        let mut stats = self.d_step(real, labels, exec)?;
+        let (mut stats, d_finite) = self.d_step(real, labels, exec)?;
         let st = &mut self.state;
         st.pos.step += 1;
-        if st.pos.step.is_multiple_of(st.config.n_critic as u64) {
-            self.state.last_g_loss = self.g_step(real, labels, exec)?;
-            self.state.update_ema();
-        }
+        // Every parameter of a network its optimizer stepped was checked as it was written;
+        // G's, when it did not step, may still have moved (batch-norm running statistics).
+        let g_finite = if st.pos.step.is_multiple_of(st.config.n_critic as u64) {
+            let (loss, finite) = self.g_step(real, labels, exec)?;
+            self.state.last_g_loss = loss;
+            self.state.update_ema(exec);
+            finite
+        } else {
+            optim::all_finite_with(&self.state.g.params, exec)
+        };
         let st = &mut self.state;
         stats.g_loss = st.last_g_loss;
         let step = st.pos.step;
         if !(stats.d_loss.is_finite() && stats.g_loss.is_finite()) {
             bail!(NonFinite { step, what: "loss" });
         }
-        if !optim::all_finite_with(&st.g.params, exec)
-            || !optim::all_finite_with(&st.d.params, exec)
-        {
+        if !(g_finite && d_finite) {
             bail!(NonFinite { step, what: "weights" });
         }
         st.pos.batch_in_epoch += 1;
@@ -541,7 +548,10 @@ impl Gan {
         move |pass| ForwardCtx::with_seed(mix(seed, step, pass))
     }
 
-    fn d_step(&mut self, real: &[f32], labels: &[u8], exec: &dyn Exec) -> Result<StepStats> {
+    /// The D step: its statistics and whether D's parameters are all finite after it.
+    fn d_step(
+        &mut self, real: &[f32], labels: &[u8], exec: &dyn Exec,
+    ) -> Result<(StepStats, bool)> {
         let n = self.work.n;
         let px = self.state.data.pixels();
         let classes = self.classes();
@@ -614,12 +624,13 @@ impl Gan {
             )?;
             d_loss += pen;
         }
-        self.d.step(&mut self.state.d, exec)?;
+        let finite = self.d.step(&mut self.state.d, exec)?;
         stats.d_loss = d_loss;
-        Ok(stats)
+        Ok((stats, finite))
     }
 
-    fn g_step(&mut self, real: &[f32], real_labels: &[u8], exec: &dyn Exec) -> Result<f32> {
+    /// The G step: its loss and whether G's parameters are all finite after it.
+    fn g_step(&mut self, real: &[f32], real_labels: &[u8], exec: &dyn Exec) -> Result<(f32, bool)> {
         let n = self.work.n;
         let px = self.state.data.pixels();
         let classes = self.classes();
@@ -726,8 +737,8 @@ impl Gan {
             n,
             exec,
         )?;
-        self.g.step(&mut self.state.g, exec)?;
-        Ok(g_loss)
+        let finite = self.g.step(&mut self.state.g, exec)?;
+        Ok((g_loss, finite))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{finite_at_least, unit_interval};
+use super::{finite_at_least, non_finite, unit_interval};
 use crate::error::{CoreError, check_len};
 
 /// Adam hyper-parameters.
@@ -91,12 +91,15 @@ fn bias_correction(beta: f32, step: u64) -> f32 {
 /// number of this step (incremented *before* the call); `m` and `v` start at zero and have
 /// the same length P as `params` and `grads`.
 ///
+/// Returns whether every updated parameter is finite (the trainer's NaN guard, checked in
+/// the same pass rather than by reading the buffer again).
+///
 /// Errors (nothing is written): [`CoreError::BufferLen`] if `grads`, `m` or `v` differ in
 /// length from `params`; [`CoreError::ZeroSize`] if `step == 0` (the bias correction would
 /// divide by zero). Hyper-parameters are not validated (see [`AdamConfig::is_valid`]).
 pub fn adam_step(
     params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig,
-) -> Result<(), CoreError> {
+) -> Result<bool, CoreError> {
     let n = params.len();
     check_len("grads", grads.len(), n)?;
     check_len("adam_m", m.len(), n)?;
@@ -114,7 +117,9 @@ pub fn adam_step(
         *v = beta2 * *v + one_m_b2 * (g * g);
         let denom = sqrt_v(*v) * inv_sqrt_bc2 + eps;
         *p -= step_size * *m / denom;
+        non_finite(*p)
     };
+    let mut bad = 0u32;
     // Shapes: params, grads, m, v all P. Four lanes at a time so the loop vectorises: the square
     // root is taken for all four lanes at once (`sqrt4`, correctly rounded like `libm::sqrtf`,
     // so the bits are those of the one-at-a-time loop).
@@ -134,6 +139,7 @@ pub fn adam_step(
         for i in 0..4 {
             let denom = sq[i] * inv_sqrt_bc2 + eps;
             p[i] -= step_size * m[i] / denom;
+            bad |= non_finite(p[i]);
         }
     }
     let rest = pc
@@ -142,9 +148,9 @@ pub fn adam_step(
         .zip(gc.remainder())
         .zip(mc.into_remainder().iter_mut().zip(vc.into_remainder()));
     for ((p, &g), (m, v)) in rest {
-        update(p, g, m, v, libm::sqrtf);
+        bad |= update(p, g, m, v, libm::sqrtf);
     }
-    Ok(())
+    Ok(bad == 0)
 }
 
 /// Square roots of four lanes, each correctly rounded (IEEE 754), so equal to `libm::sqrtf`
@@ -345,7 +351,7 @@ mod tests {
         assert_eq!(adam_step(&mut p, &g, &mut m, &mut v, 0, &c), Err(CoreError::ZeroSize));
         assert_eq!((p, m, v), ([1.0; 4], [0.0; 4], [0.0; 4]));
         // Empty buffers are fine.
-        assert_eq!(adam_step(&mut [], &[], &mut [], &mut [], 1, &c), Ok(()));
+        assert_eq!(adam_step(&mut [], &[], &mut [], &mut [], 1, &c), Ok(true));
     }
 
     #[test]

@@ -82,11 +82,13 @@ impl Optimizer {
     /// starts at zero; `step` is the 1-based number of this step (used by Adam's bias
     /// correction, ignored by SGD).
     ///
+    /// Returns whether every parameter is finite after the step.
+    ///
     /// Errors: [`CoreError::BufferLen`] if `grads` or `state` has the wrong length, and the
     /// errors of [`adam_step`] / [`sgd_step`]. Nothing is written on error.
     pub fn step(
         &self, params: &mut [f32], grads: &[f32], state: &mut [f32], step: u64,
-    ) -> Result<(), CoreError> {
+    ) -> Result<bool, CoreError> {
         let n = params.len();
         check_len("grads", grads.len(), n)?;
         check_len("optimizer_state", state.len(), self.state_len(n))?;
@@ -101,10 +103,11 @@ impl Optimizer {
 
     /// [`Optimizer::step`] split over the tasks of `exec` in ranges of at least
     /// [`STEP_CHUNK`] parameters. The update is element-wise, so the result is bit-identical to
-    /// [`Optimizer::step`] for every `exec`. Nothing is written on error.
+    /// [`Optimizer::step`] for every `exec`, and so is the answer (whether every parameter is
+    /// finite after the step). Nothing is written on error.
     pub fn step_with(
         &self, params: &mut [f32], grads: &[f32], state: &mut [f32], step: u64, exec: &dyn Exec,
-    ) -> Result<(), CoreError> {
+    ) -> Result<bool, CoreError> {
         #[cfg(target_has_atomic = "8")]
         if exec.threads() > 1 && params.len() > STEP_CHUNK {
             let n = params.len();
@@ -116,6 +119,7 @@ impl Optimizer {
             let chunk = STEP_CHUNK.max(n.div_ceil(MAX_TASKS)).next_multiple_of(4);
             let with_state = !state.is_empty();
             let (p, st) = (OutPtr::new(params), OutPtr::new(state));
+            let finite = core::sync::atomic::AtomicBool::new(true);
             split_ranges(exec, n, chunk, &|a, b| {
                 // SAFETY: `split_ranges` hands out disjoint ranges `a..b` of `0..n`, each once;
                 // `params` (n) and `state` (0, n or 2n: the buffers at offsets 0 and n) are
@@ -129,7 +133,7 @@ impl Optimizer {
                 };
                 let g = &grads[a..b];
                 // The lengths were checked above and `step` is valid: these cannot fail.
-                let _ = match self {
+                let ok = match self {
                     Optimizer::Adam(cfg) => {
                         // SAFETY: as above, the second moment's range of the same task.
                         let v = unsafe { st.range(n + a, n + b) };
@@ -137,8 +141,11 @@ impl Optimizer {
                     }
                     Optimizer::Sgd(cfg) => sgd_step(p, g, m, cfg),
                 };
+                if ok != Ok(true) {
+                    finite.store(false, core::sync::atomic::Ordering::Relaxed);
+                }
             });
-            return Ok(());
+            return Ok(finite.into_inner());
         }
         let _ = exec;
         self.step(params, grads, state, step)
@@ -210,11 +217,14 @@ const EXP_MASK: u32 = 0x7f80_0000;
 /// `bits(x) & 0x7f80_0000 == 0x7f80_0000`. The check ORs that test over blocks of 256
 /// elements (branch-free, so it vectorises) and stops at the first block with a hit.
 pub fn all_finite(x: &[f32]) -> bool {
-    x.chunks(FINITE_BLOCK).all(|block| {
-        let bad =
-            block.iter().fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXP_MASK == EXP_MASK));
-        bad == 0
-    })
+    x.chunks(FINITE_BLOCK).all(|block| block.iter().fold(0u32, |acc, &v| acc | non_finite(v)) == 0)
+}
+
+/// 1 if `x` is NaN or `±inf` (its exponent bits all ones), else 0: branch-free, for ORing over
+/// a loop ([`all_finite`], the optimizers' steps).
+#[inline(always)]
+pub(crate) fn non_finite(x: f32) -> u32 {
+    u32::from(x.to_bits() & EXP_MASK == EXP_MASK)
 }
 
 /// [`all_finite`] over `exec`: consecutive ranges checked by its tasks (one task below
@@ -291,12 +301,25 @@ mod tests {
             let mut s1 = vec![0.0; opt.state_len(n)];
             let mut s2 = s1.clone();
             for step in 1..=3 {
-                opt.step(&mut p1, &grads, &mut s1, step).unwrap();
-                opt.step_with(&mut p2, &grads, &mut s2, step, &Twice).unwrap();
+                assert_eq!(opt.step(&mut p1, &grads, &mut s1, step), Ok(true));
+                assert_eq!(opt.step_with(&mut p2, &grads, &mut s2, step, &Twice), Ok(true));
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&p1), bits(&p2), "{opt:?}");
             assert_eq!(bits(&s1), bits(&s2), "{opt:?}");
+            // A parameter that is no longer finite is reported, wherever it falls (the
+            // lanes, the tail that fills none, any task), by both paths.
+            let cases =
+                [(5, f32::NAN), (2 * STEP_CHUNK + 1, f32::INFINITY), (n - 1, -f32::INFINITY)];
+            for (at, bad) in cases {
+                let (mut q1, mut q2, mut t1) = (p1.clone(), p1.clone(), s1.clone());
+                let mut t2 = t1.clone();
+                let mut g = grads.clone();
+                g[at] = bad;
+                assert_eq!(opt.step(&mut q1, &g, &mut t1, 4), Ok(false), "{opt:?} at {at}");
+                assert_eq!(opt.step_with(&mut q2, &g, &mut t2, 4, &Twice), Ok(false), "{opt:?}");
+                assert_eq!(bits(&q1), bits(&q2), "{opt:?}");
+            }
             // Errors leave everything untouched, as in one task.
             let before = p2.clone();
             assert!(opt.step_with(&mut p2, &grads[1..], &mut s2, 4, &Twice).is_err());

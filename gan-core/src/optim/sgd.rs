@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{finite_at_least, unit_interval};
+use super::{finite_at_least, non_finite, unit_interval};
 use crate::error::{CoreError, check_len};
 
 /// SGD hyper-parameters.
@@ -60,14 +60,17 @@ impl SgdConfig {
 /// zero. With `momentum = 0` it is neither read nor written, and may be empty (length 0) or
 /// length P.
 ///
+/// Returns whether every updated parameter is finite (as [`super::adam_step`]).
+///
 /// Errors (nothing is written): [`CoreError::BufferLen`] if `grads` or `momentum_buf` has the
 /// wrong length.
 pub fn sgd_step(
     params: &mut [f32], grads: &[f32], momentum_buf: &mut [f32], cfg: &SgdConfig,
-) -> Result<(), CoreError> {
+) -> Result<bool, CoreError> {
     let n = params.len();
     check_len("grads", grads.len(), n)?;
     let SgdConfig { lr, momentum, weight_decay } = *cfg;
+    let mut bad = 0u32;
     if momentum == 0.0 {
         if !momentum_buf.is_empty() {
             check_len("sgd_momentum", momentum_buf.len(), n)?;
@@ -76,6 +79,7 @@ pub fn sgd_step(
         for (p, &g) in params.iter_mut().zip(grads) {
             let g = g + weight_decay * *p;
             *p -= lr * g;
+            bad |= non_finite(*p);
         }
     } else {
         check_len("sgd_momentum", momentum_buf.len(), n)?;
@@ -84,9 +88,10 @@ pub fn sgd_step(
             let g = g + weight_decay * *p;
             *b = momentum * *b + g;
             *p -= lr * *b;
+            bad |= non_finite(*p);
         }
     }
-    Ok(())
+    Ok(bad == 0)
 }
 
 #[cfg(test)]
