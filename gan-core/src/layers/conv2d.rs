@@ -58,6 +58,7 @@ use core::fmt;
 
 use crate::encoding::int8::quantize_row;
 use crate::error::{CoreError, SpecError, check_len, check_min_len, check_opt_len};
+use crate::kernels::split::OutPtr;
 use crate::kernels::{self, Exec, Serial, par};
 use crate::layers::columns::{grid_to_image, group_col, group_size, image_to_grid};
 use crate::layers::{
@@ -611,13 +612,23 @@ pub(crate) fn fill_bias(out: &mut [f32], b: &[f32], plane: usize) {
     }
 }
 
-/// `db[c] += Σ` over the batch and the plane of channel `c` of `dout` (N × C × plane).
-pub(crate) fn add_bias_grad(db: &mut [f32], dout: &[f32], plane: usize) {
-    for sample in dout.chunks_exact(plane * db.len()) {
-        for (acc, p) in db.iter_mut().zip(sample.chunks_exact(plane)) {
-            *acc += p.iter().sum::<f32>();
+/// `db[c] += Σ` over the batch and the plane of channel `c` of `dout` (N × C × plane): for
+/// each sample in turn, the plane's sum (left to right) is added. Channels are independent,
+/// so they are spread over `exec` without changing a bit.
+pub(crate) fn add_bias_grad(db: &mut [f32], dout: &[f32], plane: usize, exec: &dyn Exec) {
+    let c = db.len();
+    let tasks = par::elem_tasks(exec, dout.len(), c);
+    let out = OutPtr::new(db);
+    par::for_each_range(exec, c, tasks, &|c0, c1| {
+        // SAFETY: the channel ranges handed out are disjoint, each to one call (`OutPtr`).
+        let db = unsafe { out.range(c0, c1) };
+        for sample in dout.chunks_exact(plane * c) {
+            let planes = sample[c0 * plane..c1 * plane].chunks_exact(plane);
+            for (acc, p) in db.iter_mut().zip(planes) {
+                *acc += p.iter().sum::<f32>();
+            }
         }
-    }
+    });
 }
 
 /// Training forward of a convolution (see the module docs for shapes).
@@ -656,7 +667,7 @@ pub fn conv2d_backward(
         check_min_len("scratch", scratch.len(), batch(group, g.aux)?)?;
     }
     if let Some(db) = db {
-        add_bias_grad(db, dout, g.cols);
+        add_bias_grad(db, dout, g.cols, exec);
     }
     if let Some(dw) = dw {
         // dW (C_out × C_in·k·k) += Σₙ doutₙ (C_out × P) · colₙᵀ (P × C_in·k·k), sample by sample

@@ -102,7 +102,7 @@ pub fn conv_transpose2d_backward(
         check_min_len("scratch", scratch.len(), batch(n, g.aux)?)?;
     }
     if let Some(db) = db {
-        add_bias_grad(db, dout, g.ih * g.iw);
+        add_bias_grad(db, dout, g.ih * g.iw, exec);
     }
     if dinp.is_none() && dw.is_none() {
         return Ok(());
