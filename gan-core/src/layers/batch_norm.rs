@@ -191,21 +191,21 @@ fn channel_sums<const L: usize, const K: usize>(
 /// [`channel_sums`] of a group of [`LANES`] channels from the vector kernel
 /// ([`kernels::channels`]), when the CPU has one; `None` otherwise and for other group sizes.
 #[inline(always)]
-fn vector_sums<'a, const L: usize, const K: usize>(
-    (n, c, s, ch0): (usize, usize, usize, usize), terms: impl FnOnce() -> Terms<'a>,
+fn vector_sums<const L: usize, const K: usize>(
+    (n, c, s, ch0): (usize, usize, usize, usize), terms: Terms<'_>,
 ) -> Option<[[f64; K]; L]> {
     if L != LANES {
         return None;
     }
-    let v = kernels::channels::channel_sums(terms(), n, c, s, ch0)?;
+    let v = kernels::channels::channel_sums(terms, n, c, s, ch0)?;
     Some(core::array::from_fn(|l| core::array::from_fn(|k| v[l][k])))
 }
 
-/// The first [`LANES`] values of `x`, padded with `pad` (the per-channel constants of a group
-/// as the vector kernel takes them).
+/// The per-channel constants of a group as the vector kernel takes them: `x` padded with
+/// zeros to [`LANES`] (only groups of [`LANES`] reach the kernel).
 #[inline(always)]
-fn widen_group<T: Copy, const L: usize>(x: &[T; L], pad: T) -> [T; LANES] {
-    core::array::from_fn(|l| if l < L { x[l] } else { pad })
+fn widen_group<T: Copy + Default, const L: usize>(x: &[T; L]) -> [T; LANES] {
+    core::array::from_fn(|l| if l < L { x[l] } else { T::default() })
 }
 
 /// Calls `run(ch, wide)` for the channels `c0..c1`: `wide` for each group of [`LANES`] from
@@ -270,11 +270,11 @@ unsafe fn forward_group<const L: usize>(
     (n, c, s, m): (usize, usize, usize, usize), ch: usize, eps: f32,
 ) {
     let dims = (n, c, s, ch);
-    let sums = vector_sums::<L, 1>(dims, || Terms::Sum(inp))
+    let sums = vector_sums::<L, 1>(dims, Terms::Sum(inp))
         .unwrap_or_else(|| channel_sums::<L, 1>(n, c, s, ch, |_, at| [inp[at] as f64]));
     let mean: [f64; L] = core::array::from_fn(|l| sums[l][0] / m as f64);
-    let sq = vector_sums::<L, 1>(dims, || Terms::SqDev(inp, widen_group(&mean, 0.0)))
-        .unwrap_or_else(|| {
+    let sq =
+        vector_sums::<L, 1>(dims, Terms::SqDev(inp, widen_group(&mean))).unwrap_or_else(|| {
             channel_sums::<L, 1>(n, c, s, ch, |l, at| {
                 let d = inp[at] as f64 - mean[l];
                 [d * d]
@@ -358,8 +358,7 @@ unsafe fn backward_group<const L: usize>(
 ) {
     let mu: [f32; L] = core::array::from_fn(|l| mean[ch + l]);
     let is: [f32; L] = core::array::from_fn(|l| inv_std(var[ch + l], eps));
-    let (mu8, is8) = (widen_group(&mu, 0.0), widen_group(&is, 0.0));
-    let grad = || Terms::Grad { g: dout, x: inp, mu: mu8, inv_std: is8 };
+    let grad = Terms::Grad { g: dout, x: inp, mu: widen_group(&mu), inv_std: widen_group(&is) };
     let sums = vector_sums::<L, 2>((n, c, s, ch), grad).unwrap_or_else(|| {
         channel_sums::<L, 2>(n, c, s, ch, |l, at| {
             let g = dout[at] as f64;
@@ -681,20 +680,22 @@ mod tests {
                 let gv = g[at] as f64;
                 [gv, gv * ((x[at] - mu[l]) * is[l]) as f64]
             });
-            let grad = || Terms::Grad { g: &g, x: &x, mu, inv_std: is };
-            let b = |v: &[[f64; 2]]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
-            let b1 = |v: &[[f64; 1]]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
-            let Some(got_sum) = vector_sums::<LANES, 1>(dims, || Terms::Sum(&x)) else {
+            let grad = Terms::Grad { g: &g, x: &x, mu, inv_std: is };
+            let Some(got_sum) = vector_sums::<LANES, 1>(dims, Terms::Sum(&x)) else {
                 return; // No vector kernel on this CPU: the portable loop is all there is.
             };
-            assert_eq!(b1(&got_sum), b1(&want_sum), "Σx {dims:?}");
-            let got_sq = vector_sums::<LANES, 1>(dims, || Terms::SqDev(&x, mean)).unwrap();
-            assert_eq!(b1(&got_sq), b1(&want_sq), "Σ(x − μ)² {dims:?}");
+            assert_eq!(bits64(&got_sum), bits64(&want_sum), "Σx {dims:?}");
+            let got_sq = vector_sums::<LANES, 1>(dims, Terms::SqDev(&x, mean)).unwrap();
+            assert_eq!(bits64(&got_sq), bits64(&want_sq), "Σ(x − μ)² {dims:?}");
             let got_grad = vector_sums::<LANES, 2>(dims, grad).unwrap();
-            assert_eq!(b(&got_grad), b(&want_grad), "Σg, Σg·x̂ {dims:?}");
+            assert_eq!(bits64(&got_grad), bits64(&want_grad), "Σg, Σg·x̂ {dims:?}");
         }
         // Other group sizes never take the vector kernel.
-        assert!(vector_sums::<1, 1>((1, 8, 8, 0), || Terms::Sum(&[0.0; 64])).is_none());
+        assert!(vector_sums::<1, 1>((1, 8, 8, 0), Terms::Sum(&[0.0; 64])).is_none());
+    }
+
+    fn bits64<const K: usize>(v: &[[f64; K]]) -> Vec<u64> {
+        v.iter().flatten().map(|x| x.to_bits()).collect()
     }
 
     #[test]
